@@ -1,0 +1,45 @@
+"""The ``raycart`` command: a thin dispatcher over plain functions.
+
+Sub-commands are plugins registered under the ``raycart.commands`` entry-point group (see
+``pyproject.toml``), so ``serving`` and ``tuning`` add theirs without ``training`` importing
+them. Each plugin's ``register(subparsers)`` adds a parser whose ``func(args)`` does the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib.metadata import entry_points
+
+from training import __version__
+from training.errors import RaycartError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raycart", description="Ray-native multimodal recommender system for e-commerce.")
+    parser.add_argument("--version", action="version", version=f"raycart {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for ep in sorted(entry_points(group="raycart.commands"), key=lambda e: e.name):
+        ep.load()(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except RaycartError as exc:
+        print(f"raycart: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raycart: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

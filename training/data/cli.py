@@ -1,0 +1,87 @@
+"""``raycart data prepare`` and ``raycart data info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from training.data.dataset import read_manifest, save_dataset
+from training.data.sources import SOURCES, get_source
+from training.errors import DataError
+
+
+def prepare(source: str, input: str | None, output: str, overwrite: bool = False, **options) -> dict:
+    """Convert ``input`` from ``source`` into a canonical dataset at ``output``; returns the
+    manifest. Nothing is left at ``output`` if anything fails."""
+    fn = get_source(source)
+    if source != "synthetic" and not input:
+        raise DataError(f"--input is required for source '{source}'")
+    start = time.time()
+    prepared = fn(input, **options)
+    for line in prepared.report:
+        print(f"  {line}", flush=True)
+    manifest = save_dataset(prepared.dataset, output, overwrite=overwrite, extra=prepared.extra)
+    counts = ", ".join(f"{k}={v:,}" for k, v in manifest["counts"].items())
+    print(f"wrote {output} ({counts}) in {time.time() - start:.1f}s", flush=True)
+    return manifest
+
+
+def _options(args: argparse.Namespace) -> dict:
+    src = args.source
+    if src == "amazon":
+        return {"attributes": args.attributes} if args.attributes else {}
+    if src == "generic":
+        return {"items": args.items, "string_ids": args.string_ids,
+                "default_event_type": args.default_event_type}
+    if src == "obd":
+        return {"campaign": args.campaign}
+    if src == "synthetic":
+        out = {"seed": args.seed, "images": not args.no_images}
+        for name in ("num_users", "num_items", "num_events", "image_size", "taste_strength"):
+            if getattr(args, name) is not None:
+                out[name] = getattr(args, name)
+        return out
+    return {}
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    prepare(args.source, args.input, args.output, overwrite=args.overwrite, **_options(args))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    print(json.dumps(read_manifest(args.data), indent=2))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="prepare and inspect datasets")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    p = dsub.add_parser("prepare", help="convert a source dataset to the canonical Raycart format",
+                        description="Convert a public dataset or a shop export to a Raycart dataset "
+                                    "directory (local path or s3://bucket/prefix).")
+    p.add_argument("--source", required=True, help=f"one of: {', '.join(SOURCES)}")
+    p.add_argument("--input", help="input file or folder (local or s3://); not used by 'synthetic'")
+    p.add_argument("--output", required=True, help="output dataset directory (local or s3://)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    g = p.add_argument_group("amazon")
+    g.add_argument("--attributes", help="item2attributes JSON (default: beside the .txt file)")
+    g = p.add_argument_group("generic")
+    g.add_argument("--items", help="items table (CSV or Parquet) with item_id and content columns")
+    g.add_argument("--string-ids", action="store_true", help="accept text user/item ids")
+    g.add_argument("--default-event-type", default="click", help="event type when the table has none")
+    g = p.add_argument_group("obd")
+    g.add_argument("--campaign", default="all", help="all, men or women")
+    g = p.add_argument_group("synthetic")
+    g.add_argument("--num-users", type=int)
+    g.add_argument("--num-items", type=int)
+    g.add_argument("--num-events", type=int)
+    g.add_argument("--image-size", type=int)
+    g.add_argument("--taste-strength", type=float)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-images", action="store_true", help="skip drawing item images")
+    p.set_defaults(func=_cmd_prepare)
+    i = dsub.add_parser("info", help="print a dataset's manifest")
+    i.add_argument("data")
+    i.set_defaults(func=_cmd_info)

@@ -1,0 +1,199 @@
+"""Local-or-S3 storage: one way to name a location, read it, and write a directory atomically.
+
+A location is a local path or an ``s3://bucket/prefix`` URI. S3 credentials and endpoint come
+from the standard AWS environment variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_SESSION_TOKEN``, ``AWS_REGION``/``AWS_DEFAULT_REGION``, and ``AWS_ENDPOINT_URL_S3`` or
+``AWS_ENDPOINT_URL`` for an S3-compatible server such as MinIO or SeaweedFS), so the same
+settings work for pyarrow, boto3 and Ray Train.
+
+Directories are written atomically: the writer fills a private temporary directory, and only a
+complete, validated result is published (local: one ``rename``; S3: upload, manifest last). A
+failure leaves nothing half-written behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from training.errors import StorageError
+
+S3_SCHEME = "s3://"
+
+
+def is_s3(uri: str | os.PathLike) -> bool:
+    return str(uri).startswith(S3_SCHEME)
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """An S3 filesystem configured from the standard AWS environment variables."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs: dict = {
+        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+    }
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        kwargs["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
+        kwargs["secret_key"] = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            kwargs["session_token"] = os.environ["AWS_SESSION_TOKEN"]
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "https"
+        # S3-compatible servers are usually addressed by path, not by virtual host.
+        kwargs["force_virtual_addressing"] = False
+    # Fail fast instead of retrying a bad endpoint for minutes.
+    kwargs["connect_timeout"] = 5
+    kwargs["request_timeout"] = 30
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """Return ``(filesystem, path)`` for a local path or an ``s3://`` URI."""
+    text = str(uri)
+    if is_s3(text):
+        path = text[len(S3_SCHEME):].strip("/")
+        if not path:
+            raise StorageError(f"{text}: an S3 location needs a bucket, e.g. s3://bucket/prefix")
+        return s3_filesystem(), path
+    return pafs.LocalFileSystem(), str(Path(text).expanduser().absolute())
+
+
+def join(uri: str | os.PathLike, *parts: str) -> str:
+    text = str(uri)
+    if is_s3(text):
+        return "/".join([text.rstrip("/"), *parts])
+    return str(Path(text, *parts))
+
+
+def describe_error(exc: BaseException, uri: str) -> StorageError:
+    """Turn a pyarrow/OS error into a one-line :class:`StorageError` that names the location."""
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    lowered = str(exc).lower()
+    if is_s3(uri) and any(
+        key in lowered
+        for key in ("access_denied", "accessdenied", "signaturedoesnotmatch", "invalidaccesskeyid",
+                    "forbidden", "403")
+    ):
+        return StorageError(
+            f"{uri}: S3 refused the request (access denied) - check AWS_ACCESS_KEY_ID / "
+            f"AWS_SECRET_ACCESS_KEY and the endpoint ({msg})"
+        )
+    if is_s3(uri) and any(key in lowered for key in ("connection", "curl", "couldn't connect")):
+        return StorageError(f"{uri}: cannot reach the S3 endpoint - check AWS_ENDPOINT_URL ({msg})")
+    if isinstance(exc, FileNotFoundError) or "not found" in lowered or "no such" in lowered:
+        return StorageError(f"{uri}: no such file or directory")
+    return StorageError(f"{uri}: {msg}")
+
+
+def exists(uri: str | os.PathLike) -> bool:
+    fs, path = resolve(uri)
+    try:
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+    except OSError as exc:
+        raise describe_error(exc, str(uri)) from exc
+
+
+def read_bytes(uri: str | os.PathLike) -> bytes:
+    fs, path = resolve(uri)
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise StorageError(f"{uri}: no such file")
+        if info.type == pafs.FileType.Directory:
+            raise StorageError(f"{uri}: is a directory, expected a file")
+        with fs.open_input_stream(path, compression=None) as f:
+            return f.read()
+    except OSError as exc:
+        raise describe_error(exc, str(uri)) from exc
+
+
+def require_file(uri: str | os.PathLike, what: str = "file") -> None:
+    """Raise a clear error if ``uri`` is not an existing file."""
+    fs, path = resolve(uri)
+    try:
+        info = fs.get_file_info(path)
+    except OSError as exc:
+        raise describe_error(exc, str(uri)) from exc
+    if info.type == pafs.FileType.NotFound:
+        raise StorageError(f"{uri}: {what} not found")
+    if info.type != pafs.FileType.File:
+        raise StorageError(f"{uri}: expected a {what}, found a directory")
+
+
+def _upload_tree(local_dir: Path, fs: pafs.FileSystem, dest: str, last: str | None) -> None:
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+    ordered = [p for p in files if p.name != last] + [p for p in files if p.name == last]
+    for p in ordered:
+        rel = p.relative_to(local_dir).as_posix()
+        with open(p, "rb") as src, fs.open_output_stream(f"{dest}/{rel}") as out:
+            shutil.copyfileobj(src, out, length=8 << 20)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(uri: str | os.PathLike, *, overwrite: bool = False,
+                      publish_last: str | None = None) -> Iterator[Path]:
+    """Yield a local temporary directory; publish it at ``uri`` only if the block succeeds.
+
+    Args:
+        uri: destination directory (local path or ``s3://`` URI).
+        overwrite: replace an existing destination; otherwise an existing one is an error.
+        publish_last: a file name written last on S3 (a manifest), so readers that require it
+            never see a partial upload.
+
+    Local destinations: the temp dir is a sibling of ``uri`` and is renamed into place, so the
+    switch is atomic on one filesystem. If ``overwrite`` replaces a directory, the old one is
+    moved aside first and removed only after the new one is in place.
+    """
+    text = str(uri)
+    fs, dest = resolve(text)
+    try:
+        present = fs.get_file_info(dest).type != pafs.FileType.NotFound
+    except OSError as exc:
+        raise describe_error(exc, text) from exc
+    if present and not overwrite:
+        raise StorageError(f"{text}: already exists (pass --overwrite to replace it)")
+
+    if is_s3(text):
+        tmp = Path(tempfile.mkdtemp(prefix="raycart-out-"))
+        try:
+            yield tmp
+            try:
+                if present:
+                    fs.delete_dir_contents(dest, missing_dir_ok=True)
+                _upload_tree(tmp, fs, dest, publish_last)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    fs.delete_dir_contents(dest, missing_dir_ok=True)
+                raise describe_error(exc, text) from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
+
+    final = Path(dest)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise describe_error(exc, text) from exc
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if present:
+            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
