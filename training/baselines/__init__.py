@@ -1,6 +1,4 @@
-"""Classic baselines the learned models must beat: popularity and item-kNN CF."""
+"""Classic baselines the learned models must beat: popularity and item-kNN CF.
 
-from training.baselines.itemknn import ItemKNN, ItemKNNConfig
-from training.baselines.popularity import Popularity
-
-__all__ = ["Popularity", "ItemKNN", "ItemKNNConfig"]
+See :mod:`training.baselines.popularity` and :mod:`training.baselines.itemknn`.
+"""

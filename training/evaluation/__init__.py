@@ -1,5 +1,5 @@
-"""Full-ranking evaluation: HR, Recall, NDCG, MRR and coverage over the whole catalogue."""
+"""Full-ranking evaluation: HR, Recall, NDCG, MRR and coverage over the whole catalogue.
 
-from training.evaluation.metrics import EvalConfig, evaluate, rank_targets
-
-__all__ = ["EvalConfig", "evaluate", "rank_targets"]
+Import from :mod:`training.evaluation.metrics` (kept out of this package's import so the CLI
+starts without loading torch).
+"""

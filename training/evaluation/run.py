@@ -6,7 +6,8 @@ import json
 import time
 
 from training import storage
-from training.baselines import ItemKNN, ItemKNNConfig, Popularity
+from training.baselines.itemknn import ItemKNN, ItemKNNConfig
+from training.baselines.popularity import Popularity
 from training.data.dataset import load_dataset
 from training.data.splits import build_split, split_from_manifest
 from training.errors import DataError

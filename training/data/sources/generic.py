@@ -53,7 +53,11 @@ def _timestamps(col: pd.Series, where: str) -> pd.Series:
     if pd.api.types.is_numeric_dtype(col):
         ts = pd.to_datetime(col, unit="s", utc=True, errors="coerce")
     else:
-        ts = pd.to_datetime(col, utc=True, errors="coerce", format="mixed")
+        text = col.astype(str).str.strip()
+        numeric = text.str.fullmatch(r"\d+(\.\d+)?")
+        ts = pd.to_datetime(text.where(~numeric), utc=True, errors="coerce", format="mixed")
+        if numeric.any():  # epoch seconds mixed with dates
+            ts[numeric] = pd.to_datetime(text[numeric].astype(float), unit="s", utc=True)
     if ts.isna().any():
         row = int(np.flatnonzero(ts.isna().to_numpy())[0])
         raise DataError(f"{where}: column 'timestamp' has a value that is not a date in row {row + 2}: "
@@ -128,16 +132,16 @@ def prepare(input: str, items: str | None = None, string_ids: bool = False,
         if cols["attributes"] is None:
             del cols["attributes"]
     order = np.arange(len(df))
-    events = pa.table({
+    columns = {
         "user_id": user_index.reindex(users_ext).to_numpy(dtype=np.int64),
         "item_id": item_index.reindex(items_ext).to_numpy(dtype=np.int64),
         "timestamp": pa.array(ts.dt.tz_convert(None).to_numpy(dtype="datetime64[us]")).cast(pa.timestamp("us", tz="UTC")),
         "event_type": kinds.tolist(),
-        "value": pa.array(value.to_numpy(dtype=np.float64), from_pandas=True) if value is not None else None,
         "seq": order.astype(np.int64),
-    })
-    if value is None:
-        events = events.drop_columns(["value"])
+    }
+    if value is not None:
+        columns["value"] = pa.array(value.to_numpy(dtype=np.float64), from_pandas=True)
+    events = pa.table(columns)
     report = [f"{len(df):,} events, {len(all_users):,} users, {len(all_items):,} items"
               + (f" ({len(meta):,} described in {items})" if meta is not None else "")]
     ds = Dataset(items=pa.table(cols), users=pa.table({"user_id": np.arange(len(all_users), dtype=np.int64),
