@@ -8,19 +8,22 @@ requests) extend this same command.
 from __future__ import annotations
 
 import argparse
-import json
+import hashlib
+import importlib
+import inspect
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from training import __version__
+from training.data.sources import SOURCES
 from training.paths import shared_path
 
 # name -> (source, input under shared/, schemes evaluated)
 DATASETS = {
     "beauty": ("amazon", "data/amazon/Beauty.txt", ("loo",)),
     "sports": ("amazon", "data/amazon/Sports_and_Outdoors.txt", ("loo",)),
-    "online-retail": ("online-retail", "data/online-retail/online_retail.csv.gz", ("loo", "time")),
+    "online-retail": ("online-retail", "data/online-retail/online_retail.csv.gz", ("loo", "basket", "time")),
 }
 
 
@@ -40,7 +43,9 @@ def _prepare_cached(name: str, cfg: DemoConfig) -> str:
     src = shared_path(rel, cfg.shared)
     out = Path(cfg.workdir) / "data" / name
     stamp = Path(cfg.workdir) / "data" / f".{name}.stamp"
-    key = f"{source} {src} {src.stat().st_size} {src.stat().st_mtime_ns} raycart {__version__}"
+    converter = Path(inspect.getfile(importlib.import_module(SOURCES[source])))
+    key = (f"{source} {src} {src.stat().st_size} {src.stat().st_mtime_ns} raycart {__version__} "
+           f"{hashlib.sha256(converter.read_bytes()).hexdigest()[:16]}")
     if (out / "dataset.json").exists() and stamp.exists() and stamp.read_text() == key:
         print(f"[{name}] using prepared dataset {out}", flush=True)
         return str(out)

@@ -38,6 +38,15 @@ def test_beauty_poprec_preceding_interactions(beauty):
     assert (round(m["HR@10"], 4), round(m["NDCG@10"], 4)) == (0.0135, 0.0061)
 
 
+def test_sports_poprec_all_interactions_matches_s3rec_paper(shared):
+    sports = get_source("amazon")(str(shared / "data/amazon/Sports_and_Outdoors.txt")).dataset
+    assert (sports.num_users, sports.num_items, sports.events.num_rows) == (35_598, 18_357, 296_337)
+    task = build_split(sports, split_from_manifest(sports, "loo"), "test")
+    m = evaluate(Popularity().fit(task.full).score, task, EvalConfig(ks=(10, 20)))
+    got = {k: round(m[k], 4) for k in ("HR@10", "NDCG@10", "HR@20", "NDCG@20")}
+    assert got == {"HR@10": 0.0094, "NDCG@10": 0.0053, "HR@20": 0.0192, "NDCG@20": 0.0078}
+
+
 def test_online_retail_cleaning_counts(shared, tmp_path):
     p = get_source("online-retail")(str(shared / "data/online-retail/online_retail.csv.gz"))
     steps = p.dataset.notes["cleaning"]
@@ -51,6 +60,8 @@ def test_online_retail_cleaning_counts(shared, tmp_path):
     pop = evaluate(Popularity().fit(task.train).score, task)
     knn = evaluate(ItemKNN().fit(task.train).score, task)
     assert knn["NDCG@10"] > 2 * pop["NDCG@10"]
+    basket = build_split(ds, split_from_manifest(ds, "basket"), "test")
+    assert basket.targets.lengths().mean() > 1  # whole invoices are held out
     time_task = build_split(ds, split_from_manifest(ds, "time"), "test")
     assert time_task.info["test_start"].startswith("2011-11-09")
     assert (np.diff(ds.events["timestamp"].cast("int64").to_numpy()) != 0).any()

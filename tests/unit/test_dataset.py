@@ -79,3 +79,10 @@ def test_empty_events_rejected(tiny_dataset, tmp_path):
     with pytest.raises(DataError, match="no events"):
         save_dataset(empty, str(tmp_path / "d"))
     assert not (tmp_path / "d").exists()
+
+
+def test_corrupt_parquet_file_is_named(tiny_dataset, tmp_path):
+    save_dataset(tiny_dataset, str(tmp_path / "d"))
+    (tmp_path / "d" / "items.parquet").write_bytes(b"this is not parquet")
+    with pytest.raises(DataError, match=r"items.parquet: not a readable Parquet file"):
+        load_dataset(str(tmp_path / "d"))

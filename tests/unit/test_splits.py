@@ -47,6 +47,18 @@ def test_leave_one_out_test_and_valid():
     assert 4 not in valid.train.items and 3 not in valid.train.items
 
 
+def test_leave_last_basket_out():
+    # user 0: basket on day 0 (items 1, 2), day 1 (3), day 2 (4, 5); user 1: a single basket
+    ds = _dataset([(0, 1, 0), (0, 2, 0), (0, 3, 1), (0, 4, 2), (0, 5, 2), (1, 6, 0), (1, 7, 0)])
+    test = build_split(ds, SplitSpec("loo", basket=True), "test")
+    assert test.users.tolist() == [0]
+    assert test.history.row(0).tolist() == [1, 2, 3] and test.targets.row(0).tolist() == [4, 5]
+    valid = build_split(ds, SplitSpec("loo", basket=True), "valid")
+    assert valid.history.row(0).tolist() == [1, 2] and valid.targets.row(0).tolist() == [3]
+    item_level = build_split(ds, SplitSpec("loo"), "test")
+    assert item_level.history.row(0).tolist() == [1, 2, 3, 4]  # the basket-mate 4 leaks in
+
+
 def test_time_split_targets_are_new_distinct_items_after_cutoff():
     ds = _dataset([(0, 1, 0), (0, 2, 5), (0, 1, 11), (0, 3, 12), (0, 3, 13), (1, 4, 1), (1, 5, 6)])
     spec = SplitSpec("time", dedupe=False, valid_start="2024-01-05", test_start="2024-01-11")

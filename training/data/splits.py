@@ -4,6 +4,10 @@ Three kinds:
 
 ``loo``   leave-one-out by time per user: the last item is the test target, the second last
           the validation target, everything earlier is training (the S3-Rec/SASRec protocol).
+          With ``basket=True`` the unit is the last *basket* (all items sharing the user's last
+          timestamp, e.g. one invoice): for basket data, item-level leave-one-out puts the
+          target's basket-mates into the history, which makes "next item" far easier than it
+          is in practice.
 ``time``  a global time split: events at or after ``test_start`` are test targets; events in
           ``[valid_start, test_start)`` are validation targets. Each user's targets are the
           distinct items they touched in the window that are not already in their history.
@@ -42,6 +46,7 @@ class SplitSpec:
     valid_start: str | None = None  # default: 80 % quantile
     cold_fraction: float = 0.1
     candidates: str = "cold"
+    basket: bool = False  # loo: hold out the last basket (same timestamp), not the last item
     seed: int = 0
 
     def __post_init__(self):
@@ -117,18 +122,31 @@ def _task(name, part, train, users, history, targets, candidates, full, info) ->
                     candidates, full, info)
 
 
+def _last_basket(seqs: Interactions) -> np.ndarray:
+    """Mask of the positions that share their user's last timestamp."""
+    lengths = seqs.lengths()
+    last_time = np.zeros(seqs.num_users, dtype=np.int64)
+    last_time[lengths > 0] = seqs.times[seqs.indptr[1:][lengths > 0] - 1]
+    return seqs.times == np.repeat(last_time, lengths)
+
+
 def _loo(seqs: Interactions, spec: SplitSpec, part: str, name: str) -> EvalTask:
     offset = 1 if part == "test" else 2
+    if spec.basket:
+        base = seqs if part == "test" else seqs.select(~_last_basket(seqs))
+        in_target = _last_basket(base)
+        history, targets = base.select(~in_target), base.select(in_target)
+        users = np.flatnonzero((history.lengths() >= spec.min_history) & (targets.lengths() > 0))
+        return _task(name, part, history, users.astype(np.int64), history, targets, None, seqs,
+                     {"kind": "loo", "basket": True, "offset": offset})
     base = seqs.drop_last(offset - 1)  # what happened up to and including the target
     history = base.drop_last(1)
-    lengths = base.lengths()
-    users = np.flatnonzero(lengths >= spec.min_history + 1).astype(np.int64)
+    users = np.flatnonzero(base.lengths() >= spec.min_history + 1).astype(np.int64)
     target_items = base.last(1)
     targets = Interactions(np.arange(seqs.num_users + 1, dtype=np.int64),
                            np.where(target_items >= 0, target_items, 0), np.zeros(seqs.num_users, np.int64),
                            seqs.num_items)
-    train = history
-    return _task(name, part, train, users, history, targets, None, seqs,
+    return _task(name, part, history, users, history, targets, None, seqs,
                  {"kind": "loo", "offset": offset})
 
 

@@ -82,10 +82,17 @@ def rank_targets(scores, history: Interactions, targets: Interactions,
     Returns a ``(B, T_max)`` int64 tensor; a target that is itself excluded ranks after every
     candidate (it can never be a hit).
     """
+    return _ranks(_masked(scores, history, candidates), targets)
+
+
+def _masked(scores, history: Interactions, candidates: np.ndarray | None) -> torch.Tensor:
     s = _as_float_tensor(scores)
     if torch.isnan(s).any():
         raise ValueError("scores contain NaN")
-    s = _mask(s, history, candidates)
+    return _mask(s, history, candidates)
+
+
+def _ranks(s: torch.Tensor, targets: Interactions) -> torch.Tensor:
     tgt = _pad(targets)
     valid = tgt >= 0
     t_scores = s.gather(1, tgt.clamp(min=0))
@@ -170,12 +177,13 @@ def evaluate(score_fn: ScoreFn, task: EvalTask, config: EvalConfig = EvalConfig(
         if scores.shape != (hi - lo, n_items):
             raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, "
                              f"expected {(hi - lo, n_items)}")
-        ranks = rank_targets(scores, history, targets, task.candidates)
+        masked = _masked(scores, history, task.candidates)
+        ranks = _ranks(masked, targets)
         valid = ranks >= 0
         n_t = valid.sum(1).clamp(min=1).double()
         r = torch.where(valid, ranks, torch.full_like(ranks, 1 << 40))
         sums["MRR"] += (1.0 / (r.min(1).values.double() + 1)).sum().item()
-        best = top_k(_mask(scores, history, task.candidates), max(ks))
+        best = top_k(masked, max(ks))
         for k in ks:
             hit = r < k
             sums[f"HR@{k}"] += hit.any(1).double().sum().item()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
 
 from training import storage
 from training.baselines.itemknn import ItemKNN, ItemKNNConfig
@@ -28,8 +30,6 @@ def write_json(obj: dict, uri: str) -> None:
         except OSError as exc:
             raise storage.describe_error(exc, uri) from exc
         return
-    import os
-    from pathlib import Path
     dest = Path(uri)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp")

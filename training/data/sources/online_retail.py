@@ -105,6 +105,7 @@ def prepare(input: str) -> Prepared:
     ds = Dataset(items=items, users=users, events=events, source="online-retail",
                  splits={
                      "loo": {"kind": "loo", "dedupe": True},
+                     "basket": {"kind": "loo", "dedupe": True, "basket": True},
                      "time": {"kind": "time", "dedupe": True, "valid_start": "2011-10-09",
                               "test_start": "2011-11-09"},
                      "cold": {"kind": "cold", "dedupe": True},
