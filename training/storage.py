@@ -138,6 +138,30 @@ def _upload_tree(local_dir: Path, fs: pafs.FileSystem, dest: str, last: str | No
             shutil.copyfileobj(src, out, length=8 << 20)
 
 
+def _publish_s3(local: Path, fs: pafs.FileSystem, dest: str, uri: str, replace: bool,
+                publish_last: str | None) -> None:
+    """Upload ``local`` to ``dest``. S3 has no rename, so when replacing, the new files go to a
+    staging prefix first and the old ones are deleted only after that upload succeeded (a
+    network or permission failure mid-upload leaves the old directory untouched); the
+    staged files are then copied server-side, manifest last."""
+    target = f"{dest}.staging-{uuid.uuid4().hex[:8]}" if replace else dest
+    try:
+        _upload_tree(local, fs, target, publish_last)
+        if replace:
+            fs.delete_dir_contents(dest, missing_dir_ok=True)
+            names = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+            for rel in sorted(names, key=lambda r: r == publish_last):
+                fs.copy_file(f"{target}/{rel}", f"{dest}/{rel}")
+            fs.delete_dir(target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            if replace:
+                fs.delete_dir(target)
+            else:
+                fs.delete_dir_contents(dest, missing_dir_ok=True)
+        raise describe_error(exc, uri) from exc
+
+
 @contextlib.contextmanager
 def atomic_output_dir(uri: str | os.PathLike, *, overwrite: bool = False,
                       publish_last: str | None = None) -> Iterator[Path]:
@@ -151,7 +175,8 @@ def atomic_output_dir(uri: str | os.PathLike, *, overwrite: bool = False,
 
     Local destinations: the temp dir is a sibling of ``uri`` and is renamed into place, so the
     switch is atomic on one filesystem. If ``overwrite`` replaces a directory, the old one is
-    moved aside first and removed only after the new one is in place.
+    moved aside first and removed only after the new one is in place. S3 destinations: see
+    :func:`_publish_s3`.
     """
     text = str(uri)
     fs, dest = resolve(text)
@@ -166,14 +191,7 @@ def atomic_output_dir(uri: str | os.PathLike, *, overwrite: bool = False,
         tmp = Path(tempfile.mkdtemp(prefix="raycart-out-"))
         try:
             yield tmp
-            try:
-                if present:
-                    fs.delete_dir_contents(dest, missing_dir_ok=True)
-                _upload_tree(tmp, fs, dest, publish_last)
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    fs.delete_dir_contents(dest, missing_dir_ok=True)
-                raise describe_error(exc, text) from exc
+            _publish_s3(tmp, fs, dest, text, replace=present, publish_last=publish_last)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return

@@ -29,6 +29,18 @@ def test_dataset_round_trip_on_s3(s3_env, tiny_dataset):
         save_dataset(p.dataset, uri)
 
 
+def test_overwrite_on_s3_replaces_contents_and_cleans_staging(s3_env, tiny_dataset):
+    from dataclasses import replace
+
+    uri = f"s3://{s3_env['bucket']}/overwrite"
+    save_dataset(tiny_dataset, uri)
+    smaller = replace(tiny_dataset, events=tiny_dataset.events.slice(0, 100))
+    save_dataset(smaller, uri, overwrite=True)
+    assert load_dataset(uri).events.num_rows == 100
+    keys = [o["Key"] for o in s3_env["client"].list_objects_v2(Bucket=s3_env["bucket"])["Contents"]]
+    assert not [k for k in keys if "staging" in k]
+
+
 def test_cli_end_to_end_on_s3(s3_env, tmp_path):
     env = {**os.environ, **s3_env["env"]}
     data = f"s3://{s3_env['bucket']}/cli-shop"

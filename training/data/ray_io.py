@@ -26,7 +26,8 @@ def read_table(dataset_uri: str, table: str, columns: list[str] | None = None, *
         if unknown:
             raise DataError(f"{dataset_uri}/{table}: unknown column(s) {unknown}")
     fs, path = storage.resolve(storage.join(dataset_uri, f"{table}.parquet"))
-    return ray.data.read_parquet(path, filesystem=fs, columns=columns, **read_kwargs)
+    ds = ray.data.read_parquet(path, filesystem=fs, **read_kwargs)
+    return ds.select_columns(columns) if columns else ds
 
 
 def read_events(dataset_uri: str, **kwargs):
