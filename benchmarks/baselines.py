@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from training.baselines.itemknn import ItemKNNConfig
-from training.demo import DATASETS, DemoConfig, _prepare_cached
+from training.demo import DATASETS, DemoConfig, prepare_cached
 from training.evaluation.metrics import EvalConfig
 from training.evaluation.run import run_baseline
 
@@ -64,7 +64,7 @@ def main() -> None:
     rows = []
     start = time.time()
     for name in args.datasets.split(","):
-        data = _prepare_cached(name, cfg)
+        data = prepare_cached(name, cfg)
         for scheme in DATASETS[name][2]:
             for label, model, opts in VARIANTS:
                 if label.startswith("pop (all") and scheme != "loo":

@@ -35,7 +35,7 @@ class DemoConfig:
     models: tuple[str, ...] = ("pop", "itemknn")
 
 
-def _prepare_cached(name: str, cfg: DemoConfig) -> str:
+def prepare_cached(name: str, cfg: DemoConfig) -> str:
     """Prepare dataset ``name`` unless the work directory already holds it for the same input."""
     from training.data.cli import prepare
 
@@ -65,7 +65,7 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
     start = time.time()
     rows = []
     for name in cfg.datasets:
-        data = _prepare_cached(name, cfg)
+        data = prepare_cached(name, cfg)
         for scheme in DATASETS[name][2]:
             for model in cfg.models:
                 print(f"[{name}] {model} on {scheme}/test ...", flush=True)

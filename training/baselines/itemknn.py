@@ -46,12 +46,15 @@ class ItemKNN:
         self.config = config
         self.sim: sp.csr_matrix | None = None
 
-    def fit(self, train: Interactions, chunk: int = 2048) -> "ItemKNN":
+    def fit(self, train: Interactions, chunk: int | None = None) -> "ItemKNN":
+        """Compute the pruned similarity matrix, ``chunk`` item rows at a time (default: about
+        50M dense similarities per chunk, so memory stays near 1 GB for any catalogue size)."""
         x = train.to_csr(binary=True).tocsc()  # users x items
         norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
         xt = x.T.tocsr()
         n = train.num_items
         k = min(self.config.neighbours, max(n - 1, 1))
+        chunk = chunk or max(64, min(4096, 50_000_000 // max(n, 1)))
         rows, cols, vals = [], [], []
         for lo in range(0, n, chunk):
             hi = min(lo + chunk, n)

@@ -18,6 +18,7 @@ def prepare(source: str, input: str | None, output: str, overwrite: bool = False
     if source != "synthetic" and not input:
         raise DataError(f"--input is required for source '{source}'")
     start = time.time()
+    print(f"preparing {source} dataset" + (f" from {input}" if input else "") + f" -> {output}", flush=True)
     prepared = fn(input, **options)
     for line in prepared.report:
         print(f"  {line}", flush=True)

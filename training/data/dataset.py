@@ -15,7 +15,6 @@ reading validate the schema; errors name the file and the column.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -148,11 +147,14 @@ def read_manifest(uri: str) -> dict:
 
 def read_table(uri: str, name: str) -> pa.Table:
     path = storage.join(uri, f"{name}.parquet")
-    data = storage.read_bytes(path)
+    storage.require_file(path, f"{name} table")
+    fs, fs_path = storage.resolve(path)
     try:
-        table = pq.read_table(io.BytesIO(data))
-    except (pa.ArrowInvalid, OSError) as exc:
+        table = pq.read_table(fs_path, filesystem=fs)
+    except pa.ArrowInvalid as exc:
         raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from exc
+    except OSError as exc:
+        raise storage.describe_error(exc, path) from exc
     return schema.conform(table, name, path)
 
 
