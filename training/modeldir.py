@@ -22,16 +22,20 @@ MODEL_JSON = "model.json"
 LOADERS = {
     "popularity": "training.baselines.popularity:Popularity.from_state",
     "itemknn": "training.baselines.itemknn:ItemKNN.from_state",
+    "retriever": "training.models.retriever:RetrieverScorer.from_state",
 }
 
 
 def save_model_dir(uri: str, kind: str, config: dict, state: dict[str, np.ndarray], meta: dict,
-                   overwrite: bool = False) -> None:
-    """Write ``model.json`` and ``state.npz`` atomically (``model.json`` last)."""
+                   overwrite: bool = False, extra=None) -> None:
+    """Write ``model.json`` and ``state.npz`` atomically (``model.json`` last); ``extra(tmp)``
+    may add files (an item-embedding table, plots)."""
     doc = {"kind": kind, "config": config, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            **meta}
     with storage.atomic_output_dir(uri, overwrite=overwrite, publish_last=MODEL_JSON) as tmp:
         np.savez(tmp / "state.npz", **state)
+        if extra is not None:
+            extra(tmp)
         (tmp / MODEL_JSON).write_text(json.dumps(doc, indent=2) + "\n")
 
 

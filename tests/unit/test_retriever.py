@@ -1,0 +1,52 @@
+import numpy as np
+import torch
+
+from training.models.retriever import ItemFeatures, RetrieverConfig, TwoTower, left_pad
+
+
+def _feats(n=12, text_dim=8, seed=0):
+    rng = np.random.default_rng(seed)
+    attrs = [[i % 3, 3 + i % 2] for i in range(n)]
+    indptr = np.concatenate([[0], np.cumsum([len(a) for a in attrs])])
+    return ItemFeatures(n, np.ones(n, bool), indptr, np.concatenate(attrs), 5,
+                        text=rng.normal(size=(n, text_dim)).astype(np.float32))
+
+
+def test_padding_does_not_change_the_user_vector():
+    torch.manual_seed(0)
+    model = TwoTower(RetrieverConfig.tiny(), _feats()).eval()
+    short = torch.tensor(left_pad([np.array([3, 4, 5])], 3))
+    long = torch.tensor(left_pad([np.array([3, 4, 5])], 8))
+    torch.testing.assert_close(model(short), model(long), atol=1e-5, rtol=1e-5)
+    empty = torch.tensor(left_pad([np.array([], dtype=np.int64)], 4))
+    assert torch.isfinite(model(empty)).all()
+
+
+def test_unseen_item_gets_a_content_vector_but_no_id_vector():
+    feats = _feats()
+    feats.known[7] = False
+    content = TwoTower(RetrieverConfig.tiny(), feats).items.all_items()
+    assert torch.isfinite(content[7]).all() and content[7].abs().sum() > 0
+    ids_only = TwoTower(RetrieverConfig(**{**RetrieverConfig.tiny().to_dict(), "use_attributes": False,
+                                           "use_text": False}), feats)
+    pre_norm = ids_only.items.id_emb.weight * ids_only.items.known[:, None]
+    assert pre_norm[7].abs().sum() == 0  # an id-only model has nothing for an unseen item
+
+
+def test_full_and_sampled_losses_train():
+    torch.manual_seed(0)
+    feats = _feats()
+    seqs = torch.tensor([[0, 1, 2, 3], [-1, 4, 5, 6]])
+    targets = torch.tensor([[1, 2, 3, 4], [-1, 5, 6, 7]])
+    for loss in ("full", "sampled"):
+        model = TwoTower(RetrieverConfig(**{**RetrieverConfig.tiny().to_dict(), "loss": loss, "dropout": 0.0}), feats)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        log_q = torch.full((12,), -np.log(12.0))
+        first = None
+        for _ in range(60):
+            opt.zero_grad()
+            value = model.loss(seqs, targets, log_q=log_q, generator=torch.Generator().manual_seed(0))
+            value.backward()
+            opt.step()
+            first = value.item() if first is None else first
+        assert value.item() < 0.5 * first, (loss, first, value.item())

@@ -1,0 +1,142 @@
+"""Item content embeddings by Ray Data batch inference, cached as Parquet.
+
+``embed_items`` runs the text encoder over every item's text and the image encoder over every
+item's image with ``map_batches`` on an actor pool (each actor loads the encoder once; one GPU
+per actor when ``use_gpu``). The result is cached under ``cache_dir`` with a key made of the
+encoder configuration, the weights' identity and the exact inputs, so a rerun with the same
+inputs reads the cache instead of recomputing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from training import storage
+from training.data.dataset import Dataset
+from training.features import item_text
+from training.models.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig
+
+
+class TextEmbedder:
+    """Ray Data actor: ``{"item_id", "text"} -> {"item_id", "embedding"}``."""
+
+    def __init__(self, config: TextEncoderConfig, device: str = "cpu"):
+        import torch
+
+        torch.set_num_threads(1)
+        self.encoder = TextEncoder(config).to(device).eval()
+        self.device = device
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        texts = [str(t) for t in batch["text"]]
+        with torch.no_grad():
+            tok = {k: v.to(self.device) for k, v in self.encoder.tokenize(texts).items()
+                   if k in ("input_ids", "attention_mask")}
+            emb = self.encoder(**tok).float().cpu().numpy()
+        return {"item_id": batch["item_id"], "embedding": list(emb)}
+
+
+class ImageEmbedder:
+    """Ray Data actor: ``{"item_id", "uri"} -> {"item_id", "embedding"}`` (zeros for no image)."""
+
+    def __init__(self, config: ImageEncoderConfig, device: str = "cpu"):
+        import torch
+
+        torch.set_num_threads(1)
+        self.encoder = ImageEncoder(config).to(device).eval()
+        self.device = device
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+        from PIL import Image
+
+        uris = list(batch["uri"])
+        have = [i for i, u in enumerate(uris) if u]
+        out = np.zeros((len(uris), self.encoder.dim), dtype=np.float32)
+        if have:
+            pixels = torch.stack([self.encoder.preprocess(Image.open(io.BytesIO(storage.read_bytes(uris[i])))
+                                                          .convert("RGB")) for i in have])
+            with torch.no_grad():
+                out[have] = self.encoder(pixels.to(self.device)).float().cpu().numpy()
+        return {"item_id": batch["item_id"], "embedding": list(out)}
+
+
+def image_uris(dataset: Dataset) -> list[str | None]:
+    root = str(dataset.root) if dataset.root else ""
+    out = []
+    for rel in dataset.items["image"].to_pylist():
+        if not rel:
+            out.append(None)
+        elif "://" in rel or rel.startswith("/"):
+            out.append(rel)
+        else:
+            out.append(storage.join(root, rel))
+    return out
+
+
+def _weights_identity(path_or_name: str) -> str:
+    p = Path(path_or_name).expanduser()
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in (".safetensors", ".pth", ".bin", ".json"))
+        return ";".join(f"{f.name}:{f.stat().st_size}" for f in files)
+    return path_or_name
+
+
+def _cache_key(kind: str, config, inputs: list) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"kind": kind, "config": asdict(config),
+                         "weights": _weights_identity(getattr(config, "name_or_path", None) or config.weights)},
+                        sort_keys=True).encode())
+    for x in inputs:
+        h.update(b"\0" + (x or "").encode())
+    return h.hexdigest()[:24]
+
+
+def _run(kind: str, actor, config, rows: pa.Table, concurrency: int, batch_size: int, use_gpu: bool) -> np.ndarray:
+    import ray.data
+
+    ds = ray.data.from_arrow(rows).repartition(max(concurrency * 2, 1))
+    out = ds.map_batches(actor, fn_constructor_kwargs={"config": config, "device": "cuda" if use_gpu else "cpu"},
+                         batch_size=batch_size, concurrency=concurrency, num_gpus=1 if use_gpu else 0,
+                         batch_format="numpy")
+    table = out.to_pandas().sort_values("item_id")
+    return np.stack(table["embedding"].to_numpy()).astype(np.float32)
+
+
+def embed_items(dataset: Dataset, kind: str, config, cache_dir: str, concurrency: int = 2,
+                batch_size: int = 64, use_gpu: bool = False) -> np.ndarray:
+    """``(num_items, dim)`` content embeddings of ``kind`` ``'text'`` or ``'image'``, cached."""
+    if kind == "text":
+        inputs, actor, column = item_text(dataset.items), TextEmbedder, "text"
+    else:
+        inputs, actor, column = image_uris(dataset), ImageEmbedder, "uri"
+    key = _cache_key(kind, config, inputs)
+    path = storage.join(cache_dir, f"{kind}-{key}.parquet")
+    if storage.exists(path):
+        fs, p = storage.resolve(path)
+        table = pq.read_table(p, filesystem=fs)
+        print(f"  {kind} embeddings: cached ({path})", flush=True)
+        return np.stack(table["embedding"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    start = time.time()
+    rows = pa.table({"item_id": np.arange(dataset.num_items, dtype=np.int64), column: inputs})
+    emb = _run(kind, actor, config, rows, concurrency, batch_size, use_gpu)
+    fs, p = storage.resolve(path)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    table = pa.table({"item_id": np.arange(dataset.num_items, dtype=np.int64),
+                      "embedding": pa.array(list(emb), type=pa.list_(pa.float32()))})
+    tmp = p + ".tmp"
+    pq.write_table(table, tmp, filesystem=fs)
+    fs.move(tmp, p)
+    print(f"  {kind} embeddings: {dataset.num_items:,} items in {time.time() - start:.1f}s -> {path}", flush=True)
+    return emb

@@ -1,0 +1,41 @@
+"""The retriever's typed configuration (torch-free, so the CLI can read it without loading torch)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RetrieverConfig:
+    dim: int = 64
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.3
+    max_len: int = 50
+    use_id: bool = True
+    use_attributes: bool = True
+    use_text: bool = True
+    use_image: bool = True
+    loss: str = "full"  # or "sampled"
+    num_negatives: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    epochs: int = 200
+    patience: int = 10
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.loss not in ("full", "sampled"):
+            raise ValueError(f"loss must be 'full' or 'sampled', got {self.loss!r}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+
+    @classmethod
+    def tiny(cls) -> "RetrieverConfig":
+        return cls(dim=16, layers=1, heads=1, dropout=0.1, max_len=10, batch_size=32, epochs=5,
+                   patience=3, num_negatives=16)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,25 @@
+"""Start or join Ray for a CLI job.
+
+With ``RAY_ADDRESS`` set (a cluster, or ``ray job submit``), jobs join it. Otherwise a local
+Ray instance starts bound to 127.0.0.1 with the dashboard off. Ray reads
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` when it is first imported, so it is set here before the
+import; set later, the dashboard process listens on 0.0.0.0 (seen with Ray 2.60).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def init_ray(num_cpus: int | None = None, num_gpus: int | None = None):
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"])
+    else:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", configure_logging=False)
+    return ray

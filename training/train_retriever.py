@@ -1,0 +1,292 @@
+"""Train the two-tower retriever with Ray Train (``TorchTrainer``, DDP over N workers).
+
+``train_retriever(job)`` is the plain function behind ``raycart train retriever``:
+
+1. build the split (validation for early stopping, test for the final metrics) and the item
+   features (attributes, plus text/image embeddings by Ray Data batch inference, cached);
+2. ship the training sequences as a Ray Dataset, sharded across the workers;
+3. each worker runs :func:`train_loop` (gloo on CPU, nccl + AMP on GPU); rank 0 evaluates
+   NDCG@10 on validation every epoch, saves a checkpoint (model, optimiser, epoch, best model,
+   early-stopping state) and stops all ranks after ``patience`` epochs without improvement;
+   a worker that dies is replaced and the run resumes from the last checkpoint
+   (``FailureConfig``); rerunning the same job name resumes as well;
+4. the driver loads the best weights, evaluates the test part with the same harness as
+   ``raycart evaluate``, and exports a model directory that loads without Ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training import storage
+from training.data.dataset import load_dataset
+from training.data.interactions import Interactions
+from training.data.splits import build_split, split_from_manifest
+from training.evaluation.metrics import EvalConfig, evaluate
+from training.features import build_item_features
+from training.modeldir import save_model_dir
+from training.models.encoders import ImageEncoderConfig, TextEncoderConfig
+from training.models.retriever import (ItemFeatures, RetrieverConfig, RetrieverScorer, TwoTower,
+                                       TwoTowerTrain, left_pad)
+
+
+@dataclass(frozen=True)
+class RetrieverJob:
+    data: str
+    out: str
+    model: RetrieverConfig = field(default_factory=RetrieverConfig)
+    scheme: str = "loo"
+    workers: int = 2
+    use_gpu: bool = False
+    storage: str = "raycart-work/ray-results"
+    name: str | None = None  # default: "retriever-" + a hash of data, scheme and model config
+    max_failures: int = 2
+    text: TextEncoderConfig | None = None
+    image: ImageEncoderConfig | None = None
+    cache_dir: str = "raycart-work/cache"
+    valid_users: int = 0  # 0: every validation user; else a fixed seeded sample (faster epochs)
+    overwrite: bool = True
+
+
+def training_arrays(train: Interactions, max_len: int) -> np.ndarray:
+    """``(U, 2, max_len)``: left-padded input sequences and next-item targets of every user with
+    at least two training items."""
+    rows = [train.row(u) for u in range(train.num_users) if len(train.row(u)) >= 2]
+    inputs = left_pad([r[:-1] for r in rows], max_len)
+    targets = left_pad([r[1:] for r in rows], max_len)
+    return np.stack([inputs, targets], axis=1)
+
+
+def _score_fn(module: TwoTower):
+    scorer = RetrieverScorer(module)
+    return scorer.score
+
+
+def train_loop(loop_config: dict) -> None:
+    """Per-worker loop (runs inside Ray Train)."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    job: RetrieverJob = loop_config["job"]
+    cfg = job.model
+    feats = ItemFeatures.from_arrays(ray.get(loop_config["features"]))
+    valid_task = ray.get(loop_config["valid"])
+    log_q = torch.tensor(loop_config["log_q"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)
+    model = TwoTower(cfg, feats)
+    train_module = ray.train.torch.prepare_model(TwoTowerTrain(model))
+    opt = torch.optim.Adam(train_module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=job.use_gpu)
+    start_epoch, best, bad, best_state, history, resumes = 0, -1.0, 0, None, [], 0
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optim"])
+        start_epoch, best, bad = saved["epoch"] + 1, saved["best"], saved["bad"]
+        best_state, history, resumes = saved["best_model"], saved["history"], saved.get("resumes", 0) + 1
+        if rank == 0:
+            print(f"[retriever] resumed from checkpoint after epoch {saved['epoch'] + 1}", flush=True)
+
+    shard = ray.train.get_dataset_shard("train")
+    eval_cfg = EvalConfig(ks=(10,), batch_size=256)
+    log_q_dev = log_q.to(device)
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.time()
+        train_module.train()
+        gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + epoch * 10 + rank)
+        total, steps = 0.0, 0
+        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, dtypes=torch.int64, device=device,
+                                              local_shuffle_buffer_size=cfg.batch_size * 8,
+                                              local_shuffle_seed=cfg.seed + epoch):
+            data = batch["data"]
+            with torch.autocast("cuda", enabled=job.use_gpu):
+                loss = train_module(data[:, 0], data[:, 1], log_q_dev, gen)
+            opt.zero_grad()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            total += loss.item()
+            steps += 1
+        metric = torch.zeros(1, device=device)
+        if rank == 0:
+            model.eval()
+            with torch.no_grad():
+                metric[0] = evaluate(_score_fn(model.cpu()), valid_task, eval_cfg)["NDCG@10"]
+            model.to(device)
+        if world > 1:
+            torch.distributed.broadcast(metric, src=0)
+        ndcg = float(metric.item())
+        improved = ndcg > best
+        if improved:
+            best, bad = ndcg, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+        seconds = time.time() - t0
+        history.append({"epoch": epoch + 1, "loss": total / max(steps, 1), "valid_NDCG@10": ndcg,
+                        "seconds": seconds, "samples": steps * cfg.batch_size * world})
+        metrics = {"epoch": epoch + 1, "loss": total / max(steps, 1), "valid_NDCG@10": ndcg,
+                   "best_valid_NDCG@10": best, "epoch_seconds": seconds}
+        if rank == 0:
+            eta = seconds * (cfg.epochs - epoch - 1)
+            print(f"[retriever] epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f} valid NDCG@10 "
+                  f"{ndcg:.4f} (best {best:.4f}) {seconds:.1f}s/epoch, ETA <= {eta / 60:.0f} min", flush=True)
+            with tempfile.TemporaryDirectory() as d:
+                torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "epoch": epoch, "best": best,
+                            "bad": bad, "best_model": best_state, "history": history, "resumes": resumes},
+                           Path(d) / "state.pt")
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+        if bad >= cfg.patience:
+            if rank == 0:
+                print(f"[retriever] early stop: no improvement for {cfg.patience} epochs", flush=True)
+            break
+
+
+def run_name(job: RetrieverJob) -> str:
+    """Same data, split, model and encoders -> same run (so a rerun resumes); otherwise a new one."""
+    key = json.dumps({"data": str(job.data), "scheme": job.scheme, "model": job.model.to_dict(),
+                      "workers": job.workers, "text": job.text.__dict__ if job.text else None,
+                      "image": job.image.__dict__ if job.image else None}, sort_keys=True)
+    return "retriever-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _storage(path: str):
+    if storage.is_s3(path):
+        fs, p = storage.resolve(path)
+        return p, fs
+    return str(Path(path).absolute()), None
+
+
+def prepare_inputs(job: RetrieverJob):
+    """Dataset, splits, item features and training arrays (on the driver; no Ray Train)."""
+    from training.embed import embed_items
+
+    ds = load_dataset(job.data)
+    spec = split_from_manifest(ds, job.scheme)
+    valid = build_split(ds, spec, "valid", name=job.scheme)
+    test = build_split(ds, spec, "test", name=job.scheme)
+    text = image = None
+    if job.model.use_text and job.text is not None and any(ds.items["title"].to_pylist()):
+        text = embed_items(ds, "text", job.text, job.cache_dir, concurrency=max(1, min(job.workers, 2)),
+                           use_gpu=job.use_gpu)
+    if job.model.use_image and job.image is not None and any(ds.items["image"].to_pylist()):
+        image = embed_items(ds, "image", job.image, job.cache_dir, concurrency=max(1, min(job.workers, 2)),
+                            use_gpu=job.use_gpu)
+    feats = build_item_features(ds.items, valid.train, text, image)
+    arrays = training_arrays(valid.train, job.model.max_len)
+    counts = valid.train.item_counts().astype(np.float64) + 1.0  # add-one: every item samplable
+    log_q = np.log(counts / counts.sum()).astype(np.float32)
+    if job.valid_users and job.valid_users < len(valid.users):
+        keep = np.sort(np.random.default_rng(job.model.seed).choice(len(valid.users), job.valid_users, replace=False))
+        valid = type(valid)(valid.name, valid.part, valid.train, valid.users[keep], valid.history.take_users(keep),
+                            valid.targets.take_users(keep), valid.candidates, valid.full, valid.info)
+    return ds, valid, test, feats, arrays, log_q
+
+
+def train_retriever(job: RetrieverJob) -> dict:
+    """Run the whole job; returns the test metrics. See the module docstring."""
+    import ray
+    import ray.data
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    start = time.time()
+    ds, valid, test, feats, arrays, log_q = prepare_inputs(job)
+    print(f"[retriever] {ds.source}: {len(arrays):,} training sequences, {ds.num_items:,} items, "
+          f"{int(feats.known.sum()):,} seen in training; validation users {len(valid.users):,}; "
+          f"text {'on' if feats.text is not None else 'off'}, image {'on' if feats.image is not None else 'off'}",
+          flush=True)
+    path, fs = _storage(job.storage)
+    name = job.name or run_name(job)
+    print(f"[retriever] Ray Train run '{name}' under {job.storage} (rerunning the same job resumes it)",
+          flush=True)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"job": job, "features": ray.put(feats.arrays()), "valid": ray.put(valid),
+                           "log_q": log_q},
+        scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.use_gpu),
+        run_config=RunConfig(name=name, storage_path=path, storage_filesystem=fs,
+                             failure_config=FailureConfig(max_failures=job.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets={"train": ray.data.from_numpy(arrays)},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training produced no checkpoint ({result.error})")
+    with result.checkpoint.as_directory() as d:
+        saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+    model = TwoTower(job.model, feats)
+    model.load_state_dict(saved["best_model"])
+    # test: the validation target is history now; items seen up to it get their id vectors
+    test_feats = build_item_features(ds.items, test.train, feats.text, feats.image)
+    model.items.known.copy_(torch.from_numpy(test_feats.known.astype(np.float32)))
+    scorer = RetrieverScorer(model)
+    test_metrics = evaluate(scorer.score, test)
+    history = saved["history"]
+    summary = {**test_metrics, "run": {
+        "model": "retriever", "data": job.data, "source": ds.source, "scheme": job.scheme, "part": "test",
+        "workers": job.workers, "gpu": job.use_gpu, "epochs": len(history),
+        "best_valid_NDCG@10": saved["best"], "seconds": round(time.time() - start, 1),
+        "resumes": saved.get("resumes", 0)}}
+
+    def extra(tmp: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        with torch.no_grad():
+            vecs = scorer.item_vecs.numpy()
+        pq.write_table(pa.table({"item_id": np.arange(len(vecs), dtype=np.int64),
+                                 "external_id": ds.items["external_id"],
+                                 "embedding": pa.array(list(vecs), type=pa.list_(pa.float32()))}),
+                       tmp / "items.parquet")
+        (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (tmp / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+        plot_learning_curve(history, tmp / "learning_curve.png")
+
+    save_model_dir(job.out, "retriever", job.model.to_dict(), RetrieverScorer.state(model, test_feats),
+                   {"num_items": ds.num_items, "metrics": test_metrics, "history": history,
+                    "resumes": saved.get("resumes", 0),
+                    "trained_on": {"data": job.data, "source": ds.source, "scheme": job.scheme},
+                    "encoders": {"text": job.text.__dict__ if job.text and feats.text is not None else None,
+                                 "image": job.image.__dict__ if job.image and feats.image is not None else None}},
+                   overwrite=job.overwrite, extra=extra)
+    print(f"[retriever] done in {summary['run']['seconds']:.0f}s: test HR@10 {test_metrics['HR@10']:.4f} "
+          f"NDCG@10 {test_metrics['NDCG@10']:.4f} (best valid NDCG@10 {saved['best']:.4f}, "
+          f"{len(history)} epochs) -> {job.out}", flush=True)
+    return summary
+
+
+def plot_learning_curve(history: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax1 = plt.subplots(figsize=(7, 4))
+    ax1.plot(epochs, [h["loss"] for h in history], color="tab:blue", label="training loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("training loss", color="tab:blue")
+    ax2 = ax1.twinx()
+    ax2.plot(epochs, [h["valid_NDCG@10"] for h in history], color="tab:red", label="valid NDCG@10")
+    ax2.set_ylabel("validation NDCG@10", color="tab:red")
+    fig.suptitle("Retriever learning curve")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
