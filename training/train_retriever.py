@@ -65,11 +65,6 @@ def training_arrays(train: Interactions, max_len: int) -> np.ndarray:
     return np.stack([inputs, targets], axis=1)
 
 
-def _score_fn(module: TwoTower):
-    scorer = RetrieverScorer(module)
-    return scorer.score
-
-
 def train_loop(loop_config: dict) -> None:
     """Per-worker loop (runs inside Ray Train)."""
     import ray
@@ -122,12 +117,11 @@ def train_loop(loop_config: dict) -> None:
             scaler.update()
             total += loss.item()
             steps += 1
+        train_seconds = time.time() - t0
         metric = torch.zeros(1, device=device)
         if rank == 0:
-            model.eval()
             with torch.no_grad():
-                metric[0] = evaluate(_score_fn(model.cpu()), valid_task, eval_cfg)["NDCG@10"]
-            model.to(device)
+                metric[0] = evaluate(RetrieverScorer(model).score, valid_task, eval_cfg)["NDCG@10"]
         if world > 1:
             torch.distributed.broadcast(metric, src=0)
         ndcg = float(metric.item())
@@ -139,7 +133,8 @@ def train_loop(loop_config: dict) -> None:
             bad += 1
         seconds = time.time() - t0
         history.append({"epoch": epoch + 1, "loss": total / max(steps, 1), "valid_NDCG@10": ndcg,
-                        "seconds": seconds, "samples": steps * cfg.batch_size * world})
+                        "seconds": seconds, "train_seconds": train_seconds, "steps": steps,
+                        "samples_per_s": steps * cfg.batch_size * world / max(train_seconds, 1e-9)})
         metrics = {"epoch": epoch + 1, "loss": total / max(steps, 1), "valid_NDCG@10": ndcg,
                    "best_valid_NDCG@10": best, "epoch_seconds": seconds}
         if rank == 0:

@@ -50,3 +50,23 @@ def test_full_and_sampled_losses_train():
             opt.step()
             first = value.item() if first is None else first
         assert value.item() < 0.5 * first, (loss, first, value.item())
+
+
+def test_training_arrays_shift_targets_by_one():
+    from training.data.interactions import Interactions
+    from training.train_retriever import training_arrays
+
+    arr = training_arrays(Interactions.from_lists([[5, 6, 7], [8], [1, 2]], 10), max_len=3)
+    assert arr.shape == (2, 2, 3)  # the user with one item has no training pair
+    assert arr[0, 0].tolist() == [-1, 5, 6] and arr[0, 1].tolist() == [-1, 6, 7]
+    assert arr[1, 0].tolist() == [-1, -1, 1] and arr[1, 1].tolist() == [-1, -1, 2]
+
+
+def test_run_name_changes_with_the_config():
+    from dataclasses import replace
+
+    from training.train_retriever import RetrieverJob, run_name
+
+    job = RetrieverJob(data="d", out="o", model=RetrieverConfig.tiny())
+    assert run_name(job) == run_name(replace(job, out="elsewhere"))
+    assert run_name(job) != run_name(replace(job, model=replace(job.model, dim=32)))

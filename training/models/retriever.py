@@ -221,7 +221,7 @@ class RetrieverScorer:
     @torch.no_grad()
     def user_vectors(self, history) -> torch.Tensor:
         rows = [history.row(i) for i in range(history.num_users)]
-        seqs = torch.from_numpy(left_pad(rows, self.model.config.max_len))
+        seqs = torch.from_numpy(left_pad(rows, self.model.config.max_len)).to(self.item_vecs.device)
         return self.model.encode(seqs, self.item_vecs)[:, -1]
 
     def score(self, users, history) -> torch.Tensor:
