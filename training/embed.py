@@ -104,8 +104,13 @@ def _cache_key(kind: str, config, inputs: list) -> str:
 
 
 def _run(kind: str, actor, config, rows: pa.Table, concurrency: int, batch_size: int, use_gpu: bool) -> np.ndarray:
+    import ray
     import ray.data
 
+    if not use_gpu:
+        # each CPU actor holds a CPU for its lifetime; leave one for Ray Data's own tasks,
+        # or a small cluster deadlocks (seen: 2 actors on a 2-CPU cluster never start)
+        concurrency = max(1, min(concurrency, int(ray.cluster_resources().get("CPU", 2)) - 1))
     ds = ray.data.from_arrow(rows).repartition(max(concurrency * 2, 1))
     out = ds.map_batches(actor, fn_constructor_kwargs={"config": config, "device": "cuda" if use_gpu else "cpu"},
                          batch_size=batch_size, concurrency=concurrency, num_gpus=1 if use_gpu else 0,
