@@ -35,7 +35,7 @@ VARIANTS = [
     ("content only (no ids)", dict(use_id=False)),
 ]
 CONFIG = RetrieverConfig(dim=64, layers=1, heads=1, dropout=0.2, max_len=20, batch_size=128, lr=2e-3,
-                         epochs=25, patience=4)
+                         epochs=30, patience=8)
 
 
 def main() -> None:
