@@ -10,7 +10,7 @@ from training.baselines.itemknn import ItemKNN
 from training.baselines.popularity import Popularity
 from training.data.dataset import load_dataset, save_dataset
 from training.data.sources import get_source
-from training.data.splits import SplitSpec, build_split, split_from_manifest
+from training.data.splits import build_split, split_from_manifest
 from training.evaluation.metrics import EvalConfig, evaluate
 
 pytestmark = pytest.mark.realdata
