@@ -19,56 +19,51 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
+from PIL import Image
 
 from training import storage
 from training.data.dataset import Dataset
 from training.features import item_text
-from training.models.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig
+from training.models.encoders import ImageEncoder, TextEncoder
 
 
-class TextEmbedder:
-    """Ray Data actor: ``{"item_id", "text"} -> {"item_id", "embedding"}``."""
+class _EncoderActor:
+    """A Ray Data actor that loads one encoder once and embeds batches with it."""
 
-    def __init__(self, config: TextEncoderConfig, device: str = "cpu"):
-        import torch
+    encoder_cls: type
 
-        torch.set_num_threads(1)
-        self.encoder = TextEncoder(config).to(device).eval()
+    def __init__(self, config, device: str = "cpu"):
+        torch.set_num_threads(1)  # one CPU per actor
+        self.encoder = self.encoder_cls(config).to(device).eval()
         self.device = device
 
-    def __call__(self, batch: dict) -> dict:
-        import torch
 
-        texts = [str(t) for t in batch["text"]]
-        with torch.no_grad():
-            tok = {k: v.to(self.device) for k, v in self.encoder.tokenize(texts).items()
-                   if k in ("input_ids", "attention_mask")}
-            emb = self.encoder(**tok).float().cpu().numpy()
+class TextEmbedder(_EncoderActor):
+    """``{"item_id", "text"} -> {"item_id", "embedding"}``."""
+
+    encoder_cls = TextEncoder
+
+    @torch.no_grad()
+    def __call__(self, batch: dict) -> dict:
+        emb = self.encoder.embed([str(t) for t in batch["text"]]).float().cpu().numpy()
         return {"item_id": batch["item_id"], "embedding": list(emb)}
 
 
-class ImageEmbedder:
-    """Ray Data actor: ``{"item_id", "uri"} -> {"item_id", "embedding"}`` (zeros for no image)."""
+class ImageEmbedder(_EncoderActor):
+    """``{"item_id", "uri"} -> {"item_id", "embedding"}`` (zeros for items without an image)."""
 
-    def __init__(self, config: ImageEncoderConfig, device: str = "cpu"):
-        import torch
+    encoder_cls = ImageEncoder
 
-        torch.set_num_threads(1)
-        self.encoder = ImageEncoder(config).to(device).eval()
-        self.device = device
-
+    @torch.no_grad()
     def __call__(self, batch: dict) -> dict:
-        import torch
-        from PIL import Image
-
         uris = list(batch["uri"])
         have = [i for i, u in enumerate(uris) if u]
         out = np.zeros((len(uris), self.encoder.dim), dtype=np.float32)
         if have:
             pixels = torch.stack([self.encoder.preprocess(Image.open(io.BytesIO(storage.read_bytes(uris[i])))
                                                           .convert("RGB")) for i in have])
-            with torch.no_grad():
-                out[have] = self.encoder(pixels.to(self.device)).float().cpu().numpy()
+            out[have] = self.encoder(pixels.to(self.device)).float().cpu().numpy()
         return {"item_id": batch["item_id"], "embedding": list(out)}
 
 

@@ -125,8 +125,7 @@ def train_loop(loop_config: dict) -> None:
         if world > 1:
             torch.distributed.broadcast(metric, src=0)
         ndcg = float(metric.item())
-        improved = ndcg > best
-        if improved:
+        if ndcg > best:
             best, bad = ndcg, 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
@@ -135,8 +134,7 @@ def train_loop(loop_config: dict) -> None:
         history.append({"epoch": epoch + 1, "loss": total / max(steps, 1), "valid_NDCG@10": ndcg,
                         "seconds": seconds, "train_seconds": train_seconds, "steps": steps,
                         "samples_per_s": steps * cfg.batch_size * world / max(train_seconds, 1e-9)})
-        metrics = {"epoch": epoch + 1, "loss": total / max(steps, 1), "valid_NDCG@10": ndcg,
-                   "best_valid_NDCG@10": best, "epoch_seconds": seconds}
+        metrics = {**history[-1], "best_valid_NDCG@10": best}
         if rank == 0:
             eta = seconds * (cfg.epochs - epoch - 1)
             print(f"[retriever] epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f} valid NDCG@10 "
@@ -163,10 +161,9 @@ def run_name(job: RetrieverJob) -> str:
 
 
 def _storage(path: str):
-    if storage.is_s3(path):
-        fs, p = storage.resolve(path)
-        return p, fs
-    return str(Path(path).absolute()), None
+    """Ray Train wants ``bucket/path`` plus a filesystem for S3, a plain path locally."""
+    fs, p = storage.resolve(path)
+    return p, (fs if storage.is_s3(path) else None)
 
 
 def prepare_inputs(job: RetrieverJob):
@@ -188,10 +185,7 @@ def prepare_inputs(job: RetrieverJob):
     arrays = training_arrays(valid.train, job.model.max_len)
     counts = valid.train.item_counts().astype(np.float64) + 1.0  # add-one: every item samplable
     log_q = np.log(counts / counts.sum()).astype(np.float32)
-    if job.valid_users and job.valid_users < len(valid.users):
-        keep = np.sort(np.random.default_rng(job.model.seed).choice(len(valid.users), job.valid_users, replace=False))
-        valid = type(valid)(valid.name, valid.part, valid.train, valid.users[keep], valid.history.take_users(keep),
-                            valid.targets.take_users(keep), valid.candidates, valid.full, valid.info)
+    valid = valid.sample_users(job.valid_users, seed=job.model.seed)
     return ds, valid, test, feats, arrays, log_q
 
 

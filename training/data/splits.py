@@ -102,6 +102,15 @@ class EvalTask:
     def num_items(self) -> int:
         return self.train.num_items
 
+    def sample_users(self, n: int, seed: int = 0) -> "EvalTask":
+        """The same task over a fixed seeded sample of ``n`` users (all of them if ``n`` is 0 or
+        not smaller than the user count), e.g. for faster per-epoch validation."""
+        if not n or n >= len(self.users):
+            return self
+        keep = np.sort(np.random.default_rng(seed).choice(len(self.users), n, replace=False))
+        return dataclasses.replace(self, users=self.users[keep], history=self.history.take_users(keep),
+                                   targets=self.targets.take_users(keep))
+
 
 def _to_us(date: str) -> int:
     try:

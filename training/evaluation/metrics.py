@@ -52,9 +52,10 @@ class EvalConfig:
 
 
 def _as_float_tensor(scores) -> torch.Tensor:
+    """A float32 CPU tensor the caller owns (always a copy: masking writes into it)."""
     if isinstance(scores, torch.Tensor):
-        return scores.detach().float().cpu()
-    return torch.from_numpy(np.array(scores, dtype=np.float32))  # a writable copy
+        return scores.detach().to("cpu", torch.float32, copy=True)
+    return torch.from_numpy(np.array(scores, dtype=np.float32))
 
 
 def _pad(rows: Interactions) -> torch.Tensor:
@@ -67,7 +68,7 @@ def _pad(rows: Interactions) -> torch.Tensor:
 
 
 def _mask(scores: torch.Tensor, history: Interactions, candidates: np.ndarray | None) -> torch.Tensor:
-    scores = scores.clone()
+    """Set excluded items to -inf, in place."""
     if candidates is not None:
         scores[:, ~torch.from_numpy(candidates)] = -math.inf
     rows = torch.from_numpy(history.user_of_position())
@@ -173,8 +174,8 @@ def evaluate(score_fn: ScoreFn, task: EvalTask, config: EvalConfig = EvalConfig(
         rows = np.arange(lo, hi)
         history = task.history.take_users(rows)
         targets = task.targets.take_users(rows)
-        scores = _as_float_tensor(score_fn(task.users[lo:hi], history))
-        if scores.shape != (hi - lo, n_items):
+        scores = score_fn(task.users[lo:hi], history)
+        if tuple(scores.shape) != (hi - lo, n_items):
             raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, "
                              f"expected {(hi - lo, n_items)}")
         masked = _masked(scores, history, task.candidates)

@@ -69,12 +69,16 @@ class TextEncoder(nn.Module):
         return self.tokenizer(texts, padding=True, truncation=True, max_length=self.config.max_length,
                               return_tensors="pt")
 
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        """Tokenise ``texts`` onto the model's device and return their embeddings."""
+        device = next(self.model.parameters()).device
+        tok = self.tokenize(texts)
+        return self(tok["input_ids"].to(device), tok["attention_mask"].to(device))
+
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         self.eval()
-        out = [self(**{k: v for k, v in self.tokenize(texts[i:i + batch_size]).items()
-                       if k in ("input_ids", "attention_mask")}).float().numpy()
-               for i in range(0, len(texts), batch_size)]
+        out = [self.embed(texts[i:i + batch_size]).float().cpu().numpy() for i in range(0, len(texts), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 
