@@ -11,7 +11,8 @@ from training.errors import DataError, StorageError
 def test_round_trip(tiny_dataset, tmp_path):
     manifest = save_dataset(tiny_dataset, str(tmp_path / "d"))
     ds = load_dataset(str(tmp_path / "d"))
-    assert ds.events.equals(tiny_dataset.events) and ds.items.equals(tiny_dataset.items)
+    assert ds.events.to_pydict() == tiny_dataset.events.to_pydict()
+    assert ds.items.to_pydict() == tiny_dataset.items.to_pydict()
     assert manifest["counts"]["events"] == ds.events.num_rows
     assert json.loads((tmp_path / "d" / "dataset.json").read_text())["source"] == "synthetic"
 

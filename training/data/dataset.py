@@ -116,8 +116,6 @@ def save_dataset(ds: Dataset, uri: str, *, overwrite: bool = False,
     tables["events"] = tables["events"].sort_by(
         [("user_id", "ascending"), ("timestamp", "ascending"), ("seq", "ascending")])
     schema.validate(tables, ds.source)
-    ds.items, ds.users, ds.events = tables["items"], tables["users"], tables["events"]
-    ds.bandit = tables.get("bandit")
     manifest = _manifest(ds)
     with storage.atomic_output_dir(uri, overwrite=overwrite, publish_last=MANIFEST) as tmp:
         for name, table in tables.items():
