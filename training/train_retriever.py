@@ -196,6 +196,8 @@ def train_retriever(job: RetrieverJob) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from training.distributed import BoundTorchConfig
+
     start = time.time()
     ds, valid, test, feats, arrays, log_q = prepare_inputs(job)
     print(f"[retriever] {ds.source}: {len(arrays):,} training sequences, {ds.num_items:,} items, "
@@ -211,6 +213,7 @@ def train_retriever(job: RetrieverJob) -> dict:
         train_loop_config={"job": job, "features": ray.put(feats.arrays()), "valid": ray.put(valid),
                            "log_q": log_q},
         scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.use_gpu),
+        torch_config=BoundTorchConfig(),  # rendezvous store on the node address, not every interface
         run_config=RunConfig(name=name, storage_path=path, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=job.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),

@@ -95,3 +95,4 @@ def ray_cluster(s3_server):
         yield ray
     finally:
         ray.shutdown()
+

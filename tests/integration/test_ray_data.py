@@ -1,14 +1,13 @@
 """Ray Data readers over local and S3 datasets, on a real local Ray cluster bound to loopback."""
 
-import re
-import subprocess
-
 import numpy as np
 import pytest
 
 from training.data.dataset import load_dataset, save_dataset
 from training.data.ray_io import read_events, read_items, read_table
 from training.errors import DataError
+
+from netwatch import LOOPBACK, listeners
 
 pytestmark = pytest.mark.integration
 
@@ -39,14 +38,7 @@ def test_reader_errors_are_clear(ray_cluster, tiny_dataset_dir, tmp_path):
 
 
 def test_ray_listens_only_on_loopback(ray_cluster):
-    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
-    ours = [line for line in out.splitlines() if re.search(r'"(ray|raylet|gcs_server|python|weed)', line)]
-    assert ours, "no Ray listeners found"
-    for line in ours:
-        local = line.split()[3]
-        pid = re.search(r"pid=(\d+)", line).group(1)
-        try:
-            cmd = open(f"/proc/{pid}/cmdline").read().replace("\0", " ")[:200]
-        except OSError:
-            cmd = "?"
-        assert local.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")), f"{line}\n{cmd}"
+    found = listeners()
+    assert found, "no Ray listeners found"
+    outside = [f for f in found if not f[0].startswith(LOOPBACK)]
+    assert not outside, outside

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from netwatch import ListenerWatch
 
 from training.evaluation.run import evaluate_model_dir, run_baseline
 from training.models.retriever_config import RetrieverConfig
@@ -35,7 +36,9 @@ def shop(tmp_path_factory):
 def test_two_workers_learn_planted_tastes(ray_cluster, shop, tmp_path):
     job = RetrieverJob(data=shop, out=str(tmp_path / "model"), model=CONFIG, workers=2,
                        storage=str(tmp_path / "runs"))
-    summary = train_retriever(job)
+    with ListenerWatch() as watch:  # the loopback-only rule holds while DDP is running, too
+        summary = train_retriever(job)
+    assert watch.samples >= 5 and not watch.outside, watch.outside
     pop = run_baseline(shop, "pop")
     assert summary["NDCG@10"] > 2.5 * pop["NDCG@10"], (summary["NDCG@10"], pop["NDCG@10"])
     model_json = json.loads((tmp_path / "model" / "model.json").read_text())
