@@ -56,13 +56,53 @@ class RetrieverJob:
     overwrite: bool = True
 
 
-def training_arrays(train: Interactions, max_len: int) -> np.ndarray:
-    """``(U, 2, max_len)``: left-padded input sequences and next-item targets of every user with
-    at least two training items."""
-    rows = [train.row(u) for u in range(train.num_users) if len(train.row(u)) >= 2]
-    inputs = left_pad([r[:-1] for r in rows], max_len)
-    targets = left_pad([r[1:] for r in rows], max_len)
-    return np.stack([inputs, targets], axis=1)
+def sequence_targets(items: np.ndarray, times: np.ndarray, target: str = "next") -> tuple[np.ndarray, np.ndarray]:
+    """One user's training pairs: the inputs and, per input position, the item it should predict.
+
+    ``next``: the next item (SASRec). ``basket``: an item of the next basket (the next distinct
+    timestamp) that the user has not had before -- the protocol excludes history from the ranking,
+    so a repeat can never be a hit; position ``k`` of a basket targets new item ``k mod n`` of the
+    next basket, so every such item is a target somewhere; -1 where the next basket has none. The last
+    basket has no target and is not an input. (Next-basket objective as in Yu et al., "A Dynamic
+    Recurrent Model for Next Basket Recommendation", SIGIR 2016.)
+
+    >>> sequence_targets(np.array([1, 2, 3, 1, 5]), np.array([0, 0, 1, 1, 1]), "basket")
+    (array([1, 2]), array([3, 5]))
+    """
+    if target == "next":
+        return items[:-1], items[1:]
+    starts = np.flatnonzero(np.r_[True, times[1:] != times[:-1]])  # first position of each basket
+    if len(starts) < 2:
+        return items[:0], items[:0]
+    ends = np.r_[starts[1:], len(items)]
+    n = starts[-1]  # inputs: every basket but the last
+    out = np.full(n, -1, dtype=np.int64)
+    seen = set(items[starts[0]:ends[0]].tolist())
+    for b in range(len(starts) - 1):
+        nxt = items[starts[b + 1]:ends[b + 1]]
+        new = [i for i in dict.fromkeys(nxt.tolist()) if i not in seen]
+        if new:
+            out[starts[b]:ends[b]] = np.resize(np.array(new, dtype=np.int64), ends[b] - starts[b])
+        seen.update(nxt.tolist())
+    return items[:n], out
+
+
+def training_arrays(train: Interactions, max_len: int, target: str = "next", windows: int = 1) -> np.ndarray:
+    """``(N, 2, max_len)``: left-padded input sequences and their targets (see
+    :func:`sequence_targets`), up to ``windows`` consecutive windows of ``max_len`` per user,
+    newest first (windows after the first start without the older context)."""
+    inputs, targets = [], []
+    for u in range(train.num_users):
+        lo, hi = train.indptr[u], train.indptr[u + 1]
+        x, y = sequence_targets(train.items[lo:hi], train.times[lo:hi], target)
+        for w in range(windows):
+            end = len(x) - w * max_len
+            if end < 1:
+                break
+            if (y[max(0, end - max_len):end] >= 0).any():  # a window with no target teaches nothing
+                inputs.append(x[max(0, end - max_len):end])
+                targets.append(y[max(0, end - max_len):end])
+    return np.stack([left_pad(inputs, max_len), left_pad(targets, max_len)], axis=1)
 
 
 def train_loop(loop_config: dict) -> None:
@@ -182,7 +222,7 @@ def prepare_inputs(job: RetrieverJob):
         image = embed_items(ds, "image", job.image, job.cache_dir, concurrency=max(1, min(job.workers, 2)),
                             use_gpu=job.use_gpu)
     feats = build_item_features(ds.items, valid.train, text, image)
-    arrays = training_arrays(valid.train, job.model.max_len)
+    arrays = training_arrays(valid.train, job.model.max_len, job.model.target, job.model.windows)
     counts = valid.train.item_counts().astype(np.float64) + 1.0  # add-one: every item samplable
     log_q = np.log(counts / counts.sum()).astype(np.float32)
     valid = valid.sample_users(job.valid_users, seed=job.model.seed)

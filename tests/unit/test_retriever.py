@@ -62,6 +62,36 @@ def test_training_arrays_shift_targets_by_one():
     assert arr[1, 0].tolist() == [-1, -1, 1] and arr[1, 1].tolist() == [-1, -1, 2]
 
 
+def test_basket_targets_skip_basket_mates_and_cover_the_next_basket():
+    from training.data.interactions import Interactions
+    from training.train_retriever import sequence_targets, training_arrays
+
+    items, times = np.array([1, 2, 3, 4, 5, 6, 7]), np.array([0, 0, 5, 5, 5, 9, 9])
+    x, y = sequence_targets(items, times, "basket")
+    assert x.tolist() == [1, 2, 3, 4, 5]  # the last basket is never an input
+    assert y.tolist() == [3, 4, 6, 7, 6]  # always an item of the *next* timestamp, never a basket-mate
+    assert set(y[:2]) == {3, 4} and set(y[2:]) == {6, 7}
+    assert sequence_targets(np.array([1, 2]), np.array([3, 3]), "basket")[0].size == 0  # one basket: nothing
+    # repeats are never targets (history is excluded from the ranking); no new item -> no target
+    _, y = sequence_targets(np.array([1, 2, 1, 3, 2]), np.array([0, 0, 1, 1, 2]), "basket")
+    assert y.tolist() == [3, 3, -1, -1]
+    seqs = Interactions(np.array([0, 7]), items, times, 10)
+    arr = training_arrays(seqs, max_len=4, target="basket")
+    assert arr[0, 0].tolist() == [2, 3, 4, 5] and arr[0, 1].tolist() == [4, 6, 7, 6]
+
+
+def test_training_windows_cover_long_histories_newest_first():
+    from training.data.interactions import Interactions
+    from training.train_retriever import training_arrays
+
+    seqs = Interactions.from_lists([list(range(1, 11)), [1, 2]], 20)
+    arr = training_arrays(seqs, max_len=4, windows=3)
+    # user 0: 9 pairs -> windows [6..9], [2..5], [1]; user 1: one window
+    assert [a[0].tolist() for a in arr] == [[6, 7, 8, 9], [2, 3, 4, 5], [-1, -1, -1, 1], [-1, -1, -1, 1]]
+    assert arr[0, 1].tolist() == [7, 8, 9, 10] and arr[2, 1].tolist() == [-1, -1, -1, 2]
+    assert len(training_arrays(seqs, max_len=4, windows=1)) == 2
+
+
 def test_run_name_changes_with_the_config():
     from dataclasses import replace
 

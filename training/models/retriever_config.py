@@ -13,6 +13,10 @@ class RetrieverConfig:
     heads: int = 2
     dropout: float = 0.3
     max_len: int = 50
+    # what each position learns to predict: "next" item, or an item of the next "basket" (the next
+    # distinct timestamp, e.g. invoice) -- for basket data, where the order inside a basket is noise
+    target: str = "next"
+    windows: int = 1  # training windows of max_len per user, newest first (long histories: > 1)
     use_id: bool = True
     use_attributes: bool = True
     use_text: bool = True
@@ -29,6 +33,10 @@ class RetrieverConfig:
     def __post_init__(self):
         if self.loss not in ("full", "sampled"):
             raise ValueError(f"loss must be 'full' or 'sampled', got {self.loss!r}")
+        if self.target not in ("next", "basket"):
+            raise ValueError(f"target must be 'next' or 'basket', got {self.target!r}")
+        if self.windows < 1:
+            raise ValueError(f"windows must be >= 1, got {self.windows}")
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
 
