@@ -23,6 +23,7 @@ LOADERS = {
     "popularity": "training.baselines.popularity:Popularity.from_state",
     "itemknn": "training.baselines.itemknn:ItemKNN.from_state",
     "retriever": "training.models.retriever:RetrieverScorer.from_state",
+    "ranker": "training.pipeline:TwoStageScorer.from_state",
 }
 
 
@@ -59,6 +60,10 @@ def load_model(uri: str):
     obj = importlib.import_module(module)
     for part in attr.split("."):
         obj = getattr(obj, part)
+    return obj(doc.get("config", {}), read_state(uri))
+
+
+def read_state(uri: str) -> dict[str, np.ndarray]:
+    """The arrays of a model directory's ``state.npz``."""
     with np.load(io.BytesIO(storage.read_bytes(storage.join(uri, "state.npz")))) as npz:
-        state = {k: npz[k] for k in npz.files}
-    return obj(doc.get("config", {}), state)
+        return {k: npz[k] for k in npz.files}

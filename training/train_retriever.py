@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training import storage
 from training.data.dataset import load_dataset
 from training.data.interactions import Interactions
 from training.data.splits import build_split, split_from_manifest
 from training.evaluation.metrics import EvalConfig, evaluate
 from training.features import build_item_features
+from training.loop import LoopSpec, fit, plot_learning_curve, run_epochs
 from training.modeldir import save_model_dir
 from training.models.encoders import ImageEncoderConfig, TextEncoderConfig
 from training.models.retriever import (ItemFeatures, RetrieverConfig, RetrieverScorer, TwoTower,
@@ -106,7 +105,7 @@ def training_arrays(train: Interactions, max_len: int, target: str = "next", win
 
 
 def train_loop(loop_config: dict) -> None:
-    """Per-worker loop (runs inside Ray Train)."""
+    """Per-worker loop (runs inside Ray Train; the epoch/checkpoint logic is :func:`run_epochs`)."""
     import ray
     import ray.train
     import ray.train.torch
@@ -115,34 +114,17 @@ def train_loop(loop_config: dict) -> None:
     cfg = job.model
     feats = ItemFeatures.from_arrays(ray.get(loop_config["features"]))
     valid_task = ray.get(loop_config["valid"])
-    log_q = torch.tensor(loop_config["log_q"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
     model = TwoTower(cfg, feats)
     train_module = ray.train.torch.prepare_model(TwoTowerTrain(model))
     opt = torch.optim.Adam(train_module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=job.use_gpu)
-    start_epoch, best, bad, best_state, history, resumes = 0, -1.0, 0, None, [], 0
-
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optim"])
-        start_epoch, best, bad = saved["epoch"] + 1, saved["best"], saved["bad"]
-        best_state, history, resumes = saved["best_model"], saved["history"], saved.get("resumes", 0) + 1
-        if rank == 0:
-            print(f"[retriever] resumed from checkpoint after epoch {saved['epoch'] + 1}", flush=True)
-
     shard = ray.train.get_dataset_shard("train")
-    eval_cfg = EvalConfig(ks=(10,), batch_size=256)
-    log_q_dev = log_q.to(device)
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.time()
-        train_module.train()
+    log_q = torch.tensor(loop_config["log_q"]).to(device)
+
+    def train_epoch(epoch: int) -> tuple[float, int, int]:
         gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + epoch * 10 + rank)
         total, steps = 0.0, 0
         for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, dtypes=torch.int64, device=device,
@@ -150,46 +132,19 @@ def train_loop(loop_config: dict) -> None:
                                               local_shuffle_seed=cfg.seed + epoch):
             data = batch["data"]
             with torch.autocast("cuda", enabled=job.use_gpu):
-                loss = train_module(data[:, 0], data[:, 1], log_q_dev, gen)
+                loss = train_module(data[:, 0], data[:, 1], log_q, gen)
             opt.zero_grad()
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
             total += loss.item()
             steps += 1
-        train_seconds = time.time() - t0
-        metric = torch.zeros(1, device=device)
-        if rank == 0:
-            with torch.no_grad():
-                metric[0] = evaluate(RetrieverScorer(model).score, valid_task, eval_cfg)["NDCG@10"]
-        if world > 1:
-            torch.distributed.broadcast(metric, src=0)
-        ndcg = float(metric.item())
-        if ndcg > best:
-            best, bad = ndcg, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            bad += 1
-        seconds = time.time() - t0
-        history.append({"epoch": epoch + 1, "loss": total / max(steps, 1), "valid_NDCG@10": ndcg,
-                        "seconds": seconds, "train_seconds": train_seconds, "steps": steps,
-                        "samples_per_s": steps * cfg.batch_size * world / max(train_seconds, 1e-9)})
-        metrics = {**history[-1], "best_valid_NDCG@10": best}
-        if rank == 0:
-            eta = seconds * (cfg.epochs - epoch - 1)
-            print(f"[retriever] epoch {epoch + 1}/{cfg.epochs} loss {metrics['loss']:.4f} valid NDCG@10 "
-                  f"{ndcg:.4f} (best {best:.4f}) {seconds:.1f}s/epoch, ETA <= {eta / 60:.0f} min", flush=True)
-            with tempfile.TemporaryDirectory() as d:
-                torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "epoch": epoch, "best": best,
-                            "bad": bad, "best_model": best_state, "history": history, "resumes": resumes},
-                           Path(d) / "state.pt")
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            ray.train.report(metrics)
-        if bad >= cfg.patience:
-            if rank == 0:
-                print(f"[retriever] early stop: no improvement for {cfg.patience} epochs", flush=True)
-            break
+        return total / max(steps, 1), steps, steps * cfg.batch_size
+
+    def validate() -> float:
+        return evaluate(RetrieverScorer(model).score, valid_task, EvalConfig(ks=(10,), batch_size=256))["NDCG@10"]
+
+    run_epochs(LoopSpec("retriever", cfg.epochs, cfg.patience), model, opt, train_epoch, validate)
 
 
 def run_name(job: RetrieverJob) -> str:
@@ -198,12 +153,6 @@ def run_name(job: RetrieverJob) -> str:
                       "workers": job.workers, "text": job.text.__dict__ if job.text else None,
                       "image": job.image.__dict__ if job.image else None}, sort_keys=True)
     return "retriever-" + hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
-def _storage(path: str):
-    """Ray Train wants ``bucket/path`` plus a filesystem for S3, a plain path locally."""
-    fs, p = storage.resolve(path)
-    return p, (fs if storage.is_s3(path) else None)
 
 
 def prepare_inputs(job: RetrieverJob):
@@ -233,10 +182,6 @@ def train_retriever(job: RetrieverJob) -> dict:
     """Run the whole job; returns the test metrics. See the module docstring."""
     import ray
     import ray.data
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from training.distributed import BoundTorchConfig
 
     start = time.time()
     ds, valid, test, feats, arrays, log_q = prepare_inputs(job)
@@ -244,26 +189,13 @@ def train_retriever(job: RetrieverJob) -> dict:
           f"{int(feats.known.sum()):,} seen in training; validation users {len(valid.users):,}; "
           f"text {'on' if feats.text is not None else 'off'}, image {'on' if feats.image is not None else 'off'}",
           flush=True)
-    path, fs = _storage(job.storage)
     name = job.name or run_name(job)
     print(f"[retriever] Ray Train run '{name}' under {job.storage} (rerunning the same job resumes it)",
           flush=True)
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"job": job, "features": ray.put(feats.arrays()), "valid": ray.put(valid),
-                           "log_q": log_q},
-        scaling_config=ScalingConfig(num_workers=job.workers, use_gpu=job.use_gpu),
-        torch_config=BoundTorchConfig(),  # rendezvous store on the node address, not every interface
-        run_config=RunConfig(name=name, storage_path=path, storage_filesystem=fs,
-                             failure_config=FailureConfig(max_failures=job.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"train": ray.data.from_numpy(arrays)},
-    )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"training produced no checkpoint ({result.error})")
-    with result.checkpoint.as_directory() as d:
-        saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+    saved = fit(train_loop, {"job": job, "features": ray.put(feats.arrays()), "valid": ray.put(valid),
+                             "log_q": log_q},
+                name=name, storage_path=job.storage, workers=job.workers, use_gpu=job.use_gpu,
+                max_failures=job.max_failures, datasets={"train": ray.data.from_numpy(arrays)})
     model = TwoTower(job.model, feats)
     model.load_state_dict(saved["best_model"])
     # test: the validation target is history now; items seen up to it get their id vectors
@@ -290,7 +222,7 @@ def train_retriever(job: RetrieverJob) -> dict:
                        tmp / "items.parquet")
         (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
         (tmp / "history.json").write_text(json.dumps(history, indent=2) + "\n")
-        plot_learning_curve(history, tmp / "learning_curve.png")
+        plot_learning_curve(history, tmp / "learning_curve.png", "Retriever learning curve")
 
     save_model_dir(job.out, "retriever", job.model.to_dict(), RetrieverScorer.state(model, test_feats),
                    {"num_items": ds.num_items, "metrics": test_metrics, "history": history,
@@ -303,22 +235,3 @@ def train_retriever(job: RetrieverJob) -> dict:
           f"NDCG@10 {test_metrics['NDCG@10']:.4f} (best valid NDCG@10 {saved['best']:.4f}, "
           f"{len(history)} epochs) -> {job.out}", flush=True)
     return summary
-
-
-def plot_learning_curve(history: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, ax1 = plt.subplots(figsize=(7, 4))
-    ax1.plot(epochs, [h["loss"] for h in history], color="tab:blue", label="training loss")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("training loss", color="tab:blue")
-    ax2 = ax1.twinx()
-    ax2.plot(epochs, [h["valid_NDCG@10"] for h in history], color="tab:red", label="valid NDCG@10")
-    ax2.set_ylabel("validation NDCG@10", color="tab:red")
-    fig.suptitle("Retriever learning curve")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

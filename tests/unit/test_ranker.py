@@ -1,0 +1,120 @@
+"""The ranker, the candidate stage and the two-stage pipeline, without Ray."""
+
+import numpy as np
+import pytest
+import torch
+
+from training.baselines.itemknn import ItemKNN, ItemKNNConfig
+from training.candidates import CandidateStage
+from training.data.interactions import Interactions
+from training.models.ranker import Ranker, RankerConfig, listwise_loss
+from training.models.retriever import ItemFeatures, RetrieverConfig, RetrieverScorer, TwoTower
+from training.pipeline import TwoStageScorer
+
+N_ITEMS = 30
+
+
+def _feats(n=N_ITEMS):
+    attrs = [[i % 3, 3 + i % 2] for i in range(n)]  # attribute 0..2 = "category", 3..4 = "colour"
+    indptr = np.concatenate([[0], np.cumsum([len(a) for a in attrs])])
+    return ItemFeatures(n, np.ones(n, bool), indptr, np.concatenate(attrs), 5)
+
+
+def _stage(train: Interactions, seed=0) -> CandidateStage:
+    torch.manual_seed(seed)
+    retriever = RetrieverScorer(TwoTower(RetrieverConfig.tiny(), _feats()))
+    knn = ItemKNN(ItemKNNConfig.tiny()).fit(train)
+    return CandidateStage(retriever, knn, train.item_counts(), np.linspace(1, 30, N_ITEMS))
+
+
+def _train() -> Interactions:
+    rng = np.random.default_rng(0)
+    return Interactions.from_lists([list(rng.choice(N_ITEMS, 6, replace=False)) for _ in range(40)], N_ITEMS)
+
+
+def test_candidates_skip_history_and_always_hold_the_target():
+    train = _train()
+    stage = _stage(train)
+    hist = train.take_users(np.arange(5))
+    targets = Interactions.from_lists([[int(np.setdiff1d(np.arange(N_ITEMS), hist.row(u))[-1])] for u in range(5)],
+                                      N_ITEMS)
+    c = stage.generate(hist, 8, targets)
+    assert c.items.shape == (5, 8) and c.dense.shape == (5, 8, 5) and c.label.shape == (5, 8)
+    for u in range(5):
+        assert not np.isin(c.items[u], hist.row(u)).any()
+        assert c.label[u].sum() == 1 and c.items[u][c.label[u]][0] == targets.row(u)[0]
+    # the rank feature is the item's true rank under the retriever, also for an inserted target
+    scores = stage.retriever.score(None, hist).numpy()
+    for u in range(5):
+        scores[u, hist.row(u)] = -np.inf
+        j = int(np.flatnonzero(c.label[u])[0])
+        true_rank = (scores[u] > scores[u, c.items[u, j]]).sum()
+        assert c.dense[u, j, 1] == pytest.approx(np.log1p(true_rank))
+    plain = stage.generate(hist, 8)
+    assert not plain.label.any()
+
+
+def test_listwise_loss_handles_baskets_and_missing_candidates():
+    logits = torch.tensor([[2.0, 1.0, 0.0, 5.0]])
+    cands = torch.tensor([[4, 5, 6, -1]])  # the last slot is empty: its logit must not count
+    one = listwise_loss(logits, cands, torch.tensor([[True, False, False, False]]))
+    assert one.item() == pytest.approx(-torch.log_softmax(torch.tensor([2.0, 1.0, 0.0]), 0)[0].item())
+    both = listwise_loss(logits, cands, torch.tensor([[True, True, False, False]]))
+    assert both.item() < one.item()
+
+
+def test_ranker_learns_to_use_the_history():
+    """Planted rule: the true candidate shares the category (attribute i % 3) of the last history
+    item; the ranker must find it through target attention (dense features carry no signal)."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    cfg = RankerConfig(**{**RankerConfig.tiny().to_dict(), "dropout": 0.0, "use_id": False})
+    model = Ranker(cfg, _feats())
+    b, k = 64, 6
+    hist = torch.from_numpy(rng.integers(0, N_ITEMS, (b, cfg.max_len)))
+    cats = (hist[:, -1] % 3).numpy()
+    cands = np.stack([rng.choice([i for i in range(N_ITEMS) if i % 3 != c], k) for c in cats])
+    pos = rng.integers(0, k, b)
+    cands[np.arange(b), pos] = [rng.choice([i for i in range(N_ITEMS) if i % 3 == c]) for c in cats]
+    cands = torch.from_numpy(cands)
+    labels = torch.zeros(b, k, dtype=torch.bool)
+    labels[torch.arange(b), torch.from_numpy(pos)] = True
+    dense = torch.zeros(b, k, 5)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        loss = model.loss(hist, cands, dense, labels)
+        loss.backward()
+        opt.step()
+    model.eval()
+    acc = (model(hist, cands, dense).argmax(1) == torch.from_numpy(pos)).float().mean().item()
+    assert acc > 0.9, acc
+
+
+def test_two_stage_round_trip_scores_and_reasons():
+    train = _train()
+    stage = _stage(train)
+    torch.manual_seed(0)
+    cfg = RankerConfig.tiny()
+    ranker = Ranker(cfg, _feats())
+    retriever_state = RetrieverScorer.state(stage.retriever.model, _feats())
+    pipe = TwoStageScorer(stage, ranker, [f"a{i}" for i in range(5)])
+    hist = train.take_users(np.arange(4))
+    scores = pipe.score(None, hist)
+    assert scores.shape == (4, N_ITEMS)
+    assert (torch.isfinite(scores).sum(1) == cfg.eval_candidates if cfg.eval_candidates < N_ITEMS - 6
+            else torch.isfinite(scores).sum(1) == N_ITEMS - 6).all()
+    config = {"ranker": cfg.to_dict(), "retriever": RetrieverConfig.tiny().to_dict(), "knn": stage.knn.state()[0],
+              "attribute_vocab": [f"a{i}" for i in range(5)]}
+    again = TwoStageScorer.from_state(config, TwoStageScorer.state(stage, ranker, _feats(), retriever_state))
+    torch.testing.assert_close(again.score(None, hist), scores)
+    recs = again.recommend(hist, n=3)
+    assert [len(r) for r in recs] == [3, 3, 3, 3]
+    for u, rec in enumerate(recs):
+        assert [r["score"] for r in rec] == sorted((r["score"] for r in rec), reverse=True)
+        for r in rec:
+            assert r["item"] not in hist.row(u)
+            assert r["reason"]["because_of"] in hist.row(u)[-cfg.max_len:]
+            src, item = r["reason"]["because_of"], r["item"]
+            expect = {f"a{src % 3}"} & {f"a{item % 3}"} | {f"a{3 + src % 2}"} & {f"a{3 + item % 2}"}
+            assert set(r["reason"]["shared"]) == expect

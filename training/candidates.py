@@ -1,0 +1,99 @@
+"""Stage one of retrieve-then-rank: the retriever's top-K candidates and their dense features.
+
+:class:`CandidateStage` holds what a candidate's features come from -- the trained retriever, an
+item-kNN model over the same interactions, item popularity and price -- and turns a batch of user
+histories into ``(candidates, dense features)``; with ``targets`` it also makes sure the true next
+item is in each list (for training the ranker) and says where. Plain numpy/torch: the same object
+runs in the driver, in Ray Data batch inference (:func:`generate_candidates`) and in serving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from training.baselines.itemknn import ItemKNN
+from training.data.interactions import Interactions
+from training.evaluation.metrics import top_k
+from training.models.ranker import DENSE_FEATURES
+from training.models.retriever import RetrieverScorer
+
+
+@dataclass
+class Candidates:
+    users: np.ndarray  # (N,) row ids of the histories they came from
+    items: np.ndarray  # (N, K) item ids, retriever order; -1 where fewer than K items were left
+    dense: np.ndarray  # (N, K, F) float32, columns DENSE_FEATURES
+    label: np.ndarray  # (N, K) bool: which candidates are targets (all False without targets)
+
+
+class CandidateStage:
+    def __init__(self, retriever: RetrieverScorer, knn: ItemKNN, item_counts: np.ndarray, prices: np.ndarray):
+        self.retriever, self.knn = retriever, knn
+        self.log_pop = np.log1p(item_counts.astype(np.float32))
+        self.log_price = np.log1p(np.nan_to_num(prices.astype(np.float32), nan=0.0).clip(min=0.0))
+
+    @torch.no_grad()
+    def generate(self, history: Interactions, k: int, targets: Interactions | None = None) -> Candidates:
+        """Top-``k`` unseen items for each history row. With ``targets`` (row ``u``: the items user
+        ``u`` went on to have), a list holding none of its targets gets the first one in place of
+        its last candidate, so every training list has a positive."""
+        n = history.num_users
+        scores = self.retriever.score(None, history).float()
+        for u in range(n):  # the protocol never recommends an item from the history
+            scores[u, torch.from_numpy(history.row(u))] = -torch.inf
+        items = top_k(scores, k).numpy().copy()
+        label = np.zeros(items.shape, dtype=bool)
+        if targets is not None:
+            for u in range(n):
+                tgt = targets.row(u)
+                label[u] = np.isin(items[u], tgt) & (items[u] >= 0)
+                if len(tgt) and not label[u].any():
+                    filled = np.flatnonzero(items[u] >= 0)
+                    last = int(filled[-1]) if len(filled) else 0
+                    items[u, last], label[u, last] = tgt[0], True
+        safe = np.where(items >= 0, items, 0)
+        retr = scores.numpy()
+        retr_score = np.take_along_axis(retr, safe, 1)
+        # rank of each candidate in the full retriever ordering (not its slot: an inserted target
+        # keeps its true rank)
+        asc = np.sort(retr, axis=1)
+        rank = np.stack([retr.shape[1] - np.searchsorted(asc[u], retr_score[u], side="right") for u in range(n)])
+        knn = np.take_along_axis(self.knn.score(None, history), safe, 1)
+        dense = np.stack([np.where(np.isfinite(retr_score), retr_score, 0.0), np.log1p(rank),
+                          np.log1p(np.maximum(knn, 0.0)), self.log_pop[safe], self.log_price[safe]],
+                         axis=-1).astype(np.float32)
+        assert dense.shape[-1] == len(DENSE_FEATURES)
+        dense[items < 0] = 0.0
+        return Candidates(np.arange(n), items, dense, label)
+
+
+def generate_candidates(stage_ref, history: Interactions, k: int, targets: Interactions | None = None,
+                        concurrency: int = 1, batch_size: int = 256) -> Candidates:
+    """:meth:`CandidateStage.generate` over every history row as Ray Data batch inference: rows go
+    out in batches to an actor pool that holds the stage (``stage_ref``: an object ref of it)."""
+    import ray
+    import ray.data
+
+    class _Actor:
+        def __init__(self):
+            self.stage = ray.get(stage_ref)
+            self.history, self.targets = ray.get(hist_ref), ray.get(tgt_ref)
+
+        def __call__(self, batch: dict) -> dict:
+            rows = batch["row"]
+            tg = self.targets.take_users(rows) if self.targets is not None else None
+            c = self.stage.generate(self.history.take_users(rows), k, tg)
+            return {"row": rows, "items": c.items, "dense": c.dense, "label": c.label}
+
+    import pyarrow as pa
+
+    hist_ref, tgt_ref = ray.put(history), ray.put(targets)
+    ds = ray.data.from_arrow(pa.table({"row": np.arange(history.num_users)}))
+    parts = list(ds.map_batches(_Actor, batch_size=batch_size, concurrency=concurrency, batch_format="numpy")
+                 .iter_batches(batch_size=None, batch_format="numpy"))
+    out = {key: np.concatenate([p[key] for p in parts]) for key in ("row", "items", "dense", "label")}
+    order = np.argsort(out["row"], kind="stable")
+    return Candidates(out["row"][order], out["items"][order], out["dense"][order], out["label"][order])

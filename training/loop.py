@@ -1,0 +1,138 @@
+"""The Ray Train plumbing every Raycart model shares (retriever, ranker).
+
+* :func:`run_epochs` runs inside each Ray Train worker: resume from the latest checkpoint, then per
+  epoch train, let rank 0 validate (NDCG@10) and broadcast the number so every rank takes the same
+  early-stopping decision, keep the best weights, and report metrics + a checkpoint (rank 0) with a
+  progress line. A replaced worker (``FailureConfig``) or a rerun of the same run name continues
+  from the checkpoint: no epoch is lost or repeated.
+* :func:`fit` builds the ``TorchTrainer`` (DDP; rendezvous bound to the node address, see
+  :mod:`training.distributed`), runs it on local or S3 storage and returns the last checkpoint's
+  state (``best_model``, ``history``, ``best``, ``resumes``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from training import storage
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    tag: str  # progress-line prefix, e.g. "retriever"
+    epochs: int
+    patience: int
+
+
+def run_epochs(spec: LoopSpec, model: torch.nn.Module, opt: torch.optim.Optimizer,
+               train_epoch: Callable[[int], tuple[float, int, int]], validate: Callable[[], float]) -> None:
+    """``train_epoch(epoch) -> (mean loss, steps, samples)`` on this worker's shard;
+    ``validate() -> NDCG@10`` (called on rank 0 only). ``model`` is the unwrapped module whose
+    ``state_dict`` is checkpointed."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    start_epoch, best, bad, best_state, history, resumes = 0, -1.0, 0, None, [], 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optim"])
+        start_epoch, best, bad = saved["epoch"] + 1, saved["best"], saved["bad"]
+        best_state, history, resumes = saved["best_model"], saved["history"], saved.get("resumes", 0) + 1
+        if rank == 0:
+            print(f"[{spec.tag}] resumed from checkpoint after epoch {saved['epoch'] + 1}", flush=True)
+    for epoch in range(start_epoch, spec.epochs):
+        t0 = time.time()
+        model.train()
+        loss, steps, samples = train_epoch(epoch)
+        train_seconds = time.time() - t0
+        metric = torch.zeros(1, device=device)
+        if rank == 0:
+            model.eval()
+            with torch.no_grad():
+                metric[0] = validate()
+        if world > 1:
+            torch.distributed.broadcast(metric, src=0)
+        ndcg = float(metric.item())
+        if ndcg > best:
+            best, bad = ndcg, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+        seconds = time.time() - t0
+        history.append({"epoch": epoch + 1, "loss": loss, "valid_NDCG@10": ndcg, "seconds": seconds,
+                        "train_seconds": train_seconds, "steps": steps,
+                        "samples_per_s": samples * world / max(train_seconds, 1e-9)})
+        metrics = {**history[-1], "best_valid_NDCG@10": best}
+        if rank == 0:
+            eta = seconds * (spec.epochs - epoch - 1)
+            print(f"[{spec.tag}] epoch {epoch + 1}/{spec.epochs} loss {loss:.4f} valid NDCG@10 {ndcg:.4f} "
+                  f"(best {best:.4f}) {seconds:.1f}s/epoch, ETA <= {eta / 60:.0f} min", flush=True)
+            with tempfile.TemporaryDirectory() as d:
+                torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "epoch": epoch, "best": best,
+                            "bad": bad, "best_model": best_state, "history": history, "resumes": resumes},
+                           Path(d) / "state.pt")
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+        if bad >= spec.patience:
+            if rank == 0:
+                print(f"[{spec.tag}] early stop: no improvement for {spec.patience} epochs", flush=True)
+            break
+
+
+def fit(train_loop: Callable[[dict], None], loop_config: dict, *, name: str, storage_path: str, workers: int,
+        use_gpu: bool, max_failures: int, datasets: dict) -> dict:
+    """Run ``train_loop`` under a ``TorchTrainer``; return the final checkpoint's saved state."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from training.distributed import BoundTorchConfig
+
+    fs, path = storage.resolve(storage_path)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        torch_config=BoundTorchConfig(),  # rendezvous store on the node address, not every interface
+        run_config=RunConfig(name=name, storage_path=path,
+                             storage_filesystem=fs if storage.is_s3(storage_path) else None,
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        datasets=datasets,
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training produced no checkpoint ({result.error})")
+    with result.checkpoint.as_directory() as d:
+        return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+
+
+def plot_learning_curve(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax1 = plt.subplots(figsize=(7, 4))
+    ax1.plot(epochs, [h["loss"] for h in history], color="tab:blue", label="training loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("training loss", color="tab:blue")
+    ax2 = ax1.twinx()
+    ax2.plot(epochs, [h["valid_NDCG@10"] for h in history], color="tab:red", label="valid NDCG@10")
+    ax2.set_ylabel("validation NDCG@10", color="tab:red")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,87 @@
+"""The multimodal ranker: scores (user history, candidate) pairs that the retriever proposed.
+
+Plain PyTorch, no Ray. What it adds over the two-tower retriever, which can only take a dot
+product of one user vector with one item vector:
+
+* **target attention** of the candidate over the user's history (DIN: Zhou et al., "Deep Interest
+  Network for Click-Through Rate Prediction", KDD 2018; BST: Chen et al., "Behavior Sequence
+  Transformer for E-commerce Recommendation in Alibaba", DLP-KDD 2019) -- each candidate builds its
+  own summary of the history, and the weights say which past items made it score (the *reasons*);
+* an MLP over ``[interest, candidate, interest * candidate, dense features]``, where the dense
+  features are the retriever's score and rank, the item-kNN co-occurrence score, the candidate's
+  log popularity and its price (see :data:`DENSE_FEATURES`);
+* the candidate's content -- id, attributes, projected text and image embeddings -- through the
+  same :class:`~training.models.retriever.ItemTower` as the retriever (its own weights).
+
+Trained listwise: a softmax cross-entropy over each example's candidate list (the retriever's top
+K, i.e. hard negatives, with the true next item in it), as in ListNet (Cao et al., ICML 2007).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.models.ranker_config import RankerConfig
+from training.models.retriever import ItemFeatures, ItemTower, left_pad
+
+__all__ = ["DENSE_FEATURES", "Ranker", "RankerConfig", "history_tensor", "listwise_loss"]
+
+DENSE_FEATURES = ("retriever_score", "retriever_log_rank", "knn_log_score", "log_popularity", "log_price")
+
+
+class Ranker(nn.Module):
+    def __init__(self, config: RankerConfig, feats: ItemFeatures):
+        super().__init__()
+        d = config.dim
+        self.config = config
+        self.items = ItemTower(config, feats)
+        self.pos_emb = nn.Embedding(config.max_len, d)
+        nn.init.normal_(self.pos_emb.weight, std=0.02)
+        self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.norm = nn.LayerNorm(d)
+        n_dense = len(DENSE_FEATURES)
+        self.dense_norm = nn.BatchNorm1d(n_dense)
+        self.mlp = nn.Sequential(nn.Linear(3 * d + n_dense, config.hidden), nn.ReLU(), nn.Dropout(config.dropout),
+                                 nn.Linear(config.hidden, config.hidden // 2), nn.ReLU(),
+                                 nn.Linear(config.hidden // 2, 1))
+        # the retriever score alone is a good ranking: a linear skip path starts the model there
+        self.skip = nn.Linear(n_dense, 1)
+
+    def forward(self, history: torch.Tensor, cands: torch.Tensor, dense: torch.Tensor,
+                return_attention: bool = False):
+        """``history`` (B, L) item ids (-1 = left padding), ``cands`` (B, C) item ids, ``dense``
+        (B, C, F) -> logits (B, C) [and attention weights (B, C, L)]."""
+        vecs = self.items.all_items()
+        pad = history < 0
+        h = self.norm(vecs[history.clamp(min=0)] + self.pos_emb.weight[-history.shape[1]:])
+        c = self.norm(vecs[cands])
+        att = (self.q(c) @ self.k(h).transpose(1, 2)) / math.sqrt(self.config.dim)  # (B, C, L)
+        att = att.masked_fill(pad[:, None, :], float("-inf"))
+        empty = pad.all(1)  # no history at all (anonymous user): attend to nothing
+        weights = torch.softmax(att.masked_fill(empty[:, None, None], 0.0), dim=-1) * (~empty)[:, None, None]
+        interest = weights @ self.v(h)  # (B, C, d)
+        b, n, f = dense.shape
+        z = self.dense_norm(dense.reshape(b * n, f)).reshape(b, n, f)
+        x = torch.cat([interest, c, interest * c, z], dim=-1)
+        logits = self.mlp(x).squeeze(-1) + self.skip(z).squeeze(-1)
+        return (logits, weights) if return_attention else logits
+
+    def loss(self, history: torch.Tensor, cands: torch.Tensor, dense: torch.Tensor, labels: torch.Tensor):
+        return listwise_loss(self(history, cands.clamp(min=0), dense), cands, labels)
+
+
+def listwise_loss(logits: torch.Tensor, cands: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy over each candidate list (``cands`` -1 = no candidate); ``labels``
+    (B, C) marks the true items -- with several (a basket) the loss is minus the log of their total
+    probability."""
+    logits = logits.float().masked_fill(cands < 0, -torch.inf)
+    pos = logits.masked_fill(~labels.bool(), -torch.inf)
+    return (torch.logsumexp(logits, 1) - torch.logsumexp(pos, 1)).mean()
+
+
+def history_tensor(rows: list[np.ndarray], max_len: int) -> torch.Tensor:
+    return torch.from_numpy(left_pad(rows, max_len))

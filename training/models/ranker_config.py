@@ -1,0 +1,38 @@
+"""The ranker's typed configuration (torch-free, so the CLI can read it without loading torch)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    dim: int = 64
+    hidden: int = 128
+    dropout: float = 0.2
+    max_len: int = 30  # history items the candidate attends over
+    use_id: bool = True
+    use_attributes: bool = True
+    use_text: bool = True
+    use_image: bool = True
+    train_candidates: int = 50  # retriever top-K per training example (hard negatives)
+    eval_candidates: int = 200  # retriever top-K reranked at evaluation / serving
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    epochs: int = 30
+    patience: int = 4
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.train_candidates < 2 or self.eval_candidates < 1:
+            raise ValueError("train_candidates must be >= 2 and eval_candidates >= 1")
+
+    @classmethod
+    def tiny(cls) -> RankerConfig:
+        return cls(dim=16, hidden=32, dropout=0.1, max_len=10, train_candidates=10, eval_candidates=30,
+                   batch_size=32, epochs=5, patience=3)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,257 @@
+"""Train the multimodal ranker with Ray Train on the retriever's candidates.
+
+``train_ranker(job)`` is the plain function behind ``raycart train ranker``:
+
+1. load the dataset's split and the trained retriever directory (``job.retriever``);
+2. **candidate generation as Ray Data batch inference**: for every validation user -- whose target
+   the retriever never trained on -- the retriever's top ``train_candidates`` unseen items plus
+   their dense features (retriever score and rank, item-kNN score, popularity, price), with the true
+   item in the list (hard negatives); a seeded ``valid_fraction`` of those users is held out, with
+   the plain top ``eval_candidates`` lists, to early-stop on two-stage NDCG@10;
+3. Ray Train ``TorchTrainer`` (DDP over ``workers``; example indices sharded per worker by Ray
+   Data, the arrays shared through the object store), a checkpoint every epoch, resume after a
+   worker dies or on a rerun (:mod:`training.loop`);
+4. evaluate the two-stage pipeline (retrieve ``eval_candidates`` -> rank) on the test part next to
+   the retriever alone, with the same harness as ``raycart evaluate``, and export a ranker
+   directory that embeds its retriever and loads without Ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.baselines.itemknn import ItemKNN, ItemKNNConfig
+from training.candidates import Candidates, CandidateStage, generate_candidates
+from training.data.dataset import load_dataset
+from training.data.splits import EvalTask, build_split, split_from_manifest
+from training.errors import DataError
+from training.evaluation.metrics import EvalConfig, evaluate
+from training.features import attribute_vocabulary
+from training.loop import LoopSpec, fit, plot_learning_curve, run_epochs
+from training.modeldir import read_model_json, read_state, save_model_dir
+from training.models.ranker import Ranker, RankerConfig, listwise_loss
+from training.models.retriever import ItemFeatures, RetrieverScorer, left_pad
+from training.pipeline import TwoStageScorer
+
+
+@dataclass(frozen=True)
+class RankerJob:
+    data: str
+    retriever: str  # retriever model directory (local or s3://)
+    out: str
+    model: RankerConfig = field(default_factory=RankerConfig)
+    scheme: str = "loo"
+    workers: int = 2
+    use_gpu: bool = False
+    storage: str = "raycart-work/ray-results"
+    name: str | None = None
+    max_failures: int = 2
+    valid_fraction: float = 0.1  # of the validation users, held out for early stopping
+    knn: ItemKNNConfig = field(default_factory=ItemKNNConfig)
+    candidate_actors: int = 1
+    overwrite: bool = True
+
+
+def run_name(job: RankerJob) -> str:
+    key = json.dumps({"data": str(job.data), "retriever": str(job.retriever), "scheme": job.scheme,
+                      "model": job.model.to_dict(), "workers": job.workers, "knn": job.knn.__dict__,
+                      "valid_fraction": job.valid_fraction}, sort_keys=True)
+    return "ranker-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _subset(task: EvalTask, keep: np.ndarray) -> EvalTask:
+    return replace(task, users=task.users[keep], history=task.history.take_users(keep),
+                   targets=task.targets.take_users(keep))
+
+
+def _stage(retriever: RetrieverScorer, knn: ItemKNNConfig, train, prices: np.ndarray) -> CandidateStage:
+    return CandidateStage(retriever, ItemKNN(knn).fit(train), train.item_counts(), prices)
+
+
+def list_scorer(cands: Candidates, users: np.ndarray, rank_fn, num_items: int):
+    """A harness ``score_fn`` over precomputed candidate lists: ``rank_fn(rows) -> (len(rows), K)``
+    logits for those lists; every other item scores -inf."""
+    row_of = {int(u): i for i, u in enumerate(users)}
+
+    def score(batch_users, history):
+        rows = np.array([row_of[int(u)] for u in batch_users])
+        logits = rank_fn(rows)
+        items = torch.from_numpy(cands.items[rows])
+        out = torch.full((len(rows), num_items), -torch.inf)
+        ok = items >= 0
+        r = torch.arange(len(rows))[:, None].expand_as(items)
+        out[r[ok], items[ok]] = logits[ok].float()
+        return out
+
+    return score
+
+
+def train_loop(loop_config: dict) -> None:
+    """Per-worker loop (inside Ray Train)."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    job: RankerJob = loop_config["job"]
+    cfg = job.model
+    arrays = ray.get(loop_config["arrays"])
+    held = ray.get(loop_config["held"])
+    feats = ItemFeatures.from_arrays(ray.get(loop_config["features"]))
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)
+    model = Ranker(cfg, feats)
+    module = ray.train.torch.prepare_model(model)
+    opt = torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    shard = ray.train.get_dataset_shard("train")
+    hist, items = torch.from_numpy(arrays["history"]), torch.from_numpy(arrays["items"])
+    dense, label = torch.from_numpy(arrays["dense"]), torch.from_numpy(arrays["label"])
+
+    def train_epoch(epoch: int) -> tuple[float, int, int]:
+        total, steps, samples = 0.0, 0, 0
+        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, dtypes=torch.int64,
+                                              local_shuffle_buffer_size=cfg.batch_size * 8,
+                                              local_shuffle_seed=cfg.seed + epoch):
+            idx = batch["data"].reshape(-1)
+            h, c = hist[idx].to(device), items[idx].to(device)
+            with torch.autocast("cuda", enabled=job.use_gpu):  # through module(...) so DDP syncs gradients
+                logits = module(h, c.clamp(min=0), dense[idx].to(device))
+            loss = listwise_loss(logits, c, label[idx].to(device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item()
+            steps += 1
+            samples += len(idx)
+        return total / max(steps, 1), steps, samples
+
+    def validate() -> float:
+        return validation_ndcg(model, held)
+
+    run_epochs(LoopSpec("ranker", cfg.epochs, cfg.patience), model, opt, train_epoch, validate)
+
+
+@torch.no_grad()
+def validation_ndcg(model: Ranker, held: dict) -> float:
+    cands, task = held["cands"], held["task"]
+    hist = torch.from_numpy(held["history"])
+
+    def rank_fn(rows):
+        items = torch.from_numpy(cands.items[rows])
+        return model(hist[rows], items.clamp(min=0), torch.from_numpy(cands.dense[rows]))
+
+    score = list_scorer(cands, task.users, rank_fn, task.num_items)
+    return evaluate(score, task, EvalConfig(ks=(10,), batch_size=512))["NDCG@10"]
+
+
+def prepare_examples(job: RankerJob) -> dict:
+    """Everything the ranker trains and is tested on (driver side; candidates by Ray Data)."""
+    import ray
+
+    ds = load_dataset(job.data)
+    doc = read_model_json(job.retriever)
+    if doc.get("kind") != "retriever":
+        raise DataError(f"{job.retriever}: a ranker reranks a retriever; this directory holds a "
+                        f"{doc.get('kind')!r} model")
+    r_state = read_state(job.retriever)
+    retriever = RetrieverScorer.from_state(doc["config"], r_state)
+    if retriever.item_vecs.shape[0] != ds.num_items:
+        raise DataError(f"{job.retriever}: retriever has {retriever.item_vecs.shape[0]:,} items, "
+                        f"{job.data} has {ds.num_items:,}: trained on another dataset?")
+    spec = split_from_manifest(ds, job.scheme)
+    valid = build_split(ds, spec, "valid", name=job.scheme)
+    test = build_split(ds, spec, "test", name=job.scheme)
+    prices = np.array([np.nan if p is None else p for p in ds.items["price"].to_pylist()], dtype=np.float64)
+    cfg = job.model
+    t0 = time.time()
+    stage = _stage(retriever, job.knn, valid.train, prices)
+    rng = np.random.default_rng(cfg.seed)
+    n = len(valid.users)
+    held_mask = np.zeros(n, bool)
+    held_mask[rng.choice(n, max(1, int(round(job.valid_fraction * n))), replace=False)] = True
+    train_rows, held_rows = np.flatnonzero(~held_mask), np.flatnonzero(held_mask)
+    stage_ref = ray.put(stage)
+    train_task, held_task = _subset(valid, train_rows), _subset(valid, held_rows)
+    tr = generate_candidates(stage_ref, train_task.history, cfg.train_candidates, train_task.targets,
+                             concurrency=job.candidate_actors)
+    he = generate_candidates(stage_ref, held_task.history, cfg.eval_candidates, None,
+                             concurrency=job.candidate_actors)
+    print(f"[ranker] candidates for {len(train_rows):,} training + {len(held_rows):,} held-out users by Ray Data "
+          f"in {time.time() - t0:.0f}s; target in the retriever's top {cfg.train_candidates}: "
+          f"{_hit_rate(stage, train_task, cfg.train_candidates):.1%}", flush=True)
+
+    def pad(task):
+        return left_pad([task.history.row(i) for i in range(task.history.num_users)], cfg.max_len)
+
+    feats = ItemFeatures.from_arrays({k[2:]: v for k, v in r_state.items() if k.startswith("f/")})
+    return {"ds": ds, "test": test, "retriever": retriever, "r_state": r_state, "r_doc": doc, "prices": prices,
+            "feats": feats,
+            "arrays": {"history": pad(train_task), "items": tr.items, "dense": tr.dense, "label": tr.label},
+            "held": {"cands": he, "task": held_task, "history": pad(held_task)}}
+
+
+def _hit_rate(stage: CandidateStage, task: EvalTask, k: int) -> float:
+    """Share of users whose target is among the retriever's top ``k`` (the ranker's ceiling)."""
+    sample = _subset(task, np.arange(min(len(task.users), 2000)))
+    c = stage.generate(sample.history, k)
+    hits = [np.isin(sample.targets.row(i), c.items[i]).any() for i in range(len(sample.users))]
+    return float(np.mean(hits)) if hits else 0.0
+
+
+def train_ranker(job: RankerJob) -> dict:
+    """Run the whole job; returns the test metrics of the two-stage pipeline."""
+    import ray
+    import ray.data
+
+    start = time.time()
+    ex = prepare_examples(job)
+    n = len(ex["arrays"]["items"])
+    name = job.name or run_name(job)
+    print(f"[ranker] Ray Train run '{name}': {n:,} training lists of {job.model.train_candidates} candidates, "
+          f"{len(ex['held']['task'].users):,} held-out users; rerunning the same job resumes it", flush=True)
+    saved = fit(train_loop, {"job": job, "arrays": ray.put(ex["arrays"]), "held": ray.put(ex["held"]),
+                             "features": ray.put(ex["feats"].arrays())},
+                name=name, storage_path=job.storage, workers=job.workers, use_gpu=job.use_gpu,
+                max_failures=job.max_failures, datasets={"train": ray.data.from_numpy(np.arange(n))})
+    ranker = Ranker(job.model, ex["feats"])
+    ranker.load_state_dict(saved["best_model"])
+    test = ex["test"]
+    stage = _stage(ex["retriever"], job.knn, test.train, ex["prices"])
+    vocab = attribute_vocabulary(ex["ds"].items)[2]
+    pipeline = TwoStageScorer(stage, ranker, vocab)
+    t0 = time.time()
+    two_stage = evaluate(pipeline.score, test)
+    seconds_two_stage = time.time() - t0
+    retrieval = evaluate(ex["retriever"].score, test)
+    history = saved["history"]
+    gain = two_stage["NDCG@10"] / max(retrieval["NDCG@10"], 1e-12) - 1
+    summary = {**two_stage, "retriever_only": retrieval, "run": {
+        "model": "ranker", "data": job.data, "retriever": job.retriever, "scheme": job.scheme, "part": "test",
+        "workers": job.workers, "gpu": job.use_gpu, "epochs": len(history), "best_valid_NDCG@10": saved["best"],
+        "ndcg10_gain_over_retriever": gain, "eval_seconds": round(seconds_two_stage, 1),
+        "seconds": round(time.time() - start, 1), "resumes": saved.get("resumes", 0)}}
+    config = {"ranker": job.model.to_dict(), "retriever": ex["r_doc"]["config"], "knn": stage.knn.state()[0],
+              "attribute_vocab": vocab}
+
+    def extra(tmp: Path) -> None:
+        (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (tmp / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+        plot_learning_curve(history, tmp / "learning_curve.png", "Ranker learning curve")
+
+    save_model_dir(job.out, "ranker", config, TwoStageScorer.state(stage, ranker, ex["feats"], ex["r_state"]),
+                   {"num_items": ex["ds"].num_items, "metrics": two_stage, "retriever_only": retrieval,
+                    "history": history, "resumes": saved.get("resumes", 0),
+                    "reranks": {"path": job.retriever, "metrics": ex["r_doc"].get("metrics"),
+                                "trained_on": ex["r_doc"].get("trained_on")},
+                    "trained_on": {"data": job.data, "source": ex["ds"].source, "scheme": job.scheme}},
+                   overwrite=job.overwrite, extra=extra)
+    print(f"[ranker] done in {summary['run']['seconds']:.0f}s: test NDCG@10 {two_stage['NDCG@10']:.4f} "
+          f"HR@10 {two_stage['HR@10']:.4f} (retriever alone {retrieval['NDCG@10']:.4f} / {retrieval['HR@10']:.4f}, "
+          f"{gain:+.1%}) -> {job.out}", flush=True)
+    return summary
