@@ -3,7 +3,7 @@
 :class:`CandidateStage` holds what a candidate's features come from -- the trained retriever, an
 item-kNN model over the same interactions, item popularity and price -- and turns a batch of user
 histories into ``(candidates, dense features)``; with ``targets`` it also makes sure the true next
-item is in each list (for training the ranker) and says where. Plain numpy/torch: the same object
+items are marked in each list (for training the ranker). Plain numpy/torch: the same object
 runs in the driver, in Ray Data batch inference (:func:`generate_candidates`) and in serving.
 """
 
@@ -37,9 +37,11 @@ class CandidateStage:
 
     @torch.no_grad()
     def generate(self, history: Interactions, k: int, targets: Interactions | None = None) -> Candidates:
-        """Top-``k`` unseen items for each history row. With ``targets`` (row ``u``: the items user
-        ``u`` went on to have), a list holding none of its targets gets the first one in place of
-        its last candidate, so every training list has a positive."""
+        """Top-``k`` unseen items for each history row; with ``targets`` (row ``u``: the items user
+        ``u`` went on to have), ``label`` marks them in the lists. Targets the retriever did not
+        rank in its top ``k`` are *not* inserted: their features (a far-down retriever rank and
+        score) never occur among real candidates, and a ranker trained on them learns exactly that
+        tell-tale sign instead of what makes an item right."""
         n = history.num_users
         scores = self.retriever.score(None, history).float()
         for u in range(n):  # the protocol never recommends an item from the history
@@ -48,12 +50,7 @@ class CandidateStage:
         label = np.zeros(items.shape, dtype=bool)
         if targets is not None:
             for u in range(n):
-                tgt = targets.row(u)
-                label[u] = np.isin(items[u], tgt) & (items[u] >= 0)
-                if len(tgt) and not label[u].any():
-                    filled = np.flatnonzero(items[u] >= 0)
-                    last = int(filled[-1]) if len(filled) else 0
-                    items[u, last], label[u, last] = tgt[0], True
+                label[u] = np.isin(items[u], targets.row(u)) & (items[u] >= 0)
         safe = np.where(items >= 0, items, 0)
         retr = scores.numpy()
         retr_score = np.take_along_axis(retr, safe, 1)

@@ -182,9 +182,15 @@ def prepare_examples(job: RankerJob) -> dict:
                              concurrency=job.candidate_actors)
     he = generate_candidates(stage_ref, held_task.history, cfg.eval_candidates, None,
                              concurrency=job.candidate_actors)
+    has_pos = tr.label.any(1)  # lists without their target teach nothing (see CandidateStage.generate)
     print(f"[ranker] candidates for {len(train_rows):,} training + {len(held_rows):,} held-out users by Ray Data "
-          f"in {time.time() - t0:.0f}s; target in the retriever's top {cfg.train_candidates}: "
-          f"{_hit_rate(stage, train_task, cfg.train_candidates):.1%}", flush=True)
+          f"in {time.time() - t0:.0f}s; target in the retriever's top {cfg.train_candidates}: {has_pos.mean():.1%} "
+          f"-> {int(has_pos.sum()):,} training lists", flush=True)
+    if not has_pos.any():
+        raise DataError(f"no training list holds its target in the retriever's top {cfg.train_candidates}: "
+                        "raise --train-candidates or check the retriever")
+    train_task = _subset(train_task, np.flatnonzero(has_pos))
+    tr = Candidates(tr.users[has_pos], tr.items[has_pos], tr.dense[has_pos], tr.label[has_pos])
 
     def pad(task):
         return left_pad([task.history.row(i) for i in range(task.history.num_users)], cfg.max_len)
@@ -194,14 +200,6 @@ def prepare_examples(job: RankerJob) -> dict:
             "feats": feats,
             "arrays": {"history": pad(train_task), "items": tr.items, "dense": tr.dense, "label": tr.label},
             "held": {"cands": he, "task": held_task, "history": pad(held_task)}}
-
-
-def _hit_rate(stage: CandidateStage, task: EvalTask, k: int) -> float:
-    """Share of users whose target is among the retriever's top ``k`` (the ranker's ceiling)."""
-    sample = _subset(task, np.arange(min(len(task.users), 2000)))
-    c = stage.generate(sample.history, k)
-    hits = [np.isin(sample.targets.row(i), c.items[i]).any() for i in range(len(sample.users))]
-    return float(np.mean(hits)) if hits else 0.0
 
 
 def train_ranker(job: RankerJob) -> dict:

@@ -5,7 +5,6 @@ import subprocess
 import threading
 from pathlib import Path
 
-
 LOOPBACK = ("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")
 
 

@@ -6,7 +6,12 @@ import pytest
 from training.data.dataset import load_dataset
 from training.embed import embed_items
 from training.errors import DataError
-from training.models.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig
+from training.models.encoders import (
+    ImageEncoder,
+    ImageEncoderConfig,
+    TextEncoder,
+    TextEncoderConfig,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+from netwatch import LOOPBACK, listeners
 
 from training.data.dataset import load_dataset, save_dataset
 from training.data.ray_io import read_events, read_items, read_table
 from training.errors import DataError
-
-from netwatch import LOOPBACK, listeners
 
 pytestmark = pytest.mark.integration
 

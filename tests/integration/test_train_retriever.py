@@ -3,15 +3,13 @@ a killed worker is replaced and the run resumes from its checkpoint, and S3 stor
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from chaos import WorkerKiller
 from netwatch import ListenerWatch
 
 from training.evaluation.run import evaluate_model_dir, run_baseline
@@ -52,33 +50,14 @@ def test_two_workers_learn_planted_tastes(ray_cluster, shop, tmp_path):
     assert json.loads((tmp_path / "m.json").read_text())["NDCG@10"] == pytest.approx(summary["NDCG@10"], abs=1e-6)
 
 
-def _train_worker_pids() -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "RayTrainWorker" in line and "ps -eo" not in line]
-
-
 def test_killed_worker_resumes_from_checkpoint(ray_cluster, shop, tmp_path):
     cfg = replace(CONFIG, epochs=10, patience=100)
     runs = tmp_path / "runs"
     job = RetrieverJob(data=shop, out=str(tmp_path / "model"), model=cfg, workers=2, storage=str(runs),
                        max_failures=2)
-    killed = []
-
-    def killer():
-        deadline = time.time() + 240
-        while time.time() < deadline and not killed:
-            if len(list(runs.glob("*/checkpoint_*"))) >= 3:
-                pids = _train_worker_pids()
-                if pids:
-                    os.kill(pids[-1], signal.SIGKILL)
-                    killed.append(pids[-1])
-                    return
-            time.sleep(0.2)
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
-    summary = train_retriever(job)
-    thread.join(timeout=5)
+    with WorkerKiller(runs, after=2) as killer:
+        summary = train_retriever(job)
+    killed = killer.killed
     assert killed, "no training worker was killed"
     history = json.loads((tmp_path / "model" / "model.json").read_text())["history"]
     assert [h["epoch"] for h in history] == list(range(1, 11))  # finished, no epoch lost or repeated

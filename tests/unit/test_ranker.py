@@ -32,26 +32,25 @@ def _train() -> Interactions:
     return Interactions.from_lists([list(rng.choice(N_ITEMS, 6, replace=False)) for _ in range(40)], N_ITEMS)
 
 
-def test_candidates_skip_history_and_always_hold_the_target():
+def test_candidates_skip_history_and_mark_targets_without_inserting_them():
     train = _train()
     stage = _stage(train)
     hist = train.take_users(np.arange(5))
-    targets = Interactions.from_lists([[int(np.setdiff1d(np.arange(N_ITEMS), hist.row(u))[-1])] for u in range(5)],
-                                      N_ITEMS)
+    plain = stage.generate(hist, 8)
+    assert plain.items.shape == (5, 8) and plain.dense.shape == (5, 8, 5) and not plain.label.any()
+    # targets: user 0's 3rd candidate, and for the others an unseen item outside their top 8
+    outside = [int(np.setdiff1d(np.arange(N_ITEMS), np.r_[hist.row(u), plain.items[u]])[0]) for u in range(5)]
+    targets = Interactions.from_lists([[int(plain.items[0, 2])]] + [[o] for o in outside[1:]], N_ITEMS)
     c = stage.generate(hist, 8, targets)
-    assert c.items.shape == (5, 8) and c.dense.shape == (5, 8, 5) and c.label.shape == (5, 8)
-    for u in range(5):
-        assert not np.isin(c.items[u], hist.row(u)).any()
-        assert c.label[u].sum() == 1 and c.items[u][c.label[u]][0] == targets.row(u)[0]
-    # the rank feature is the item's true rank under the retriever, also for an inserted target
+    np.testing.assert_array_equal(c.items, plain.items)  # targets never change the list
+    assert c.label[0].tolist() == [False, False, True] + [False] * 5 and not c.label[1:].any()
     scores = stage.retriever.score(None, hist).numpy()
     for u in range(5):
+        assert not np.isin(c.items[u], hist.row(u)).any()
         scores[u, hist.row(u)] = -np.inf
-        j = int(np.flatnonzero(c.label[u])[0])
-        true_rank = (scores[u] > scores[u, c.items[u, j]]).sum()
-        assert c.dense[u, j, 1] == pytest.approx(np.log1p(true_rank))
-    plain = stage.generate(hist, 8)
-    assert not plain.label.any()
+        # the rank feature is the item's rank under the retriever
+        true_rank = (scores[u][None, :] > scores[u, c.items[u]][:, None]).sum(1)
+        np.testing.assert_allclose(c.dense[u, :, 1], np.log1p(true_rank), rtol=1e-6)
 
 
 def test_listwise_loss_handles_baskets_and_missing_candidates():
