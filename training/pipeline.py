@@ -106,7 +106,7 @@ class TwoStageScorer:
         stage = CandidateStage(retriever, knn, np.zeros(1), np.zeros(1))
         stage.log_pop, stage.log_price = state["x/log_pop"], state["x/log_price"]
         feats = ItemFeatures.from_arrays({k[2:]: v for k, v in state.items() if k.startswith("f/")})
-        ranker = Ranker(RankerConfig(**config["ranker"]), feats)
+        ranker = Ranker(RankerConfig(**config["ranker"]), feats, tuned_table=state.get("w/tuned_table"))
         ranker.load_state_dict({k[2:]: torch.from_numpy(v) for k, v in state.items() if k.startswith("w/")},
                                strict=False)
         return cls(stage, ranker, config.get("attribute_vocab"))

@@ -65,6 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--name", help="Ray Train run name (default: derived from the job; a rerun resumes)")
     r.add_argument("--max-failures", type=int, default=2)
     r.add_argument("--valid-fraction", type=float, default=0.1, help="validation users held out for early stopping")
+    r.add_argument("--text-encoder", help="text encoder to fine-tune with --text-tune-layers N "
+                                          "(e.g. ../shared/models/all-MiniLM-L6-v2)")
     r.add_argument("--no", nargs="*", default=[], choices=["id", "attributes", "text", "image"],
                    help="switch item-content inputs off")
     r.add_argument("--smoke", action="store_true", help="tiny model and few epochs (tests, CI)")
@@ -98,13 +100,15 @@ def _config_from_args(args: argparse.Namespace, config_cls):
 
 
 def _cmd_ranker(args: argparse.Namespace) -> int:
+    from training.models.encoders import TextEncoderConfig
     from training.models.ranker_config import RankerConfig
     from training.ray_env import init_ray
     from training.train_ranker import RankerJob, train_ranker
 
     job = RankerJob(data=args.data, retriever=args.retriever, out=args.out, model=_config_from_args(args, RankerConfig),
                     scheme=args.scheme, workers=args.workers, use_gpu=args.gpu, storage=args.storage, name=args.name,
-                    max_failures=args.max_failures, valid_fraction=args.valid_fraction)
+                    max_failures=args.max_failures, valid_fraction=args.valid_fraction,
+                    text=TextEncoderConfig(args.text_encoder) if args.text_encoder else None)
     init_ray(num_gpus=None)
     train_ranker(job)
     return 0

@@ -33,10 +33,12 @@ from training.data.dataset import load_dataset
 from training.data.splits import EvalTask, build_split, split_from_manifest
 from training.errors import DataError
 from training.evaluation.metrics import EvalConfig, evaluate
-from training.features import attribute_vocabulary
+from training.features import attribute_vocabulary, item_text
 from training.loop import LoopSpec, fit, plot_learning_curve, run_epochs
 from training.modeldir import read_model_json, read_state, save_model_dir
+from training.models.encoders import TextEncoder, TextEncoderConfig
 from training.models.ranker import Ranker, RankerConfig, listwise_loss
+from training.models.text_tuning import TunedText, bottom_states
 from training.models.retriever import ItemFeatures, RetrieverScorer, left_pad
 from training.pipeline import TwoStageScorer
 
@@ -56,13 +58,22 @@ class RankerJob:
     valid_fraction: float = 0.1  # of the validation users, held out for early stopping
     knn: ItemKNNConfig = field(default_factory=ItemKNNConfig)
     candidate_actors: int = 1
+    text: TextEncoderConfig | None = None  # the text encoder to fine-tune (model.text_tune_layers > 0)
     overwrite: bool = True
+
+
+def _tuned_text(job: RankerJob, tuning: tuple | None) -> TunedText | None:
+    if tuning is None:
+        return None
+    hidden, mask = tuning
+    return TunedText(TextEncoder(job.text), hidden, mask, job.model.text_tune_layers)
 
 
 def run_name(job: RankerJob) -> str:
     key = json.dumps({"data": str(job.data), "retriever": str(job.retriever), "scheme": job.scheme,
                       "model": job.model.to_dict(), "workers": job.workers, "knn": job.knn.__dict__,
-                      "valid_fraction": job.valid_fraction}, sort_keys=True)
+                      "valid_fraction": job.valid_fraction, "text": job.text.__dict__ if job.text else None},
+                     sort_keys=True)
     return "ranker-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -106,8 +117,10 @@ def train_loop(loop_config: dict) -> None:
     feats = ItemFeatures.from_arrays(ray.get(loop_config["features"]))
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
-    model = Ranker(cfg, feats)
-    module = ray.train.torch.prepare_model(model)
+    model = Ranker(cfg, feats, tuned_text=_tuned_text(job, ray.get(loop_config["tuning"])))
+    # the buffers (content features, precomputed encoder states) never change: do not broadcast
+    # them every step
+    module = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
     opt = torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     shard = ray.train.get_dataset_shard("train")
     hist, items = torch.from_numpy(arrays["history"]), torch.from_numpy(arrays["items"])
@@ -196,7 +209,16 @@ def prepare_examples(job: RankerJob) -> dict:
         return left_pad([task.history.row(i) for i in range(task.history.num_users)], cfg.max_len)
 
     feats = ItemFeatures.from_arrays({k[2:]: v for k, v in r_state.items() if k.startswith("f/")})
-    return {"ds": ds, "test": test, "retriever": retriever, "r_state": r_state, "r_doc": doc, "prices": prices,
+    tuning = None
+    if cfg.text_tune_layers > 0:
+        if job.text is None:
+            raise DataError("text_tune_layers > 0 needs a text encoder (--text-encoder)")
+        t0 = time.time()
+        tuning = bottom_states(TextEncoder(job.text), item_text(ds.items), cfg.text_tune_layers)
+        print(f"[ranker] text encoder bottom ({job.text.name_or_path}, all but the last {cfg.text_tune_layers} "
+              f"layers) over {ds.num_items:,} items in {time.time() - t0:.0f}s: {tuning[0].nbytes / 2**20:.0f} MiB",
+              flush=True)
+    return {"tuning": tuning, "ds": ds, "test": test, "retriever": retriever, "r_state": r_state, "r_doc": doc, "prices": prices,
             "feats": feats,
             "arrays": {"history": pad(train_task), "items": tr.items, "dense": tr.dense, "label": tr.label},
             "held": {"cands": he, "task": held_task, "history": pad(held_task)}}
@@ -214,11 +236,18 @@ def train_ranker(job: RankerJob) -> dict:
     print(f"[ranker] Ray Train run '{name}': {n:,} training lists of {job.model.train_candidates} candidates, "
           f"{len(ex['held']['task'].users):,} held-out users; rerunning the same job resumes it", flush=True)
     saved = fit(train_loop, {"job": job, "arrays": ray.put(ex["arrays"]), "held": ray.put(ex["held"]),
-                             "features": ray.put(ex["feats"].arrays())},
+                             "features": ray.put(ex["feats"].arrays()), "tuning": ray.put(ex["tuning"])},
                 name=name, storage_path=job.storage, workers=job.workers, use_gpu=job.use_gpu,
                 max_failures=job.max_failures, datasets={"train": ray.data.from_numpy(np.arange(n))})
-    ranker = Ranker(job.model, ex["feats"])
+    ranker = Ranker(job.model, ex["feats"], tuned_text=_tuned_text(job, ex["tuning"]))
     ranker.load_state_dict(saved["best_model"])
+    if ranker.tuned is not None:  # export the fine-tuned text vectors as a table
+        table = ranker.tuned.embed_all()
+        exported = Ranker(job.model, ex["feats"], tuned_table=table)
+        exported.load_state_dict({k: v for k, v in saved["best_model"].items() if not k.startswith("tuned.")},
+                                 strict=False)
+        exported.tuned_table.copy_(torch.from_numpy(table))
+        ranker = exported
     test = ex["test"]
     stage = _stage(ex["retriever"], job.knn, test.train, ex["prices"])
     vocab = attribute_vocabulary(ex["ds"].items)[2]

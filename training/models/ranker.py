@@ -34,11 +34,25 @@ DENSE_FEATURES = ("retriever_score", "retriever_log_rank", "knn_log_score", "log
 
 
 class Ranker(nn.Module):
-    def __init__(self, config: RankerConfig, feats: ItemFeatures):
+    """``tuned_text``: a :class:`~training.models.text_tuning.TunedText` whose top layers train with
+    the ranker (``text_tune_layers > 0``); ``tuned_table``: its output for every item, frozen (an
+    exported model). Either adds a fine-tuned text vector to each *candidate*; history items keep
+    the frozen text features (running the encoder over every history item too would multiply the
+    cost per step by the history length)."""
+
+    def __init__(self, config: RankerConfig, feats: ItemFeatures, tuned_text: nn.Module | None = None,
+                 tuned_table: np.ndarray | None = None):
         super().__init__()
         d = config.dim
         self.config = config
         self.items = ItemTower(config, feats)
+        self.tuned = tuned_text
+        if tuned_table is not None:
+            self.register_buffer("tuned_table", torch.from_numpy(tuned_table.astype(np.float32)))
+        else:
+            self.tuned_table = None
+        width = tuned_text.dim if tuned_text is not None else (tuned_table.shape[1] if tuned_table is not None else 0)
+        self.tuned_proj = nn.Linear(width, d) if width else None
         self.pos_emb = nn.Embedding(config.max_len, d)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
         self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
@@ -58,7 +72,12 @@ class Ranker(nn.Module):
         vecs = self.items.all_items()
         pad = history < 0
         h = self.norm(vecs[history.clamp(min=0)] + self.pos_emb.weight[-history.shape[1]:])
-        c = self.norm(vecs[cands])
+        c = vecs[cands]
+        if self.tuned_proj is not None:
+            uniq, inverse = torch.unique(cands, return_inverse=True)
+            text = self.tuned_table[uniq] if self.tuned_table is not None else self.tuned(uniq)
+            c = c + self.tuned_proj(text)[inverse]
+        c = self.norm(c)
         att = (self.q(c) @ self.k(h).transpose(1, 2)) / math.sqrt(self.config.dim)  # (B, C, L)
         att = att.masked_fill(pad[:, None, :], float("-inf"))
         empty = pad.all(1)  # no history at all (anonymous user): attend to nothing

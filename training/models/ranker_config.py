@@ -16,6 +16,9 @@ class RankerConfig:
     use_attributes: bool = True
     use_text: bool = True
     use_image: bool = True
+    # 0: the item text enters through frozen precomputed features; n > 0: the last n layers of the
+    # text encoder are fine-tuned on the ranking loss (candidates only; see models/text_tuning.py)
+    text_tune_layers: int = 0
     train_candidates: int = 50  # retriever top-K per training example (hard negatives)
     eval_candidates: int = 200  # retriever top-K reranked at evaluation / serving
     lr: float = 1e-3
@@ -26,6 +29,8 @@ class RankerConfig:
     seed: int = 0
 
     def __post_init__(self):
+        if self.text_tune_layers < 0:
+            raise ValueError(f"text_tune_layers must be >= 0, got {self.text_tune_layers}")
         if self.train_candidates < 2 or self.eval_candidates < 1:
             raise ValueError("train_candidates must be >= 2 and eval_candidates >= 1")
 
