@@ -103,12 +103,15 @@ def _cmd_ranker(args: argparse.Namespace) -> int:
     from training.models.encoders import TextEncoderConfig
     from training.models.ranker_config import RankerConfig
     from training.ray_env import init_ray
-    from training.train_ranker import RankerJob, train_ranker
+    from training.data.dataset import load_dataset
+    from training.train_ranker import RankerJob, check_job, train_ranker
 
     job = RankerJob(data=args.data, retriever=args.retriever, out=args.out, model=_config_from_args(args, RankerConfig),
                     scheme=args.scheme, workers=args.workers, use_gpu=args.gpu, storage=args.storage, name=args.name,
                     max_failures=args.max_failures, valid_fraction=args.valid_fraction,
                     text=TextEncoderConfig(args.text_encoder) if args.text_encoder else None)
+    load_dataset(args.data)  # bad paths and inputs fail here, before Ray starts
+    check_job(job)
     init_ray(num_gpus=None)
     train_ranker(job)
     return 0

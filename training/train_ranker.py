@@ -62,6 +62,18 @@ class RankerJob:
     overwrite: bool = True
 
 
+def check_job(job: RankerJob) -> dict:
+    """Fail fast, before any Ray work, on what the job's inputs cannot do; returns the retriever's
+    ``model.json``."""
+    doc = read_model_json(job.retriever)
+    if doc.get("kind") != "retriever":
+        raise DataError(f"{job.retriever}: a ranker reranks a retriever; this directory holds a "
+                        f"{doc.get('kind')!r} model")
+    if job.model.text_tune_layers > 0 and job.text is None:
+        raise DataError("--text-tune-layers needs the text encoder to fine-tune (--text-encoder)")
+    return doc
+
+
 def _tuned_text(job: RankerJob, tuning: tuple | None) -> TunedText | None:
     if tuning is None:
         return None
@@ -168,10 +180,7 @@ def prepare_examples(job: RankerJob) -> dict:
     import ray
 
     ds = load_dataset(job.data)
-    doc = read_model_json(job.retriever)
-    if doc.get("kind") != "retriever":
-        raise DataError(f"{job.retriever}: a ranker reranks a retriever; this directory holds a "
-                        f"{doc.get('kind')!r} model")
+    doc = check_job(job)
     r_state = read_state(job.retriever)
     retriever = RetrieverScorer.from_state(doc["config"], r_state)
     if retriever.item_vecs.shape[0] != ds.num_items:
@@ -211,8 +220,6 @@ def prepare_examples(job: RankerJob) -> dict:
     feats = ItemFeatures.from_arrays({k[2:]: v for k, v in r_state.items() if k.startswith("f/")})
     tuning = None
     if cfg.text_tune_layers > 0:
-        if job.text is None:
-            raise DataError("text_tune_layers > 0 needs a text encoder (--text-encoder)")
         t0 = time.time()
         tuning = bottom_states(TextEncoder(job.text), item_text(ds.items), cfg.text_tune_layers)
         print(f"[ranker] text encoder bottom ({job.text.name_or_path}, all but the last {cfg.text_tune_layers} "

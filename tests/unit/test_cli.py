@@ -83,3 +83,17 @@ def test_baseline_on_missing_dataset_and_unknown_model(tmp_path, tiny_dataset_di
     assert_clean_error(run("evaluate", "--data", tiny_dataset_dir, "--model", tmp_path), "not a Raycart model")
     assert_clean_error(run("baseline", "--data", tiny_dataset_dir, "--model", "pop", "--scheme", "weekly"),
                        "unknown split 'weekly'")
+
+
+def test_ranker_refuses_bad_inputs_before_starting_ray(tmp_path, tiny_dataset_dir):
+    proc = run("baseline", "--data", tiny_dataset_dir, "--model", "pop", "--save", tmp_path / "pop")
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "ranker"
+    assert_clean_error(run("train", "ranker", "--data", tiny_dataset_dir, "--retriever", tmp_path / "pop",
+                           "--out", out), "a ranker reranks a retriever", out)
+    assert_clean_error(run("train", "ranker", "--data", tiny_dataset_dir, "--retriever", tmp_path / "nothing",
+                           "--out", out), "not a Raycart model", out)
+    assert_clean_error(run("train", "ranker", "--data", tmp_path / "none", "--retriever", tmp_path / "pop",
+                           "--out", out), "no such dataset", out)
+    assert_clean_error(run("train", "ranker", "--data", tiny_dataset_dir, "--retriever", tmp_path / "pop",
+                           "--out", out, "--train-candidates", 1), "train_candidates must be >= 2", out)
