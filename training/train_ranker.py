@@ -237,6 +237,8 @@ def train_ranker(job: RankerJob) -> dict:
     import ray.data
 
     start = time.time()
+    if job.text is not None:
+        job = replace(job, text=job.text.resolved())
     ex = prepare_examples(job)
     n = len(ex["arrays"]["items"])
     name = job.name or run_name(job)

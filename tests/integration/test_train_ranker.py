@@ -85,3 +85,19 @@ def test_reasons_name_the_planted_tastes(shop_and_retriever, tmp_path):
                            & tastes[u]) for i, u in enumerate(users) for _ in range(5)])
     assert len(named) >= 600
     assert np.mean(named) > max(2 * chance, chance + 0.2), (np.mean(named), chance)  # 0.46 vs 0.13 seen
+
+
+def test_fine_tuned_text_ranker_trains_exports_and_reloads(shop_and_retriever, shared, tmp_path):
+    from training.evaluation.run import evaluate_model_dir
+    from training.models.encoders import TextEncoderConfig
+
+    data, retriever = shop_and_retriever
+    # a relative encoder path, as on the command line: Ray Train workers run in another directory
+    text = TextEncoderConfig(os.path.relpath(shared / "models/all-MiniLM-L6-v2"))
+    cfg = replace(RANKER, epochs=2, patience=5, text_tune_layers=1)
+    summary = train_ranker(RankerJob(data=data, retriever=retriever, out=str(tmp_path / "ranker"), model=cfg,
+                                     workers=2, storage=str(tmp_path / "runs"), text=text))
+    doc = json.loads((tmp_path / "ranker" / "model.json").read_text())
+    assert doc["config"]["ranker"]["text_tune_layers"] == 1 and len(doc["history"]) == 2
+    again = evaluate_model_dir(data, str(tmp_path / "ranker"))  # the tuned text vectors travel as a table
+    assert again["NDCG@10"] == pytest.approx(summary["NDCG@10"], abs=1e-6)

@@ -10,6 +10,7 @@ last ``n`` blocks train, ``-1`` everything trains.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,13 @@ class TextEncoderConfig:
     name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"
     max_length: int = 64
     trainable_layers: int = 0
+
+    def resolved(self) -> TextEncoderConfig:
+        """The same config with a local folder made absolute (Ray Train runs workers in their own
+        working directory, where a relative path means something else)."""
+        if _looks_like_path(self.name_or_path):
+            return dataclasses.replace(self, name_or_path=str(Path(self.name_or_path).expanduser().resolve()))
+        return self
 
 
 class TextEncoder(nn.Module):
