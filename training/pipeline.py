@@ -10,18 +10,25 @@ path and metrics.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from training.baselines.itemknn import ItemKNN
 from training.candidates import Candidates, CandidateStage
+from training.data.funnel import lookup
 from training.data.interactions import Interactions
-from training.models.ranker import Ranker, RankerConfig, history_tensor
-from training.models.retriever import ItemFeatures, RetrieverScorer
+from training.models.ranker import AUX_HEADS, Ranker, RankerConfig, history_tensor
+from training.models.retriever import ItemFeatures, RetrieverScorer, left_pad
 
 
 class TwoStageScorer:
-    def __init__(self, stage: CandidateStage, ranker: Ranker, attribute_vocab: list[str] | None = None):
+    """``stages``: the funnel-stage map (:mod:`training.data.funnel`) that gives the event-type
+    feature of a known user's history items, for rankers trained with ``use_stage``."""
+
+    def __init__(self, stage: CandidateStage, ranker: Ranker, attribute_vocab: list[str] | None = None,
+                 stages: sp.csr_matrix | None = None):
         self.stage, self.ranker = stage, ranker.eval()
+        self.stages = stages if ranker.config.use_stage else None
         self.k = ranker.config.eval_candidates
         self.vocab = attribute_vocab or []
         feats = ranker.items
@@ -30,20 +37,27 @@ class TwoStageScorer:
             indptr = np.r_[feats.attr_offsets.numpy(), len(feats.attr_ids)]
             self._attr = (indptr, feats.attr_ids.numpy())
 
+    def history_stages(self, users, history: Interactions) -> torch.Tensor | None:
+        if self.stages is None or users is None:
+            return None
+        padded = left_pad([history.row(u) for u in range(history.num_users)], self.ranker.config.max_len)
+        return torch.from_numpy(lookup(self.stages, np.asarray(users), padded))
+
     @torch.no_grad()
-    def rank(self, history: Interactions, cands: Candidates) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ranker logits (N, K) for the candidate lists (-inf where there is no candidate) and the
-        attention weights (N, K, L) over each history."""
+    def rank(self, history: Interactions, cands: Candidates, hist_stage: torch.Tensor | None = None):
+        """Ranker logits (N, K) for the candidate lists (-inf where there is no candidate), the
+        attention weights (N, K, L) over each history and the cart/purchase logits (or ``None``)."""
         hist = history_tensor([history.row(u) for u in range(history.num_users)], self.ranker.config.max_len)
         items = torch.from_numpy(cands.items)
-        logits, att = self.ranker(hist, items.clamp(min=0), torch.from_numpy(cands.dense), return_attention=True)
-        return logits.masked_fill(items < 0, -torch.inf), att
+        logits, att, aux = self.ranker(hist, items.clamp(min=0), torch.from_numpy(cands.dense), hist_stage,
+                                       return_all=True)
+        return logits.masked_fill(items < 0, -torch.inf), att, aux
 
     def score(self, users, history: Interactions) -> torch.Tensor:
         """Full-catalogue scores for the evaluation harness: ranker logits on the retriever's top K,
         -inf elsewhere (so the two-stage pipeline is evaluated exactly like any other model)."""
         cands = self.stage.generate(history, self.k)
-        logits, _ = self.rank(history, cands)
+        logits, _, _ = self.rank(history, cands, self.history_stages(users, history))
         out = torch.full((history.num_users, self.stage.retriever.item_vecs.shape[0]), -torch.inf)
         items = torch.from_numpy(cands.items)
         ok = items >= 0
@@ -51,11 +65,17 @@ class TwoStageScorer:
         out[rows[ok], items[ok]] = logits[ok]
         return out
 
-    def recommend(self, history: Interactions, n: int = 10) -> list[list[dict]]:
-        """Top ``n`` per history row: ``{"item", "score", "retriever_rank", "reason"}``; the reason
-        names the history item the candidate attended to most and the attributes they share."""
+    def recommend(self, history: Interactions, n: int = 10, users=None,
+                  hist_stage: torch.Tensor | None = None) -> list[list[dict]]:
+        """Top ``n`` per history row: ``{"item", "score", "retriever_rank", "reason"}`` (+
+        ``p_cart``/``p_purchase`` from the multi-task heads); the reason names the history item the
+        candidate attended to most and the attributes they share. ``users`` (known user ids) look
+        the history's event types up in the stage map; ``hist_stage`` passes them directly."""
         cands = self.stage.generate(history, self.k)
-        logits, att = self.rank(history, cands)
+        if hist_stage is None:
+            hist_stage = self.history_stages(users, history)
+        logits, att, aux = self.rank(history, cands, hist_stage)
+        probs = torch.sigmoid(aux) if aux is not None else None
         out = []
         for u in range(history.num_users):
             order = torch.argsort(logits[u], descending=True, stable=True)[:n]
@@ -64,8 +84,11 @@ class TwoStageScorer:
             for j in order.tolist():
                 if cands.items[u, j] < 0:
                     break
-                recs.append({"item": int(cands.items[u, j]), "score": float(logits[u, j]),
-                             "retriever_rank": j, "reason": self._reason(int(cands.items[u, j]), row, att[u, j])})
+                rec = {"item": int(cands.items[u, j]), "score": float(logits[u, j]), "retriever_rank": j,
+                       "reason": self._reason(int(cands.items[u, j]), row, att[u, j])}
+                if probs is not None:
+                    rec.update({f"p_{head}": round(float(probs[u, j, h]), 4) for h, head in enumerate(AUX_HEADS)})
+                recs.append(rec)
             out.append(recs)
         return out
 
@@ -87,8 +110,8 @@ class TwoStageScorer:
     # -- model directory -------------------------------------------------------------------------
 
     @staticmethod
-    def state(stage: CandidateStage, ranker: Ranker, feats: ItemFeatures,
-              retriever_state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def state(stage: CandidateStage, ranker: Ranker, feats: ItemFeatures, retriever_state: dict[str, np.ndarray],
+              stages: sp.csr_matrix | None = None) -> dict[str, np.ndarray]:
         """Everything :meth:`from_state` needs; ``retriever_state`` is the retriever directory's
         ``state.npz`` content, embedded as is."""
         out = {f"r/{k}": v for k, v in retriever_state.items()}
@@ -96,6 +119,9 @@ class TwoStageScorer:
         out.update({f"w/{k}": v.detach().cpu().numpy() for k, v in ranker.state_dict().items()})
         out.update({f"f/{k}": v for k, v in feats.arrays().items()})
         out["x/log_pop"], out["x/log_price"] = stage.log_pop, stage.log_price
+        if stages is not None and ranker.config.use_stage:
+            out.update({"s/data": stages.data, "s/indices": stages.indices, "s/indptr": stages.indptr,
+                        "s/shape": np.asarray(stages.shape, dtype=np.int64)})
         return out
 
     @classmethod
@@ -109,4 +135,8 @@ class TwoStageScorer:
         ranker = Ranker(RankerConfig(**config["ranker"]), feats, tuned_table=state.get("w/tuned_table"))
         ranker.load_state_dict({k[2:]: torch.from_numpy(v) for k, v in state.items() if k.startswith("w/")},
                                strict=False)
-        return cls(stage, ranker, config.get("attribute_vocab"))
+        stages = None
+        if "s/data" in state:
+            stages = sp.csr_matrix((state["s/data"], state["s/indices"], state["s/indptr"]),
+                                   shape=tuple(state["s/shape"]))
+        return cls(stage, ranker, config.get("attribute_vocab"), stages)

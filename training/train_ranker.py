@@ -30,6 +30,7 @@ import torch
 from training.baselines.itemknn import ItemKNN, ItemKNNConfig
 from training.candidates import Candidates, CandidateStage, generate_candidates
 from training.data.dataset import load_dataset
+from training.data.funnel import dataset_stage_map, lookup
 from training.data.splits import EvalTask, build_split, split_from_manifest
 from training.errors import DataError
 from training.evaluation.metrics import EvalConfig, evaluate
@@ -37,7 +38,7 @@ from training.features import attribute_vocabulary, item_text
 from training.loop import LoopSpec, fit, plot_learning_curve, run_epochs
 from training.modeldir import read_model_json, read_state, save_model_dir
 from training.models.encoders import TextEncoder, TextEncoderConfig
-from training.models.ranker import Ranker, RankerConfig, listwise_loss
+from training.models.ranker import Ranker, RankerConfig, ranker_loss
 from training.models.text_tuning import TunedText, bottom_states
 from training.models.retriever import ItemFeatures, RetrieverScorer, left_pad
 from training.pipeline import TwoStageScorer
@@ -60,6 +61,12 @@ class RankerJob:
     candidate_actors: int = 1
     text: TextEncoderConfig | None = None  # the text encoder to fine-tune (model.text_tune_layers > 0)
     overwrite: bool = True
+
+
+def has_event_types(data: str) -> bool:
+    """Whether a dataset's events have more than one type (view/click/cart/purchase)."""
+    counts = load_dataset(data).counts()
+    return sum(1 for k in counts if k.startswith("events_")) > 1
 
 
 def check_job(job: RankerJob) -> dict:
@@ -137,6 +144,8 @@ def train_loop(loop_config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     hist, items = torch.from_numpy(arrays["history"]), torch.from_numpy(arrays["items"])
     dense, label = torch.from_numpy(arrays["dense"]), torch.from_numpy(arrays["label"])
+    hist_stage = torch.from_numpy(arrays["hist_stage"]) if "hist_stage" in arrays else None
+    cand_stage = torch.from_numpy(arrays["cand_stage"]) if "cand_stage" in arrays else None
 
     def train_epoch(epoch: int) -> tuple[float, int, int]:
         total, steps, samples = 0.0, 0, 0
@@ -145,9 +154,11 @@ def train_loop(loop_config: dict) -> None:
                                               local_shuffle_seed=cfg.seed + epoch):
             idx = batch["data"].reshape(-1)
             h, c = hist[idx].to(device), items[idx].to(device)
+            hs = hist_stage[idx].to(device) if hist_stage is not None else None
             with torch.autocast("cuda", enabled=job.use_gpu):  # through module(...) so DDP syncs gradients
-                logits = module(h, c.clamp(min=0), dense[idx].to(device))
-            loss = listwise_loss(logits, c, label[idx].to(device))
+                logits, _, aux = module(h, c.clamp(min=0), dense[idx].to(device), hs, return_all=True)
+            loss = ranker_loss(cfg, logits, aux, c, label[idx].to(device),
+                               cand_stage[idx].to(device) if cand_stage is not None else None)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -167,9 +178,12 @@ def validation_ndcg(model: Ranker, held: dict) -> float:
     cands, task = held["cands"], held["task"]
     hist = torch.from_numpy(held["history"])
 
+    stage = torch.from_numpy(held["hist_stage"]) if "hist_stage" in held else None
+
     def rank_fn(rows):
         items = torch.from_numpy(cands.items[rows])
-        return model(hist[rows], items.clamp(min=0), torch.from_numpy(cands.dense[rows]))
+        return model(hist[rows], items.clamp(min=0), torch.from_numpy(cands.dense[rows]),
+                     stage[rows] if stage is not None else None)
 
     score = list_scorer(cands, task.users, rank_fn, task.num_items)
     return evaluate(score, task, EvalConfig(ks=(10,), batch_size=512))["NDCG@10"]
@@ -225,10 +239,16 @@ def prepare_examples(job: RankerJob) -> dict:
         print(f"[ranker] text encoder bottom ({job.text.name_or_path}, all but the last {cfg.text_tune_layers} "
               f"layers) over {ds.num_items:,} items in {time.time() - t0:.0f}s: {tuning[0].nbytes / 2**20:.0f} MiB",
               flush=True)
-    return {"tuning": tuning, "ds": ds, "test": test, "retriever": retriever, "r_state": r_state, "r_doc": doc, "prices": prices,
+    arrays = {"history": pad(train_task), "items": tr.items, "dense": tr.dense, "label": tr.label}
+    held = {"cands": he, "task": held_task, "history": pad(held_task)}
+    stages = dataset_stage_map(ds) if cfg.use_stage else None
+    if stages is not None:
+        arrays["hist_stage"] = lookup(stages, train_task.users, arrays["history"])
+        arrays["cand_stage"] = lookup(stages, train_task.users, tr.items)
+        held["hist_stage"] = lookup(stages, held_task.users, held["history"])
+    return {"stages": stages, "tuning": tuning, "ds": ds, "test": test, "retriever": retriever, "r_state": r_state, "r_doc": doc, "prices": prices,
             "feats": feats,
-            "arrays": {"history": pad(train_task), "items": tr.items, "dense": tr.dense, "label": tr.label},
-            "held": {"cands": he, "task": held_task, "history": pad(held_task)}}
+            "arrays": arrays, "held": held}
 
 
 def train_ranker(job: RankerJob) -> dict:
@@ -239,6 +259,9 @@ def train_ranker(job: RankerJob) -> dict:
     start = time.time()
     if job.text is not None:
         job = replace(job, text=job.text.resolved())
+    if not job.model.use_stage and has_event_types(job.data):
+        job = replace(job, model=replace(job.model, use_stage=True))
+        print("[ranker] the events have several types: event-type feature and cart/purchase heads on", flush=True)
     ex = prepare_examples(job)
     n = len(ex["arrays"]["items"])
     name = job.name or run_name(job)
@@ -260,7 +283,7 @@ def train_ranker(job: RankerJob) -> dict:
     test = ex["test"]
     stage = _stage(ex["retriever"], job.knn, test.train, ex["prices"])
     vocab = attribute_vocabulary(ex["ds"].items)[2]
-    pipeline = TwoStageScorer(stage, ranker, vocab)
+    pipeline = TwoStageScorer(stage, ranker, vocab, ex["stages"])
     t0 = time.time()
     two_stage = evaluate(pipeline.score, test)
     seconds_two_stage = time.time() - t0
@@ -280,7 +303,7 @@ def train_ranker(job: RankerJob) -> dict:
         (tmp / "history.json").write_text(json.dumps(history, indent=2) + "\n")
         plot_learning_curve(history, tmp / "learning_curve.png", "Ranker learning curve")
 
-    save_model_dir(job.out, "ranker", config, TwoStageScorer.state(stage, ranker, ex["feats"], ex["r_state"]),
+    save_model_dir(job.out, "ranker", config, TwoStageScorer.state(stage, ranker, ex["feats"], ex["r_state"], ex["stages"]),
                    {"num_items": ex["ds"].num_items, "metrics": two_stage, "retriever_only": retrieval,
                     "history": history, "resumes": saved.get("resumes", 0),
                     "reranks": {"path": job.retriever, "metrics": ex["r_doc"].get("metrics"),

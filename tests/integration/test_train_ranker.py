@@ -75,7 +75,10 @@ def test_reasons_name_the_planted_tastes(shop_and_retriever, tmp_path):
     ds = load_dataset(data)
     test = build_split(ds, split_from_manifest(ds, "loo"), "test")
     users = test.users[:150]
-    recs = pipe.recommend(test.history.take_users(np.arange(150)), n=5)
+    recs = pipe.recommend(test.history.take_users(np.arange(150)), n=5, users=users)
+    # the shop has view/click/cart/purchase events: the multi-task heads come with every item
+    assert pipe.ranker.config.use_stage and pipe.stages is not None
+    assert all(0 <= r["p_cart"] <= 1 and 0 <= r["p_purchase"] <= 1 for rec in recs for r in rec)
     tastes = [{a.replace("taste_", "") for a in attrs} for attrs in ds.users["attributes"].to_pylist()]
     item_attrs = [set(a) for a in ds.items["attributes"].to_pylist()]
     named = [bool(set(r["reason"]["shared"]) & tastes[u]) for u, rec in zip(users, recs) for r in rec]

@@ -23,13 +23,16 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from training.data.funnel import NUM_STAGES, STAGES
 from training.models.ranker_config import RankerConfig
 from training.models.retriever import ItemFeatures, ItemTower, left_pad
 
-__all__ = ["DENSE_FEATURES", "Ranker", "RankerConfig", "history_tensor", "listwise_loss"]
+__all__ = ["AUX_HEADS", "DENSE_FEATURES", "Ranker", "RankerConfig", "history_tensor", "listwise_loss", "ranker_loss"]
 
+AUX_HEADS = ("cart", "purchase")
 DENSE_FEATURES = ("retriever_score", "retriever_log_rank", "knn_log_score", "log_popularity", "log_price")
 
 
@@ -55,6 +58,11 @@ class Ranker(nn.Module):
         self.tuned_proj = nn.Linear(width, d) if width else None
         self.pos_emb = nn.Embedding(config.max_len, d)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
+        self.stage_emb = self.aux = None
+        if config.use_stage:
+            self.stage_emb = nn.Embedding(NUM_STAGES, d)
+            nn.init.normal_(self.stage_emb.weight, std=0.02)
+            self.aux = nn.Linear(config.hidden // 2, len(AUX_HEADS))
         self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
         self.norm = nn.LayerNorm(d)
         n_dense = len(DENSE_FEATURES)
@@ -66,12 +74,17 @@ class Ranker(nn.Module):
         self.skip = nn.Linear(n_dense, 1)
 
     def forward(self, history: torch.Tensor, cands: torch.Tensor, dense: torch.Tensor,
-                return_attention: bool = False):
+                hist_stage: torch.Tensor | None = None, return_all: bool = False):
         """``history`` (B, L) item ids (-1 = left padding), ``cands`` (B, C) item ids, ``dense``
-        (B, C, F) -> logits (B, C) [and attention weights (B, C, L)]."""
+        (B, C, F), ``hist_stage`` (B, L) funnel stage of each history item (``use_stage``) ->
+        ranking logits (B, C); with ``return_all``, also the attention weights (B, C, L) over the
+        history and the cart/purchase logits (B, C, 2) (``None`` without ``use_stage``)."""
         vecs = self.items.all_items()
         pad = history < 0
-        h = self.norm(vecs[history.clamp(min=0)] + self.pos_emb.weight[-history.shape[1]:])
+        h = vecs[history.clamp(min=0)] + self.pos_emb.weight[-history.shape[1]:]
+        if self.stage_emb is not None and hist_stage is not None:
+            h = h + self.stage_emb(hist_stage)
+        h = self.norm(h)
         c = vecs[cands]
         if self.tuned_proj is not None:
             uniq, inverse = torch.unique(cands, return_inverse=True)
@@ -86,11 +99,30 @@ class Ranker(nn.Module):
         b, n, f = dense.shape
         z = self.dense_norm(dense.reshape(b * n, f)).reshape(b, n, f)
         x = torch.cat([interest, c, interest * c, z], dim=-1)
-        logits = self.mlp(x).squeeze(-1) + self.skip(z).squeeze(-1)
-        return (logits, weights) if return_attention else logits
+        top = self.mlp[:-1](x)
+        logits = self.mlp[-1](top).squeeze(-1) + self.skip(z).squeeze(-1)
+        if not return_all:
+            return logits
+        return logits, weights, (self.aux(top) if self.aux is not None else None)
 
-    def loss(self, history: torch.Tensor, cands: torch.Tensor, dense: torch.Tensor, labels: torch.Tensor):
-        return listwise_loss(self(history, cands.clamp(min=0), dense), cands, labels)
+    def loss(self, history: torch.Tensor, cands: torch.Tensor, dense: torch.Tensor, labels: torch.Tensor,
+             hist_stage: torch.Tensor | None = None, cand_stage: torch.Tensor | None = None):
+        logits, _, aux = self(history, cands.clamp(min=0), dense, hist_stage, return_all=True)
+        return ranker_loss(self.config, logits, aux, cands, labels, cand_stage)
+
+
+def ranker_loss(config: RankerConfig, logits: torch.Tensor, aux: torch.Tensor | None, cands: torch.Tensor,
+                labels: torch.Tensor, cand_stage: torch.Tensor | None) -> torch.Tensor:
+    """The listwise ranking loss, plus ``aux_weight`` x the cart/purchase heads' binary
+    cross-entropy on the true items (did the user go on to cart / buy the item they took up)."""
+    loss = listwise_loss(logits, cands, labels)
+    if aux is not None and cand_stage is not None:
+        pos = labels.bool() & (cands >= 0)
+        if pos.any():
+            stage = cand_stage[pos]
+            target = torch.stack([stage >= STAGES["cart"], stage >= STAGES["purchase"]], -1).to(aux.dtype)
+            loss = loss + config.aux_weight * F.binary_cross_entropy_with_logits(aux[pos].float(), target.float())
+    return loss
 
 
 def listwise_loss(logits: torch.Tensor, cands: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

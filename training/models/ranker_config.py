@@ -19,6 +19,11 @@ class RankerConfig:
     # 0: the item text enters through frozen precomputed features; n > 0: the last n layers of the
     # text encoder are fine-tuned on the ranking loss (candidates only; see models/text_tuning.py)
     text_tune_layers: int = 0
+    # event types (view < click < cart < purchase) where the data has them: a stage embedding on each
+    # history item and two extra heads, P(cart) and P(purchase) of a candidate the user takes up;
+    # train_ranker switches it on by itself for such data
+    use_stage: bool = False
+    aux_weight: float = 0.3  # weight of the cart/purchase heads' loss next to the ranking loss
     train_candidates: int = 50  # retriever top-K per training example (hard negatives)
     eval_candidates: int = 200  # retriever top-K reranked at evaluation / serving
     lr: float = 1e-3
