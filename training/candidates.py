@@ -30,10 +30,46 @@ class Candidates:
 
 
 class CandidateStage:
-    def __init__(self, retriever: RetrieverScorer, knn: ItemKNN, item_counts: np.ndarray, prices: np.ndarray):
+    """``log_pop``/``log_price`` per item; ``event_keys``: the training events as sorted
+    ``item << 32 | seconds since time_origin`` keys, for each candidate's recent popularity (its
+    interactions in the :attr:`RECENT_DAYS` before the user's last event: what is selling *now*)."""
+
+    RECENT_DAYS = 30
+
+    def __init__(self, retriever: RetrieverScorer, knn: ItemKNN, log_pop: np.ndarray, log_price: np.ndarray,
+                 event_keys: np.ndarray, time_origin: int):
         self.retriever, self.knn = retriever, knn
-        self.log_pop = np.log1p(item_counts.astype(np.float32))
-        self.log_price = np.log1p(np.nan_to_num(prices.astype(np.float32), nan=0.0).clip(min=0.0))
+        self.log_pop, self.log_price = log_pop.astype(np.float32), log_price.astype(np.float32)
+        self.event_keys, self.time_origin = event_keys.astype(np.int64), int(time_origin)
+
+    @classmethod
+    def fit(cls, retriever: RetrieverScorer, knn: ItemKNN, train: Interactions, prices: np.ndarray) -> CandidateStage:
+        """Item statistics from ``train`` (what the models were fitted on) and the catalogue prices."""
+        seconds = train.times // 1_000_000
+        origin = int(seconds.min()) if len(seconds) else 0
+        keys = np.sort((train.items.astype(np.int64) << 32) | np.clip(seconds - origin, 0, 2**32 - 1))
+        log_price = np.log1p(np.nan_to_num(prices.astype(np.float32), nan=0.0).clip(min=0.0))
+        return cls(retriever, knn, np.log1p(train.item_counts().astype(np.float32)), log_price, keys, origin)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"log_pop": self.log_pop, "log_price": self.log_price, "event_keys": self.event_keys,
+                "time_origin": np.int64(self.time_origin)}
+
+    def _now(self, history: Interactions) -> np.ndarray:
+        """Per row: the time of its last event; for an empty history, the end of the training data."""
+        end = self.time_origin + int((self.event_keys & (2**32 - 1)).max()) if len(self.event_keys) else 0
+        now = np.full(history.num_users, end * 1_000_000, dtype=np.int64)
+        filled = history.lengths() > 0
+        now[filled] = history.times[history.indptr[1:][filled] - 1]
+        return now
+
+    def recent_counts(self, items: np.ndarray, now_us: np.ndarray) -> np.ndarray:
+        """Training interactions of ``items[b, j]`` in the window before ``now_us[b]``."""
+        now = np.clip(now_us // 1_000_000 - self.time_origin, 0, 2**32 - 1)[:, None]
+        start = np.clip(now - self.RECENT_DAYS * 86_400, 0, None)
+        base = items.astype(np.int64) << 32
+        return (np.searchsorted(self.event_keys, base | now, side="right")
+                - np.searchsorted(self.event_keys, base | start, side="left"))
 
     @torch.no_grad()
     def generate(self, history: Interactions, k: int, targets: Interactions | None = None) -> Candidates:
@@ -59,9 +95,10 @@ class CandidateStage:
         asc = np.sort(retr, axis=1)
         rank = np.stack([retr.shape[1] - np.searchsorted(asc[u], retr_score[u], side="right") for u in range(n)])
         knn = np.take_along_axis(self.knn.score(None, history), safe, 1)
+        recent = self.recent_counts(safe, self._now(history))
         dense = np.stack([np.where(np.isfinite(retr_score), retr_score, 0.0), np.log1p(rank),
-                          np.log1p(np.maximum(knn, 0.0)), self.log_pop[safe], self.log_price[safe]],
-                         axis=-1).astype(np.float32)
+                          np.log1p(np.maximum(knn, 0.0)), self.log_pop[safe], self.log_price[safe],
+                          np.log1p(recent)], axis=-1).astype(np.float32)
         assert dense.shape[-1] == len(DENSE_FEATURES)
         dense[items < 0] = 0.0
         return Candidates(np.arange(n), items, dense, label)

@@ -118,7 +118,7 @@ class TwoStageScorer:
         out.update({f"k/{k}": v for k, v in stage.knn.state()[1].items()})
         out.update({f"w/{k}": v.detach().cpu().numpy() for k, v in ranker.state_dict().items()})
         out.update({f"f/{k}": v for k, v in feats.arrays().items()})
-        out["x/log_pop"], out["x/log_price"] = stage.log_pop, stage.log_price
+        out.update({f"x/{k}": v for k, v in stage.arrays().items()})
         if stages is not None and ranker.config.use_stage:
             out.update({"s/data": stages.data, "s/indices": stages.indices, "s/indptr": stages.indptr,
                         "s/shape": np.asarray(stages.shape, dtype=np.int64)})
@@ -129,8 +129,8 @@ class TwoStageScorer:
         retriever = RetrieverScorer.from_state(config["retriever"], {k[2:]: v for k, v in state.items()
                                                                      if k.startswith("r/")})
         knn = ItemKNN.from_state(config["knn"], {k[2:]: v for k, v in state.items() if k.startswith("k/")})
-        stage = CandidateStage(retriever, knn, np.zeros(1), np.zeros(1))
-        stage.log_pop, stage.log_price = state["x/log_pop"], state["x/log_price"]
+        stage = CandidateStage(retriever, knn, state["x/log_pop"], state["x/log_price"], state["x/event_keys"],
+                               int(state["x/time_origin"]))
         feats = ItemFeatures.from_arrays({k[2:]: v for k, v in state.items() if k.startswith("f/")})
         ranker = Ranker(RankerConfig(**config["ranker"]), feats, tuned_table=state.get("w/tuned_table"))
         ranker.load_state_dict({k[2:]: torch.from_numpy(v) for k, v in state.items() if k.startswith("w/")},

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -102,7 +103,7 @@ def _subset(task: EvalTask, keep: np.ndarray) -> EvalTask:
 
 
 def _stage(retriever: RetrieverScorer, knn: ItemKNNConfig, train, prices: np.ndarray) -> CandidateStage:
-    return CandidateStage(retriever, ItemKNN(knn).fit(train), train.item_counts(), prices)
+    return CandidateStage.fit(retriever, ItemKNN(knn).fit(train), train, prices)
 
 
 def list_scorer(cands: Candidates, users: np.ndarray, rank_fn, num_items: int):
@@ -147,23 +148,33 @@ def train_loop(loop_config: dict) -> None:
     hist_stage = torch.from_numpy(arrays["hist_stage"]) if "hist_stage" in arrays else None
     cand_stage = torch.from_numpy(arrays["cand_stage"]) if "cand_stage" in arrays else None
 
+    scaler = torch.amp.GradScaler("cuda", enabled=job.use_gpu)  # AMP on GPU; a no-op on CPU
+
     def train_epoch(epoch: int) -> tuple[float, int, int]:
         total, steps, samples = 0.0, 0, 0
+        opt.zero_grad()
         for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, dtypes=torch.int64,
                                               local_shuffle_buffer_size=cfg.batch_size * 8,
                                               local_shuffle_seed=cfg.seed + epoch):
             idx = batch["data"].reshape(-1)
             h, c = hist[idx].to(device), items[idx].to(device)
             hs = hist_stage[idx].to(device) if hist_stage is not None else None
-            with torch.autocast("cuda", enabled=job.use_gpu):  # through module(...) so DDP syncs gradients
-                logits, _, aux = module(h, c.clamp(min=0), dense[idx].to(device), hs, return_all=True)
-            loss = ranker_loss(cfg, logits, aux, c, label[idx].to(device),
-                               cand_stage[idx].to(device) if cand_stage is not None else None)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item()
             steps += 1
+            # gradient accumulation: an optimiser step every `grad_accum` batches; DDP all-reduces
+            # only on that last one (no_sync on the others)
+            last = steps % cfg.grad_accum == 0
+            sync = contextlib.nullcontext() if last or not hasattr(module, "no_sync") else module.no_sync()
+            with sync:
+                with torch.autocast("cuda", enabled=job.use_gpu):  # through module(...) so DDP syncs gradients
+                    logits, _, aux = module(h, c.clamp(min=0), dense[idx].to(device), hs, return_all=True)
+                loss = ranker_loss(cfg, logits, aux, c, label[idx].to(device),
+                                   cand_stage[idx].to(device) if cand_stage is not None else None)
+                scaler.scale(loss / cfg.grad_accum).backward()
+            if last:
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad()
+            total += loss.item()
             samples += len(idx)
         return total / max(steps, 1), steps, samples
 

@@ -25,7 +25,7 @@ from training.train_retriever import RetrieverJob, train_retriever
 pytestmark = pytest.mark.integration
 RAYCART = str(Path(sys.executable).with_name("raycart"))
 RANKER = RankerConfig(dim=32, hidden=64, dropout=0.1, max_len=20, train_candidates=50, eval_candidates=50,
-                      batch_size=32, epochs=20, patience=100, lr=3e-3)
+                      batch_size=32, grad_accum=2, epochs=20, patience=100, lr=3e-3)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ def _stage(train: Interactions, seed=0) -> CandidateStage:
     torch.manual_seed(seed)
     retriever = RetrieverScorer(TwoTower(RetrieverConfig.tiny(), _feats()))
     knn = ItemKNN(ItemKNNConfig.tiny()).fit(train)
-    return CandidateStage(retriever, knn, train.item_counts(), np.linspace(1, 30, N_ITEMS))
+    return CandidateStage.fit(retriever, knn, train, np.linspace(1, 30, N_ITEMS))
 
 
 def _train() -> Interactions:
@@ -37,7 +37,7 @@ def test_candidates_skip_history_and_mark_targets_without_inserting_them():
     stage = _stage(train)
     hist = train.take_users(np.arange(5))
     plain = stage.generate(hist, 8)
-    assert plain.items.shape == (5, 8) and plain.dense.shape == (5, 8, 5) and not plain.label.any()
+    assert plain.items.shape == (5, 8) and plain.dense.shape == (5, 8, 6) and not plain.label.any()
     # targets: user 0's 3rd candidate, and for the others an unseen item outside their top 8
     outside = [int(np.setdiff1d(np.arange(N_ITEMS), np.r_[hist.row(u), plain.items[u]])[0]) for u in range(5)]
     targets = Interactions.from_lists([[int(plain.items[0, 2])]] + [[o] for o in outside[1:]], N_ITEMS)
@@ -78,7 +78,7 @@ def test_ranker_learns_to_use_the_history():
     cands = torch.from_numpy(cands)
     labels = torch.zeros(b, k, dtype=torch.bool)
     labels[torch.arange(b), torch.from_numpy(pos)] = True
-    dense = torch.zeros(b, k, 5)
+    dense = torch.zeros(b, k, 6)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(150):
         opt.zero_grad()
@@ -142,7 +142,7 @@ def test_event_types_steer_attention_and_the_cart_purchase_heads_learn():
     labels = torch.zeros(b, k, dtype=torch.bool)
     labels[torch.arange(b), torch.from_numpy(pos)] = True
     cand_stage = torch.where(cands % 2 == 0, STAGES["purchase"], STAGES["click"])
-    dense = torch.zeros(b, k, 5)
+    dense = torch.zeros(b, k, 6)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(200):
         opt.zero_grad()
@@ -157,3 +157,15 @@ def test_event_types_steer_attention_and_the_cart_purchase_heads_learn():
     # without the event types the purchased item cannot be told apart: accuracy falls towards chance
     blind = model(hist, cands, dense, torch.full_like(stage, STAGES["view"]))
     assert (blind.argmax(1) == torch.from_numpy(pos)).float().mean().item() < 0.75
+
+
+def test_recent_popularity_counts_the_window_before_the_users_last_event():
+    day = 86_400 * 1_000_000
+    # item 1: bought on days 0, 1 and 40; item 2: on day 39
+    train = Interactions(np.array([0, 3, 4]), np.array([1, 1, 1, 2]), np.array([0, day, 40 * day, 39 * day]), 5)
+    stage = CandidateStage.fit(_stage(_train()).retriever, ItemKNN(ItemKNNConfig.tiny()).fit(train), train,
+                               np.ones(5))
+    counts = stage.recent_counts(np.array([[1, 2, 3], [1, 2, 3]]), np.array([41 * day, 2 * day]))
+    assert counts.tolist() == [[1, 1, 0], [2, 0, 0]]
+    hist = Interactions(np.array([0, 1, 1]), np.array([4, 0]), np.array([2 * day, 0]), 5)  # row 1 is empty
+    assert stage._now(hist).tolist() == [2 * day, 40 * day]

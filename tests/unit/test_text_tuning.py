@@ -45,7 +45,7 @@ def test_ranker_fine_tunes_the_top_layer_and_exports_a_table(encoder):
     cands = torch.tensor([[4, 1, 2, 3, 5], [0, 1, 2, 3, 5]])
     labels = torch.zeros(2, 5, dtype=torch.bool)
     labels[:, 0] = True
-    dense = torch.zeros(2, 5, 5)
+    dense = torch.zeros(2, 5, 6)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     first = None
     for _ in range(30):

@@ -9,7 +9,8 @@ product of one user vector with one item vector:
   own summary of the history, and the weights say which past items made it score (the *reasons*);
 * an MLP over ``[interest, candidate, interest * candidate, dense features]``, where the dense
   features are the retriever's score and rank, the item-kNN co-occurrence score, the candidate's
-  log popularity and its price (see :data:`DENSE_FEATURES`);
+  log popularity, its price and its recent popularity (interactions in the 30 days before the
+  user's last event) (see :data:`DENSE_FEATURES`);
 * the candidate's content -- id, attributes, projected text and image embeddings -- through the
   same :class:`~training.models.retriever.ItemTower` as the retriever (its own weights).
 
@@ -33,7 +34,8 @@ from training.models.retriever import ItemFeatures, ItemTower, left_pad
 __all__ = ["AUX_HEADS", "DENSE_FEATURES", "Ranker", "RankerConfig", "history_tensor", "listwise_loss", "ranker_loss"]
 
 AUX_HEADS = ("cart", "purchase")
-DENSE_FEATURES = ("retriever_score", "retriever_log_rank", "knn_log_score", "log_popularity", "log_price")
+DENSE_FEATURES = ("retriever_score", "retriever_log_rank", "knn_log_score", "log_popularity", "log_price",
+                  "log_recent_popularity")
 
 
 class Ranker(nn.Module):

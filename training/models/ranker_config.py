@@ -29,11 +29,14 @@ class RankerConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 64
+    grad_accum: int = 1  # optimiser step every n batches (effective batch = n x batch_size x workers)
     epochs: int = 30
     patience: int = 4
     seed: int = 0
 
     def __post_init__(self):
+        if self.grad_accum < 1:
+            raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
         if self.text_tune_layers < 0:
             raise ValueError(f"text_tune_layers must be >= 0, got {self.text_tune_layers}")
         if self.train_candidates < 2 or self.eval_candidates < 1:
