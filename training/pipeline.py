@@ -132,7 +132,8 @@ class TwoStageScorer:
         stage = CandidateStage(retriever, knn, state["x/log_pop"], state["x/log_price"], state["x/event_keys"],
                                int(state["x/time_origin"]))
         feats = ItemFeatures.from_arrays({k[2:]: v for k, v in state.items() if k.startswith("f/")})
-        ranker = Ranker(RankerConfig(**config["ranker"]), feats, tuned_table=state.get("w/tuned_table"))
+        ranker = Ranker(RankerConfig(**config["ranker"]), feats, tuned_table=state.get("w/tuned_table"),
+                        tuned_image_table=state.get("w/tuned_image_table"))
         ranker.load_state_dict({k[2:]: torch.from_numpy(v) for k, v in state.items() if k.startswith("w/")},
                                strict=False)
         stages = None

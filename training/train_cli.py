@@ -67,6 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--valid-fraction", type=float, default=0.1, help="validation users held out for early stopping")
     r.add_argument("--text-encoder", help="text encoder to fine-tune with --text-tune-layers N "
                                           "(e.g. ../shared/models/all-MiniLM-L6-v2)")
+    r.add_argument("--image-encoder", help="image encoder to fine-tune with --image-tune-layers N "
+                                           "(e.g. ../shared/models/mobilenet_v2-imagenet)")
     r.add_argument("--no", nargs="*", default=[], choices=["id", "attributes", "text", "image"],
                    help="switch item-content inputs off")
     r.add_argument("--smoke", action="store_true", help="tiny model and few epochs (tests, CI)")
@@ -100,7 +102,7 @@ def _config_from_args(args: argparse.Namespace, config_cls):
 
 
 def _cmd_ranker(args: argparse.Namespace) -> int:
-    from training.models.encoders import TextEncoderConfig
+    from training.models.encoders import ImageEncoderConfig, TextEncoderConfig
     from training.models.ranker_config import RankerConfig
     from training.ray_env import init_ray
     from training.data.dataset import load_dataset
@@ -109,7 +111,8 @@ def _cmd_ranker(args: argparse.Namespace) -> int:
     job = RankerJob(data=args.data, retriever=args.retriever, out=args.out, model=_config_from_args(args, RankerConfig),
                     scheme=args.scheme, workers=args.workers, use_gpu=args.gpu, storage=args.storage, name=args.name,
                     max_failures=args.max_failures, valid_fraction=args.valid_fraction,
-                    text=TextEncoderConfig(args.text_encoder) if args.text_encoder else None)
+                    text=TextEncoderConfig(args.text_encoder) if args.text_encoder else None,
+                    image=ImageEncoderConfig(weights=args.image_encoder) if args.image_encoder else None)
     load_dataset(args.data)  # bad paths and inputs fail here, before Ray starts
     check_job(job)
     init_ray(num_gpus=None)

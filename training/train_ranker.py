@@ -38,9 +38,9 @@ from training.evaluation.metrics import EvalConfig, evaluate
 from training.features import attribute_vocabulary, item_text
 from training.loop import LoopSpec, fit, plot_learning_curve, run_epochs
 from training.modeldir import read_model_json, read_state, save_model_dir
-from training.models.encoders import TextEncoder, TextEncoderConfig
+from training.models.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig
 from training.models.ranker import Ranker, RankerConfig, ranker_loss
-from training.models.text_tuning import TunedText, bottom_states
+from training.models.text_tuning import TunedImage, TunedText, bottom_states, image_bottom_states
 from training.models.retriever import ItemFeatures, RetrieverScorer, left_pad
 from training.pipeline import TwoStageScorer
 
@@ -61,6 +61,7 @@ class RankerJob:
     knn: ItemKNNConfig = field(default_factory=ItemKNNConfig)
     candidate_actors: int = 1
     text: TextEncoderConfig | None = None  # the text encoder to fine-tune (model.text_tune_layers > 0)
+    image: ImageEncoderConfig | None = None  # the image encoder to fine-tune (model.image_tune_layers > 0)
     overwrite: bool = True
 
 
@@ -79,20 +80,56 @@ def check_job(job: RankerJob) -> dict:
                         f"{doc.get('kind')!r} model")
     if job.model.text_tune_layers > 0 and job.text is None:
         raise DataError("--text-tune-layers needs the text encoder to fine-tune (--text-encoder)")
+    if job.model.image_tune_layers > 0 and job.image is None:
+        raise DataError("--image-tune-layers needs the image encoder to fine-tune (--image-encoder)")
     return doc
 
 
-def _tuned_text(job: RankerJob, tuning: tuple | None) -> TunedText | None:
-    if tuning is None:
-        return None
-    hidden, mask = tuning
-    return TunedText(TextEncoder(job.text), hidden, mask, job.model.text_tune_layers)
+def _tuned_modules(job: RankerJob, tuning: dict | None) -> dict:
+    """``Ranker`` keyword arguments for the encoders being fine-tuned, from their bottom states."""
+    out = {}
+    if tuning and "text" in tuning:
+        hidden, mask = tuning["text"]
+        out["tuned_text"] = TunedText(TextEncoder(job.text), hidden, mask, job.model.text_tune_layers)
+    if tuning and "image" in tuning:
+        states, has_image = tuning["image"]
+        out["tuned_image"] = TunedImage(ImageEncoder(job.image), states, job.model.image_tune_layers, has_image)
+    return out
+
+
+def _bottom_states(job: RankerJob, ds) -> dict:
+    """Run the frozen bottoms of the encoders being fine-tuned once over every item."""
+    from training.embed import image_uris
+
+    cfg, out = job.model, {}
+    if cfg.text_tune_layers > 0:
+        t0 = time.time()
+        out["text"] = bottom_states(TextEncoder(job.text), item_text(ds.items), cfg.text_tune_layers)
+        print(f"[ranker] text encoder bottom ({job.text.name_or_path}, all but the last {cfg.text_tune_layers} "
+              f"layers) over {ds.num_items:,} items in {time.time() - t0:.0f}s: {out['text'][0].nbytes / 2**20:.0f} MiB",
+              flush=True)
+    if cfg.image_tune_layers > 0:
+        import io
+
+        from PIL import Image
+
+        from training import storage
+
+        t0 = time.time()
+        uris = image_uris(ds)
+        images = [Image.open(io.BytesIO(storage.read_bytes(u))) if u else None for u in uris]
+        states = image_bottom_states(ImageEncoder(job.image), images, cfg.image_tune_layers)
+        out["image"] = (states, np.array([u is not None for u in uris]))
+        print(f"[ranker] image encoder bottom (all but the last {cfg.image_tune_layers} blocks) over "
+              f"{ds.num_items:,} items in {time.time() - t0:.0f}s: {states.nbytes / 2**20:.0f} MiB", flush=True)
+    return out
 
 
 def run_name(job: RankerJob) -> str:
     key = json.dumps({"data": str(job.data), "retriever": str(job.retriever), "scheme": job.scheme,
                       "model": job.model.to_dict(), "workers": job.workers, "knn": job.knn.__dict__,
-                      "valid_fraction": job.valid_fraction, "text": job.text.__dict__ if job.text else None},
+                      "valid_fraction": job.valid_fraction, "text": job.text.__dict__ if job.text else None,
+                      "image": job.image.__dict__ if job.image else None},
                      sort_keys=True)
     return "ranker-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
@@ -137,7 +174,7 @@ def train_loop(loop_config: dict) -> None:
     feats = ItemFeatures.from_arrays(ray.get(loop_config["features"]))
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
-    model = Ranker(cfg, feats, tuned_text=_tuned_text(job, ray.get(loop_config["tuning"])))
+    model = Ranker(cfg, feats, **_tuned_modules(job, ray.get(loop_config["tuning"])))
     # the buffers (content features, precomputed encoder states) never change: do not broadcast
     # them every step
     module = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
@@ -243,13 +280,7 @@ def prepare_examples(job: RankerJob) -> dict:
         return left_pad([task.history.row(i) for i in range(task.history.num_users)], cfg.max_len)
 
     feats = ItemFeatures.from_arrays({k[2:]: v for k, v in r_state.items() if k.startswith("f/")})
-    tuning = None
-    if cfg.text_tune_layers > 0:
-        t0 = time.time()
-        tuning = bottom_states(TextEncoder(job.text), item_text(ds.items), cfg.text_tune_layers)
-        print(f"[ranker] text encoder bottom ({job.text.name_or_path}, all but the last {cfg.text_tune_layers} "
-              f"layers) over {ds.num_items:,} items in {time.time() - t0:.0f}s: {tuning[0].nbytes / 2**20:.0f} MiB",
-              flush=True)
+    tuning = _bottom_states(job, ds)
     arrays = {"history": pad(train_task), "items": tr.items, "dense": tr.dense, "label": tr.label}
     held = {"cands": he, "task": held_task, "history": pad(held_task)}
     stages = dataset_stage_map(ds) if cfg.use_stage else None
@@ -270,6 +301,8 @@ def train_ranker(job: RankerJob) -> dict:
     start = time.time()
     if job.text is not None:
         job = replace(job, text=job.text.resolved())
+    if job.image is not None:
+        job = replace(job, image=job.image.resolved())
     if not job.model.use_stage and has_event_types(job.data):
         job = replace(job, model=replace(job.model, use_stage=True))
         print("[ranker] the events have several types: event-type feature and cart/purchase heads on", flush=True)
@@ -282,14 +315,20 @@ def train_ranker(job: RankerJob) -> dict:
                              "features": ray.put(ex["feats"].arrays()), "tuning": ray.put(ex["tuning"])},
                 name=name, storage_path=job.storage, workers=job.workers, use_gpu=job.use_gpu,
                 max_failures=job.max_failures, datasets={"train": ray.data.from_numpy(np.arange(n))})
-    ranker = Ranker(job.model, ex["feats"], tuned_text=_tuned_text(job, ex["tuning"]))
+    ranker = Ranker(job.model, ex["feats"], **_tuned_modules(job, ex["tuning"]))
     ranker.load_state_dict(saved["best_model"])
-    if ranker.tuned is not None:  # export the fine-tuned text vectors as a table
-        table = ranker.tuned.embed_all()
-        exported = Ranker(job.model, ex["feats"], tuned_table=table)
-        exported.load_state_dict({k: v for k, v in saved["best_model"].items() if not k.startswith("tuned.")},
-                                 strict=False)
-        exported.tuned_table.copy_(torch.from_numpy(table))
+    if ranker.tuned is not None or ranker.tuned_image is not None:
+        # export the fine-tuned encoders' outputs as tables: serving needs no encoder states
+        tables = {}
+        if ranker.tuned is not None:
+            tables["tuned_table"] = ranker.tuned.embed_all()
+        if ranker.tuned_image is not None:
+            tables["tuned_image_table"] = ranker.tuned_image.embed_all()
+        exported = Ranker(job.model, ex["feats"], **tables)
+        exported.load_state_dict({k: v for k, v in saved["best_model"].items()
+                                  if not k.startswith(("tuned.", "tuned_image."))}, strict=False)
+        for key, table in tables.items():
+            getattr(exported, key).copy_(torch.from_numpy(table))
         ranker = exported
     test = ex["test"]
     stage = _stage(ex["retriever"], job.knn, test.train, ex["prices"])

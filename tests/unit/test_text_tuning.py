@@ -63,3 +63,29 @@ def test_ranker_fine_tunes_the_top_layer_and_exports_a_table(encoder):
                              strict=False)
     exported.eval()
     torch.testing.assert_close(exported(hist, cands, dense), model(hist, cands, dense), atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def image_encoder(shared):
+    from training.models.encoders import ImageEncoder, ImageEncoderConfig
+
+    return ImageEncoder(ImageEncoderConfig(weights=str(shared / "models/mobilenet_v2-imagenet")))
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_cached_image_bottom_plus_last_blocks_reproduce_the_encoder(image_encoder, layers):
+    from PIL import Image
+
+    from training.models.text_tuning import TunedImage, image_bottom_states
+
+    images = [Image.new("RGB", (48, 48), c) for c in ("red", "navy", "yellow")] + [None]
+    states = image_bottom_states(image_encoder, images, layers)
+    tuned = TunedImage(image_encoder, states, layers, np.array([1, 1, 1, 0]))
+    got = tuned.embed_all()
+    np.testing.assert_allclose(got[:3], image_encoder.encode(images[:3]), atol=1e-5)
+    assert not got[3].any()  # no image, no vector
+    tuned.train()
+    assert all(not m.training for m in tuned.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    loss = tuned(torch.tensor([0, 1])).sum()
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tuned.top.parameters())

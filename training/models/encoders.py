@@ -96,6 +96,12 @@ class ImageEncoderConfig:
     weights: str = "DEFAULT"  # a torchvision weights enum name, or a local folder with meta.json
     trainable_layers: int = 0
 
+    def resolved(self) -> ImageEncoderConfig:
+        """The same config with a local weights folder made absolute (see TextEncoderConfig)."""
+        if _looks_like_path(self.weights):
+            return dataclasses.replace(self, weights=str(Path(self.weights).expanduser().resolve()))
+        return self
+
 
 def _tf_same_pad(module: nn.Module, args):
     # TF "SAME" padding for a 3x3 stride-2 conv: the extra pixel goes bottom/right

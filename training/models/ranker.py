@@ -46,7 +46,8 @@ class Ranker(nn.Module):
     cost per step by the history length)."""
 
     def __init__(self, config: RankerConfig, feats: ItemFeatures, tuned_text: nn.Module | None = None,
-                 tuned_table: np.ndarray | None = None):
+                 tuned_table: np.ndarray | None = None, tuned_image: nn.Module | None = None,
+                 tuned_image_table: np.ndarray | None = None):
         super().__init__()
         d = config.dim
         self.config = config
@@ -58,6 +59,15 @@ class Ranker(nn.Module):
             self.tuned_table = None
         width = tuned_text.dim if tuned_text is not None else (tuned_table.shape[1] if tuned_table is not None else 0)
         self.tuned_proj = nn.Linear(width, d) if width else None
+        # the same for images (``image_tune_layers``; see models/text_tuning.py:TunedImage)
+        self.tuned_image = tuned_image
+        if tuned_image_table is not None:
+            self.register_buffer("tuned_image_table", torch.from_numpy(tuned_image_table.astype(np.float32)))
+        else:
+            self.tuned_image_table = None
+        width = tuned_image.dim if tuned_image is not None else (
+            tuned_image_table.shape[1] if tuned_image_table is not None else 0)
+        self.tuned_image_proj = nn.Linear(width, d) if width else None
         self.pos_emb = nn.Embedding(config.max_len, d)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
         self.stage_emb = self.aux = None
@@ -88,10 +98,14 @@ class Ranker(nn.Module):
             h = h + self.stage_emb(hist_stage)
         h = self.norm(h)
         c = vecs[cands]
-        if self.tuned_proj is not None:
+        if self.tuned_proj is not None or self.tuned_image_proj is not None:
             uniq, inverse = torch.unique(cands, return_inverse=True)
-            text = self.tuned_table[uniq] if self.tuned_table is not None else self.tuned(uniq)
-            c = c + self.tuned_proj(text)[inverse]
+            if self.tuned_proj is not None:
+                text = self.tuned_table[uniq] if self.tuned_table is not None else self.tuned(uniq)
+                c = c + self.tuned_proj(text)[inverse]
+            if self.tuned_image_proj is not None:
+                image = self.tuned_image_table[uniq] if self.tuned_image_table is not None else self.tuned_image(uniq)
+                c = c + self.tuned_image_proj(image)[inverse]
         c = self.norm(c)
         att = (self.q(c) @ self.k(h).transpose(1, 2)) / math.sqrt(self.config.dim)  # (B, C, L)
         att = att.masked_fill(pad[:, None, :], float("-inf"))

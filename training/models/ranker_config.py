@@ -19,6 +19,7 @@ class RankerConfig:
     # 0: the item text enters through frozen precomputed features; n > 0: the last n layers of the
     # text encoder are fine-tuned on the ranking loss (candidates only; see models/text_tuning.py)
     text_tune_layers: int = 0
+    image_tune_layers: int = 0  # the same for the image encoder's last blocks
     # event types (view < click < cart < purchase) where the data has them: a stage embedding on each
     # history item and two extra heads, P(cart) and P(purchase) of a candidate the user takes up;
     # train_ranker switches it on by itself for such data
@@ -37,8 +38,8 @@ class RankerConfig:
     def __post_init__(self):
         if self.grad_accum < 1:
             raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
-        if self.text_tune_layers < 0:
-            raise ValueError(f"text_tune_layers must be >= 0, got {self.text_tune_layers}")
+        if self.text_tune_layers < 0 or self.image_tune_layers < 0:
+            raise ValueError("text_tune_layers and image_tune_layers must be >= 0")
         if self.train_candidates < 2 or self.eval_candidates < 1:
             raise ValueError("train_candidates must be >= 2 and eval_candidates >= 1")
 

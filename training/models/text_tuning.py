@@ -1,4 +1,4 @@
-"""Fine-tuning the last N layers of a pretrained text encoder over a fixed item catalogue.
+"""Fine-tuning the last N layers of a pretrained text or image encoder over a fixed item catalogue.
 
 The frozen bottom of the encoder (embeddings and the first ``L - N`` transformer layers) gives
 the same hidden states every step, so :func:`bottom_states` runs it **once** per item; a training
@@ -8,7 +8,9 @@ encoder's own mean pooling and L2 norm. With the top layers unchanged this repro
 fine-tuning starts from the pretrained embedding. This is what makes fine-tuning affordable on
 CPUs: one layer of MiniLM per step instead of six, and no tokenisation in the loop.
 
-Plain PyTorch; works for BERT-style encoders whose layers live in ``model.encoder.layer``.
+Plain PyTorch; text: BERT-style encoders whose layers live in ``model.encoder.layer``; images:
+torchvision classifiers with a ``features`` stack (:class:`TunedImage`, same idea: the bottom
+feature maps are computed once, the last blocks train).
 """
 
 from __future__ import annotations
@@ -89,5 +91,64 @@ class TunedText(nn.Module):
         self.eval()
         out = [self(torch.arange(lo, min(lo + batch_size, len(self.hidden)))).numpy()
                for lo in range(0, len(self.hidden), batch_size)]
+        self.train(was)
+        return np.concatenate(out)
+
+
+# -- images -----------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def image_bottom_states(encoder, images: list, tune_layers: int, batch_size: int = 32) -> np.ndarray:
+    """Feature maps after the frozen bottom of a torchvision image encoder
+    (:class:`~training.models.encoders.ImageEncoder`: every block of ``features`` but the last
+    ``tune_layers``), ``(N, C, H, W)`` float32; ``images`` are PIL images or ``None`` (zeros)."""
+    blocks = list(encoder.features)
+    if not 0 < tune_layers <= len(blocks):
+        raise ValueError(f"tune_layers must be in 1..{len(blocks)}, got {tune_layers}")
+    encoder.eval()
+    bottom = nn.Sequential(*blocks[:len(blocks) - tune_layers])
+    present = [i for i, img in enumerate(images) if img is not None]
+    if not present:
+        raise ValueError("no item has an image")
+    maps = [bottom(torch.stack([encoder.preprocess(images[i].convert("RGB")) for i in present[lo:lo + batch_size]]))
+            for lo in range(0, len(present), batch_size)]
+    found = torch.cat(maps)
+    out = torch.zeros((len(images), *found.shape[1:]))
+    out[present] = found
+    return out.numpy()
+
+
+class TunedImage(nn.Module):
+    """The trainable last blocks of an image encoder over precomputed bottom feature maps; output =
+    L2-normalised global-average-pooled features, as :class:`ImageEncoder` gives them. Items without
+    an image get a zero vector. BatchNorm statistics stay fixed (as in ``ImageEncoder.train``)."""
+
+    def __init__(self, encoder, states: np.ndarray, tune_layers: int, has_image: np.ndarray):
+        super().__init__()
+        blocks = list(encoder.features)
+        self.top = nn.Sequential(*(copy.deepcopy(b) for b in blocks[len(blocks) - tune_layers:]))
+        for p in self.top.parameters():
+            p.requires_grad_(True)
+        self.register_buffer("states", torch.from_numpy(states), persistent=False)
+        self.register_buffer("has_image", torch.from_numpy(has_image.astype(np.float32)), persistent=False)
+        self.dim = encoder.dim
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.top.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        x = self.top(self.states[items])
+        return F.normalize(F.adaptive_avg_pool2d(x, 1).flatten(1), dim=-1) * self.has_image[items, None]
+
+    @torch.no_grad()
+    def embed_all(self, batch_size: int = 256) -> np.ndarray:
+        was = self.training
+        self.eval()
+        out = [self(torch.arange(lo, min(lo + batch_size, len(self.states)))).numpy()
+               for lo in range(0, len(self.states), batch_size)]
         self.train(was)
         return np.concatenate(out)
