@@ -4,10 +4,13 @@
 
 1. load the dataset's split and the trained retriever directory (``job.retriever``);
 2. **candidate generation as Ray Data batch inference**: for every validation user -- whose target
-   the retriever never trained on -- the retriever's top ``train_candidates`` unseen items plus
-   their dense features (retriever score and rank, item-kNN score, popularity, price), with the true
-   item in the list (hard negatives); a seeded ``valid_fraction`` of those users is held out, with
-   the plain top ``eval_candidates`` lists, to early-stop on two-stage NDCG@10;
+   the retriever never trained on -- the retriever's top ``train_candidates`` unseen items (hard
+   negatives) plus their dense features (retriever score and rank, item-kNN score, popularity,
+   price, recent popularity); lists that miss their target are left out (see
+   :meth:`CandidateStage.generate`); a seeded ``valid_fraction`` of those users is held out, with
+   the plain top ``eval_candidates`` lists, to early-stop on two-stage NDCG@10; where the events
+   have types, the funnel stage of every history item and target (:mod:`training.data.funnel`);
+   and for encoder fine-tuning, the frozen bottom of each encoder over every item, once;
 3. Ray Train ``TorchTrainer`` (DDP over ``workers``; example indices sharded per worker by Ray
    Data, the arrays shared through the object store), a checkpoint every epoch, resume after a
    worker dies or on a rerun (:mod:`training.loop`);

@@ -104,3 +104,17 @@ def test_fine_tuned_text_ranker_trains_exports_and_reloads(shop_and_retriever, s
     assert doc["config"]["ranker"]["text_tune_layers"] == 1 and len(doc["history"]) == 2
     again = evaluate_model_dir(data, str(tmp_path / "ranker"))  # the tuned text vectors travel as a table
     assert again["NDCG@10"] == pytest.approx(summary["NDCG@10"], abs=1e-6)
+
+
+def test_ranker_checkpoints_and_model_on_s3(shop_and_retriever, s3_env):
+    from training.evaluation.run import evaluate_model_dir
+
+    data, retriever = shop_and_retriever
+    bucket = s3_env["bucket"]
+    summary = train_ranker(RankerJob(data=data, retriever=retriever, out=f"s3://{bucket}/models/ranker",
+                                     model=replace(RANKER, epochs=2, grad_accum=1), workers=2,
+                                     storage=f"s3://{bucket}/ranker-runs"))
+    keys = [o["Key"] for o in s3_env["client"].list_objects_v2(Bucket=bucket, Prefix="ranker-runs/")["Contents"]]
+    assert any("checkpoint_" in k and k.endswith("state.pt") for k in keys)
+    again = evaluate_model_dir(data, f"s3://{bucket}/models/ranker")
+    assert again["NDCG@10"] == pytest.approx(summary["NDCG@10"], abs=1e-6)
