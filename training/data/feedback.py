@@ -1,0 +1,55 @@
+"""The feedback log's tables: what serving records and what retraining and off-policy evaluation read.
+
+``<root>/impressions/*.parquet``: one row per item shown (request id, user, context hash, the
+candidate count, the item, its slot and propensity, model and policy versions, time);
+``<root>/events/*.parquet``: one row per feedback event (request id, item, event, time). Files are
+written whole (atomic rename locally, single PUT on S3), so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from training import storage
+from training.errors import DataError
+
+IMPRESSIONS = pa.schema([
+    pa.field("request_id", pa.string(), nullable=False),
+    pa.field("user_id", pa.string()),  # external user id; null for anonymous requests
+    pa.field("context_hash", pa.string(), nullable=False),
+    pa.field("num_candidates", pa.int32(), nullable=False),
+    pa.field("item_id", pa.string(), nullable=False),  # external item id
+    pa.field("position", pa.int32(), nullable=False),
+    pa.field("propensity", pa.float64(), nullable=False),
+    pa.field("score", pa.float64()),
+    pa.field("model_version", pa.string(), nullable=False),
+    pa.field("policy_version", pa.string(), nullable=False),
+    pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
+])
+
+FEEDBACK_EVENTS = pa.schema([
+    pa.field("request_id", pa.string(), nullable=False),
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("event", pa.string(), nullable=False),
+    pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
+])
+
+TABLES = {"impressions": IMPRESSIONS, "events": FEEDBACK_EVENTS}
+
+
+def read_feedback(root: str, table: str) -> pa.Table:
+    """All rows of ``table`` (``impressions`` or ``events``) under the log ``root`` (local or S3)."""
+    if table not in TABLES:
+        raise DataError(f"feedback log: unknown table {table!r} (known: {', '.join(TABLES)})")
+    fs, path = storage.resolve(storage.join(root, table))
+    import pyarrow.fs as pafs
+
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return TABLES[table].empty_table()
+    files = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(path)) if f.path.endswith(".parquet"))
+    if not files:
+        return TABLES[table].empty_table()
+    parts = [pq.read_table(f, filesystem=fs).cast(TABLES[table]) for f in files]
+    return pa.concat_tables(parts)
