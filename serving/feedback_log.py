@@ -7,7 +7,8 @@ pending lines into Parquet part files under ``root`` (local or S3; see
 :mod:`training.data.feedback` for the tables), each written whole, then starts a fresh WAL
 segment. A writer that starts finds the segments a crashed predecessor left in its WAL folder
 and publishes them first (``recover``), so a kill at any point loses nothing that was
-acknowledged; a crash between a part's upload and the segment's removal can publish a record
+acknowledged -- also when the replacement replica has another name: folders whose writer is
+dead (its lock is free) are recovered too; a crash between a part's upload and the segment's removal can publish a record
 twice, so readers de-duplicate on the record id (at-least-once).
 
 Plain Python (no Ray): the Serve deployment owns one per replica.
@@ -15,8 +16,10 @@ Plain Python (no Ray): the Serve deployment owns one per replica.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -46,6 +49,10 @@ class FeedbackLog:
         self.config, self.writer = config, writer
         self.dir = Path(config.wal_dir) / writer
         self.dir.mkdir(parents=True, exist_ok=True)
+        # a live writer holds an exclusive lock on its folder; a folder whose lock can be taken
+        # belongs to a dead writer (e.g. a killed replica, replaced under a new name)
+        self._lock = open(self.dir / ".lock", "w")  # noqa: SIM115 -- held for the writer's lifetime
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.recovered = self.recover()
         self._open_segment()
 
@@ -74,15 +81,25 @@ class FeedbackLog:
         if self.pending == 0:
             return 0
         self._fh.close()
-        rows = self._publish(self.segment)
+        rows = self._publish(self.segment, self.writer)
         self._open_segment()
         return rows
 
     def recover(self) -> int:
-        """Publish segments a previous writer left behind (it crashed before flushing them)."""
-        return sum(self._publish(seg) for seg in sorted(self.dir.glob("*.jsonl")))
+        """Publish the segments dead writers left behind: this writer's earlier life, and any other
+        writer folder under ``wal_dir`` whose lock is free (its process is gone)."""
+        rows = sum(self._publish(seg, self.writer) for seg in sorted(self.dir.glob("*.jsonl")))
+        for other in sorted(p for p in Path(self.config.wal_dir).iterdir() if p.is_dir() and p != self.dir):
+            with open(other / ".lock", "a") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # alive
+                rows += sum(self._publish(seg, other.name) for seg in sorted(other.glob("*.jsonl")))
+                shutil.rmtree(other, ignore_errors=True)
+        return rows
 
-    def _publish(self, segment: Path) -> int:
+    def _publish(self, segment: Path, writer: str | None = None) -> int:
         by_table: dict[str, list[dict]] = {}
         with open(segment, encoding="utf-8") as fh:
             for line in fh:
@@ -95,7 +112,7 @@ class FeedbackLog:
             for r in recs:
                 r["timestamp"] = _timestamp(r.get("timestamp"))
             data = pa.Table.from_pylist(recs, schema=schema)
-            name = f"part-{self.writer}-{segment.stem}.parquet"
+            name = f"part-{writer or self.writer}-{segment.stem}.parquet"
             fs, path = storage.resolve(storage.join(self.config.root, table, name))
             fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
             tmp = path + ".tmp" if not storage.is_s3(self.config.root) else path  # S3 PUT is atomic
@@ -106,10 +123,13 @@ class FeedbackLog:
         return sum(len(v) for v in by_table.values())
 
     def close(self) -> None:
+        if self._fh.closed:
+            return
         self.flush()
         self._fh.close()
         if self.segment.exists() and self.segment.stat().st_size == 0:
             self.segment.unlink()
+        self._lock.close()
 
 
 def _timestamp(value) -> int:

@@ -74,11 +74,18 @@ class TwoStageScorer:
         cands = self.stage.generate(history, self.k)
         if hist_stage is None:
             hist_stage = self.history_stages(users, history)
+        return self.ranked_lists(history, cands, hist_stage, n)
+
+    def ranked_lists(self, history: Interactions, cands: Candidates, hist_stage: torch.Tensor | None = None,
+                     n: int | None = None) -> list[list[dict]]:
+        """Rank precomputed candidate lists (e.g. from a separate retriever service); see
+        :meth:`recommend` for what each item carries. ``n=None`` keeps every candidate."""
         logits, att, aux = self.rank(history, cands, hist_stage)
         probs = torch.sigmoid(aux) if aux is not None else None
         out = []
         for u in range(history.num_users):
-            order = torch.argsort(logits[u], descending=True, stable=True)[:n]
+            order = torch.argsort(logits[u], descending=True, stable=True)
+            order = order[:n] if n is not None else order
             row = history.row(u)[-self.ranker.config.max_len:]
             recs = []
             for j in order.tolist():

@@ -72,3 +72,25 @@ def test_a_torn_last_line_is_ignored(tmp_path):
     assert log.recovered == 1
     log.close()
     assert read_feedback(str(tmp_path / "log"), "events")["request_id"].to_pylist() == ["r1"]
+
+
+def test_a_new_writer_recovers_a_dead_writers_folder_but_not_a_live_one(tmp_path):
+    cfg = FeedbackLogConfig(root=str(tmp_path / "log"), wal_dir=str(tmp_path / "wal"), flush_rows=1000)
+    root, wal = str(tmp_path / "log"), str(tmp_path / "wal")
+    proc = subprocess.Popen([sys.executable, "-c", WRITER.replace('"w")', '"dead")'), root, wal],
+                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+    acked = -1
+    while acked < 50:
+        acked = int(proc.stdout.readline())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for line in proc.stdout.read().split():
+        acked = int(line)
+    alive = FeedbackLog(cfg, "alive")
+    alive.append("events", _event(0))
+    newcomer = FeedbackLog(cfg, "newcomer")  # e.g. the replica Serve started in place of the dead one
+    ids = set(read_feedback(root, "events")["request_id"].to_pylist())
+    assert {f"r{i}" for i in range(acked + 1)} <= ids  # the dead writer's records, published
+    assert (tmp_path / "wal" / "alive").exists()  # the live writer's folder was left alone
+    alive.close()
+    newcomer.close()

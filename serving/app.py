@@ -1,0 +1,137 @@
+"""The Raycart Serve application: HTTP ingress -> retriever -> ranker (batched) -> policy actor.
+
+Deployments are composed by passing ``DeploymentHandle``s (Ray 2.60 has no DAGDriver).
+``build_app(args)`` is the entry point for ``serve run serving.app:build_app`` / ``serve deploy
+cluster/serve.yaml`` and for ``raycart serve``.
+
+Endpoints: ``POST /recommend``, ``POST /feedback``, ``GET /items/{id}/similar``, ``GET /healthz``
+(live), ``GET /readyz`` (models loaded). Every impression and feedback event is appended to the
+durable feedback log (:mod:`serving.feedback_log`) **before** the response acknowledges it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+
+import numpy as np
+from fastapi import FastAPI, HTTPException
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serving.catalog import Catalog
+from serving.deployments import Policy, Ranker, Retriever
+from serving.feedback_log import FeedbackLog, FeedbackLogConfig
+from serving.schemas import AppArgs, FeedbackRequest, RecommendRequest
+
+api = FastAPI(title="Raycart", description="Retrieve-then-rank recommendations with a learning policy.")
+
+
+@serve.deployment
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle, policy: DeploymentHandle,
+                 args: AppArgs):
+        self.retriever, self.ranker, self.policy, self.args = retriever, ranker, policy, args
+        self.catalog = Catalog.load(args.data_dir)
+        try:
+            writer = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 -- outside a replica (local testing mode)
+            writer = uuid.uuid4().hex[:12]
+        self.log = FeedbackLog(FeedbackLogConfig(root=args.feedback_root, wal_dir=args.wal_dir), f"ingress-{writer}")
+        self.requests: dict[str, set[str]] = {}  # request id -> items shown (bounded below)
+
+    def __del__(self):
+        try:
+            self.log.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    @api.get("/healthz")
+    def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> dict:
+        ok = await asyncio.gather(self.retriever.ready.remote(), self.ranker.ready.remote())
+        if not all(ok):
+            raise HTTPException(503, "models are loading")
+        return {"status": "ready", "items": self.catalog.num_items, "model_version": self.args.model_version}
+
+    @api.post("/recommend")
+    async def recommend(self, req: RecommendRequest) -> dict:
+        cat = self.catalog
+        user, history = cat.history_of(req.user_id)
+        if req.history:
+            unknown = [x for x in req.history if x not in cat.item_index]
+            if unknown:
+                raise HTTPException(400, f"history: unknown item id(s) {unknown[:5]}")
+            history = np.r_[history, [cat.item_index[x] for x in req.history]].astype(np.int64)
+            history = history[np.sort(np.unique(history, return_index=True)[1])]  # first occurrence each
+        bad = [x for x in req.filters.exclude if x not in cat.item_index]
+        if bad:
+            raise HTTPException(400, f"filters.exclude: unknown item id(s) {bad[:5]}")
+        exclude = {cat.item_index[x] for x in req.filters.exclude}
+        cands = await self.retriever.candidates.remote(history.tolist())
+        ranked = await self.ranker.rank.remote({"history": history.tolist(), "user": user, **cands})
+        f = req.filters
+        kept = [r for r in ranked if r["item"] not in exclude and cat.allowed(r["item"], f.category, f.price_min,
+                                                                               f.price_max)]
+        request_id = uuid.uuid4().hex
+        for r in kept:
+            r["item_id"] = cat.item_ids[r["item"]]
+        slate = await self.policy.choose.remote(request_id, kept, req.context, req.k)
+        policy_version = await self.policy.version.remote()
+        now = time.time()
+        context_hash = hashlib.sha256(json.dumps(req.context, sort_keys=True).encode()).hexdigest()[:16]
+        out = []
+        for s in slate:
+            r = kept[s["index"]]
+            out.append({"item_id": r["item_id"], "title": cat.titles[r["item"]], "position": s["position"],
+                        "score": round(r["score"], 5), "propensity": round(s["propensity"], 6),
+                        "reason": self._reason(r["reason"]),
+                        **{k: r[k] for k in ("p_cart", "p_purchase") if k in r}})
+        self.log.append_many("impressions", [
+            {"request_id": request_id, "user_id": req.user_id, "context_hash": context_hash,
+             "num_candidates": len(kept), "item_id": o["item_id"], "position": o["position"],
+             "propensity": o["propensity"], "score": o["score"], "model_version": self.args.model_version,
+             "policy_version": policy_version, "timestamp": now} for o in out])
+        self.requests[request_id] = {o["item_id"] for o in out}
+        if len(self.requests) > 100_000:
+            self.requests.pop(next(iter(self.requests)))
+        return {"request_id": request_id, "user_known": user is not None, "items": out,
+                "model_version": self.args.model_version, "policy_version": policy_version}
+
+    def _reason(self, reason: dict) -> dict:
+        src = reason.get("because_of")
+        return {"because_you_saw": self.catalog.item_ids[src] if src is not None else None,
+                "shared": reason.get("shared", [])}
+
+    @api.post("/feedback")
+    async def feedback(self, req: FeedbackRequest) -> dict:
+        if req.item_id not in self.catalog.item_index:
+            raise HTTPException(400, f"item_id: unknown item {req.item_id!r}")
+        self.log.append("events", {"request_id": req.request_id, "item_id": req.item_id, "event": req.event,
+                                   "timestamp": time.time()})
+        learned = await self.policy.feedback.remote(req.request_id, req.item_id, req.event)
+        return {"status": "recorded", "learned": bool(learned)}
+
+    @api.get("/items/{item_id}/similar")
+    async def similar(self, item_id: str, k: int = 10) -> dict:
+        if item_id not in self.catalog.item_index:
+            raise HTTPException(404, f"unknown item {item_id!r}")
+        if not 1 <= k <= 100:
+            raise HTTPException(422, "k must be between 1 and 100")
+        cands = await self.retriever.candidates.remote([self.catalog.item_index[item_id]])
+        items = [int(i) for i in cands["items"][:k] if i >= 0]
+        return {"item_id": item_id, "similar": [{"item_id": self.catalog.item_ids[i],
+                                                 "title": self.catalog.titles[i]} for i in items]}
+
+
+def build_app(args: dict | AppArgs) -> serve.Application:
+    """The application graph; ``args`` as in :class:`serving.schemas.AppArgs`."""
+    a = args if isinstance(args, AppArgs) else AppArgs(**args)
+    return Ingress.bind(Retriever.bind(a), Ranker.bind(a), Policy.bind(a), a)

@@ -1,0 +1,64 @@
+"""HTTP request models and the application's typed arguments (validated once, at the edge)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ContextValue = str | int | float | bool
+
+
+class Filters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    category: str | None = Field(None, min_length=1, max_length=200)
+    price_min: float | None = Field(None, ge=0)
+    price_max: float | None = Field(None, ge=0)
+    exclude: list[str] = Field(default_factory=list, max_length=1000)
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.price_min is not None and self.price_max is not None and self.price_min > self.price_max:
+            raise ValueError("price_min must not exceed price_max")
+        return self
+
+
+class RecommendRequest(BaseModel):
+    """``user_id`` (known users: their history is looked up) and/or ``history`` (external item
+    ids, oldest first, e.g. an anonymous session); neither -> the cold-start path."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str | None = Field(None, min_length=1, max_length=200)
+    history: list[str] | None = Field(None, max_length=1000)
+    context: dict[str, ContextValue] = Field(default_factory=dict, max_length=50)
+    k: int = Field(10, ge=1, le=100)
+    filters: Filters = Field(default_factory=Filters)
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=100)
+    item_id: str = Field(min_length=1, max_length=200)
+    event: Literal["view", "click", "cart", "purchase"]
+
+
+class AppArgs(BaseModel):
+    """Arguments of :func:`serving.app.build_app` (also the ``args`` of ``cluster/serve.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_dir: str  # a ranker directory from `raycart train ranker` (embeds its retriever)
+    data_dir: str  # the dataset it was trained on: catalogue and user histories
+    feedback_root: str = "raycart-work/feedback"  # Parquet feedback log (local or s3://)
+    wal_dir: str = "raycart-work/serve-wal"  # local write-ahead log of the feedback log
+    policy_state: str = "raycart-work/policy/state.npz"  # checkpoint of the bandit (local or s3://)
+    policy_epsilon: float = Field(0.05, ge=0, le=1)
+    policy_alpha: float = Field(0.5, ge=0)
+    policy_seed: int = 0
+    checkpoint_every: int = Field(50, ge=1)  # policy updates between checkpoints
+    max_batch_size: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    model_version: str = "v1"
