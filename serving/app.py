@@ -9,7 +9,6 @@ Endpoints: ``POST /recommend``, ``POST /feedback``, ``GET /items/{id}/similar``,
 durable feedback log (:mod:`serving.feedback_log`) **before** the response acknowledges it.
 """
 
-from __future__ import annotations
 
 import asyncio
 import hashlib
@@ -25,6 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from serving.catalog import Catalog
 from serving.deployments import Policy, Ranker, Retriever
 from serving.feedback_log import FeedbackLog, FeedbackLogConfig
+from serving.netbind import bind_replica_grpc_to_node_address
 from serving.schemas import AppArgs, FeedbackRequest, RecommendRequest
 
 api = FastAPI(title="Raycart", description="Retrieve-then-rank recommendations with a learning policy.")
@@ -35,6 +35,7 @@ api = FastAPI(title="Raycart", description="Retrieve-then-rank recommendations w
 class Ingress:
     def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle, policy: DeploymentHandle,
                  args: AppArgs):
+        bind_replica_grpc_to_node_address()
         self.retriever, self.ranker, self.policy, self.args = retriever, ranker, policy, args
         self.catalog = Catalog.load(args.data_dir)
         try:
@@ -134,4 +135,6 @@ class Ingress:
 def build_app(args: dict | AppArgs) -> serve.Application:
     """The application graph; ``args`` as in :class:`serving.schemas.AppArgs`."""
     a = args if isinstance(args, AppArgs) else AppArgs(**args)
-    return Ingress.bind(Retriever.bind(a), Ranker.bind(a), Policy.bind(a), a)
+    cpus = {"ray_actor_options": {"num_cpus": a.replica_cpus}}
+    return Ingress.options(**cpus).bind(Retriever.options(**cpus).bind(a), Ranker.options(**cpus).bind(a),
+                                        Policy.options(**cpus).bind(a), a)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from ray import serve
 
+from serving.netbind import bind_replica_grpc_to_node_address
 from serving.schemas import AppArgs
 from training import storage
 from training.candidates import Candidates
@@ -34,6 +35,7 @@ class Retriever:
     items with the ranker's dense features."""
 
     def __init__(self, args: AppArgs):
+        bind_replica_grpc_to_node_address()
         self.pipe = load_model(args.model_dir)
         self.num_items = self.pipe.stage.retriever.item_vecs.shape[0]
 
@@ -51,6 +53,7 @@ class Ranker:
     (32 requests cost ~10x one on CPU, see BENCHMARKS.md)."""
 
     def __init__(self, args: AppArgs):
+        bind_replica_grpc_to_node_address()
         self.pipe = load_model(args.model_dir)
         self.num_items = self.pipe.stage.retriever.item_vecs.shape[0]
         self.rank.set_max_batch_size(args.max_batch_size)
@@ -98,6 +101,7 @@ class Policy:
     last checkpoint -- which the durable feedback log still holds for a replay."""
 
     def __init__(self, args: AppArgs):
+        bind_replica_grpc_to_node_address()
         self.args = args
         self.config = PolicyConfig(epsilon=args.policy_epsilon, alpha=args.policy_alpha, seed=args.policy_seed)
         if storage.exists(args.policy_state):

@@ -62,3 +62,6 @@ class AppArgs(BaseModel):
     max_batch_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     model_version: str = "v1"
+    # CPUs per replica of each deployment when no serve config overrides it: small, so that the
+    # whole graph fits a laptop-sized local cluster; cluster/serve.yaml sets real values
+    replica_cpus: float = Field(0.25, gt=0)

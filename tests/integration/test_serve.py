@@ -1,0 +1,169 @@
+"""The Serve application over real HTTP on 127.0.0.1: recommend, feedback, similar, health, bad
+input, cold start, the policy learning from feedback, and the durable feedback log."""
+
+import socket
+
+import pytest
+import requests
+from netwatch import LOOPBACK, listeners
+
+from training.data.feedback import read_feedback
+from training.models.ranker_config import RankerConfig
+from training.models.retriever_config import RetrieverConfig
+from training.train_ranker import RankerJob, train_ranker
+from training.train_retriever import RetrieverJob, train_retriever
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(ray_cluster, tmp_path_factory):
+    from ray import serve
+
+    from serving.app import build_app
+    from training.data.cli import prepare
+
+    root = tmp_path_factory.mktemp("serve")
+    data = str(root / "shop")
+    prepare("synthetic", None, data, num_users=300, num_items=200, num_events=12_000, images=False)
+    train_retriever(RetrieverJob(data=data, out=str(root / "retriever"), workers=1, storage=str(root / "runs"),
+                                 model=RetrieverConfig(dim=16, layers=1, heads=1, max_len=10, epochs=3, patience=3)))
+    train_ranker(RankerJob(data=data, retriever=str(root / "retriever"), out=str(root / "ranker"), workers=1,
+                           storage=str(root / "runs"),
+                           model=RankerConfig(**{**RankerConfig.tiny().to_dict(), "epochs": 2, "eval_candidates": 50})))
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {"model_dir": str(root / "ranker"), "data_dir": data, "feedback_root": str(root / "feedback"),
+            "wal_dir": str(root / "wal"), "policy_state": str(root / "policy.npz"), "policy_epsilon": 0.0,
+            "policy_alpha": 0.0, "checkpoint_every": 5}  # no exploration: rankings are deterministic
+    serve.run(build_app(args), name="raycart", route_prefix="/")
+    from training.data.dataset import load_dataset
+
+    ds = load_dataset(data)
+    yield {"url": f"http://127.0.0.1:{port}", "args": args, "users": ds.users["external_id"].to_pylist(),
+           "items": ds.items["external_id"].to_pylist(), "categories": ds.items["category"].to_pylist()}
+    serve.shutdown()
+
+
+def test_health_and_readiness(app):
+    assert requests.get(app["url"] + "/healthz", timeout=30).json() == {"status": "ok"}
+    ready = requests.get(app["url"] + "/readyz", timeout=60)
+    assert ready.status_code == 200 and ready.json()["items"] == len(app["items"])
+    outside = [f for f in listeners() if not f[0].startswith(LOOPBACK)]
+    assert not outside, outside  # the Serve proxy too listens on loopback only
+
+
+def test_recommend_known_user_with_reasons_and_propensities(app):
+    r = requests.post(app["url"] + "/recommend", json={"user_id": app["users"][0], "k": 5,
+                                                         "context": {"device": "app"}}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["user_known"] and len(body["items"]) == 5 and body["request_id"]
+    assert [i["position"] for i in body["items"]] == [0, 1, 2, 3, 4]
+    assert all(0 < i["propensity"] <= 1 for i in body["items"])
+    assert all(i["reason"]["because_you_saw"] in app["items"] for i in body["items"])
+    assert all("p_purchase" in i for i in body["items"])  # the shop has event types: multi-task heads
+    assert len({i["item_id"] for i in body["items"]}) == 5
+
+
+def test_cold_start_anonymous_history_and_filters(app):
+    cold = requests.post(app["url"] + "/recommend", json={"user_id": "never-seen-before", "k": 3}, timeout=60)
+    assert cold.status_code == 200 and not cold.json()["user_known"] and len(cold.json()["items"]) == 3
+    anon = requests.post(app["url"] + "/recommend", json={"history": app["items"][:3], "k": 4}, timeout=60)
+    assert anon.status_code == 200 and not ({i["item_id"] for i in anon.json()["items"]} & set(app["items"][:3]))
+    category = app["categories"][0]
+    only = requests.post(app["url"] + "/recommend", json={"user_id": app["users"][1], "k": 5,
+                                                            "filters": {"category": category}}, timeout=60).json()
+    assert only["items"] and all(app["categories"][app["items"].index(i["item_id"])] == category
+                                 for i in only["items"])
+    first = requests.post(app["url"] + "/recommend", json={"user_id": app["users"][1], "k": 3}, timeout=60).json()
+    skip = [i["item_id"] for i in first["items"]]
+    again = requests.post(app["url"] + "/recommend", json={"user_id": app["users"][1], "k": 3,
+                                                             "filters": {"exclude": skip}}, timeout=60).json()
+    assert not set(skip) & {i["item_id"] for i in again["items"]}
+
+
+def test_malformed_requests_get_clear_4xx_never_5xx(app):
+    url = app["url"]
+    item = app["items"][0]
+    cases = [
+        ("post", "/recommend", {"k": 0}), ("post", "/recommend", {"k": 101}), ("post", "/recommend", {"k": "ten"}),
+        ("post", "/recommend", {"user_id": ""}), ("post", "/recommend", {"history": "not-a-list"}),
+        ("post", "/recommend", {"history": ["no-such-item"]}), ("post", "/recommend", {"unknown_field": 1}),
+        ("post", "/recommend", {"context": {"nested": {"a": 1}}}), ("post", "/recommend", {"filters": {"price_min": -1}}),
+        ("post", "/recommend", {"filters": {"price_min": 9, "price_max": 1}}),
+        ("post", "/recommend", {"filters": {"exclude": ["nope"]}}), ("post", "/recommend", {"filters": {"colour": "red"}}),
+        ("post", "/recommend", None), ("post", "/recommend", [1, 2]),
+        ("post", "/feedback", {}), ("post", "/feedback", {"request_id": "x", "item_id": item}),
+        ("post", "/feedback", {"request_id": "x", "item_id": item, "event": "like"}),
+        ("post", "/feedback", {"request_id": "", "item_id": item, "event": "click"}),
+        ("post", "/feedback", {"request_id": "x", "item_id": "no-such-item", "event": "click"}),
+        ("post", "/feedback", {"request_id": "x", "item_id": item, "event": "click", "extra": True}),
+        ("get", "/items/no-such-item/similar", None), ("get", f"/items/{item}/similar?k=0", None),
+        ("get", f"/items/{item}/similar?k=abc", None), ("get", "/no-such-route", None),
+    ]
+    assert len(cases) >= 20
+    for method, path, body in cases:
+        if method == "get":
+            r = requests.get(url + path, timeout=60)
+        elif body is None:
+            r = requests.post(url + path, data="{not json", headers={"content-type": "application/json"}, timeout=60)
+        else:
+            r = requests.post(url + path, json=body, timeout=60)
+        assert 400 <= r.status_code < 500, (path, body, r.status_code, r.text)
+        assert r.text, (path, body)  # a message, not an empty body
+
+
+def test_similar_items(app):
+    r = requests.get(app["url"] + f"/items/{app['items'][5]}/similar?k=4", timeout=60)
+    assert r.status_code == 200 and len(r.json()["similar"]) == 4
+    assert app["items"][5] not in {s["item_id"] for s in r.json()["similar"]}
+
+
+def test_feedback_changes_the_next_ranking(app):
+    """With exploration off, the policy keeps the ranker's order until feedback says otherwise;
+    purchases of what it puts last (the lowest ranker scores) turn the order around."""
+    url, user = app["url"], app["users"][2]
+    req = {"user_id": user, "k": 5, "context": {"device": "web"}}
+    before = requests.post(url + "/recommend", json=req, timeout=60).json()["items"]
+    scores = [i["score"] for i in before]
+    assert scores == sorted(scores, reverse=True)  # untrained: the ranker's order
+    order = [i["item_id"] for i in before]
+    assert [i["item_id"] for i in requests.post(url + "/recommend", json=req, timeout=60).json()["items"]] == order
+    for _ in range(4):
+        shown = requests.post(url + "/recommend", json=req, timeout=60).json()
+        fb = requests.post(url + "/feedback", json={"request_id": shown["request_id"],
+                                                    "item_id": shown["items"][-1]["item_id"], "event": "purchase"},
+                           timeout=60)
+        assert fb.status_code == 200 and fb.json()["learned"]
+    after = requests.post(url + "/recommend", json=req, timeout=60).json()["items"]
+    assert [i["item_id"] for i in after] != order
+    assert after[0]["score"] < after[-1]["score"]  # low ranker scores now come first
+    unknown = requests.post(url + "/feedback", json={"request_id": "never-issued", "item_id": app["items"][0],
+                                                     "event": "click"}, timeout=60)
+    assert unknown.status_code == 200 and not unknown.json()["learned"]  # kept in the log, nothing to learn
+
+
+def test_feedback_log_holds_every_acknowledged_record_after_shutdown(app):
+    from ray import serve
+
+    url = app["url"]
+    acked = []
+    for i in range(12):
+        rec = requests.post(url + "/recommend", json={"user_id": app["users"][3], "k": 2}, timeout=60).json()
+        r = requests.post(url + "/feedback", json={"request_id": rec["request_id"], "item_id": rec["items"][0]["item_id"],
+                                                   "event": "click"}, timeout=60)
+        if r.status_code == 200:
+            acked.append(rec["request_id"])
+    serve.delete("raycart")  # graceful: replicas flush their logs and the policy checkpoints
+    events = read_feedback(app["args"]["feedback_root"], "events")
+    assert set(acked) <= set(events["request_id"].to_pylist())
+    impressions = read_feedback(app["args"]["feedback_root"], "impressions")
+    assert set(acked) <= set(impressions["request_id"].to_pylist())
+    assert impressions["propensity"].to_pylist() and min(impressions["propensity"].to_pylist()) > 0
