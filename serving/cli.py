@@ -1,0 +1,50 @@
+"""``raycart serve``: run the Serve application locally on 127.0.0.1 until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+
+def serve_app(args: argparse.Namespace) -> int:
+    from serving.app import build_app
+    from serving.schemas import AppArgs
+    from training.errors import DataError
+    from training.modeldir import read_model_json
+    from training.ray_env import init_ray
+
+    doc = read_model_json(args.models)  # a clear error before Ray starts
+    if doc.get("kind") != "ranker":
+        raise DataError(f"{args.models}: serving needs a ranker directory (raycart train ranker); "
+                        f"this one holds a {doc.get('kind')!r} model")
+    app_args = AppArgs(model_dir=args.models, data_dir=args.data, feedback_root=args.feedback,
+                       wal_dir=args.wal_dir, policy_state=args.policy_state)
+    init_ray()
+    from ray import serve
+
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(build_app(app_args), name="raycart", route_prefix="/")
+    print(f"raycart serving {args.models} on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    print("raycart: shutting down (flushing the feedback log, checkpointing the policy)", flush=True)
+    serve.delete("raycart")
+    serve.shutdown()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve recommendations over HTTP (Ray Serve)",
+                       description="Start the retrieve -> rank -> policy application on a local Ray, "
+                                   "bound to 127.0.0.1, until SIGINT/SIGTERM.")
+    p.add_argument("--models", required=True, help="ranker model directory (raycart train ranker)")
+    p.add_argument("--data", required=True, help="the dataset it was trained on")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--feedback", default="raycart-work/feedback", help="feedback log root (local or s3://)")
+    p.add_argument("--wal-dir", default="raycart-work/serve-wal", help="local write-ahead log folder")
+    p.add_argument("--policy-state", default="raycart-work/policy/state.npz", help="policy checkpoint (local or s3://)")
+    p.set_defaults(func=serve_app)
