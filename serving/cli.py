@@ -8,8 +8,6 @@ import threading
 
 
 def serve_app(args: argparse.Namespace) -> int:
-    from serving.app import build_app
-    from serving.schemas import AppArgs
     from training.errors import DataError
     from training.modeldir import read_model_json
     from training.ray_env import init_ray
@@ -18,10 +16,14 @@ def serve_app(args: argparse.Namespace) -> int:
     if doc.get("kind") != "ranker":
         raise DataError(f"{args.models}: serving needs a ranker directory (raycart train ranker); "
                         f"this one holds a {doc.get('kind')!r} model")
+    init_ray()  # before serving.app imports Ray: binds 127.0.0.1 locally
+    from ray import serve
+
+    from serving.app import build_app
+    from serving.schemas import AppArgs
+
     app_args = AppArgs(model_dir=args.models, data_dir=args.data, feedback_root=args.feedback,
                        wal_dir=args.wal_dir, policy_state=args.policy_state)
-    init_ray()
-    from ray import serve
 
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(build_app(app_args), name="raycart", route_prefix="/")

@@ -13,6 +13,7 @@ from importlib.metadata import entry_points
 
 from training import __version__
 from training.errors import RaycartError
+from training.ray_env import loopback_before_import
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    loopback_before_import()  # before any plugin imports Ray (a local Ray then binds 127.0.0.1 only)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

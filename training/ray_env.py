@@ -9,10 +9,19 @@ import; set later, the dashboard process listens on 0.0.0.0 (seen with Ray 2.60)
 from __future__ import annotations
 
 import os
+import sys
+
+from training.errors import RaycartError
+
+
+def loopback_before_import() -> None:
+    """Call before anything imports Ray: a local Ray started later binds to 127.0.0.1 only."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def init_ray(num_cpus: int | None = None, num_gpus: int | None = None):
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    imported_before = "ray" in sys.modules and "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
+    loopback_before_import()
     import ray
 
     if ray.is_initialized():
@@ -20,6 +29,10 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None):
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"])
     else:
+        if imported_before:
+            raise RaycartError("Ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set, so a "
+                               "local Ray would listen on every interface; call "
+                               "training.ray_env.loopback_before_import() first (the raycart CLI does)")
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                  _node_ip_address="127.0.0.1", configure_logging=False)
     return ray
