@@ -161,12 +161,8 @@ class ImageEncoder(nn.Module):
         _set_trainable(list(self.features), self.features, config.trainable_layers)
 
     def train(self, mode: bool = True):
-        # BatchNorm statistics stay fixed when fine-tuning (the shared weights have BN folded
-        # into the convolutions, and recommendation batches of images are small)
         super().train(mode)
-        for m in self.features.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eval()
+        freeze_batchnorm(self.features)
         return self
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -182,6 +178,14 @@ class ImageEncoder(nn.Module):
             batch = torch.stack([self.preprocess(img.convert("RGB")) for img in images[i:i + batch_size]])
             out.append(self(batch).float().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Keep BatchNorm statistics fixed when fine-tuning (the shared weights have BN folded into the
+    convolutions, and recommendation batches of images are small)."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
 
 
 def _set_trainable(blocks: list[nn.Module], whole: nn.Module, trainable_layers: int) -> None:

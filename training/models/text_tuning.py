@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models.encoders import TextEncoder
+from training.models.encoders import TextEncoder, freeze_batchnorm
 
 
 def _layers(encoder: TextEncoder) -> list[nn.Module]:
@@ -85,14 +85,8 @@ class TunedText(nn.Module):
         w = m.unsqueeze(-1).to(h.dtype)
         return F.normalize((h * w).sum(1) / w.sum(1).clamp(min=1e-9), dim=-1)
 
-    @torch.no_grad()
     def embed_all(self, batch_size: int = 256) -> np.ndarray:
-        was = self.training
-        self.eval()
-        out = [self(torch.arange(lo, min(lo + batch_size, len(self.hidden)))).numpy()
-               for lo in range(0, len(self.hidden), batch_size)]
-        self.train(was)
-        return np.concatenate(out)
+        return embed_all(self, len(self.hidden), batch_size)
 
 
 # -- images -----------------------------------------------------------------------------------------
@@ -135,20 +129,22 @@ class TunedImage(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        for m in self.top.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eval()
+        freeze_batchnorm(self.top)
         return self
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         x = self.top(self.states[items])
         return F.normalize(F.adaptive_avg_pool2d(x, 1).flatten(1), dim=-1) * self.has_image[items, None]
 
-    @torch.no_grad()
     def embed_all(self, batch_size: int = 256) -> np.ndarray:
-        was = self.training
-        self.eval()
-        out = [self(torch.arange(lo, min(lo + batch_size, len(self.states)))).numpy()
-               for lo in range(0, len(self.states), batch_size)]
-        self.train(was)
-        return np.concatenate(out)
+        return embed_all(self, len(self.states), batch_size)
+
+
+@torch.no_grad()
+def embed_all(module: nn.Module, num_items: int, batch_size: int = 256) -> np.ndarray:
+    """``module(item ids)`` for every item, in eval mode, as one array (the exported table)."""
+    was = module.training
+    module.eval()
+    out = [module(torch.arange(lo, min(lo + batch_size, num_items))).numpy() for lo in range(0, num_items, batch_size)]
+    module.train(was)
+    return np.concatenate(out)
