@@ -1,7 +1,11 @@
 """The Serve application over real HTTP on 127.0.0.1: recommend, feedback, similar, health, bad
 input, cold start, the policy learning from feedback, and the durable feedback log."""
 
+import os
+import signal
 import socket
+import subprocess
+import time
 
 import pytest
 import requests
@@ -150,6 +154,46 @@ def test_feedback_changes_the_next_ranking(app):
     assert unknown.status_code == 200 and not unknown.json()["learned"]  # kept in the log, nothing to learn
 
 
+ACKED_ACROSS_KILL: list[str] = []  # acknowledged by the replica that replaced the killed one
+
+
+def _ingress_pids() -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if "ServeReplica:raycart:Ingress" in line]
+
+
+def test_killed_ingress_replica_loses_no_acknowledged_feedback(app):
+    """SIGKILL the ingress replica while feedback streams in: every event it acknowledged is
+    published by the replica Serve starts in its place (it finds the dead writer's log)."""
+    url, item = app["url"], app["items"][0]
+    acked, failed, killed = [], 0, []
+    deadline = time.time() + 180
+    i = 0
+    while time.time() < deadline and (not killed or sum(1 for a in acked if a.startswith("after")) < 10):
+        tag = "after" if killed else "before"
+        rid = f"{tag}-{i}"
+        i += 1
+        try:
+            r = requests.post(url + "/feedback", json={"request_id": rid, "item_id": item, "event": "click"}, timeout=10)
+            if r.status_code == 200:
+                acked.append(rid)
+            else:
+                failed += 1
+        except requests.RequestException:
+            failed += 1
+            time.sleep(0.2)
+        if not killed and len(acked) >= 30:
+            pids = _ingress_pids()
+            assert pids, "no ingress replica process found"
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+    assert killed and sum(1 for a in acked if a.startswith("after")) >= 10, (len(acked), failed)
+    before = {a for a in acked if a.startswith("before")}
+    published = set(read_feedback(app["args"]["feedback_root"], "events")["request_id"].to_pylist())
+    assert before <= published, sorted(before - published)[:5]
+    ACKED_ACROSS_KILL.extend(a for a in acked if a.startswith("after"))
+
+
 def test_feedback_log_holds_every_acknowledged_record_after_shutdown(app):
     from ray import serve
 
@@ -163,7 +207,7 @@ def test_feedback_log_holds_every_acknowledged_record_after_shutdown(app):
             acked.append(rec["request_id"])
     serve.delete("raycart")  # graceful: replicas flush their logs and the policy checkpoints
     events = read_feedback(app["args"]["feedback_root"], "events")
-    assert set(acked) <= set(events["request_id"].to_pylist())
+    assert set(acked) | set(ACKED_ACROSS_KILL) <= set(events["request_id"].to_pylist())
     impressions = read_feedback(app["args"]["feedback_root"], "impressions")
     assert set(acked) <= set(impressions["request_id"].to_pylist())
     assert impressions["propensity"].to_pylist() and min(impressions["propensity"].to_pylist()) > 0
