@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from ray import serve
 
+from serving.index import VectorIndex
 from serving.netbind import bind_replica_grpc_to_node_address
 from serving.schemas import AppArgs
 from training import storage
@@ -31,19 +32,23 @@ def _history(items: list[int], times: list[int] | None, num_items: int) -> Inter
 
 @serve.deployment
 class Retriever:
-    """User tower + exact search over the item-embedding table -> the top ``eval_candidates`` unseen
-    items with the ranker's dense features."""
+    """User tower + the FAISS index over the item-embedding table (:mod:`serving.index`) -> the
+    top ``eval_candidates`` unseen items with the ranker's dense features."""
 
     def __init__(self, args: AppArgs):
         bind_replica_grpc_to_node_address()
         self.pipe = load_model(args.model_dir)
         self.num_items = self.pipe.stage.retriever.item_vecs.shape[0]
+        self.index = VectorIndex(self.pipe.stage.retriever.item_vecs.numpy())
 
     def ready(self) -> bool:
         return True
 
     def candidates(self, history: list[int], times: list[int] | None = None) -> dict:
-        c = self.pipe.stage.generate(_history(history, times, self.num_items), self.pipe.k)
+        hist = _history(history, times, self.num_items)
+        user = self.pipe.stage.retriever.user_vectors(hist).numpy()
+        items, scores = self.index.search(user, self.pipe.k, [hist.row(0)])
+        c = self.pipe.stage.from_search(hist, items, scores)
         return {"items": c.items[0], "dense": c.dense[0]}
 
 

@@ -90,10 +90,22 @@ class CandidateStage:
         safe = np.where(items >= 0, items, 0)
         retr = scores.numpy()
         retr_score = np.take_along_axis(retr, safe, 1)
-        # rank of each candidate in the full retriever ordering (not its slot: an inserted target
-        # keeps its true rank)
+        # rank of each candidate in the full retriever ordering (items scoring strictly higher)
         asc = np.sort(retr, axis=1)
         rank = np.stack([retr.shape[1] - np.searchsorted(asc[u], retr_score[u], side="right") for u in range(n)])
+        return Candidates(np.arange(n), items, self.features(history, items, retr_score, rank), label)
+
+    def from_search(self, history: Interactions, items: np.ndarray, scores: np.ndarray) -> Candidates:
+        """Candidates found by an external vector index (best first, -1 padded; history already
+        excluded): the same features, with the result position as the retriever rank."""
+        rank = np.broadcast_to(np.arange(items.shape[1]), items.shape)
+        return Candidates(np.arange(history.num_users), items, self.features(history, items, scores, rank),
+                          np.zeros(items.shape, dtype=bool))
+
+    def features(self, history: Interactions, items: np.ndarray, retr_score: np.ndarray,
+                 rank: np.ndarray) -> np.ndarray:
+        """``(N, K, F)`` dense features (:data:`DENSE_FEATURES`) of candidate ``items`` (-1 = none)."""
+        safe = np.where(items >= 0, items, 0)
         knn = np.take_along_axis(self.knn.score(None, history), safe, 1)
         recent = self.recent_counts(safe, self._now(history))
         dense = np.stack([np.where(np.isfinite(retr_score), retr_score, 0.0), np.log1p(rank),
@@ -101,7 +113,7 @@ class CandidateStage:
                           np.log1p(recent)], axis=-1).astype(np.float32)
         assert dense.shape[-1] == len(DENSE_FEATURES)
         dense[items < 0] = 0.0
-        return Candidates(np.arange(n), items, dense, label)
+        return dense
 
 
 def generate_candidates(stage_ref, history: Interactions, k: int, targets: Interactions | None = None,

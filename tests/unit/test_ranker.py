@@ -169,3 +169,18 @@ def test_recent_popularity_counts_the_window_before_the_users_last_event():
     assert counts.tolist() == [[1, 1, 0], [2, 0, 0]]
     hist = Interactions(np.array([0, 1, 1]), np.array([4, 0]), np.array([2 * day, 0]), 5)  # row 1 is empty
     assert stage._now(hist).tolist() == [2 * day, 40 * day]
+
+
+def test_candidates_from_an_exact_index_match_the_full_scoring_path():
+    from serving.index import VectorIndex
+
+    train = _train()
+    stage = _stage(train)
+    hist = train.take_users(np.arange(4))
+    full = stage.generate(hist, 8)
+    users = stage.retriever.user_vectors(hist).numpy()
+    index = VectorIndex(stage.retriever.item_vecs.numpy())
+    items, scores = index.search(users, 8, [hist.row(u) for u in range(4)])
+    found = stage.from_search(hist, items, scores)
+    np.testing.assert_array_equal(found.items, full.items)
+    np.testing.assert_allclose(found.dense, full.dense, rtol=1e-4, atol=1e-5)
