@@ -20,7 +20,7 @@ class IndexConfig:
     exact_limit: int = 100_000
     hnsw_m: int = 32
     ef_construction: int = 200
-    ef_search: int = 128
+    ef_search: int = 256  # >= the 200 candidates asked for: recall@200 0.93 on Beauty (0.84 at 128)
 
     @classmethod
     def tiny(cls) -> IndexConfig:
