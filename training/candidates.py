@@ -116,6 +116,17 @@ class CandidateStage:
         return dense
 
 
+def catalogue_scores(items: np.ndarray, logits: torch.Tensor, num_items: int) -> torch.Tensor:
+    """``(N, num_items)`` scores for the evaluation harness: ``logits`` on the candidate ``items``
+    (-1 = none), -inf on every other item."""
+    ids = torch.from_numpy(items)
+    out = torch.full((len(ids), num_items), -torch.inf)
+    ok = ids >= 0
+    rows = torch.arange(len(ids))[:, None].expand_as(ids)
+    out[rows[ok], ids[ok]] = logits[ok].float()
+    return out
+
+
 def generate_candidates(stage_ref, history: Interactions, k: int, targets: Interactions | None = None,
                         concurrency: int = 1, batch_size: int = 256) -> Candidates:
     """:meth:`CandidateStage.generate` over every history row as Ray Data batch inference: rows go

@@ -14,7 +14,7 @@ import scipy.sparse as sp
 import torch
 
 from training.baselines.itemknn import ItemKNN
-from training.candidates import Candidates, CandidateStage
+from training.candidates import Candidates, CandidateStage, catalogue_scores
 from training.data.funnel import lookup
 from training.data.interactions import Interactions
 from training.models.ranker import AUX_HEADS, Ranker, RankerConfig, history_tensor
@@ -58,12 +58,7 @@ class TwoStageScorer:
         -inf elsewhere (so the two-stage pipeline is evaluated exactly like any other model)."""
         cands = self.stage.generate(history, self.k)
         logits, _, _ = self.rank(history, cands, self.history_stages(users, history))
-        out = torch.full((history.num_users, self.stage.retriever.item_vecs.shape[0]), -torch.inf)
-        items = torch.from_numpy(cands.items)
-        ok = items >= 0
-        rows = torch.arange(history.num_users)[:, None].expand_as(items)
-        out[rows[ok], items[ok]] = logits[ok]
-        return out
+        return catalogue_scores(cands.items, logits, self.stage.retriever.item_vecs.shape[0])
 
     def recommend(self, history: Interactions, n: int = 10, users=None,
                   hist_stage: torch.Tensor | None = None) -> list[list[dict]]:
@@ -117,14 +112,13 @@ class TwoStageScorer:
     # -- model directory -------------------------------------------------------------------------
 
     @staticmethod
-    def state(stage: CandidateStage, ranker: Ranker, feats: ItemFeatures, retriever_state: dict[str, np.ndarray],
+    def state(stage: CandidateStage, ranker: Ranker, retriever_state: dict[str, np.ndarray],
               stages: sp.csr_matrix | None = None) -> dict[str, np.ndarray]:
         """Everything :meth:`from_state` needs; ``retriever_state`` is the retriever directory's
-        ``state.npz`` content, embedded as is."""
+        ``state.npz`` content, embedded as is (the ranker reads the same item features from it)."""
         out = {f"r/{k}": v for k, v in retriever_state.items()}
         out.update({f"k/{k}": v for k, v in stage.knn.state()[1].items()})
         out.update({f"w/{k}": v.detach().cpu().numpy() for k, v in ranker.state_dict().items()})
-        out.update({f"f/{k}": v for k, v in feats.arrays().items()})
         out.update({f"x/{k}": v for k, v in stage.arrays().items()})
         if stages is not None and ranker.config.use_stage:
             out.update({"s/data": stages.data, "s/indices": stages.indices, "s/indptr": stages.indptr,
@@ -138,7 +132,7 @@ class TwoStageScorer:
         knn = ItemKNN.from_state(config["knn"], {k[2:]: v for k, v in state.items() if k.startswith("k/")})
         stage = CandidateStage(retriever, knn, state["x/log_pop"], state["x/log_price"], state["x/event_keys"],
                                int(state["x/time_origin"]))
-        feats = ItemFeatures.from_arrays({k[2:]: v for k, v in state.items() if k.startswith("f/")})
+        feats = ItemFeatures.from_arrays({k[4:]: v for k, v in state.items() if k.startswith("r/f/")})
         ranker = Ranker(RankerConfig(**config["ranker"]), feats, tuned_table=state.get("w/tuned_table"),
                         tuned_image_table=state.get("w/tuned_image_table"))
         ranker.load_state_dict({k[2:]: torch.from_numpy(v) for k, v in state.items() if k.startswith("w/")},

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from training.baselines.itemknn import ItemKNN, ItemKNNConfig
-from training.candidates import Candidates, CandidateStage, generate_candidates
-from training.data.dataset import load_dataset
+from training.candidates import Candidates, CandidateStage, catalogue_scores, generate_candidates
+from training.data.dataset import load_dataset, read_manifest
 from training.data.funnel import dataset_stage_map, lookup
-from training.data.splits import EvalTask, build_split, split_from_manifest
+from training.data.splits import build_split, split_from_manifest
 from training.errors import DataError
 from training.evaluation.metrics import EvalConfig, evaluate
 from training.features import attribute_vocabulary, item_text
@@ -70,7 +70,7 @@ class RankerJob:
 
 def has_event_types(data: str) -> bool:
     """Whether a dataset's events have more than one type (view/click/cart/purchase)."""
-    counts = load_dataset(data).counts()
+    counts = read_manifest(data).get("counts", {})
     return sum(1 for k in counts if k.startswith("events_")) > 1
 
 
@@ -137,11 +137,6 @@ def run_name(job: RankerJob) -> str:
     return "ranker-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def _subset(task: EvalTask, keep: np.ndarray) -> EvalTask:
-    return replace(task, users=task.users[keep], history=task.history.take_users(keep),
-                   targets=task.targets.take_users(keep))
-
-
 def _stage(retriever: RetrieverScorer, knn: ItemKNNConfig, train, prices: np.ndarray) -> CandidateStage:
     return CandidateStage.fit(retriever, ItemKNN(knn).fit(train), train, prices)
 
@@ -153,13 +148,7 @@ def list_scorer(cands: Candidates, users: np.ndarray, rank_fn, num_items: int):
 
     def score(batch_users, history):
         rows = np.array([row_of[int(u)] for u in batch_users])
-        logits = rank_fn(rows)
-        items = torch.from_numpy(cands.items[rows])
-        out = torch.full((len(rows), num_items), -torch.inf)
-        ok = items >= 0
-        r = torch.arange(len(rows))[:, None].expand_as(items)
-        out[r[ok], items[ok]] = logits[ok].float()
-        return out
+        return catalogue_scores(cands.items[rows], rank_fn(rows), num_items)
 
     return score
 
@@ -264,7 +253,7 @@ def prepare_examples(job: RankerJob) -> dict:
     held_mask[rng.choice(n, max(1, int(round(job.valid_fraction * n))), replace=False)] = True
     train_rows, held_rows = np.flatnonzero(~held_mask), np.flatnonzero(held_mask)
     stage_ref = ray.put(stage)
-    train_task, held_task = _subset(valid, train_rows), _subset(valid, held_rows)
+    train_task, held_task = valid.take(train_rows), valid.take(held_rows)
     tr = generate_candidates(stage_ref, train_task.history, cfg.train_candidates, train_task.targets,
                              concurrency=job.candidate_actors)
     he = generate_candidates(stage_ref, held_task.history, cfg.eval_candidates, None,
@@ -276,7 +265,7 @@ def prepare_examples(job: RankerJob) -> dict:
     if not has_pos.any():
         raise DataError(f"no training list holds its target in the retriever's top {cfg.train_candidates}: "
                         "raise --train-candidates or check the retriever")
-    train_task = _subset(train_task, np.flatnonzero(has_pos))
+    train_task = train_task.take(np.flatnonzero(has_pos))
     tr = Candidates(tr.users[has_pos], tr.items[has_pos], tr.dense[has_pos], tr.label[has_pos])
 
     def pad(task):
@@ -356,7 +345,7 @@ def train_ranker(job: RankerJob) -> dict:
         (tmp / "history.json").write_text(json.dumps(history, indent=2) + "\n")
         plot_learning_curve(history, tmp / "learning_curve.png", "Ranker learning curve")
 
-    save_model_dir(job.out, "ranker", config, TwoStageScorer.state(stage, ranker, ex["feats"], ex["r_state"], ex["stages"]),
+    save_model_dir(job.out, "ranker", config, TwoStageScorer.state(stage, ranker, ex["r_state"], ex["stages"]),
                    {"num_items": ex["ds"].num_items, "metrics": two_stage, "retriever_only": retrieval,
                     "history": history, "resumes": saved.get("resumes", 0),
                     "reranks": {"path": job.retriever, "metrics": ex["r_doc"].get("metrics"),

@@ -105,7 +105,7 @@ def test_two_stage_round_trip_scores_and_reasons():
             else torch.isfinite(scores).sum(1) == N_ITEMS - 6).all()
     config = {"ranker": cfg.to_dict(), "retriever": RetrieverConfig.tiny().to_dict(), "knn": stage.knn.state()[0],
               "attribute_vocab": [f"a{i}" for i in range(5)]}
-    again = TwoStageScorer.from_state(config, TwoStageScorer.state(stage, ranker, _feats(), retriever_state))
+    again = TwoStageScorer.from_state(config, TwoStageScorer.state(stage, ranker, retriever_state))
     torch.testing.assert_close(again.score(None, hist), scores)
     recs = again.recommend(hist, n=3)
     assert [len(r) for r in recs] == [3, 3, 3, 3]

@@ -107,9 +107,12 @@ class EvalTask:
         not smaller than the user count), e.g. for faster per-epoch validation."""
         if not n or n >= len(self.users):
             return self
-        keep = np.sort(np.random.default_rng(seed).choice(len(self.users), n, replace=False))
-        return dataclasses.replace(self, users=self.users[keep], history=self.history.take_users(keep),
-                                   targets=self.targets.take_users(keep))
+        return self.take(np.sort(np.random.default_rng(seed).choice(len(self.users), n, replace=False)))
+
+    def take(self, rows: np.ndarray) -> EvalTask:
+        """The same task over the evaluated users at positions ``rows``."""
+        return dataclasses.replace(self, users=self.users[rows], history=self.history.take_users(rows),
+                                   targets=self.targets.take_users(rows))
 
 
 def _to_us(date: str) -> int:
