@@ -43,7 +43,6 @@ class Ingress:
         except Exception:  # noqa: BLE001 -- outside a replica (local testing mode)
             writer = uuid.uuid4().hex[:12]
         self.log = FeedbackLog(FeedbackLogConfig(root=args.feedback_root, wal_dir=args.wal_dir), f"ingress-{writer}")
-        self.requests: dict[str, set[str]] = {}  # request id -> items shown (bounded below)
 
     def __del__(self):
         try:
@@ -65,18 +64,19 @@ class Ingress:
     @api.post("/recommend")
     async def recommend(self, req: RecommendRequest) -> dict:
         cat = self.catalog
-        user, history = cat.history_of(req.user_id)
+        user, history, times = cat.history_of(req.user_id)
         if req.history:
             unknown = [x for x in req.history if x not in cat.item_index]
             if unknown:
                 raise HTTPException(400, f"history: unknown item id(s) {unknown[:5]}")
             history = np.r_[history, [cat.item_index[x] for x in req.history]].astype(np.int64)
             history = history[np.sort(np.unique(history, return_index=True)[1])]  # first occurrence each
+            times = None  # the session's items are undated: measure "recent" at the end of the data
         bad = [x for x in req.filters.exclude if x not in cat.item_index]
         if bad:
             raise HTTPException(400, f"filters.exclude: unknown item id(s) {bad[:5]}")
         exclude = {cat.item_index[x] for x in req.filters.exclude}
-        cands = await self.retriever.candidates.remote(history.tolist())
+        cands = await self.retriever.candidates.remote(history.tolist(), None if times is None else times.tolist())
         ranked = await self.ranker.rank.remote({"history": history.tolist(), "user": user, **cands})
         f = req.filters
         kept = [r for r in ranked if r["item"] not in exclude and cat.allowed(r["item"], f.category, f.price_min,
@@ -100,9 +100,6 @@ class Ingress:
              "num_candidates": len(kept), "item_id": o["item_id"], "position": o["position"],
              "propensity": o["propensity"], "score": o["score"], "model_version": self.args.model_version,
              "policy_version": policy_version, "timestamp": now} for o in out])
-        self.requests[request_id] = {o["item_id"] for o in out}
-        if len(self.requests) > 100_000:
-            self.requests.pop(next(iter(self.requests)))
         return {"request_id": request_id, "user_known": user is not None, "items": out,
                 "model_version": self.args.model_version, "policy_version": policy_version}
 

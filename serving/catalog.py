@@ -37,12 +37,14 @@ class Catalog:
     def num_items(self) -> int:
         return len(self.item_ids)
 
-    def history_of(self, user_id: str | None) -> tuple[int | None, np.ndarray]:
-        """``(internal user id or None, items)`` for a known user; ``(None, [])`` for a new one."""
+    def history_of(self, user_id: str | None) -> tuple[int | None, np.ndarray, np.ndarray]:
+        """``(internal user id or None, items, times in microseconds)`` for a known user;
+        ``(None, [], [])`` for a new one."""
         if user_id is None or user_id not in self.user_index:
-            return None, np.zeros(0, dtype=np.int64)
+            return None, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         u = self.user_index[user_id]
-        return u, self.histories.row(u).copy()
+        lo, hi = self.histories.indptr[u], self.histories.indptr[u + 1]
+        return u, self.histories.items[lo:hi].copy(), self.histories.times[lo:hi].copy()
 
     def allowed(self, item: int, category: str | None, price_min: float | None, price_max: float | None) -> bool:
         if category is not None and self.categories[item] != category:

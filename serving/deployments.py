@@ -24,9 +24,10 @@ from training.models.bandit import LinUCBPolicy, PolicyConfig
 from training.models.retriever import left_pad
 
 
-def _history(items: list[int], times: list[int] | None, num_items: int) -> Interactions:
+def _history(items: list[int], times: list[int] | None, num_items: int, default_us: int = 0) -> Interactions:
+    """One history row; without ``times`` every item is dated ``default_us``."""
     arr = np.asarray(items, dtype=np.int64)
-    t = np.asarray(times if times is not None else np.arange(len(arr)), dtype=np.int64)
+    t = np.asarray(times, dtype=np.int64) if times is not None else np.full(len(arr), default_us, np.int64)
     return Interactions(np.array([0, len(arr)], dtype=np.int64), arr, t, num_items)
 
 
@@ -45,7 +46,9 @@ class Retriever:
         return True
 
     def candidates(self, history: list[int], times: list[int] | None = None) -> dict:
-        hist = _history(history, times, self.num_items)
+        """``times`` (microseconds) date the history for the recent-popularity feature; without
+        them (an anonymous session) it is measured at the end of the training data."""
+        hist = _history(history, times, self.num_items, self.pipe.stage.end_us)
         user = self.pipe.stage.retriever.user_vectors(hist).numpy()
         items, scores = self.index.search(user, self.pipe.k, [hist.row(0)])
         c = self.pipe.stage.from_search(hist, items, scores)
@@ -63,19 +66,14 @@ class Ranker:
         self.num_items = self.pipe.stage.retriever.item_vecs.shape[0]
         self.rank.set_max_batch_size(args.max_batch_size)
         self.rank.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
-        self.batches = collections.Counter()  # batch size -> count, for tests and metrics
 
     def ready(self) -> bool:
         return True
-
-    def batch_sizes(self) -> dict:
-        return dict(self.batches)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def rank(self, requests: list[dict]) -> list[list[dict]]:
         """Each request: ``history`` (item ids), ``user`` (internal id or None), ``items``/``dense``
         (its candidates). Returns each request's candidates, best first, with reasons."""
-        self.batches[len(requests)] += 1
         rows = [np.asarray(r["history"], dtype=np.int64) for r in requests]
         lengths = np.array([len(r) for r in rows])
         hist = Interactions(np.r_[0, np.cumsum(lengths)].astype(np.int64),
@@ -113,16 +111,11 @@ class Policy:
             self.policy = LinUCBPolicy.from_bytes(storage.read_bytes(args.policy_state), self.config)
         else:
             self.policy = LinUCBPolicy(self.config, np.random.default_rng(args.policy_seed))
-        self.restored_updates = self.policy.updates
         self.shown: collections.OrderedDict[str, dict[str, np.ndarray]] = collections.OrderedDict()
         self.since_checkpoint = 0
 
     def version(self) -> str:
         return f"linucb-eps{self.config.epsilon}-u{self.policy.updates}"
-
-    def stats(self) -> dict:
-        return {"updates": self.policy.updates, "restored_updates": self.restored_updates,
-                "pending_requests": len(self.shown)}
 
     def choose(self, request_id: str, items: list[dict], context: dict, k: int) -> list[dict]:
         shown = self.policy.choose(items, context, k)

@@ -41,6 +41,9 @@ class CandidateStage:
         self.retriever, self.knn = retriever, knn
         self.log_pop, self.log_price = log_pop.astype(np.float32), log_price.astype(np.float32)
         self.event_keys, self.time_origin = event_keys.astype(np.int64), int(time_origin)
+        # the last training event (microseconds): "now" for a history without times
+        self.end_us = (self.time_origin + int((self.event_keys & (2**32 - 1)).max()) if len(self.event_keys)
+                       else 0) * 1_000_000
 
     @classmethod
     def fit(cls, retriever: RetrieverScorer, knn: ItemKNN, train: Interactions, prices: np.ndarray) -> CandidateStage:
@@ -57,8 +60,7 @@ class CandidateStage:
 
     def _now(self, history: Interactions) -> np.ndarray:
         """Per row: the time of its last event; for an empty history, the end of the training data."""
-        end = self.time_origin + int((self.event_keys & (2**32 - 1)).max()) if len(self.event_keys) else 0
-        now = np.full(history.num_users, end * 1_000_000, dtype=np.int64)
+        now = np.full(history.num_users, self.end_us, dtype=np.int64)
         filled = history.lengths() > 0
         now[filled] = history.times[history.indptr[1:][filled] - 1]
         return now
