@@ -32,6 +32,26 @@ def _train() -> Interactions:
     return Interactions.from_lists([list(rng.choice(N_ITEMS, 6, replace=False)) for _ in range(40)], N_ITEMS)
 
 
+def _planted_lists(rng, cats: np.ndarray, k: int):
+    """Per row, ``k`` candidates outside category ``cats[b]`` (item % 3) but one, at a random
+    position, inside it: ``(cands, positions, labels)``."""
+    b = len(cats)
+    cands = np.stack([rng.choice([i for i in range(N_ITEMS) if i % 3 != c], k) for c in cats])
+    pos = rng.integers(0, k, b)
+    cands[np.arange(b), pos] = [rng.choice([i for i in range(N_ITEMS) if i % 3 == c]) for c in cats]
+    labels = torch.zeros(b, k, dtype=torch.bool)
+    labels[torch.arange(b), torch.from_numpy(pos)] = True
+    return torch.from_numpy(cands), pos, labels
+
+
+def _fit(model: Ranker, steps: int, *loss_args) -> None:
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        model.loss(*loss_args).backward()
+        opt.step()
+
+
 def test_candidates_skip_history_and_mark_targets_without_inserting_them():
     train = _train()
     stage = _stage(train)
@@ -72,19 +92,9 @@ def test_ranker_learns_to_use_the_history():
     b, k = 64, 6
     hist = torch.from_numpy(rng.integers(0, N_ITEMS, (b, cfg.max_len)))
     cats = (hist[:, -1] % 3).numpy()
-    cands = np.stack([rng.choice([i for i in range(N_ITEMS) if i % 3 != c], k) for c in cats])
-    pos = rng.integers(0, k, b)
-    cands[np.arange(b), pos] = [rng.choice([i for i in range(N_ITEMS) if i % 3 == c]) for c in cats]
-    cands = torch.from_numpy(cands)
-    labels = torch.zeros(b, k, dtype=torch.bool)
-    labels[torch.arange(b), torch.from_numpy(pos)] = True
+    cands, pos, labels = _planted_lists(rng, cats, k)
     dense = torch.zeros(b, k, 6)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        loss = model.loss(hist, cands, dense, labels)
-        loss.backward()
-        opt.step()
+    _fit(model, 150, hist, cands, dense, labels)
     model.eval()
     acc = (model(hist, cands, dense).argmax(1) == torch.from_numpy(pos)).float().mean().item()
     assert acc > 0.9, acc
@@ -135,19 +145,10 @@ def test_event_types_steer_attention_and_the_cart_purchase_heads_learn():
     stage = torch.full((b, length), STAGES["view"])
     stage[torch.arange(b), torch.from_numpy(bought)] = STAGES["purchase"]
     cats = (hist[torch.arange(b), torch.from_numpy(bought)] % 3).numpy()
-    cands = np.stack([rng.choice([i for i in range(N_ITEMS) if i % 3 != c], k) for c in cats])
-    pos = rng.integers(0, k, b)
-    cands[np.arange(b), pos] = [rng.choice([i for i in range(N_ITEMS) if i % 3 == c]) for c in cats]
-    cands = torch.from_numpy(cands)
-    labels = torch.zeros(b, k, dtype=torch.bool)
-    labels[torch.arange(b), torch.from_numpy(pos)] = True
+    cands, pos, labels = _planted_lists(rng, cats, k)
     cand_stage = torch.where(cands % 2 == 0, STAGES["purchase"], STAGES["click"])
     dense = torch.zeros(b, k, 6)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(200):
-        opt.zero_grad()
-        model.loss(hist, cands, dense, labels, stage, cand_stage).backward()
-        opt.step()
+    _fit(model, 200, hist, cands, dense, labels, stage, cand_stage)
     model.eval()
     logits, _, aux = model(hist, cands, dense, stage, return_all=True)
     assert (logits.argmax(1) == torch.from_numpy(pos)).float().mean().item() > 0.9
