@@ -4,8 +4,8 @@ Deployments are composed by passing ``DeploymentHandle``s (Ray 2.60 has no DAGDr
 ``build_app(args)`` is the entry point for ``serve run serving.app:build_app`` / ``serve deploy
 cluster/serve.yaml`` and for ``raycart serve``.
 
-Endpoints: ``POST /recommend``, ``POST /feedback``, ``GET /items/{id}/similar``, ``GET /healthz``
-(live), ``GET /readyz`` (models loaded). Every impression and feedback event is appended to the
+Endpoints: ``POST /recommend``, ``POST /feedback``, ``POST /items`` (a new item, recommendable at
+once), ``GET /items/{id}/similar``, ``GET /healthz`` (live), ``GET /readyz`` (models loaded). Every impression and feedback event is appended to the
 durable feedback log (:mod:`serving.feedback_log`) **before** the response acknowledges it.
 """
 
@@ -22,10 +22,12 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.catalog import Catalog
-from serving.deployments import Policy, Ranker, Retriever
+from serving.deployments import ItemRegistry, Policy, Ranker, Retriever
 from serving.feedback_log import FeedbackLog, FeedbackLogConfig
 from serving.netbind import bind_replica_grpc_to_node_address
-from serving.schemas import AppArgs, FeedbackRequest, RecommendRequest
+from serving.schemas import AppArgs, FeedbackRequest, ModelSpec, NewItem, RecommendRequest
+
+ITEMS_SYNC_S = 1.0  # how stale an ingress replica's view of items added elsewhere may get
 
 api = FastAPI(title="Raycart", description="Retrieve-then-rank recommendations with a learning policy.")
 
@@ -34,10 +36,13 @@ api = FastAPI(title="Raycart", description="Retrieve-then-rank recommendations w
 @serve.ingress(api)
 class Ingress:
     def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle, policy: DeploymentHandle,
-                 args: AppArgs):
+                 registry: DeploymentHandle, args: AppArgs):
         bind_replica_grpc_to_node_address()
         self.retriever, self.ranker, self.policy, self.args = retriever, ranker, policy, args
+        self.registry = registry
         self.catalog = Catalog.load(args.data_dir)
+        self.items_version, self.synced_at = 0, 0.0  # runtime items known here, and when last asked
+        self.sync_lock = asyncio.Lock()
         try:
             writer = serve.get_replica_context().replica_id.unique_id
         except Exception:  # noqa: BLE001 -- outside a replica (local testing mode)
@@ -50,34 +55,56 @@ class Ingress:
         except Exception:  # noqa: BLE001
             pass
 
+    async def _sync(self, force: bool = False) -> None:
+        """Learn the items added at runtime (through any ingress replica), in registry order: at
+        most every ITEMS_SYNC_S, or at once when a request names an id not known here."""
+        if not force and time.monotonic() - self.synced_at < ITEMS_SYNC_S:
+            return
+        async with self.sync_lock:
+            for record in await self.registry.since.remote(self.items_version):
+                self.catalog.add(record)
+                self.items_version += 1
+            self.synced_at = time.monotonic()
+
+    async def _unknown(self, ids: list[str]) -> list[str]:
+        missing = [x for x in ids if x not in self.catalog.item_index]
+        if missing:
+            await self._sync(force=True)
+            missing = [x for x in missing if x not in self.catalog.item_index]
+        return missing
+
     @api.get("/healthz")
     def healthz(self) -> dict:
         return {"status": "ok"}
 
     @api.get("/readyz")
     async def readyz(self) -> dict:
-        ok = await asyncio.gather(self.retriever.ready.remote(), self.ranker.ready.remote())
-        if not all(ok):
-            raise HTTPException(503, "models are loading")
-        return {"status": "ready", "items": self.catalog.num_items, "model_version": self.args.model_version}
+        _, version = await asyncio.gather(self.retriever.ready.remote(), self.ranker.ready.remote())
+        await self._sync()
+        return {"status": "ready", "items": self.catalog.num_items, "model_version": version}
 
     @api.post("/recommend")
     async def recommend(self, req: RecommendRequest) -> dict:
+        await self._sync()
         cat = self.catalog
         user, history, times = cat.history_of(req.user_id)
         if req.history:
-            unknown = [x for x in req.history if x not in cat.item_index]
+            unknown = await self._unknown(req.history)
             if unknown:
                 raise HTTPException(400, f"history: unknown item id(s) {unknown[:5]}")
             history = np.r_[history, [cat.item_index[x] for x in req.history]].astype(np.int64)
             history = history[np.sort(np.unique(history, return_index=True)[1])]  # first occurrence each
             times = None  # the session's items are undated: measure "recent" at the end of the data
-        bad = [x for x in req.filters.exclude if x not in cat.item_index]
+        bad = await self._unknown(req.filters.exclude)
         if bad:
             raise HTTPException(400, f"filters.exclude: unknown item id(s) {bad[:5]}")
         exclude = {cat.item_index[x] for x in req.filters.exclude}
-        cands = await self.retriever.candidates.remote(history.tolist(), None if times is None else times.tolist())
-        ranked = await self.ranker.rank.remote({"history": history.tolist(), "user": user, **cands})
+        version = self.items_version
+        cands = await self.retriever.candidates.remote(history.tolist(), None if times is None else times.tolist(),
+                                                       version)
+        answer = await self.ranker.rank.remote({"history": history.tolist(), "user": user, "items_version": version,
+                                                **cands})
+        ranked, model_version = answer["ranked"], answer["model_version"]
         f = req.filters
         kept = [r for r in ranked if r["item"] not in exclude and cat.allowed(r["item"], f.category, f.price_min,
                                                                                f.price_max)]
@@ -98,10 +125,10 @@ class Ingress:
         self.log.append_many("impressions", [
             {"request_id": request_id, "user_id": req.user_id, "context_hash": context_hash,
              "num_candidates": len(kept), "item_id": o["item_id"], "position": o["position"],
-             "propensity": o["propensity"], "score": o["score"], "model_version": self.args.model_version,
+             "propensity": o["propensity"], "score": o["score"], "model_version": model_version,
              "policy_version": policy_version, "timestamp": now} for o in out])
         return {"request_id": request_id, "user_known": user is not None, "items": out,
-                "model_version": self.args.model_version, "policy_version": policy_version}
+                "model_version": model_version, "policy_version": policy_version}
 
     def _reason(self, reason: dict) -> dict:
         src = reason.get("because_of")
@@ -110,20 +137,35 @@ class Ingress:
 
     @api.post("/feedback")
     async def feedback(self, req: FeedbackRequest) -> dict:
-        if req.item_id not in self.catalog.item_index:
+        if await self._unknown([req.item_id]):
             raise HTTPException(400, f"item_id: unknown item {req.item_id!r}")
         self.log.append("events", {"request_id": req.request_id, "item_id": req.item_id, "event": req.event,
                                    "timestamp": time.time()})
         learned = await self.policy.feedback.remote(req.request_id, req.item_id, req.event)
         return {"status": "recorded", "learned": bool(learned)}
 
+    @api.post("/items", status_code=201)
+    async def add_item(self, item: NewItem) -> dict:
+        """Add a catalogue item at runtime: stored durably, given a content vector by the models'
+        item towers and put into the vector index, recommendable at once -- no retrain."""
+        record = item.model_dump()
+        if not await self._unknown([item.item_id]):
+            raise HTTPException(409, f"item_id: {item.item_id!r} is already in the catalogue")
+        problem = await self.retriever.check_content.remote(record)
+        if problem:
+            raise HTTPException(400, problem)
+        if await self.registry.add.remote(record) < 0:
+            raise HTTPException(409, f"item_id: {item.item_id!r} is already in the catalogue")
+        await self._sync(force=True)
+        return {"item_id": item.item_id, "status": "added", "items_added": self.items_version}
+
     @api.get("/items/{item_id}/similar")
     async def similar(self, item_id: str, k: int = 10) -> dict:
-        if item_id not in self.catalog.item_index:
-            raise HTTPException(404, f"unknown item {item_id!r}")
         if not 1 <= k <= 100:
             raise HTTPException(422, "k must be between 1 and 100")
-        cands = await self.retriever.candidates.remote([self.catalog.item_index[item_id]])
+        if await self._unknown([item_id]):
+            raise HTTPException(404, f"unknown item {item_id!r}")
+        cands = await self.retriever.candidates.remote([self.catalog.item_index[item_id]], None, self.items_version)
         items = [int(i) for i in cands["items"][:k] if i >= 0]
         return {"item_id": item_id, "similar": [{"item_id": self.catalog.item_ids[i],
                                                  "title": self.catalog.titles[i]} for i in items]}
@@ -133,5 +175,11 @@ def build_app(args: dict | AppArgs) -> serve.Application:
     """The application graph; ``args`` as in :class:`serving.schemas.AppArgs`."""
     a = args if isinstance(args, AppArgs) else AppArgs(**args)
     cpus = {"ray_actor_options": {"num_cpus": a.replica_cpus}}
-    return Ingress.options(**cpus).bind(Retriever.options(**cpus).bind(a), Ranker.options(**cpus).bind(a),
-                                        Policy.options(**cpus).bind(a), a)
+    # the model is the Retriever's and Ranker's user_config, not a constructor argument: a new
+    # model_dir / model_version then reconfigures the running replicas instead of replacing them
+    model = {**cpus, "user_config": ModelSpec(model_dir=a.model_dir, model_version=a.model_version).model_dump()}
+    fixed = a.model_copy(update={"model_dir": "(user_config)", "model_version": "(user_config)"})
+    registry = ItemRegistry.options(**cpus).bind(fixed)
+    return Ingress.options(**cpus).bind(Retriever.options(**model).bind(fixed, registry),
+                                        Ranker.options(**model).bind(fixed, registry),
+                                        Policy.options(**cpus).bind(fixed), registry, fixed)

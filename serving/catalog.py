@@ -22,6 +22,7 @@ class Catalog:
     prices: np.ndarray  # NaN where unknown
     user_index: dict[str, int]
     histories: Interactions  # every user's items, first interaction each, oldest first
+    base_items: int = 0  # catalogue items of the dataset; the rest were added at runtime
 
     @classmethod
     def load(cls, data: str) -> Catalog:
@@ -31,7 +32,17 @@ class Catalog:
         prices = np.array([np.nan if p is None else p for p in items["price"].to_pylist()], dtype=np.float64)
         users = ds.users["external_id"].to_pylist()
         return cls(ids, {x: i for i, x in enumerate(ids)}, items["title"].to_pylist(), items["category"].to_pylist(),
-                   prices, {x: i for i, x in enumerate(users)}, ds.interactions(dedupe=True))
+                   prices, {x: i for i, x in enumerate(users)}, ds.interactions(dedupe=True), len(ids))
+
+    def add(self, record: dict) -> int:
+        """An item added at runtime (the next internal id; same order as the ItemRegistry)."""
+        self.item_index[record["item_id"]] = len(self.item_ids)
+        self.item_ids.append(record["item_id"])
+        self.titles.append(record.get("title"))
+        self.categories.append(record.get("category"))
+        price = record.get("price")
+        self.prices = np.r_[self.prices, np.nan if price is None else float(price)]
+        return len(self.item_ids) - 1
 
     @property
     def num_items(self) -> int:

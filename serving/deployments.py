@@ -1,27 +1,35 @@
 """The Serve deployments behind the ingress: retriever, ranker (batched) and the policy actor.
 
-Each loads what it serves from the directories training exports (a ranker directory embeds its
-retriever), so a new model version is a redeploy with another ``model_dir``/``model_version``.
+The Retriever and Ranker load what they serve from the directories training exports (a ranker
+directory embeds its retriever); the model is their ``user_config``, so a new version rolls out
+by reconfiguring the running replicas. Items added at runtime live in the :class:`ItemRegistry`
+and reach every replica through :meth:`_ServesModel._sync`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import json
+import os
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from serving.index import VectorIndex
 from serving.netbind import bind_replica_grpc_to_node_address
-from serving.schemas import AppArgs
+from serving.schemas import AppArgs, ModelSpec
 from training import storage
 from training.candidates import Candidates
 from training.data.funnel import lookup
 from training.data.interactions import Interactions
-from training.modeldir import load_model
+from training.modeldir import load_model, read_model_json
 from training.models.bandit import LinUCBPolicy, PolicyConfig
 from training.models.retriever import left_pad
+from training.new_items import ContentEncoder, model_encoders, rows_table
 
 
 def _history(items: list[int], times: list[int] | None, num_items: int, default_us: int = 0) -> Interactions:
@@ -31,54 +39,148 @@ def _history(items: list[int], times: list[int] | None, num_items: int, default_
     return Interactions(np.array([0, len(arr)], dtype=np.int64), arr, t, num_items)
 
 
-@serve.deployment
-class Retriever:
-    """User tower + the FAISS index over the item-embedding table (:mod:`serving.index`) -> the
-    top ``eval_candidates`` unseen items with the ranker's dense features."""
+@serve.deployment(num_replicas=1)
+class ItemRegistry:
+    """The items added at runtime, in order (item ``n`` gets internal id ``catalogue size + n``),
+    each stored under ``items_root`` before it is acknowledged and replayed on start. One replica:
+    it is the single writer; every other replica pulls what it has not applied yet (:meth:`since`)."""
 
     def __init__(self, args: AppArgs):
         bind_replica_grpc_to_node_address()
-        self.pipe = load_model(args.model_dir)
-        self.num_items = self.pipe.stage.retriever.item_vecs.shape[0]
-        self.index = VectorIndex(self.pipe.stage.retriever.item_vecs.numpy())
+        self.fs, self.root = storage.resolve(args.items_root)
+        self.fs.create_dir(self.root, recursive=True)
+        files = sorted(f.path for f in self.fs.get_file_info(pafs.FileSelector(self.root))
+                       if f.path.endswith(".json"))
+        self.records = [json.loads(self.fs.open_input_stream(f).read()) for f in files]
+        self.ids = {r["item_id"] for r in self.records}
 
-    def ready(self) -> bool:
-        return True
+    def add(self, record: dict) -> int:
+        """Store ``record``; its position, or -1 when the id was already added."""
+        if record["item_id"] in self.ids:
+            return -1
+        n = len(self.records)
+        path = f"{self.root}/item-{n:09d}.json"
+        with self.fs.open_output_stream(path + ".tmp") as out:
+            out.write(json.dumps(record).encode())
+        self.fs.move(path + ".tmp", path)
+        self.records.append(record)
+        self.ids.add(record["item_id"])
+        return n
 
-    def candidates(self, history: list[int], times: list[int] | None = None) -> dict:
+    def version(self) -> int:
+        return len(self.records)
+
+    def since(self, n: int) -> list[dict]:
+        return self.records[n:]
+
+
+class _Served:
+    """One model version as a Retriever or Ranker replica holds it, plus the runtime items it has
+    applied (their content vectors come from this model's own item towers)."""
+
+    def __init__(self, spec: ModelSpec):
+        doc = read_model_json(spec.model_dir)
+        self.pipe = load_model(spec.model_dir)
+        self.version = spec.model_version
+        self.encoder = ContentEncoder(self.pipe.vocab, model_encoders(spec.model_dir, doc), *self.pipe.content_dims())
+        self.applied = 0  # registry records applied
+        self.index: VectorIndex | None = None
+
+    def apply(self, records: list[dict]) -> None:
+        if not records:
+            return
+        rows = rows_table(records)
+        vecs = self.pipe.add_items(self.encoder.features(rows), rows["price"].to_numpy(zero_copy_only=False))
+        if self.index is not None:
+            self.index.add(vecs)
+        self.applied += len(records)
+
+
+class _ServesModel:
+    """Reconfigurable model + runtime items for the Retriever and the Ranker. The model is the
+    ``user_config`` (:class:`~serving.schemas.ModelSpec`): a new version is loaded next to the old
+    one and swapped in once ready, so requests keep being answered during a rollout."""
+
+    with_index = False
+
+    def _init(self, registry: DeploymentHandle) -> None:
+        bind_replica_grpc_to_node_address()
+        self.registry = registry
+        self.served: _Served | None = None
+        self.lock = asyncio.Lock()
+
+    def reconfigure(self, config: dict) -> None:
+        served = _Served(ModelSpec(**config))
+        if self.with_index:
+            served.index = VectorIndex(served.pipe.stage.retriever.item_vecs.numpy())
+        self.served = served  # runtime items are re-applied lazily (_sync), with this model's towers
+
+    async def _sync(self, items_version: int) -> _Served:
+        """The current model with at least ``items_version`` runtime items applied."""
+        served = self.served
+        if served.applied < items_version:
+            async with self.lock:
+                if served.applied < items_version:
+                    served.apply(await self.registry.since.remote(served.applied))
+        return served
+
+    def ready(self) -> str:
+        return self.served.version
+
+    def check_content(self, record: dict) -> str | None:
+        """Why this model could not place a new item, or None."""
+        enc = self.served.encoder
+        if not enc.usable(enc.features(rows_table([record]))):
+            return ("the item has no content this model reads: give attributes it was trained on"
+                    + (", a title/description" if enc.uses_text else "")
+                    + (", an image" if enc.uses_image else ""))
+        return None
+
+
+@serve.deployment
+class Retriever(_ServesModel):
+    """User tower + the FAISS index over the item-embedding table (:mod:`serving.index`) -> the
+    top ``eval_candidates`` unseen items with the ranker's dense features."""
+
+    with_index = True
+
+    def __init__(self, args: AppArgs, registry: DeploymentHandle):
+        self._init(registry)
+
+    async def candidates(self, history: list[int], times: list[int] | None = None, items_version: int = 0) -> dict:
         """``times`` (microseconds) date the history for the recent-popularity feature; without
         them (an anonymous session) it is measured at the end of the training data."""
-        hist = _history(history, times, self.num_items, self.pipe.stage.end_us)
-        user = self.pipe.stage.retriever.user_vectors(hist).numpy()
-        items, scores = self.index.search(user, self.pipe.k, [hist.row(0)])
-        c = self.pipe.stage.from_search(hist, items, scores)
+        s = await self._sync(items_version)
+        pipe = s.pipe
+        hist = _history(history, times, pipe.num_items, pipe.stage.end_us)
+        user = pipe.stage.retriever.user_vectors(hist).numpy()
+        items, scores = s.index.search(user, pipe.k, [hist.row(0)])
+        c = pipe.stage.from_search(hist, items, scores)
         return {"items": c.items[0], "dense": c.dense[0]}
 
 
 @serve.deployment
-class Ranker:
+class Ranker(_ServesModel):
     """The multimodal ranker over each request's candidates, ``@serve.batch``-ed across requests
     (32 requests cost ~10x one on CPU, see BENCHMARKS.md)."""
 
-    def __init__(self, args: AppArgs):
-        bind_replica_grpc_to_node_address()
-        self.pipe = load_model(args.model_dir)
-        self.num_items = self.pipe.stage.retriever.item_vecs.shape[0]
+    def __init__(self, args: AppArgs, registry: DeploymentHandle):
+        self._init(registry)
         self.rank.set_max_batch_size(args.max_batch_size)
         self.rank.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
 
-    def ready(self) -> bool:
-        return True
-
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def rank(self, requests: list[dict]) -> list[list[dict]]:
+    async def rank(self, requests: list[dict]) -> list[dict]:
         """Each request: ``history`` (item ids), ``user`` (internal id or None), ``items``/``dense``
-        (its candidates). Returns each request's candidates, best first, with reasons."""
+        (its candidates), ``items_version``. Returns ``{"model_version", "ranked"}`` per request:
+        its candidates, best first, with reasons."""
+        s = await self._sync(max(r.get("items_version", 0) for r in requests))
+        pipe = s.pipe
         rows = [np.asarray(r["history"], dtype=np.int64) for r in requests]
         lengths = np.array([len(r) for r in rows])
         hist = Interactions(np.r_[0, np.cumsum(lengths)].astype(np.int64),
                             np.concatenate(rows) if len(rows) else np.zeros(0, np.int64),
-                            np.zeros(int(lengths.sum()), np.int64), self.num_items)
+                            np.zeros(int(lengths.sum()), np.int64), pipe.num_items)
         k = max(len(r["items"]) for r in requests)
         items = np.full((len(requests), k), -1, dtype=np.int64)
         dense = np.zeros((len(requests), k, requests[0]["dense"].shape[-1]), dtype=np.float32)
@@ -86,14 +188,14 @@ class Ranker:
             items[i, :len(r["items"])], dense[i, :len(r["items"])] = r["items"], r["dense"]
         cands = Candidates(np.arange(len(requests)), items, dense, np.zeros(items.shape, bool))
         stage = None
-        if self.pipe.stages is not None:
-            padded = left_pad(rows, self.pipe.ranker.config.max_len)
+        if pipe.stages is not None:
+            padded = left_pad(rows, pipe.ranker.config.max_len)
             stage = np.zeros(padded.shape, np.int64)
             for i, r in enumerate(requests):
                 if r.get("user") is not None:
-                    stage[i] = lookup(self.pipe.stages, np.array([r["user"]]), padded[i:i + 1])[0]
+                    stage[i] = lookup(pipe.stages, np.array([r["user"]]), padded[i:i + 1])[0]
             stage = torch.from_numpy(stage)
-        return self.pipe.ranked_lists(hist, cands, stage)
+        return [{"model_version": s.version, "ranked": ranked} for ranked in pipe.ranked_lists(hist, cands, stage)]
 
 
 @serve.deployment(num_replicas=1)
@@ -145,7 +247,8 @@ class Policy:
         fs, path = storage.resolve(self.args.policy_state)
         parent = path.rsplit("/", 1)[0]
         fs.create_dir(parent, recursive=True)
-        tmp = path + ".tmp"
+        # a private temporary name: during a rolling update the old and the new replica both write
+        tmp = f"{path}.tmp-{os.getpid()}"
         with fs.open_output_stream(tmp) as out:
             out.write(self.policy.state_bytes())
         fs.move(tmp, path)

@@ -45,6 +45,34 @@ class FeedbackRequest(BaseModel):
     event: Literal["view", "click", "cart", "purchase"]
 
 
+class NewItem(BaseModel):
+    """``POST /items``: a catalogue item added at runtime. Its vector comes from its content
+    (attributes ``key=value``, title/description through the model's text encoder when it has
+    one, an image URI through its image encoder), so it can be recommended before anyone saw it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: str = Field(min_length=1, max_length=200)
+    title: str | None = Field(None, max_length=1000)
+    description: str | None = Field(None, max_length=10_000)
+    category: str | None = Field(None, min_length=1, max_length=200)
+    brand: str | None = Field(None, min_length=1, max_length=200)
+    attributes: list[str] = Field(default_factory=list, max_length=200)
+    price: float | None = Field(None, ge=0)
+    image: str | None = Field(None, min_length=1, max_length=2000)
+
+
+class ModelSpec(BaseModel):
+    """The model the Retriever and Ranker serve: their ``user_config``. A new version is rolled
+    out by changing it (``serve deploy`` / ``serve.run`` with another ``model_dir``): Serve
+    reconfigures the running replicas in place, so no request is dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_dir: str = Field(min_length=1)
+    model_version: str = Field("v1", min_length=1)
+
+
 class AppArgs(BaseModel):
     """Arguments of :func:`serving.app.build_app` (also the ``args`` of ``cluster/serve.yaml``)."""
 
@@ -64,6 +92,7 @@ class AppArgs(BaseModel):
     max_batch_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     model_version: str = "v1"
+    items_root: str = "raycart-work/new-items"  # items added at runtime (local or s3://), replayed on start
     # CPUs per replica of each deployment when no serve config overrides it: small, so that the
     # whole graph fits a laptop-sized local cluster; cluster/serve.yaml sets real values
     replica_cpus: float = Field(0.25, gt=0)

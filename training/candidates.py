@@ -12,13 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from training.baselines.itemknn import ItemKNN
 from training.data.interactions import Interactions
 from training.evaluation.metrics import top_k
 from training.models.ranker import DENSE_FEATURES
-from training.models.retriever import RetrieverScorer
+from training.models.retriever import ItemFeatures, RetrieverScorer
 
 
 @dataclass
@@ -53,6 +54,19 @@ class CandidateStage:
         keys = np.sort((train.items.astype(np.int64) << 32) | np.clip(seconds - origin, 0, 2**32 - 1))
         log_price = np.log1p(np.nan_to_num(prices.astype(np.float32), nan=0.0).clip(min=0.0))
         return cls(retriever, knn, np.log1p(train.item_counts().astype(np.float32)), log_price, keys, origin)
+
+    def add_items(self, new: ItemFeatures, prices: np.ndarray) -> np.ndarray:
+        """Items added at runtime: content vectors from the retriever's item tower (returned, for
+        the vector index), no interactions yet (popularity, kNN and recent counts 0)."""
+        vecs = self.retriever.add_items(new)
+        n = self.knn.sim.shape[0] + new.num_items
+        self.knn.sim = sp.csr_matrix((self.knn.sim.data, self.knn.sim.indices,
+                                      np.r_[self.knn.sim.indptr, np.full(new.num_items, self.knn.sim.nnz)]),
+                                     shape=(n, n))
+        self.log_pop = np.r_[self.log_pop, np.zeros(new.num_items, np.float32)]
+        self.log_price = np.r_[self.log_price, np.log1p(np.nan_to_num(np.asarray(prices, np.float32), nan=0.0)
+                                                        .clip(min=0.0))].astype(np.float32)
+        return vecs
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"log_pop": self.log_pop, "log_price": self.log_price, "event_keys": self.event_keys,

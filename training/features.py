@@ -26,8 +26,8 @@ def item_text(items: pa.Table) -> list[str]:
     return out
 
 
-def attribute_vocabulary(items: pa.Table) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """CSR attribute ids per item (category and brand count as attributes too)."""
+def item_tags(items: pa.Table) -> list[list[str]]:
+    """Each item's attribute tags; category and brand count as attributes too."""
     attrs = items["attributes"].to_pylist()
     cats, brands = items["category"].to_pylist(), items["brand"].to_pylist()
     rows = []
@@ -38,10 +38,22 @@ def attribute_vocabulary(items: pa.Table) -> tuple[np.ndarray, np.ndarray, list[
         if b and not any(t.startswith("brand=") for t in tags):
             tags.append(f"brand={b}")
         rows.append(tags)
-    vocab = sorted({t for r in rows for t in r})
+    return rows
+
+
+def attribute_ids(rows: list[list[str]], vocab: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """CSR ids of the tags in ``vocab``; tags outside it (new to a trained model) are dropped."""
     index = {t: i for i, t in enumerate(vocab)}
-    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
-    ids = np.array([index[t] for r in rows for t in r], dtype=np.int64)
+    kept = [[index[t] for t in r if t in index] for r in rows]
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in kept])]).astype(np.int64)
+    return indptr, np.array([i for r in kept for i in r], dtype=np.int64)
+
+
+def attribute_vocabulary(items: pa.Table) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """CSR attribute ids per item and the sorted tag vocabulary (see :func:`item_tags`)."""
+    rows = item_tags(items)
+    vocab = sorted({t for r in rows for t in r})
+    indptr, ids = attribute_ids(rows, vocab)
     return indptr, ids, vocab
 
 

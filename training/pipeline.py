@@ -31,11 +31,42 @@ class TwoStageScorer:
         self.stages = stages if ranker.config.use_stage else None
         self.k = ranker.config.eval_candidates
         self.vocab = attribute_vocab or []
-        feats = ranker.items
-        self._attr = None
-        if hasattr(feats, "attr_ids"):
-            indptr = np.r_[feats.attr_offsets.numpy(), len(feats.attr_ids)]
-            self._attr = (indptr, feats.attr_ids.numpy())
+        self._attr = self._attribute_lists()
+
+    def _attribute_lists(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """CSR attribute ids per item, from the ranker's item tower (for the reasons)."""
+        tower = self.ranker.items
+        if not hasattr(tower, "attr_ids"):
+            return None
+        return np.r_[tower.attr_offsets.numpy(), len(tower.attr_ids)], tower.attr_ids.numpy()
+
+    def add_items(self, new: ItemFeatures, prices: np.ndarray) -> np.ndarray:
+        """Items added at runtime (ids ``num_items..``, content only): both stages learn their
+        content vectors from their trained item towers, so they can be retrieved and ranked
+        without a retrain. Returns their retriever vectors (for a vector index)."""
+        vecs = self.stage.add_items(new, prices)
+        self.ranker.items.extend(new)
+        for name in ("tuned_table", "tuned_image_table"):  # fine-tuned content: unknown -> zeros
+            table = getattr(self.ranker, name)
+            if table is not None:
+                setattr(self.ranker, name, torch.cat([table, torch.zeros(new.num_items, table.shape[1])]))
+        self._attr = self._attribute_lists()
+        if self.stages is not None:
+            self.stages.resize((self.stages.shape[0], self.stages.shape[1] + new.num_items))
+        return vecs
+
+    @property
+    def num_items(self) -> int:
+        return self.stage.retriever.item_vecs.shape[0]
+
+    def content_dims(self) -> tuple[int | None, int | None]:
+        """Widths of the text and image features the item towers read (None: not used)."""
+        towers = (self.stage.retriever.model.items, self.ranker.items)
+        dims = []
+        for name in ("text", "image"):
+            used = [getattr(t, name).shape[1] for t in towers if getattr(t, f"{name}_proj") is not None]
+            dims.append(used[0] if used else None)
+        return dims[0], dims[1]
 
     def history_stages(self, users, history: Interactions) -> torch.Tensor | None:
         if self.stages is None or users is None:

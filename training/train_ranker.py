@@ -348,6 +348,8 @@ def train_ranker(job: RankerJob) -> dict:
     save_model_dir(job.out, "ranker", config, TwoStageScorer.state(stage, ranker, ex["r_state"], ex["stages"]),
                    {"num_items": ex["ds"].num_items, "metrics": two_stage, "retriever_only": retrieval,
                     "history": history, "resumes": saved.get("resumes", 0),
+                    # the frozen encoders behind the item features: serving embeds new items with them
+                    "encoders": ex["r_doc"].get("encoders", {"text": None, "image": None}),
                     "reranks": {"path": job.retriever, "metrics": ex["r_doc"].get("metrics"),
                                 "trained_on": ex["r_doc"].get("trained_on")},
                     "trained_on": {"data": job.data, "source": ex["ds"].source, "scheme": job.scheme}},

@@ -45,13 +45,15 @@ def app(ray_cluster, tmp_path_factory):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"model_dir": str(root / "ranker"), "data_dir": data, "feedback_root": str(root / "feedback"),
             "wal_dir": str(root / "wal"), "policy_state": str(root / "policy.npz"), "policy_epsilon": 0.0,
+            "items_root": str(root / "new-items"),
             "policy_alpha": 0.0, "checkpoint_every": 5}  # no exploration: rankings are deterministic
     serve.run(build_app(args), name="raycart", route_prefix="/")
     from training.data.dataset import load_dataset
 
     ds = load_dataset(data)
     yield {"url": f"http://127.0.0.1:{port}", "args": args, "users": ds.users["external_id"].to_pylist(),
-           "items": ds.items["external_id"].to_pylist(), "categories": ds.items["category"].to_pylist()}
+           "items": ds.items["external_id"].to_pylist(), "categories": ds.items["category"].to_pylist(),
+           "rows": ds.items.to_pylist(), "root": root}
     serve.shutdown()
 
 
@@ -111,6 +113,10 @@ def test_malformed_requests_get_clear_4xx_never_5xx(app):
         ("post", "/feedback", {"request_id": "x", "item_id": item, "event": "click", "extra": True}),
         ("get", "/items/no-such-item/similar", None), ("get", f"/items/{item}/similar?k=0", None),
         ("get", f"/items/{item}/similar?k=abc", None), ("get", "/no-such-route", None),
+        ("post", "/items", {"item_id": item, "attributes": ["x"]}),  # already in the catalogue: 409
+        ("post", "/items", {"item_id": "n1", "price": -3}), ("post", "/items", {"title": "no id"}),
+        ("post", "/items", {"item_id": "n2", "attributes": ["never=seen"]}),  # nothing the model reads: 400
+        ("post", "/items", {"item_id": "n3", "attributes": "a=b"}), ("post", "/items", None),
     ]
     assert len(cases) >= 20
     for method, path, body in cases:
@@ -128,6 +134,18 @@ def test_similar_items(app):
     r = requests.get(app["url"] + f"/items/{app['items'][5]}/similar?k=4", timeout=60)
     assert r.status_code == 200 and len(r.json()["similar"]) == 4
     assert app["items"][5] not in {s["item_id"] for s in r.json()["similar"]}
+
+
+def _pids(deployment: str) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    return sorted(int(line.split()[0]) for line in out.splitlines() if f"ServeReplica:raycart:{deployment}" in line)
+
+
+def _twin(app, idx: int, item_id: str) -> dict:
+    """A new catalogue row with the content (attributes, category, brand, price) of item ``idx``."""
+    row = app["rows"][idx]
+    return {"item_id": item_id, "title": f"new {row['title']}", "category": row["category"], "brand": row["brand"],
+            "attributes": row["attributes"] or [], "price": row["price"]}
 
 
 def test_feedback_changes_the_next_ranking(app):
@@ -154,12 +172,81 @@ def test_feedback_changes_the_next_ranking(app):
     assert unknown.status_code == 200 and not unknown.json()["learned"]  # kept in the log, nothing to learn
 
 
+def test_new_item_added_at_runtime_is_retrieved_and_ranked(app):
+    url = app["url"]
+    r = requests.post(url + "/items", json=_twin(app, 7, "new-item-1"), timeout=60)
+    assert r.status_code == 201, r.text
+    assert requests.post(url + "/items", json=_twin(app, 7, "new-item-1"), timeout=60).status_code == 409
+    assert requests.get(url + "/readyz", timeout=60).json()["items"] == len(app["items"]) + 1
+    # its vector comes from its content: its neighbours are its content twin's neighbours
+    mine = requests.get(url + "/items/new-item-1/similar?k=20", timeout=60)
+    assert mine.status_code == 200, mine.text
+    twin = requests.get(url + f"/items/{app['items'][7]}/similar?k=20", timeout=60).json()
+    overlap = {s["item_id"] for s in mine.json()["similar"]} & {s["item_id"] for s in twin["similar"]}
+    assert len(overlap) >= 10, overlap  # chance: 20 * 20 / 200 = 2
+    # the retriever finds it and the ranker ranks it: a session of items like it brings it up
+    same = [app["items"][i] for i, row in enumerate(app["rows"]) if row["attributes"] == app["rows"][7]["attributes"]
+            and i != 7][:5]
+    rec = requests.post(url + "/recommend", json={"history": same or [app["items"][7]], "k": 100,
+                                                  "filters": {"category": app["rows"][7]["category"]}}, timeout=60)
+    assert rec.status_code == 200, rec.text
+    assert "new-item-1" in [i["item_id"] for i in rec.json()["items"]]
+    # every part knows the new id: in a history, in feedback, in filters
+    hist = requests.post(url + "/recommend", json={"history": ["new-item-1"], "k": 5,
+                                                   "filters": {"exclude": ["new-item-1"]}}, timeout=60)
+    assert hist.status_code == 200 and len(hist.json()["items"]) == 5
+    fb = requests.post(url + "/feedback", json={"request_id": rec.json()["request_id"], "item_id": "new-item-1",
+                                                "event": "click"}, timeout=60)
+    assert fb.status_code == 200 and fb.json()["learned"]
+
+
+def test_model_rollout_drops_no_request(app):
+    """A new model version is rolled out while clients keep asking: every request is answered,
+    the answers switch to the new version, runtime items stay. (``serve.run`` from Python gives
+    every deployment a new code version, so Serve replaces the replicas one by one; ``serve
+    deploy`` with only model_dir/model_version changed is a user_config update, done in place.)"""
+    import shutil
+    import threading
+
+    from ray import serve
+
+    from serving.app import build_app
+
+    url = app["url"]
+    assert requests.post(url + "/items", json=_twin(app, 11, "before-rollout"), timeout=60).status_code == 201
+    v2 = str(app["root"] / "ranker-v2")
+    shutil.copytree(app["args"]["model_dir"], v2)
+    answers: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def client(user):
+        while not stop.is_set():
+            try:
+                r = requests.post(url + "/recommend", json={"user_id": user, "k": 3}, timeout=30)
+                answers.append((r.status_code, r.json().get("model_version") if r.status_code == 200 else r.text))
+            except requests.RequestException as exc:
+                answers.append((0, str(exc)))
+
+    threads = [threading.Thread(target=client, args=(u,)) for u in app["users"][:2]]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    serve.run(build_app({**app["args"], "model_dir": v2, "model_version": "v2"}), name="raycart", route_prefix="/")
+    deadline = time.time() + 60
+    while time.time() < deadline and [a[1] for a in answers[-4:]] != ["v2"] * 4:
+        time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join()
+    failed = [a for a in answers if a[0] != 200]
+    assert not failed, failed[:3]
+    versions = [a[1] for a in answers]
+    assert versions[0] == "v1" and versions[-1] == "v2" and len(answers) > 20, (len(answers), versions[:3])
+    sim = requests.get(url + "/items/before-rollout/similar?k=5", timeout=60)
+    assert sim.status_code == 200 and len(sim.json()["similar"]) == 5  # re-applied with the new model
+
+
 ACKED_ACROSS_KILL: list[str] = []  # acknowledged by the replica that replaced the killed one
-
-
-def _ingress_pids() -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "ServeReplica:raycart:Ingress" in line]
 
 
 def test_killed_ingress_replica_loses_no_acknowledged_feedback(app):
@@ -183,7 +270,7 @@ def test_killed_ingress_replica_loses_no_acknowledged_feedback(app):
             failed += 1
             time.sleep(0.2)
         if not killed and len(acked) >= 30:
-            pids = _ingress_pids()
+            pids = _pids("Ingress")
             assert pids, "no ingress replica process found"
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])

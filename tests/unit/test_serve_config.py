@@ -19,7 +19,7 @@ def test_serve_yaml_matches_the_application():
     assert application["import_path"] == "serving.app:build_app"
     AppArgs(**application["args"])
     names = {d["name"] for d in application["deployments"]}
-    assert names == {"Ingress", "Retriever", "Ranker", "Policy"}
+    assert names == {"Ingress", "Retriever", "Ranker", "Policy", "ItemRegistry"}
     for name in names:
         assert hasattr(app, name) or hasattr(deployments, name)
 

@@ -108,6 +108,30 @@ class ItemTower(nn.Module):
         if self.id_emb is not None:
             nn.init.normal_(self.id_emb.weight, std=0.02)
 
+    @torch.no_grad()
+    def extend(self, new: ItemFeatures) -> None:
+        """Append items added at runtime (not *known*: no id embedding, content only) in place;
+        the trained weights are unchanged, so every existing item keeps its vector."""
+        m = new.num_items
+        self.known = torch.cat([self.known, torch.zeros(m)])
+        if self.id_emb is not None:
+            weight = torch.cat([self.id_emb.weight, torch.zeros(m, self.id_emb.embedding_dim)])
+            self.id_emb = nn.Embedding.from_pretrained(weight, freeze=True)
+        if self.attr_emb is not None:
+            ids = torch.from_numpy(new.attr_ids.astype(np.int64))
+            offsets = torch.from_numpy(new.attr_indptr[:-1].astype(np.int64)) + len(self.attr_ids)
+            self.attr_ids = torch.cat([self.attr_ids, ids])
+            self.attr_offsets = torch.cat([self.attr_offsets, offsets])
+            self.attr_present = torch.cat([self.attr_present,
+                                           torch.from_numpy((np.diff(new.attr_indptr) > 0).astype(np.float32))])
+        for name in ("text", "image"):
+            if getattr(self, f"{name}_proj") is not None:
+                rows = getattr(new, name)
+                old = getattr(self, name)
+                rows = torch.zeros(m, old.shape[1]) if rows is None else torch.from_numpy(rows.astype(np.float32))
+                setattr(self, name, torch.cat([old, rows]))
+        self.num_items += m
+
     def all_items(self) -> torch.Tensor:
         """Vectors of every item, ``(num_items, dim)``."""
         parts = []
@@ -211,6 +235,13 @@ class RetrieverScorer:
         model.load_state_dict({k[2:]: torch.from_numpy(v) for k, v in state.items() if k.startswith("w/")},
                               strict=False)
         return cls(model)
+
+    def add_items(self, new: ItemFeatures) -> np.ndarray:
+        """Items added at runtime get content vectors from the trained item tower; returns them."""
+        self.model.items.extend(new)
+        with torch.no_grad():
+            self.item_vecs = self.model.items.all_items()
+        return self.item_vecs[-new.num_items:].numpy()
 
     @staticmethod
     def state(model: TwoTower, feats: ItemFeatures) -> dict[str, np.ndarray]:
