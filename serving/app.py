@@ -27,12 +27,19 @@ from serving.feedback_log import FeedbackLog, FeedbackLogConfig
 from serving.netbind import bind_replica_grpc_to_node_address
 from serving.schemas import AppArgs, FeedbackRequest, ModelSpec, NewItem, RecommendRequest
 
+# per-deployment autoscaling with AppArgs.autoscaling (target ongoing requests per replica; the
+# Ranker's are high so that @serve.batch fills batches before a new replica is added)
+AUTOSCALING = {
+    "Ingress": {"target_ongoing_requests": 8, "upscale_delay_s": 3, "downscale_delay_s": 15},
+    "Retriever": {"target_ongoing_requests": 4, "upscale_delay_s": 3, "downscale_delay_s": 15},
+    "Ranker": {"target_ongoing_requests": 16, "upscale_delay_s": 3, "downscale_delay_s": 15},
+}
 ITEMS_SYNC_S = 1.0  # how stale an ingress replica's view of items added elsewhere may get
 
 api = FastAPI(title="Raycart", description="Retrieve-then-rank recommendations with a learning policy.")
 
 
-@serve.deployment
+@serve.deployment(max_ongoing_requests=64)  # async: waits on the other deployments, not the CPU
 @serve.ingress(api)
 class Ingress:
     def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle, policy: DeploymentHandle,
@@ -175,11 +182,19 @@ def build_app(args: dict | AppArgs) -> serve.Application:
     """The application graph; ``args`` as in :class:`serving.schemas.AppArgs`."""
     a = args if isinstance(args, AppArgs) else AppArgs(**args)
     cpus = {"ray_actor_options": {"num_cpus": a.replica_cpus}}
+
+    def scaled(name: str) -> dict:
+        if not a.autoscaling:
+            return cpus
+        return {**cpus, "autoscaling_config": {"min_replicas": 1, "max_replicas": a.max_replicas,
+                                               **AUTOSCALING[name]}}
+
     # the model is the Retriever's and Ranker's user_config, not a constructor argument: a new
     # model_dir / model_version then reconfigures the running replicas instead of replacing them
-    model = {**cpus, "user_config": ModelSpec(model_dir=a.model_dir, model_version=a.model_version).model_dump()}
+    model = {"user_config": ModelSpec(model_dir=a.model_dir, model_version=a.model_version).model_dump()}
     fixed = a.model_copy(update={"model_dir": "(user_config)", "model_version": "(user_config)"})
     registry = ItemRegistry.options(**cpus).bind(fixed)
-    return Ingress.options(**cpus).bind(Retriever.options(**model).bind(fixed, registry),
-                                        Ranker.options(**model).bind(fixed, registry),
-                                        Policy.options(**cpus).bind(fixed), registry, fixed)
+    retriever = Retriever.options(**scaled("Retriever"), **model).bind(fixed, registry)
+    ranker = Ranker.options(**scaled("Ranker"), **model).bind(fixed, registry)
+    return Ingress.options(**scaled("Ingress")).bind(retriever, ranker, Policy.options(**cpus).bind(fixed), registry,
+                                                     fixed)

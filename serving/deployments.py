@@ -12,6 +12,7 @@ import asyncio
 import collections
 import json
 import os
+import threading
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -137,7 +138,7 @@ class _ServesModel:
         return None
 
 
-@serve.deployment
+@serve.deployment(max_ongoing_requests=16)
 class Retriever(_ServesModel):
     """User tower + the FAISS index over the item-embedding table (:mod:`serving.index`) -> the
     top ``eval_candidates`` unseen items with the ranker's dense features."""
@@ -159,7 +160,7 @@ class Retriever(_ServesModel):
         return {"items": c.items[0], "dense": c.dense[0]}
 
 
-@serve.deployment
+@serve.deployment(max_ongoing_requests=64)  # lets @serve.batch fill batches of 32
 class Ranker(_ServesModel):
     """The multimodal ranker over each request's candidates, ``@serve.batch``-ed across requests
     (32 requests cost ~10x one on CPU, see BENCHMARKS.md)."""
@@ -215,27 +216,31 @@ class Policy:
             self.policy = LinUCBPolicy(self.config, np.random.default_rng(args.policy_seed))
         self.shown: collections.OrderedDict[str, dict[str, np.ndarray]] = collections.OrderedDict()
         self.since_checkpoint = 0
+        # Serve runs sync methods in a thread pool: one request at a time changes the state
+        self.lock = threading.RLock()
 
     def version(self) -> str:
         return f"linucb-eps{self.config.epsilon}-u{self.policy.updates}"
 
     def choose(self, request_id: str, items: list[dict], context: dict, k: int) -> list[dict]:
-        shown = self.policy.choose(items, context, k)
-        self.policy.observe_impression(shown)
-        self.shown[request_id] = {items[s.index]["item_id"]: s.features for s in shown}
-        while len(self.shown) > 100_000:  # feedback for very old requests is only logged
-            self.shown.popitem(last=False)
-        self._maybe_checkpoint(len(shown))
+        with self.lock:
+            shown = self.policy.choose(items, context, k)
+            self.policy.observe_impression(shown)
+            self.shown[request_id] = {items[s.index]["item_id"]: s.features for s in shown}
+            while len(self.shown) > 100_000:  # feedback for very old requests is only logged
+                self.shown.popitem(last=False)
+            self._maybe_checkpoint(len(shown))
         return [{"index": s.index, "position": s.position, "propensity": s.propensity, "greedy": s.greedy}
                 for s in shown]
 
     def feedback(self, request_id: str, item_id: str, event: str) -> bool:
         """Learn from one event; False when the (request, item) pair was not shown by this policy."""
-        features = self.shown.get(request_id, {}).get(item_id)
-        if features is None:
-            return False
-        self.policy.observe_feedback(features, event)
-        self._maybe_checkpoint(1)
+        with self.lock:
+            features = self.shown.get(request_id, {}).get(item_id)
+            if features is None:
+                return False
+            self.policy.observe_feedback(features, event)
+            self._maybe_checkpoint(1)
         return True
 
     def _maybe_checkpoint(self, n: int) -> None:
@@ -256,6 +261,7 @@ class Policy:
 
     def __del__(self):  # Serve calls it on graceful shutdown / redeploy
         try:
-            self.checkpoint()
+            with self.lock:
+                self.checkpoint()
         except Exception:  # noqa: BLE001 -- nothing sensible to do at interpreter teardown
             pass

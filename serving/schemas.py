@@ -96,3 +96,7 @@ class AppArgs(BaseModel):
     # CPUs per replica of each deployment when no serve config overrides it: small, so that the
     # whole graph fits a laptop-sized local cluster; cluster/serve.yaml sets real values
     replica_cpus: float = Field(0.25, gt=0)
+    # autoscale Ingress, Retriever and Ranker between 1 and max_replicas (serving.app.AUTOSCALING);
+    # cluster/serve.yaml sets per-deployment values instead
+    autoscaling: bool = False
+    max_replicas: int = Field(4, ge=1)
