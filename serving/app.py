@@ -25,7 +25,13 @@ from serving.catalog import Catalog
 from serving.deployments import ItemRegistry, Policy, Ranker, Retriever
 from serving.feedback_log import FeedbackLog, FeedbackLogConfig
 from serving.netbind import bind_replica_grpc_to_node_address
-from serving.schemas import AppArgs, FeedbackRequest, ModelSpec, NewItem, RecommendRequest
+from serving.schemas import (
+    AppArgs,
+    FeedbackRequest,
+    ModelSpec,
+    NewItem,
+    RecommendRequest,
+)
 
 # per-deployment autoscaling with AppArgs.autoscaling (target ongoing requests per replica; the
 # Ranker's are high so that @serve.batch fills batches before a new replica is added)
@@ -118,8 +124,8 @@ class Ingress:
         request_id = uuid.uuid4().hex
         for r in kept:
             r["item_id"] = cat.item_ids[r["item"]]
-        slate = await self.policy.choose.remote(request_id, kept, req.context, req.k)
-        policy_version = await self.policy.version.remote()
+        chosen = await self.policy.choose.remote(request_id, kept, req.context, req.k)
+        slate, policy_version = chosen["slate"], chosen["version"]
         now = time.time()
         context_hash = hashlib.sha256(json.dumps(req.context, sort_keys=True).encode()).hexdigest()[:16]
         out = []

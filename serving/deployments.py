@@ -222,7 +222,9 @@ class Policy:
     def version(self) -> str:
         return f"linucb-eps{self.config.epsilon}-u{self.policy.updates}"
 
-    def choose(self, request_id: str, items: list[dict], context: dict, k: int) -> list[dict]:
+    def choose(self, request_id: str, items: list[dict], context: dict, k: int) -> dict:
+        """The slate (indices into ``items``, positions, propensities) and the policy version
+        that chose it."""
         with self.lock:
             shown = self.policy.choose(items, context, k)
             self.policy.observe_impression(shown)
@@ -230,8 +232,9 @@ class Policy:
             while len(self.shown) > 100_000:  # feedback for very old requests is only logged
                 self.shown.popitem(last=False)
             self._maybe_checkpoint(len(shown))
-        return [{"index": s.index, "position": s.position, "propensity": s.propensity, "greedy": s.greedy}
-                for s in shown]
+            version = self.version()
+        return {"version": version, "slate": [{"index": s.index, "position": s.position, "propensity": s.propensity,
+                                               "greedy": s.greedy} for s in shown]}
 
     def feedback(self, request_id: str, item_id: str, event: str) -> bool:
         """Learn from one event; False when the (request, item) pair was not shown by this policy."""

@@ -1,17 +1,11 @@
-"""``raycart demo``: the main job end to end on real data.
-
-Today: prepare real datasets (cached in the work directory), fit and evaluate the baselines
-on them, print the metrics table and write it as JSON. Later stages (train, serve, answer
-requests) extend this same command.
-"""
+"""The data half of ``raycart demo`` (the command itself is :mod:`serving.demo`, because it
+serves): the real datasets it knows, their cached preparation and the metrics table."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib
 import inspect
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,30 +49,6 @@ def prepare_cached(name: str, cfg: DemoConfig) -> str:
     return str(out)
 
 
-def run_demo(cfg: DemoConfig) -> list[dict]:
-    from training.evaluation.run import run_baseline, write_json
-
-    unknown = [d for d in cfg.datasets if d not in DATASETS]
-    if unknown:
-        from training.errors import DataError
-        raise DataError(f"--datasets: unknown {unknown} (choose from {', '.join(DATASETS)})")
-    start = time.time()
-    rows = []
-    for name in cfg.datasets:
-        data = prepare_cached(name, cfg)
-        for scheme in DATASETS[name][2]:
-            for model in cfg.models:
-                print(f"[{name}] {model} on {scheme}/test ...", flush=True)
-                result = run_baseline(data, model, scheme, "test")
-                rows.append({"dataset": name, "scheme": scheme, "model": model, **result})
-    print()
-    print(format_table(rows))
-    out = Path(cfg.workdir) / "demo-metrics.json"
-    write_json({"rows": rows, "seconds": round(time.time() - start, 1)}, str(out))
-    print(f"\nmetrics written to {out} ({time.time() - start:.0f}s in all)")
-    return rows
-
-
 def format_table(rows: list[dict]) -> str:
     head = f"{'dataset':<14} {'split':<6} {'model':<8} {'users':>7} {'HR@10':>7} {'NDCG@10':>8} " \
            f"{'HR@20':>7} {'NDCG@20':>8} {'MRR':>7} {'Cov@10':>7} {'time':>6}"
@@ -88,18 +58,3 @@ def format_table(rows: list[dict]) -> str:
                      f"{r['HR@10']:>7.4f} {r['NDCG@10']:>8.4f} {r['HR@20']:>7.4f} {r['NDCG@20']:>8.4f} "
                      f"{r['MRR']:>7.4f} {r['Coverage@10']:>7.4f} {r['run']['seconds']:>5.1f}s")
     return "\n".join(lines)
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    run_demo(DemoConfig(workdir=args.workdir, shared=args.shared,
-                        datasets=tuple(args.datasets.split(","))))
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run the main job on real data (prepare, baselines, metrics table)")
-    p.add_argument("--workdir", default="raycart-work", help="where prepared data and results go")
-    p.add_argument("--shared", help="the shared data folder (default: RAYCART_SHARED or ../shared)")
-    p.add_argument("--datasets", default="beauty,online-retail",
-                   help=f"comma-separated, from: {', '.join(DATASETS)}")
-    p.set_defaults(func=_cmd)

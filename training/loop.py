@@ -93,8 +93,9 @@ def run_epochs(spec: LoopSpec, model: torch.nn.Module, opt: torch.optim.Optimize
 
 
 def fit(train_loop: Callable[[dict], None], loop_config: dict, *, name: str, storage_path: str, workers: int,
-        use_gpu: bool, max_failures: int, datasets: dict) -> dict:
-    """Run ``train_loop`` under a ``TorchTrainer``; return the final checkpoint's saved state."""
+        use_gpu: bool, max_failures: int, datasets: dict, callbacks: list | None = None) -> dict:
+    """Run ``train_loop`` under a ``TorchTrainer``; return the final checkpoint's saved state.
+    ``callbacks``: Ray Train callbacks, e.g. Tune's ``TuneReportCallback`` inside a sweep trial."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -109,7 +110,7 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, *, name: str, sto
         run_config=RunConfig(name=name, storage_path=path,
                              storage_filesystem=fs if storage.is_s3(storage_path) else None,
                              failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks or None),
         datasets=datasets,
     )
     result = trainer.fit()

@@ -285,7 +285,7 @@ def prepare_examples(job: RankerJob) -> dict:
             "arrays": arrays, "held": held}
 
 
-def train_ranker(job: RankerJob) -> dict:
+def train_ranker(job: RankerJob, callbacks: list | None = None) -> dict:
     """Run the whole job; returns the test metrics of the two-stage pipeline."""
     import ray
     import ray.data
@@ -306,7 +306,8 @@ def train_ranker(job: RankerJob) -> dict:
     saved = fit(train_loop, {"job": job, "arrays": ray.put(ex["arrays"]), "held": ray.put(ex["held"]),
                              "features": ray.put(ex["feats"].arrays()), "tuning": ray.put(ex["tuning"])},
                 name=name, storage_path=job.storage, workers=job.workers, use_gpu=job.use_gpu,
-                max_failures=job.max_failures, datasets={"train": ray.data.from_numpy(np.arange(n))})
+                max_failures=job.max_failures,
+                datasets={"train": ray.data.from_numpy(np.arange(n))}, callbacks=callbacks)
     ranker = Ranker(job.model, ex["feats"], **_tuned_modules(job, ex["tuning"]))
     ranker.load_state_dict(saved["best_model"])
     if ranker.tuned is not None or ranker.tuned_image is not None:

@@ -178,7 +178,7 @@ def prepare_inputs(job: RetrieverJob):
     return ds, valid, test, feats, arrays, log_q
 
 
-def train_retriever(job: RetrieverJob) -> dict:
+def train_retriever(job: RetrieverJob, callbacks: list | None = None) -> dict:
     """Run the whole job; returns the test metrics. See the module docstring."""
     import ray
     import ray.data
@@ -195,7 +195,8 @@ def train_retriever(job: RetrieverJob) -> dict:
     saved = fit(train_loop, {"job": job, "features": ray.put(feats.arrays()), "valid": ray.put(valid),
                              "log_q": log_q},
                 name=name, storage_path=job.storage, workers=job.workers, use_gpu=job.use_gpu,
-                max_failures=job.max_failures, datasets={"train": ray.data.from_numpy(arrays)})
+                max_failures=job.max_failures,
+                datasets={"train": ray.data.from_numpy(arrays)}, callbacks=callbacks)
     model = TwoTower(job.model, feats)
     model.load_state_dict(saved["best_model"])
     # test: the validation target is history now; items seen up to it get their id vectors

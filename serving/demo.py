@@ -1,0 +1,263 @@
+"""``raycart demo``: the main job end to end, on real data.
+
+1. prepare the dataset (Amazon Beauty by default; cached in the work directory);
+2. fit and evaluate the baselines (popularity, item-kNN);
+3. train the sequential retriever and the multimodal ranker with Ray Train (2 CPU workers;
+   models cached by configuration, so a rerun serves at once);
+4. serve them with Ray Serve on 127.0.0.1 (:mod:`serving.app`);
+5. answer a few real requests over HTTP and print them: a known user, feedback, an anonymous
+   session, a brand-new item added at runtime and its neighbours;
+6. shut down cleanly (feedback log flushed, policy checkpointed) -- or, with ``--keep-serving``,
+   stay up until SIGINT/SIGTERM.
+
+``--smoke`` runs the same path on a small synthetic shop with tiny models (about 2 minutes here).
+Lives in ``serving`` because it runs the Serve app (nothing imports ``serving``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    workdir: str = "raycart-work"
+    shared: str | None = None
+    dataset: str = "beauty"
+    retriever_epochs: int = 12
+    ranker_epochs: int = 3
+    workers: int = 2
+    host: str = "127.0.0.1"
+    port: int = 8000
+    keep_serving: bool = False
+    smoke: bool = False
+
+    @classmethod
+    def tiny(cls, workdir: str) -> DemoConfig:
+        return cls(workdir=workdir, smoke=True, retriever_epochs=3, ranker_epochs=2, workers=1)
+
+
+def _models(cfg: DemoConfig):
+    from training.models.ranker_config import RankerConfig
+    from training.models.retriever_config import RetrieverConfig
+
+    if cfg.smoke:
+        return (RetrieverConfig(dim=16, layers=1, heads=1, max_len=10, epochs=cfg.retriever_epochs, patience=3),
+                RankerConfig(**{**RankerConfig.tiny().to_dict(), "epochs": cfg.ranker_epochs, "eval_candidates": 50}))
+    # the Beauty settings of BENCHMARKS.md with a short budget (the full runs: 60 / 20 epochs)
+    return (RetrieverConfig(dim=64, layers=2, heads=1, dropout=0.3, max_len=30, lr=0.002, batch_size=256,
+                            epochs=cfg.retriever_epochs, patience=3),
+            RankerConfig(train_candidates=100, eval_candidates=200, batch_size=64, epochs=cfg.ranker_epochs,
+                         patience=2))
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps([asdict(p) if hasattr(p, "__dataclass_fields__") else p for p in parts],
+                                     sort_keys=True).encode()).hexdigest()[:10]
+
+
+def train_models(cfg: DemoConfig, data: str) -> tuple[str, dict]:
+    """Train (or reuse, when the same configuration was trained before) retriever and ranker."""
+    from training.modeldir import read_model_json
+    from training.train_ranker import RankerJob, train_ranker
+    from training.train_retriever import RetrieverJob, train_retriever
+
+    r_cfg, k_cfg = _models(cfg)
+    name = "smoke" if cfg.smoke else cfg.dataset
+    models = Path(cfg.workdir) / "models"
+    retriever = str(models / f"demo-{name}-retriever-{_key(data, r_cfg)}")
+    ranker = str(models / f"demo-{name}-ranker-{_key(data, r_cfg, k_cfg)}")
+    runs = str(Path(cfg.workdir) / "ray-results")
+    if (Path(retriever) / "model.json").exists():
+        print(f"[demo] retriever: reusing {retriever} (same data and configuration)", flush=True)
+    else:
+        print(f"[demo] training the retriever ({r_cfg.epochs} epochs, {cfg.workers} Ray Train workers)", flush=True)
+        train_retriever(RetrieverJob(data=data, out=retriever, model=r_cfg, workers=cfg.workers, storage=runs,
+                                     cache_dir=str(Path(cfg.workdir) / "cache"),
+                                     valid_users=0 if cfg.smoke else 3000))
+    if (Path(ranker) / "model.json").exists():
+        print(f"[demo] ranker: reusing {ranker}", flush=True)
+    else:
+        print(f"[demo] training the ranker ({k_cfg.epochs} epochs)", flush=True)
+        train_ranker(RankerJob(data=data, retriever=retriever, out=ranker, model=k_cfg, workers=cfg.workers,
+                               storage=runs))
+    doc = read_model_json(ranker)
+    return ranker, {"ranker": doc["metrics"], "retriever": doc["retriever_only"]}
+
+
+def _http(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _wait_ready(url: str, timeout: float = 300) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            status, body = _http("GET", url + "/readyz")
+            if status == 200:
+                return body
+        except OSError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{url}: not ready after {timeout:.0f}s")
+
+
+def ask(url: str, data: str) -> list[dict]:
+    """A few real requests against the running app; prints each and returns them."""
+    from training.data.dataset import load_dataset
+
+    ds = load_dataset(data)
+    users = ds.users["external_id"].to_pylist()
+    rows = ds.items.to_pylist()
+    done = []
+
+    def show(title: str, status: int, body: dict, items_key: str = "items") -> None:
+        done.append({"request": title, "status": status})
+        print(f"\n[demo] {title} -> HTTP {status}")
+        for it in body.get(items_key, [])[:5]:
+            why = it.get("reason", {}).get("because_you_saw")
+            extra = f"  score {it['score']:+.3f}  p={it['propensity']:.2f}" if "score" in it else ""
+            print(f"    {it['item_id']:<14} {str(it.get('title') or '')[:48]:<48}{extra}"
+                  + (f"  because you saw {why}" if why else ""))
+        if items_key not in body:
+            print(f"    {json.dumps(body)[:200]}")
+
+    status, rec = _http("POST", url + "/recommend", {"user_id": users[0], "k": 5, "context": {"device": "web"}})
+    show(f"POST /recommend known user {users[0]} (model {rec.get('model_version')}, policy "
+         f"{rec.get('policy_version')})", status, rec)
+    if status == 200 and rec["items"]:
+        status, fb = _http("POST", url + "/feedback", {"request_id": rec["request_id"],
+                                                       "item_id": rec["items"][0]["item_id"], "event": "click"})
+        show(f"POST /feedback click on {rec['items'][0]['item_id']}", status, fb)
+    session = [r["external_id"] for r in rows[:3]]
+    status, anon = _http("POST", url + "/recommend", {"history": session, "k": 5})
+    show(f"POST /recommend anonymous session {session}", status, anon)
+    twin = rows[1]
+    new = {"item_id": "demo-new-item", "title": f"NEW: {twin['title'] or 'item'}", "category": twin["category"],
+           "brand": twin["brand"], "attributes": twin["attributes"] or [], "price": twin["price"]}
+    status, added = _http("POST", url + "/items", new)
+    if status == 409:  # kept from an earlier --keep-serving run of the same work directory
+        status, added = 201, {"item_id": new["item_id"], "status": "already added"}
+    show(f"POST /items a new item with the content of {twin['external_id']}", status, added)
+    status, sim = _http("GET", url + "/items/demo-new-item/similar?k=5")
+    show("GET /items/demo-new-item/similar (its vector comes from its content)", status, sim, "similar")
+    status, bad = _http("POST", url + "/recommend", {"k": 0})
+    show("POST /recommend with k=0 (bad input)", status, bad)
+    return done
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    from training.data.cli import prepare
+    from training.demo import DemoConfig as DataConfig
+    from training.demo import format_table, prepare_cached
+    from training.evaluation.run import run_baseline, write_json
+    from training.ray_env import init_ray
+
+    start = time.time()
+    stages: dict[str, float] = {}
+    if cfg.smoke:
+        data = str(Path(cfg.workdir) / "data" / "smoke-shop")
+        if not (Path(data) / "dataset.json").exists():
+            prepare("synthetic", None, data, num_users=300, num_items=200, num_events=12_000, images=False)
+    else:
+        data = prepare_cached(cfg.dataset, DataConfig(workdir=cfg.workdir, shared=cfg.shared))
+    stages["prepare"] = time.time() - start
+    t = time.time()
+    rows = []
+    for model in ("pop", "itemknn"):
+        rows.append({"dataset": "smoke-shop" if cfg.smoke else cfg.dataset, "scheme": "loo", "model": model,
+                     **run_baseline(data, model, "loo", "test")})
+    print(format_table(rows), flush=True)
+    stages["baselines"] = time.time() - t
+    t = time.time()
+    init_ray()
+    ranker, metrics = train_models(cfg, data)
+    stages["train"] = time.time() - t
+    t = time.time()
+    from ray import serve
+
+    from serving.app import build_app
+    from training.data.feedback import read_feedback
+
+    work = Path(cfg.workdir) / ("serve-smoke" if cfg.smoke else "serve")
+    args = {"model_dir": ranker, "data_dir": data, "feedback_root": str(work / "feedback"),
+            "wal_dir": str(work / "wal"), "policy_state": str(work / "policy.npz"), "items_root": str(work / "items")}
+    url = f"http://{cfg.host}:{cfg.port}"
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    try:
+        serve.run(build_app(args), name="raycart", route_prefix="/")
+        ready = _wait_ready(url)
+        stages["serve start"] = time.time() - t
+        print(f"\n[demo] serving {ranker} on {url} ({ready['items']:,} items)", flush=True)
+        t = time.time()
+        answered = ask(url, data)
+        stages["requests"] = time.time() - t
+        if cfg.keep_serving:
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            print(f"\n[demo] --keep-serving: up on {url} until Ctrl-C / SIGTERM "
+                  f"(try: curl -s {url}/recommend -H 'content-type: application/json' -d '{{\"k\": 3}}')", flush=True)
+            stop.wait()
+    finally:
+        print("\n[demo] shutting down: flushing the feedback log, checkpointing the policy", flush=True)
+        serve.delete("raycart")
+        serve.shutdown()
+    impressions = read_feedback(args["feedback_root"], "impressions").num_rows
+    events = read_feedback(args["feedback_root"], "events").num_rows
+    summary = {"dataset": "smoke-shop" if cfg.smoke else cfg.dataset, "model_dir": ranker,
+               "baselines": {r["model"]: {"NDCG@10": r["NDCG@10"], "HR@10": r["HR@10"]} for r in rows},
+               "retriever": {k: metrics["retriever"][k] for k in ("NDCG@10", "HR@10")},
+               "ranker (two-stage)": {k: metrics["ranker"][k] for k in ("NDCG@10", "HR@10")},
+               "requests": answered, "feedback_log": {"impressions": impressions, "events": events},
+               "seconds": {k: round(v, 1) for k, v in stages.items()}, "total_seconds": round(time.time() - start, 1)}
+    out = Path(cfg.workdir) / ("demo-smoke.json" if cfg.smoke else "demo-summary.json")
+    write_json(summary, str(out))
+    print("\n[demo] summary")
+    for name, m in [*summary["baselines"].items(), ("retriever", summary["retriever"]),
+                    ("ranker (two-stage)", summary["ranker (two-stage)"])]:
+        print(f"    {name:<20} NDCG@10 {m['NDCG@10']:.4f}  HR@10 {m['HR@10']:.4f}   (test, leave-one-out)")
+    ok = sum(1 for r in answered if r["status"] < 300)
+    print(f"    requests: {ok} answered, {len(answered) - ok} refused as intended (bad input)")
+    print(f"    feedback log: {impressions} impressions, {events} events in {args['feedback_root']}")
+    print("    time: " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["seconds"].items())
+          + f"; total {summary['total_seconds']:.0f}s -> {out}")
+    return summary
+
+
+def _cmd(a: argparse.Namespace) -> int:
+    cfg = DemoConfig.tiny(a.workdir) if a.smoke else DemoConfig(workdir=a.workdir, shared=a.shared,
+                                                                  dataset=a.dataset)
+    from dataclasses import replace
+
+    run_demo(replace(cfg, port=a.port, keep_serving=a.keep_serving))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from training.demo import DATASETS
+
+    p = sub.add_parser("demo", help="the main job: real data -> baselines -> train -> serve -> requests",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", default="raycart-work", help="where data, models and logs go")
+    p.add_argument("--shared", help="the shared data folder (default: RAYCART_SHARED or ../shared)")
+    p.add_argument("--dataset", default="beauty", choices=list(DATASETS))
+    p.add_argument("--port", type=int, default=8000, help="HTTP port on 127.0.0.1")
+    p.add_argument("--keep-serving", action="store_true", help="stay up until SIGINT/SIGTERM")
+    p.add_argument("--smoke", action="store_true", help="small synthetic shop, tiny models (~2 min)")
+    p.set_defaults(func=_cmd)

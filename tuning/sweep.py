@@ -1,0 +1,284 @@
+"""Ray Tune sweeps over the retriever or the ranker, with ASHA early stopping.
+
+Each trial is a function that builds the trial's ``TorchTrainer`` through the same
+``train_retriever`` / ``train_ranker`` that ``raycart train`` runs, and forwards every epoch's
+validation NDCG@10 to Tune with ``TuneReportCallback`` (Ray 2.60 refuses ``Tuner(TorchTrainer)``).
+ASHA stops the weak trials at its rungs; trials that run to the end export a model directory.
+The sweep then writes a table of all trials (CSV + Parquet), a plot of validation NDCG@10 against
+time for every trial, and copies the best trial's model directory to ``out`` -- which
+``raycart evaluate`` and ``raycart serve`` load directly.
+
+A sweep is resumable: rerunning the same job after the driver died restores it with
+``Tuner.restore`` (unfinished trials continue, and their Ray Train runs resume from their last
+checkpoint). Storage may be local or ``s3://``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from training import storage
+from training.errors import DataError
+from training.models.ranker_config import RankerConfig
+from training.models.retriever_config import RetrieverConfig
+from tuning.space import grid_size, read_space, to_tune
+
+METRIC = "valid_NDCG@10"
+CONFIGS = {"retriever": RetrieverConfig, "ranker": RankerConfig}
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    kind: str  # "retriever" | "ranker"
+    data: str
+    space: str  # YAML file (tuning/space.py)
+    out: str  # where the best trial's model directory goes
+    samples: int = 16
+    max_concurrent: int = 2
+    scheduler: str = "asha"  # "asha" | "fifo" (no early stopping: the baseline for compute saved)
+    search: str = "random"  # "random" | "optuna" (TPE, when optuna is installed)
+    storage: str = "raycart-work/tune"
+    name: str | None = None  # default: kind + a hash of the job
+    epochs: int = 8  # budget per trial (ASHA's max_t)
+    grace_period: int = 1
+    reduction_factor: int = 2
+    workers_per_trial: int = 1
+    retriever: str | None = None  # ranker sweeps: the retriever directory it reranks
+    scheme: str = "loo"
+    valid_users: int = 0  # retriever: validation sample per epoch (0 = all)
+    base: dict = field(default_factory=dict)  # fixed config values under the space
+    seed: int = 0
+
+    @classmethod
+    def tiny(cls, data: str, out: str, storage_dir: str, **kw) -> SweepJob:
+        """The smoke sweep: 4 trials of a tiny retriever, 4 epochs each (about a minute here)."""
+        space = str(Path(__file__).parent / "spaces" / "smoke.yaml")
+        return cls(**{"kind": "retriever", "data": data, "space": space, "out": out, "samples": 4, "epochs": 4,
+                      "reduction_factor": 3, "storage": storage_dir,
+                      "base": {**RetrieverConfig.tiny().to_dict(), "batch_size": 64}, **kw})
+
+    @property
+    def sweep_name(self) -> str:
+        if self.name:
+            return self.name
+        key = json.dumps({k: v for k, v in dataclasses.asdict(self).items() if k not in ("out", "storage", "name")},
+                         sort_keys=True) + Path(self.space).read_text()
+        return f"{self.kind}-sweep-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def check_job(job: SweepJob) -> tuple[dict, dict]:
+    """Validate before Ray starts; returns the space spec and the defaults."""
+    if job.kind not in CONFIGS:
+        raise DataError(f"kind: {job.kind!r} (choose retriever or ranker)")
+    if not storage.exists(storage.join(job.data, "dataset.json")):
+        raise DataError(f"--data: {job.data}: not a prepared Raycart dataset (no dataset.json)")
+    if job.kind == "ranker" and not (job.retriever and storage.exists(storage.join(job.retriever, "model.json"))):
+        raise DataError(f"--retriever: {job.retriever}: a ranker sweep needs a retriever model directory")
+    if job.scheduler not in ("asha", "fifo"):
+        raise DataError(f"--scheduler: {job.scheduler!r} (choose asha or fifo)")
+    if job.search not in ("random", "optuna"):
+        raise DataError(f"--search: {job.search!r} (choose random or optuna)")
+    if job.search == "optuna":
+        try:
+            import optuna  # noqa: F401
+        except ImportError as exc:
+            raise DataError("--search optuna: optuna is not installed (pip install optuna)") from exc
+    if job.samples < 1 or job.epochs < 1 or job.max_concurrent < 1:
+        raise DataError("--samples, --epochs and --max-concurrent must be at least 1")
+    spec, defaults = read_space(job.space, CONFIGS[job.kind])
+    fields = {f.name for f in dataclasses.fields(CONFIGS[job.kind])}
+    bad = [k for k in job.base if k not in fields]
+    if bad:
+        raise DataError(f"base config: unknown {CONFIGS[job.kind].__name__} field(s) {bad}")
+    return spec, defaults
+
+
+def _trial(config: dict, job: SweepJob) -> None:
+    """One trial: train with this config, reporting each epoch to Tune; export the model."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    name = job.sweep_name
+    # the sweep's scheduler does the early stopping (patience = the whole budget)
+    model = CONFIGS[job.kind](**{**job.base, **config, "epochs": job.epochs, "patience": job.epochs})
+    out = storage.join(job.storage, name, "models", trial_id)
+    common = {"data": job.data, "out": out, "model": model, "scheme": job.scheme, "workers": job.workers_per_trial,
+              "storage": storage.join(job.storage, name, "train"), "name": f"{name}-{trial_id}", "overwrite": True}
+    if job.kind == "retriever":
+        from training.train_retriever import RetrieverJob, train_retriever
+
+        train_retriever(RetrieverJob(**common, valid_users=job.valid_users,
+                                     cache_dir=storage.join(job.storage, "cache")), callbacks=[TuneReportCallback()])
+    else:
+        from training.train_ranker import RankerJob, train_ranker
+
+        train_ranker(RankerJob(**common, retriever=job.retriever), callbacks=[TuneReportCallback()])
+
+
+def _tuner(job: SweepJob, spec: dict, defaults: dict):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    trainable = tune.with_resources(tune.with_parameters(_trial, job=job), {"cpu": 0})
+    fs, path = storage.resolve(job.storage)
+    exp_uri = storage.join(job.storage, job.sweep_name)
+    fs_arg = fs if storage.is_s3(job.storage) else None
+    if storage.exists(storage.join(exp_uri, "tuner.pkl")):
+        print(f"[tune] resuming sweep '{job.sweep_name}' from {exp_uri} (Tuner.restore)", flush=True)
+        return tune.Tuner.restore(f"{path}/{job.sweep_name}", trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True, storage_filesystem=fs_arg)
+    points = [defaults] if defaults else None
+    if job.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search = OptunaSearch(points_to_evaluate=points, seed=job.seed)
+    else:
+        search = BasicVariantGenerator(points_to_evaluate=points, random_state=job.seed)
+    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=job.epochs, grace_period=job.grace_period,
+                               reduction_factor=job.reduction_factor) if job.scheduler == "asha" else FIFOScheduler())
+    return tune.Tuner(
+        trainable, param_space=to_tune(spec),
+        tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=job.samples, search_alg=search,
+                                    scheduler=scheduler, max_concurrent_trials=job.max_concurrent),
+        run_config=tune.RunConfig(name=job.sweep_name, storage_path=path, storage_filesystem=fs_arg,
+                                  failure_config=tune.FailureConfig(max_failures=1), verbose=1))
+
+
+def run_sweep(job: SweepJob) -> dict:
+    """Run (or resume) the sweep; write the trials table and plot; export the best model."""
+    spec, defaults = check_job(job)
+    from training.ray_env import init_ray
+
+    init_ray()
+    start = time.time()
+    print(f"[tune] {job.kind} sweep '{job.sweep_name}': {job.samples} trials x <= {job.epochs} epochs, "
+          f"{job.max_concurrent} at a time, scheduler {job.scheduler}, search {job.search}", flush=True)
+    grid = _tuner(job, spec, defaults).fit()
+    rows, curves = _trials(job, grid, spec, defaults)
+    if not rows:
+        raise RuntimeError("the sweep produced no trial results")
+    finished = [r for r in rows if r["model_dir"]]
+    if not finished:
+        raise RuntimeError("no trial ran to the end, so there is no model to export")
+    best = max(finished, key=lambda r: r["best_valid_NDCG@10"])
+    _export(best["model_dir"], job.out)
+    run = sum(r["epochs"] for r in rows)
+    full = len(rows) * job.epochs
+    grid_points = grid_size(spec)
+    default_row = next((r for r in rows if r["hand_set"]), None)
+    summary = {
+        "sweep": job.sweep_name, "kind": job.kind, "data": job.data, "trials": len(rows),
+        "stopped_early": sum(1 for r in rows if r["stopped_early"]), "trial_epochs_run": run,
+        "trial_epochs_without_asha": full, "compute_saved": 1 - run / full,
+        "full_grid_trial_epochs": grid_points * job.epochs if grid_points else None,
+        "best": {k: best[k] for k in ("trial_id", "best_valid_NDCG@10", "test_NDCG@10", "test_HR@10", "config")},
+        "hand_set": ({k: default_row[k] for k in ("trial_id", "best_valid_NDCG@10", "test_NDCG@10", "epochs")}
+                     if default_row else None),
+        "exported": job.out, "seconds": round(time.time() - start, 1)}
+    exp = storage.join(job.storage, job.sweep_name)
+    _write_outputs(exp, rows, curves, summary)
+    _print(rows, summary)
+    return summary
+
+
+def _trials(job: SweepJob, grid, spec: dict, defaults: dict) -> tuple[list[dict], dict]:
+    from training.modeldir import read_model_json
+
+    rows, curves = [], {}
+    keys = list(spec)
+    for result in grid:
+        df = result.metrics_dataframe
+        if df is None or METRIC not in df:
+            continue
+        trial_id = str(df["trial_id"].iloc[-1])
+        model_dir = storage.join(job.storage, job.sweep_name, "models", trial_id)
+        done = storage.exists(storage.join(model_dir, "model.json"))
+        test = read_model_json(model_dir).get("metrics", {}) if done else {}
+        cfg = {k: result.config.get(k) for k in keys}
+        epochs = int(df["training_iteration"].max())
+        rows.append({"trial_id": trial_id, **{f"config/{k}": v for k, v in cfg.items()}, "config": cfg,
+                     "epochs": epochs, "stopped_early": epochs < job.epochs and not done,
+                     "best_valid_NDCG@10": float(df[METRIC].max()), "last_valid_NDCG@10": float(df[METRIC].iloc[-1]),
+                     "test_NDCG@10": test.get("NDCG@10"), "test_HR@10": test.get("HR@10"),
+                     "hand_set": bool(defaults) and all(cfg.get(k) == v for k, v in defaults.items() if k in cfg),
+                     "error": str(result.error)[:200] if result.error else None,
+                     "model_dir": model_dir if done else None})
+        curves[trial_id] = {"t": df["timestamp"].astype(float).tolist(), METRIC: df[METRIC].astype(float).tolist()}
+    return rows, curves
+
+
+def _export(src: str, dest: str) -> None:
+    import pyarrow.fs as pafs
+
+    sfs, spath = storage.resolve(src)
+    dfs, dpath = storage.resolve(dest)
+    if not storage.is_s3(dest):
+        import shutil
+
+        shutil.rmtree(dpath, ignore_errors=True)
+    pafs.copy_files(spath, dpath, source_filesystem=sfs, destination_filesystem=dfs)
+
+
+def _write_outputs(exp: str, rows: list[dict], curves: dict, summary: dict) -> None:
+    import tempfile
+
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = pd.DataFrame([{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()} for r in rows])
+    t0 = min(min(c["t"]) for c in curves.values())
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in sorted(rows, key=lambda r: -r["best_valid_NDCG@10"]):
+        c = curves[r["trial_id"]]
+        style = "-" if r["model_dir"] else ":"
+        ax.plot(np.array(c["t"]) - t0, c[METRIC], style, marker=".", linewidth=2.5 if r["hand_set"] else 1.2,
+                label=f"{r['trial_id'][-5:]}{' (hand-set)' if r['hand_set'] else ''}"
+                      f"{' stopped' if r['stopped_early'] else ''}")
+    ax.set_xlabel("seconds since the sweep started")
+    ax.set_ylabel("validation NDCG@10")
+    ax.set_title(f"{summary['sweep']}: {summary['trials']} trials, {summary['stopped_early']} stopped by ASHA "
+                 f"(dotted)", fontsize=10)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fs, path = storage.resolve(exp)
+    with tempfile.TemporaryDirectory() as d:
+        table.to_csv(Path(d) / "trials.csv", index=False)
+        table.to_parquet(Path(d) / "trials.parquet", index=False)
+        fig.savefig(Path(d) / "trials.png", dpi=120)
+        (Path(d) / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        for f in Path(d).iterdir():
+            with open(f, "rb") as src, fs.open_output_stream(f"{path}/{f.name}") as out:
+                out.write(src.read())
+    plt.close(fig)
+    print(f"[tune] wrote {exp}/trials.csv, trials.parquet, trials.png, summary.json", flush=True)
+
+
+def _print(rows: list[dict], summary: dict) -> None:
+    keys = list(rows[0]["config"])
+    print("\n| trial | " + " | ".join(keys) + " | epochs | best valid NDCG@10 | test NDCG@10 |")
+    print("|---|" + "---|" * len(keys) + "---:|---:|---:|")
+    for r in sorted(rows, key=lambda r: -r["best_valid_NDCG@10"]):
+        cfg = " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r["config"].values())
+        test = f"{r['test_NDCG@10']:.4f}" if r["test_NDCG@10"] is not None else "stopped"
+        tag = " (hand-set)" if r["hand_set"] else ""
+        print(f"| {r['trial_id'][-5:]}{tag} | {cfg} | {r['epochs']} | {r['best_valid_NDCG@10']:.4f} | {test} |")
+    b = summary["best"]
+    print(f"\n[tune] best trial {b['trial_id']}: valid NDCG@10 {b['best_valid_NDCG@10']:.4f}, test NDCG@10 "
+          f"{b['test_NDCG@10']:.4f} -> exported to {summary['exported']}")
+    if summary["hand_set"] and summary["hand_set"]["test_NDCG@10"] is not None:
+        print(f"[tune] hand-set defaults, same budget: test NDCG@10 {summary['hand_set']['test_NDCG@10']:.4f}")
+    print(f"[tune] ASHA stopped {summary['stopped_early']}/{summary['trials']} trials: {summary['trial_epochs_run']} "
+          f"trial-epochs run vs {summary['trial_epochs_without_asha']} without it "
+          f"({summary['compute_saved']:.0%} saved); {summary['seconds']:.0f}s in all")
