@@ -120,6 +120,14 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, *, name: str, sto
         return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
 
 
+def load_checkpoint_state(uri: str) -> dict:
+    """The saved state (``state.pt``) of a checkpoint directory, local or ``s3://``."""
+    import io
+
+    return torch.load(io.BytesIO(storage.read_bytes(storage.join(uri, "state.pt"))), map_location="cpu",
+                      weights_only=False)
+
+
 def plot_learning_curve(history: list[dict], path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")

@@ -19,7 +19,10 @@ def loopback_before_import() -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
-def init_ray(num_cpus: int | None = None, num_gpus: int | None = None):
+def init_ray(num_cpus: int | None = None, num_gpus: int | None = None, dashboard: bool = False):
+    """``dashboard``: start the dashboard (on 127.0.0.1) -- Ray's State API needs it, and Ray
+    Train's placement-group cleaner uses that API to free the workers of a Tune trial that ASHA
+    stopped; without it those CPUs stay reserved and the next trials never start."""
     imported_before = "ray" in sys.modules and "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
     loopback_before_import()
     import ray
@@ -33,6 +36,6 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None):
             raise RaycartError("Ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set, so a "
                                "local Ray would listen on every interface; call "
                                "training.ray_env.loopback_before_import() first (the raycart CLI does)")
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  _node_ip_address="127.0.0.1", configure_logging=False)
     return ray

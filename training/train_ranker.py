@@ -308,6 +308,15 @@ def train_ranker(job: RankerJob, callbacks: list | None = None) -> dict:
                 name=name, storage_path=job.storage, workers=job.workers, use_gpu=job.use_gpu,
                 max_failures=job.max_failures,
                 datasets={"train": ray.data.from_numpy(np.arange(n))}, callbacks=callbacks)
+    return export_ranker(job, ex, saved, start)
+
+
+def export_ranker(job: RankerJob, ex: dict | None, saved: dict, start: float | None = None) -> dict:
+    """Evaluate the best state of a run (``saved``: a checkpoint's ``state.pt``) as a two-stage
+    pipeline and write the model directory ``job.out``; ``ex`` from :func:`prepare_examples`
+    (recomputed when None)."""
+    start = time.time() if start is None else start
+    ex = ex if ex is not None else prepare_examples(job)
     ranker = Ranker(job.model, ex["feats"], **_tuned_modules(job, ex["tuning"]))
     ranker.load_state_dict(saved["best_model"])
     if ranker.tuned is not None or ranker.tuned_image is not None:

@@ -197,6 +197,15 @@ def train_retriever(job: RetrieverJob, callbacks: list | None = None) -> dict:
                 name=name, storage_path=job.storage, workers=job.workers, use_gpu=job.use_gpu,
                 max_failures=job.max_failures,
                 datasets={"train": ray.data.from_numpy(arrays)}, callbacks=callbacks)
+    return export_retriever(job, (ds, valid, test, feats, arrays, log_q), saved, start)
+
+
+def export_retriever(job: RetrieverJob, inputs: tuple | None, saved: dict, start: float | None = None) -> dict:
+    """Evaluate the best state of a run (``saved``: a checkpoint's ``state.pt``) on the test split
+    and write the model directory ``job.out``; ``inputs`` from :func:`prepare_inputs` (recomputed
+    when None, e.g. exporting a Tune trial's checkpoint in the sweep driver)."""
+    start = time.time() if start is None else start
+    ds, valid, test, feats, arrays, log_q = inputs if inputs is not None else prepare_inputs(job)
     model = TwoTower(job.model, feats)
     model.load_state_dict(saved["best_model"])
     # test: the validation target is history now; items seen up to it get their id vectors

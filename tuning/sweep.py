@@ -100,27 +100,39 @@ def check_job(job: SweepJob) -> tuple[dict, dict]:
     return spec, defaults
 
 
-def _trial(config: dict, job: SweepJob) -> None:
-    """One trial: train with this config, reporting each epoch to Tune; export the model."""
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    trial_id = tune.get_context().get_trial_id()
+def _trial_job(job: SweepJob, config: dict, trial_id: str):
+    """The training job of one trial (the same in the trial and when the driver exports it)."""
     name = job.sweep_name
     # the sweep's scheduler does the early stopping (patience = the whole budget)
     model = CONFIGS[job.kind](**{**job.base, **config, "epochs": job.epochs, "patience": job.epochs})
-    out = storage.join(job.storage, name, "models", trial_id)
-    common = {"data": job.data, "out": out, "model": model, "scheme": job.scheme, "workers": job.workers_per_trial,
-              "storage": storage.join(job.storage, name, "train"), "name": f"{name}-{trial_id}", "overwrite": True}
+    common = {"data": job.data, "out": storage.join(job.storage, name, "models", trial_id), "model": model,
+              "scheme": job.scheme, "workers": job.workers_per_trial, "storage": storage.join(job.storage, name, "train"),
+              "name": f"{name}-{trial_id}", "overwrite": True}
     if job.kind == "retriever":
-        from training.train_retriever import RetrieverJob, train_retriever
+        from training.train_retriever import RetrieverJob
 
-        train_retriever(RetrieverJob(**common, valid_users=job.valid_users,
-                                     cache_dir=storage.join(job.storage, "cache")), callbacks=[TuneReportCallback()])
+        return RetrieverJob(**common, valid_users=job.valid_users, cache_dir=storage.join(job.storage, "cache"))
+    from training.train_ranker import RankerJob
+
+    return RankerJob(**common, retriever=job.retriever)
+
+
+def _trial(config: dict, job: SweepJob) -> None:
+    """One trial: train with this config, reporting each epoch to Tune; a trial that runs to the
+    end exports its model (ASHA may stop it at its last report: the driver then exports it from
+    its checkpoint, see :func:`_export_best`)."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    tjob = _trial_job(job, config, tune.get_context().get_trial_id())
+    if job.kind == "retriever":
+        from training.train_retriever import train_retriever
+
+        train_retriever(tjob, callbacks=[TuneReportCallback()])
     else:
-        from training.train_ranker import RankerJob, train_ranker
+        from training.train_ranker import train_ranker
 
-        train_ranker(RankerJob(**common, retriever=job.retriever), callbacks=[TuneReportCallback()])
+        train_ranker(tjob, callbacks=[TuneReportCallback()])
 
 
 def _tuner(job: SweepJob, spec: dict, defaults: dict):
@@ -128,7 +140,9 @@ def _tuner(job: SweepJob, spec: dict, defaults: dict):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    trainable = tune.with_resources(tune.with_parameters(_trial, job=job), {"cpu": 0})
+    # the trial function only waits on its TorchTrainer, whose workers hold the CPUs: it asks for no CPU
+    # (a request must not be empty, hence the token memory)
+    trainable = tune.with_resources(tune.with_parameters(_trial, job=job), {"cpu": 0, "memory": 1})
     fs, path = storage.resolve(job.storage)
     exp_uri = storage.join(job.storage, job.sweep_name)
     fs_arg = fs if storage.is_s3(job.storage) else None
@@ -140,15 +154,20 @@ def _tuner(job: SweepJob, spec: dict, defaults: dict):
     if job.search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        search = OptunaSearch(points_to_evaluate=points, seed=job.seed)
+        from ray.tune.search import ConcurrencyLimiter
+
+        search = ConcurrencyLimiter(OptunaSearch(points_to_evaluate=points, seed=job.seed),
+                                    max_concurrent=job.max_concurrent)
     else:
-        search = BasicVariantGenerator(points_to_evaluate=points, random_state=job.seed)
+        # (the generator limits concurrency itself: Tune ignores max_concurrent_trials with it)
+        search = BasicVariantGenerator(points_to_evaluate=points, random_state=job.seed,
+                                       max_concurrent=job.max_concurrent)
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=job.epochs, grace_period=job.grace_period,
                                reduction_factor=job.reduction_factor) if job.scheduler == "asha" else FIFOScheduler())
     return tune.Tuner(
         trainable, param_space=to_tune(spec),
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=job.samples, search_alg=search,
-                                    scheduler=scheduler, max_concurrent_trials=job.max_concurrent),
+                                    scheduler=scheduler),
         run_config=tune.RunConfig(name=job.sweep_name, storage_path=path, storage_filesystem=fs_arg,
                                   failure_config=tune.FailureConfig(max_failures=1), verbose=1))
 
@@ -158,7 +177,7 @@ def run_sweep(job: SweepJob) -> dict:
     spec, defaults = check_job(job)
     from training.ray_env import init_ray
 
-    init_ray()
+    init_ray(dashboard=True)  # see init_ray: ASHA-stopped trials release their workers
     start = time.time()
     print(f"[tune] {job.kind} sweep '{job.sweep_name}': {job.samples} trials x <= {job.epochs} epochs, "
           f"{job.max_concurrent} at a time, scheduler {job.scheduler}, search {job.search}", flush=True)
@@ -166,11 +185,8 @@ def run_sweep(job: SweepJob) -> dict:
     rows, curves = _trials(job, grid, spec, defaults)
     if not rows:
         raise RuntimeError("the sweep produced no trial results")
-    finished = [r for r in rows if r["model_dir"]]
-    if not finished:
-        raise RuntimeError("no trial ran to the end, so there is no model to export")
-    best = max(finished, key=lambda r: r["best_valid_NDCG@10"])
-    _export(best["model_dir"], job.out)
+    best = max(rows, key=lambda r: r["best_valid_NDCG@10"])
+    _export_best(job, best)
     run = sum(r["epochs"] for r in rows)
     full = len(rows) * job.epochs
     grid_points = grid_size(spec)
@@ -206,25 +222,53 @@ def _trials(job: SweepJob, grid, spec: dict, defaults: dict) -> tuple[list[dict]
         cfg = {k: result.config.get(k) for k in keys}
         epochs = int(df["training_iteration"].max())
         rows.append({"trial_id": trial_id, **{f"config/{k}": v for k, v in cfg.items()}, "config": cfg,
-                     "epochs": epochs, "stopped_early": epochs < job.epochs and not done,
+                     "epochs": epochs, "stopped_early": epochs < job.epochs,
                      "best_valid_NDCG@10": float(df[METRIC].max()), "last_valid_NDCG@10": float(df[METRIC].iloc[-1]),
                      "test_NDCG@10": test.get("NDCG@10"), "test_HR@10": test.get("HR@10"),
                      "hand_set": bool(defaults) and all(cfg.get(k) == v for k, v in defaults.items() if k in cfg),
                      "error": str(result.error)[:200] if result.error else None,
                      "model_dir": model_dir if done else None})
+        if "checkpoint_path" in df:
+            ckpt = df["checkpoint_path"].dropna()
+            rows[-1]["checkpoint"] = str(ckpt.iloc[-1]) if len(ckpt) else None
         curves[trial_id] = {"t": df["timestamp"].astype(float).tolist(), METRIC: df[METRIC].astype(float).tolist()}
     return rows, curves
 
 
-def _export(src: str, dest: str) -> None:
+def _export_best(job: SweepJob, best: dict) -> None:
+    """Put the best trial's model directory at ``job.out``: a copy of the one it exported, or --
+    when ASHA stopped it at its last report, before it could export -- made from its last
+    checkpoint (which holds its best state) with the same export code as ``raycart train``."""
     import pyarrow.fs as pafs
 
-    sfs, spath = storage.resolve(src)
-    dfs, dpath = storage.resolve(dest)
-    if not storage.is_s3(dest):
-        import shutil
+    from training.loop import load_checkpoint_state
+    from training.modeldir import read_model_json
 
-        shutil.rmtree(dpath, ignore_errors=True)
+    if best["model_dir"] is None:
+        if not best.get("checkpoint"):
+            raise RuntimeError(f"trial {best['trial_id']}: no checkpoint to export")
+        ckpt = best["checkpoint"]
+        if storage.is_s3(job.storage) and not storage.is_s3(ckpt):
+            ckpt = "s3://" + ckpt.lstrip("/")
+        tjob = _trial_job(job, best["config"], best["trial_id"])
+        print(f"[tune] exporting trial {best['trial_id']} from its checkpoint {ckpt}", flush=True)
+        state = load_checkpoint_state(ckpt)
+        if job.kind == "retriever":
+            from training.train_retriever import export_retriever
+
+            export_retriever(tjob, None, state)
+        else:
+            from training.train_ranker import export_ranker
+
+            export_ranker(tjob, None, state)
+        best["model_dir"] = tjob.out
+        metrics = read_model_json(tjob.out)["metrics"]
+        best["test_NDCG@10"], best["test_HR@10"] = metrics["NDCG@10"], metrics["HR@10"]
+    sfs, spath = storage.resolve(best["model_dir"])
+    dfs, dpath = storage.resolve(job.out)
+    if storage.exists(job.out):
+        dfs.delete_dir(dpath)
+    dfs.create_dir(dpath, recursive=True)
     pafs.copy_files(spath, dpath, source_filesystem=sfs, destination_filesystem=dfs)
 
 
