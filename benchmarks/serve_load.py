@@ -204,7 +204,8 @@ def main() -> None:
         for r in rows:
             ratio = r["p50_ms"] / base_rows[r["concurrency"]]["p50_ms"]
             r["p50_vs_plain"] = ratio
-            print(f"| {name} | {r['concurrency']} | {r['throughput_rps']:.1f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
+            print(f"| {name} | {r['concurrency']} | {r['throughput_rps']:.1f} | {r['p50_ms']:.1f} | "
+                  f"{r['p95_ms']:.1f} | "
                   f"{r['p99_ms']:.1f} | {r['errors']} | {ratio:.2f}x |")
     peak = {n: max(r["throughput_rps"] for r in rows) for n, rows in results.items()}
     print("peak throughput: " + ", ".join(f"{n} {v:.1f} req/s" for n, v in peak.items()))
@@ -249,7 +250,8 @@ def plot(doc: dict, curve: Path, scaling: Path) -> None:
     for ph in doc["step"]:
         ax.axvspan(ph["start_s"], ph["start_s"] + ph["seconds"], alpha=0.08 * (1 + ph["concurrency"] / 16),
                    color="grey")
-        ax.text(ph["start_s"] + 1, 0.2, f"{ph['concurrency']} clients", fontsize=8)
+        ax.text(ph["start_s"] + 1, 0.95, f"{ph['concurrency']} clients", fontsize=8,
+                transform=ax.get_xaxis_transform())
     ax.set_xlabel("seconds")
     ax.set_ylabel("running replicas")
     ax.set_title("Autoscaling under a load step")

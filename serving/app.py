@@ -5,8 +5,8 @@ Deployments are composed by passing ``DeploymentHandle``s (Ray 2.60 has no DAGDr
 cluster/serve.yaml`` and for ``raycart serve``.
 
 Endpoints: ``POST /recommend``, ``POST /feedback``, ``POST /items`` (a new item, recommendable at
-once), ``GET /items/{id}/similar``, ``GET /healthz`` (live), ``GET /readyz`` (models loaded). Every impression and feedback event is appended to the
-durable feedback log (:mod:`serving.feedback_log`) **before** the response acknowledges it.
+once), ``GET /items/{id}/similar``, ``GET /healthz`` (live), ``GET /readyz`` (models loaded).
+Every impression and feedback event is appended to the durable feedback log (:mod:`serving.feedback_log`) **before** the response acknowledges it.
 """
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from pathlib import Path
 
 
 def serve_app(args: argparse.Namespace) -> int:
+    from training import storage
     from training.errors import DataError
     from training.modeldir import read_model_json
     from training.ray_env import init_ray
@@ -22,8 +24,12 @@ def serve_app(args: argparse.Namespace) -> int:
     from serving.app import build_app
     from serving.schemas import AppArgs
 
-    app_args = AppArgs(model_dir=args.models, data_dir=args.data, feedback_root=args.feedback,
-                       wal_dir=args.wal_dir, policy_state=args.policy_state)
+    def absolute(uri: str) -> str:  # Serve replicas need not share this process's working directory
+        return uri if storage.is_s3(uri) else str(Path(uri).expanduser().absolute())
+
+    app_args = AppArgs(model_dir=absolute(args.models), data_dir=absolute(args.data),
+                       feedback_root=absolute(args.feedback), wal_dir=absolute(args.wal_dir),
+                       policy_state=absolute(args.policy_state), items_root=absolute(args.items_root))
 
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(build_app(app_args), name="raycart", route_prefix="/")
@@ -48,5 +54,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--feedback", default="raycart-work/feedback", help="feedback log root (local or s3://)")
     p.add_argument("--wal-dir", default="raycart-work/serve-wal", help="local write-ahead log folder")
+    p.add_argument("--items-root", default="raycart-work/new-items", help="items added at runtime (local or s3://)")
     p.add_argument("--policy-state", default="raycart-work/policy/state.npz", help="policy checkpoint (local or s3://)")
     p.set_defaults(func=serve_app)

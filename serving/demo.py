@@ -194,8 +194,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     from serving.app import build_app
     from training.data.feedback import read_feedback
 
-    work = Path(cfg.workdir) / ("serve-smoke" if cfg.smoke else "serve")
-    args = {"model_dir": ranker, "data_dir": data, "feedback_root": str(work / "feedback"),
+    # absolute: Serve replicas need not share this process's working directory
+    work = Path(cfg.workdir).absolute() / ("serve-smoke" if cfg.smoke else "serve")
+    args = {"model_dir": str(Path(ranker).absolute()), "data_dir": str(Path(data).absolute()),
+            "feedback_root": str(work / "feedback"),
             "wal_dir": str(work / "wal"), "policy_state": str(work / "policy.npz"), "items_root": str(work / "items")}
     url = f"http://{cfg.host}:{cfg.port}"
     serve.start(http_options={"host": cfg.host, "port": cfg.port})

@@ -8,8 +8,8 @@ pending lines into Parquet part files under ``root`` (local or S3; see
 segment. A writer that starts finds the segments a crashed predecessor left in its WAL folder
 and publishes them first (``recover``), so a kill at any point loses nothing that was
 acknowledged -- also when the replacement replica has another name: folders whose writer is
-dead (its lock is free) are recovered too; a crash between a part's upload and the segment's removal can publish a record
-twice, so readers de-duplicate on the record id (at-least-once).
+dead (its lock is free) are recovered too; a crash between a part's upload and the segment's
+removal can publish a record twice, so readers de-duplicate on the record id (at-least-once).
 
 Plain Python (no Ray): the Serve deployment owns one per replica.
 """

@@ -106,7 +106,8 @@ def _trial_job(job: SweepJob, config: dict, trial_id: str):
     # the sweep's scheduler does the early stopping (patience = the whole budget)
     model = CONFIGS[job.kind](**{**job.base, **config, "epochs": job.epochs, "patience": job.epochs})
     common = {"data": job.data, "out": storage.join(job.storage, name, "models", trial_id), "model": model,
-              "scheme": job.scheme, "workers": job.workers_per_trial, "storage": storage.join(job.storage, name, "train"),
+              "scheme": job.scheme, "workers": job.workers_per_trial,
+              "storage": storage.join(job.storage, name, "train"),
               "name": f"{name}-{trial_id}", "overwrite": True}
     if job.kind == "retriever":
         from training.train_retriever import RetrieverJob
@@ -152,9 +153,8 @@ def _tuner(job: SweepJob, spec: dict, defaults: dict):
                                   resume_errored=True, storage_filesystem=fs_arg)
     points = [defaults] if defaults else None
     if job.search == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
         from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
 
         search = ConcurrencyLimiter(OptunaSearch(points_to_evaluate=points, seed=job.seed),
                                     max_concurrent=job.max_concurrent)
@@ -172,8 +172,17 @@ def _tuner(job: SweepJob, spec: dict, defaults: dict):
                                   failure_config=tune.FailureConfig(max_failures=1), verbose=1))
 
 
+def _absolute(uri: str | None) -> str | None:
+    if uri is None or storage.is_s3(uri):
+        return uri
+    return str(Path(uri).expanduser().absolute())
+
+
 def run_sweep(job: SweepJob) -> dict:
     """Run (or resume) the sweep; write the trials table and plot; export the best model."""
+    # trials run in their own working directories: local paths must not be relative
+    job = dataclasses.replace(job, data=_absolute(job.data), space=_absolute(job.space), out=_absolute(job.out),
+                              storage=_absolute(job.storage), retriever=_absolute(job.retriever))
     spec, defaults = check_job(job)
     from training.ray_env import init_ray
 
