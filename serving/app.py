@@ -6,7 +6,8 @@ cluster/serve.yaml`` and for ``raycart serve``.
 
 Endpoints: ``POST /recommend``, ``POST /feedback``, ``POST /items`` (a new item, recommendable at
 once), ``GET /items/{id}/similar``, ``GET /healthz`` (live), ``GET /readyz`` (models loaded).
-Every impression and feedback event is appended to the durable feedback log (:mod:`serving.feedback_log`) **before** the response acknowledges it.
+Every impression and feedback event is appended to the durable feedback log
+(:mod:`serving.feedback_log`) **before** the response acknowledges it.
 """
 
 
@@ -133,12 +134,14 @@ class Ingress:
             r = kept[s["index"]]
             out.append({"item_id": r["item_id"], "title": cat.titles[r["item"]], "position": s["position"],
                         "score": round(r["score"], 5), "propensity": round(s["propensity"], 6),
+                        "greedy": s["greedy"],
                         "reason": self._reason(r["reason"]),
                         **{k: r[k] for k in ("p_cart", "p_purchase") if k in r}})
         self.log.append_many("impressions", [
             {"request_id": request_id, "user_id": req.user_id, "context_hash": context_hash,
              "num_candidates": len(kept), "item_id": o["item_id"], "position": o["position"],
-             "propensity": o["propensity"], "score": o["score"], "model_version": model_version,
+             "propensity": o["propensity"], "greedy": o["greedy"], "score": o["score"],
+             "model_version": model_version,
              "policy_version": policy_version, "timestamp": now} for o in out])
         return {"request_id": request_id, "user_known": user is not None, "items": out,
                 "model_version": model_version, "policy_version": policy_version}

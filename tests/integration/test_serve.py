@@ -298,3 +298,10 @@ def test_feedback_log_holds_every_acknowledged_record_after_shutdown(app):
     impressions = read_feedback(app["args"]["feedback_root"], "impressions")
     assert set(acked) <= set(impressions["request_id"].to_pylist())
     assert impressions["propensity"].to_pylist() and min(impressions["propensity"].to_pylist()) > 0
+    # the log feeds off-policy evaluation: every impression carries the policy's greedy flag
+    from training.evaluation.ope import off_policy_value
+
+    assert None not in impressions["greedy"].to_pylist()
+    value = off_policy_value(impressions, events, bootstrap=0)
+    assert value["requests"] == len(set(impressions["request_id"].to_pylist())) and value["logged"]["value"] > 0
+    assert value["greedy"]["ips"] > 0  # exploration is off here: every slot is greedy, propensity 1

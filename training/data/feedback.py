@@ -22,6 +22,7 @@ IMPRESSIONS = pa.schema([
     pa.field("item_id", pa.string(), nullable=False),  # external item id
     pa.field("position", pa.int32(), nullable=False),
     pa.field("propensity", pa.float64(), nullable=False),
+    pa.field("greedy", pa.bool_()),  # the policy's exploit choice (else an exploration draw); null in old logs
     pa.field("score", pa.float64()),
     pa.field("model_version", pa.string(), nullable=False),
     pa.field("policy_version", pa.string(), nullable=False),
@@ -51,5 +52,13 @@ def read_feedback(root: str, table: str) -> pa.Table:
     files = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(path)) if f.path.endswith(".parquet"))
     if not files:
         return TABLES[table].empty_table()
-    parts = [pq.read_table(f, filesystem=fs).cast(TABLES[table]) for f in files]
+    parts = [_conform(pq.read_table(f, filesystem=fs), TABLES[table]) for f in files]
     return pa.concat_tables(parts)
+
+
+def _conform(part: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A part in the current schema: columns added since it was written are null."""
+    for f in schema:
+        if f.name not in part.column_names and f.nullable:
+            part = part.append_column(f.name, pa.nulls(part.num_rows, f.type))
+    return part.select(schema.names).cast(schema)
