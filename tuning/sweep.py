@@ -295,11 +295,11 @@ def _write_outputs(exp: str, rows: list[dict], curves: dict, summary: dict) -> N
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for r in sorted(rows, key=lambda r: -r["best_valid_NDCG@10"]):
         c = curves[r["trial_id"]]
-        style = "-" if r["model_dir"] else ":"
+        style = ":" if r["stopped_early"] else "-"
         ax.plot(np.array(c["t"]) - t0, c[METRIC], style, marker=".", linewidth=2.5 if r["hand_set"] else 1.2,
                 label=f"{r['trial_id'][-5:]}{' (hand-set)' if r['hand_set'] else ''}"
                       f"{' stopped' if r['stopped_early'] else ''}")
-    ax.set_xlabel("seconds since the sweep started")
+    ax.set_xlabel("seconds since the first report of the sweep")
     ax.set_ylabel("validation NDCG@10")
     ax.set_title(f"{summary['sweep']}: {summary['trials']} trials, {summary['stopped_early']} stopped by ASHA "
                  f"(dotted)", fontsize=10)
