@@ -303,7 +303,7 @@ def _write_outputs(exp: str, rows: list[dict], curves: dict, summary: dict) -> N
     ax.set_ylabel("validation NDCG@10")
     ax.set_title(f"{summary['sweep']}: {summary['trials']} trials, {summary['stopped_early']} stopped by ASHA "
                  f"(dotted)", fontsize=10)
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=6, ncol=2, loc="best", framealpha=0.6)
     fig.tight_layout()
     fs, path = storage.resolve(exp)
     with tempfile.TemporaryDirectory() as d:
@@ -324,7 +324,8 @@ def _print(rows: list[dict], summary: dict) -> None:
     print("|---|" + "---|" * len(keys) + "---:|---:|---:|")
     for r in sorted(rows, key=lambda r: -r["best_valid_NDCG@10"]):
         cfg = " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r["config"].values())
-        test = f"{r['test_NDCG@10']:.4f}" if r["test_NDCG@10"] is not None else "stopped"
+        test = (f"{r['test_NDCG@10']:.4f}" if r["test_NDCG@10"] is not None
+                else "stopped" if r["stopped_early"] else "not exported")
         tag = " (hand-set)" if r["hand_set"] else ""
         print(f"| {r['trial_id'][-5:]}{tag} | {cfg} | {r['epochs']} | {r['best_valid_NDCG@10']:.4f} | {test} |")
     b = summary["best"]
