@@ -19,6 +19,14 @@ def loopback_before_import() -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def init_ray(num_cpus: int | None = None, num_gpus: int | None = None, dashboard: bool = False):
     """``dashboard``: start the dashboard (on 127.0.0.1) -- Ray's State API needs it, and Ray
     Train's placement-group cleaner uses that API to free the workers of a Tune trial that ASHA
@@ -36,6 +44,17 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None, dashboard
             raise RaycartError("Ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set, so a "
                                "local Ray would listen on every interface; call "
                                "training.ray_env.loopback_before_import() first (the raycart CLI does)")
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 _node_ip_address="127.0.0.1", configure_logging=False)
+        runtime_env = None
+        if dashboard:
+            # Ray's own processes that use the State API (Ray Train's placement-group cleaner) find
+            # their cluster through RAY_ADDRESS, else by scanning for GCS processes -- which fails
+            # when another Ray runs on the same machine. Pick the GCS port, and tell every worker.
+            port = _free_port()
+            os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+            runtime_env = {"env_vars": {"RAY_ADDRESS": f"127.0.0.1:{port}"}}
+        try:
+            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                     _node_ip_address="127.0.0.1", configure_logging=False, runtime_env=runtime_env)
+        finally:
+            os.environ.pop("RAY_GCS_SERVER_PORT", None)
     return ray
