@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/setup.sh
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0  # keep Ray on loopback
-exec .venv/bin/python -m pytest tests --doctest-modules training -q "$@"
+exec .venv/bin/python -m pytest tests --doctest-modules training -q --durations=12 "$@"
