@@ -34,8 +34,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class _SkipStep(Exception):
+    pass
 
 
 def free_port() -> int:
@@ -114,6 +119,9 @@ def main() -> None:
     p.add_argument("--max-replicas", type=int, default=3)
     p.add_argument("--step", default="2,48,2", help="clients before, during and after the load step")
     p.add_argument("--step-seconds", default="15,45,45")
+    p.add_argument("--app-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an AppArgs field for the Serve setups (e.g. batch_wait_timeout_s=0.001)")
+    p.add_argument("--no-step", action="store_true", help="skip the autoscaling load step")
     p.add_argument("--out", default="benchmarks/results/serve_load.json")
     a = p.parse_args()
     levels = [int(x) for x in a.levels.split(",")]
@@ -157,7 +165,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     base = {"model_dir": a.model, "data_dir": a.data, "feedback_root": str(work / "feedback"),
             "wal_dir": str(work / "wal"), "policy_state": str(work / "policy.npz"), "items_root": str(work / "items"),
-            "checkpoint_every": 100}
+            "checkpoint_every": 100, **{k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in a.app_arg)}}
     timeline: list[dict] = []
     try:
         serve.run(build_app(base), name="raycart", route_prefix="/")
@@ -168,6 +176,8 @@ def main() -> None:
                   route_prefix="/")
         wait_ready(url)
         sweep("serve autoscaling", url)
+        if a.no_step:
+            raise _SkipStep
         # let it scale back down, then the load step with the replica counts sampled every second
         print("  waiting for the autoscaler to scale down before the load step ...", flush=True)
         deadline = time.time() + 120
@@ -193,6 +203,8 @@ def main() -> None:
                   f"p95 {row['p95_ms']:.0f} ms; replicas now {replica_counts()}", flush=True)
         stop.set()
         sampler.join()
+    except _SkipStep:
+        phases = []
     finally:
         serve.shutdown()
         shutil.rmtree(work, ignore_errors=True)
