@@ -55,7 +55,7 @@ class Ingress:
         self.retriever, self.ranker, self.policy, self.args = retriever, ranker, policy, args
         self.registry = registry
         self.catalog = Catalog.load(args.data_dir)
-        self.items_version, self.synced_at = 0, 0.0  # runtime items known here, and when last asked
+        self.synced_at = 0.0  # when the runtime items were last pulled from the registry
         self.sync_lock = asyncio.Lock()
         try:
             writer = serve.get_replica_context().replica_id.unique_id
@@ -75,9 +75,8 @@ class Ingress:
         if not force and time.monotonic() - self.synced_at < ITEMS_SYNC_S:
             return
         async with self.sync_lock:
-            for record in await self.registry.since.remote(self.items_version):
+            for record in await self.registry.since.remote(self.catalog.added):
                 self.catalog.add(record)
-                self.items_version += 1
             self.synced_at = time.monotonic()
 
     async def _unknown(self, ids: list[str]) -> list[str]:
@@ -113,10 +112,10 @@ class Ingress:
         if bad:
             raise HTTPException(400, f"filters.exclude: unknown item id(s) {bad[:5]}")
         exclude = {cat.item_index[x] for x in req.filters.exclude}
-        version = self.items_version
+        added = cat.added  # every replica answers with at least these runtime items applied
         cands = await self.retriever.candidates.remote(history.tolist(), None if times is None else times.tolist(),
-                                                       version)
-        answer = await self.ranker.rank.remote({"history": history.tolist(), "user": user, "items_version": version,
+                                                       added)
+        answer = await self.ranker.rank.remote({"history": history.tolist(), "user": user, "items_version": added,
                                                 **cands})
         ranked, model_version = answer["ranked"], answer["model_version"]
         f = req.filters
@@ -173,7 +172,7 @@ class Ingress:
         if await self.registry.add.remote(record) < 0:
             raise HTTPException(409, f"item_id: {item.item_id!r} is already in the catalogue")
         await self._sync(force=True)
-        return {"item_id": item.item_id, "status": "added", "items_added": self.items_version}
+        return {"item_id": item.item_id, "status": "added", "items_added": self.catalog.added}
 
     @api.get("/items/{item_id}/similar")
     async def similar(self, item_id: str, k: int = 10) -> dict:
@@ -181,7 +180,7 @@ class Ingress:
             raise HTTPException(422, "k must be between 1 and 100")
         if await self._unknown([item_id]):
             raise HTTPException(404, f"unknown item {item_id!r}")
-        cands = await self.retriever.candidates.remote([self.catalog.item_index[item_id]], None, self.items_version)
+        cands = await self.retriever.candidates.remote([self.catalog.item_index[item_id]], None, self.catalog.added)
         items = [int(i) for i in cands["items"][:k] if i >= 0]
         return {"item_id": item_id, "similar": [{"item_id": self.catalog.item_ids[i],
                                                  "title": self.catalog.titles[i]} for i in items]}

@@ -45,6 +45,11 @@ class Catalog:
         return len(self.item_ids) - 1
 
     @property
+    def added(self) -> int:
+        """Items added at runtime so far (the registry records this catalogue has applied)."""
+        return len(self.item_ids) - self.base_items
+
+    @property
     def num_items(self) -> int:
         return len(self.item_ids)
 

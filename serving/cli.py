@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
-from pathlib import Path
 
 
 def serve_app(args: argparse.Namespace) -> int:
@@ -24,9 +23,7 @@ def serve_app(args: argparse.Namespace) -> int:
     from serving.app import build_app
     from serving.schemas import AppArgs
 
-    def absolute(uri: str) -> str:  # Serve replicas need not share this process's working directory
-        return uri if storage.is_s3(uri) else str(Path(uri).expanduser().absolute())
-
+    absolute = storage.absolute  # Serve replicas need not share this process's working directory
     app_args = AppArgs(model_dir=absolute(args.models), data_dir=absolute(args.data),
                        feedback_root=absolute(args.feedback), wal_dir=absolute(args.wal_dir),
                        policy_state=absolute(args.policy_state), items_root=absolute(args.items_root))

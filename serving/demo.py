@@ -193,11 +193,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     from ray import serve
 
     from serving.app import build_app
+    from training import storage
     from training.data.feedback import read_feedback
 
     # absolute: Serve replicas need not share this process's working directory
-    work = Path(cfg.workdir).absolute() / ("serve-smoke" if cfg.smoke else "serve")
-    args = {"model_dir": str(Path(ranker).absolute()), "data_dir": str(Path(data).absolute()),
+    work = Path(storage.absolute(cfg.workdir)) / ("serve-smoke" if cfg.smoke else "serve")
+    args = {"model_dir": storage.absolute(ranker), "data_dir": storage.absolute(data),
             "feedback_root": str(work / "feedback"),
             "wal_dir": str(work / "wal"), "policy_state": str(work / "policy.npz"), "items_root": str(work / "items")}
     url = f"http://{cfg.host}:{cfg.port}"

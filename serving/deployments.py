@@ -68,9 +68,6 @@ class ItemRegistry:
         self.ids.add(record["item_id"])
         return n
 
-    def version(self) -> int:
-        return len(self.records)
-
     def since(self, n: int) -> list[dict]:
         return self.records[n:]
 
@@ -81,7 +78,7 @@ class _Served:
 
     def __init__(self, spec: ModelSpec):
         doc = read_model_json(spec.model_dir)
-        self.pipe = load_model(spec.model_dir)
+        self.pipe = load_model(spec.model_dir, doc)
         self.version = spec.model_version
         self.encoder = ContentEncoder(self.pipe.vocab, model_encoders(spec.model_dir, doc), *self.pipe.content_dims())
         self.applied = 0  # registry records applied
@@ -131,7 +128,7 @@ class _ServesModel:
     def check_content(self, record: dict) -> str | None:
         """Why this model could not place a new item, or None."""
         enc = self.served.encoder
-        if not enc.usable(enc.features(rows_table([record]))):
+        if not enc.usable(rows_table([record])):
             return ("the item has no content this model reads: give attributes it was trained on"
                     + (", a title/description" if enc.uses_text else "")
                     + (", an image" if enc.uses_image else ""))
@@ -177,11 +174,8 @@ class Ranker(_ServesModel):
         its candidates, best first, with reasons."""
         s = await self._sync(max(r.get("items_version", 0) for r in requests))
         pipe = s.pipe
-        rows = [np.asarray(r["history"], dtype=np.int64) for r in requests]
-        lengths = np.array([len(r) for r in rows])
-        hist = Interactions(np.r_[0, np.cumsum(lengths)].astype(np.int64),
-                            np.concatenate(rows) if len(rows) else np.zeros(0, np.int64),
-                            np.zeros(int(lengths.sum()), np.int64), pipe.num_items)
+        hist = Interactions.from_lists([r["history"] for r in requests], pipe.num_items)
+        rows = [hist.row(i) for i in range(len(requests))]
         k = max(len(r["items"]) for r in requests)
         items = np.full((len(requests), k), -1, dtype=np.int64)
         dense = np.zeros((len(requests), k, requests[0]["dense"].shape[-1]), dtype=np.float32)
@@ -216,6 +210,8 @@ class Policy:
             self.policy = LinUCBPolicy(self.config, np.random.default_rng(args.policy_seed))
         self.shown: collections.OrderedDict[str, dict[str, np.ndarray]] = collections.OrderedDict()
         self.since_checkpoint = 0
+        self.fs, self.state_path = storage.resolve(args.policy_state)
+        self.fs.create_dir(self.state_path.rsplit("/", 1)[0], recursive=True)
         # Serve runs sync methods in a thread pool: one request at a time changes the state
         self.lock = threading.RLock()
 
@@ -252,14 +248,11 @@ class Policy:
             self.checkpoint()
 
     def checkpoint(self) -> None:
-        fs, path = storage.resolve(self.args.policy_state)
-        parent = path.rsplit("/", 1)[0]
-        fs.create_dir(parent, recursive=True)
         # a private temporary name: during a rolling update the old and the new replica both write
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with fs.open_output_stream(tmp) as out:
+        tmp = f"{self.state_path}.tmp-{os.getpid()}"
+        with self.fs.open_output_stream(tmp) as out:
             out.write(self.policy.state_bytes())
-        fs.move(tmp, path)
+        self.fs.move(tmp, self.state_path)
         self.since_checkpoint = 0
 
     def __del__(self):  # Serve calls it on graceful shutdown / redeploy

@@ -52,8 +52,7 @@ class CandidateStage:
         seconds = train.times // 1_000_000
         origin = int(seconds.min()) if len(seconds) else 0
         keys = np.sort((train.items.astype(np.int64) << 32) | np.clip(seconds - origin, 0, 2**32 - 1))
-        log_price = np.log1p(np.nan_to_num(prices.astype(np.float32), nan=0.0).clip(min=0.0))
-        return cls(retriever, knn, np.log1p(train.item_counts().astype(np.float32)), log_price, keys, origin)
+        return cls(retriever, knn, np.log1p(train.item_counts().astype(np.float32)), _log_price(prices), keys, origin)
 
     def add_items(self, new: ItemFeatures, prices: np.ndarray) -> np.ndarray:
         """Items added at runtime: content vectors from the retriever's item tower (returned, for
@@ -64,8 +63,7 @@ class CandidateStage:
                                       np.r_[self.knn.sim.indptr, np.full(new.num_items, self.knn.sim.nnz)]),
                                      shape=(n, n))
         self.log_pop = np.r_[self.log_pop, np.zeros(new.num_items, np.float32)]
-        self.log_price = np.r_[self.log_price, np.log1p(np.nan_to_num(np.asarray(prices, np.float32), nan=0.0)
-                                                        .clip(min=0.0))].astype(np.float32)
+        self.log_price = np.r_[self.log_price, _log_price(prices)]
         return vecs
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -130,6 +128,11 @@ class CandidateStage:
         assert dense.shape[-1] == len(DENSE_FEATURES)
         dense[items < 0] = 0.0
         return dense
+
+
+def _log_price(prices) -> np.ndarray:
+    """The price feature: log(1 + price), 0 where unknown."""
+    return np.log1p(np.nan_to_num(np.asarray(prices, np.float32), nan=0.0).clip(min=0.0))
 
 
 def catalogue_scores(items: np.ndarray, logits: torch.Tensor, num_items: int) -> torch.Tensor:

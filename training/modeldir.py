@@ -50,9 +50,10 @@ def read_model_json(uri: str) -> dict:
         raise DataError(f"{path}: not valid JSON ({exc})") from exc
 
 
-def load_model(uri: str):
-    """Load the model in directory ``uri`` (local or S3) with its kind's loader."""
-    doc = read_model_json(uri)
+def load_model(uri: str, doc: dict | None = None):
+    """Load the model in directory ``uri`` (local or S3) with its kind's loader; ``doc``: its
+    ``model.json`` when the caller has read it already."""
+    doc = doc if doc is not None else read_model_json(uri)
     kind = doc.get("kind")
     if kind not in LOADERS:
         raise DataError(f"{uri}: unknown model kind {kind!r} (known: {', '.join(LOADERS)})")

@@ -1,18 +1,15 @@
 """Content features of items added after training (a new product goes live without a retrain).
 
-``new_item_features(rows, model_doc, model_dir)`` turns catalogue rows (the dataset's ``items``
-schema) into :class:`~training.models.retriever.ItemFeatures` for the trained item towers:
+:meth:`ContentEncoder.features` turns catalogue rows (the dataset's ``items`` schema, see
+:func:`rows_table`) into :class:`~training.models.retriever.ItemFeatures` for the trained item towers:
 attribute ids in the model's vocabulary, text and image features from the same frozen encoders
 the model was trained with (recorded in its ``model.json``). Plain PyTorch, no Ray.
 """
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pyarrow as pa
-import torch
 
 from training import storage
 from training.data.schema import ITEMS
@@ -43,7 +40,8 @@ def rows_table(records: list[dict]) -> pa.Table:
 
 
 class ContentEncoder:
-    """Embeds new catalogue rows with the model's frozen encoders (loaded on first use)."""
+    """Embeds new catalogue rows with the model's frozen encoders -- the same embedders that
+    computed the catalogue's features (:mod:`training.embed`), loaded on first use."""
 
     def __init__(self, attribute_vocab: list[str], encoders: dict, text_dim: int | None, image_dim: int | None):
         self.vocab, self.encoders = attribute_vocab, encoders or {}
@@ -51,54 +49,42 @@ class ContentEncoder:
         self._text = self._image = None
 
     @property
-    def text(self):
-        if self._text is None and self.uses_text:
-            from training.models.encoders import TextEncoder, TextEncoderConfig
-
-            self._text = TextEncoder(TextEncoderConfig(**self.encoders["text"])).eval()
-        return self._text
-
-    @property
-    def image(self):
-        if self._image is None and self.uses_image:
-            from training.models.encoders import ImageEncoder, ImageEncoderConfig
-
-            self._image = ImageEncoder(ImageEncoderConfig(**self.encoders["image"])).eval()
-        return self._image
+    def uses_text(self) -> bool:
+        return bool(self.text_dim and self.encoders.get("text"))
 
     @property
     def uses_image(self) -> bool:
         return bool(self.image_dim and self.encoders.get("image"))
 
-    @property
-    def uses_text(self) -> bool:
-        return bool(self.text_dim and self.encoders.get("text"))
+    def _embed(self, kind: str, column: str, values: list) -> np.ndarray:
+        from training.embed import ImageEmbedder, TextEmbedder
+        from training.models.encoders import ImageEncoderConfig, TextEncoderConfig
 
-    @torch.no_grad()
-    def features(self, rows: pa.Table, image_root: str = "") -> ItemFeatures:
+        if kind == "text" and self._text is None:
+            self._text = TextEmbedder(TextEncoderConfig(**self.encoders["text"]))
+        if kind == "image" and self._image is None:
+            self._image = ImageEmbedder(ImageEncoderConfig(**self.encoders["image"]))
+        embedder = self._text if kind == "text" else self._image
+        out = embedder({"item_id": np.arange(len(values)), column: values})["embedding"]
+        return np.stack(out).astype(np.float32)
+
+    def features(self, rows: pa.Table) -> ItemFeatures:
         n = rows.num_rows
         indptr, ids = attribute_ids(item_tags(rows), self.vocab)
         text = image = None
-        if self.text_dim:
-            text = (self.text.embed(item_text(rows)).float().numpy() if self.uses_text
+        if self.text_dim:  # a tower without its encoder here reads zeros, as for an item without text
+            text = (self._embed("text", "text", item_text(rows)) if self.uses_text
                     else np.zeros((n, self.text_dim), np.float32))
         if self.image_dim:
-            image = np.zeros((n, self.image_dim), np.float32)
-            if self.uses_image:
-                from PIL import Image
-
-                for i, uri in enumerate(rows["image"].to_pylist()):
-                    if uri:
-                        path = uri if ("://" in uri or uri.startswith("/") or not image_root) else \
-                            storage.join(image_root, uri)
-                        pixels = self.image.preprocess(Image.open(io.BytesIO(storage.read_bytes(path))).convert("RGB"))
-                        image[i] = self.image(pixels[None]).float().numpy()[0]
+            image = (self._embed("image", "uri", rows["image"].to_pylist()) if self.uses_image
+                     else np.zeros((n, self.image_dim), np.float32))
         return ItemFeatures(n, np.zeros(n, bool), indptr, ids, len(self.vocab), text, image)
 
-    def usable(self, feats: ItemFeatures) -> list[int]:
+    def usable(self, rows: pa.Table) -> list[int]:
         """Rows with content the model can read (a known attribute, text with a text encoder, an
-        image with an image encoder); without any, every such item would get the same vector."""
-        has_attr = np.diff(feats.attr_indptr) > 0
-        has_image = (np.abs(feats.image).sum(1) > 0) if feats.image is not None and self.uses_image \
-            else np.zeros(feats.num_items, bool)
-        return [i for i in range(feats.num_items) if has_attr[i] or self.uses_text or has_image[i]]
+        image with an image encoder); without any, every such item would get the same vector.
+        Decided from the rows alone: nothing is embedded."""
+        indptr, _ = attribute_ids(item_tags(rows), self.vocab)
+        images = rows["image"].to_pylist()
+        return [i for i in range(rows.num_rows)
+                if indptr[i + 1] > indptr[i] or self.uses_text or (self.uses_image and images[i])]

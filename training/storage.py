@@ -67,6 +67,13 @@ def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(text).expanduser().absolute())
 
 
+def absolute(uri: str | os.PathLike) -> str:
+    """``uri`` with a local path made absolute (for processes that run in another working
+    directory: Ray Tune trials, Serve replicas); S3 URIs unchanged."""
+    text = str(uri)
+    return text if is_s3(text) else str(Path(text).expanduser().absolute())
+
+
 def join(uri: str | os.PathLike, *parts: str) -> str:
     text = str(uri)
     if is_s3(text):

@@ -172,17 +172,12 @@ def _tuner(job: SweepJob, spec: dict, defaults: dict):
                                   failure_config=tune.FailureConfig(max_failures=1), verbose=1))
 
 
-def _absolute(uri: str | None) -> str | None:
-    if uri is None or storage.is_s3(uri):
-        return uri
-    return str(Path(uri).expanduser().absolute())
-
-
 def run_sweep(job: SweepJob) -> dict:
     """Run (or resume) the sweep; write the trials table and plot; export the best model."""
     # trials run in their own working directories: local paths must not be relative
-    job = dataclasses.replace(job, data=_absolute(job.data), space=_absolute(job.space), out=_absolute(job.out),
-                              storage=_absolute(job.storage), retriever=_absolute(job.retriever))
+    job = dataclasses.replace(job, data=storage.absolute(job.data), space=storage.absolute(job.space),
+                              out=storage.absolute(job.out), storage=storage.absolute(job.storage),
+                              retriever=job.retriever and storage.absolute(job.retriever))
     spec, defaults = check_job(job)
     from training.ray_env import init_ray
 

@@ -56,8 +56,8 @@ def test_new_items_get_content_vectors_and_are_retrieved_and_ranked():
 
 def test_items_without_readable_content_are_refused():
     enc = ContentEncoder(VOCAB, {}, None, None)
-    feats = enc.features(rows_table([{"external_id": "x", "attributes": ["unheard-of"]},
-                                     {"external_id": "y", "attributes": ["a2"]}]))
-    assert enc.usable(feats) == [1]
+    rows = rows_table([{"external_id": "x", "attributes": ["unheard-of"]},
+                       {"external_id": "y", "attributes": ["a2"]}])
+    assert enc.usable(rows) == [1]
     with_text = ContentEncoder(VOCAB, {"text": {"name_or_path": "unused"}}, 384, None)
     assert with_text.uses_text and not with_text.uses_image
