@@ -100,12 +100,17 @@ def check_job(job: SweepJob) -> tuple[dict, dict]:
     return spec, defaults
 
 
+def _model_dir(job: SweepJob, trial_id: str) -> str:
+    """Where a trial's model directory goes (the trial, or the driver for the best one)."""
+    return storage.join(job.storage, job.sweep_name, "models", trial_id)
+
+
 def _trial_job(job: SweepJob, config: dict, trial_id: str):
     """The training job of one trial (the same in the trial and when the driver exports it)."""
     name = job.sweep_name
     # the sweep's scheduler does the early stopping (patience = the whole budget)
     model = CONFIGS[job.kind](**{**job.base, **config, "epochs": job.epochs, "patience": job.epochs})
-    common = {"data": job.data, "out": storage.join(job.storage, name, "models", trial_id), "model": model,
+    common = {"data": job.data, "out": _model_dir(job, trial_id), "model": model,
               "scheme": job.scheme, "workers": job.workers_per_trial,
               "storage": storage.join(job.storage, name, "train"),
               "name": f"{name}-{trial_id}", "overwrite": True}
@@ -220,7 +225,7 @@ def _trials(job: SweepJob, grid, spec: dict, defaults: dict) -> tuple[list[dict]
         if df is None or METRIC not in df:
             continue
         trial_id = str(df["trial_id"].iloc[-1])
-        model_dir = storage.join(job.storage, job.sweep_name, "models", trial_id)
+        model_dir = _model_dir(job, trial_id)
         done = storage.exists(storage.join(model_dir, "model.json"))
         test = read_model_json(model_dir).get("metrics", {}) if done else {}
         cfg = {k: result.config.get(k) for k in keys}

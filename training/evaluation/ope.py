@@ -29,7 +29,6 @@ click 1, cart 2, purchase 5; the best event per shown item counts).
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import pyarrow as pa
@@ -65,9 +64,10 @@ def off_policy_value(impressions: pa.Table, events: pa.Table, bootstrap: int = 1
     prop = np.asarray(impressions["propensity"].to_pylist(), dtype=np.float64)
     greedy = np.array([bool(g) for g in greedy_col])
     w = np.where(keep & greedy, 1.0 / np.clip(prop, 1e-12, None), 0.0)
-    used = np.bincount(req_idx, weights=keep.astype(float), minlength=n) > 0
+    slots = np.bincount(req_idx, weights=keep.astype(float), minlength=n)
+    used = slots > 0
+    slots = slots[used]
     ips_r = np.bincount(req_idx, weights=w * reward, minlength=n)[used]
-    slots = np.bincount(req_idx, weights=keep.astype(float), minlength=n)[used]
     w_sum = np.bincount(req_idx, weights=w, minlength=n)[used]
     ips = float(ips_r.mean())
     snips = float(ips_r.sum() / max(w_sum.sum(), 1e-12) * slots.sum() / max(len(ips_r), 1))
