@@ -18,19 +18,26 @@ import time
 import uuid
 
 import numpy as np
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.catalog import Catalog
-from serving.deployments import ItemRegistry, Policy, Ranker, Retriever
+from serving.deployments import ItemRegistry, Ranker, Retriever
 from serving.feedback_log import FeedbackLog, FeedbackLogConfig
 from serving.netbind import bind_replica_grpc_to_node_address
+from serving.policy import Policy
+from serving.state_store import StateAccess, StateUnavailable, UserStateStore
+from serving.user_state import HISTORY_EVENTS, Outcome, UserView
+from training.data.funnel import STAGES
 from serving.schemas import (
     AppArgs,
     FeedbackRequest,
     ModelSpec,
     NewItem,
+    PolicyInputs,
     RecommendRequest,
 )
 
@@ -46,14 +53,24 @@ ITEMS_SYNC_S = 1.0  # how stale an ingress replica's view of items added elsewhe
 api = FastAPI(title="Raycart", description="Retrieve-then-rank recommendations with a learning policy.")
 
 
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with where and what, without echoing the input (NaN/Infinity are not JSON: echoing
+    them turned a bad request into a 500)."""
+    detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))[:300], "type": e.get("type")}
+              for e in exc.errors()[:20]]
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
 @serve.deployment(max_ongoing_requests=64)  # async: waits on the other deployments, not the CPU
 @serve.ingress(api)
 class Ingress:
     def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle, policy: DeploymentHandle,
-                 registry: DeploymentHandle, args: AppArgs):
+                 registry: DeploymentHandle, state: DeploymentHandle | None, args: AppArgs):
         bind_replica_grpc_to_node_address()
         self.retriever, self.ranker, self.policy, self.args = retriever, ranker, policy, args
         self.registry = registry
+        self.state = StateAccess(args, state)
         self.catalog = Catalog.load(args.data_dir)
         self.synced_at = 0.0  # when the runtime items were last pulled from the registry
         self.sync_lock = asyncio.Lock()
@@ -92,31 +109,49 @@ class Ingress:
 
     @api.get("/readyz")
     async def readyz(self) -> dict:
-        _, version = await asyncio.gather(self.retriever.ready.remote(), self.ranker.ready.remote())
+        _, version, state_ok = await asyncio.gather(self.retriever.ready.remote(), self.ranker.ready.remote(),
+                                                    self.state.ping())
         await self._sync()
-        return {"status": "ready", "items": self.catalog.num_items, "model_version": version}
+        # a state backend that is down degrades answers (stored history only), it does not stop them
+        return {"status": "ready" if state_ok else "degraded", "items": self.catalog.num_items,
+                "model_version": version, "user_state": "ok" if state_ok else "unavailable"}
 
     @api.post("/recommend")
     async def recommend(self, req: RecommendRequest) -> dict:
         await self._sync()
         cat = self.catalog
+        session = None if req.user_id else (req.session_id or uuid.uuid4().hex)
+        key = f"u:{req.user_id}" if req.user_id else f"s:{session}"
+        view, state = await self._view(key)
         user, history, times = cat.history_of(req.user_id)
         if req.history:
             unknown = await self._unknown(req.history)
             if unknown:
                 raise HTTPException(400, f"history: unknown item id(s) {unknown[:5]}")
             history = np.r_[history, [cat.item_index[x] for x in req.history]].astype(np.int64)
-            history = history[np.sort(np.unique(history, return_index=True)[1])]  # first occurrence each
-            times = None  # the session's items are undated: measure "recent" at the end of the data
+            times = np.r_[times, np.full(len(req.history), -1)].astype(np.int64)  # undated: "now"
+        live = [cat.item_index[x] for x in view.history() if not await self._unknown([x])]
+        if live:  # engaged with since training: the newest part of the history, dated "now"
+            history = np.r_[history, live].astype(np.int64)
+            times = np.r_[times, np.full(len(live), -1)].astype(np.int64)
+        first = np.sort(np.unique(history, return_index=True)[1])  # first occurrence each
+        history, times = history[first], times[first]
         bad = await self._unknown(req.filters.exclude)
         if bad:
             raise HTTPException(400, f"filters.exclude: unknown item id(s) {bad[:5]}")
         exclude = {cat.item_index[x] for x in req.filters.exclude}
+        exclude |= {cat.item_index[x] for x in view.ignored(self.args.exclude_shown) if x in cat.item_index}
         added = cat.added  # every replica answers with at least these runtime items applied
-        cands = await self.retriever.candidates.remote(history.tolist(), None if times is None else times.tolist(),
-                                                       added)
-        answer = await self.ranker.rank.remote({"history": history.tolist(), "user": user, "items_version": added,
-                                                **cands})
+        seen = [(cat.item_index[x], c) for x, c in view.impressions() if x in cat.item_index]
+        inputs = PolicyInputs(recent=live[-5:], shown=[i for i, _ in seen], clicked=[c for _, c in seen],
+                              explore=self.args.explore_candidates, dim=self.args.policy_item_dim,
+                              bandwidth=self.args.policy_bandwidth)
+        cands = await self.retriever.candidates.remote(history.tolist(), times.tolist(), added, inputs)
+        deepest = view.deepest()
+        answer = await self.ranker.rank.remote({
+            "history": history.tolist(), "user": user, "items_version": added, "items": cands["items"],
+            "dense": cands["dense"],
+            "live_stages": {cat.item_index[x]: STAGES[e] for x, e in deepest.items() if x in cat.item_index}})
         ranked, model_version = answer["ranked"], answer["model_version"]
         f = req.filters
         kept = [r for r in ranked if r["item"] not in exclude and cat.allowed(r["item"], f.category, f.price_min,
@@ -124,7 +159,9 @@ class Ingress:
         request_id = uuid.uuid4().hex
         for r in kept:
             r["item_id"] = cat.item_ids[r["item"]]
-        chosen = await self.policy.choose.remote(request_id, kept, req.context, req.k)
+        rows = [r["retriever_rank"] for r in kept]
+        feats, vecs = (cands["policy"][rows], cands["vectors"][rows]) if kept else (None, None)
+        chosen = await self.policy.choose.remote(request_id, kept, req.context, req.k, feats, vecs)
         slate, policy_version = chosen["slate"], chosen["version"]
         now = time.time()
         context_hash = hashlib.sha256(json.dumps(req.context, sort_keys=True).encode()).hexdigest()[:16]
@@ -142,8 +179,27 @@ class Ingress:
              "propensity": o["propensity"], "greedy": o["greedy"], "score": o["score"],
              "model_version": model_version,
              "policy_version": policy_version, "timestamp": now} for o in out])
-        return {"request_id": request_id, "user_known": user is not None, "items": out,
-                "model_version": model_version, "policy_version": policy_version}
+        if state != "unavailable":
+            try:  # register what was shown: feedback is accepted for exactly these items
+                await self.state.issue(request_id, key, [o["item_id"] for o in out])
+            except StateUnavailable:
+                state = "unavailable"
+        body = {"request_id": request_id, "user_known": user is not None, "items": out,
+                "model_version": model_version, "policy_version": policy_version, "state": state,
+                "live_history": len(live)}
+        if session is not None:
+            body["session_id"] = session
+        return body
+
+    async def _view(self, key: str) -> tuple[UserView, str]:
+        """The key's real-time state and how it was read: ``live``, ``off`` (realtime_state is
+        off) or ``unavailable`` (backend down: the stored history alone is used)."""
+        if not self.args.realtime_state:
+            return UserView(), "off"
+        try:
+            return await self.state.view(key), "live"
+        except StateUnavailable:
+            return UserView(), "unavailable"
 
     def _reason(self, reason: dict) -> dict:
         src = reason.get("because_of")
@@ -152,12 +208,25 @@ class Ingress:
 
     @api.post("/feedback")
     async def feedback(self, req: FeedbackRequest) -> dict:
+        """Accepted only for an item that the request showed; the same (request, item, event)
+        counts once (a repeat answers ``duplicate`` and records nothing)."""
         if await self._unknown([req.item_id]):
             raise HTTPException(400, f"item_id: unknown item {req.item_id!r}")
+        try:
+            rec = await self.state.record(req.request_id, req.item_id, req.event)
+        except StateUnavailable as exc:
+            raise HTTPException(503, f"feedback not recorded, retry later: {exc}") from None
+        if rec.outcome is Outcome.UNKNOWN_REQUEST:
+            raise HTTPException(404, f"request_id: {req.request_id!r} was not issued by this app (or has expired)")
+        if rec.outcome is Outcome.NOT_SHOWN:
+            raise HTTPException(400, f"item_id: request {req.request_id!r} did not show item {req.item_id!r}")
+        if rec.outcome is Outcome.DUPLICATE:
+            return {"status": "duplicate", "learned": False, "history": False}
         self.log.append("events", {"request_id": req.request_id, "item_id": req.item_id, "event": req.event,
                                    "timestamp": time.time()})
-        learned = await self.policy.feedback.remote(req.request_id, req.item_id, req.event)
-        return {"status": "recorded", "learned": bool(learned)}
+        learned = self.args.policy_learning and await self.policy.feedback.remote(req.request_id, req.item_id,
+                                                                                   req.event)
+        return {"status": "recorded", "learned": bool(learned), "history": req.event in HISTORY_EVENTS}
 
     @api.post("/items", status_code=201)
     async def add_item(self, item: NewItem) -> dict:
@@ -202,7 +271,8 @@ def build_app(args: dict | AppArgs) -> serve.Application:
     model = {"user_config": ModelSpec(model_dir=a.model_dir, model_version=a.model_version).model_dump()}
     fixed = a.model_copy(update={"model_dir": "(user_config)", "model_version": "(user_config)"})
     registry = ItemRegistry.options(**cpus).bind(fixed)
+    state = UserStateStore.options(**cpus).bind(fixed) if a.user_state == "embedded" else None
     retriever = Retriever.options(**scaled("Retriever"), **model).bind(fixed, registry)
     ranker = Ranker.options(**scaled("Ranker"), **model).bind(fixed, registry)
     return Ingress.options(**scaled("Ingress")).bind(retriever, ranker, Policy.options(**cpus).bind(fixed), registry,
-                                                     fixed)
+                                                     state, fixed)

@@ -26,7 +26,8 @@ def serve_app(args: argparse.Namespace) -> int:
     absolute = storage.absolute  # Serve replicas need not share this process's working directory
     app_args = AppArgs(model_dir=absolute(args.models), data_dir=absolute(args.data),
                        feedback_root=absolute(args.feedback), wal_dir=absolute(args.wal_dir),
-                       policy_state=absolute(args.policy_state), items_root=absolute(args.items_root))
+                       policy_state=absolute(args.policy_state), items_root=absolute(args.items_root),
+                       user_state=args.user_state, redis_url=args.redis_url, state_dir=absolute(args.state_dir))
 
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(build_app(app_args), name="raycart", route_prefix="/")
@@ -53,4 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wal-dir", default="raycart-work/serve-wal", help="local write-ahead log folder")
     p.add_argument("--items-root", default="raycart-work/new-items", help="items added at runtime (local or s3://)")
     p.add_argument("--policy-state", default="raycart-work/policy/state.npz", help="policy checkpoint (local or s3://)")
+    p.add_argument("--user-state", choices=["embedded", "redis"], default="embedded",
+                   help="where real-time user state lives: a Serve deployment journaling to --state-dir, or Redis")
+    p.add_argument("--state-dir", default="raycart-work/user-state", help="embedded user state: journal folder")
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="with --user-state redis")
     p.set_defaults(func=serve_app)

@@ -27,6 +27,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+SHOP = "shop"  # the synthetic shop of default size (planted tastes; see training.data.sources.synthetic)
 
 @dataclass(frozen=True)
 class DemoConfig:
@@ -175,6 +176,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         data = str(Path(cfg.workdir) / "data" / "smoke-shop")
         if not (Path(data) / "dataset.json").exists():
             prepare("synthetic", None, data, num_users=300, num_items=200, num_events=12_000, images=False)
+    elif cfg.dataset == SHOP:
+        data = str(Path(cfg.workdir) / "data" / SHOP)
+        if not (Path(data) / "dataset.json").exists():
+            prepare("synthetic", None, data)  # the default size: 5,000 users, 2,000 items, 100k events
     else:
         data = prepare_cached(cfg.dataset, DataConfig(workdir=cfg.workdir, shared=cfg.shared))
     stages["prepare"] = time.time() - start
@@ -197,10 +202,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     from training.data.feedback import read_feedback
 
     # absolute: Serve replicas need not share this process's working directory
-    work = Path(storage.absolute(cfg.workdir)) / ("serve-smoke" if cfg.smoke else "serve")
+    work = Path(storage.absolute(cfg.workdir)) / ("serve-smoke" if cfg.smoke else f"serve-{cfg.dataset}")
     args = {"model_dir": storage.absolute(ranker), "data_dir": storage.absolute(data),
             "feedback_root": str(work / "feedback"),
-            "wal_dir": str(work / "wal"), "policy_state": str(work / "policy.npz"), "items_root": str(work / "items")}
+            "wal_dir": str(work / "wal"), "policy_state": str(work / "policy.npz"), "items_root": str(work / "items"),
+            "state_dir": str(work / "user-state")}
     url = f"http://{cfg.host}:{cfg.port}"
     serve.start(http_options={"host": cfg.host, "port": cfg.port})
     try:
@@ -260,7 +266,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default="raycart-work", help="where data, models and logs go")
     p.add_argument("--shared", help="the shared data folder (default: RAYCART_SHARED or ../shared)")
-    p.add_argument("--dataset", default="beauty", choices=list(DATASETS))
+    p.add_argument("--dataset", default="beauty", choices=[*DATASETS, SHOP],
+                   help=f"a real dataset from ../shared, or '{SHOP}': the synthetic shop (planted tastes)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port on 127.0.0.1")
     p.add_argument("--keep-serving", action="store_true", help="stay up until SIGINT/SIGTERM")
     p.add_argument("--smoke", action="store_true", help="small synthetic shop, tiny models (~2 min)")

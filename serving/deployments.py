@@ -1,4 +1,5 @@
-"""The Serve deployments behind the ingress: retriever, ranker (batched) and the policy actor.
+"""The Serve deployments behind the ingress that hold the models: retriever and ranker (batched),
+and the registry of items added at runtime (the policy is :mod:`serving.policy`).
 
 The Retriever and Ranker load what they serve from the directories training exports (a ranker
 directory embeds its retriever); the model is their ``user_config``, so a new version rolls out
@@ -22,13 +23,13 @@ from ray.serve.handle import DeploymentHandle
 
 from serving.index import VectorIndex
 from serving.netbind import bind_replica_grpc_to_node_address
-from serving.schemas import AppArgs, ModelSpec
+from serving.schemas import AppArgs, ModelSpec, PolicyInputs
 from training import storage
 from training.candidates import Candidates
 from training.data.funnel import lookup
 from training.data.interactions import Interactions
 from training.modeldir import load_model, read_model_json
-from training.models.bandit import LinUCBPolicy, PolicyConfig
+from training.models.bandit import user_item_features
 from training.models.retriever import left_pad
 from training.new_items import ContentEncoder, model_encoders, rows_table
 
@@ -38,6 +39,25 @@ def _history(items: list[int], times: list[int] | None, num_items: int, default_
     arr = np.asarray(items, dtype=np.int64)
     t = np.asarray(times, dtype=np.int64) if times is not None else np.full(len(arr), default_us, np.int64)
     return Interactions(np.array([0, len(arr)], dtype=np.int64), arr, t, num_items)
+
+
+def spread(vecs: np.ndarray, pool: np.ndarray, avoid: np.ndarray, n: int) -> np.ndarray:
+    """``n`` items of ``pool`` chosen by farthest-point sampling: each the least similar (cosine)
+    to ``avoid`` and to those chosen before it -- exploration that covers the catalogue instead of
+    drawing the same popular region twice (Gonzalez, "Clustering to minimize the maximum
+    intercluster distance", 1985)."""
+    if len(pool) <= n:
+        return pool
+    unit = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-9)
+    cand = unit[pool]
+    closest = (cand @ unit[avoid].T).max(axis=1) if len(avoid) else np.full(len(pool), -1.0)
+    out = []
+    for _ in range(n):
+        j = int(np.argmin(closest))
+        out.append(pool[j])
+        closest = np.maximum(closest, cand @ cand[j])
+        closest[j] = np.inf
+    return np.asarray(out, dtype=np.int64)
 
 
 @serve.deployment(num_replicas=1)
@@ -144,17 +164,45 @@ class Retriever(_ServesModel):
 
     def __init__(self, args: AppArgs, registry: DeploymentHandle):
         self._init(registry)
+        self.rng = np.random.default_rng()  # exploration candidates: independent per replica
 
-    async def candidates(self, history: list[int], times: list[int] | None = None, items_version: int = 0) -> dict:
-        """``times`` (microseconds) date the history for the recent-popularity feature; without
-        them (an anonymous session) it is measured at the end of the training data."""
+    async def candidates(self, history: list[int], times: list[int] | None = None, items_version: int = 0,
+                         live: PolicyInputs | None = None) -> dict:
+        """The top ``pipe.k`` unseen items, plus ``live.explore`` drawn at random from the rest of
+        the catalogue, with the ranker's dense features and the policy's per-item columns
+        (``policy``, :func:`~training.models.bandit.user_item_features`).
+
+        ``times`` (microseconds) date the history for the recent-popularity feature: -1 (items
+        engaged with since training, a session's items) means "now": the end of the training
+        data or the last dated item; without ``times`` everything is dated at the end."""
         s = await self._sync(items_version)
         pipe = s.pipe
+        live = live or PolicyInputs()
+        if times is not None:
+            t = np.asarray(times, dtype=np.int64)
+            now = max(pipe.stage.end_us, int(t.max(initial=0)))
+            times = np.where(t < 0, now, t).tolist()
         hist = _history(history, times, pipe.num_items, pipe.stage.end_us)
         user = pipe.stage.retriever.user_vectors(hist).numpy()
         items, scores = s.index.search(user, pipe.k, [hist.row(0)])
+        vecs = pipe.stage.retriever.item_vecs.numpy()
+        if live.explore:
+            taken = np.zeros(len(vecs), dtype=bool)
+            taken[hist.row(0)] = True
+            taken[items[0][items[0] >= 0]] = True
+            pool = np.flatnonzero(~taken)
+            pool = self.rng.choice(pool, min(10 * live.explore, len(pool)), replace=False) if len(pool) else pool
+            extra = spread(vecs, pool, np.r_[hist.row(0)[-20:], live.shown].astype(np.int64), live.explore)
+            found = items[0][items[0] >= 0]
+            items = np.r_[found, extra][None, :].astype(np.int64)
+            scores = (vecs[items[0]] @ user[0])[None, :]
         c = pipe.stage.from_search(hist, items, scores)
-        return {"items": c.items[0], "dense": c.dense[0]}
+        found = c.items[0]
+        safe = np.maximum(found, 0)
+        policy = user_item_features(user[0], vecs[safe], vecs[live.recent] if live.recent else None, live.dim,
+                                    vecs[live.shown] if live.shown else None, np.asarray(live.clicked, bool),
+                                    bandwidth=live.bandwidth)
+        return {"items": found, "dense": c.dense[0], "policy": policy, "vectors": vecs[safe]}
 
 
 @serve.deployment(max_ongoing_requests=64)  # lets @serve.batch fill batches of 32
@@ -170,7 +218,8 @@ class Ranker(_ServesModel):
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def rank(self, requests: list[dict]) -> list[dict]:
         """Each request: ``history`` (item ids), ``user`` (internal id or None), ``items``/``dense``
-        (its candidates), ``items_version``. Returns ``{"model_version", "ranked"}`` per request:
+        (its candidates), ``items_version``, optionally ``live_stages`` (item -> funnel stage code
+        of the events since training). Returns ``{"model_version", "ranked"}`` per request:
         its candidates, best first, with reasons."""
         s = await self._sync(max(r.get("items_version", 0) for r in requests))
         pipe = s.pipe
@@ -189,75 +238,7 @@ class Ranker(_ServesModel):
             for i, r in enumerate(requests):
                 if r.get("user") is not None:
                     stage[i] = lookup(pipe.stages, np.array([r["user"]]), padded[i:i + 1])[0]
+                for item, code in (r.get("live_stages") or {}).items():  # events since training
+                    stage[i] = np.where(padded[i] == item, np.maximum(stage[i], code), stage[i])
             stage = torch.from_numpy(stage)
         return [{"model_version": s.version, "ranked": ranked} for ranked in pipe.ranked_lists(hist, cands, stage)]
-
-
-@serve.deployment(num_replicas=1)
-class Policy:
-    """The contextual bandit that orders the final slate, logs propensities and learns from
-    ``/feedback``. One replica (its state is the model); checkpointed every ``checkpoint_every``
-    updates and on shutdown, and restored on start, so a restart loses at most the updates since the
-    last checkpoint -- which the durable feedback log still holds for a replay."""
-
-    def __init__(self, args: AppArgs):
-        bind_replica_grpc_to_node_address()
-        self.args = args
-        self.config = PolicyConfig(epsilon=args.policy_epsilon, alpha=args.policy_alpha, seed=args.policy_seed)
-        if storage.exists(args.policy_state):
-            self.policy = LinUCBPolicy.from_bytes(storage.read_bytes(args.policy_state), self.config)
-        else:
-            self.policy = LinUCBPolicy(self.config, np.random.default_rng(args.policy_seed))
-        self.shown: collections.OrderedDict[str, dict[str, np.ndarray]] = collections.OrderedDict()
-        self.since_checkpoint = 0
-        self.fs, self.state_path = storage.resolve(args.policy_state)
-        self.fs.create_dir(self.state_path.rsplit("/", 1)[0], recursive=True)
-        # Serve runs sync methods in a thread pool: one request at a time changes the state
-        self.lock = threading.RLock()
-
-    def version(self) -> str:
-        return f"linucb-eps{self.config.epsilon}-u{self.policy.updates}"
-
-    def choose(self, request_id: str, items: list[dict], context: dict, k: int) -> dict:
-        """The slate (indices into ``items``, positions, propensities) and the policy version
-        that chose it."""
-        with self.lock:
-            shown = self.policy.choose(items, context, k)
-            self.policy.observe_impression(shown)
-            self.shown[request_id] = {items[s.index]["item_id"]: s.features for s in shown}
-            while len(self.shown) > 100_000:  # feedback for very old requests is only logged
-                self.shown.popitem(last=False)
-            self._maybe_checkpoint(len(shown))
-            version = self.version()
-        return {"version": version, "slate": [{"index": s.index, "position": s.position, "propensity": s.propensity,
-                                               "greedy": s.greedy} for s in shown]}
-
-    def feedback(self, request_id: str, item_id: str, event: str) -> bool:
-        """Learn from one event; False when the (request, item) pair was not shown by this policy."""
-        with self.lock:
-            features = self.shown.get(request_id, {}).get(item_id)
-            if features is None:
-                return False
-            self.policy.observe_feedback(features, event)
-            self._maybe_checkpoint(1)
-        return True
-
-    def _maybe_checkpoint(self, n: int) -> None:
-        self.since_checkpoint += n
-        if self.since_checkpoint >= self.args.checkpoint_every:
-            self.checkpoint()
-
-    def checkpoint(self) -> None:
-        # a private temporary name: during a rolling update the old and the new replica both write
-        tmp = f"{self.state_path}.tmp-{os.getpid()}"
-        with self.fs.open_output_stream(tmp) as out:
-            out.write(self.policy.state_bytes())
-        self.fs.move(tmp, self.state_path)
-        self.since_checkpoint = 0
-
-    def __del__(self):  # Serve calls it on graceful shutdown / redeploy
-        try:
-            with self.lock:
-                self.checkpoint()
-        except Exception:  # noqa: BLE001 -- nothing sensible to do at interpreter teardown
-            pass

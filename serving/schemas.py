@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ContextValue = str | int | float | bool
+# every request model: extra fields refused, NaN and +-Infinity refused (422) wherever a number goes
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Filters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     category: str | None = Field(None, min_length=1, max_length=200)
     price_min: float | None = Field(None, ge=0)
@@ -26,11 +29,14 @@ class Filters(BaseModel):
 
 class RecommendRequest(BaseModel):
     """``user_id`` (known users: their history is looked up) and/or ``history`` (external item
-    ids, oldest first, e.g. an anonymous session); neither -> the cold-start path."""
+    ids, oldest first, e.g. an anonymous session); neither -> the cold-start path. Without a
+    ``user_id``, ``session_id`` names an anonymous session whose feedback builds its real-time
+    history (the answer gives a new one when none is sent)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     user_id: str | None = Field(None, min_length=1, max_length=200)
+    session_id: str | None = Field(None, min_length=1, max_length=100)
     history: list[str] | None = Field(None, max_length=1000)
     context: dict[str, ContextValue] = Field(default_factory=dict, max_length=50)
     k: int = Field(10, ge=1, le=100)
@@ -38,7 +44,7 @@ class RecommendRequest(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     request_id: str = Field(min_length=1, max_length=100)
     item_id: str = Field(min_length=1, max_length=200)
@@ -50,7 +56,7 @@ class NewItem(BaseModel):
     (attributes ``key=value``, title/description through the model's text encoder when it has
     one, an image URI through its image encoder), so it can be recommended before anyone saw it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     item_id: str = Field(min_length=1, max_length=200)
     title: str | None = Field(None, max_length=1000)
@@ -60,6 +66,19 @@ class NewItem(BaseModel):
     attributes: list[str] = Field(default_factory=list, max_length=200)
     price: float | None = Field(None, ge=0)
     image: str | None = Field(None, min_length=1, max_length=2000)
+
+
+@dataclass(frozen=True)
+class PolicyInputs:
+    """What the Ingress hands the Retriever from a shopper's real-time state (internal item ids),
+    for the exploration candidates and the policy's per-item columns."""
+
+    recent: list[int] = field(default_factory=list)  # engaged with since training, newest last
+    shown: list[int] = field(default_factory=list)  # items of the remembered answers
+    clicked: list[bool] = field(default_factory=list)  # ... engaged with or not
+    explore: int = 0  # random catalogue items to add to the candidates
+    dim: int = 0  # user x item product coordinates
+    bandwidth: float = 0.25  # of the recent-click-rate kernel, in cosine units
 
 
 class ModelSpec(BaseModel):
@@ -100,3 +119,25 @@ class AppArgs(BaseModel):
     # cluster/serve.yaml sets per-deployment values instead
     autoscaling: bool = False
     max_replicas: int = Field(4, ge=1)
+    # -- the online loop (serving.user_state; README "The loop") --
+    user_state: Literal["embedded", "redis"] = "embedded"  # where real-time user state lives
+    redis_url: str = "redis://127.0.0.1:6379/0"  # with user_state="redis"
+    state_dir: str = "raycart-work/user-state"  # journal + snapshot of the embedded backend (local disk)
+    state_max_events: int = Field(50, ge=1)  # per user / session
+    exclude_shown: int = Field(3, ge=0)  # items ignored in this many last answers are not shown again
+    shown_window: int = Field(5, ge=0)  # answers remembered for the policy's recent click rate near an item
+    # items drawn at random from the catalogue and added to the retriever's candidates, so the
+    # policy can reach beyond the user vector's neighbourhood when the shopper's taste moves
+    explore_candidates: int = Field(20, ge=0)
+    session_ttl_s: float = Field(1800.0, gt=0)  # anonymous sessions expire after this long unused
+    state_timeout_s: float = Field(2.0, gt=0)  # past this the answer falls back to the stored history
+    # the two halves of learning from feedback; both off = the "no-learning" arm of the closed loop
+    realtime_state: bool = True  # /recommend reads the real-time history and the exclusion rules
+    policy_learning: bool = True  # the policy updates from impressions and feedback
+    policy_item_dim: int = Field(16, ge=0)  # user x item product coordinates the policy learns over
+    policy_bandwidth: float = Field(0.25, gt=0)  # kernel width of the shopper's recent click rate near an item
+    # prior mean weights of recent-click similarity, recent click rate near the item, novelty: a
+    # shopper's own recent behaviour counts from the first request, before the weights are learned
+    policy_prior_item: list[float] = Field(default_factory=lambda: [1.0, 2.0, 0.5], max_length=4)
+    policy_diversity: float = Field(0.3, ge=0)  # MMR weight: slate items unlike each other (0 = off)
+    policy_pending: int = Field(20_000, ge=1)  # requests whose shown features the policy keeps for feedback

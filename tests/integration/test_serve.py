@@ -46,7 +46,8 @@ def app(ray_cluster, tmp_path_factory):
     args = {"model_dir": str(root / "ranker"), "data_dir": data, "feedback_root": str(root / "feedback"),
             "wal_dir": str(root / "wal"), "policy_state": str(root / "policy.npz"), "policy_epsilon": 0.0,
             "items_root": str(root / "new-items"),
-            "policy_alpha": 0.0, "checkpoint_every": 5}  # no exploration: rankings are deterministic
+            "policy_alpha": 0.0, "checkpoint_every": 5, "state_dir": str(root / "user-state"),
+            "explore_candidates": 0, "policy_diversity": 0.0}  # no exploration: rankings are deterministic
     serve.run(build_app(args), name="raycart", route_prefix="/")
     from training.data.dataset import load_dataset
 
@@ -148,28 +149,45 @@ def _twin(app, idx: int, item_id: str) -> dict:
             "attributes": row["attributes"] or [], "price": row["price"]}
 
 
-def test_feedback_changes_the_next_ranking(app):
-    """With exploration off, the policy keeps the ranker's order until feedback says otherwise;
-    purchases of what it puts last (the lowest ranker scores) turn the order around."""
+def test_feedback_changes_the_next_answer_and_is_checked(app):
+    """A purchase enters the shopper's real-time history at once: the next answer (from any
+    ingress replica) no longer offers the bought item, the policy learned from it, and
+    feedback the app cannot vouch for is refused (never issued, not shown) or counted once."""
     url, user = app["url"], app["users"][2]
     req = {"user_id": user, "k": 5, "context": {"device": "web"}}
-    before = requests.post(url + "/recommend", json=req, timeout=60).json()["items"]
-    scores = [i["score"] for i in before]
-    assert scores == sorted(scores, reverse=True)  # untrained: the ranker's order
-    order = [i["item_id"] for i in before]
-    assert [i["item_id"] for i in requests.post(url + "/recommend", json=req, timeout=60).json()["items"]] == order
-    for _ in range(4):
-        shown = requests.post(url + "/recommend", json=req, timeout=60).json()
-        fb = requests.post(url + "/feedback", json={"request_id": shown["request_id"],
-                                                    "item_id": shown["items"][-1]["item_id"], "event": "purchase"},
-                           timeout=60)
-        assert fb.status_code == 200 and fb.json()["learned"]
-    after = requests.post(url + "/recommend", json=req, timeout=60).json()["items"]
-    assert [i["item_id"] for i in after] != order
-    assert after[0]["score"] < after[-1]["score"]  # low ranker scores now come first
+    before = requests.post(url + "/recommend", json=req, timeout=60).json()
+    assert before["state"] == "live" and before["live_history"] == 0
+    bought = before["items"][-1]["item_id"]
+    fb = requests.post(url + "/feedback", json={"request_id": before["request_id"], "item_id": bought,
+                                                "event": "purchase"}, timeout=60)
+    assert fb.status_code == 200 and fb.json() == {"status": "recorded", "learned": True, "history": True}
+    again = requests.post(url + "/feedback", json={"request_id": before["request_id"], "item_id": bought,
+                                                   "event": "purchase"}, timeout=60)
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"  # counted once
+    after = requests.post(url + "/recommend", json=req, timeout=60).json()
+    assert after["live_history"] == 1 and bought not in [i["item_id"] for i in after["items"]]
+    assert after["policy_version"] != before["policy_version"]  # it learned
     unknown = requests.post(url + "/feedback", json={"request_id": "never-issued", "item_id": app["items"][0],
                                                      "event": "click"}, timeout=60)
-    assert unknown.status_code == 200 and not unknown.json()["learned"]  # kept in the log, nothing to learn
+    assert unknown.status_code == 404 and "not issued" in unknown.json()["detail"]
+    shown = {i["item_id"] for i in after["items"]}
+    other = next(x for x in app["items"] if x not in shown)
+    not_shown = requests.post(url + "/feedback", json={"request_id": after["request_id"], "item_id": other,
+                                                       "event": "click"}, timeout=60)
+    assert not_shown.status_code == 400 and "did not show" in not_shown.json()["detail"]
+    events = read_feedback(app["args"]["feedback_root"], "events")  # may lag (flush), never over-counts
+    pairs = list(zip(events["request_id"].to_pylist(), events["item_id"].to_pylist()))
+    assert pairs.count((before["request_id"], bought)) <= 1 and ("never-issued", app["items"][0]) not in pairs
+
+
+def test_nan_and_infinity_are_refused_with_422(app):
+    url = app["url"]
+    for path, body in [("/recommend", '{"k": NaN}'), ("/recommend", '{"context": {"x": Infinity}}'),
+                       ("/recommend", '{"filters": {"price_max": -Infinity}}'),
+                       ("/items", '{"item_id": "inf-item", "attributes": ["a"], "price": Infinity}')]:
+        r = requests.post(url + path, data=body, headers={"content-type": "application/json"}, timeout=60)
+        assert r.status_code == 422, (path, body, r.status_code, r.text)
+        assert r.json()["detail"][0]["loc"], r.text
 
 
 def test_new_item_added_at_runtime_is_retrieved_and_ranked(app):
@@ -198,6 +216,8 @@ def test_new_item_added_at_runtime_is_retrieved_and_ranked(app):
     fb = requests.post(url + "/feedback", json={"request_id": rec.json()["request_id"], "item_id": "new-item-1",
                                                 "event": "click"}, timeout=60)
     assert fb.status_code == 200 and fb.json()["learned"]
+    anon = requests.post(url + "/recommend", json={"history": ["new-item-1"], "k": 3}, timeout=60).json()
+    assert anon["session_id"] and anon["live_history"] == 0
 
 
 def test_model_rollout_drops_no_request(app):
@@ -246,24 +266,35 @@ def test_model_rollout_drops_no_request(app):
     assert sim.status_code == 200 and len(sim.json()["similar"]) == 5  # re-applied with the new model
 
 
-ACKED_ACROSS_KILL: list[str] = []  # acknowledged by the replica that replaced the killed one
+ACKED_ACROSS_KILL: list[tuple[str, str]] = []  # acknowledged by the replica that replaced the killed one
 
 
 def test_killed_ingress_replica_loses_no_acknowledged_feedback(app):
     """SIGKILL the ingress replica while feedback streams in: every event it acknowledged is
-    published by the replica Serve starts in its place (it finds the dead writer's log)."""
-    url, item = app["url"], app["items"][0]
-    acked, failed, killed = [], 0, []
+    published by the replica Serve starts in its place (it finds the dead writer's log), and the
+    requests issued before the kill still take feedback (the request registry lives in the user
+    state, not in the ingress)."""
+    url = app["url"]
+    pending: list[tuple[str, str]] = []  # (request id, item) shown and not yet clicked
+    acked: list[tuple[str, tuple[str, str]]] = []
+    failed, killed = 0, []
     deadline = time.time() + 180
-    i = 0
-    while time.time() < deadline and (not killed or sum(1 for a in acked if a.startswith("after")) < 10):
+    n = 0
+    while time.time() < deadline and (not killed or sum(1 for t, _ in acked if t == "after") < 10):
         tag = "after" if killed else "before"
-        rid = f"{tag}-{i}"
-        i += 1
         try:
-            r = requests.post(url + "/feedback", json={"request_id": rid, "item_id": item, "event": "click"}, timeout=10)
+            if not pending:
+                rec = requests.post(url + "/recommend", json={"user_id": app["users"][4 + n % 20], "k": 10},
+                                    timeout=10)
+                n += 1
+                if rec.status_code == 200:
+                    pending = [(rec.json()["request_id"], i["item_id"]) for i in rec.json()["items"]]
+                continue
+            pair = pending.pop()
+            r = requests.post(url + "/feedback", json={"request_id": pair[0], "item_id": pair[1], "event": "view"},
+                              timeout=10)
             if r.status_code == 200:
-                acked.append(rid)
+                acked.append((tag, pair))
             else:
                 failed += 1
         except requests.RequestException:
@@ -274,11 +305,12 @@ def test_killed_ingress_replica_loses_no_acknowledged_feedback(app):
             assert pids, "no ingress replica process found"
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
-    assert killed and sum(1 for a in acked if a.startswith("after")) >= 10, (len(acked), failed)
-    before = {a for a in acked if a.startswith("before")}
-    published = set(read_feedback(app["args"]["feedback_root"], "events")["request_id"].to_pylist())
+    assert killed and sum(1 for t, _ in acked if t == "after") >= 10, (len(acked), failed)
+    before = {p for t, p in acked if t == "before"}
+    events = read_feedback(app["args"]["feedback_root"], "events")
+    published = set(zip(events["request_id"].to_pylist(), events["item_id"].to_pylist()))
     assert before <= published, sorted(before - published)[:5]
-    ACKED_ACROSS_KILL.extend(a for a in acked if a.startswith("after"))
+    ACKED_ACROSS_KILL.extend(p for t, p in acked if t == "after")
 
 
 def test_feedback_log_holds_every_acknowledged_record_after_shutdown(app):
@@ -288,15 +320,17 @@ def test_feedback_log_holds_every_acknowledged_record_after_shutdown(app):
     acked = []
     for i in range(12):
         rec = requests.post(url + "/recommend", json={"user_id": app["users"][3], "k": 2}, timeout=60).json()
-        r = requests.post(url + "/feedback", json={"request_id": rec["request_id"], "item_id": rec["items"][0]["item_id"],
+        item = rec["items"][0]["item_id"]
+        r = requests.post(url + "/feedback", json={"request_id": rec["request_id"], "item_id": item,
                                                    "event": "click"}, timeout=60)
         if r.status_code == 200:
-            acked.append(rec["request_id"])
+            acked.append((rec["request_id"], item))
     serve.delete("raycart")  # graceful: replicas flush their logs and the policy checkpoints
     events = read_feedback(app["args"]["feedback_root"], "events")
-    assert set(acked) | set(ACKED_ACROSS_KILL) <= set(events["request_id"].to_pylist())
+    published = set(zip(events["request_id"].to_pylist(), events["item_id"].to_pylist()))
+    assert set(acked) | set(ACKED_ACROSS_KILL) <= published
     impressions = read_feedback(app["args"]["feedback_root"], "impressions")
-    assert set(acked) <= set(impressions["request_id"].to_pylist())
+    assert {r for r, _ in acked} <= set(impressions["request_id"].to_pylist())
     assert impressions["propensity"].to_pylist() and min(impressions["propensity"].to_pylist()) > 0
     # the log feeds off-policy evaluation: every impression carries the policy's greedy flag
     from training.evaluation.ope import off_policy_value

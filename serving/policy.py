@@ -1,0 +1,105 @@
+"""The Policy deployment: the contextual bandit (:mod:`training.models.bandit`) that orders the
+final slate, logs exact propensities and learns from ``/feedback``.
+
+One replica (its state is the model). It keeps, for each of the last ``policy_pending`` requests,
+the feature rows of the items it showed (float32 copies, ``k x dim`` each), so feedback can update
+with exactly what the policy saw; older requests' feedback is still logged, not learned from.
+Memory is therefore bounded by ``policy_pending * k * dim * 4`` bytes (:meth:`Policy.memory`).
+Checkpointed every ``checkpoint_every`` updates and on shutdown, and restored on start.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+
+import numpy as np
+from ray import serve
+
+from serving.netbind import bind_replica_grpc_to_node_address
+from serving.schemas import AppArgs
+from training import storage
+from training.models.bandit import POLICY_COLUMNS, LinUCBPolicy, PolicyConfig
+
+
+def policy_config(args: AppArgs) -> PolicyConfig:
+    return PolicyConfig(epsilon=args.policy_epsilon, alpha=args.policy_alpha, seed=args.policy_seed,
+                        item_features=POLICY_COLUMNS + args.policy_item_dim, diversity=args.policy_diversity,
+                        prior_item=tuple(args.policy_prior_item))
+
+
+@serve.deployment(num_replicas=1)
+class Policy:
+    def __init__(self, args: AppArgs):
+        bind_replica_grpc_to_node_address()
+        self.args = args
+        self.config = policy_config(args)
+        if storage.exists(args.policy_state):
+            self.policy = LinUCBPolicy.from_bytes(storage.read_bytes(args.policy_state), self.config)
+        else:
+            self.policy = LinUCBPolicy(self.config, np.random.default_rng(args.policy_seed))
+        self.shown: collections.OrderedDict[str, dict[str, np.ndarray]] = collections.OrderedDict()
+        self.since_checkpoint = 0
+        self.fs, self.state_path = storage.resolve(args.policy_state)
+        self.fs.create_dir(self.state_path.rsplit("/", 1)[0], recursive=True)
+        # Serve runs sync methods in a thread pool: one request at a time changes the state
+        self.lock = threading.RLock()
+
+    def version(self) -> str:
+        learning = "" if self.args.policy_learning else "-frozen"
+        return f"linucb-eps{self.config.epsilon}{learning}-u{self.policy.updates}"
+
+    def choose(self, request_id: str, items: list[dict], context: dict, k: int,
+               item_features: np.ndarray | None = None, item_vectors: np.ndarray | None = None) -> dict:
+        """The slate (indices into ``items``, positions, propensities) and the policy version
+        that chose it."""
+        with self.lock:
+            shown = self.policy.choose(items, context, k, item_features, item_vectors)
+            if self.args.policy_learning:
+                self.policy.observe_impression(shown)
+                self.shown[request_id] = {items[s.index]["item_id"]: s.features for s in shown}
+                while len(self.shown) > self.args.policy_pending:  # older feedback is only logged
+                    self.shown.popitem(last=False)
+                self._maybe_checkpoint(len(shown))
+            version = self.version()
+        return {"version": version, "slate": [{"index": s.index, "position": s.position, "propensity": s.propensity,
+                                               "greedy": s.greedy} for s in shown]}
+
+    def feedback(self, request_id: str, item_id: str, event: str) -> bool:
+        """Learn from one event; False when the (request, item) pair is not pending here."""
+        with self.lock:
+            features = self.shown.get(request_id, {}).get(item_id)
+            if features is None:
+                return False
+            self.policy.observe_feedback(features, event)
+            self._maybe_checkpoint(1)
+        return True
+
+    def memory(self) -> dict:
+        """What bounds this replica's memory: pending requests and the bytes of their features."""
+        with self.lock:
+            rows = sum(len(v) for v in self.shown.values())
+            return {"pending_requests": len(self.shown), "feature_rows": rows,
+                    "feature_bytes": sum(f.nbytes for v in self.shown.values() for f in v.values()),
+                    "bound_requests": self.args.policy_pending, "dim": self.config.dim}
+
+    def _maybe_checkpoint(self, n: int) -> None:
+        self.since_checkpoint += n
+        if self.since_checkpoint >= self.args.checkpoint_every:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        # a private temporary name: during a rolling update the old and the new replica both write
+        tmp = f"{self.state_path}.tmp-{os.getpid()}"
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(self.policy.state_bytes())
+        self.fs.move(tmp, self.state_path)
+        self.since_checkpoint = 0
+
+    def __del__(self):  # Serve calls it on graceful shutdown / redeploy
+        try:
+            with self.lock:
+                self.checkpoint()
+        except Exception:  # noqa: BLE001 -- nothing sensible to do at interpreter teardown
+            pass
