@@ -5,8 +5,8 @@ run one after the other in this one process on 127.0.0.1:
 
 * ``learning``: real-time user state + the learning policy (the defaults);
 * ``no learning``: the same app with ``realtime_state`` and ``policy_learning`` off;
-* ``learning, no exploration``: as ``learning`` with the exploration floor at 0 (its cost);
-* ``learning, redis``: as ``learning`` with the Redis user-state backend (a local redis-server).
+* ``learning without exploration``: as ``learning`` with the exploration floor at 0 (its cost);
+* ``learning on redis``: as ``learning`` with the Redis user-state backend (a local redis-server).
 
 Then the latency cost of real-time state: closed-loop ``/recommend`` load (the load generator of
 ``benchmarks/serve_load.py``) at 1 and 16 clients with the state on (embedded, Redis) and off.
@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 ARMS = {
     "learning": {},
     "no learning": {"realtime_state": False, "policy_learning": False},
-    "learning, no exploration": {"policy_epsilon": 0.0},
-    "learning, redis": {"user_state": "redis"},
+    "learning without exploration": {"policy_epsilon": 0.0},
+    "learning on redis": {"user_state": "redis"},
 }
 
 
@@ -56,7 +56,7 @@ def main() -> None:
 
     from serving.demo import SHOP, DemoConfig, train_models
     from serving.redis_server import LocalRedis
-    from serving.simulator import SimConfig, Shop, simulate
+    from serving.simulator import Shop, SimConfig, simulate
     from training import storage
     from training.data.cli import prepare
     from training.ray_env import init_ray
@@ -81,7 +81,7 @@ def main() -> None:
     cfg = SimConfig(rounds=a.rounds, drift_after=a.drift_after, shoppers=a.shoppers)
 
     def app_args(name: str, **extra) -> dict:
-        root = work / name.replace(" ", "-").replace(",", "")
+        root = Path(tempfile.mkdtemp(prefix=name.replace(" ", "-") + "-", dir=work))  # fresh state per arm
         return {"model_dir": storage.absolute(ranker), "data_dir": storage.absolute(str(data)),
                 "feedback_root": str(root / "feedback"), "wal_dir": str(root / "wal"),
                 "policy_state": str(root / "policy.npz"), "items_root": str(root / "items"),
@@ -104,11 +104,16 @@ def main() -> None:
             print(f"\n[closed-loop] arm '{arm}'", flush=True)
             if ARMS[arm].get("user_state") == "redis":
                 redis.stop()
-                redis = LocalRedis(work / f"redis-{arm.replace(' ', '-').replace(',', '')}").start()
+                redis = LocalRedis(tempfile.mkdtemp(prefix="redis-", dir=work)).start()
             deploy(app_args(arm, **ARMS[arm]))
             results["arms"][arm] = simulate(url, shop, replace(cfg))
+            results["arms"][arm]["policy_memory"] = serve.get_deployment_handle("Policy", "raycart").memory.remote(
+            ).result()
             serve.delete("raycart")
         if a.latency_seconds > 0:
+            import redis as redis_client
+
+            redis_client.Redis.from_url(redis.url).flushdb()  # the arms' state is not the latency runs'
             users = list(Catalog.load(str(data)).user_index)
             for name, extra in [("state off", {"realtime_state": False}), ("state embedded", {}),
                                 ("state redis", {"user_state": "redis"})]:
@@ -141,8 +146,8 @@ def summarize(results: dict) -> None:
         print(f"| {name} | {s['stationary_share']:.3f} ({s['stationary_chance']:.3f}) | {s['drift_share_last']:.3f} "
               f"({s['drift_chance']:.3f}) | {s['rounds_to_recover'] or 'no'} | {s['ctr']:.4f} | "
               f"{s['reward_per_item']:.4f} | {s['failed_requests']} |")
-    if "learning" in arms and "learning, no exploration" in arms:
-        a, b = arms["learning"]["summary"]["ctr"], arms["learning, no exploration"]["summary"]["ctr"]
+    if "learning" in arms and "learning without exploration" in arms:
+        a, b = arms["learning"]["summary"]["ctr"], arms["learning without exploration"]["summary"]["ctr"]
         results["exploration_cost_ctr"] = {"with_floor": a, "without": b, "relative": (a - b) / b if b else None}
         print(f"\nexploration floor: CTR {a:.4f} with vs {b:.4f} without ({(a - b) / b:+.1%})")
     lat = {(r["setup"], r["concurrency"]): r["p50_ms"] for r in results["latency"]}
@@ -154,6 +159,13 @@ def summarize(results: dict) -> None:
     results["p50_ratio_vs_off"] = ratios
     for k, v in ratios.items():
         print(f"p50 {k}: {v:.2f}x the p50 with the state off")
+    for name, r in arms.items():
+        m = r.get("policy_memory") or {}
+        if m.get("pending_requests"):
+            per = m["feature_bytes"] / m["pending_requests"]
+            print(f"policy memory ({name}): {m['pending_requests']:,} pending requests, "
+                  f"{m['feature_bytes'] / 1e6:.1f} MB of features ({per / 1e3:.1f} KB each; bound {m['bound_requests']:,} requests = "
+                  f"{per * m['bound_requests'] / 1e6:.0f} MB)")
 
 
 def plot(results: dict, path: Path) -> None:

@@ -7,7 +7,8 @@ cluster/serve.yaml`` and for ``raycart serve``.
 Endpoints: ``POST /recommend``, ``POST /feedback``, ``POST /items`` (a new item, recommendable at
 once), ``GET /items/{id}/similar``, ``GET /healthz`` (live), ``GET /readyz`` (models loaded).
 Every impression and feedback event is appended to the durable feedback log
-(:mod:`serving.feedback_log`) **before** the response acknowledges it.
+(:mod:`serving.feedback_log`) **before** the response acknowledges it, and every accepted event
+joins the shopper's real-time state (:mod:`serving.user_state`), which the next request reads.
 """
 
 
@@ -29,9 +30,6 @@ from serving.deployments import ItemRegistry, Ranker, Retriever
 from serving.feedback_log import FeedbackLog, FeedbackLogConfig
 from serving.netbind import bind_replica_grpc_to_node_address
 from serving.policy import Policy
-from serving.state_store import StateAccess, StateUnavailable, UserStateStore
-from serving.user_state import HISTORY_EVENTS, Outcome, UserView
-from training.data.funnel import STAGES
 from serving.schemas import (
     AppArgs,
     FeedbackRequest,
@@ -40,6 +38,9 @@ from serving.schemas import (
     PolicyInputs,
     RecommendRequest,
 )
+from serving.state_store import StateAccess, StateUnavailable, UserStateStore
+from serving.user_state import HISTORY_EVENTS, Outcome, UserView
+from training.data.funnel import STAGES
 
 # per-deployment autoscaling with AppArgs.autoscaling (target ongoing requests per replica; the
 # Ranker's are high so that @serve.batch fills batches before a new replica is added)

@@ -7,7 +7,8 @@
 4. serve them with Ray Serve on 127.0.0.1 (:mod:`serving.app`);
 5. answer a few real requests over HTTP and print them: a known user, feedback, an anonymous
    session, a brand-new item added at runtime and its neighbours;
-6. shut down cleanly (feedback log flushed, policy checkpointed) -- or, with ``--keep-serving``,
+6. show the online loop: a shopper clicks, the next answer changes and says why;
+7. shut down cleanly (feedback log flushed, policy checkpointed) -- or, with ``--keep-serving``,
    stay up until SIGINT/SIGTERM.
 
 ``--smoke`` runs the same path on a small synthetic shop with tiny models (about 2 minutes here).
@@ -17,6 +18,7 @@ Lives in ``serving`` because it runs the Serve app (nothing imports ``serving``)
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import signal
@@ -163,6 +165,51 @@ def ask(url: str, data: str) -> list[dict]:
     return done
 
 
+def loop_story(url: str, data: str) -> dict:
+    """The online loop in two answers: a shopper clicks and adds to cart an item off their usual
+    path; the next answer (real-time history) changes, and its reasons say why."""
+    from training.data.dataset import load_dataset
+
+    ds = load_dataset(data)
+    category = dict(zip(ds.items["external_id"].to_pylist(), ds.items["category"].to_pylist()))
+    user = ds.users["external_id"][0].as_py()
+    status, first = _http("POST", url + "/recommend", {"user_id": user, "k": 6})
+    if status != 200 or not first.get("items"):
+        print(f"\n[demo] the loop: /recommend answered {status}; skipped")
+        return {"request": "loop", "status": status}
+    usual = collections.Counter(category.get(i["item_id"]) for i in first["items"]).most_common(1)[0][0]
+    # an item off the usual path: outside the answer's main category where there are categories
+    target = next((i for i in reversed(first["items"]) if category.get(i["item_id"]) != usual), first["items"][-1])
+    print(f"\n[demo] the loop: shopper {user} sees {_describe(first['items'], category)}")
+    for event in ("click", "cart"):
+        _http("POST", url + "/feedback", {"request_id": first["request_id"], "item_id": target["item_id"],
+                                           "event": event})
+    what = f" ({category[target['item_id']]})" if category.get(target["item_id"]) else ""
+    print(f"[demo]   ... clicks and adds to cart {target['item_id']}{what}: {target.get('title') or ''}")
+    status, second = _http("POST", url + "/recommend", {"user_id": user, "k": 6})
+    before = {i["item_id"] for i in first["items"]}
+    print(f"[demo]   next answer (real-time history: {second.get('live_history')} item(s), state "
+          f"{second.get('state')}): {_describe(second.get('items', []), category)}")
+    for it in second.get("items", []):
+        if it["item_id"] in before:
+            continue
+        why = it["reason"].get("because_you_saw")
+        shared = ", ".join(it["reason"].get("shared", [])[:3])
+        print(f"[demo]     new: {it['item_id']:<12} {str(it.get('title') or '')[:40]:<40} because you saw {why}"
+              + (f" (shared: {shared})" if shared else ""))
+    return {"request": "loop: click, cart, next answer", "status": status,
+            "changed": len({i["item_id"] for i in second.get("items", [])} - before),
+            "because_of_the_click": sum(1 for i in second.get("items", [])
+                                        if i["reason"].get("because_you_saw") == target["item_id"])}
+
+
+def _describe(items: list[dict], category: dict) -> str:
+    if any(category.get(i["item_id"]) for i in items):
+        counts = collections.Counter(category.get(i["item_id"]) for i in items)
+        return ", ".join(f"{n} {c}" for c, n in counts.most_common())
+    return " ".join(i["item_id"] for i in items)
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     from training.data.cli import prepare
     from training.demo import DemoConfig as DataConfig
@@ -216,6 +263,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         print(f"\n[demo] serving {ranker} on {url} ({ready['items']:,} items)", flush=True)
         t = time.time()
         answered = ask(url, data)
+        answered.append(loop_story(url, data))
         stages["requests"] = time.time() - t
         if cfg.keep_serving:
             stop = threading.Event()

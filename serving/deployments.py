@@ -10,10 +10,7 @@ and reach every replica through :meth:`_ServesModel._sync`.
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
-import os
-import threading
 
 import numpy as np
 import pyarrow.fs as pafs

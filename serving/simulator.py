@@ -116,39 +116,40 @@ def simulate(url: str, shop: Shop, cfg: SimConfig, progress=print) -> dict:
     client = _Client(url, timeout=60)
     share_of = {c: sum(1 for x in shop.item_category.values() if x == c) / len(shop.item_category)
                 for c in shop.categories}
+
+    def shopper(rnd: int, i: int) -> dict:
+        """One shopper's round: ask, look, click, buy, report."""
+        user = chosen[i]
+        taste = drift[user] if rnd >= cfg.drift_after else shop.tastes[user]
+        r = np.random.default_rng(seeds[rnd, i])
+        status, body, latency = client.post("/recommend", {"user_id": user, "k": cfg.k})
+        out = {"ok": status == 200, "shown": 0, "in_taste": 0, "clicks": 0, "reward": 0.0,
+               "chance": sum(share_of.get(c, 0.0) for c in taste), "latency": [latency], "fb_latency": [],
+               "fb_failed": 0,
+               "state": body.get("state")}
+        if status != 200:
+            return out
+        for item in body["items"]:
+            hit = shop.item_category.get(item["item_id"]) in taste
+            out["shown"] += 1
+            out["in_taste"] += hit
+            if r.random() < (cfg.p_click_taste if hit else cfg.p_click_other):
+                events = ["click"] + (["purchase"] if r.random() < cfg.p_buy else [])
+                for ev in events:
+                    st, _, lat = client.post("/feedback", {"request_id": body["request_id"],
+                                                           "item_id": item["item_id"], "event": ev})
+                    out["fb_latency"].append(lat)
+                    out["fb_failed"] += st != 200
+                    out["reward"] += REWARD[ev]
+                out["clicks"] += 1
+        return out
+
     rounds = []
     for rnd in range(cfg.rounds):
         drifted = rnd >= cfg.drift_after
-
-        def shopper(i: int) -> dict:
-            user = chosen[i]
-            taste = drift[user] if drifted else shop.tastes[user]
-            r = np.random.default_rng(seeds[rnd, i])
-            status, body, latency = client.post("/recommend", {"user_id": user, "k": cfg.k})
-            out = {"ok": status == 200, "shown": 0, "in_taste": 0, "clicks": 0, "reward": 0.0,
-                   "chance": sum(share_of.get(c, 0.0) for c in taste), "latency": [latency], "fb_latency": [],
-                   "fb_failed": 0,
-                   "state": body.get("state")}
-            if status != 200:
-                return out
-            for item in body["items"]:
-                hit = shop.item_category.get(item["item_id"]) in taste
-                out["shown"] += 1
-                out["in_taste"] += hit
-                if r.random() < (cfg.p_click_taste if hit else cfg.p_click_other):
-                    events = ["click"] + (["purchase"] if r.random() < cfg.p_buy else [])
-                    for ev in events:
-                        st, _, lat = client.post("/feedback", {"request_id": body["request_id"],
-                                                               "item_id": item["item_id"], "event": ev})
-                        out["fb_latency"].append(lat)
-                        out["fb_failed"] += st != 200
-                        out["reward"] += REWARD[ev]
-                    out["clicks"] += 1
-            return out
-
         t = time.time()
         with ThreadPoolExecutor(cfg.concurrency) as pool:
-            res = list(pool.map(shopper, range(len(chosen))))
+            res = list(pool.map(lambda i, r=rnd: shopper(r, i), range(len(chosen))))
         shown = sum(x["shown"] for x in res)
         lat = np.array([v for x in res for v in x["latency"]]) * 1000  # /recommend
         fb = np.array([v for x in res for v in x["fb_latency"]]) * 1000

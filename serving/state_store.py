@@ -22,7 +22,8 @@ from ray.serve.handle import DeploymentHandle
 
 from serving.netbind import bind_replica_grpc_to_node_address
 from serving.schemas import AppArgs
-from serving.user_state import MemoryUserState, Recorded, RedisUserState, UserStateConfig, UserView
+from serving.user_state import MemoryUserState, Recorded, UserStateConfig, UserView
+from serving.user_state_redis import RedisUserState
 
 
 def state_config(args: AppArgs) -> UserStateConfig:
