@@ -162,7 +162,9 @@ class Ingress:
             r["item_id"] = cat.item_ids[r["item"]]
         rows = [r["retriever_rank"] for r in kept]
         feats, vecs = (cands["policy"][rows], cands["vectors"][rows]) if kept else (None, None)
-        chosen = await self.policy.choose.remote(request_id, kept, req.context, req.k, feats, vecs)
+        stale = self.args.stale_answers > 0 and view.stale(self.args.stale_answers)
+        explore = (self.args.stale_epsilon, np.asarray(rows) >= cands["explore_from"]) if stale else (None, None)
+        chosen = await self.policy.choose.remote(request_id, kept, req.context, req.k, feats, vecs, *explore)
         slate, policy_version = chosen["slate"], chosen["version"]
         now = time.time()
         context_hash = hashlib.sha256(json.dumps(req.context, sort_keys=True).encode()).hexdigest()[:16]
@@ -187,7 +189,7 @@ class Ingress:
                 state = "unavailable"
         body = {"request_id": request_id, "user_known": user is not None, "items": out,
                 "model_version": model_version, "policy_version": policy_version, "state": state,
-                "live_history": len(live)}
+                "live_history": len(live), "explore_harder": stale}
         if session is not None:
             body["session_id"] = session
         return body

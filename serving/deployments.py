@@ -183,6 +183,7 @@ class Retriever(_ServesModel):
         user = pipe.stage.retriever.user_vectors(hist).numpy()
         items, scores = s.index.search(user, pipe.k, [hist.row(0)])
         vecs = pipe.stage.retriever.item_vecs.numpy()
+        retrieved = int((items[0] >= 0).sum())
         if live.explore:
             taken = np.zeros(len(vecs), dtype=bool)
             taken[hist.row(0)] = True
@@ -199,7 +200,9 @@ class Retriever(_ServesModel):
         policy = user_item_features(user[0], vecs[safe], vecs[live.recent] if live.recent else None, live.dim,
                                     vecs[live.shown] if live.shown else None, np.asarray(live.clicked, bool),
                                     bandwidth=live.bandwidth)
-        return {"items": found, "dense": c.dense[0], "policy": policy, "vectors": vecs[safe]}
+        # candidates from ``explore_from`` on are the exploration draws
+        return {"items": found, "dense": c.dense[0], "policy": policy, "vectors": vecs[safe],
+                "explore_from": retrieved if live.explore else len(found)}
 
 
 @serve.deployment(max_ongoing_requests=64)  # lets @serve.batch fill batches of 32

@@ -51,11 +51,12 @@ class Policy:
         return f"linucb-eps{self.config.epsilon}{learning}-u{self.policy.updates}"
 
     def choose(self, request_id: str, items: list[dict], context: dict, k: int,
-               item_features: np.ndarray | None = None, item_vectors: np.ndarray | None = None) -> dict:
+               item_features: np.ndarray | None = None, item_vectors: np.ndarray | None = None,
+               epsilon: float | None = None, explore_pool: np.ndarray | None = None) -> dict:
         """The slate (indices into ``items``, positions, propensities) and the policy version
-        that chose it."""
+        that chose it (see :meth:`~training.models.bandit.LinUCBPolicy.choose`)."""
         with self.lock:
-            shown = self.policy.choose(items, context, k, item_features, item_vectors)
+            shown = self.policy.choose(items, context, k, item_features, item_vectors, epsilon, explore_pool)
             if self.args.policy_learning:
                 self.policy.observe_impression(shown)
                 self.shown[request_id] = {items[s.index]["item_id"]: s.features for s in shown}

@@ -113,6 +113,13 @@ class UserView:
         recent = self.shown if answers is None else self.shown[len(self.shown) - answers:] if answers else ()
         return {i for answer in recent for i in answer if i not in touched}
 
+    def stale(self, answers: int) -> bool:
+        """The last ``answers`` answers exist and none of their items was engaged with."""
+        if answers < 1 or len(self.shown) < answers:
+            return False
+        engaged = {e.item_id for e in self.events if e.event in HISTORY_EVENTS}
+        return not any(i in engaged for answer in self.shown[-answers:] for i in answer)
+
     def impressions(self) -> list[tuple[str, bool]]:
         """``(item, clicked or deeper)`` for every item of the remembered answers, oldest first."""
         engaged = {e.item_id for e in self.events if e.event in HISTORY_EVENTS}

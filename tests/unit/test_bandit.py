@@ -103,3 +103,22 @@ def test_item_priors_count_before_anything_is_learned():
     feats = np.array([[0, 0.05, 0], [0, 0.4, 0], [0, 0.1, 0]], dtype=float)
     shown = pol.choose([{"score": 1.0}] * 3, None, k=3, item_features=feats)
     assert [s.index for s in shown] == [1, 2, 0]
+
+
+def test_a_per_request_floor_over_an_exploration_pool_keeps_propensities_exact():
+    """A shopper whose recent answers got no engagement is explored harder, among the exploration
+    candidates only: slot-1 frequencies still match the logged propensities, and items outside
+    the pool are shown only as the greedy choice."""
+    pol = LinUCBPolicy(PolicyConfig(epsilon=0.05, context_buckets=4), np.random.default_rng(5))
+    pool = np.array([False, False, True, True, True])
+    counts, logged, n = {}, {}, 20_000
+    for _ in range(n):
+        s = pol.choose(ITEMS, None, k=1, epsilon=0.6, explore_pool=pool)[0]
+        counts[s.index] = counts.get(s.index, 0) + 1
+        logged[s.index] = s.propensity
+    assert set(counts) == {0, 2, 3, 4}  # the greedy item (the ranker's best) or a pool item
+    for i, c in counts.items():
+        assert c / n == pytest.approx(logged[i], abs=0.012)
+    assert logged[0] == pytest.approx(0.4) and logged[2] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="epsilon"):
+        pol.choose(ITEMS, None, k=1, epsilon=2.0)

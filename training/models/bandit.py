@@ -135,9 +135,18 @@ class LinUCBPolicy:
     # -- acting and learning -------------------------------------------------------------------
 
     def choose(self, items: list[dict], context: dict | None, k: int,
-               item_features: np.ndarray | None = None, item_vectors: np.ndarray | None = None) -> list[Shown]:
+               item_features: np.ndarray | None = None, item_vectors: np.ndarray | None = None,
+               epsilon: float | None = None, explore_pool: np.ndarray | None = None) -> list[Shown]:
         """Fill ``min(k, len(items))`` slots; see the module docstring for the propensities.
-        ``item_vectors`` (``(len(items), d)``) enable the ``diversity`` term."""
+        ``item_vectors`` (``(len(items), d)``) enable the ``diversity`` term. ``epsilon``
+        overrides the configured floor for this request, and an exploration draw then picks
+        uniformly among the remaining items of ``explore_pool`` (a boolean mask; all remaining
+        items when none of the pool is left). Either way each logged propensity is the exact
+        probability ``(1 - eps) [greedy] + eps [in the draw's set] / |that set|``."""
+        eps = self.config.epsilon if epsilon is None else float(epsilon)
+        if not 0 <= eps <= 1:
+            raise ValueError(f"epsilon must be in [0, 1], got {eps}")
+        pool = np.zeros(len(items), dtype=bool) if explore_pool is None else np.asarray(explore_pool, dtype=bool)
         x = self.features(items, context, item_features)
         u = self.ucb(x) if len(items) else np.zeros(0)
         remaining = list(range(len(items)))
@@ -150,10 +159,10 @@ class LinUCBPolicy:
         for pos in range(min(k, len(items))):
             score = u - self.config.diversity * np.maximum(closest, 0.0) if diverse and pos else u
             greedy = max(remaining, key=lambda i: (score[i], -i))  # ties: earlier (better-ranked) item
-            explore = self.rng.random() < self.config.epsilon
-            pick = remaining[int(self.rng.integers(len(remaining)))] if explore else greedy
-            eps, n = self.config.epsilon, len(remaining)
-            prop = (1 - eps) * (pick == greedy) + eps / n
+            draw_from = [i for i in remaining if pool[i]] or remaining
+            explore = self.rng.random() < eps
+            pick = draw_from[int(self.rng.integers(len(draw_from)))] if explore else greedy
+            prop = (1 - eps) * (pick == greedy) + (eps / len(draw_from) if pick in draw_from else 0.0)
             # a copy, not a view: a pending request must not keep the whole feature matrix alive
             out.append(Shown(pick, pos, float(prop), pick == greedy, x[pick].astype(np.float32)))
             remaining.remove(pick)

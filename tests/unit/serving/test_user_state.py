@@ -146,3 +146,16 @@ def test_redis_down_is_an_error_not_a_hang(tmp_path):
 
     with pytest.raises(redis.exceptions.ConnectionError):
         s.view("u:a")
+
+
+def test_a_shopper_whose_answers_get_no_engagement_is_stale():
+    s = MemoryUserState(UserStateConfig())
+    s.issue("r1", "u:a", ["a", "b"])
+    assert not s.view("u:a").stale(2)  # one answer only
+    s.issue("r2", "u:a", ["c", "d"])
+    assert s.view("u:a").stale(2)
+    s.record("r2", "d", "click")
+    assert not s.view("u:a").stale(2)
+    s.issue("r3", "u:a", ["e"])
+    s.record("r3", "e", "view")  # a view is not engagement
+    assert not s.view("u:a").stale(2) and s.view("u:a").stale(1)
