@@ -7,7 +7,8 @@
 4. serve them with Ray Serve on 127.0.0.1 (:mod:`serving.app`);
 5. answer a few real requests over HTTP and print them: a known user, feedback, an anonymous
    session, a brand-new item added at runtime and its neighbours;
-6. show the online loop: a shopper clicks, the next answer changes and says why;
+6. show the online loop: a shopper clicks, the next answer changes and says why (on the synthetic
+   shop after a short warm-up of simulated shoppers, so the policy has seen real feedback);
 7. shut down cleanly (feedback log flushed, policy checkpointed) -- or, with ``--keep-serving``,
    stay up until SIGINT/SIGTERM.
 
@@ -165,6 +166,19 @@ def ask(url: str, data: str) -> list[dict]:
     return done
 
 
+def warm_up(url: str, data: str) -> dict:
+    """A few rounds of simulated shoppers (the closed-loop simulator) so that the policy has seen
+    what real traffic gives it -- clicks as well as impressions -- before the loop is shown."""
+    from serving.simulator import Shop, SimConfig, simulate
+
+    print("\n[demo] warming the policy up: 3 rounds of 60 simulated shoppers with the shop's planted tastes",
+          flush=True)
+    result = simulate(url, Shop.load(data), SimConfig(rounds=3, drift_after=3, shoppers=60, k=10, seed=7),
+                      progress=lambda line: print("[demo]   " + line.removeprefix("[simulate] ").split("  /")[0],
+                                                  flush=True))
+    return result["summary"]
+
+
 def loop_story(url: str, data: str) -> dict:
     """The online loop in two answers: a shopper clicks and adds to cart an item off their usual
     path; the next answer (real-time history) changes, and its reasons say why."""
@@ -263,6 +277,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         print(f"\n[demo] serving {ranker} on {url} ({ready['items']:,} items)", flush=True)
         t = time.time()
         answered = ask(url, data)
+        if cfg.dataset == SHOP and not cfg.smoke:
+            warm_up(url, data)
         answered.append(loop_story(url, data))
         stages["requests"] = time.time() - t
         if cfg.keep_serving:

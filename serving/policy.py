@@ -11,8 +11,10 @@ Checkpointed every ``checkpoint_every`` updates and on shutdown, and restored on
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
+import time
 
 import numpy as np
 from ray import serve
@@ -22,11 +24,14 @@ from serving.schemas import AppArgs
 from training import storage
 from training.models.bandit import POLICY_COLUMNS, LinUCBPolicy, PolicyConfig
 
+log = logging.getLogger(__name__)
+
 
 def policy_config(args: AppArgs) -> PolicyConfig:
     return PolicyConfig(epsilon=args.policy_epsilon, alpha=args.policy_alpha, seed=args.policy_seed,
                         item_features=POLICY_COLUMNS + args.policy_item_dim, diversity=args.policy_diversity,
-                        prior_item=tuple(args.policy_prior_item))
+                        prior_item=tuple(args.policy_prior_item), prior_score=args.policy_prior_score,
+                        ridge=args.policy_ridge)
 
 
 @serve.deployment(num_replicas=1)
@@ -35,16 +40,29 @@ class Policy:
         bind_replica_grpc_to_node_address()
         self.args = args
         self.config = policy_config(args)
-        if storage.exists(args.policy_state):
-            self.policy = LinUCBPolicy.from_bytes(storage.read_bytes(args.policy_state), self.config)
-        else:
-            self.policy = LinUCBPolicy(self.config, np.random.default_rng(args.policy_seed))
-        self.shown: collections.OrderedDict[str, dict[str, np.ndarray]] = collections.OrderedDict()
-        self.since_checkpoint = 0
         self.fs, self.state_path = storage.resolve(args.policy_state)
         self.fs.create_dir(self.state_path.rsplit("/", 1)[0], recursive=True)
+        self.policy = self._restore()
+        self.shown: collections.OrderedDict[str, dict[str, np.ndarray]] = collections.OrderedDict()
+        self.since_checkpoint = 0
         # Serve runs sync methods in a thread pool: one request at a time changes the state
         self.lock = threading.RLock()
+
+    def _restore(self) -> LinUCBPolicy:
+        """The checkpointed policy; a checkpoint of another configuration (other features, say,
+        after an upgrade) cannot be reused: it is moved aside, loudly, and learning starts afresh
+        -- rather than a replica that fails to start, again and again."""
+        fresh = LinUCBPolicy(self.config, np.random.default_rng(self.args.policy_seed))
+        if not storage.exists(self.args.policy_state):
+            return fresh
+        try:
+            return LinUCBPolicy.from_bytes(storage.read_bytes(self.args.policy_state), self.config)
+        except ValueError as exc:
+            aside = f"{self.state_path}.incompatible-{int(time.time())}"
+            self.fs.move(self.state_path, aside)
+            log.warning("policy checkpoint %s does not fit this configuration (%s); moved to %s, starting "
+                        "a fresh policy", self.args.policy_state, str(exc)[:300], aside)
+            return fresh
 
     def version(self) -> str:
         learning = "" if self.args.policy_learning else "-frozen"

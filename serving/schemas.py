@@ -103,7 +103,7 @@ class AppArgs(BaseModel):
     wal_dir: str = "raycart-work/serve-wal"  # local write-ahead log of the feedback log
     policy_state: str = "raycart-work/policy/state.npz"  # checkpoint of the bandit (local or s3://)
     policy_epsilon: float = Field(0.05, ge=0, le=1)
-    policy_alpha: float = Field(0.5, ge=0)
+    policy_alpha: float = Field(0.1, ge=0)  # UCB width: small, so a young policy follows the ranker
     policy_seed: int = 0
     # policy updates between checkpoints: 1 = after every request and feedback (a restart loses
     # nothing learned; ~1 ms on local disk); raise it for S3, where the feedback log covers the gap
@@ -142,8 +142,13 @@ class AppArgs(BaseModel):
     policy_learning: bool = True  # the policy updates from impressions and feedback
     policy_item_dim: int = Field(16, ge=0)  # user x item product coordinates the policy learns over
     policy_bandwidth: float = Field(0.25, gt=0)  # kernel width of the shopper's recent click rate near an item
-    # prior mean weights of recent-click similarity, recent click rate near the item, novelty: a
-    # shopper's own recent behaviour counts from the first request, before the weights are learned
-    policy_prior_item: list[float] = Field(default_factory=lambda: [1.0, 2.0, 0.5], max_length=4)
+    # the policy's prior, in reward units (click 1, cart 2, purchase 5), as strong as `policy_ridge`
+    # observations: a 1-sd better ranker score is worth `policy_prior_score`; recent-click
+    # similarity, the shopper's recent click rate near the item (x 2: about the reward of a click)
+    # and novelty are worth `policy_prior_item`. A young policy then follows the ranker and the
+    # shopper's own recent behaviour, and a handful of unclicked impressions cannot turn it over.
+    policy_prior_score: float = 0.3
+    policy_prior_item: list[float] = Field(default_factory=lambda: [0.3, 2.0, 0.1], max_length=4)
+    policy_ridge: float = Field(10.0, gt=0)
     policy_diversity: float = Field(0.3, ge=0)  # MMR weight: slate items unlike each other (0 = off)
     policy_pending: int = Field(20_000, ge=1)  # requests whose shown features the policy keeps for feedback

@@ -47,7 +47,8 @@ def app(ray_cluster, tmp_path_factory):
             "wal_dir": str(root / "wal"), "policy_state": str(root / "policy.npz"), "policy_epsilon": 0.0,
             "items_root": str(root / "new-items"),
             "policy_alpha": 0.0, "checkpoint_every": 5, "state_dir": str(root / "user-state"),
-            "explore_candidates": 0, "policy_diversity": 0.0}  # no exploration: rankings are deterministic
+            "explore_candidates": 0, "policy_diversity": 0.0,
+            "stale_answers": 0}  # no exploration: rankings are deterministic
     serve.run(build_app(args), name="raycart", route_prefix="/")
     from training.data.dataset import load_dataset
 
@@ -175,6 +176,17 @@ def test_feedback_changes_the_next_answer_and_is_checked(app):
     not_shown = requests.post(url + "/feedback", json={"request_id": after["request_id"], "item_id": other,
                                                        "event": "click"}, timeout=60)
     assert not_shown.status_code == 400 and "did not show" in not_shown.json()["detail"]
+    # an anonymous session: its feedback builds its own real-time history, under its session id
+    anon = requests.post(url + "/recommend", json={"history": app["items"][:2], "k": 3}, timeout=60).json()
+    clicked = anon["items"][0]["item_id"]
+    assert requests.post(url + "/feedback", json={"request_id": anon["request_id"], "item_id": clicked,
+                                                  "event": "click"}, timeout=60).status_code == 200
+    same = requests.post(url + "/recommend", json={"history": app["items"][:2], "k": 3,
+                                                   "session_id": anon["session_id"]}, timeout=60).json()
+    assert same["session_id"] == anon["session_id"] and same["live_history"] == 1
+    assert clicked not in [i["item_id"] for i in same["items"]]
+    other = requests.post(url + "/recommend", json={"history": app["items"][:2], "k": 3}, timeout=60).json()
+    assert other["session_id"] != anon["session_id"] and other["live_history"] == 0
     events = read_feedback(app["args"]["feedback_root"], "events")  # may lag (flush), never over-counts
     pairs = list(zip(events["request_id"].to_pylist(), events["item_id"].to_pylist()))
     assert pairs.count((before["request_id"], bought)) <= 1 and ("never-issued", app["items"][0]) not in pairs
