@@ -164,8 +164,8 @@ def summarize(results: dict) -> None:
         if m.get("pending_requests"):
             per = m["feature_bytes"] / m["pending_requests"]
             print(f"policy memory ({name}): {m['pending_requests']:,} pending requests, "
-                  f"{m['feature_bytes'] / 1e6:.1f} MB of features ({per / 1e3:.1f} KB each; bound {m['bound_requests']:,} requests = "
-                  f"{per * m['bound_requests'] / 1e6:.0f} MB)")
+                  f"{m['feature_bytes'] / 1e6:.1f} MB of features ({per / 1e3:.1f} KB each; "
+                  f"bound {m['bound_requests']:,} requests = {per * m['bound_requests'] / 1e6:.0f} MB)")
 
 
 def plot(results: dict, path: Path) -> None:

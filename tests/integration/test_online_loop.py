@@ -4,7 +4,6 @@ losing their process (the embedded store's replica SIGKILLed, the Redis server S
 without losing an acknowledged event; a state backend that is down degrades answers, never 500s."""
 
 import signal
-import socket
 import subprocess
 import time
 
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import requests
 
-from serving.redis_server import LocalRedis
+from serving.redis_server import LocalRedis, free_port
 from serving.simulator import Shop, SimConfig, simulate
 from training.models.ranker_config import RankerConfig
 from training.models.retriever_config import RetrieverConfig
@@ -20,12 +19,6 @@ from training.train_ranker import RankerJob, train_ranker
 from training.train_retriever import RetrieverJob, train_retriever
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +39,7 @@ def loop(ray_cluster, tmp_path_factory):
                            storage=str(root / "runs"),
                            model=RankerConfig(dim=32, hidden=64, max_len=20, train_candidates=50, eval_candidates=60,
                                               epochs=3, patience=2)))
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield {"url": f"http://127.0.0.1:{port}", "data": data, "ranker": str(root / "ranker"), "root": root}
     serve.shutdown()
