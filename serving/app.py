@@ -162,7 +162,7 @@ class Ingress:
             r["item_id"] = cat.item_ids[r["item"]]
         rows = [r["retriever_rank"] for r in kept]
         feats, vecs = (cands["policy"][rows], cands["vectors"][rows]) if kept else (None, None)
-        stale = self.args.stale_answers > 0 and view.stale(self.args.stale_answers)
+        stale = view.stale(self.args.stale_alpha)
         explore = (self.args.stale_epsilon, np.asarray(rows) >= cands["explore_from"]) if stale else (None, None)
         chosen = await self.policy.choose.remote(request_id, kept, req.context, req.k, feats, vecs, *explore)
         slate, policy_version = chosen["slate"], chosen["version"]

@@ -129,11 +129,12 @@ class AppArgs(BaseModel):
     # items drawn at random from the catalogue and added to the retriever's candidates, so the
     # policy can reach beyond the user vector's neighbourhood when the shopper's taste moves
     explore_candidates: int = Field(20, ge=0)
-    # a shopper whose last `stale_answers` answers got no click, cart or purchase is explored
-    # harder: exploration floor `stale_epsilon`, drawn among the exploration candidates (a change
-    # of taste shows as engagement stopping; cf. M-UCB, Cao et al., AISTATS 2019, which re-explores
-    # once a change is detected). 0 switches it off.
-    stale_answers: int = Field(1, ge=0)
+    # a shopper who has stopped engaging (UserView.stale: the newest run of ignored items is
+    # unlikely, below `stale_alpha`, at their own recent engagement rate) is explored harder:
+    # exploration floor `stale_epsilon`, drawn among the exploration candidates -- a change of taste
+    # shows as engagement stopping (cf. M-UCB, Cao et al., AISTATS 2019, which re-explores once a
+    # change is detected). stale_alpha 0 switches it off.
+    stale_alpha: float = Field(0.1, ge=0, lt=1)
     stale_epsilon: float = Field(0.8, ge=0, le=1)
     session_ttl_s: float = Field(1800.0, gt=0)  # anonymous sessions expire after this long unused
     state_timeout_s: float = Field(2.0, gt=0)  # past this the answer falls back to the stored history

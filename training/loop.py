@@ -45,7 +45,7 @@ def run_epochs(spec: LoopSpec, model: torch.nn.Module, opt: torch.optim.Optimize
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+            saved = load_state(Path(d) / "state.pt")
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optim"])
         start_epoch, best, bad = saved["epoch"] + 1, saved["best"], saved["bad"]
@@ -117,15 +117,21 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, *, name: str, sto
     if result.checkpoint is None:
         raise RuntimeError(f"training produced no checkpoint ({result.error})")
     with result.checkpoint.as_directory() as d:
-        return torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+        return load_state(Path(d) / "state.pt")
+
+
+def load_state(source) -> dict:
+    """A checkpoint's ``state.pt`` (a path or a file object) with ``weights_only=True``: tensors and
+    plain data (numbers, strings, lists, dicts, tuples) only, so whoever can write the checkpoint
+    prefix cannot make the loader run code (a full unpickle would)."""
+    return torch.load(source, map_location="cpu", weights_only=True)
 
 
 def load_checkpoint_state(uri: str) -> dict:
     """The saved state (``state.pt``) of a checkpoint directory, local or ``s3://``."""
     import io
 
-    return torch.load(io.BytesIO(storage.read_bytes(storage.join(uri, "state.pt"))), map_location="cpu",
-                      weights_only=False)
+    return load_state(io.BytesIO(storage.read_bytes(storage.join(uri, "state.pt"))))
 
 
 def plot_learning_curve(history: list[dict], path: Path, title: str) -> None:

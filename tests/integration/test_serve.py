@@ -48,7 +48,7 @@ def app(ray_cluster, tmp_path_factory):
             "items_root": str(root / "new-items"),
             "policy_alpha": 0.0, "checkpoint_every": 5, "state_dir": str(root / "user-state"),
             "explore_candidates": 0, "policy_diversity": 0.0,
-            "stale_answers": 0}  # no exploration: rankings are deterministic
+            "stale_alpha": 0.0}  # no exploration: rankings are deterministic
     serve.run(build_app(args), name="raycart", route_prefix="/")
     from training.data.dataset import load_dataset
 

@@ -148,14 +148,23 @@ def test_redis_down_is_an_error_not_a_hang(tmp_path):
         s.view("u:a")
 
 
-def test_a_shopper_whose_answers_get_no_engagement_is_stale():
-    s = MemoryUserState(UserStateConfig())
-    s.issue("r1", "u:a", ["a", "b"])
-    assert not s.view("u:a").stale(2)  # one answer only
-    s.issue("r2", "u:a", ["c", "d"])
-    assert s.view("u:a").stale(2)
-    s.record("r2", "d", "click")
-    assert not s.view("u:a").stale(2)
-    s.issue("r3", "u:a", ["e"])
-    s.record("r3", "e", "view")  # a view is not engagement
-    assert not s.view("u:a").stale(2) and s.view("u:a").stale(1)
+def test_a_shopper_who_stops_engaging_is_stale_at_their_own_rate():
+    s = MemoryUserState(UserStateConfig(shown_window=5))
+    s.issue("r0", "u:a", [f"a{n}" for n in range(10)])
+    assert not s.view("u:a").stale(0.1)  # never engaged: no evidence of a change
+    for n in range(5, 10):
+        s.record("r0", f"a{n}", "click")  # the last 5 of 10 engaged
+    s.issue("r1", "u:a", [f"b{n}" for n in range(5)])
+    assert not s.view("u:a").stale(0.1)  # p = 5/15, 5 ignored in a row: 0.67^5 = 0.13
+    s.issue("r2", "u:a", [f"c{n}" for n in range(5)])
+    assert s.view("u:a").stale(0.1)  # p = 5/20, 10 ignored in a row: 0.75^10 = 0.056
+    s.record("r2", "c4", "view")  # a view is not engagement
+    assert s.view("u:a").stale(0.1)
+    s.record("r2", "c4", "cart")
+    assert not s.view("u:a").stale(0.1)
+    # at a usual shop's click rate the same run of ignored items is nothing unusual
+    t = MemoryUserState(UserStateConfig(shown_window=5))
+    t.issue("q0", "u:b", [f"x{n}" for n in range(40)])
+    t.record("q0", "x0", "click")
+    t.issue("q1", "u:b", [f"y{n}" for n in range(10)])
+    assert not t.view("u:b").stale(0.1)  # p = 1/50, 49 ignored: 0.98^49 = 0.37
