@@ -131,7 +131,9 @@ class Ingress:
                 raise HTTPException(400, f"history: unknown item id(s) {unknown[:5]}")
             history = np.r_[history, [cat.item_index[x] for x in req.history]].astype(np.int64)
             times = np.r_[times, np.full(len(req.history), -1)].astype(np.int64)  # undated: "now"
-        live = [cat.item_index[x] for x in view.history() if not await self._unknown([x])]
+        await self._unknown([x for answer in view.shown for x in answer])  # learn runtime items it names
+        known = cat.item_index
+        live = [known[x] for x in view.history() if x in known]
         if live:  # engaged with since training: the newest part of the history, dated "now"
             history = np.r_[history, live].astype(np.int64)
             times = np.r_[times, np.full(len(live), -1)].astype(np.int64)
@@ -141,9 +143,9 @@ class Ingress:
         if bad:
             raise HTTPException(400, f"filters.exclude: unknown item id(s) {bad[:5]}")
         exclude = {cat.item_index[x] for x in req.filters.exclude}
-        exclude |= {cat.item_index[x] for x in view.ignored(self.args.exclude_shown) if x in cat.item_index}
+        exclude |= {known[x] for x in view.ignored(self.args.exclude_shown) if x in known}
         added = cat.added  # every replica answers with at least these runtime items applied
-        seen = [(cat.item_index[x], c) for x, c in view.impressions() if x in cat.item_index]
+        seen = [(known[x], c) for x, c in view.impressions() if x in known]
         inputs = PolicyInputs(recent=live[-5:], shown=[i for i, _ in seen], clicked=[c for _, c in seen],
                               explore=self.args.explore_candidates, dim=self.args.policy_item_dim,
                               bandwidth=self.args.policy_bandwidth)
@@ -152,7 +154,7 @@ class Ingress:
         answer = await self.ranker.rank.remote({
             "history": history.tolist(), "user": user, "items_version": added, "items": cands["items"],
             "dense": cands["dense"],
-            "live_stages": {cat.item_index[x]: STAGES[e] for x, e in deepest.items() if x in cat.item_index}})
+            "live_stages": {known[x]: STAGES[e] for x, e in deepest.items() if x in known}})
         ranked, model_version = answer["ranked"], answer["model_version"]
         f = req.filters
         kept = [r for r in ranked if r["item"] not in exclude and cat.allowed(r["item"], f.category, f.price_min,

@@ -45,9 +45,12 @@ def spread(vecs: np.ndarray, pool: np.ndarray, avoid: np.ndarray, n: int) -> np.
     intercluster distance", 1985)."""
     if len(pool) <= n:
         return pool
-    unit = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-9)
-    cand = unit[pool]
-    closest = (cand @ unit[avoid].T).max(axis=1) if len(avoid) else np.full(len(pool), -1.0)
+
+    def unit(v: np.ndarray) -> np.ndarray:  # only the rows needed, not the whole catalogue
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
+
+    cand = unit(vecs[pool])
+    closest = (cand @ unit(vecs[avoid]).T).max(axis=1) if len(avoid) else np.full(len(pool), -1.0)
     out = []
     for _ in range(n):
         j = int(np.argmin(closest))
@@ -165,9 +168,10 @@ class Retriever(_ServesModel):
 
     async def candidates(self, history: list[int], times: list[int] | None = None, items_version: int = 0,
                          live: PolicyInputs | None = None) -> dict:
-        """The top ``pipe.k`` unseen items, plus ``live.explore`` drawn at random from the rest of
-        the catalogue, with the ranker's dense features and the policy's per-item columns
-        (``policy``, :func:`~training.models.bandit.user_item_features`).
+        """The top ``pipe.k`` unseen items, plus ``live.explore`` exploration candidates (a random
+        sample of the rest of the catalogue thinned by :func:`spread`), with the ranker's dense
+        features, the item vectors and the policy's per-item columns (``policy``,
+        :func:`~training.models.bandit.user_item_features`).
 
         ``times`` (microseconds) date the history for the recent-popularity feature: -1 (items
         engaged with since training, a session's items) means "now": the end of the training
@@ -183,16 +187,15 @@ class Retriever(_ServesModel):
         user = pipe.stage.retriever.user_vectors(hist).numpy()
         items, scores = s.index.search(user, pipe.k, [hist.row(0)])
         vecs = pipe.stage.retriever.item_vecs.numpy()
-        retrieved = int((items[0] >= 0).sum())
+        retrieved = items[0][items[0] >= 0]
         if live.explore:
             taken = np.zeros(len(vecs), dtype=bool)
             taken[hist.row(0)] = True
-            taken[items[0][items[0] >= 0]] = True
+            taken[retrieved] = True
             pool = np.flatnonzero(~taken)
             pool = self.rng.choice(pool, min(10 * live.explore, len(pool)), replace=False) if len(pool) else pool
             extra = spread(vecs, pool, np.r_[hist.row(0)[-20:], live.shown].astype(np.int64), live.explore)
-            found = items[0][items[0] >= 0]
-            items = np.r_[found, extra][None, :].astype(np.int64)
+            items = np.r_[retrieved, extra][None, :].astype(np.int64)
             scores = (vecs[items[0]] @ user[0])[None, :]
         c = pipe.stage.from_search(hist, items, scores)
         found = c.items[0]
@@ -202,7 +205,7 @@ class Retriever(_ServesModel):
                                     bandwidth=live.bandwidth)
         # candidates from ``explore_from`` on are the exploration draws
         return {"items": found, "dense": c.dense[0], "policy": policy, "vectors": vecs[safe],
-                "explore_from": retrieved if live.explore else len(found)}
+                "explore_from": len(retrieved) if live.explore else len(found)}
 
 
 @serve.deployment(max_ongoing_requests=64)  # lets @serve.batch fill batches of 32

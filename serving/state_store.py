@@ -48,6 +48,9 @@ class UserStateStore:
     def record(self, request_id: str, item_id: str, event: str) -> Recorded:
         return self.state.record(request_id, item_id, event)
 
+    def ping(self) -> bool:
+        return self.state.ping()
+
     def memory(self) -> dict:
         return {**self.state.memory(), "skipped_journal_lines": self.state.skipped,
                 "config": asdict(self.state.config)}
@@ -92,9 +95,6 @@ class StateAccess:
 
     async def ping(self) -> bool:
         try:
-            if self.redis is not None:
-                return bool(await asyncio.wait_for(asyncio.to_thread(self.redis.ping), self.timeout))
-            await self._call("memory")
-            return True
-        except Exception:  # noqa: BLE001
+            return bool(await self._call("ping"))  # not memory(): that walks every key
+        except StateUnavailable:
             return False
