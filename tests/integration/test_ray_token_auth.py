@@ -1,0 +1,176 @@
+"""Ray token authentication on a real local head, as cluster/README.md configures it.
+
+`ray start --head` with ``RAY_AUTH_MODE=token`` and the token in ``RAY_AUTH_TOKEN`` (what KubeRay's
+``authOptions: {mode: token, secretName: ...}`` sets on every Ray container). Then, as a user would:
+the Jobs API (`ray job submit`, raw HTTP) and the GCS (`ray status`) refuse a client without the
+token or with a wrong one, and accept one with the token (``RAY_AUTH_TOKEN`` or a file named by
+``RAY_AUTH_TOKEN_PATH``); the job runs. Every listener stays on loopback (``ss -ltnp``).
+
+The cluster is this test's own: its own temp dir, HOME (so no ``~/.ray/auth_token`` is found) and
+free ports (including the two metrics ports Ray otherwise fixes at 44217/44227), and it is stopped
+through the `ray start --block` process and its session -- never `ray stop`, which would stop every
+Ray on the machine."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from netwatch import LOOPBACK, ListenerWatch, listeners
+
+pytestmark = pytest.mark.integration
+RAY = str(Path(sys.executable).with_name("ray"))
+PORTS = ("gcs", "dashboard", "client", "agent_http", "agent_grpc", "runtime_env", "metrics",
+         "autoscaler_metrics", "dashboard_metrics")
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):  # all held open at once: n distinct ports
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    """The test's environment without any Ray address or auth setting, HOME = ``home``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("RAY_AUTH_") and k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    return env | {"HOME": str(home), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"} | extra
+
+
+def _session(sid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,sess="], capture_output=True, text=True, check=True).stdout
+    return [pid for pid, sess in (map(int, line.split()) for line in out.splitlines()) if sess == sid]
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process left in session ``sid`` (the one `ray start` led), and wait for them."""
+    for pid in _session(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + 10
+    while _session(sid) and time.time() < deadline:
+        time.sleep(0.2)
+
+
+def _http(url: str, token: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.fixture
+def token_cluster():
+    root = Path(tempfile.mkdtemp(prefix="rc-auth-", dir="/tmp"))  # short: Ray's unix sockets live below
+    home = root / "home"
+    home.mkdir()
+    token = secrets.token_hex(32)
+    ports = dict(zip(PORTS, _free_ports(len(PORTS))))
+    env = _env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
+               AUTOSCALER_METRIC_PORT=str(ports["autoscaler_metrics"]),
+               DASHBOARD_METRIC_PORT=str(ports["dashboard_metrics"]))
+    cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={ports['gcs']}",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
+           f"--ray-client-server-port={ports['client']}", f"--dashboard-agent-listen-port={ports['agent_http']}",
+           f"--dashboard-agent-grpc-port={ports['agent_grpc']}", f"--runtime-env-agent-port={ports['runtime_env']}",
+           f"--metrics-export-port={ports['metrics']}", "--min-worker-port=0", "--max-worker-port=0",
+           "--num-cpus=1", f"--temp-dir={root / 'ray'}", "--disable-usage-stats"]
+    log = open(root / "ray-start.log", "w")  # noqa: SIM115 -- closed in the finally below
+    head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{ports['dashboard']}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if _http(f"{url}/api/jobs/")[0] == 401:  # up, and refusing
+                    break
+            except OSError:
+                pass
+            if head.poll() is not None or time.time() > deadline:
+                pytest.fail(f"ray start --head did not come up:\n{(root / 'ray-start.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield {"url": url, "token": token, "ports": ports, "home": home, "root": root}
+    finally:
+        head.terminate()  # `ray start --block` stops the processes it started on SIGTERM
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        _kill_session(head.pid)  # and whatever is left of its session (workers, job drivers)
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _ray(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([RAY, *args], check=False, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_jobs_api_and_the_gcs_require_the_token(token_cluster):
+    c = token_cluster
+    url, token, home = c["url"], c["token"], c["home"]
+    job = [sys.executable, "-c", "print('hello from the job')"]
+    gcs = f"127.0.0.1:{c['ports']['gcs']}"
+    with ListenerWatch() as watch:
+        bound = {local for local, _ in listeners()}
+        for name in ("gcs", "dashboard", "client"):
+            assert any(local.endswith(f":{c['ports'][name]}") and local.startswith(LOOPBACK) for local in bound), name
+
+        # the dashboard says so, publicly
+        assert _http(f"{url}/api/authentication_mode") == (200, '{"authentication_mode": "token"}')
+
+        # without the token: refused (401), by the CLI, raw HTTP and the GCS alike
+        refused = _ray("job", "submit", "--address", url, "--", *job, env=_env(home))
+        assert refused.returncode != 0
+        assert "Authentication required: Unauthorized: Missing authentication token" in refused.stderr + refused.stdout
+        assert _http(f"{url}/api/jobs/")[0] == 401
+        status = _ray("status", "--address", gcs, env=_env(home))
+        assert status.returncode != 0 and "InvalidAuthToken" in status.stderr + status.stdout
+
+        # a wrong token: refused (403)
+        wrong = _ray("job", "submit", "--address", url, "--", *job,
+                     env=_env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32)))
+        assert wrong.returncode != 0
+        assert "Forbidden: Invalid authentication token" in wrong.stderr + wrong.stdout
+        assert _http(f"{url}/api/jobs/", token="not-the-token")[0] == 403
+
+        # with the token: accepted, and the job runs to success
+        accepted = _ray("job", "submit", "--address", url, "--", *job,
+                        env=_env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
+        out = accepted.stdout + accepted.stderr
+        assert accepted.returncode == 0, out[-3000:]
+        assert "hello from the job" in out and "succeeded" in out
+        code, body = _http(f"{url}/api/jobs/", token=token)
+        assert code == 200 and '"status": "SUCCEEDED"' in body
+
+        # ... or with the token in a file (RAY_AUTH_TOKEN_PATH), e.g. a mounted Secret
+        token_file = c["root"] / "auth_token"
+        token_file.write_text(token)
+        listed = _ray("job", "list", "--address", url,
+                      env=_env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file)))
+        assert listed.returncode == 0 and "SUCCEEDED" in listed.stdout, listed.stderr[-3000:]
+        status = _ray("status", "--address", gcs, env=_env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token))
+        assert status.returncode == 0, status.stderr[-3000:]
+    assert watch.samples > 0
+    assert not watch.outside, f"listening beyond loopback: {sorted(watch.outside)}"
