@@ -1,25 +1,35 @@
 """Durable, batched feedback log: no acknowledged impression or event is lost when a replica dies.
 
-Every ``append`` writes one JSON line to a **write-ahead log** on the replica's local disk and
-``fsync``s it before returning, so once the HTTP response acknowledges a request its record is on
-disk. ``flush`` (every ``flush_rows`` records or ``flush_seconds``, and on shutdown) turns the
-pending lines into Parquet part files under ``root`` (local or S3; see
-:mod:`training.data.feedback` for the tables), each written whole, then starts a fresh WAL
-segment. A writer that starts finds the segments a crashed predecessor left in its WAL folder
-and publishes them first (``recover``), so a kill at any point loses nothing that was
-acknowledged -- also when the replacement replica has another name: folders whose writer is
-dead (its lock is free) are recovered too; a crash between a part's upload and the segment's
-removal can publish a record twice, so readers de-duplicate on the record id (at-least-once).
+Every ``append`` writes JSON lines to a **write-ahead log** segment on the replica's disk
+(``wal_dir``: a persistent volume on a cluster) and ``fsync``s it before returning, so once the
+HTTP response acknowledges a request its record is on disk. A segment is **sealed** after
+``flush_rows`` records or ``flush_seconds`` and **published**: its lines become Parquet part
+files under ``root`` (local or S3; see :mod:`training.data.feedback` for the tables), each
+written whole (local parts fsynced with their directory), and only then is the segment deleted.
+A failed publish (S3 down, disk full) keeps the sealed segment and is retried with exponential
+backoff (``retry_max_s``); meanwhile appends go on into a fresh segment and :meth:`health`
+reports the backlog, so the app can say it is not ready. A corrupt line inside a segment is
+skipped and counted (``corrupt_lines``), never fatal; a torn last line was never acknowledged.
 
-Plain Python (no Ray): the Serve deployment owns one per replica.
+A writer that starts finds the segments a crashed predecessor left in its WAL folder and
+publishes them (``recover``), so a kill at any point loses nothing that was acknowledged -- also
+when the replacement replica has another name: folders whose writer is dead (its lock is free)
+are recovered too; a crash between a part's upload and the segment's removal can publish a record
+twice, so readers de-duplicate on the record id (at-least-once).
+
+Thread-safe. With ``background=True`` appends only seal; the owner calls :meth:`tick`
+periodically (off its event loop) to publish. Plain Python (no Ray): the Serve deployment owns
+one per replica.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -31,6 +41,8 @@ import pyarrow.parquet as pq
 from training import storage
 from training.data.feedback import TABLES
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class FeedbackLogConfig:
@@ -38,6 +50,8 @@ class FeedbackLogConfig:
     wal_dir: str  # local folder for the write-ahead segments (one subfolder per writer)
     flush_rows: int = 500
     flush_seconds: float = 5.0
+    retry_max_s: float = 30.0  # longest wait between retries of a failed publish
+    background: bool = False  # True: appends only seal, tick() publishes
 
     @classmethod
     def tiny(cls, root: str, wal_dir: str) -> FeedbackLogConfig:
@@ -49,16 +63,28 @@ class FeedbackLog:
         self.config, self.writer = config, writer
         self.dir = Path(config.wal_dir) / writer
         self.dir.mkdir(parents=True, exist_ok=True)
+        _fsync_dir(self.dir.parent)
         # a live writer holds an exclusive lock on its folder; a folder whose lock can be taken
         # belongs to a dead writer (e.g. a killed replica, replaced under a new name)
         self._lock = open(self.dir / ".lock", "w")  # noqa: SIM115 -- held for the writer's lifetime
         fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self.recovered = self.recover()
+        self.mutex = threading.Lock()  # the open segment
+        self.publishing = threading.Lock()  # the sealed ones
+        self.sealed: list[tuple[Path, str]] = []  # (segment, writer) waiting to be published
+        self.corrupt_lines = 0
+        self.failures = 0  # consecutive failed publishes
+        self.last_error: str | None = None
+        self.retry_at = 0.0
+        self.published_rows = 0
+        self.sealed.extend((seg, writer) for seg in sorted(self.dir.glob("*.jsonl")))
+        self._adopt_dead_writers()
         self._open_segment()
+        self.recovered = self.publish()
 
     def _open_segment(self) -> None:
         self.segment = self.dir / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
         self._fh = open(self.segment, "a", encoding="utf-8")  # noqa: SIM115 -- lives as long as the log
+        _fsync_dir(self.dir)  # the segment's name survives a crash with its first fsynced line
         self.pending, self.opened = 0, time.monotonic()
 
     def append(self, table: str, record: dict) -> None:
@@ -69,67 +95,173 @@ class FeedbackLog:
         if table not in TABLES:
             raise ValueError(f"unknown feedback table {table!r}")
         lines = "".join(json.dumps({"table": table, **r}, default=str) + "\n" for r in records)
-        self._fh.write(lines)
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self.pending += len(records)
-        if self.pending >= self.config.flush_rows or time.monotonic() - self.opened >= self.config.flush_seconds:
+        with self.mutex:
+            self._fh.write(lines)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self.pending += len(records)
+            due = self._due()
+        if due and not self.config.background:
             self.flush()
 
+    def _due(self) -> bool:
+        return self.pending > 0 and (self.pending >= self.config.flush_rows
+                                     or time.monotonic() - self.opened >= self.config.flush_seconds)
+
+    def seal(self) -> bool:
+        """Close the open segment (when it holds records) and queue it for publishing."""
+        with self.mutex:
+            if self.pending == 0:
+                return False
+            self._fh.close()
+            self.sealed.append((self.segment, self.writer))
+            self._open_segment()
+            return True
+
     def flush(self) -> int:
-        """Publish the current segment as Parquet parts; returns the rows written."""
-        if self.pending == 0:
-            return 0
-        self._fh.close()
-        rows = self._publish(self.segment, self.writer)
-        self._open_segment()
+        """Seal the open segment and publish every sealed one now; returns the rows written.
+        Raises when a publish fails (the segment stays queued and is retried later)."""
+        self.seal()
+        return self.publish(raise_errors=True)
+
+    def tick(self) -> int:
+        """Periodic work (background mode): seal a due segment, publish when no backoff is pending."""
+        with self.mutex:
+            due = self._due()
+        if due:
+            self.seal()
+        if self.sealed and time.monotonic() >= self.retry_at:
+            return self.publish()
+        return 0
+
+    def publish(self, raise_errors: bool = False) -> int:
+        rows = 0
+        with self.publishing:
+            while self.sealed:
+                segment, writer = self.sealed[0]
+                try:
+                    rows += self._publish(segment, writer)
+                except Exception as exc:
+                    self.failures += 1
+                    self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+                    wait = min(self.config.retry_max_s, 0.5 * 2 ** min(self.failures, 16))
+                    self.retry_at = time.monotonic() + wait
+                    log.warning("feedback log: publishing %s failed (%s); %d segment(s) kept in the WAL, "
+                                "retry in %.1f s", segment.name, self.last_error, len(self.sealed), wait)
+                    if raise_errors:
+                        raise
+                    break
+                self.sealed.pop(0)
+                self.failures, self.last_error = 0, None
+        self.published_rows += rows
         return rows
+
+    def health(self) -> dict:
+        """``ok`` False while sealed segments cannot be published (they stay in the WAL)."""
+        return {"ok": self.failures == 0, "unpublished_segments": len(self.sealed),
+                "failures": self.failures, "last_error": self.last_error, "corrupt_lines": self.corrupt_lines}
+
+    def _adopt_dead_writers(self) -> None:
+        """Queue the segments dead writers left: any writer folder under ``wal_dir`` whose lock is
+        free (its process is gone). The folder is removed once its segments are published."""
+        for other in sorted(p for p in Path(self.config.wal_dir).iterdir() if p.is_dir() and p != self.dir):
+            lock = open(other / ".lock", "a")  # noqa: SIM115 -- kept while its segments are pending
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                continue  # alive
+            segments = sorted(other.glob("*.jsonl"))
+            if not segments:
+                shutil.rmtree(other, ignore_errors=True)
+                lock.close()
+                continue
+            self.sealed.extend((seg, other.name) for seg in segments)
+            self._adopted = getattr(self, "_adopted", []) + [(other, lock)]
 
     def recover(self) -> int:
-        """Publish the segments dead writers left behind: this writer's earlier life, and any other
-        writer folder under ``wal_dir`` whose lock is free (its process is gone)."""
-        rows = sum(self._publish(seg, self.writer) for seg in sorted(self.dir.glob("*.jsonl")))
-        for other in sorted(p for p in Path(self.config.wal_dir).iterdir() if p.is_dir() and p != self.dir):
-            with open(other / ".lock", "a") as lock:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # alive
-                rows += sum(self._publish(seg, other.name) for seg in sorted(other.glob("*.jsonl")))
-                shutil.rmtree(other, ignore_errors=True)
-        return rows
+        """Publish the segments dead writers left behind (done on start; callable again)."""
+        self._adopt_dead_writers()
+        return self.publish()
 
-    def _publish(self, segment: Path, writer: str | None = None) -> int:
+    def _read(self, segment: Path) -> dict[str, list[dict]]:
         by_table: dict[str, list[dict]] = {}
-        with open(segment, encoding="utf-8") as fh:
-            for line in fh:
+        with open(segment, encoding="utf-8", errors="replace") as fh:
+            for n, line in enumerate(fh, 1):
                 if not line.endswith("\n"):
                     break  # a torn last line was never acknowledged (fsync returns after the newline)
-                rec = json.loads(line)
-                by_table.setdefault(rec.pop("table"), []).append(rec)
+                try:
+                    rec = json.loads(line)
+                    table = rec.pop("table")
+                    if table not in TABLES:
+                        raise ValueError(f"unknown table {table!r}")
+                    rec["timestamp"] = _timestamp(rec.get("timestamp"))
+                except (ValueError, KeyError, AttributeError, TypeError) as exc:
+                    self.corrupt_lines += 1
+                    log.warning("feedback log: %s line %d is corrupt (%s); skipped", segment, n, str(exc)[:100])
+                    continue
+                by_table.setdefault(table, []).append(rec)
+        return by_table
+
+    def _publish(self, segment: Path, writer: str | None = None) -> int:
+        by_table = self._read(segment) if segment.exists() else {}
         for table, recs in by_table.items():
             schema = TABLES[table]
-            for r in recs:
-                r["timestamp"] = _timestamp(r.get("timestamp"))
-            data = pa.Table.from_pylist(recs, schema=schema)
+            try:
+                data = pa.Table.from_pylist(recs, schema=schema)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+                data = self._rows_that_fit(segment, recs, schema)
             name = f"part-{writer or self.writer}-{segment.stem}.parquet"
             fs, path = storage.resolve(storage.join(self.config.root, table, name))
             fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-            tmp = path + ".tmp" if not storage.is_s3(self.config.root) else path  # S3 PUT is atomic
-            pq.write_table(data, tmp, filesystem=fs)
-            if tmp != path:
-                fs.move(tmp, path)
-        segment.unlink()
+            if storage.is_s3(self.config.root):
+                pq.write_table(data, path, filesystem=fs)  # S3 PUT is atomic
+            else:
+                tmp = path + ".tmp"
+                pq.write_table(data, tmp, filesystem=fs)
+                storage.fsync_path(tmp)
+                os.replace(tmp, path)
+                _fsync_dir(Path(path).parent)
+        if segment.exists():
+            segment.unlink()
+        for other, lock in list(getattr(self, "_adopted", [])):
+            if other.name == writer and not any(w == writer for s, w in self.sealed if s != segment):
+                shutil.rmtree(other, ignore_errors=True)
+                lock.close()
+                self._adopted.remove((other, lock))
         return sum(len(v) for v in by_table.values())
+
+    def _rows_that_fit(self, segment: Path, recs: list[dict], schema: pa.Schema) -> pa.Table:
+        good = []
+        for r in recs:
+            try:
+                pa.Table.from_pylist([r], schema=schema)
+                good.append(r)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+                self.corrupt_lines += 1
+        log.warning("feedback log: %s had %d row(s) that do not fit the table; skipped",
+                    segment, len(recs) - len(good))
+        return pa.Table.from_pylist(good, schema=schema)
 
     def close(self) -> None:
         if self._fh.closed:
             return
-        self.flush()
-        self._fh.close()
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001 -- the segments stay in the WAL: the next writer publishes them
+            log.warning("feedback log: %d segment(s) left in %s for the next writer", len(self.sealed), self.dir)
+        with self.mutex:
+            self._fh.close()
         if self.segment.exists() and self.segment.stat().st_size == 0:
             self.segment.unlink()
         self._lock.close()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        storage.fsync_path(path)
+    except OSError:  # some filesystems do not allow fsync on a directory
+        pass
 
 
 def _timestamp(value) -> int:

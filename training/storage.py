@@ -136,6 +136,39 @@ def require_file(uri: str | os.PathLike, what: str = "file") -> None:
         raise StorageError(f"{uri}: expected a {what}, found a directory")
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a local file or directory (a directory: so the names it holds survive a power cut)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and directory under ``root`` (before it is renamed into place)."""
+    for p in sorted(root.rglob("*"), key=lambda x: len(x.parts), reverse=True):
+        fsync_path(p)
+    fsync_path(root)
+
+
+def write_durably(fs: pafs.FileSystem, tmp: str, path: str, data: bytes) -> None:
+    """Replace the file ``path`` with ``data`` so a crash leaves the old or the new content.
+
+    Local: written to ``tmp``, fsynced, renamed over ``path``, and the directory fsynced. S3: one
+    PUT (atomic by itself; ``tmp`` is not used)."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        fsync_path(os.path.dirname(os.path.abspath(path)))
+        return
+    with fs.open_output_stream(path) as out:
+        out.write(data)
+
+
 def _upload_tree(local_dir: Path, fs: pafs.FileSystem, dest: str, last: str | None) -> None:
     files = sorted(p for p in local_dir.rglob("*") if p.is_file())
     ordered = [p for p in files if p.name != last] + [p for p in files if p.name == last]
@@ -148,17 +181,23 @@ def _upload_tree(local_dir: Path, fs: pafs.FileSystem, dest: str, last: str | No
 def _publish_s3(local: Path, fs: pafs.FileSystem, dest: str, uri: str, replace: bool,
                 publish_last: str | None) -> None:
     """Upload ``local`` to ``dest``. S3 has no rename, so when replacing, the new files go to a
-    staging prefix first and the old ones are deleted only after that upload succeeded (a
-    network or permission failure mid-upload leaves the old directory untouched); the
-    staged files are then copied server-side, manifest last."""
+    staging prefix first (a network or permission failure mid-upload leaves the old directory
+    untouched); the staged files are then copied server-side over the live ones, manifest last,
+    and only then are the old files the new version does not have removed -- the live copy is
+    never deleted before the new one is in place."""
     target = f"{dest}.staging-{uuid.uuid4().hex[:8]}" if replace else dest
     try:
         _upload_tree(local, fs, target, publish_last)
         if replace:
-            fs.delete_dir_contents(dest, missing_dir_ok=True)
             names = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+            old = [f.path for f in fs.get_file_info(pafs.FileSelector(dest, recursive=True))
+                   if f.type == pafs.FileType.File]
             for rel in sorted(names, key=lambda r: r == publish_last):
                 fs.copy_file(f"{target}/{rel}", f"{dest}/{rel}")
+            keep = {f"{dest}/{rel}" for rel in names}
+            for path in old:
+                if path not in keep:
+                    fs.delete_file(path)
             fs.delete_dir(target)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -212,13 +251,16 @@ def atomic_output_dir(uri: str | os.PathLike, *, overwrite: bool = False,
     tmp.mkdir()
     try:
         yield tmp
+        fsync_tree(tmp)  # the content is on disk before its name is
         if present:
             old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(final, old)
             os.rename(tmp, final)
+            fsync_path(final.parent)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, final)
+            fsync_path(final.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -94,3 +94,40 @@ def test_a_new_writer_recovers_a_dead_writers_folder_but_not_a_live_one(tmp_path
     assert (tmp_path / "wal" / "alive").exists()  # the live writer's folder was left alone
     alive.close()
     newcomer.close()
+
+
+def test_a_corrupt_line_mid_segment_is_skipped_and_counted_not_fatal(tmp_path):
+    wal = tmp_path / "wal" / "w"
+    wal.mkdir(parents=True)
+    good = '{"table": "events", "request_id": "r%d", "item_id": "A", "event": "view", "timestamp": null}\n'
+    (wal / "00000000000000000001-old.jsonl").write_text(
+        good % 1 + "\x00\x00garbage{\n" + '{"table": "nope", "request_id": "x"}\n'
+        + '{"table": "events", "request_id": "r9", "item_id": "A", "event": "view", "timestamp": "soon"}\n' + good % 2)
+    log = FeedbackLog(FeedbackLogConfig(root=str(tmp_path / "log"), wal_dir=str(tmp_path / "wal")), "w")
+    assert log.recovered == 2 and log.health()["corrupt_lines"] == 3
+    log.append("events", _event(3))  # and the writer works
+    log.close()
+    assert sorted(read_feedback(str(tmp_path / "log"), "events")["request_id"].to_pylist()) == ["r1", "r2", "r3"]
+
+
+def test_a_failed_publish_keeps_the_segment_is_retried_and_appends_go_on(tmp_path):
+    blocker = tmp_path / "log"
+    blocker.write_text("a file where the log's folder should be: every publish fails")
+    cfg = FeedbackLogConfig(root=str(blocker), wal_dir=str(tmp_path / "wal"), flush_rows=2, flush_seconds=3600,
+                            retry_max_s=0.2, background=True)
+    log = FeedbackLog(cfg, "w")
+    for i in range(5):
+        log.append("events", _event(i))  # acknowledged: on the WAL
+    assert log.tick() == 0
+    health = log.health()
+    assert not health["ok"] and health["unpublished_segments"] >= 1 and health["last_error"]
+    assert list((tmp_path / "wal" / "w").glob("*.jsonl"))  # nothing acknowledged was dropped
+    time.sleep(0.3)
+    log.tick()  # retried (and failed again), still not fatal
+    assert log.health()["failures"] >= 2
+    blocker.unlink()  # the store is back
+    time.sleep(0.3)
+    log.seal()
+    assert log.tick() == 5 and log.health()["ok"]
+    log.close()
+    assert sorted(read_feedback(str(blocker), "events")["request_id"].to_pylist()) == [f"r{i}" for i in range(5)]
