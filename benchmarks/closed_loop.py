@@ -85,7 +85,7 @@ def main() -> None:
         return {"model_dir": storage.absolute(ranker), "data_dir": storage.absolute(str(data)),
                 "feedback_root": str(root / "feedback"), "wal_dir": str(root / "wal"),
                 "policy_state": str(root / "policy.npz"), "items_root": str(root / "items"),
-                "state_dir": str(root / "state"), "redis_url": redis.url, "checkpoint_every": 500, **overrides,
+                "state_dir": str(root / "state"), "redis_url": redis.url, **overrides,
                 **extra}
 
     def deploy(args: dict) -> None:

@@ -165,7 +165,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     base = {"model_dir": a.model, "data_dir": a.data, "feedback_root": str(work / "feedback"),
             "wal_dir": str(work / "wal"), "policy_state": str(work / "policy.npz"), "items_root": str(work / "items"),
-            "checkpoint_every": 100, **{k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in a.app_arg)}}
+            **{k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in a.app_arg)}}
     timeline: list[dict] = []
     try:
         serve.run(build_app(base), name="raycart", route_prefix="/")

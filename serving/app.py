@@ -15,6 +15,8 @@ joins the shopper's real-time state (:mod:`serving.user_state`), which the next 
 import asyncio
 import hashlib
 import json
+import logging
+import threading
 import time
 import uuid
 
@@ -30,6 +32,7 @@ from serving.deployments import ItemRegistry, Ranker, Retriever
 from serving.feedback_log import FeedbackLog, FeedbackLogConfig
 from serving.netbind import bind_replica_grpc_to_node_address
 from serving.policy import Policy
+from serving.security import ApiKeys, Guard, GuardSettings
 from serving.schemas import (
     AppArgs,
     FeedbackRequest,
@@ -50,8 +53,20 @@ AUTOSCALING = {
     "Ranker": {"target_ongoing_requests": 16, "upscale_delay_s": 3, "downscale_delay_s": 15},
 }
 ITEMS_SYNC_S = 1.0  # how stale an ingress replica's view of items added elsewhere may get
+LOG_TICK_S = 0.5  # the feedback log's background publisher wakes this often
+UNHEALTHY_AFTER_S = 30.0  # WAL appends failing this long: the replica reports unhealthy and is replaced
 
+log = logging.getLogger(__name__)
 api = FastAPI(title="Raycart", description="Retrieve-then-rank recommendations with a learning policy.")
+# keys, body cap and deadline: filled in by the Ingress (one per process) from its AppArgs
+GUARD = GuardSettings()
+api.add_middleware(Guard, settings=GUARD)
+
+
+class NotPersisted(HTTPException):
+    def __init__(self, exc: BaseException):
+        super().__init__(503, f"could not be recorded durably ({type(exc).__name__}); nothing was acknowledged, "
+                              "retry later")
 
 
 @api.exception_handler(RequestValidationError)
@@ -69,6 +84,8 @@ class Ingress:
     def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle, policy: DeploymentHandle,
                  registry: DeploymentHandle, state: DeploymentHandle | None, args: AppArgs):
         bind_replica_grpc_to_node_address()
+        GUARD.keys = ApiKeys.load(args.api_keys_file)
+        GUARD.max_body_bytes, GUARD.timeout_s = args.max_body_bytes, args.request_timeout_s
         self.retriever, self.ranker, self.policy, self.args = retriever, ranker, policy, args
         self.registry = registry
         self.state = StateAccess(args, state)
@@ -79,10 +96,39 @@ class Ingress:
             writer = serve.get_replica_context().replica_id.unique_id
         except Exception:  # noqa: BLE001 -- outside a replica (local testing mode)
             writer = uuid.uuid4().hex[:12]
-        self.log = FeedbackLog(FeedbackLogConfig(root=args.feedback_root, wal_dir=args.wal_dir), f"ingress-{writer}")
+        self.log = FeedbackLog(FeedbackLogConfig(root=args.feedback_root, wal_dir=args.wal_dir, background=True,
+                                                 retry_max_s=args.wal_retry_max_s), f"ingress-{writer}")
+        self.append_failing_since: float | None = None  # the WAL itself cannot be written
+        self.stop = threading.Event()
+        self.publisher = threading.Thread(target=self._publish_loop, name="feedback-log", daemon=True)
+        self.publisher.start()
+
+    def _publish_loop(self) -> None:
+        """Seals and publishes the feedback log off the request path, also when no request comes."""
+        while not self.stop.wait(LOG_TICK_S):
+            try:
+                self.log.tick()
+            except Exception as exc:  # noqa: BLE001 -- the log keeps the segment and retries
+                log.warning("feedback log tick failed: %s", exc)
+
+    async def _append(self, table: str, records: list[dict]) -> None:
+        """Durably log (fsync off the event loop); 503 when the WAL cannot be written."""
+        try:
+            await asyncio.to_thread(self.log.append_many, table, records)
+        except OSError as exc:
+            self.append_failing_since = self.append_failing_since or time.monotonic()
+            raise NotPersisted(exc) from None
+        self.append_failing_since = None
+
+    def check_health(self) -> None:
+        """Serve's health check: a replica that cannot write its WAL for a while is replaced."""
+        since = self.append_failing_since
+        if since is not None and time.monotonic() - since > UNHEALTHY_AFTER_S:
+            raise RuntimeError(f"the feedback WAL has not been writable for {time.monotonic() - since:.0f} s")
 
     def __del__(self):
         try:
+            self.stop.set()
             self.log.close()
         except Exception:  # noqa: BLE001
             pass
@@ -109,13 +155,23 @@ class Ingress:
         return {"status": "ok"}
 
     @api.get("/readyz")
-    async def readyz(self) -> dict:
+    async def readyz(self) -> JSONResponse:
+        """503 while this replica cannot persist (its WAL cannot be written, or sealed segments
+        cannot be published: they are kept and retried); ``degraded`` while the user state is down."""
         _, version, state_ok = await asyncio.gather(self.retriever.ready.remote(), self.ranker.ready.remote(),
                                                     self.state.ping())
         await self._sync()
+        wal = self.log.health()
+        persisting = wal["ok"] and self.append_failing_since is None
         # a state backend that is down degrades answers (stored history only), it does not stop them
-        return {"status": "ready" if state_ok else "degraded", "items": self.catalog.num_items,
-                "model_version": version, "user_state": "ok" if state_ok else "unavailable"}
+        status = "not ready" if not persisting else "ready" if state_ok else "degraded"
+        body = {"status": status, "items": self.catalog.num_items, "model_version": version,
+                "user_state": "ok" if state_ok else "unavailable",
+                "feedback_log": {"ok": persisting, "unpublished_segments": wal["unpublished_segments"],
+                                 "corrupt_lines": wal["corrupt_lines"]}}
+        if not persisting:
+            body["feedback_log"]["error"] = wal["last_error"] or "the write-ahead log cannot be written"
+        return JSONResponse(status_code=200 if persisting else 503, content=body)
 
     @api.post("/recommend")
     async def recommend(self, req: RecommendRequest) -> dict:
@@ -178,7 +234,7 @@ class Ingress:
                         "greedy": s["greedy"],
                         "reason": self._reason(r["reason"]),
                         **{k: r[k] for k in ("p_cart", "p_purchase") if k in r}})
-        self.log.append_many("impressions", [
+        await self._append("impressions", [
             {"request_id": request_id, "user_id": req.user_id, "context_hash": context_hash,
              "num_candidates": len(kept), "item_id": o["item_id"], "position": o["position"],
              "propensity": o["propensity"], "greedy": o["greedy"], "score": o["score"],
@@ -227,8 +283,8 @@ class Ingress:
             raise HTTPException(400, f"item_id: request {req.request_id!r} did not show item {req.item_id!r}")
         if rec.outcome is Outcome.DUPLICATE:
             return {"status": "duplicate", "learned": False, "history": False}
-        self.log.append("events", {"request_id": req.request_id, "item_id": req.item_id, "event": req.event,
-                                   "timestamp": time.time()})
+        await self._append("events", [{"request_id": req.request_id, "item_id": req.item_id, "event": req.event,
+                                       "timestamp": time.time()}])
         learned = self.args.policy_learning and await self.policy.feedback.remote(req.request_id, req.item_id,
                                                                                    req.event)
         return {"status": "recorded", "learned": bool(learned), "history": req.event in HISTORY_EVENTS}
@@ -240,7 +296,7 @@ class Ingress:
         record = item.model_dump()
         if not await self._unknown([item.item_id]):
             raise HTTPException(409, f"item_id: {item.item_id!r} is already in the catalogue")
-        problem = await self.retriever.check_content.remote(record)
+        problem, record = await self.retriever.check_content.remote(record)  # embedded there first
         if problem:
             raise HTTPException(400, problem)
         if await self.registry.add.remote(record) < 0:

@@ -38,10 +38,13 @@ class Catalog:
         """An item added at runtime (the next internal id; same order as the ItemRegistry)."""
         self.item_index[record["item_id"]] = len(self.item_ids)
         self.item_ids.append(record["item_id"])
-        self.titles.append(record.get("title"))
-        self.categories.append(record.get("category"))
-        price = record.get("price")
-        self.prices = np.r_[self.prices, np.nan if price is None else float(price)]
+        self.titles.append(record.get("title") if isinstance(record.get("title"), str) else None)
+        self.categories.append(record.get("category") if isinstance(record.get("category"), str) else None)
+        try:  # a stored record is not trusted: a bad price is unknown, not a crash
+            price = float(record.get("price"))
+        except (TypeError, ValueError):
+            price = np.nan
+        self.prices = np.r_[self.prices, price]
         return len(self.item_ids) - 1
 
     @property

@@ -13,7 +13,16 @@ def serve_app(args: argparse.Namespace) -> int:
     from training.modeldir import read_model_json
     from training.ray_env import init_ray
 
+    from serving.security import ApiKeys, KeyFileError, is_loopback
+
     doc = read_model_json(args.models)  # a clear error before Ray starts
+    try:
+        keys = ApiKeys.load(args.api_keys_file)
+    except KeyFileError as exc:
+        raise DataError(f"--api-keys-file: {exc}") from None
+    if not keys.configured and not is_loopback((args.host, 0)):
+        raise DataError(f"--host {args.host}: listening beyond loopback needs API keys (--api-keys-file FILE with "
+                        "'shopper KEY' / 'admin KEY' lines; README: Security and durability)")
     if doc.get("kind") != "ranker":
         raise DataError(f"{args.models}: serving needs a ranker directory (raycart train ranker); "
                         f"this one holds a {doc.get('kind')!r} model")
@@ -27,9 +36,12 @@ def serve_app(args: argparse.Namespace) -> int:
     app_args = AppArgs(model_dir=absolute(args.models), data_dir=absolute(args.data),
                        feedback_root=absolute(args.feedback), wal_dir=absolute(args.wal_dir),
                        policy_state=absolute(args.policy_state), items_root=absolute(args.items_root),
-                       user_state=args.user_state, redis_url=args.redis_url, state_dir=absolute(args.state_dir))
+                       user_state=args.user_state, redis_url=args.redis_url, state_dir=absolute(args.state_dir),
+                       api_keys_file=absolute(args.api_keys_file) if args.api_keys_file else None,
+                       image_root=absolute(args.image_root) if args.image_root else None)
 
-    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.start(http_options={"host": args.host, "port": args.port,
+                              "request_timeout_s": app_args.request_timeout_s + 5})
     serve.run(build_app(app_args), name="raycart", route_prefix="/")
     print(f"raycart serving {args.models} on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
     stop = threading.Event()
@@ -58,4 +70,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where real-time user state lives: a Serve deployment journaling to --state-dir, or Redis")
     p.add_argument("--state-dir", default="raycart-work/user-state", help="embedded user state: journal folder")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="with --user-state redis")
+    p.add_argument("--api-keys-file", help="API keys, lines '<shopper|admin> <key>' (required beyond loopback)")
+    p.add_argument("--image-root", help="folder (or s3:// prefix) POST /items may read images from")
     p.set_defaults(func=serve_app)

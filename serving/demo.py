@@ -269,7 +269,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             "wal_dir": str(work / "wal"), "policy_state": str(work / "policy.npz"), "items_root": str(work / "items"),
             "state_dir": str(work / "user-state")}
     url = f"http://{cfg.host}:{cfg.port}"
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": 30})
     try:
         serve.run(build_app(args), name="raycart", route_prefix="/")
         ready = _wait_ready(url)

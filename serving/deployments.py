@@ -11,24 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import threading
 
 import numpy as np
-import pyarrow.fs as pafs
 import torch
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serving.images import ImageRefused, ImageSource
 from serving.index import VectorIndex
 from serving.netbind import bind_replica_grpc_to_node_address
+from serving.runtime_items import ServedModel, load_registry
 from serving.schemas import AppArgs, ModelSpec, PolicyInputs
 from training import storage
 from training.candidates import Candidates
 from training.data.funnel import lookup
 from training.data.interactions import Interactions
-from training.modeldir import load_model, read_model_json
 from training.models.bandit import user_item_features
 from training.models.retriever import left_pad
-from training.new_items import ContentEncoder, model_encoders, rows_table
+from training.new_items import rows_table
+
+log = logging.getLogger(__name__)
 
 
 def _history(items: list[int], times: list[int] | None, num_items: int, default_us: int = 0) -> Interactions:
@@ -63,55 +67,45 @@ def spread(vecs: np.ndarray, pool: np.ndarray, avoid: np.ndarray, n: int) -> np.
 @serve.deployment(num_replicas=1)
 class ItemRegistry:
     """The items added at runtime, in order (item ``n`` gets internal id ``catalogue size + n``),
-    each stored under ``items_root`` before it is acknowledged and replayed on start. One replica:
-    it is the single writer; every other replica pulls what it has not applied yet (:meth:`since`)."""
+    each stored under ``items_root`` -- with its position, so ids are stable across restarts --
+    before it is acknowledged, and replayed on start. One replica and one lock: it is the single
+    writer; every other replica pulls what it has not applied yet (:meth:`since`).
+
+    On start a position whose file is missing or unreadable, or a second record of an id, becomes
+    a **quarantined** placeholder: it keeps its position (no later id shifts), is never
+    recommended, and is logged -- it never blocks the other items or the app."""
 
     def __init__(self, args: AppArgs):
         bind_replica_grpc_to_node_address()
+        self.lock = threading.Lock()  # Serve runs sync methods in a thread pool
         self.fs, self.root = storage.resolve(args.items_root)
         self.fs.create_dir(self.root, recursive=True)
-        files = sorted(f.path for f in self.fs.get_file_info(pafs.FileSelector(self.root))
-                       if f.path.endswith(".json"))
-        self.records = [json.loads(self.fs.open_input_stream(f).read()) for f in files]
-        self.ids = {r["item_id"] for r in self.records}
+        self.records, self.problems = load_registry(self.fs, self.root)
+        for problem in self.problems:
+            log.warning("item registry: %s", problem)
+        self.ids = {r["item_id"] for r in self.records if not r.get("quarantined")}
 
     def add(self, record: dict) -> int:
         """Store ``record``; its position, or -1 when the id was already added."""
-        if record["item_id"] in self.ids:
-            return -1
-        n = len(self.records)
-        path = f"{self.root}/item-{n:09d}.json"
-        with self.fs.open_output_stream(path + ".tmp") as out:
-            out.write(json.dumps(record).encode())
-        self.fs.move(path + ".tmp", path)
-        self.records.append(record)
-        self.ids.add(record["item_id"])
-        return n
+        with self.lock:
+            if record["item_id"] in self.ids:
+                return -1
+            n = len(self.records)
+            stored = {**record, "position": n}
+            path = f"{self.root}/item-{n:09d}.json"
+            storage.write_durably(self.fs, path + ".tmp", path, json.dumps(stored).encode())
+            self.records.append(stored)
+            self.ids.add(record["item_id"])
+            return n
 
     def since(self, n: int) -> list[dict]:
-        return self.records[n:]
+        with self.lock:
+            return self.records[n:]
 
-
-class _Served:
-    """One model version as a Retriever or Ranker replica holds it, plus the runtime items it has
-    applied (their content vectors come from this model's own item towers)."""
-
-    def __init__(self, spec: ModelSpec):
-        doc = read_model_json(spec.model_dir)
-        self.pipe = load_model(spec.model_dir, doc)
-        self.version = spec.model_version
-        self.encoder = ContentEncoder(self.pipe.vocab, model_encoders(spec.model_dir, doc), *self.pipe.content_dims())
-        self.applied = 0  # registry records applied
-        self.index: VectorIndex | None = None
-
-    def apply(self, records: list[dict]) -> None:
-        if not records:
-            return
-        rows = rows_table(records)
-        vecs = self.pipe.add_items(self.encoder.features(rows), rows["price"].to_numpy(zero_copy_only=False))
-        if self.index is not None:
-            self.index.add(vecs)
-        self.applied += len(records)
+    def report(self) -> dict:
+        with self.lock:
+            return {"items": len(self.records), "quarantined": sum(bool(r.get("quarantined")) for r in self.records),
+                    "problems": self.problems[-20:]}
 
 
 class _ServesModel:
@@ -121,19 +115,20 @@ class _ServesModel:
 
     with_index = False
 
-    def _init(self, registry: DeploymentHandle) -> None:
+    def _init(self, args: AppArgs, registry: DeploymentHandle) -> None:
         bind_replica_grpc_to_node_address()
+        self.images = ImageSource(args.image_root, args.image_max_bytes, args.image_max_pixels)
         self.registry = registry
-        self.served: _Served | None = None
+        self.served: ServedModel | None = None
         self.lock = asyncio.Lock()
 
     def reconfigure(self, config: dict) -> None:
-        served = _Served(ModelSpec(**config))
+        served = ServedModel(ModelSpec(**config), self.images)
         if self.with_index:
             served.index = VectorIndex(served.pipe.stage.retriever.item_vecs.numpy())
         self.served = served  # runtime items are re-applied lazily (_sync), with this model's towers
 
-    async def _sync(self, items_version: int) -> _Served:
+    async def _sync(self, items_version: int) -> ServedModel:
         """The current model with at least ``items_version`` runtime items applied."""
         served = self.served
         if served.applied < items_version:
@@ -145,14 +140,29 @@ class _ServesModel:
     def ready(self) -> str:
         return self.served.version
 
-    def check_content(self, record: dict) -> str | None:
-        """Why this model could not place a new item, or None."""
+    def check_content(self, record: dict) -> tuple[str | None, dict]:
+        """``(why this model could not place a new item or None, the record to store)``. The
+        image key becomes its location under the image root; the item is embedded here, before
+        anything is stored, so an item the replicas could not embed is never stored."""
         enc = self.served.encoder
+        record = dict(record)
+        if record.get("image"):
+            try:  # read (capped, checked) even where this model has no image tower: the next may
+                self.images.read(record["image"])
+                record["image"] = self.images.uri(record["image"])
+            except ImageRefused as exc:
+                return str(exc), record
         if not enc.usable(rows_table([record])):
             return ("the item has no content this model reads: give attributes it was trained on"
                     + (", a title/description" if enc.uses_text else "")
-                    + (", an image" if enc.uses_image else ""))
-        return None
+                    + (", an image" if enc.uses_image else "")), record
+        try:
+            self.served.embed([record])
+        except ImageRefused as exc:
+            return str(exc), record
+        except Exception as exc:  # noqa: BLE001 -- an encoder failure on this content
+            return f"the item's content could not be embedded ({type(exc).__name__})", record
+        return None, record
 
 
 @serve.deployment(max_ongoing_requests=16)
@@ -163,7 +173,7 @@ class Retriever(_ServesModel):
     with_index = True
 
     def __init__(self, args: AppArgs, registry: DeploymentHandle):
-        self._init(registry)
+        self._init(args, registry)
         self.rng = np.random.default_rng()  # exploration candidates: independent per replica
 
     async def candidates(self, history: list[int], times: list[int] | None = None, items_version: int = 0,
@@ -185,11 +195,13 @@ class Retriever(_ServesModel):
             times = np.where(t < 0, now, t).tolist()
         hist = _history(history, times, pipe.num_items, pipe.stage.end_us)
         user = pipe.stage.retriever.user_vectors(hist).numpy()
-        items, scores = s.index.search(user, pipe.k, [hist.row(0)])
+        never = np.fromiter(s.quarantined, np.int64, len(s.quarantined))
+        items, scores = s.index.search(user, pipe.k, [np.r_[hist.row(0), never]])
         vecs = pipe.stage.retriever.item_vecs.numpy()
         retrieved = items[0][items[0] >= 0]
         if live.explore:
             taken = np.zeros(len(vecs), dtype=bool)
+            taken[never] = True
             taken[hist.row(0)] = True
             taken[retrieved] = True
             pool = np.flatnonzero(~taken)
@@ -214,7 +226,7 @@ class Ranker(_ServesModel):
     (32 requests cost ~10x one on CPU, see BENCHMARKS.md)."""
 
     def __init__(self, args: AppArgs, registry: DeploymentHandle):
-        self._init(registry)
+        self._init(args, registry)
         self.rank.set_max_batch_size(args.max_batch_size)
         self.rank.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
 

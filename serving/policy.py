@@ -5,7 +5,8 @@ One replica (its state is the model). It keeps, for each of the last ``policy_pe
 the feature rows of the items it showed (float32 copies, ``k x dim`` each), so feedback can update
 with exactly what the policy saw; older requests' feedback is still logged, not learned from.
 Memory is therefore bounded by ``policy_pending * k * dim * 4`` bytes (:meth:`Policy.memory`).
-Checkpointed every ``checkpoint_every`` updates and on shutdown, and restored on start.
+Checkpointed by a background thread (at most every ``checkpoint_interval_s``, only when it changed:
+never on the request path, however slow the store) and on shutdown, and restored on start.
 """
 
 from __future__ import annotations
@@ -44,9 +45,14 @@ class Policy:
         self.fs.create_dir(self.state_path.rsplit("/", 1)[0], recursive=True)
         self.policy = self._restore()
         self.shown: collections.OrderedDict[str, dict[str, np.ndarray]] = collections.OrderedDict()
-        self.since_checkpoint = 0
+        self.changed = 0  # updates since the last checkpoint
+        self.checkpoints = 0
         # Serve runs sync methods in a thread pool: one request at a time changes the state
         self.lock = threading.RLock()
+        self.write_lock = threading.Lock()  # one checkpoint write at a time
+        self.stop = threading.Event()
+        self.saver = threading.Thread(target=self._save_loop, name="policy-checkpoint", daemon=True)
+        self.saver.start()
 
     def _restore(self) -> LinUCBPolicy:
         """The checkpointed policy; a checkpoint of another configuration (other features, say,
@@ -80,7 +86,7 @@ class Policy:
                 self.shown[request_id] = {items[s.index]["item_id"]: s.features for s in shown}
                 while len(self.shown) > self.args.policy_pending:  # older feedback is only logged
                     self.shown.popitem(last=False)
-                self._maybe_checkpoint(len(shown))
+                self.changed += len(shown)
             version = self.version()
         return {"version": version, "slate": [{"index": s.index, "position": s.position, "propensity": s.propensity,
                                                "greedy": s.greedy} for s in shown]}
@@ -92,7 +98,7 @@ class Policy:
             if features is None:
                 return False
             self.policy.observe_feedback(features, event)
-            self._maybe_checkpoint(1)
+            self.changed += 1
         return True
 
     def memory(self) -> dict:
@@ -103,22 +109,37 @@ class Policy:
                     "feature_bytes": sum(f.nbytes for v in self.shown.values() for f in v.values()),
                     "bound_requests": self.args.policy_pending, "dim": self.config.dim}
 
-    def _maybe_checkpoint(self, n: int) -> None:
-        self.since_checkpoint += n
-        if self.since_checkpoint >= self.args.checkpoint_every:
-            self.checkpoint()
+    def _save_loop(self) -> None:
+        """Coalesced background checkpoints; a failed write is retried at the next tick."""
+        while not self.stop.wait(self.args.checkpoint_interval_s):
+            try:
+                self.checkpoint(only_if_changed=True)
+            except Exception as exc:  # noqa: BLE001 -- the store may be down; learning goes on
+                log.warning("policy checkpoint to %s failed (%s); retrying in %.0f s", self.args.policy_state,
+                            str(exc)[:200], self.args.checkpoint_interval_s)
 
-    def checkpoint(self) -> None:
-        # a private temporary name: during a rolling update the old and the new replica both write
-        tmp = f"{self.state_path}.tmp-{os.getpid()}"
-        with self.fs.open_output_stream(tmp) as out:
-            out.write(self.policy.state_bytes())
-        self.fs.move(tmp, self.state_path)
-        self.since_checkpoint = 0
+    def checkpoint(self, only_if_changed: bool = False) -> bool:
+        """Write the state (a snapshot taken under the lock, written outside it); whether it wrote."""
+        with self.write_lock:
+            with self.lock:
+                if only_if_changed and not self.changed:
+                    return False
+                data, changed = self.policy.state_bytes(), self.changed
+            # a private temporary name: during a rolling update the old and the new replica both write
+            tmp = f"{self.state_path}.tmp-{os.getpid()}"
+            storage.write_durably(self.fs, tmp, self.state_path, data)
+            with self.lock:
+                self.changed -= changed
+            self.checkpoints += 1
+            return True
+
+    def stats(self) -> dict:
+        with self.lock:
+            return {"updates": self.policy.updates, "unsaved_updates": self.changed, "checkpoints": self.checkpoints}
 
     def __del__(self):  # Serve calls it on graceful shutdown / redeploy
         try:
-            with self.lock:
-                self.checkpoint()
+            self.stop.set()
+            self.checkpoint(only_if_changed=True)
         except Exception:  # noqa: BLE001 -- nothing sensible to do at interpreter teardown
             pass

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-ContextValue = str | int | float | bool
+# every string a request carries has a length cap (ids, context values, attributes)
+Id = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+ContextKey = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+ContextValue = Annotated[str, StringConstraints(max_length=500)] | int | float | bool
 # every request model: extra fields refused, NaN and +-Infinity refused (422) wherever a number goes
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -18,7 +21,7 @@ class Filters(BaseModel):
     category: str | None = Field(None, min_length=1, max_length=200)
     price_min: float | None = Field(None, ge=0)
     price_max: float | None = Field(None, ge=0)
-    exclude: list[str] = Field(default_factory=list, max_length=1000)
+    exclude: list[Id] = Field(default_factory=list, max_length=1000)
 
     @model_validator(mode="after")
     def _range(self):
@@ -37,8 +40,8 @@ class RecommendRequest(BaseModel):
 
     user_id: str | None = Field(None, min_length=1, max_length=200)
     session_id: str | None = Field(None, min_length=1, max_length=100)
-    history: list[str] | None = Field(None, max_length=1000)
-    context: dict[str, ContextValue] = Field(default_factory=dict, max_length=50)
+    history: list[Id] | None = Field(None, max_length=1000)
+    context: dict[ContextKey, ContextValue] = Field(default_factory=dict, max_length=50)
     k: int = Field(10, ge=1, le=100)
     filters: Filters = Field(default_factory=Filters)
 
@@ -63,9 +66,11 @@ class NewItem(BaseModel):
     description: str | None = Field(None, max_length=10_000)
     category: str | None = Field(None, min_length=1, max_length=200)
     brand: str | None = Field(None, min_length=1, max_length=200)
-    attributes: list[str] = Field(default_factory=list, max_length=200)
-    price: float | None = Field(None, ge=0)
-    image: str | None = Field(None, min_length=1, max_length=2000)
+    attributes: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=200)
+    price: float | None = Field(None, ge=0, le=1e9)
+    # a key under the app's ``image_root`` (e.g. ``shoes/123.jpg``): nothing outside it is read
+    image: str | None = Field(None, min_length=1, max_length=500)
 
 
 @dataclass(frozen=True)
@@ -105,9 +110,10 @@ class AppArgs(BaseModel):
     policy_epsilon: float = Field(0.05, ge=0, le=1)
     policy_alpha: float = Field(0.1, ge=0)  # UCB width: small, so a young policy follows the ranker
     policy_seed: int = 0
-    # policy updates between checkpoints: 1 = after every request and feedback (a restart loses
-    # nothing learned; ~1 ms on local disk); raise it for S3, where the feedback log covers the gap
-    checkpoint_every: int = Field(1, ge=1)
+    # the policy is checkpointed in the background, at most this often and only when it changed
+    # (never on the request path); a restart loses at most this much learning, which the feedback
+    # log still holds
+    checkpoint_interval_s: float = Field(5.0, gt=0)
     max_batch_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
     model_version: str = "v1"
@@ -153,3 +159,13 @@ class AppArgs(BaseModel):
     policy_ridge: float = Field(10.0, gt=0)
     policy_diversity: float = Field(0.3, ge=0)  # MMR weight: slate items unlike each other (0 = off)
     policy_pending: int = Field(20_000, ge=1)  # requests whose shown features the policy keeps for feedback
+    # -- the HTTP edge (serving.security; README "Security and durability") --
+    # ``<role> <key>`` lines (roles shopper, admin); without keys only loopback clients are served
+    api_keys_file: str | None = None
+    max_body_bytes: int = Field(64 * 1024, ge=1024)  # larger request bodies get 413
+    request_timeout_s: float = Field(10.0, gt=0)  # a request not answered by then gets 504
+    # where POST /items may read images from (local folder or s3:// prefix); None = images refused
+    image_root: str | None = None
+    image_max_bytes: int = Field(5 * 1024 * 1024, ge=1)  # an image file larger than this is refused
+    image_max_pixels: int = Field(40_000_000, ge=1)  # ... and an image with more pixels (decompression bombs)
+    wal_retry_max_s: float = Field(30.0, gt=0)  # longest wait between retries of a failed feedback-log publish

@@ -54,6 +54,7 @@ class ImageEmbedder(_EncoderActor):
     """``{"item_id", "uri"} -> {"item_id", "embedding"}`` (zeros for items without an image)."""
 
     encoder_cls = ImageEncoder
+    read = staticmethod(storage.read_bytes)  # how an image's bytes are read (serving: a capped, rooted reader)
 
     @torch.no_grad()
     def __call__(self, batch: dict) -> dict:
@@ -61,7 +62,7 @@ class ImageEmbedder(_EncoderActor):
         have = [i for i, u in enumerate(uris) if u]
         out = np.zeros((len(uris), self.encoder.dim), dtype=np.float32)
         if have:
-            pixels = torch.stack([self.encoder.preprocess(Image.open(io.BytesIO(storage.read_bytes(uris[i])))
+            pixels = torch.stack([self.encoder.preprocess(Image.open(io.BytesIO(self.read(uris[i])))
                                                           .convert("RGB")) for i in have])
             out[have] = self.encoder(pixels.to(self.device)).float().cpu().numpy()
         return {"item_id": batch["item_id"], "embedding": list(out)}

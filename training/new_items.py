@@ -43,8 +43,10 @@ class ContentEncoder:
     """Embeds new catalogue rows with the model's frozen encoders -- the same embedders that
     computed the catalogue's features (:mod:`training.embed`), loaded on first use."""
 
-    def __init__(self, attribute_vocab: list[str], encoders: dict, text_dim: int | None, image_dim: int | None):
+    def __init__(self, attribute_vocab: list[str], encoders: dict, text_dim: int | None, image_dim: int | None,
+                 read_image=None):
         self.vocab, self.encoders = attribute_vocab, encoders or {}
+        self.read_image = read_image  # bytes of an image reference (default: storage.read_bytes)
         self.text_dim, self.image_dim = text_dim, image_dim
         self._text = self._image = None
 
@@ -64,6 +66,8 @@ class ContentEncoder:
             self._text = TextEmbedder(TextEncoderConfig(**self.encoders["text"]))
         if kind == "image" and self._image is None:
             self._image = ImageEmbedder(ImageEncoderConfig(**self.encoders["image"]))
+            if self.read_image is not None:
+                self._image.read = self.read_image
         embedder = self._text if kind == "text" else self._image
         out = embedder({"item_id": np.arange(len(values)), column: values})["embedding"]
         return np.stack(out).astype(np.float32)

@@ -96,3 +96,24 @@ def ray_cluster(s3_server):
     finally:
         ray.shutdown()
 
+
+
+@pytest.fixture(scope="session")
+def tiny_shop(ray_cluster, tmp_path_factory):
+    """A small synthetic shop and a tiny retriever + ranker trained on it with Ray Train (once
+    per session; the Serve tests deploy it under their own settings)."""
+    from training.data.cli import prepare
+    from training.models.ranker_config import RankerConfig
+    from training.models.retriever_config import RetrieverConfig
+    from training.train_ranker import RankerJob, train_ranker
+    from training.train_retriever import RetrieverJob, train_retriever
+
+    root = tmp_path_factory.mktemp("tiny-shop")
+    data = str(root / "shop")
+    prepare("synthetic", None, data, num_users=300, num_items=200, num_events=12_000, images=False)
+    train_retriever(RetrieverJob(data=data, out=str(root / "retriever"), workers=1, storage=str(root / "runs"),
+                                 model=RetrieverConfig(dim=16, layers=1, heads=1, max_len=10, epochs=3, patience=3)))
+    train_ranker(RankerJob(data=data, retriever=str(root / "retriever"), out=str(root / "ranker"), workers=1,
+                           storage=str(root / "runs"),
+                           model=RankerConfig(**{**RankerConfig.tiny().to_dict(), "epochs": 2, "eval_candidates": 50})))
+    return {"data": data, "ranker": str(root / "ranker"), "retriever": str(root / "retriever"), "root": root}

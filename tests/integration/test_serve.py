@@ -12,10 +12,6 @@ import requests
 from netwatch import LOOPBACK, listeners
 
 from training.data.feedback import read_feedback
-from training.models.ranker_config import RankerConfig
-from training.models.retriever_config import RetrieverConfig
-from training.train_ranker import RankerJob, train_ranker
-from training.train_retriever import RetrieverJob, train_retriever
 
 pytestmark = pytest.mark.integration
 
@@ -27,26 +23,19 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app(ray_cluster, tmp_path_factory):
+def app(tiny_shop, tmp_path_factory):
     from ray import serve
 
     from serving.app import build_app
-    from training.data.cli import prepare
 
     root = tmp_path_factory.mktemp("serve")
-    data = str(root / "shop")
-    prepare("synthetic", None, data, num_users=300, num_items=200, num_events=12_000, images=False)
-    train_retriever(RetrieverJob(data=data, out=str(root / "retriever"), workers=1, storage=str(root / "runs"),
-                                 model=RetrieverConfig(dim=16, layers=1, heads=1, max_len=10, epochs=3, patience=3)))
-    train_ranker(RankerJob(data=data, retriever=str(root / "retriever"), out=str(root / "ranker"), workers=1,
-                           storage=str(root / "runs"),
-                           model=RankerConfig(**{**RankerConfig.tiny().to_dict(), "epochs": 2, "eval_candidates": 50})))
+    data = tiny_shop["data"]
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = {"model_dir": str(root / "ranker"), "data_dir": data, "feedback_root": str(root / "feedback"),
+    args = {"model_dir": tiny_shop["ranker"], "data_dir": data, "feedback_root": str(root / "feedback"),
             "wal_dir": str(root / "wal"), "policy_state": str(root / "policy.npz"), "policy_epsilon": 0.0,
             "items_root": str(root / "new-items"),
-            "policy_alpha": 0.0, "checkpoint_every": 5, "state_dir": str(root / "user-state"),
+            "policy_alpha": 0.0, "state_dir": str(root / "user-state"),
             "explore_candidates": 0, "policy_diversity": 0.0,
             "stale_alpha": 0.0}  # no exploration: rankings are deterministic
     serve.run(build_app(args), name="raycart", route_prefix="/")

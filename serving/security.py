@@ -1,0 +1,206 @@
+"""The HTTP edge's guard: API keys with two roles, a body-size cap and a per-request deadline.
+
+Plain ASGI (no Ray), wrapped around the FastAPI app by :mod:`serving.app`.
+
+- **Keys** (:class:`ApiKeys`): a file of ``<role> <key>`` lines (``shopper`` may call
+  ``/recommend``, ``/feedback`` and ``GET /items/{id}/similar``; ``admin`` may also ``POST /items``),
+  sent as ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``. A line's key may be given as
+  ``sha256:<hex>`` so the file holds no usable secret. Without any key configured, only clients
+  on loopback are served: an app that listens beyond loopback always requires keys.
+- **Body cap**: a declared ``Content-Length`` over the cap is refused at once (413), a chunked body
+  is counted while it is read and refused when it passes the cap -- nothing larger is buffered.
+- **Deadline**: a request not answered within ``timeout_s`` gets 504 (and its work is cancelled).
+- ``/healthz``, ``/readyz`` and the OpenAPI schema are open (probes, clients' code generators).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROLES = ("shopper", "admin")
+OPEN_PATHS = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+
+
+class KeyFileError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ApiKeys:
+    """SHA-256 digests of the configured keys, per role."""
+
+    digests: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | None) -> ApiKeys:
+        if not path:
+            return cls()
+        p = Path(path)
+        if not p.is_file():
+            raise KeyFileError(f"api_keys_file: {path} is not a readable file")
+        out: dict[str, set[str]] = {r: set() for r in ROLES}
+        for n, raw in enumerate(p.read_text().splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.split()
+            if len(parts) != 2 or parts[0] not in ROLES:
+                raise KeyFileError(f"api_keys_file: {path} line {n}: expected '<shopper|admin> <key>'")
+            role, key = parts
+            if key.startswith("sha256:"):
+                digest = key[7:].lower()
+                if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                    raise KeyFileError(f"api_keys_file: {path} line {n}: sha256: needs 64 hex digits")
+            elif len(key) < 16:
+                raise KeyFileError(f"api_keys_file: {path} line {n}: a key needs at least 16 characters")
+            else:
+                digest = _digest(key)
+            out[role].add(digest)
+        return cls({r: frozenset(v) for r, v in out.items() if v})
+
+    @property
+    def configured(self) -> bool:
+        return any(self.digests.values())
+
+    def role_of(self, key: str | None) -> str | None:
+        """``admin``, ``shopper`` or None; constant-time in the key."""
+        if not key:
+            return None
+        d = _digest(key)
+        found = None
+        for role in ROLES:  # every digest compared, whichever matches
+            for known in self.digests.get(role, ()):
+                if hmac.compare_digest(d, known):
+                    found = role
+        return found
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def required_role(method: str, path: str) -> str | None:
+    """The role a route needs; None for the open ones."""
+    if path in OPEN_PATHS:
+        return None
+    if method == "POST" and path.rstrip("/") == "/items":
+        return "admin"
+    return "shopper"
+
+
+def is_loopback(client) -> bool:
+    host = client[0] if client else None
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+@dataclass
+class GuardSettings:
+    """Filled by the Ingress from its arguments (the middleware is created before it is)."""
+
+    keys: ApiKeys = field(default_factory=ApiKeys)
+    max_body_bytes: int = 64 * 1024
+    timeout_s: float = 10.0
+
+
+async def _reply(send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    """ASGI middleware; ``settings`` is shared with the Ingress that configures it."""
+
+    def __init__(self, app, settings: GuardSettings):
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        s = self.settings
+        role = required_role(scope.get("method", "GET"), scope.get("path", ""))
+        if role is not None:
+            problem = self._authorise(scope, role)
+            if problem is not None:
+                status, detail = problem
+                return await _reply(send, status, detail,
+                                    [(b"www-authenticate", b'Bearer realm="raycart"')] if status == 401 else None)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                return await _reply(send, 400, "Content-Length is not a number")
+            if size > s.max_body_bytes:
+                return await _reply(send, 413, f"request body of {size} bytes is over the {s.max_body_bytes}-byte limit")
+        seen = 0
+        started = refused = False
+
+        async def counted_receive():
+            nonlocal seen, refused, started
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > s.max_body_bytes and not refused:
+                    # answered here (the app would turn an exception into a 400), and the app
+                    # sees the client gone: whatever it answers next is dropped
+                    refused = True
+                    if not started:
+                        started = True
+                        await _reply(send, 413, f"request body is over the {s.max_body_bytes}-byte limit")
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            if refused:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await asyncio.wait_for(self.app(scope, counted_receive, tracked_send), s.timeout_s)
+        except TimeoutError:
+            if not started:
+                await _reply(send, 504, f"not answered within {s.timeout_s:g} s; retry later")
+        except Exception:
+            if not refused:  # after a 413 the app's complaint about the cut body is moot
+                raise
+
+    def _authorise(self, scope, role: str) -> tuple[int, str] | None:
+        keys = self.settings.keys
+        if not keys.configured:
+            if is_loopback(scope.get("client")):
+                return None
+            return 401, ("this app has no API keys configured and serves loopback clients only; "
+                         "set api_keys_file (README: Security and durability)")
+        headers = dict(scope.get("headers") or [])
+        key = headers.get(b"x-api-key", b"").decode("latin-1").strip()
+        if not key:
+            auth = headers.get(b"authorization", b"").decode("latin-1")
+            if auth[:7].lower() == "bearer ":
+                key = auth[7:].strip()
+        if not key:
+            return 401, "missing API key: send X-API-Key or Authorization: Bearer"
+        got = keys.role_of(key)
+        if got is None:
+            return 401, "invalid API key"
+        if role == "admin" and got != "admin":
+            return 403, "this API key's role (shopper) may not call this endpoint; it needs an admin key"
+        return None
