@@ -15,7 +15,6 @@ def serve_app(args: argparse.Namespace) -> int:
 
     from serving.security import ApiKeys, KeyFileError, is_loopback
 
-    doc = read_model_json(args.models)  # a clear error before Ray starts
     try:
         keys = ApiKeys.load(args.api_keys_file)
     except KeyFileError as exc:
@@ -23,6 +22,7 @@ def serve_app(args: argparse.Namespace) -> int:
     if not keys.configured and not is_loopback((args.host, 0)):
         raise DataError(f"--host {args.host}: listening beyond loopback needs API keys (--api-keys-file FILE with "
                         "'shopper KEY' / 'admin KEY' lines; README: Security and durability)")
+    doc = read_model_json(args.models)  # a clear error before Ray starts
     if doc.get("kind") != "ranker":
         raise DataError(f"{args.models}: serving needs a ranker directory (raycart train ranker); "
                         f"this one holds a {doc.get('kind')!r} model")

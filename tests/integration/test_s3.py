@@ -75,3 +75,46 @@ def test_wrong_credentials_fail_clearly_and_write_nothing(s3_env, tmp_path):
     proc = subprocess.run([RAYCART, "baseline", "--data", f"s3://{s3_env['bucket']}/cli-shop", "--model", "pop"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "access denied" in proc.stderr
+
+
+class _FailsAfter:
+    """The real S3 filesystem, whose server-side copies start failing after ``n`` (a network
+    fault in the middle of a publish)."""
+
+    def __init__(self, fs, n: int):
+        self.fs, self.left = fs, n
+
+    def copy_file(self, src, dest):
+        if self.left <= 0:
+            raise OSError("injected: connection reset during copy")
+        self.left -= 1
+        return self.fs.copy_file(src, dest)
+
+    def __getattr__(self, name):
+        return getattr(self.fs, name)
+
+
+def test_an_s3_overwrite_never_deletes_the_live_copy_first(s3_env, tmp_path):
+    """A publish that fails half-way through leaves every live file readable (the old code
+    deleted the live directory before copying the new one in)."""
+    from training import storage
+    from training.storage import _publish_s3
+
+    uri = f"s3://{s3_env['bucket']}/live-model"
+    with storage.atomic_output_dir(uri) as out:
+        for name in ("weights.bin", "extra.bin", "model.json"):
+            (out / name).write_text(f"v1 {name}")
+    new = tmp_path / "v2"
+    new.mkdir()
+    for name in ("weights.bin", "model.json"):
+        (new / name).write_text(f"v2 {name}")
+    fs, dest = storage.resolve(uri)
+    with pytest.raises(Exception, match="injected"):
+        _publish_s3(new, _FailsAfter(fs, 1), dest, uri, replace=True, publish_last="model.json")
+    assert storage.read_bytes(f"{uri}/model.json") == b"v1 model.json"  # the manifest still names v1
+    assert storage.read_bytes(f"{uri}/extra.bin") == b"v1 extra.bin"  # nothing of the live copy deleted
+    _publish_s3(new, fs, dest, uri, replace=True, publish_last="model.json")  # a retry completes
+    assert storage.read_bytes(f"{uri}/model.json") == b"v2 model.json"
+    assert not storage.exists(f"{uri}/extra.bin")  # pruned once the new version is in place
+    keys = [o["Key"] for o in s3_env["client"].list_objects_v2(Bucket=s3_env["bucket"], Prefix="live-model")["Contents"]]
+    assert not [k for k in keys if "staging" in k]

@@ -97,3 +97,12 @@ def test_ranker_refuses_bad_inputs_before_starting_ray(tmp_path, tiny_dataset_di
                            "--out", out), "no such dataset", out)
     assert_clean_error(run("train", "ranker", "--data", tiny_dataset_dir, "--retriever", tmp_path / "pop",
                            "--out", out, "--train-candidates", 1), "train_candidates must be >= 2", out)
+
+
+def test_serve_beyond_loopback_needs_api_keys(tmp_path):
+    assert_clean_error(run("serve", "--models", tmp_path / "m", "--data", tmp_path / "d", "--host", "0.0.0.0"),
+                       "--host 0.0.0.0: listening beyond loopback needs API keys")
+    keys = tmp_path / "keys"
+    keys.write_text("owner 0123456789abcdef0123\n")
+    assert_clean_error(run("serve", "--models", tmp_path / "m", "--data", tmp_path / "d", "--api-keys-file", keys),
+                       "line 1: expected '<shopper|admin> <key>'")
