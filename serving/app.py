@@ -129,6 +129,7 @@ class Ingress:
     def __del__(self):
         try:
             self.stop.set()
+            self.publisher.join(timeout=30)  # no publish runs while close() publishes and unlocks
             self.log.close()
         except Exception:  # noqa: BLE001
             pass
@@ -273,8 +274,11 @@ class Ingress:
         counts once (a repeat answers ``duplicate`` and records nothing)."""
         if await self._unknown([req.item_id]):
             raise HTTPException(400, f"item_id: unknown item {req.item_id!r}")
+        # checked, then logged durably, then recorded: an event whose log write failed (503) or
+        # was cut off is not yet "recorded", so the client's retry is not taken for a duplicate
+        # (a retry after a cut between log and record logs it twice: read_feedback de-duplicates)
         try:
-            rec = await self.state.record(req.request_id, req.item_id, req.event)
+            rec = await self.state.check(req.request_id, req.item_id, req.event)
         except StateUnavailable as exc:
             raise HTTPException(503, f"feedback not recorded, retry later: {exc}") from None
         if rec.outcome is Outcome.UNKNOWN_REQUEST:
@@ -285,6 +289,14 @@ class Ingress:
             return {"status": "duplicate", "learned": False, "history": False}
         await self._append("events", [{"request_id": req.request_id, "item_id": req.item_id, "event": req.event,
                                        "timestamp": time.time()}])
+        try:
+            rec = await self.state.record(req.request_id, req.item_id, req.event)
+        except StateUnavailable as exc:
+            raise HTTPException(503, f"feedback logged but not applied, retry: {exc}") from None
+        if rec.outcome is Outcome.DUPLICATE:  # a concurrent copy of this event got there first
+            return {"status": "duplicate", "learned": False, "history": False}
+        if rec.outcome is not Outcome.RECORDED:
+            raise HTTPException(404, f"request_id: {req.request_id!r} has expired")
         learned = self.args.policy_learning and await self.policy.feedback.remote(req.request_id, req.item_id,
                                                                                    req.event)
         return {"status": "recorded", "learned": bool(learned), "history": req.event in HISTORY_EVENTS}

@@ -141,15 +141,14 @@ class _ServesModel:
         return self.served.version
 
     def check_content(self, record: dict) -> tuple[str | None, dict]:
-        """``(why this model could not place a new item or None, the record to store)``. The
-        image key becomes its location under the image root; the item is embedded here, before
-        anything is stored, so an item the replicas could not embed is never stored."""
+        """``(why this model could not place a new item or None, the record to store)``. The item
+        is embedded here, before anything is stored, so an item the replicas could not embed is
+        never stored; its image stays a key under the image root."""
         enc = self.served.encoder
         record = dict(record)
         if record.get("image"):
-            try:  # read (capped, checked) even where this model has no image tower: the next may
-                self.images.read(record["image"])
-                record["image"] = self.images.uri(record["image"])
+            try:  # read (capped, checked) even where this model has no image tower: the next may.
+                self.images.read(record["image"])  # the key is stored, resolved under the root on use
             except ImageRefused as exc:
                 return str(exc), record
         if not enc.usable(rows_table([record])):

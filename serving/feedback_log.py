@@ -42,6 +42,8 @@ from training import storage
 from training.data.feedback import TABLES
 
 log = logging.getLogger(__name__)
+QUARANTINE_AFTER = 20  # failed publishes of one segment, while others publish, before it is moved aside
+ADOPT_EVERY_S = 30.0  # how often a running writer looks for segments that stopped writers left
 
 
 @dataclass(frozen=True)
@@ -62,12 +64,23 @@ class FeedbackLog:
     def __init__(self, config: FeedbackLogConfig, writer: str):
         self.config, self.writer = config, writer
         self.dir = Path(config.wal_dir) / writer
-        self.dir.mkdir(parents=True, exist_ok=True)
-        _fsync_dir(self.dir.parent)
         # a live writer holds an exclusive lock on its folder; a folder whose lock can be taken
-        # belongs to a dead writer (e.g. a killed replica, replaced under a new name)
-        self._lock = open(self.dir / ".lock", "w")  # noqa: SIM115 -- held for the writer's lifetime
-        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # belongs to a dead writer (e.g. a killed replica, replaced under a new name). A new folder
+        # is made under a hidden name, locked, then renamed: no one can adopt it in between.
+        if not self.dir.exists():
+            self.dir.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.dir.parent / f".new-{writer}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir()
+            self._lock = open(tmp / ".lock", "w")  # noqa: SIM115 -- held for the writer's lifetime
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(tmp, self.dir)
+        else:  # this writer's earlier life
+            self._lock = open(self.dir / ".lock", "w")  # noqa: SIM115
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _fsync_dir(self.dir.parent)
+        self.failed: dict[Path, int] = {}  # failed publishes per segment
+        self.quarantined_segments = 0
+        self.adopted_at = time.monotonic()
         self.mutex = threading.Lock()  # the open segment
         self.publishing = threading.Lock()  # the sealed ones
         self.sealed: list[tuple[Path, str]] = []  # (segment, writer) waiting to be published
@@ -82,9 +95,10 @@ class FeedbackLog:
         self.recovered = self.publish()
 
     def _open_segment(self) -> None:
-        self.segment = self.dir / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
-        self._fh = open(self.segment, "a", encoding="utf-8")  # noqa: SIM115 -- lives as long as the log
+        segment = self.dir / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
+        fh = open(segment, "a", encoding="utf-8")  # noqa: SIM115 -- lives as long as the log
         _fsync_dir(self.dir)  # the segment's name survives a crash with its first fsynced line
+        self.segment, self._fh = segment, fh
         self.pending, self.opened = 0, time.monotonic()
 
     def append(self, table: str, record: dict) -> None:
@@ -113,9 +127,10 @@ class FeedbackLog:
         with self.mutex:
             if self.pending == 0:
                 return False
-            self._fh.close()
-            self.sealed.append((self.segment, self.writer))
-            self._open_segment()
+            old, fh = self.segment, self._fh
+            self._open_segment()  # first: if it fails (disk full), the old segment stays open and in use
+            fh.close()
+            self.sealed.append((old, self.writer))
             return True
 
     def flush(self) -> int:
@@ -130,45 +145,80 @@ class FeedbackLog:
             due = self._due()
         if due:
             self.seal()
+        if time.monotonic() - self.adopted_at >= ADOPT_EVERY_S:
+            self._adopt_dead_writers()
         if self.sealed and time.monotonic() >= self.retry_at:
             return self.publish()
         return 0
 
     def publish(self, raise_errors: bool = False) -> int:
-        rows = 0
+        """Publish every sealed segment. A failure keeps the segment (retried with backoff) and the
+        others are still tried; a segment that has failed ``QUARANTINE_AFTER`` times while others
+        published (so the store works: the segment itself is bad) is moved to ``.quarantine/``
+        in the WAL folder, logged -- kept on disk for an operator, no longer blocking."""
+        rows, error, published = 0, None, False
         with self.publishing:
-            while self.sealed:
-                segment, writer = self.sealed[0]
+            for segment, writer in list(self.sealed):
                 try:
                     rows += self._publish(segment, writer)
-                except Exception as exc:
-                    self.failures += 1
-                    self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
-                    wait = min(self.config.retry_max_s, 0.5 * 2 ** min(self.failures, 16))
-                    self.retry_at = time.monotonic() + wait
-                    log.warning("feedback log: publishing %s failed (%s); %d segment(s) kept in the WAL, "
-                                "retry in %.1f s", segment.name, self.last_error, len(self.sealed), wait)
-                    if raise_errors:
-                        raise
-                    break
-                self.sealed.pop(0)
+                except Exception as exc:  # noqa: BLE001 -- kept and retried
+                    error = error or exc
+                    self.failed[segment] = self.failed.get(segment, 0) + 1
+                    log.warning("feedback log: publishing %s failed (%s: %s); kept in the WAL", segment.name,
+                                type(exc).__name__, str(exc)[:200])
+                    continue
+                published = True
+                self.sealed.remove((segment, writer))
+                self.failed.pop(segment, None)
+            if published:
+                for segment, writer in list(self.sealed):
+                    if self.failed.get(segment, 0) >= QUARANTINE_AFTER:
+                        self._quarantine(segment, writer)
+            if error is None:
                 self.failures, self.last_error = 0, None
+            else:
+                self.failures += 1
+                self.last_error = f"{type(error).__name__}: {str(error)[:300]}"
+                wait = min(self.config.retry_max_s, 0.5 * 2 ** min(self.failures, 16))
+                self.retry_at = time.monotonic() + wait
+                log.warning("feedback log: %d segment(s) kept in the WAL, retry in %.1f s", len(self.sealed), wait)
         self.published_rows += rows
+        if error is not None and raise_errors:
+            raise error
         return rows
+
+    def _quarantine(self, segment: Path, writer: str) -> None:
+        aside = Path(self.config.wal_dir) / ".quarantine"
+        aside.mkdir(exist_ok=True)
+        os.replace(segment, aside / f"{writer}-{segment.name}")
+        _fsync_dir(aside)
+        self.sealed.remove((segment, writer))
+        self.failed.pop(segment, None)
+        self.quarantined_segments += 1
+        log.error("feedback log: %s failed %d times while other segments published; moved to %s for an "
+                  "operator (its records are not published)", segment.name, QUARANTINE_AFTER, aside)
 
     def health(self) -> dict:
         """``ok`` False while sealed segments cannot be published (they stay in the WAL)."""
         return {"ok": self.failures == 0, "unpublished_segments": len(self.sealed),
-                "failures": self.failures, "last_error": self.last_error, "corrupt_lines": self.corrupt_lines}
+                "failures": self.failures, "last_error": self.last_error, "corrupt_lines": self.corrupt_lines,
+                "quarantined_segments": self.quarantined_segments}
 
     def _adopt_dead_writers(self) -> None:
         """Queue the segments dead writers left: any writer folder under ``wal_dir`` whose lock is
         free (its process is gone). The folder is removed once its segments are published."""
-        for other in sorted(p for p in Path(self.config.wal_dir).iterdir() if p.is_dir() and p != self.dir):
-            lock = open(other / ".lock", "a")  # noqa: SIM115 -- kept while its segments are pending
+        self.adopted_at = time.monotonic()
+        held = {folder for folder, _ in getattr(self, "_adopted", [])}
+        for other in sorted(p for p in Path(self.config.wal_dir).iterdir()
+                            if p.is_dir() and p != self.dir and not p.name.startswith(".") and p not in held):
+            try:  # only writer folders (they hold a lock file); not e.g. a volume's lost+found
+                fd = os.open(other / ".lock", os.O_RDWR)
+            except OSError:
+                continue
+            lock = os.fdopen(fd, "r+")
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            except OSError:
                 lock.close()
                 continue  # alive
             segments = sorted(other.glob("*.jsonl"))
@@ -209,7 +259,7 @@ class FeedbackLog:
             schema = TABLES[table]
             try:
                 data = pa.Table.from_pylist(recs, schema=schema)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
                 data = self._rows_that_fit(segment, recs, schema)
             name = f"part-{writer or self.writer}-{segment.stem}.parquet"
             fs, path = storage.resolve(storage.join(self.config.root, table, name))
@@ -217,7 +267,7 @@ class FeedbackLog:
             if storage.is_s3(self.config.root):
                 pq.write_table(data, path, filesystem=fs)  # S3 PUT is atomic
             else:
-                tmp = path + ".tmp"
+                tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
                 pq.write_table(data, tmp, filesystem=fs)
                 storage.fsync_path(tmp)
                 os.replace(tmp, path)
@@ -237,7 +287,7 @@ class FeedbackLog:
             try:
                 pa.Table.from_pylist([r], schema=schema)
                 good.append(r)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
                 self.corrupt_lines += 1
         log.warning("feedback log: %s had %d row(s) that do not fit the table; skipped",
                     segment, len(recs) - len(good))

@@ -21,6 +21,7 @@ from PIL import Image
 from training import storage
 
 KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,499}")
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")  # decoders PIL may use (not e.g. EPS, which runs Ghostscript)
 
 
 class ImageRefused(ValueError):
@@ -86,7 +87,7 @@ class ImageSource:
     def check(self, data: bytes) -> None:
         """Refuse what is not a decodable image within the pixel cap (checked before decoding)."""
         try:
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(io.BytesIO(data), formats=FORMATS) as img:
                 w, h = img.size
                 if w * h > self.max_pixels:
                     raise ImageRefused(f"image: {w}x{h} is over the {self.max_pixels}-pixel limit")

@@ -117,7 +117,12 @@ class ServedModel:
                         self.embed([r])
                     except Exception as exc:  # noqa: BLE001
                         bad[i] = f"{type(exc).__name__}: {str(exc)[:200]}"
-            feats = self.embed(content())
+            try:
+                feats = self.embed(content())
+            except Exception as exc:  # noqa: BLE001 -- fails only together: none of them is served
+                for i in range(len(records)):
+                    bad.setdefault(i, f"embedding the batch failed ({type(exc).__name__})")
+                feats = self.embed(content())  # ids only: nothing left to fail on
         start = self.pipe.num_items
         rows = rows_table(content())
         vecs = self.pipe.add_items(feats, rows["price"].to_numpy(zero_copy_only=False))

@@ -95,6 +95,15 @@ def required_role(method: str, path: str) -> str | None:
     return "shopper"
 
 
+def route_path(scope) -> str:
+    """The path the app routes on: Serve passes the full path with ``root_path`` = the route
+    prefix, and Starlette strips it before routing -- so must the role check."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):] or "/"
+    return "/" + path.lstrip("/")
+
+
 def is_loopback(client) -> bool:
     host = client[0] if client else None
     if not host:
@@ -132,7 +141,7 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         s = self.settings
-        role = required_role(scope.get("method", "GET"), scope.get("path", ""))
+        role = required_role(scope.get("method", "GET"), route_path(scope))
         if role is not None:
             problem = self._authorise(scope, role)
             if problem is not None:

@@ -45,6 +45,9 @@ class UserStateStore:
     def issue(self, request_id: str, key: str, items: list[str]) -> None:
         self.state.issue(request_id, key, items)
 
+    def check(self, request_id: str, item_id: str, event: str) -> Recorded:
+        return self.state.check(request_id, item_id, event)
+
     def record(self, request_id: str, item_id: str, event: str) -> Recorded:
         return self.state.record(request_id, item_id, event)
 
@@ -89,6 +92,9 @@ class StateAccess:
 
     async def issue(self, request_id: str, key: str, items: list[str]) -> None:
         await self._call("issue", request_id, key, items)
+
+    async def check(self, request_id: str, item_id: str, event: str) -> Recorded:
+        return await self._call("check", request_id, item_id, event)
 
     async def record(self, request_id: str, item_id: str, event: str) -> Recorded:
         return await self._call("record", request_id, item_id, event)

@@ -153,6 +153,9 @@ class UserState(Protocol):
     def issue(self, request_id: str, key: str, items: list[str], now: float | None = None) -> None:
         """Register an answer: ``items`` were shown to ``key`` under ``request_id``."""
 
+    def check(self, request_id: str, item_id: str, event: str, now: float | None = None) -> Recorded:
+        """What :meth:`record` would answer now, changing nothing (``RECORDED``: it would be accepted)."""
+
     def record(self, request_id: str, item_id: str, event: str, now: float | None = None) -> Recorded:
         """Accept one feedback event if its request showed the item and it is new."""
 
@@ -207,7 +210,7 @@ class MemoryUserState:
             self._apply_issue(request_id, key, tuple(items), now)
             self._maybe_compact()
 
-    def record(self, request_id: str, item_id: str, event: str, now: float | None = None) -> Recorded:
+    def check(self, request_id: str, item_id: str, event: str, now: float | None = None) -> Recorded:
         now = time.time() if now is None else now
         with self.lock:
             req = self.requests.get(request_id)
@@ -218,10 +221,18 @@ class MemoryUserState:
                 return Recorded(Outcome.NOT_SHOWN, key)
             if f"{item_id}|{event}" in done:
                 return Recorded(Outcome.DUPLICATE, key)
+            return Recorded(Outcome.RECORDED, key)
+
+    def record(self, request_id: str, item_id: str, event: str, now: float | None = None) -> Recorded:
+        now = time.time() if now is None else now
+        with self.lock:
+            checked = self.check(request_id, item_id, event, now)
+            if checked.outcome is not Outcome.RECORDED:
+                return checked
             self._write(["r", request_id, item_id, event, now])
             self._apply_record(request_id, item_id, event, now)
             self._maybe_compact()
-            return Recorded(Outcome.RECORDED, key)
+            return Recorded(Outcome.RECORDED, checked.key)
 
     def ping(self) -> bool:
         return True

@@ -65,6 +65,18 @@ class RedisUserState:
             p.expire(f"{self.prefix}h:{key}", ttl)
         p.execute()
 
+    def check(self, request_id: str, item_id: str, event: str, now: float | None = None) -> Recorded:
+        p = self.client.pipeline(transaction=False)
+        p.get(f"{self.prefix}r:{request_id}")
+        p.sismember(f"{self.prefix}d:{request_id}", f"{item_id}|{event}")
+        req, done = p.execute()
+        if not req:
+            return Recorded(Outcome.UNKNOWN_REQUEST)
+        key, items = json.loads(req)[:2]
+        if item_id not in items:
+            return Recorded(Outcome.NOT_SHOWN, key)
+        return Recorded(Outcome.DUPLICATE if done else Outcome.RECORDED, key)
+
     def record(self, request_id: str, item_id: str, event: str, now: float | None = None) -> Recorded:
         now = time.time() if now is None else now
         outcome, key = self._record(keys=[f"{self.prefix}r:{request_id}", f"{self.prefix}d:{request_id}"],

@@ -65,9 +65,10 @@ class ContentEncoder:
         if kind == "text" and self._text is None:
             self._text = TextEmbedder(TextEncoderConfig(**self.encoders["text"]))
         if kind == "image" and self._image is None:
-            self._image = ImageEmbedder(ImageEncoderConfig(**self.encoders["image"]))
-            if self.read_image is not None:
-                self._image.read = self.read_image
+            image = ImageEmbedder(ImageEncoderConfig(**self.encoders["image"]))
+            if self.read_image is not None:  # set before it is shared: no read ever bypasses it
+                image.read = self.read_image
+            self._image = image
         embedder = self._text if kind == "text" else self._image
         out = embedder({"item_id": np.arange(len(values)), column: values})["embedding"]
         return np.stack(out).astype(np.float32)

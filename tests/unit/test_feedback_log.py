@@ -131,3 +131,42 @@ def test_a_failed_publish_keeps_the_segment_is_retried_and_appends_go_on(tmp_pat
     assert log.tick() == 5 and log.health()["ok"]
     log.close()
     assert sorted(read_feedback(str(blocker), "events")["request_id"].to_pylist()) == [f"r{i}" for i in range(5)]
+
+
+def test_readers_see_each_record_once(tmp_path):
+    """At-least-once: a client's retry (after a 503 between log and state) logs an event twice;
+    read_feedback keeps the first row of each (request, item, event)."""
+    log = FeedbackLog(FeedbackLogConfig(root=str(tmp_path / "log"), wal_dir=str(tmp_path / "wal")), "w")
+    log.append("events", _event(1))
+    log.append("events", {**_event(1), "timestamp": 1_900_000_000.0})  # the retry
+    log.append("events", {**_event(1), "event": "purchase"})  # another event of the pair
+    log.close()
+    rows = read_feedback(str(tmp_path / "log"), "events")
+    assert rows["event"].to_pylist() == ["click", "purchase"]
+    assert rows["timestamp"].to_pylist()[0] == read_feedback(str(tmp_path / "log"), "events", dedupe=False)[
+        "timestamp"].to_pylist()[0]  # the first one kept
+    assert read_feedback(str(tmp_path / "log"), "events", dedupe=False).num_rows == 3
+
+
+def test_a_segment_that_never_publishes_does_not_block_the_others(tmp_path, monkeypatch):
+    import serving.feedback_log as fl
+
+    monkeypatch.setattr(fl, "QUARANTINE_AFTER", 2)
+    (tmp_path / "wal" / "w" / "00000000000000000001-bad.jsonl").mkdir(parents=True)  # unreadable as a file
+    (tmp_path / "wal" / "lost+found").mkdir()  # not a writer folder: left alone
+    log = FeedbackLog(FeedbackLogConfig(root=str(tmp_path / "log"), wal_dir=str(tmp_path / "wal"), flush_rows=1,
+                                        background=True), "w")
+    assert not log.health()["ok"]
+    for i in range(2):
+        log.append("events", _event(i))
+        log.seal()
+        log.publish()  # the good segments publish although the bad one fails
+    assert log.health()["quarantined_segments"] == 1 and log.health()["unpublished_segments"] == 0
+    log.append("events", _event(2))
+    log.seal()
+    log.publish()
+    assert log.health()["ok"]
+    assert (tmp_path / "wal" / ".quarantine" / "w-00000000000000000001-bad.jsonl").exists()
+    assert (tmp_path / "wal" / "lost+found").exists()
+    log.close()
+    assert sorted(read_feedback(str(tmp_path / "log"), "events")["request_id"].to_pylist()) == ["r0", "r1", "r2"]

@@ -8,6 +8,7 @@ written whole (atomic rename locally, single PUT on S3), so a reader never sees 
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -39,8 +40,14 @@ FEEDBACK_EVENTS = pa.schema([
 TABLES = {"impressions": IMPRESSIONS, "events": FEEDBACK_EVENTS}
 
 
-def read_feedback(root: str, table: str) -> pa.Table:
-    """All rows of ``table`` (``impressions`` or ``events``) under the log ``root`` (local or S3)."""
+# what identifies a row: the log is at-least-once (a record can be published twice after a crash,
+# an event logged twice when its client retried), so readers keep the first row of each key
+ROW_KEYS = {"impressions": ("request_id", "item_id"), "events": ("request_id", "item_id", "event")}
+
+
+def read_feedback(root: str, table: str, dedupe: bool = True) -> pa.Table:
+    """All rows of ``table`` (``impressions`` or ``events``) under the log ``root`` (local or S3),
+    each record once (``dedupe``: the first row of each :data:`ROW_KEYS` key)."""
     if table not in TABLES:
         raise DataError(f"feedback log: unknown table {table!r} (known: {', '.join(TABLES)})")
     fs, path = storage.resolve(storage.join(root, table))
@@ -53,7 +60,13 @@ def read_feedback(root: str, table: str) -> pa.Table:
     if not files:
         return TABLES[table].empty_table()
     parts = [_conform(pq.read_table(f, filesystem=fs), TABLES[table]) for f in files]
-    return pa.concat_tables(parts)
+    rows = pa.concat_tables(parts)
+    if not dedupe or rows.num_rows == 0:
+        return rows
+    keys = list(ROW_KEYS[table])
+    indexed = rows.select(keys).append_column("__row", pa.array(np.arange(rows.num_rows)))
+    first = indexed.group_by(keys, use_threads=False).aggregate([("__row", "min")])["__row_min"]
+    return rows.take(np.sort(first.to_numpy()))
 
 
 def _conform(part: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -96,3 +96,26 @@ def test_body_cap_declared_and_streamed():
 def test_a_request_past_its_deadline_gets_504():
     status, body = _call(GuardSettings(timeout_s=0.2), path="/slow")
     assert status == 504 and "0.2" in body["detail"]
+
+
+def test_roles_follow_the_routed_path_under_a_route_prefix(tmp_path):
+    g = GuardSettings(keys=_keys(tmp_path))
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}"}
+
+    async def send(m):
+        sent.append(m)
+
+    for path in ("/shop/items", "/shop//items", "/shop/items/"):  # Serve: root_path is the prefix
+        sent.clear()
+        scope = {"type": "http", "method": "POST", "path": path, "root_path": "/shop", "client": ("127.0.0.1", 1),
+                 "headers": [(b"x-api-key", SHOP.encode())]}
+        asyncio.run(Guard(_echo, g)(scope, receive, send))
+        assert sent[0]["status"] == 403, path
+    sent.clear()
+    scope = {"type": "http", "method": "GET", "path": "/shop/healthz", "root_path": "/shop", "client": ("10.0.0.1", 1),
+             "headers": []}
+    asyncio.run(Guard(_echo, g)(scope, receive, send))
+    assert sent[0]["status"] == 200  # the probe stays open under the prefix

@@ -63,6 +63,19 @@ def test_feedback_builds_the_history_and_is_checked(backend):
     assert s.view("u:bob") == UserView()
 
 
+def test_check_answers_like_record_and_changes_nothing(backend):
+    make, _ = backend
+    s = make()
+    s.issue("r1", "u:carol", ["a", "b"])
+    assert s.check("never", "a", "click").outcome is Outcome.UNKNOWN_REQUEST
+    assert s.check("r1", "z", "click").outcome is Outcome.NOT_SHOWN
+    for _ in range(2):  # checking twice is still "would be recorded": nothing was written
+        assert s.check("r1", "a", "click").outcome is Outcome.RECORDED
+    assert s.view("u:carol").history() == []
+    assert s.record("r1", "a", "click").outcome is Outcome.RECORDED
+    assert s.check("r1", "a", "click").outcome is Outcome.DUPLICATE
+
+
 def test_memory_per_key_is_bounded(backend):
     make, _ = backend
     s = make()  # tiny: last 5 events, last 1 answer
