@@ -1,11 +1,14 @@
 """The Serve application over real HTTP on 127.0.0.1: recommend, feedback, similar, health, bad
 input, cold start, the policy learning from feedback, and the durable feedback log."""
 
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -37,7 +40,9 @@ def app(tiny_shop, tmp_path_factory):
             "items_root": str(root / "new-items"),
             "policy_alpha": 0.0, "state_dir": str(root / "user-state"),
             "explore_candidates": 0, "policy_diversity": 0.0,
-            "stale_alpha": 0.0}  # no exploration: rankings are deterministic
+            "stale_alpha": 0.0,  # no exploration: rankings are deterministic
+            # a rollout on 2 shared cores can hold a request past the default 10 s deadline (504)
+            "request_timeout_s": 60.0}
     serve.run(build_app(args), name="raycart", route_prefix="/")
     from training.data.dataset import load_dataset
 
@@ -340,3 +345,13 @@ def test_feedback_log_holds_every_acknowledged_record_after_shutdown(app):
     value = off_policy_value(impressions, events, bootstrap=0)
     assert value["requests"] == len(set(impressions["request_id"].to_pylist())) and value["logged"]["value"] > 0
     assert value["greedy"]["ips"] > 0  # exploration is off here: every slot is greedy, propensity 1
+    # "what would this model have earned": the served model as a target policy, one command
+    out = app["root"] / "ope-model.json"
+    proc = subprocess.run([str(Path(sys.executable).with_name("raycart")), "ope", "--feedback",
+                           app["args"]["feedback_root"], "--target-policy", app["args"]["model_dir"], "--data",
+                           app["args"]["data_dir"], "--out", out, "--bootstrap", "100"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["requests"] == value["requests"] and result["effective_sample_size"] >= 0
+    assert result["max_weight"] >= 0 and "ci95" in result["ips"]

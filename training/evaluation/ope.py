@@ -110,10 +110,10 @@ def off_policy_value(impressions: pa.Table, events: pa.Table, bootstrap: int = 1
 def _cmd(a: argparse.Namespace) -> int:
     from training.evaluation.run import write_json
 
-    if bool(a.feedback) == bool(a.data):
+    if not a.feedback and not a.data:
         from training.errors import DataError
 
-        raise DataError("give --feedback ROOT (the serving log) or --data DIR (logged bandit feedback), not both")
+        raise DataError("give --feedback ROOT (the serving log) or --data DIR (logged bandit feedback)")
     result = _serving_log(a) if a.feedback else _bandit_data(a)
     if a.out:
         write_json(result, a.out)
@@ -125,12 +125,11 @@ def _serving_log(a: argparse.Namespace) -> dict:
     from training.data.feedback import read_feedback
     from training.errors import DataError
 
-    if a.target_policy not in (None, "greedy"):
-        raise DataError(f"--target-policy {a.target_policy}: with --feedback only 'greedy' (the serving policy "
-                        "without exploration) can be evaluated so far")
     impressions = read_feedback(a.feedback, "impressions")
     if impressions.num_rows == 0:
         raise DataError(f"{a.feedback}: the feedback log holds no impressions")
+    if a.target_policy not in (None, "greedy"):
+        return _model_target(a, impressions, read_feedback(a.feedback, "events"))
     result = off_policy_value(impressions, read_feedback(a.feedback, "events"), bootstrap=a.bootstrap)
     print(f"{result['requests']:,} requests, {result['impressions']:,} impressions, {result['events']:,} events")
     lv = result["logged"]
@@ -146,6 +145,27 @@ def _serving_log(a: argparse.Namespace) -> dict:
           f"{g['max_weight']:.1f}")
     print(f"  independent-item IPS {g['iips']:.4f}{ci('iips_95ci')} (assumes no interaction between slots: "
           "see training/evaluation/ope.py)")
+    return result
+
+
+def _model_target(a: argparse.Namespace, impressions: pa.Table, events: pa.Table) -> dict:
+    from training import storage
+    from training.errors import DataError
+    from training.evaluation.slate_target import model_ranker, target_slate_value
+
+    if not storage.exists(storage.join(a.target_policy, "model.json")):
+        raise DataError(f"--target-policy {a.target_policy}: with --feedback, 'greedy' or a Raycart model directory")
+    if not a.data:
+        raise DataError("--data DIR is required with a model as --target-policy (the dataset it was trained on)")
+    result = target_slate_value(impressions, events, model_ranker(a.target_policy, a.data), a.epsilon,
+                                bootstrap=a.bootstrap, seed=a.seed)
+    result["target_policy"] = a.target_policy
+    ips, snips = result["ips"], result["snips"]
+    ci = (lambda r: f" (95% CI {r['ci95'][0]:.4f}-{r['ci95'][1]:.4f})" if "ci95" in r else "")
+    print(f"{result['requests']:,} requests; logged {result['logged']['value']:.4f} reward per request")
+    print(f"{a.target_policy} with epsilon {a.epsilon}: slate IPS {ips['value']:.4f}{ci(ips)}, SNIPS "
+          f"{snips['value']:.4f}{ci(snips)}; effective sample size {result['effective_sample_size']:.1f}, "
+          f"{result['supported_requests']:,} requests it could have shown")
     return result
 
 
@@ -181,7 +201,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--feedback", help="feedback log root (local or s3://)")
     p.add_argument("--data", help="a prepared dataset with a bandit table (raycart data prepare --source obd)")
     p.add_argument("--target-policy", help="CSV/Parquet table item_id, position, probability [, round]; "
-                                           "with --feedback: 'greedy' (default)")
+                                           "with --feedback: 'greedy' (default) or a model directory")
+    p.add_argument("--epsilon", type=float, default=0.05,
+                   help="a model target explores like the serving policy, with this epsilon")
     p.add_argument("--logged-policy", help="only the rounds this logging policy logged (OBD: random or bts)")
     p.add_argument("--folds", type=int, default=3, help="cross-fitting folds of the reward model")
     p.add_argument("--tau", type=float, default=100.0, help="Switch-DR: largest weight corrected by the data")

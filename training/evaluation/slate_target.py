@@ -1,0 +1,114 @@
+"""A ranking model as a target policy on the serving log: "what would this model have earned".
+
+The serving policy fills slot after slot: with probability ``1 - epsilon`` the best remaining
+candidate, otherwise one drawn uniformly from the remaining candidates (:mod:`training.models.bandit`).
+The **target** is that same exploration over *another model's* ranking of the request's candidates
+(a new ranker directory, say): its probability of the logged slate is
+
+    pi_e(slate) = prod_s [ (1 - epsilon) [a_s = best remaining of its ranking] + epsilon / remaining ]
+
+(zero when a logged item is not among its candidates), and the slate IPS/SNIPS estimate of its
+value weights each request by ``pi_e(slate) / pi_b(slate)`` with ``pi_b`` the product of the logged
+propensities -- unbiased with no assumption on how shoppers react to a slate, given common support:
+the logger must be able to show what the target shows (it explores over its own candidates, so
+items only the target retrieves are never logged: the estimate then says nothing about them, and
+the effective sample size shows how little overlaps). Plain numpy; the model is any
+``rank(requests) -> ranked external item ids`` function (:func:`model_ranker` loads a Raycart
+model directory, no Ray).
+
+Simplification, stated: the target ranks with the shopper's history *from the dataset* (what the
+model was trained on), not the real-time history the serving app also used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from training.evaluation.ope import _rewards
+
+Ranker = Callable[[list[str | None]], list[list[str]]]  # user ids (None: anonymous) -> ranked item ids
+
+
+def slate_log_prob(ranking: list[str], slate: list[str], epsilon: float) -> float:
+    """log pi_e(slate) under epsilon-greedy over ``ranking`` (-inf when it cannot show the slate)."""
+    remaining = list(ranking)
+    total = 0.0
+    for item in slate:
+        if item not in remaining:
+            return float("-inf")
+        p = epsilon / len(remaining) + (1 - epsilon) * (item == remaining[0])
+        if p <= 0:
+            return float("-inf")
+        total += np.log(p)
+        remaining.remove(item)
+    return total
+
+
+def model_ranker(model_dir: str, data_dir: str, candidates: int | None = None) -> Ranker:
+    """Rank with the Raycart model in ``model_dir`` for the users of the dataset in ``data_dir``
+    (their stored histories; unknown users get the cold-start answer)."""
+    from training.data.dataset import load_dataset
+    from training.data.interactions import Interactions
+    from training.modeldir import load_model
+
+    pipe = load_model(model_dir)
+    ds = load_dataset(data_dir)
+    hist = ds.interactions(dedupe=True)
+    users = {u: i for i, u in enumerate(ds.users["external_id"].to_pylist())}
+    ids = ds.items["external_id"].to_pylist()
+    n = candidates or getattr(pipe, "k", 200)
+
+    def rank(user_ids: list[str | None]) -> list[list[str]]:
+        rows = [hist.row(users[u]).tolist() if u in users else [] for u in user_ids]
+        out = []
+        for lo in range(0, len(rows), 256):
+            batch = Interactions.from_lists(rows[lo:lo + 256], hist.num_items)
+            known = np.array([users.get(u, -1) for u in user_ids[lo:lo + 256]])
+            recs = pipe.recommend(batch, n=n, users=known if (known >= 0).all() else None)
+            out.extend([[ids[r["item"]] for r in rec] for rec in recs])
+        return out
+
+    return rank
+
+
+def target_slate_value(impressions: pa.Table, events: pa.Table, rank: Ranker, epsilon: float,
+                       bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Slate IPS/SNIPS of epsilon-greedy over ``rank``'s rankings on the logged requests."""
+    if impressions.num_rows == 0:
+        from training.evaluation.estimators import OPEError
+
+        raise OPEError("the feedback log holds no impressions")
+    reward = _rewards(impressions, events)
+    rid = np.asarray(impressions["request_id"].to_pylist(), dtype=object).astype(str)
+    order = np.lexsort((np.asarray(impressions["position"].to_pylist()), rid))
+    requests, first = np.unique(rid[order], return_index=True)
+    bounds = np.r_[first, len(order)]
+    items = np.asarray(impressions["item_id"].to_pylist(), dtype=object)[order]
+    prop = np.asarray(impressions["propensity"].to_pylist(), dtype=np.float64)[order]
+    users = impressions["user_id"].to_pylist() if "user_id" in impressions.column_names else [None] * len(rid)
+    users = np.asarray(users, dtype=object)[order]
+    rew = reward[order]
+    slates = [list(items[bounds[i]:bounds[i + 1]]) for i in range(len(requests))]
+    rankings = rank([users[bounds[i]] for i in range(len(requests))])
+    log_b = np.array([np.log(np.clip(prop[bounds[i]:bounds[i + 1]], 1e-300, None)).sum()
+                      for i in range(len(requests))])
+    log_e = np.array([slate_log_prob(r, s, epsilon) for r, s in zip(rankings, slates)])
+    w = np.exp(log_e - log_b)
+    value = np.array([rew[bounds[i]:bounds[i + 1]].sum() for i in range(len(requests))])
+    wr = w * value
+    out = {"requests": int(len(requests)), "epsilon": epsilon,
+           "logged": {"value": float(value.mean())},
+           "ips": {"value": float(wr.mean())},
+           "snips": {"value": float(wr.sum() / w.sum()) if w.sum() > 0 else float("nan")},
+           "effective_sample_size": float(w.sum() ** 2 / max((w ** 2).sum(), 1e-300)),
+           "max_weight": float(w.max()), "supported_requests": int((w > 0).sum())}
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, len(w), size=(bootstrap, len(w)))
+        out["ips"]["ci95"] = [float(x) for x in np.percentile(wr[idx].mean(1), [2.5, 97.5])]
+        sw = np.maximum(w[idx].sum(1), 1e-300)
+        out["snips"]["ci95"] = [float(x) for x in np.percentile(wr[idx].sum(1) / sw, [2.5, 97.5])]
+    return out
