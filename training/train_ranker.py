@@ -66,6 +66,7 @@ class RankerJob:
     text: TextEncoderConfig | None = None  # the text encoder to fine-tune (model.text_tune_layers > 0)
     image: ImageEncoderConfig | None = None  # the image encoder to fine-tune (model.image_tune_layers > 0)
     overwrite: bool = True
+    init_from: str | None = None  # warm start: a ranker directory whose weights (where shapes match) start the run
 
 
 def has_event_types(data: str) -> bool:
@@ -153,6 +154,15 @@ def list_scorer(cands: Candidates, users: np.ndarray, rank_fn, num_items: int):
     return score
 
 
+def warm_start(model: torch.nn.Module, state: dict) -> list[str]:
+    """Load the parameters of ``state`` whose names and shapes match ``model``'s (a serving
+    model's weights; tables that grew with new items stay fresh); the names loaded."""
+    own = model.state_dict()
+    taken = {k: torch.as_tensor(v) for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+    model.load_state_dict(taken, strict=False)
+    return sorted(taken)
+
+
 def train_loop(loop_config: dict) -> None:
     """Per-worker loop (inside Ray Train)."""
     import ray
@@ -167,6 +177,8 @@ def train_loop(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
     model = Ranker(cfg, feats, **_tuned_modules(job, ray.get(loop_config["tuning"])))
+    if loop_config.get("init") is not None:  # warm start (before prepare_model: every worker the same)
+        warm_start(model, ray.get(loop_config["init"]))
     # the buffers (content features, precomputed encoder states) never change: do not broadcast
     # them every step
     module = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
@@ -303,8 +315,15 @@ def train_ranker(job: RankerJob, callbacks: list | None = None) -> dict:
     name = job.name or run_name(job)
     print(f"[ranker] Ray Train run '{name}': {n:,} training lists of {job.model.train_candidates} candidates, "
           f"{len(ex['held']['task'].users):,} held-out users; rerunning the same job resumes it", flush=True)
+    init = None
+    if job.init_from:
+        from training.modeldir import load_model
+
+        init = {k: v.detach().cpu().numpy() for k, v in load_model(job.init_from).ranker.state_dict().items()}
+        print(f"[ranker] warm start from {job.init_from}", flush=True)
     saved = fit(train_loop, {"job": job, "arrays": ray.put(ex["arrays"]), "held": ray.put(ex["held"]),
-                             "features": ray.put(ex["feats"].arrays()), "tuning": ray.put(ex["tuning"])},
+                             "features": ray.put(ex["feats"].arrays()), "tuning": ray.put(ex["tuning"]),
+                             "init": ray.put(init) if init is not None else None},
                 name=name, storage_path=job.storage, workers=job.workers, use_gpu=job.use_gpu,
                 max_failures=job.max_failures,
                 datasets={"train": ray.data.from_numpy(np.arange(n))}, callbacks=callbacks)

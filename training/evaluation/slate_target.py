@@ -74,9 +74,9 @@ def model_ranker(model_dir: str, data_dir: str, candidates: int | None = None) -
     return rank
 
 
-def target_slate_value(impressions: pa.Table, events: pa.Table, rank: Ranker, epsilon: float,
-                       bootstrap: int = 1000, seed: int = 0) -> dict:
-    """Slate IPS/SNIPS of epsilon-greedy over ``rank``'s rankings on the logged requests."""
+def slate_weights(impressions: pa.Table, events: pa.Table, rank: Ranker, epsilon: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Per logged request: ``pi_e(slate) / pi_b(slate)`` and the request's reward, in request-id order."""
     if impressions.num_rows == 0:
         from training.evaluation.estimators import OPEError
 
@@ -96,10 +96,16 @@ def target_slate_value(impressions: pa.Table, events: pa.Table, rank: Ranker, ep
     log_b = np.array([np.log(np.clip(prop[bounds[i]:bounds[i + 1]], 1e-300, None)).sum()
                       for i in range(len(requests))])
     log_e = np.array([slate_log_prob(r, s, epsilon) for r, s in zip(rankings, slates)])
-    w = np.exp(log_e - log_b)
     value = np.array([rew[bounds[i]:bounds[i + 1]].sum() for i in range(len(requests))])
+    return np.exp(log_e - log_b), value
+
+
+def target_slate_value(impressions: pa.Table, events: pa.Table, rank: Ranker, epsilon: float,
+                       bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Slate IPS/SNIPS of epsilon-greedy over ``rank``'s rankings on the logged requests."""
+    w, value = slate_weights(impressions, events, rank, epsilon)
     wr = w * value
-    out = {"requests": int(len(requests)), "epsilon": epsilon,
+    out = {"requests": int(len(w)), "epsilon": epsilon,
            "logged": {"value": float(value.mean())},
            "ips": {"value": float(wr.mean())},
            "snips": {"value": float(wr.sum() / w.sum()) if w.sum() > 0 else float("nan")},
@@ -111,4 +117,22 @@ def target_slate_value(impressions: pa.Table, events: pa.Table, rank: Ranker, ep
         out["ips"]["ci95"] = [float(x) for x in np.percentile(wr[idx].mean(1), [2.5, 97.5])]
         sw = np.maximum(w[idx].sum(1), 1e-300)
         out["snips"]["ci95"] = [float(x) for x in np.percentile(wr[idx].sum(1) / sw, [2.5, 97.5])]
+    return out
+
+
+def compare_targets(impressions: pa.Table, events: pa.Table, old: Ranker, new: Ranker, epsilon: float,
+                    bootstrap: int = 1000, seed: int = 0) -> dict:
+    """IPS of two targets on the same logged requests and their paired difference (new - old),
+    with a paired bootstrap interval: the same resampled requests for both."""
+    w_old, value = slate_weights(impressions, events, old, epsilon)
+    w_new, _ = slate_weights(impressions, events, new, epsilon)
+    d = (w_new - w_old) * value
+    out = {"requests": int(len(value)), "epsilon": epsilon, "old_ips": float((w_old * value).mean()),
+           "new_ips": float((w_new * value).mean()), "difference": float(d.mean()),
+           "old_effective_sample_size": float(w_old.sum() ** 2 / max((w_old ** 2).sum(), 1e-300)),
+           "new_effective_sample_size": float(w_new.sum() ** 2 / max((w_new ** 2).sum(), 1e-300))}
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, len(d), size=(bootstrap, len(d)))
+        out["difference_ci95"] = [float(x) for x in np.percentile(d[idx].mean(1), [2.5, 97.5])]
     return out

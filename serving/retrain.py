@@ -1,0 +1,191 @@
+"""``raycart retrain``: retrain the ranker from the feedback log, gate it, and promote it or keep the old one.
+
+1. **Data**: the base dataset plus the log's engagement (:func:`training.data.from_feedback.merge_feedback`).
+2. **Train**: the serving ranker's configuration, warm-started from its weights
+   (``RankerJob.init_from``), with Ray Train; the run is named after the inputs, so a retrain killed
+   midway resumes from its checkpoint when run again, and nothing of the serving model or the log
+   is touched before the decision.
+3. **Gate** (:func:`gate`), both must pass:
+   - *holdout*: the candidate's NDCG@10 on the merged data's ``loo`` test split (each user's newest
+     event -- for users with feedback, what they did after the serving model was trained) must not
+     fall more than ``ndcg_margin`` below the serving model's on the same split;
+   - *off-policy*: on the logged traffic, the slate IPS of epsilon-greedy over each model's ranking
+     (:func:`training.evaluation.slate_target.compare_targets`); the candidate is refused when it is
+     worse with 95 % confidence (the paired bootstrap interval of new - old lies below 0). Where the
+     logs barely overlap either model's rankings (effective sample size < ``min_ess``) this check
+     is reported as inconclusive and the holdout decides.
+4. **Promote**: with ``app_args`` (the running app's ``AppArgs`` as YAML/JSON), the candidate is
+   published under ``work/models/<version>`` and the app is redeployed with it (``serve.run``:
+   Serve replaces the replicas one at a time, no request is dropped -- ``tests/integration/test_serve.py``).
+   Without it the decision report names the model directory to roll out.
+
+Every run writes ``work/decisions/<version>.json``: inputs, data counts, both models' metrics, the
+OPE comparison, the rules and the decision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+
+from training import storage
+
+
+@dataclass(frozen=True)
+class RetrainJob:
+    feedback: str  # the serving feedback log root
+    data: str  # the base dataset the serving model was trained on
+    model: str  # the serving ranker directory
+    work: str  # where the merged data, the run, the candidate and the decisions go
+    epochs: int | None = None  # None: the serving model's configuration
+    workers: int = 1
+    ndcg_margin: float = 0.01  # the candidate's NDCG@10 may be at most this much lower (absolute)
+    epsilon: float = 0.05  # the serving policy's exploration (the OPE targets explore like it)
+    min_ess: float = 10.0
+    app_args: str | None = None  # promote into the running app described by these AppArgs
+    bootstrap: int = 1000
+
+
+def gate(old: dict, new: dict, ope: dict, ndcg_margin: float, min_ess: float) -> dict:
+    """The decision from the two models' holdout metrics and the OPE comparison (rules in the module doc)."""
+    holdout_ok = new["NDCG@10"] >= old["NDCG@10"] - ndcg_margin
+    ess = min(ope.get("old_effective_sample_size", 0), ope.get("new_effective_sample_size", 0))
+    if ess < min_ess or "difference_ci95" not in ope:
+        ope_verdict = "inconclusive"
+    else:
+        ope_verdict = "worse" if ope["difference_ci95"][1] < 0 else "not worse"
+    promote = holdout_ok and ope_verdict != "worse"
+    reasons = [f"holdout NDCG@10 {new['NDCG@10']:.4f} vs serving {old['NDCG@10']:.4f} (margin {ndcg_margin}): "
+               + ("ok" if holdout_ok else "refused"),
+               f"off-policy (slate IPS, new - old): {ope.get('difference', float('nan')):+.4f}"
+               + (f", 95% CI {ope['difference_ci95'][0]:+.4f}..{ope['difference_ci95'][1]:+.4f}"
+                  if "difference_ci95" in ope else "") + f", ESS {ess:.1f}: {ope_verdict}"]
+    return {"promote": promote, "holdout_ok": holdout_ok, "ope": ope_verdict, "reasons": reasons}
+
+
+def retrain(job: RetrainJob) -> dict:
+    from training.data.dataset import load_dataset, save_dataset
+    from training.data.feedback import read_feedback
+    from training.data.from_feedback import merge_feedback
+    from training.evaluation.run import evaluate_model_dir
+    from training.evaluation.slate_target import compare_targets, model_ranker
+    from training.modeldir import read_model_json
+    from training.models.ranker_config import RankerConfig
+    from training.train_ranker import RankerJob, train_ranker
+
+    t0 = time.time()
+    doc = read_model_json(job.model)
+    if doc.get("kind") != "ranker":
+        from training.errors import DataError
+
+        raise DataError(f"{job.model}: retrain needs the serving ranker directory; this one holds a {doc.get('kind')!r}")
+    impressions, events = read_feedback(job.feedback, "impressions"), read_feedback(job.feedback, "events")
+    digest = hashlib.sha256(f"{storage.absolute(job.model)}|{impressions.num_rows}|{events.num_rows}".encode())
+    version = f"retrain-{time.strftime('%Y%m%d')}-{digest.hexdigest()[:8]}"
+    print(f"[retrain] {version}: {impressions.num_rows:,} impressions, {events.num_rows:,} events from {job.feedback}",
+          flush=True)
+    merged, counts = merge_feedback(load_dataset(job.data), impressions, events)
+    report: dict = {"version": version, "inputs": {"feedback": job.feedback, "data": job.data, "model": job.model},
+                    "feedback": counts}
+    if counts["kept"] == 0:
+        report["decision"] = {"promote": False, "reasons": ["no engagement of known users in the log: nothing to learn"]}
+        return _finish(job, report, t0)
+    data = storage.join(job.work, "data", version)
+    if not storage.exists(storage.join(data, "dataset.json")):
+        save_dataset(merged, data, overwrite=True)
+    print(f"[retrain] data: {counts['kept']:,} new events appended ({data})", flush=True)
+    cfg = RankerConfig(**doc["config"]["ranker"])
+    if job.epochs is not None:
+        cfg = RankerConfig(**{**cfg.to_dict(), "epochs": job.epochs})
+    candidate = storage.join(job.work, "candidates", version)
+    new_metrics = train_ranker(RankerJob(data=data, retriever=doc["reranks"]["path"], out=candidate, model=cfg,
+                                         workers=job.workers, storage=storage.join(job.work, "runs"), name=version,
+                                         init_from=job.model, overwrite=True))
+    old_metrics = evaluate_model_dir(data, job.model)
+    print(f"[retrain] holdout NDCG@10: candidate {new_metrics['NDCG@10']:.4f}, serving {old_metrics['NDCG@10']:.4f}",
+          flush=True)
+    # the logged requests are replayed with the histories of *their* time: the base data (the merged
+    # data holds the very clicks being evaluated, and a model never shows what a history holds)
+    ope = compare_targets(impressions, events, model_ranker(job.model, job.data), model_ranker(candidate, job.data),
+                          job.epsilon, bootstrap=job.bootstrap)
+    decision = gate(old_metrics, new_metrics, ope, job.ndcg_margin, job.min_ess)
+    report.update({"candidate": candidate, "metrics": {"serving": _brief(old_metrics), "candidate": _brief(new_metrics)},
+                   "ope": ope, "rules": {"ndcg_margin": job.ndcg_margin, "min_ess": job.min_ess,
+                                         "ope": "refuse when the paired 95% interval of new - old is below 0"},
+                   "decision": decision})
+    if decision["promote"] and job.app_args:
+        report["promoted"] = promote(job, candidate, version)
+    return _finish(job, report, t0)
+
+
+def _brief(metrics: dict) -> dict:
+    return {k: metrics[k] for k in ("HR@10", "NDCG@10", "HR@20", "NDCG@20") if k in metrics}
+
+
+def promote(job: RetrainJob, candidate: str, version: str) -> dict:
+    """Publish the candidate under ``work/models/<version>`` and redeploy the app with it."""
+    import yaml
+    from ray import serve
+
+    from serving.app import build_app
+    from serving.schemas import AppArgs
+
+    target = storage.join(job.work, "models", version)
+    if not storage.exists(storage.join(target, "model.json")):
+        with storage.atomic_output_dir(target, overwrite=True, publish_last="model.json") as tmp:
+            import shutil
+
+            fs, src = storage.resolve(candidate)
+            if storage.is_s3(candidate):
+                raise NotImplementedError("promotion from an s3:// work folder")  # local only so far
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+    raw = yaml.safe_load(storage.read_bytes(job.app_args))
+    args = AppArgs(**{**raw, "model_dir": storage.absolute(target), "model_version": version})
+    serve.run(build_app(args), name="raycart", route_prefix="/")
+    print(f"[retrain] promoted {version}: the app now serves {target}", flush=True)
+    return {"model_dir": target, "model_version": version}
+
+
+def _finish(job: RetrainJob, report: dict, t0: float) -> dict:
+    report["seconds"] = round(time.time() - t0, 1)
+    path = storage.join(job.work, "decisions", f"{report['version']}.json")
+    fs, p = storage.resolve(path)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(p) as out:
+        out.write((json.dumps(report, indent=1, default=str) + "\n").encode())
+    d = report["decision"]
+    print(f"[retrain] decision: {'PROMOTE' if d['promote'] else 'KEEP the serving model'} ({report['seconds']} s)")
+    for reason in d["reasons"]:
+        print(f"  - {reason}")
+    print(f"[retrain] report: {path}", flush=True)
+    report["report"] = path
+    return report
+
+
+def _cmd(a: argparse.Namespace) -> int:
+    from training.ray_env import init_ray
+
+    init_ray()
+    retrain(RetrainJob(feedback=a.feedback, data=a.data, model=a.model, work=a.work, epochs=a.epochs,
+                       workers=a.workers, ndcg_margin=a.ndcg_margin, epsilon=a.epsilon, app_args=a.app_args))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("retrain", help="retrain the ranker from the feedback log behind a gate",
+                       description="Merge the feedback log into the dataset, retrain the serving ranker "
+                                   "(warm start, Ray Train), gate it on holdout NDCG@10 and off-policy "
+                                   "evaluation of the logged traffic, and promote it or keep the old one.")
+    p.add_argument("--feedback", required=True, help="feedback log root (local or s3://)")
+    p.add_argument("--data", required=True, help="the dataset the serving model was trained on")
+    p.add_argument("--model", required=True, help="the serving ranker directory")
+    p.add_argument("--work", default="raycart-work/retrain", help="merged data, runs, candidates, decisions")
+    p.add_argument("--epochs", type=int, help="epochs of the retrain (default: the serving model's)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--ndcg-margin", type=float, default=0.01)
+    p.add_argument("--epsilon", type=float, default=0.05, help="the serving policy's exploration")
+    p.add_argument("--app-args", help="promote into the running app with these AppArgs (YAML/JSON)")
+    p.set_defaults(func=_cmd)
