@@ -23,7 +23,7 @@ def test_rayservice_embeds_the_serve_config():
 
 def test_rayjob_entrypoints_parse_with_the_raycart_cli():
     parser = build_parser()
-    for name in ("rayjob-train.yaml", "rayjob-tune.yaml"):
+    for name in ("rayjob-train.yaml", "rayjob-tune.yaml", "rayjob-retrain.yaml"):
         job = yaml.safe_load((CLUSTER / name).read_text())
         assert job["kind"] == "RayJob" and job["spec"]["rayClusterSpec"]["rayVersion"].startswith("2.60")
         for command in job["spec"]["entrypoint"].split("&&"):
