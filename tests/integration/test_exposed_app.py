@@ -194,7 +194,11 @@ def test_a_failing_feedback_store_makes_the_replica_not_ready_and_loses_nothing(
     while requests.get(secure["url"] + "/readyz", timeout=30).status_code != 200 and time.time() < deadline:
         time.sleep(1)
     assert requests.get(secure["url"] + "/readyz", timeout=30).status_code == 200
-    published = set(read_feedback(str(root), "impressions")["request_id"].to_pylist())
+    deadline = time.time() + 20  # the newest rows are in the open segment: sealed within flush_seconds (5 s)
+    published: set = set()
+    while not set(acked) <= published and time.time() < deadline:
+        time.sleep(1)
+        published = set(read_feedback(str(root), "impressions")["request_id"].to_pylist())
     assert set(acked) <= published  # every acknowledged record, once the store was back
 
 
