@@ -6,10 +6,11 @@ with the retrained model vs the serving one.
    ``--drift-after`` rounds, so the log holds what they want now.
 2. **Retrain** (:func:`serving.retrain.retrain`): merge the log, warm-start the ranker, gate; its
    wall time is the "decision in under 10 minutes" target.
-3. **Day 2**, two arms on fresh apps (own state, own log) with the drifted tastes from the first
-   round: ``retrain off`` (the serving model) and ``retrain on`` (the candidate, whatever the gate
-   decided -- the point is to measure it): CTR and the share of shown items in the shopper's
-   current taste, per round.
+3. **Day 2**, two arms (own apps and logs) with the drifted tastes from the first
+   round, both going on from day 1's real-time user state and policy: ``retrain off`` (the serving
+   model and data) and ``retrain on`` (the candidate and the merged data, as ``retrain`` promotes
+   them -- whatever the gate decided: the point is to measure it). CTR and the share of shown items
+   in the shopper's current taste, per round.
 
 Prints tables, writes ``benchmarks/results/retrain_loop.json`` and ``retrain_loop.png``.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -67,9 +69,12 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     serve.start(http_options={"host": "127.0.0.1", "port": port})
 
-    def deploy(name: str, model: str) -> dict:
+    def deploy(name: str, model: str, data_dir: Path | str = data, carry: Path | None = None) -> dict:
         root = work / name
-        args = {"model_dir": storage.absolute(model), "data_dir": storage.absolute(str(data)),
+        if carry is not None:  # day 2 goes on from day 1: its real-time user state and learned policy
+            shutil.copytree(carry / "state", root / "state")
+            shutil.copy(carry / "policy.npz", root / "policy.npz")
+        args = {"model_dir": storage.absolute(model), "data_dir": storage.absolute(str(data_dir)),
                 "feedback_root": str(root / "feedback"), "wal_dir": str(root / "wal"),
                 "policy_state": str(root / "policy.npz"), "items_root": str(root / "items"),
                 "state_dir": str(root / "state")}
@@ -95,11 +100,13 @@ def main() -> None:
         candidate = report.get("candidate")
         day2 = SimConfig(rounds=a.day2_rounds, drift_after=0, shoppers=a.shoppers)  # the drifted tastes throughout
         results["day2"] = {}
-        for arm, model in (("retrain off", ranker), ("retrain on", candidate)):
+        # off: the serving model and data; on: the candidate with the merged data (as retrain promotes
+        # it). Both carry day 1's real-time state and policy, as the running app would.
+        for arm, model, data_dir in (("retrain off", ranker, data), ("retrain on", candidate, report.get("data"))):
             if model is None:
                 continue
             print(f"\n[retrain-loop] day 2, {arm}", flush=True)
-            deploy(f"day2-{arm.replace(' ', '-')}", model)
+            deploy(f"day2-{arm.replace(' ', '-')}", model, data_dir, carry=work / "day1")
             results["day2"][arm] = simulate(url, shop, day2)
             serve.delete("raycart")
     finally:

@@ -112,12 +112,12 @@ def retrain(job: RetrainJob) -> dict:
     ope = compare_targets(impressions, events, model_ranker(job.model, job.data), model_ranker(candidate, job.data),
                           job.epsilon, bootstrap=job.bootstrap)
     decision = gate(old_metrics, new_metrics, ope, job.ndcg_margin, job.min_ess)
-    report.update({"candidate": candidate, "metrics": {"serving": _brief(old_metrics), "candidate": _brief(new_metrics)},
+    report.update({"candidate": candidate, "data": data, "metrics": {"serving": _brief(old_metrics), "candidate": _brief(new_metrics)},
                    "ope": ope, "rules": {"ndcg_margin": job.ndcg_margin, "min_ess": job.min_ess,
                                          "ope": "refuse when the paired 95% interval of new - old is below 0"},
                    "decision": decision})
     if decision["promote"] and job.app_args:
-        report["promoted"] = promote(job, candidate, version)
+        report["promoted"] = promote(job, candidate, version, data)
     return _finish(job, report, t0)
 
 
@@ -125,8 +125,9 @@ def _brief(metrics: dict) -> dict:
     return {k: metrics[k] for k in ("HR@10", "NDCG@10", "HR@20", "NDCG@20") if k in metrics}
 
 
-def promote(job: RetrainJob, candidate: str, version: str) -> dict:
-    """Publish the candidate under ``work/models/<version>`` and redeploy the app with it."""
+def promote(job: RetrainJob, candidate: str, version: str, data: str) -> dict:
+    """Publish the candidate under ``work/models/<version>`` and redeploy the app with it and the
+    merged data ``data``."""
     import yaml
     from ray import serve
 
@@ -143,10 +144,12 @@ def promote(job: RetrainJob, candidate: str, version: str) -> dict:
                 raise NotImplementedError("promotion from an s3:// work folder")  # local only so far
             shutil.copytree(src, tmp, dirs_exist_ok=True)
     raw = yaml.safe_load(storage.read_bytes(job.app_args))
-    args = AppArgs(**{**raw, "model_dir": storage.absolute(target), "model_version": version})
+    # the merged data too: its histories hold the engagement the candidate learned from
+    args = AppArgs(**{**raw, "model_dir": storage.absolute(target), "model_version": version,
+                      "data_dir": storage.absolute(data)})
     serve.run(build_app(args), name="raycart", route_prefix="/")
     print(f"[retrain] promoted {version}: the app now serves {target}", flush=True)
-    return {"model_dir": target, "model_version": version}
+    return {"model_dir": target, "model_version": version, "data_dir": data}
 
 
 def _finish(job: RetrainJob, report: dict, t0: float) -> dict:
