@@ -32,7 +32,6 @@ from serving.deployments import ItemRegistry, Ranker, Retriever
 from serving.feedback_log import FeedbackLog, FeedbackLogConfig
 from serving.netbind import bind_replica_grpc_to_node_address
 from serving.policy import Policy
-from serving.security import ApiKeys, Guard, GuardSettings
 from serving.schemas import (
     AppArgs,
     FeedbackRequest,
@@ -41,6 +40,7 @@ from serving.schemas import (
     PolicyInputs,
     RecommendRequest,
 )
+from serving.security import ApiKeys, Guard, GuardSettings
 from serving.state_store import StateAccess, StateUnavailable, UserStateStore
 from serving.user_state import HISTORY_EVENTS, Outcome, UserView
 from training.data.funnel import STAGES
@@ -308,7 +308,7 @@ class Ingress:
         record = item.model_dump()
         if not await self._unknown([item.item_id]):
             raise HTTPException(409, f"item_id: {item.item_id!r} is already in the catalogue")
-        problem, record = await self.retriever.check_content.remote(record)  # embedded there first
+        problem = await self.retriever.check_content.remote(record)  # embedded there first
         if problem:
             raise HTTPException(400, problem)
         if await self.registry.add.remote(record) < 0:

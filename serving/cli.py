@@ -8,12 +8,11 @@ import threading
 
 
 def serve_app(args: argparse.Namespace) -> int:
+    from serving.security import ApiKeys, KeyFileError, is_loopback
     from training import storage
     from training.errors import DataError
     from training.modeldir import read_model_json
     from training.ray_env import init_ray
-
-    from serving.security import ApiKeys, KeyFileError, is_loopback
 
     try:
         keys = ApiKeys.load(args.api_keys_file)

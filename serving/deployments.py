@@ -80,8 +80,8 @@ class ItemRegistry:
         self.lock = threading.Lock()  # Serve runs sync methods in a thread pool
         self.fs, self.root = storage.resolve(args.items_root)
         self.fs.create_dir(self.root, recursive=True)
-        self.records, self.problems = load_registry(self.fs, self.root)
-        for problem in self.problems:
+        self.records, problems = load_registry(self.fs, self.root)
+        for problem in problems:
             log.warning("item registry: %s", problem)
         self.ids = {r["item_id"] for r in self.records if not r.get("quarantined")}
 
@@ -101,11 +101,6 @@ class ItemRegistry:
     def since(self, n: int) -> list[dict]:
         with self.lock:
             return self.records[n:]
-
-    def report(self) -> dict:
-        with self.lock:
-            return {"items": len(self.records), "quarantined": sum(bool(r.get("quarantined")) for r in self.records),
-                    "problems": self.problems[-20:]}
 
 
 class _ServesModel:
@@ -140,28 +135,24 @@ class _ServesModel:
     def ready(self) -> str:
         return self.served.version
 
-    def check_content(self, record: dict) -> tuple[str | None, dict]:
-        """``(why this model could not place a new item or None, the record to store)``. The item
-        is embedded here, before anything is stored, so an item the replicas could not embed is
-        never stored; its image stays a key under the image root."""
+    def check_content(self, record: dict) -> str | None:
+        """Why this model could not place a new item, or None. The item is embedded here (its
+        image read through the capped, rooted reader), before anything is stored, so an item the
+        replicas could not embed is never stored; its image stays a key under the image root."""
         enc = self.served.encoder
-        record = dict(record)
-        if record.get("image"):
-            try:  # read (capped, checked) even where this model has no image tower: the next may.
-                self.images.read(record["image"])  # the key is stored, resolved under the root on use
-            except ImageRefused as exc:
-                return str(exc), record
-        if not enc.usable(rows_table([record])):
-            return ("the item has no content this model reads: give attributes it was trained on"
-                    + (", a title/description" if enc.uses_text else "")
-                    + (", an image" if enc.uses_image else "")), record
         try:
+            if record.get("image") and not enc.uses_image:
+                self.images.read(record["image"])  # checked all the same: the next model may read it
+            if not enc.usable(rows_table([record])):
+                return ("the item has no content this model reads: give attributes it was trained on"
+                        + (", a title/description" if enc.uses_text else "")
+                        + (", an image" if enc.uses_image else ""))
             self.served.embed([record])
         except ImageRefused as exc:
-            return str(exc), record
+            return str(exc)
         except Exception as exc:  # noqa: BLE001 -- an encoder failure on this content
-            return f"the item's content could not be embedded ({type(exc).__name__})", record
-        return None, record
+            return f"the item's content could not be embedded ({type(exc).__name__})"
+        return None
 
 
 @serve.deployment(max_ongoing_requests=16)

@@ -12,9 +12,9 @@ reports the backlog, so the app can say it is not ready. A corrupt line inside a
 skipped and counted (``corrupt_lines``), never fatal; a torn last line was never acknowledged.
 
 A writer that starts finds the segments a crashed predecessor left in its WAL folder and
-publishes them (``recover``), so a kill at any point loses nothing that was acknowledged -- also
-when the replacement replica has another name: folders whose writer is dead (its lock is free)
-are recovered too; a crash between a part's upload and the segment's removal can publish a record
+publishes them, so a kill at any point loses nothing that was acknowledged -- also when the
+replacement replica has another name: folders whose writer is dead (its lock is free) are
+recovered too, on start and every 30 s while it runs; a crash between a part's upload and the segment's removal can publish a record
 twice, so readers de-duplicate on the record id (at-least-once).
 
 Thread-safe. With ``background=True`` appends only seal; the owner calls :meth:`tick`
@@ -88,7 +88,7 @@ class FeedbackLog:
         self.failures = 0  # consecutive failed publishes
         self.last_error: str | None = None
         self.retry_at = 0.0
-        self.published_rows = 0
+        self._adopted: list[tuple[Path, object]] = []  # dead writers' folders (locked) whose segments are queued
         self.sealed.extend((seg, writer) for seg in sorted(self.dir.glob("*.jsonl")))
         self._adopt_dead_writers()
         self._open_segment()
@@ -182,7 +182,6 @@ class FeedbackLog:
                 wait = min(self.config.retry_max_s, 0.5 * 2 ** min(self.failures, 16))
                 self.retry_at = time.monotonic() + wait
                 log.warning("feedback log: %d segment(s) kept in the WAL, retry in %.1f s", len(self.sealed), wait)
-        self.published_rows += rows
         if error is not None and raise_errors:
             raise error
         return rows
@@ -208,7 +207,7 @@ class FeedbackLog:
         """Queue the segments dead writers left: any writer folder under ``wal_dir`` whose lock is
         free (its process is gone). The folder is removed once its segments are published."""
         self.adopted_at = time.monotonic()
-        held = {folder for folder, _ in getattr(self, "_adopted", [])}
+        held = {folder for folder, _ in self._adopted}
         for other in sorted(p for p in Path(self.config.wal_dir).iterdir()
                             if p.is_dir() and p != self.dir and not p.name.startswith(".") and p not in held):
             try:  # only writer folders (they hold a lock file); not e.g. a volume's lost+found
@@ -227,12 +226,7 @@ class FeedbackLog:
                 lock.close()
                 continue
             self.sealed.extend((seg, other.name) for seg in segments)
-            self._adopted = getattr(self, "_adopted", []) + [(other, lock)]
-
-    def recover(self) -> int:
-        """Publish the segments dead writers left behind (done on start; callable again)."""
-        self._adopt_dead_writers()
-        return self.publish()
+            self._adopted.append((other, lock))
 
     def _read(self, segment: Path) -> dict[str, list[dict]]:
         by_table: dict[str, list[dict]] = {}
@@ -264,17 +258,13 @@ class FeedbackLog:
             name = f"part-{writer or self.writer}-{segment.stem}.parquet"
             fs, path = storage.resolve(storage.join(self.config.root, table, name))
             fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-            if storage.is_s3(self.config.root):
-                pq.write_table(data, path, filesystem=fs)  # S3 PUT is atomic
-            else:
-                tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-                pq.write_table(data, tmp, filesystem=fs)
-                storage.fsync_path(tmp)
-                os.replace(tmp, path)
-                _fsync_dir(Path(path).parent)
+            buf = pa.BufferOutputStream()
+            pq.write_table(data, buf)
+            # whole or not at all, on disk (fsynced with its directory) or one S3 PUT
+            storage.write_durably(fs, f"{path}.tmp-{uuid.uuid4().hex[:8]}", path, buf.getvalue().to_pybytes())
         if segment.exists():
             segment.unlink()
-        for other, lock in list(getattr(self, "_adopted", [])):
+        for other, lock in list(self._adopted):
             if other.name == writer and not any(w == writer for s, w in self.sealed if s != segment):
                 shutil.rmtree(other, ignore_errors=True)
                 lock.close()

@@ -48,10 +48,14 @@ class ImageSource:
             raise ImageRefused("image: the key leads out of the image root")
         return path
 
+    def locate(self, key_or_uri: str) -> str:
+        """:meth:`uri` of a key, or of a location under the root (a record stored by an earlier
+        version, checked again: a stored record is not trusted)."""
+        return self.uri(self._key(key_or_uri))
+
     def read(self, key_or_uri: str) -> bytes:
-        """The image's bytes (at most ``max_bytes``); ``key_or_uri`` is a key, or a location
-        :meth:`uri` returned earlier (checked again: a stored record is not trusted)."""
-        uri = self.uri(self._key(key_or_uri))
+        """The image's bytes (at most ``max_bytes``) of a key or location (see :meth:`locate`)."""
+        uri = self.locate(key_or_uri)
         if storage.is_s3(uri):
             fs, path = storage.resolve(uri)
             try:

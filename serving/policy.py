@@ -46,7 +46,6 @@ class Policy:
         self.policy = self._restore()
         self.shown: collections.OrderedDict[str, dict[str, np.ndarray]] = collections.OrderedDict()
         self.changed = 0  # updates since the last checkpoint
-        self.checkpoints = 0
         # Serve runs sync methods in a thread pool: one request at a time changes the state
         self.lock = threading.RLock()
         self.write_lock = threading.Lock()  # one checkpoint write at a time
@@ -130,12 +129,7 @@ class Policy:
             storage.write_durably(self.fs, tmp, self.state_path, data)
             with self.lock:
                 self.changed -= changed
-            self.checkpoints += 1
             return True
-
-    def stats(self) -> dict:
-        with self.lock:
-            return {"updates": self.policy.updates, "unsaved_updates": self.changed, "checkpoints": self.checkpoints}
 
     def __del__(self):  # Serve calls it on graceful shutdown / redeploy
         try:

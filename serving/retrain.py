@@ -14,8 +14,8 @@
      worse with 95 % confidence (the paired bootstrap interval of new - old lies below 0). Where the
      logs barely overlap either model's rankings (effective sample size < ``min_ess``) this check
      is reported as inconclusive and the holdout decides.
-4. **Promote**: with ``app_args`` (the running app's ``AppArgs`` as YAML/JSON), the candidate is
-   published under ``work/models/<version>`` and the app is redeployed with it (``serve.run``:
+4. **Promote**: with ``app_args`` (the running app's ``AppArgs`` as YAML/JSON), the app is
+   redeployed with the candidate ``work/candidates/<version>`` and the merged data (``serve.run``:
    Serve replaces the replicas one at a time, no request is dropped -- ``tests/integration/test_serve.py``).
    Without it the decision report names the model directory to roll out.
 
@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from training import storage
 
@@ -87,7 +86,8 @@ def retrain(job: RetrainJob) -> dict:
     version = f"retrain-{time.strftime('%Y%m%d')}-{digest.hexdigest()[:8]}"
     print(f"[retrain] {version}: {impressions.num_rows:,} impressions, {events.num_rows:,} events from {job.feedback}",
           flush=True)
-    merged, counts = merge_feedback(load_dataset(job.data), impressions, events)
+    base = load_dataset(job.data)  # read once: merged into, and the histories the OPE replays
+    merged, counts = merge_feedback(base, impressions, events)
     report: dict = {"version": version, "inputs": {"feedback": job.feedback, "data": job.data, "model": job.model},
                     "feedback": counts}
     if counts["kept"] == 0:
@@ -99,7 +99,7 @@ def retrain(job: RetrainJob) -> dict:
     print(f"[retrain] data: {counts['kept']:,} new events appended ({data})", flush=True)
     cfg = RankerConfig(**doc["config"]["ranker"])
     if job.epochs is not None:
-        cfg = RankerConfig(**{**cfg.to_dict(), "epochs": job.epochs})
+        cfg = replace(cfg, epochs=job.epochs)
     candidate = storage.join(job.work, "candidates", version)
     new_metrics = train_ranker(RankerJob(data=data, retriever=doc["reranks"]["path"], out=candidate, model=cfg,
                                          workers=job.workers, storage=storage.join(job.work, "runs"), name=version,
@@ -109,7 +109,7 @@ def retrain(job: RetrainJob) -> dict:
           flush=True)
     # the logged requests are replayed with the histories of *their* time: the base data (the merged
     # data holds the very clicks being evaluated, and a model never shows what a history holds)
-    ope = compare_targets(impressions, events, model_ranker(job.model, job.data), model_ranker(candidate, job.data),
+    ope = compare_targets(impressions, events, model_ranker(job.model, base), model_ranker(candidate, base),
                           job.epsilon, bootstrap=job.bootstrap)
     decision = gate(old_metrics, new_metrics, ope, job.ndcg_margin, job.min_ess)
     report.update({"candidate": candidate, "data": data, "metrics": {"serving": _brief(old_metrics), "candidate": _brief(new_metrics)},
@@ -126,39 +126,29 @@ def _brief(metrics: dict) -> dict:
 
 
 def promote(job: RetrainJob, candidate: str, version: str, data: str) -> dict:
-    """Publish the candidate under ``work/models/<version>`` and redeploy the app with it and the
-    merged data ``data``."""
+    """Redeploy the app with the candidate (a complete model directory, published atomically by
+    training under its version's name) and the merged data ``data``."""
     import yaml
     from ray import serve
 
     from serving.app import build_app
     from serving.schemas import AppArgs
 
-    target = storage.join(job.work, "models", version)
-    if not storage.exists(storage.join(target, "model.json")):
-        with storage.atomic_output_dir(target, overwrite=True, publish_last="model.json") as tmp:
-            import shutil
-
-            fs, src = storage.resolve(candidate)
-            if storage.is_s3(candidate):
-                raise NotImplementedError("promotion from an s3:// work folder")  # local only so far
-            shutil.copytree(src, tmp, dirs_exist_ok=True)
     raw = yaml.safe_load(storage.read_bytes(job.app_args))
     # the merged data too: its histories hold the engagement the candidate learned from
-    args = AppArgs(**{**raw, "model_dir": storage.absolute(target), "model_version": version,
+    args = AppArgs(**{**raw, "model_dir": storage.absolute(candidate), "model_version": version,
                       "data_dir": storage.absolute(data)})
     serve.run(build_app(args), name="raycart", route_prefix="/")
-    print(f"[retrain] promoted {version}: the app now serves {target}", flush=True)
-    return {"model_dir": target, "model_version": version, "data_dir": data}
+    print(f"[retrain] promoted {version}: the app now serves {candidate}", flush=True)
+    return {"model_dir": candidate, "model_version": version, "data_dir": data}
 
 
 def _finish(job: RetrainJob, report: dict, t0: float) -> dict:
+    from training.evaluation.run import write_json
+
     report["seconds"] = round(time.time() - t0, 1)
     path = storage.join(job.work, "decisions", f"{report['version']}.json")
-    fs, p = storage.resolve(path)
-    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(p) as out:
-        out.write((json.dumps(report, indent=1, default=str) + "\n").encode())
+    write_json(report, path)
     d = report["decision"]
     print(f"[retrain] decision: {'PROMOTE' if d['promote'] else 'KEEP the serving model'} ({report['seconds']} s)")
     for reason in d["reasons"]:

@@ -84,7 +84,7 @@ class ServedModel:
             return str(record["quarantined"])
         if record.get("image"):
             try:
-                self.images.uri(self.images._key(str(record["image"])))
+                self.images.locate(str(record["image"]))
             except ImageRefused as exc:
                 return str(exc)
         try:

@@ -141,14 +141,14 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         s = self.settings
+        headers = dict(scope.get("headers") or [])
         role = required_role(scope.get("method", "GET"), route_path(scope))
         if role is not None:
-            problem = self._authorise(scope, role)
+            problem = self._authorise(scope.get("client"), headers, role)
             if problem is not None:
                 status, detail = problem
                 return await _reply(send, status, detail,
                                     [(b"www-authenticate", b'Bearer realm="raycart"')] if status == 401 else None)
-        headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None:
             try:
@@ -192,14 +192,13 @@ class Guard:
             if not refused:  # after a 413 the app's complaint about the cut body is moot
                 raise
 
-    def _authorise(self, scope, role: str) -> tuple[int, str] | None:
+    def _authorise(self, client, headers: dict[bytes, bytes], role: str) -> tuple[int, str] | None:
         keys = self.settings.keys
         if not keys.configured:
-            if is_loopback(scope.get("client")):
+            if is_loopback(client):
                 return None
             return 401, ("this app has no API keys configured and serves loopback clients only; "
                          "set api_keys_file (README: Security and durability)")
-        headers = dict(scope.get("headers") or [])
         key = headers.get(b"x-api-key", b"").decode("latin-1").strip()
         if not key:
             auth = headers.get(b"authorization", b"").decode("latin-1")

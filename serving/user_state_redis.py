@@ -7,7 +7,14 @@ from __future__ import annotations
 import json
 import time
 
-from serving.user_state import Outcome, Recorded, StateEvent, UserStateConfig, UserView, is_session
+from serving.user_state import (
+    Outcome,
+    Recorded,
+    StateEvent,
+    UserStateConfig,
+    UserView,
+    is_session,
+)
 
 # check, de-duplicate and append in one atomic step (one round trip)
 _RECORD = """

@@ -66,6 +66,21 @@ class LoggedFeedback:
         return len(self.reward)
 
 
+def effective_sample_size(w: np.ndarray) -> float:
+    """Kish's effective sample size of importance weights: ``(sum w)^2 / sum w^2``."""
+    return float(w.sum() ** 2 / max((w ** 2).sum(), 1e-300))
+
+
+def ci95(samples: np.ndarray) -> list[float]:
+    """The percentile 95 % interval of bootstrap ``samples``."""
+    return [float(x) for x in np.percentile(samples, [2.5, 97.5])]
+
+
+def ratio_samples(num: np.ndarray, den: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """A self-normalised estimate ``sum num / sum den`` on each bootstrap resample ``idx`` (rows)."""
+    return num[idx].sum(1) / np.maximum(den[idx].sum(1), 1e-300)
+
+
 def check_action_dist(action_dist: np.ndarray, logged: LoggedFeedback, tol: float = 1e-6) -> None:
     want = (logged.n, logged.n_actions, logged.n_positions)
     if action_dist.shape != want:
@@ -120,15 +135,10 @@ def estimate(logged: LoggedFeedback, action_dist: np.ndarray, q_hat: np.ndarray 
         if name in ("dm", "dr", "switch-dr") and q_hat is None:
             continue
         values, w = round_values(name, logged, action_dist, q_hat, tau)
-        res = {"value": float(values.mean()), "effective_sample_size": float(w.sum() ** 2 / max((w ** 2).sum(), 1e-300)),
+        res = {"value": float(values.mean()), "effective_sample_size": effective_sample_size(w),
                "max_weight": float(w.max()), "rounds": int(logged.n)}
-        if boot is not None:
-            if name == "snips":  # the ratio resampled as a whole
-                wr = w * logged.reward
-                samples = wr[boot].sum(1) / np.maximum(w[boot].sum(1), 1e-300)
-            else:
-                samples = values[boot].mean(1)
-            res["ci95"] = [float(x) for x in np.percentile(samples, [2.5, 97.5])]
+        if boot is not None:  # SNIPS: the ratio resampled as a whole
+            res["ci95"] = ci95(ratio_samples(w * logged.reward, w, boot) if name == "snips" else values[boot].mean(1))
         if name == "switch-dr":
             res["tau"] = tau
         out[name] = res

@@ -45,10 +45,12 @@ import argparse
 import numpy as np
 import pyarrow as pa
 
+from training.evaluation.estimators import ci95, effective_sample_size, ratio_samples
 from training.models.bandit import REWARDS
 
 
-def _rewards(impressions: pa.Table, events: pa.Table) -> np.ndarray:
+def rewards_per_impression(impressions: pa.Table, events: pa.Table) -> np.ndarray:
+    """Each impression's reward: its best event's (click 1, cart 2, purchase 5; 0 without one)."""
     best: dict[tuple[str, str], float] = {}
     for rid, item, event in zip(events["request_id"].to_pylist(), events["item_id"].to_pylist(),
                                 events["event"].to_pylist()):
@@ -63,7 +65,7 @@ def off_policy_value(impressions: pa.Table, events: pa.Table, bootstrap: int = 1
     greedy_col = impressions["greedy"].to_pylist() if "greedy" in impressions.column_names else []
     keep = np.array([g is not None for g in greedy_col], dtype=bool) if greedy_col else \
         np.zeros(impressions.num_rows, bool)
-    reward = _rewards(impressions, events)
+    reward = rewards_per_impression(impressions, events)
     requests, req_idx = np.unique(np.asarray(impressions["request_id"].to_pylist(), dtype=object).astype(str),
                                   return_inverse=True)
     n = len(requests)
@@ -88,10 +90,10 @@ def off_policy_value(impressions: pa.Table, events: pa.Table, bootstrap: int = 1
     iips_r = np.bincount(req_idx, weights=w_item * reward, minlength=n)[used]
     g = {"requests": int(used.sum()),
          "ips": float(slate_r.mean()), "snips": float(slate_r.sum() / max(w_slate.sum(), 1e-300)),
-         "effective_sample_size": float(w_slate.sum() ** 2 / max((w_slate ** 2).sum(), 1e-300)),
+         "effective_sample_size": effective_sample_size(w_slate),
          "max_weight": float(w_slate.max()),
          "iips": float(iips_r.mean()),
-         "iips_effective_sample_size": float(w_item.sum() ** 2 / max((w_item ** 2).sum(), 1e-300)),
+         "iips_effective_sample_size": effective_sample_size(w_item),
          "iips_max_weight": float(w_item.max())}
     out["greedy"] = g
     if bootstrap:
@@ -99,11 +101,10 @@ def off_policy_value(impressions: pa.Table, events: pa.Table, bootstrap: int = 1
         m = len(slate_r)
         idx = rng.integers(0, m, size=(bootstrap, m))
         lg = rng.integers(0, n, size=(bootstrap, n))
-        g["ips_95ci"] = [float(x) for x in np.percentile(slate_r[idx].mean(1), [2.5, 97.5])]
-        g["snips_95ci"] = [float(x) for x in np.percentile(
-            slate_r[idx].sum(1) / np.maximum(w_slate[idx].sum(1), 1e-300), [2.5, 97.5])]
-        g["iips_95ci"] = [float(x) for x in np.percentile(iips_r[idx].mean(1), [2.5, 97.5])]
-        out["logged"]["value_95ci"] = [float(x) for x in np.percentile(logged[lg].mean(1), [2.5, 97.5])]
+        g["ips_95ci"] = ci95(slate_r[idx].mean(1))
+        g["snips_95ci"] = ci95(ratio_samples(slate_r, w_slate, idx))
+        g["iips_95ci"] = ci95(iips_r[idx].mean(1))
+        out["logged"]["value_95ci"] = ci95(logged[lg].mean(1))
     return out
 
 

@@ -23,11 +23,22 @@ model was trained on), not the real-time history the serving app also used.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-from training.evaluation.ope import _rewards
+from training.evaluation.estimators import (
+    OPEError,
+    ci95,
+    effective_sample_size,
+    ratio_samples,
+)
+from training.evaluation.ope import rewards_per_impression
+
+if TYPE_CHECKING:
+    from training.data.dataset import Dataset
 
 Ranker = Callable[[list[str | None]], list[list[str]]]  # user ids (None: anonymous) -> ranked item ids
 
@@ -47,15 +58,15 @@ def slate_log_prob(ranking: list[str], slate: list[str], epsilon: float) -> floa
     return total
 
 
-def model_ranker(model_dir: str, data_dir: str, candidates: int | None = None) -> Ranker:
-    """Rank with the Raycart model in ``model_dir`` for the users of the dataset in ``data_dir``
-    (their stored histories; unknown users get the cold-start answer)."""
+def model_ranker(model_dir: str, data: str | Dataset, candidates: int | None = None) -> Ranker:
+    """Rank with the Raycart model in ``model_dir`` for the users of ``data`` (a dataset or its
+    directory; their stored histories; unknown users get the cold-start answer)."""
     from training.data.dataset import load_dataset
     from training.data.interactions import Interactions
     from training.modeldir import load_model
 
     pipe = load_model(model_dir)
-    ds = load_dataset(data_dir)
+    ds = load_dataset(data) if isinstance(data, str) else data
     hist = ds.interactions(dedupe=True)
     users = {u: i for i, u in enumerate(ds.users["external_id"].to_pylist())}
     ids = ds.items["external_id"].to_pylist()
@@ -74,30 +85,44 @@ def model_ranker(model_dir: str, data_dir: str, candidates: int | None = None) -
     return rank
 
 
+@dataclass(frozen=True)
+class LoggedSlates:
+    """The serving log grouped by request (request-id order): who asked, the slate in slot order,
+    ``log pi_b(slate)`` (the sum of the logged log-propensities) and the request's reward."""
+
+    users: list[str | None]
+    slates: list[list[str]]
+    log_b: np.ndarray
+    value: np.ndarray
+
+    @classmethod
+    def of(cls, impressions: pa.Table, events: pa.Table) -> LoggedSlates:
+        if impressions.num_rows == 0:
+            raise OPEError("the feedback log holds no impressions")
+        reward = rewards_per_impression(impressions, events)
+        rid = np.asarray(impressions["request_id"].to_pylist(), dtype=object).astype(str)
+        order = np.lexsort((np.asarray(impressions["position"].to_pylist()), rid))
+        _, first = np.unique(rid[order], return_index=True)
+        spans = list(zip(first, np.r_[first[1:], len(order)]))
+        items = np.asarray(impressions["item_id"].to_pylist(), dtype=object)[order]
+        log_p = np.log(np.clip(np.asarray(impressions["propensity"].to_pylist(), dtype=np.float64), 1e-300, None))
+        users = impressions["user_id"].to_pylist() if "user_id" in impressions.column_names else [None] * len(rid)
+        users = np.asarray(users, dtype=object)[order]
+        log_p, reward = log_p[order], reward[order]
+        return cls([users[lo] for lo, _ in spans], [list(items[lo:hi]) for lo, hi in spans],
+                   np.array([log_p[lo:hi].sum() for lo, hi in spans]), np.array([reward[lo:hi].sum() for lo, hi in spans]))
+
+    def weights(self, rank: Ranker, epsilon: float) -> np.ndarray:
+        """``pi_e(slate) / pi_b(slate)`` per request for epsilon-greedy over ``rank``'s rankings."""
+        log_e = np.array([slate_log_prob(r, s, epsilon) for r, s in zip(rank(self.users), self.slates)])
+        return np.exp(log_e - self.log_b)
+
+
 def slate_weights(impressions: pa.Table, events: pa.Table, rank: Ranker, epsilon: float
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Per logged request: ``pi_e(slate) / pi_b(slate)`` and the request's reward, in request-id order."""
-    if impressions.num_rows == 0:
-        from training.evaluation.estimators import OPEError
-
-        raise OPEError("the feedback log holds no impressions")
-    reward = _rewards(impressions, events)
-    rid = np.asarray(impressions["request_id"].to_pylist(), dtype=object).astype(str)
-    order = np.lexsort((np.asarray(impressions["position"].to_pylist()), rid))
-    requests, first = np.unique(rid[order], return_index=True)
-    bounds = np.r_[first, len(order)]
-    items = np.asarray(impressions["item_id"].to_pylist(), dtype=object)[order]
-    prop = np.asarray(impressions["propensity"].to_pylist(), dtype=np.float64)[order]
-    users = impressions["user_id"].to_pylist() if "user_id" in impressions.column_names else [None] * len(rid)
-    users = np.asarray(users, dtype=object)[order]
-    rew = reward[order]
-    slates = [list(items[bounds[i]:bounds[i + 1]]) for i in range(len(requests))]
-    rankings = rank([users[bounds[i]] for i in range(len(requests))])
-    log_b = np.array([np.log(np.clip(prop[bounds[i]:bounds[i + 1]], 1e-300, None)).sum()
-                      for i in range(len(requests))])
-    log_e = np.array([slate_log_prob(r, s, epsilon) for r, s in zip(rankings, slates)])
-    value = np.array([rew[bounds[i]:bounds[i + 1]].sum() for i in range(len(requests))])
-    return np.exp(log_e - log_b), value
+    logged = LoggedSlates.of(impressions, events)
+    return logged.weights(rank, epsilon), logged.value
 
 
 def target_slate_value(impressions: pa.Table, events: pa.Table, rank: Ranker, epsilon: float,
@@ -109,14 +134,12 @@ def target_slate_value(impressions: pa.Table, events: pa.Table, rank: Ranker, ep
            "logged": {"value": float(value.mean())},
            "ips": {"value": float(wr.mean())},
            "snips": {"value": float(wr.sum() / w.sum()) if w.sum() > 0 else float("nan")},
-           "effective_sample_size": float(w.sum() ** 2 / max((w ** 2).sum(), 1e-300)),
+           "effective_sample_size": effective_sample_size(w),
            "max_weight": float(w.max()), "supported_requests": int((w > 0).sum())}
     if bootstrap:
-        rng = np.random.default_rng(seed)
-        idx = rng.integers(0, len(w), size=(bootstrap, len(w)))
-        out["ips"]["ci95"] = [float(x) for x in np.percentile(wr[idx].mean(1), [2.5, 97.5])]
-        sw = np.maximum(w[idx].sum(1), 1e-300)
-        out["snips"]["ci95"] = [float(x) for x in np.percentile(wr[idx].sum(1) / sw, [2.5, 97.5])]
+        idx = np.random.default_rng(seed).integers(0, len(w), size=(bootstrap, len(w)))
+        out["ips"]["ci95"] = ci95(wr[idx].mean(1))
+        out["snips"]["ci95"] = ci95(ratio_samples(wr, w, idx))
     return out
 
 
@@ -124,15 +147,14 @@ def compare_targets(impressions: pa.Table, events: pa.Table, old: Ranker, new: R
                     bootstrap: int = 1000, seed: int = 0) -> dict:
     """IPS of two targets on the same logged requests and their paired difference (new - old),
     with a paired bootstrap interval: the same resampled requests for both."""
-    w_old, value = slate_weights(impressions, events, old, epsilon)
-    w_new, _ = slate_weights(impressions, events, new, epsilon)
+    logged = LoggedSlates.of(impressions, events)
+    w_old, w_new, value = logged.weights(old, epsilon), logged.weights(new, epsilon), logged.value
     d = (w_new - w_old) * value
     out = {"requests": int(len(value)), "epsilon": epsilon, "old_ips": float((w_old * value).mean()),
            "new_ips": float((w_new * value).mean()), "difference": float(d.mean()),
-           "old_effective_sample_size": float(w_old.sum() ** 2 / max((w_old ** 2).sum(), 1e-300)),
-           "new_effective_sample_size": float(w_new.sum() ** 2 / max((w_new ** 2).sum(), 1e-300))}
+           "old_effective_sample_size": effective_sample_size(w_old),
+           "new_effective_sample_size": effective_sample_size(w_new)}
     if bootstrap:
-        rng = np.random.default_rng(seed)
-        idx = rng.integers(0, len(d), size=(bootstrap, len(d)))
-        out["difference_ci95"] = [float(x) for x in np.percentile(d[idx].mean(1), [2.5, 97.5])]
+        idx = np.random.default_rng(seed).integers(0, len(d), size=(bootstrap, len(d)))
+        out["difference_ci95"] = ci95(d[idx].mean(1))
     return out
