@@ -52,47 +52,32 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/closed_loop.json")
     a = p.parse_args()
 
-    from serve_load import free_port, run_level
+    from serve_load import run_level
+    from shop_app import app_args as shop_app_args
+    from shop_app import deploy as shop_deploy
+    from shop_app import shop_models, start_serve
 
-    from serving.demo import SHOP, DemoConfig, train_models
     from serving.redis_server import LocalRedis
     from serving.simulator import Shop, SimConfig, simulate
-    from training import storage
-    from training.data.cli import prepare
-    from training.ray_env import init_ray
 
-    data = Path(a.workdir) / "data" / SHOP
-    if not (data / "dataset.json").exists():
-        prepare("synthetic", None, str(data))
-    init_ray()
-    ranker, metrics = train_models(DemoConfig(workdir=a.workdir, dataset=SHOP), str(data))
+    data, ranker, metrics = shop_models(a.workdir)
     from ray import serve
 
-    from serving.app import build_app
     from serving.catalog import Catalog
 
     shop = Shop.load(str(data))
     work = Path(tempfile.mkdtemp(prefix="raycart-loop-"))
     redis = LocalRedis(work / "redis").start()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = start_serve()
     overrides = dict(kv.split("=", 1) for kv in a.app_arg)
     cfg = SimConfig(rounds=a.rounds, drift_after=a.drift_after, shoppers=a.shoppers)
 
     def app_args(name: str, **extra) -> dict:
         root = Path(tempfile.mkdtemp(prefix=name.replace(" ", "-") + "-", dir=work))  # fresh state per arm
-        return {"model_dir": storage.absolute(ranker), "data_dir": storage.absolute(str(data)),
-                "feedback_root": str(root / "feedback"), "wal_dir": str(root / "wal"),
-                "policy_state": str(root / "policy.npz"), "items_root": str(root / "items"),
-                "state_dir": str(root / "state"), "redis_url": redis.url, **overrides,
-                **extra}
+        return shop_app_args(root, ranker, data, **{"redis_url": redis.url, **overrides, **extra})
 
     def deploy(args: dict) -> None:
-        serve.run(build_app(args), name="raycart", route_prefix="/")
-        from serving.demo import _wait_ready
-
-        _wait_ready(url)
+        shop_deploy(url, args)
 
     results: dict = {"machine": f"{platform.machine()}, {platform.processor() or ''} 2 cores".strip(),
                      "date": time.strftime("%Y-%m-%d"), "model": ranker, "model_metrics": metrics,

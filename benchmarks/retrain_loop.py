@@ -45,41 +45,26 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/retrain_loop.json")
     a = p.parse_args()
 
-    from serve_load import free_port
+    from shop_app import app_args, shop_models, start_serve
+    from shop_app import deploy as shop_deploy
 
-    from serving.demo import SHOP, DemoConfig, _wait_ready, train_models
     from serving.retrain import RetrainJob, retrain
     from serving.simulator import Shop, SimConfig, simulate
-    from training import storage
-    from training.data.cli import prepare
-    from training.ray_env import init_ray
 
-    data = Path(a.workdir) / "data" / SHOP
-    if not (data / "dataset.json").exists():
-        prepare("synthetic", None, str(data))
-    init_ray()
-    ranker, _ = train_models(DemoConfig(workdir=a.workdir, dataset=SHOP), str(data))
+    data, ranker, _ = shop_models(a.workdir)
     from ray import serve
-
-    from serving.app import build_app
 
     shop = Shop.load(str(data))
     work = Path(tempfile.mkdtemp(prefix="raycart-retrain-loop-"))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = start_serve()
 
     def deploy(name: str, model: str, data_dir: Path | str = data, carry: Path | None = None) -> dict:
         root = work / name
         if carry is not None:  # day 2 goes on from day 1: its real-time user state and learned policy
             shutil.copytree(carry / "state", root / "state")
             shutil.copy(carry / "policy.npz", root / "policy.npz")
-        args = {"model_dir": storage.absolute(model), "data_dir": storage.absolute(str(data_dir)),
-                "feedback_root": str(root / "feedback"), "wal_dir": str(root / "wal"),
-                "policy_state": str(root / "policy.npz"), "items_root": str(root / "items"),
-                "state_dir": str(root / "state")}
-        serve.run(build_app(args), name="raycart", route_prefix="/")
-        _wait_ready(url)
+        args = app_args(root, model, data_dir)
+        shop_deploy(url, args)
         return args
 
     results: dict = {"machine": f"{platform.machine()}, 2 cores", "date": time.strftime("%Y-%m-%d"),

@@ -9,7 +9,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -17,11 +16,12 @@ from pathlib import Path
 import pytest
 import requests
 import schemathesis
-from schemathesis.generation import GenerationMode
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from PIL import Image
+from schemathesis.generation import GenerationMode
 
+from serving.redis_server import free_port
 from training.data.feedback import read_feedback
 
 pytestmark = pytest.mark.integration
@@ -29,12 +29,6 @@ pytestmark = pytest.mark.integration
 SHOP, ADMIN = "shopper-test-key-0123456789", "admin-test-key-0123456789"
 FUZZ_EXAMPLES = 30  # per endpoint and method
 FUZZ_LOG: list[tuple[str, int]] = []  # ("METHOD path (mode)", status) of every fuzzed request
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +47,7 @@ def secure(tiny_shop, tmp_path_factory):
     Image.new("RGB", (16, 16), (1, 2, 3)).save(buf, "PNG")
     (images / "ok.png").write_bytes(buf.getvalue())
     os.symlink("/dev/zero", images / "zero")
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
     args = {"model_dir": tiny_shop["ranker"], "data_dir": tiny_shop["data"], "feedback_root": str(root / "feedback"),
             "wal_dir": str(root / "wal"), "policy_state": str(root / "policy.npz"), "items_root": str(root / "items"),

@@ -4,7 +4,6 @@ input, cold start, the policy learning from feedback, and the durable feedback l
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +13,10 @@ import pytest
 import requests
 from netwatch import LOOPBACK, listeners
 
+from serving.redis_server import free_port
 from training.data.feedback import read_feedback
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +27,7 @@ def app(tiny_shop, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("serve")
     data = tiny_shop["data"]
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"model_dir": tiny_shop["ranker"], "data_dir": data, "feedback_root": str(root / "feedback"),
             "wal_dir": str(root / "wal"), "policy_state": str(root / "policy.npz"), "policy_epsilon": 0.0,
