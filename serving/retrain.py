@@ -1,6 +1,9 @@
 """``raycart retrain``: retrain the ranker from the feedback log, gate it, and promote it or keep the old one.
 
-1. **Data**: the base dataset plus the log's engagement (:func:`training.data.from_feedback.merge_feedback`).
+1. **Data**: the base dataset plus the log's engagement (:func:`training.data.from_feedback.merge_feedback`),
+   and the shown slates as extra ranker lists -- engaged items against shown-and-skipped ones,
+   each list weighted by the inverse examination probability of its engaged slot, estimated from
+   the log's exploration draws (:mod:`training.data.exposure`).
 2. **Train**: the serving ranker's configuration, warm-started from its weights
    (``RankerJob.init_from``), with Ray Train; the run is named after the inputs, so a retrain killed
    midway resumes from its checkpoint when run again, and nothing of the serving model or the log
@@ -44,6 +47,8 @@ class RetrainJob:
     ndcg_margin: float = 0.01  # the candidate's NDCG@10 may be at most this much lower (absolute)
     epsilon: float = 0.05  # the serving policy's exploration (the OPE targets explore like it)
     min_ess: float = 10.0
+    exposure: bool = True  # the shown slates as position-debiased ranker lists
+    max_weight: float = 10.0  # cap of a list's position weight
     app_args: str | None = None  # promote into the running app described by these AppArgs
     bootstrap: int = 1000
 
@@ -97,13 +102,25 @@ def retrain(job: RetrainJob) -> dict:
     if not storage.exists(storage.join(data, "dataset.json")):
         save_dataset(merged, data, overwrite=True)
     print(f"[retrain] data: {counts['kept']:,} new events appended ({data})", flush=True)
+    exposure = None
+    if job.exposure:
+        from training.data.exposure import exposure_lists
+
+        lists = exposure_lists(merged, impressions, events, max_weight=job.max_weight)
+        report["exposure"] = lists.report
+        if len(lists):
+            exposure = storage.join(job.work, "exposure", f"{version}.parquet")
+            lists.save(exposure)
+        theta = lists.report["examination"].get("theta")
+        print(f"[retrain] shown slates: {len(lists):,} lists of engaged vs shown-and-skipped items; examination by "
+              f"slot {theta if theta else lists.report['examination'].get('note')}", flush=True)
     cfg = RankerConfig(**doc["config"]["ranker"])
     if job.epochs is not None:
         cfg = replace(cfg, epochs=job.epochs)
     candidate = storage.join(job.work, "candidates", version)
     new_metrics = train_ranker(RankerJob(data=data, retriever=doc["reranks"]["path"], out=candidate, model=cfg,
                                          workers=job.workers, storage=storage.join(job.work, "runs"), name=version,
-                                         init_from=job.model, overwrite=True))
+                                         init_from=job.model, exposure=exposure, overwrite=True))
     old_metrics = evaluate_model_dir(data, job.model)
     print(f"[retrain] holdout NDCG@10: candidate {new_metrics['NDCG@10']:.4f}, serving {old_metrics['NDCG@10']:.4f}",
           flush=True)
@@ -112,6 +129,9 @@ def retrain(job: RetrainJob) -> dict:
     ope = compare_targets(impressions, events, model_ranker(job.model, base), model_ranker(candidate, base),
                           job.epsilon, bootstrap=job.bootstrap)
     decision = gate(old_metrics, new_metrics, ope, job.ndcg_margin, job.min_ess)
+    run = new_metrics["run"]
+    report["training"] = {"run": version, "epochs": run["epoch_numbers"],
+                          "resumes": run["resumes"], "seconds": run["seconds"]}
     report.update({"candidate": candidate, "data": data, "metrics": {"serving": _brief(old_metrics), "candidate": _brief(new_metrics)},
                    "ope": ope, "rules": {"ndcg_margin": job.ndcg_margin, "min_ess": job.min_ess,
                                          "ope": "refuse when the paired 95% interval of new - old is below 0"},
@@ -163,7 +183,8 @@ def _cmd(a: argparse.Namespace) -> int:
 
     init_ray()
     retrain(RetrainJob(feedback=a.feedback, data=a.data, model=a.model, work=a.work, epochs=a.epochs,
-                       workers=a.workers, ndcg_margin=a.ndcg_margin, epsilon=a.epsilon, app_args=a.app_args))
+                       workers=a.workers, ndcg_margin=a.ndcg_margin, epsilon=a.epsilon, app_args=a.app_args,
+                       exposure=a.exposure))
     return 0
 
 
@@ -181,4 +202,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ndcg-margin", type=float, default=0.01)
     p.add_argument("--epsilon", type=float, default=0.05, help="the serving policy's exploration")
     p.add_argument("--app-args", help="promote into the running app with these AppArgs (YAML/JSON)")
+    p.add_argument("--no-exposure", dest="exposure", action="store_false",
+                   help="do not train on the shown slates (engaged vs shown-and-skipped, position-weighted)")
     p.set_defaults(func=_cmd)

@@ -101,13 +101,23 @@ class CandidateStage:
         if targets is not None:
             for u in range(n):
                 label[u] = np.isin(items[u], targets.row(u)) & (items[u] >= 0)
+        return Candidates(np.arange(n), items, self._scored_features(history, items, scores.numpy()), label)
+
+    @torch.no_grad()
+    def given(self, history: Interactions, items: np.ndarray, label: np.ndarray) -> Candidates:
+        """Features of given candidate ``items`` (``-1`` = none; a slate the app showed, say) for each
+        history row, with the retriever's score and rank of each as if it had retrieved them."""
+        scores = self.retriever.score(None, history).float().numpy()
+        return Candidates(np.arange(history.num_users), items, self._scored_features(history, items, scores), label)
+
+    def _scored_features(self, history: Interactions, items: np.ndarray, retr: np.ndarray) -> np.ndarray:
         safe = np.where(items >= 0, items, 0)
-        retr = scores.numpy()
         retr_score = np.take_along_axis(retr, safe, 1)
         # rank of each candidate in the full retriever ordering (items scoring strictly higher)
         asc = np.sort(retr, axis=1)
-        rank = np.stack([retr.shape[1] - np.searchsorted(asc[u], retr_score[u], side="right") for u in range(n)])
-        return Candidates(np.arange(n), items, self.features(history, items, retr_score, rank), label)
+        rank = np.stack([retr.shape[1] - np.searchsorted(asc[u], retr_score[u], side="right")
+                         for u in range(len(items))]) if len(items) else np.zeros(items.shape, np.int64)
+        return self.features(history, items, retr_score, rank)
 
     def from_search(self, history: Interactions, items: np.ndarray, scores: np.ndarray) -> Candidates:
         """Candidates found by an external vector index (best first, -1 padded; history already

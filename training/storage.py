@@ -169,6 +169,19 @@ def write_durably(fs: pafs.FileSystem, tmp: str, path: str, data: bytes) -> None
         out.write(data)
 
 
+def write_file(uri: str | os.PathLike, data: bytes) -> None:
+    """Replace the file at ``uri`` (local path or ``s3://``) with ``data`` (:func:`write_durably`;
+    local parent directories are created)."""
+    fs, path = resolve(uri)
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+        write_durably(fs, tmp, path, data)
+    except OSError as exc:
+        raise describe_error(exc, str(uri)) from exc
+
+
 def _upload_tree(local_dir: Path, fs: pafs.FileSystem, dest: str, last: str | None) -> None:
     files = sorted(p for p in local_dir.rglob("*") if p.is_file())
     ordered = [p for p in files if p.name != last] + [p for p in files if p.name == last]

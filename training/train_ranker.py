@@ -34,6 +34,7 @@ import torch
 from training.baselines.itemknn import ItemKNN, ItemKNNConfig
 from training.candidates import Candidates, CandidateStage, catalogue_scores, generate_candidates
 from training.data.dataset import load_dataset, read_manifest
+from training.data.exposure import ExposureLists
 from training.data.funnel import dataset_stage_map, lookup
 from training.data.splits import build_split, split_from_manifest
 from training.errors import DataError
@@ -67,6 +68,7 @@ class RankerJob:
     image: ImageEncoderConfig | None = None  # the image encoder to fine-tune (model.image_tune_layers > 0)
     overwrite: bool = True
     init_from: str | None = None  # warm start: a ranker directory whose weights (where shapes match) start the run
+    exposure: str | None = None  # extra weighted lists of shown slates (training.data.exposure), e.g. from retrain
 
 
 def has_event_types(data: str) -> bool:
@@ -133,7 +135,7 @@ def run_name(job: RankerJob) -> str:
     key = json.dumps({"data": str(job.data), "retriever": str(job.retriever), "scheme": job.scheme,
                       "model": job.model.to_dict(), "workers": job.workers, "knn": job.knn.__dict__,
                       "valid_fraction": job.valid_fraction, "text": job.text.__dict__ if job.text else None,
-                      "image": job.image.__dict__ if job.image else None},
+                      "image": job.image.__dict__ if job.image else None, "exposure": job.exposure},
                      sort_keys=True)
     return "ranker-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
@@ -186,6 +188,7 @@ def train_loop(loop_config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     hist, items = torch.from_numpy(arrays["history"]), torch.from_numpy(arrays["items"])
     dense, label = torch.from_numpy(arrays["dense"]), torch.from_numpy(arrays["label"])
+    weight = torch.from_numpy(arrays["weight"]) if "weight" in arrays else None
     hist_stage = torch.from_numpy(arrays["hist_stage"]) if "hist_stage" in arrays else None
     cand_stage = torch.from_numpy(arrays["cand_stage"]) if "cand_stage" in arrays else None
 
@@ -209,7 +212,8 @@ def train_loop(loop_config: dict) -> None:
                 with torch.autocast("cuda", enabled=job.use_gpu):  # through module(...) so DDP syncs gradients
                     logits, _, aux = module(h, c.clamp(min=0), dense[idx].to(device), hs, return_all=True)
                 loss = ranker_loss(cfg, logits, aux, c, label[idx].to(device),
-                                   cand_stage[idx].to(device) if cand_stage is not None else None)
+                                   cand_stage[idx].to(device) if cand_stage is not None else None,
+                                   weight[idx].to(device) if weight is not None else None)
                 scaler.scale(loss / cfg.grad_accum).backward()
             if last:
                 scaler.step(opt)
@@ -292,9 +296,42 @@ def prepare_examples(job: RankerJob) -> dict:
         arrays["hist_stage"] = lookup(stages, train_task.users, arrays["history"])
         arrays["cand_stage"] = lookup(stages, train_task.users, tr.items)
         held["hist_stage"] = lookup(stages, held_task.users, held["history"])
+    if job.exposure:
+        arrays = _with_exposure(arrays, ExposureLists.load(job.exposure), ds, stage, stages, cfg.max_len)
     return {"stages": stages, "tuning": tuning, "ds": ds, "test": test, "retriever": retriever, "r_state": r_state, "r_doc": doc, "prices": prices,
             "feats": feats,
             "arrays": arrays, "held": held}
+
+
+def _with_exposure(arrays: dict, lists: ExposureLists, ds, stage: CandidateStage, stages, max_len: int) -> dict:
+    """``arrays`` plus the shown-slate lists (weighted; the sampled lists weigh 1), padded to one width."""
+    if not len(lists):
+        print("[ranker] exposure lists: none", flush=True)
+        return arrays
+    if lists.users.max() >= ds.num_users or lists.items.max() >= ds.num_items:
+        raise DataError(f"exposure lists name users/items beyond the dataset's {ds.num_users:,} users / "
+                        f"{ds.num_items:,} items: made for another dataset?")
+    hist = lists.histories(ds.interactions(dedupe=True))
+    c = stage.given(hist, lists.items, lists.label)
+    extra = {"history": left_pad([hist.row(i) for i in range(hist.num_users)], max_len), "items": c.items,
+             "dense": c.dense, "label": c.label}
+    if "hist_stage" in arrays:
+        extra["hist_stage"] = lookup(stages, lists.users, extra["history"])
+        extra["cand_stage"] = lookup(stages, lists.users, c.items)
+    width = max(arrays["items"].shape[1], c.items.shape[1])
+    fill = {"items": -1, "dense": 0.0, "label": False, "cand_stage": 0}
+
+    def widen(a: np.ndarray, key: str) -> np.ndarray:
+        if key not in fill or a.shape[1] == width:
+            return a
+        pad = [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2)
+        return np.pad(a, pad, constant_values=fill[key])
+
+    out = {key: np.concatenate([widen(arrays[key], key), widen(extra[key], key)]) for key in arrays}
+    out["weight"] = np.r_[np.ones(len(arrays["items"]), np.float32), lists.weight.astype(np.float32)]
+    print(f"[ranker] + {len(lists):,} shown-slate lists from the feedback log (engaged vs shown-and-skipped), "
+          f"position weights mean {lists.weight.mean():.2f} max {lists.weight.max():.2f}", flush=True)
+    return out
 
 
 def train_ranker(job: RankerJob, callbacks: list | None = None) -> dict:
@@ -363,7 +400,8 @@ def export_ranker(job: RankerJob, ex: dict | None, saved: dict, start: float | N
     gain = two_stage["NDCG@10"] / max(retrieval["NDCG@10"], 1e-12) - 1
     summary = {**two_stage, "retriever_only": retrieval, "run": {
         "model": "ranker", "data": job.data, "retriever": job.retriever, "scheme": job.scheme, "part": "test",
-        "workers": job.workers, "gpu": job.use_gpu, "epochs": len(history), "best_valid_NDCG@10": saved["best"],
+        "workers": job.workers, "gpu": job.use_gpu, "epochs": len(history),
+        "epoch_numbers": [h["epoch"] for h in history], "best_valid_NDCG@10": saved["best"],
         "ndcg10_gain_over_retriever": gain, "eval_seconds": round(seconds_two_stage, 1),
         "seconds": round(time.time() - start, 1), "resumes": saved.get("resumes", 0)}}
     config = {"ranker": job.model.to_dict(), "retriever": ex["r_doc"]["config"], "knn": stage.knn.state()[0],

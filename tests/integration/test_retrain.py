@@ -5,13 +5,19 @@ evaluation, and a deliberately worse model is refused by the same gate."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from chaos import registered_checkpoints
 
 pytestmark = pytest.mark.integration
 
@@ -53,15 +59,52 @@ def logged(tiny_shop, tmp_path_factory):
     return {"feedback": str(root / "feedback"), "root": root}
 
 
-def test_retrain_merges_trains_warm_gates_and_reports(tiny_shop, logged):
+def _digest(root) -> dict:
+    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(Path(root).rglob("*")) if f.is_file()}
+
+
+def _kill_after_first_checkpoint(cmd: list[str], env: dict, runs: Path, log: Path) -> None:
+    """Run ``cmd`` and SIGKILL its process group once Ray Train has registered a checkpoint."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while registered_checkpoints(runs) < 1:
+            assert proc.poll() is None, f"retrain ended before its first checkpoint:\n{log.read_text()[-3000:]}"
+            assert time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_retrain_killed_midway_then_resumed_merges_trains_warm_gates_and_reports(tiny_shop, logged, ray_cluster):
+    """A retrain SIGKILLed after its first checkpoint leaves the serving model and the log as they
+    were and publishes nothing; run again, it resumes from the checkpoint (no epoch repeated),
+    trains on the shown slates too, gates and reports."""
     from serving.retrain import RetrainJob, retrain
 
     work = logged["root"] / "work"
+    model_before, log_before = _digest(tiny_shop["ranker"]), _digest(logged["feedback"])
+    raycart = Path(sys.executable).with_name("raycart")
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    epochs = 4
+    _kill_after_first_checkpoint(
+        [str(raycart), "retrain", "--feedback", logged["feedback"], "--data", tiny_shop["data"], "--model",
+         tiny_shop["ranker"], "--work", str(work), "--epochs", str(epochs), "--workers", "1"],
+        env, work / "runs", logged["root"] / "killed-retrain.log")
+    assert _digest(tiny_shop["ranker"]) == model_before and _digest(logged["feedback"]) == log_before
+    assert not (work / "decisions").exists() and not list(work.glob("candidates/*/model.json"))
+
     t0 = time.time()
     report = retrain(RetrainJob(feedback=logged["feedback"], data=tiny_shop["data"], model=tiny_shop["ranker"],
-                                work=str(work), epochs=1, workers=1, bootstrap=200))
+                                work=str(work), epochs=epochs, workers=1, bootstrap=200))
     assert time.time() - t0 < 600  # the target: a decision in under 10 minutes here
+    assert report["training"]["resumes"] == 1, report["training"]
+    assert report["training"]["epochs"] == list(range(1, epochs + 1))  # none repeated, none lost
     assert report["feedback"]["kept"] > 20
+    assert report["exposure"]["lists"] > 0 and report["exposure"]["examination"]["exploration_impressions"] > 0
     assert set(report["metrics"]) == {"serving", "candidate"}
     assert "difference" in report["ope"] and report["ope"]["requests"] == 400
     d = report["decision"]
@@ -69,6 +112,7 @@ def test_retrain_merges_trains_warm_gates_and_reports(tiny_shop, logged):
     saved = json.loads(Path(report["report"]).read_text())
     assert saved["decision"] == d and saved["version"] == report["version"]
     assert (Path(report["candidate"]) / "model.json").exists()
+    assert _digest(tiny_shop["ranker"]) == model_before and _digest(logged["feedback"]) == log_before
     assert not (work / "models").exists()  # no app given: nothing promoted
 
 

@@ -6,8 +6,8 @@ when it happened, so the newest engagement is each user's holdout in the ``loo``
 model is judged on what shoppers did after the serving model was trained. ``view`` events are
 left out (the dataset's histories hold engagement), as are anonymous sessions (no stored history
 to extend) and items added at runtime (no training-time item id); the report counts each.
-Shown-and-skipped items are not turned into explicit negatives: the ranker trains on sampled
-candidates; exposure-aware negatives are future work.
+Shown-and-skipped items become explicit negatives in :mod:`training.data.exposure` (ranker lists
+of the shown slates), not here.
 
 Plain pyarrow/numpy, no Ray.
 """

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 
 from training import storage
 from training.baselines.itemknn import ItemKNN, ItemKNNConfig
@@ -21,20 +19,7 @@ BASELINES = ("pop", "itemknn")
 
 def write_json(obj: dict, uri: str) -> None:
     """Write ``obj`` as JSON to a local path or S3 URI (local: via a temp file + rename)."""
-    text = json.dumps(obj, indent=2) + "\n"
-    if storage.is_s3(uri):
-        fs, path = storage.resolve(uri)
-        try:
-            with fs.open_output_stream(path) as out:
-                out.write(text.encode())
-        except OSError as exc:
-            raise storage.describe_error(exc, uri) from exc
-        return
-    dest = Path(uri)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, dest)
+    storage.write_file(uri, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def _task(data: str, scheme: str, part: str):

@@ -128,10 +128,11 @@ class Ranker(nn.Module):
 
 
 def ranker_loss(config: RankerConfig, logits: torch.Tensor, aux: torch.Tensor | None, cands: torch.Tensor,
-                labels: torch.Tensor, cand_stage: torch.Tensor | None) -> torch.Tensor:
-    """The listwise ranking loss, plus ``aux_weight`` x the cart/purchase heads' binary
-    cross-entropy on the true items (did the user go on to cart / buy the item they took up)."""
-    loss = listwise_loss(logits, cands, labels)
+                labels: torch.Tensor, cand_stage: torch.Tensor | None, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The listwise ranking loss (each list weighted by ``weight``, default 1), plus ``aux_weight`` x
+    the cart/purchase heads' binary cross-entropy on the true items (did the user go on to cart /
+    buy the item they took up)."""
+    loss = listwise_loss(logits, cands, labels, weight)
     if aux is not None and cand_stage is not None:
         pos = labels.bool() & (cands >= 0)
         if pos.any():
@@ -141,13 +142,18 @@ def ranker_loss(config: RankerConfig, logits: torch.Tensor, aux: torch.Tensor | 
     return loss
 
 
-def listwise_loss(logits: torch.Tensor, cands: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def listwise_loss(logits: torch.Tensor, cands: torch.Tensor, labels: torch.Tensor,
+                  weight: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax cross-entropy over each candidate list (``cands`` -1 = no candidate); ``labels``
     (B, C) marks the true items -- with several (a basket) the loss is minus the log of their total
-    probability."""
+    probability. ``weight`` (B,): each list's weight in the batch mean (position debiasing of
+    :mod:`training.data.exposure`)."""
     logits = logits.float().masked_fill(cands < 0, -torch.inf)
     pos = logits.masked_fill(~labels.bool(), -torch.inf)
-    return (torch.logsumexp(logits, 1) - torch.logsumexp(pos, 1)).mean()
+    per_list = torch.logsumexp(logits, 1) - torch.logsumexp(pos, 1)
+    if weight is None:
+        return per_list.mean()
+    return (per_list * weight).sum() / weight.sum().clamp(min=1e-12)
 
 
 def history_tensor(rows: list[np.ndarray], max_len: int) -> torch.Tensor:
