@@ -82,12 +82,13 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
 @serve.ingress(api)
 class Ingress:
     def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle, policy: DeploymentHandle,
-                 registry: DeploymentHandle, state: DeploymentHandle | None, args: AppArgs):
+                 registry: DeploymentHandle, state: DeploymentHandle | None, args: AppArgs,
+                 retrain: DeploymentHandle | None = None):
         bind_replica_grpc_to_node_address()
         GUARD.keys = ApiKeys.load(args.api_keys_file)
         GUARD.max_body_bytes, GUARD.timeout_s = args.max_body_bytes, args.request_timeout_s
         self.retriever, self.ranker, self.policy, self.args = retriever, ranker, policy, args
-        self.registry = registry
+        self.registry, self.retrain = registry, retrain  # retrain: the schedule (serving.retrain_schedule), if on
         self.state = StateAccess(args, state)
         self.catalog = Catalog.load(args.data_dir)
         self.synced_at = 0.0  # when the runtime items were last pulled from the registry
@@ -347,5 +348,10 @@ def build_app(args: dict | AppArgs) -> serve.Application:
     state = UserStateStore.options(**cpus).bind(fixed) if a.user_state == "embedded" else None
     retriever = Retriever.options(**scaled("Retriever"), **model).bind(fixed, registry)
     ranker = Ranker.options(**scaled("Ranker"), **model).bind(fixed, registry)
+    retrain = None
+    if a.retrain_every_events is not None or a.retrain_every_minutes is not None:
+        from serving.retrain_schedule import RetrainTrigger
+
+        retrain = RetrainTrigger.options(ray_actor_options={"num_cpus": 0}).bind(a)
     return Ingress.options(**scaled("Ingress")).bind(retriever, ranker, Policy.options(**cpus).bind(fixed), registry,
-                                                     state, fixed)
+                                                     state, fixed, retrain)

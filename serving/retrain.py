@@ -157,7 +157,9 @@ def promote(job: RetrainJob, candidate: str, version: str, data: str) -> dict:
     raw = yaml.safe_load(storage.read_bytes(job.app_args))
     # the merged data too: its histories hold the engagement the candidate learned from
     args = AppArgs(**{**raw, "model_dir": storage.absolute(candidate), "model_version": version,
-                      "data_dir": storage.absolute(data)})
+                      "data_dir": storage.absolute(data),
+                      # the next retrain merges the log into the base data again, not into this merge
+                      "base_data_dir": raw.get("base_data_dir") or raw["data_dir"]})
     serve.run(build_app(args), name="raycart", route_prefix="/")
     print(f"[retrain] promoted {version}: the app now serves {candidate}", flush=True)
     return {"model_dir": candidate, "model_version": version, "data_dir": data}

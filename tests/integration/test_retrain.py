@@ -137,3 +137,87 @@ def test_a_deliberately_worse_model_is_refused(tiny_shop, logged):
                           model_ranker(tiny_shop["ranker"], data), model_ranker(str(worse), data), 0.05, bootstrap=200)
     decision = gate(old, new, ope, ndcg_margin=0.01, min_ess=10)
     assert not decision["promote"] and not decision["holdout_ok"], decision
+
+
+def test_the_app_retrains_on_schedule_and_promotes_under_load(tiny_shop, logged, ray_cluster):
+    """``retrain_every_events`` on: shoppers' feedback through HTTP makes the app's schedule start a
+    retrain (a detached job), whose gate passes and whose promotion swaps model and data while
+    clients keep asking -- every request answered, the answers switch to the retrained version."""
+    import threading
+
+    import requests
+    from ray import serve
+
+    from serving.app import build_app
+    from serving.redis_server import free_port
+    from serving.retrain_schedule import RETRAINER
+
+    root = logged["root"] / "scheduled"
+    shutil.copytree(logged["feedback"], root / "feedback")  # yesterday's log, then today's traffic
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {"model_dir": tiny_shop["ranker"], "data_dir": tiny_shop["data"], "feedback_root": str(root / "feedback"),
+            "wal_dir": str(root / "wal"), "policy_state": str(root / "policy.npz"), "items_root": str(root / "items"),
+            "state_dir": str(root / "state"), "request_timeout_s": 60.0,
+            "replica_cpus": 0.1,  # leave a CPU of the 2 for the retrain's Ray Train worker
+            "retrain_every_events": 5, "retrain_poll_s": 1.0, "retrain_work": str(root / "work"),
+            "retrain_epochs": 1, "retrain_ndcg_margin": 0.2}
+    try:
+        serve.run(build_app(args), name="raycart", route_prefix="/")
+        users = [u for u in tiny_shop_users(tiny_shop)][:8]
+        for user in users[:6]:  # today's feedback: 6 clicks, the schedule wants 5
+            rec = requests.post(url + "/recommend", json={"user_id": user, "k": 3}, timeout=60).json()
+            fb = requests.post(url + "/feedback", json={"request_id": rec["request_id"],
+                                                        "item_id": rec["items"][0]["item_id"], "event": "click"},
+                               timeout=60)
+            assert fb.status_code == 200, fb.text
+        answers: list[tuple[int, str | None]] = []
+        stop = threading.Event()
+
+        def client(user):
+            while not stop.is_set():
+                try:
+                    r = requests.post(url + "/recommend", json={"user_id": user, "k": 3}, timeout=60)
+                    answers.append((r.status_code, r.json().get("model_version") if r.status_code == 200 else r.text))
+                except requests.RequestException as exc:
+                    answers.append((0, str(exc)))
+                time.sleep(0.05)
+
+        threads = [threading.Thread(target=client, args=(u,)) for u in users[6:8]]
+        for t in threads:
+            t.start()
+        deadline = time.time() + 400
+        try:
+            while time.time() < deadline and not (
+                    len(answers) > 4 and all(str(a[1]).startswith("retrain-") for a in answers[-4:])):
+                time.sleep(1)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        retrainer = ray_cluster.get_actor(RETRAINER, namespace="raycart")
+        status = ray_cluster.get(retrainer.status.remote())
+        decisions = list((root / "work" / "decisions").glob("*.json"))
+        assert decisions, f"no retrain decided: {status}"
+        report = json.loads(decisions[0].read_text())
+        assert report["decision"]["promote"], report["decision"]
+        assert report["feedback"]["events"] >= 195 + 6  # the base log and today's feedback
+        failed = [a for a in answers if a[0] != 200]
+        assert not failed, failed[:3]
+        versions = [a[1] for a in answers]
+        assert versions[0] == "v1" and versions[-1] == report["version"], (versions[:2], versions[-2:], status)
+        ready = requests.get(url + "/readyz", timeout=60).json()
+        assert ready["model_version"] == report["version"]
+    finally:
+        serve.shutdown()
+        try:
+            ray_cluster.kill(ray_cluster.get_actor(RETRAINER, namespace="raycart"))
+        except ValueError:
+            pass
+
+
+def tiny_shop_users(tiny_shop) -> list[str]:
+    from training.data.dataset import load_dataset
+
+    return load_dataset(tiny_shop["data"]).users["external_id"].to_pylist()

@@ -45,18 +45,33 @@ TABLES = {"impressions": IMPRESSIONS, "events": FEEDBACK_EVENTS}
 ROW_KEYS = {"impressions": ("request_id", "item_id"), "events": ("request_id", "item_id", "event")}
 
 
-def read_feedback(root: str, table: str, dedupe: bool = True) -> pa.Table:
-    """All rows of ``table`` (``impressions`` or ``events``) under the log ``root`` (local or S3),
-    each record once (``dedupe``: the first row of each :data:`ROW_KEYS` key)."""
+def _files(root: str, table: str):
+    """The filesystem and the published Parquet files of ``table`` under the log ``root``."""
+    import pyarrow.fs as pafs
+
     if table not in TABLES:
         raise DataError(f"feedback log: unknown table {table!r} (known: {', '.join(TABLES)})")
     fs, path = storage.resolve(storage.join(root, table))
-    import pyarrow.fs as pafs
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return fs, []
+    return fs, sorted(f.path for f in fs.get_file_info(pafs.FileSelector(path)) if f.path.endswith(".parquet"))
 
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        return TABLES[table].empty_table()
-    files = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(path)) if f.path.endswith(".parquet"))
+
+def count_rows(root: str, table: str) -> int:
+    """Rows of ``table`` in the published log, from the Parquet footers (no data read; records
+    published twice after a crash count twice)."""
+    fs, files = _files(root, table)
+    total = 0
+    for f in files:
+        with fs.open_input_file(f) as src:
+            total += pq.ParquetFile(src).metadata.num_rows
+    return total
+
+
+def read_feedback(root: str, table: str, dedupe: bool = True) -> pa.Table:
+    """All rows of ``table`` (``impressions`` or ``events``) under the log ``root`` (local or S3),
+    each record once (``dedupe``: the first row of each :data:`ROW_KEYS` key)."""
+    fs, files = _files(root, table)
     if not files:
         return TABLES[table].empty_table()
     parts = [_conform(pq.read_table(f, filesystem=fs), TABLES[table]) for f in files]
