@@ -83,7 +83,7 @@ class Retrainer:
             report = retrain(RetrainJob(**job_fields))
             self.last = {"version": report["version"], "decision": report["decision"],
                          "promoted": report.get("promoted"), "report": report.get("report")}
-        except Exception as exc:  # noqa: BLE001 -- reported; the app and its schedule go on
+        except Exception as exc:
             log.exception("scheduled retrain failed")
             self.last = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
         finally:

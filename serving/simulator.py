@@ -1,7 +1,9 @@
 """Closed-loop shoppers: simulated users with known tastes use a live Raycart app over HTTP.
 
 Each round, every shopper asks ``/recommend`` (``k`` items), clicks a shown item of their current
-taste with probability ``p_click_taste`` and any other with ``p_click_other``, buys a clicked
+taste with probability ``p_click_taste`` and any other with ``p_click_other`` -- times the chance
+they look at the slot at all, ``1 / (1 + slot) ** position_decay`` (a position-based examination
+model; 0, the default, looks at every slot) -- buys a clicked
 item with ``p_buy``, and sends each event to ``/feedback``. Tastes are the synthetic shop's
 planted ones (users' ``taste_category=...`` attributes); after ``drift_after`` rounds every shopper
 switches to one category that was not theirs (the drift phase). Per round it reports the CTR, the
@@ -37,10 +39,13 @@ class SimConfig:
     p_click_taste: float = 0.35
     p_click_other: float = 0.02
     p_buy: float = 0.2  # of a click
+    position_decay: float = 0.0  # examination of slot j: 1 / (1 + j) ** position_decay
     concurrency: int = 8  # shoppers in flight at once
     seed: int = 0
 
     def __post_init__(self):
+        if self.position_decay < 0:
+            raise ValueError("position_decay must be >= 0")
         if not 0 <= self.drift_after <= self.rounds or self.rounds < 1 or self.shoppers < 1 or self.k < 1:
             raise ValueError("need rounds >= 1, 0 <= drift_after <= rounds, shoppers >= 1, k >= 1")
         for name in ("p_click_taste", "p_click_other", "p_buy"):
@@ -129,11 +134,12 @@ def simulate(url: str, shop: Shop, cfg: SimConfig, progress=print) -> dict:
                "state": body.get("state")}
         if status != 200:
             return out
-        for item in body["items"]:
+        for slot, item in enumerate(body["items"]):
             hit = shop.item_category.get(item["item_id"]) in taste
             out["shown"] += 1
             out["in_taste"] += hit
-            if r.random() < (cfg.p_click_taste if hit else cfg.p_click_other):
+            seen = (1 + slot) ** -cfg.position_decay
+            if r.random() < seen * (cfg.p_click_taste if hit else cfg.p_click_other):
                 events = ["click"] + (["purchase"] if r.random() < cfg.p_buy else [])
                 for ev in events:
                     st, _, lat = client.post("/feedback", {"request_id": body["request_id"],

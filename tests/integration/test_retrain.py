@@ -197,7 +197,13 @@ def test_the_app_retrains_on_schedule_and_promotes_under_load(tiny_shop, logged,
             for t in threads:
                 t.join()
         retrainer = ray_cluster.get_actor(RETRAINER, namespace="raycart")
+        # the job returns once serve.run has the app running: old replicas may still be draining
+        # after the answers switched
         status = ray_cluster.get(retrainer.status.remote())
+        while status["last"] is None and time.time() < deadline + 120:
+            time.sleep(1)
+            status = ray_cluster.get(retrainer.status.remote())
+        assert status["last"] is not None and "error" not in status["last"], status
         decisions = list((root / "work" / "decisions").glob("*.json"))
         assert decisions, f"no retrain decided: {status}"
         report = json.loads(decisions[0].read_text())
