@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from training.data.exposure import ExposureLists, examination, exposure_lists
+from training.data.exposure import ExposureLists, decreasing_fit, examination, exposure_lists
 from training.data.from_feedback import merge_feedback
 from training.errors import DataError
 from training.models.ranker import listwise_loss
@@ -36,6 +36,13 @@ def test_examination_is_recovered_from_the_exploration_draws():
     # too few exploration engagements: no reweighting, and it says so
     theta, info = examination(pos[:50], greedy[:50], engaged[:50], 10)
     assert np.all(theta == 1.0) and "no position reweighting" in info["note"]
+
+
+def test_decreasing_fit_pools_violators():
+    fit = decreasing_fit(np.array([1.0, 0.6, 0.2, 0.5, 0.4, 0.1]), np.ones(6))
+    assert np.all(np.diff(fit) <= 1e-12)
+    assert fit.tolist() == pytest.approx([1.0, 0.6, 0.3667, 0.3667, 0.3667, 0.1], abs=1e-4)
+    assert decreasing_fit(np.array([0.2, 0.5]), np.array([3.0, 1.0])).tolist() == pytest.approx([0.275, 0.275])
 
 
 def _log(ds):

@@ -15,8 +15,8 @@ biased feedback"; with several engaged items, the mean of their weights; weights
 at random (``greedy`` false) land in a slot independently of how good they are, so their
 engagement rate per slot is proportional to ``theta`` (the randomisation approach of Wang,
 Bendersky, Metzler & Najork 2016, "Learning to rank with selection bias in personal search").
-Rates are smoothed towards the overall rate, made non-increasing down the slate and floored at
-``min_theta``; with fewer than ``min_clicks`` exploration engagements the log says too little and
+Rates are smoothed towards the overall rate, fitted non-increasing down the slate (isotonic
+regression, weighted by impressions) and floored at ``min_theta``; with fewer than ``min_clicks`` exploration engagements the log says too little and
 every ``theta`` is 1 (no reweighting; the report says so).
 
 **Leakage.** A list whose engagement is at or after the user's validation event (the second to
@@ -100,9 +100,23 @@ def examination(positions: np.ndarray, greedy: np.ndarray, engaged: np.ndarray, 
         info["note"] = f"fewer than {min_clicks} engagements with explored items: no position reweighting"
         return np.ones(slots), info
     rate = (hits + prior * hits.sum() / shown.sum()) / (shown + prior)
-    theta = np.clip(np.minimum.accumulate(rate / rate[0]), min_theta, 1.0)
+    fit = decreasing_fit(rate, shown + prior)
+    theta = np.clip(fit / fit[0], min_theta, 1.0)
     info["theta"] = [round(float(t), 4) for t in theta]
     return theta, info
+
+
+def decreasing_fit(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The weighted least-squares non-increasing fit of ``values`` (pool adjacent violators): a
+    noisy low slot is averaged with its neighbours instead of capping every slot below it."""
+    blocks: list[list[float]] = []  # [mean, weight, length]
+    for v, w in zip(values, weights):
+        blocks.append([float(v), float(w), 1])
+        while len(blocks) > 1 and blocks[-2][0] < blocks[-1][0]:
+            m2, w2, n2 = blocks.pop()
+            m1, w1, n1 = blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    return np.concatenate([np.full(int(n), m) for m, _, n in blocks])
 
 
 def exposure_lists(ds: Dataset, impressions: pa.Table, events: pa.Table, max_weight: float = 10.0,
