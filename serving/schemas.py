@@ -116,6 +116,10 @@ class AppArgs(BaseModel):
     checkpoint_interval_s: float = Field(5.0, gt=0)
     max_batch_size: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(0.005, ge=0)
+    # the batch window only while requests queue: a request that arrives alone is ranked at once
+    adaptive_batching: bool = True
+    # retriever and ranker in one deployment (one hop, one model copy) or two (scaled apart)
+    topology: Literal["separate", "fused"] = "separate"
     model_version: str = "v1"
     items_root: str = "raycart-work/new-items"  # items added at runtime (local or s3://), replayed on start
     # CPUs per replica of each deployment when no serve config overrides it: small, so that the

@@ -132,6 +132,10 @@ class UserView:
         return [(i, i in engaged) for answer in self.shown for i in answer]
 
 
+class StateUnavailable(Exception):
+    """The user-state backend did not answer in time (or at all)."""
+
+
 class Outcome(str, Enum):
     RECORDED = "recorded"
     UNKNOWN_REQUEST = "unknown_request"  # never issued by this app, or expired
