@@ -1,7 +1,9 @@
-"""Baseline for the Serve benchmark: the same retrieve -> rank -> policy -> log path in ONE plain
-FastAPI process (uvicorn, no Ray), so ``benchmarks/serve_load.py`` can state Ray Serve's overhead
-as a ratio. It uses the serving modules themselves (catalog, FAISS index, candidate features,
-ranker, LinUCB policy, durable feedback log); only the HTTP plumbing and the process layout differ.
+"""Baseline for the Serve benchmark: the **same** ``RecommendService`` and HTTP edge as the Serve
+app (:mod:`serving.service`, :mod:`serving.http`) in ONE plain uvicorn process, no Ray: its stages
+are called in-process (:class:`~serving.service.LocalStages`), the user state is an in-process
+:class:`~serving.user_state.MemoryUserState` (journaled like the embedded store), the feedback log
+the same durable WAL. Only the process layout differs, so ``benchmarks/serve_load.py`` states
+Ray Serve's overhead as a ratio of like with like.
 
     .venv/bin/python benchmarks/plain_fastapi.py --model DIR --data DIR --port 8001 --workdir DIR
 """
@@ -9,62 +11,27 @@ ranker, LinUCB policy, durable feedback log); only the HTTP plumbing and the pro
 from __future__ import annotations
 
 import argparse
-import threading
-import time
-import uuid
+import sys
+from pathlib import Path
 
-import numpy as np
 import uvicorn
-from fastapi import FastAPI, HTTPException
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from serving.catalog import Catalog
 from serving.feedback_log import FeedbackLog, FeedbackLogConfig
-from serving.index import VectorIndex
-from serving.schemas import RecommendRequest
-from training.data.interactions import Interactions
-from training.modeldir import load_model
-from training.models.bandit import LinUCBPolicy, PolicyConfig
+from serving.http import EdgeLog, Runtime, configure
+from serving.schemas import AppArgs
+from serving.service import LocalStages, LocalState, RecommendService, user_state_config
+from serving.user_state import MemoryUserState
 
 
-def make_app(model_dir: str, data_dir: str, workdir: str) -> FastAPI:
-    pipe = load_model(model_dir)
-    catalog = Catalog.load(data_dir)
-    index = VectorIndex(pipe.stage.retriever.item_vecs.numpy())
-    policy = LinUCBPolicy(PolicyConfig(), np.random.default_rng(0))
-    log = FeedbackLog(FeedbackLogConfig(root=f"{workdir}/feedback", wal_dir=f"{workdir}/wal"), "plain")
-    lock = threading.Lock()  # the policy and the log are single-writer objects
-    app = FastAPI()
-
-    @app.get("/healthz")
-    def healthz() -> dict:
-        return {"status": "ok"}
-
-    @app.post("/recommend")
-    def recommend(req: RecommendRequest) -> dict:  # sync: FastAPI runs it in its thread pool
-        user, history, times = catalog.history_of(req.user_id)
-        if req.history:
-            raise HTTPException(400, "the baseline serves known users only")
-        hist = Interactions(np.array([0, len(history)]), history, times, pipe.num_items)
-        vec = pipe.stage.retriever.user_vectors(hist).numpy()
-        items, scores = index.search(vec, pipe.k, [history])
-        ranked = pipe.ranked_lists(hist, pipe.stage.from_search(hist, items, scores))[0]
-        for r in ranked:
-            r["item_id"] = catalog.item_ids[r["item"]]
-        request_id = uuid.uuid4().hex
-        with lock:
-            shown = policy.choose(ranked, req.context, req.k)
-            policy.observe_impression(shown)
-            out = [{"item_id": ranked[s.index]["item_id"], "position": s.position, "propensity": s.propensity,
-                    "score": ranked[s.index]["score"]} for s in shown]
-            log.append_many("impressions", [{"request_id": request_id, "user_id": req.user_id, "context_hash": "",
-                                             "num_candidates": len(ranked), "item_id": o["item_id"],
-                                             "position": o["position"], "propensity": o["propensity"],
-                                             "score": o["score"], "model_version": "plain",
-                                             "policy_version": "plain",
-                                             "timestamp": time.time()} for o in out])
-        return {"request_id": request_id, "items": out}
-
-    return app
+def make_app(args: AppArgs):
+    edge = EdgeLog(FeedbackLog(FeedbackLogConfig(root=args.feedback_root, wal_dir=args.wal_dir, background=True,
+                                                 retry_max_s=args.wal_retry_max_s), "plain"))
+    state = LocalState(MemoryUserState(user_state_config(args), args.state_dir))
+    service = RecommendService(args, Catalog.load(args.data_dir), LocalStages(args), state, edge.append)
+    return configure(Runtime(service, edge), args)
 
 
 def main() -> None:
@@ -74,7 +41,10 @@ def main() -> None:
     p.add_argument("--workdir", required=True)
     p.add_argument("--port", type=int, default=8001)
     a = p.parse_args()
-    uvicorn.run(make_app(a.model, a.data, a.workdir), host="127.0.0.1", port=a.port, log_level="warning")
+    w = a.workdir
+    args = AppArgs(model_dir=a.model, data_dir=a.data, feedback_root=f"{w}/feedback", wal_dir=f"{w}/wal",
+                   policy_state=f"{w}/policy.npz", items_root=f"{w}/items", state_dir=f"{w}/state")
+    uvicorn.run(make_app(args), host="127.0.0.1", port=a.port, log_level="warning")
 
 
 if __name__ == "__main__":

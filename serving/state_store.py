@@ -22,13 +22,9 @@ from ray.serve.handle import DeploymentHandle
 
 from serving.netbind import bind_replica_grpc_to_node_address
 from serving.schemas import AppArgs
-from serving.user_state import MemoryUserState, Recorded, UserStateConfig, UserView
+from serving.service import user_state_config as state_config
+from serving.user_state import MemoryUserState, Recorded, StateUnavailable, UserView
 from serving.user_state_redis import RedisUserState
-
-
-def state_config(args: AppArgs) -> UserStateConfig:
-    return UserStateConfig(max_events=args.state_max_events, exclude_shown=args.exclude_shown,
-                           shown_window=args.shown_window, session_ttl_s=args.session_ttl_s)
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=256)
@@ -65,12 +61,9 @@ class UserStateStore:
             pass
 
 
-class StateUnavailable(Exception):
-    """The state backend did not answer in time (or at all)."""
-
-
 class StateAccess:
-    """Async access from the Ingress: ``handle`` (embedded) or a Redis client (``redis``)."""
+    """The service's user-state port (:class:`serving.service.StatePort`) in the Serve app:
+    ``handle`` (embedded) or a Redis client (``redis``)."""
 
     def __init__(self, args: AppArgs, handle: DeploymentHandle | None):
         self.timeout = args.state_timeout_s
@@ -83,7 +76,7 @@ class StateAccess:
             if self.redis is not None:
                 return await asyncio.wait_for(asyncio.to_thread(getattr(self.redis, name), *a), self.timeout)
             return await asyncio.wait_for(getattr(self.handle, name).remote(*a), self.timeout)
-        except Exception as exc:  # noqa: BLE001 -- any failure of the backend is the same to a caller
+        except Exception as exc:
             raise StateUnavailable(f"user state ({'redis' if self.redis else 'embedded'}): "
                                    f"{type(exc).__name__}: {exc}"[:300]) from exc
 

@@ -1,0 +1,161 @@
+"""The HTTP edge: one FastAPI app over a :class:`~serving.service.RecommendService`.
+
+Endpoints: ``POST /recommend``, ``POST /feedback``, ``POST /items`` (a new item, recommendable at
+once), ``GET /items/{id}/similar``, ``GET /healthz`` (live), ``GET /readyz`` (models loaded, the
+feedback log persisting). Every impression and feedback event is appended to the durable feedback
+log (:class:`EdgeLog`) **before** the response acknowledges it.
+
+The same ``api`` object is served by the Serve ``Ingress`` (:mod:`serving.app`) and by one plain
+uvicorn process (``benchmarks/plain_fastapi.py``); each process hands it its :class:`Runtime` (the
+service and its log) and its settings once, through :func:`configure`. Plain FastAPI, no Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from serving.feedback_log import FeedbackLog
+from serving.schemas import FeedbackRequest, NewItem, RecommendRequest
+from serving.security import Guard, GuardSettings
+from serving.service import RecommendService, ServiceError
+
+LOG_TICK_S = 0.5  # the feedback log's background publisher wakes this often
+UNHEALTHY_AFTER_S = 30.0  # WAL appends failing this long: the process reports unhealthy
+
+log = logging.getLogger(__name__)
+api = FastAPI(title="Raycart", description="Retrieve-then-rank recommendations with a learning policy.")
+# keys, body cap and deadline: filled in once per process from its AppArgs
+GUARD = GuardSettings()
+api.add_middleware(Guard, settings=GUARD)
+
+
+class EdgeLog:
+    """The process's feedback log in background mode: appends fsync their WAL segment off the
+    event loop (a failure is a 503 that acknowledges nothing); a thread seals and publishes."""
+
+    def __init__(self, feedback_log: FeedbackLog):
+        self.log = feedback_log
+        self.failing_since: float | None = None  # the WAL itself cannot be written
+        self.stop = threading.Event()
+        self.publisher = threading.Thread(target=self._publish_loop, name="feedback-log", daemon=True)
+        self.publisher.start()
+
+    def _publish_loop(self) -> None:
+        while not self.stop.wait(LOG_TICK_S):
+            try:
+                self.log.tick()
+            except Exception as exc:  # noqa: BLE001 -- the log keeps the segment and retries
+                log.warning("feedback log tick failed: %s", exc)
+
+    async def append(self, table: str, records: list[dict]) -> None:
+        try:
+            await asyncio.to_thread(self.log.append_many, table, records)
+        except OSError as exc:
+            self.failing_since = self.failing_since or time.monotonic()
+            raise ServiceError(503, f"could not be recorded durably ({type(exc).__name__}); nothing was "
+                                    "acknowledged, retry later") from None
+        self.failing_since = None
+
+    def unhealthy(self) -> str | None:
+        since = self.failing_since
+        if since is not None and time.monotonic() - since > UNHEALTHY_AFTER_S:
+            return f"the feedback WAL has not been writable for {time.monotonic() - since:.0f} s"
+        return None
+
+    def close(self) -> None:
+        self.stop.set()
+        self.publisher.join(timeout=30)  # no publish runs while close() publishes and unlocks
+        self.log.close()
+
+
+@dataclass
+class Runtime:
+    service: RecommendService
+    edge: EdgeLog
+
+
+def configure(runtime: Runtime, args) -> FastAPI:
+    """``api`` serving ``runtime``, with the edge settings of ``args`` (:class:`~serving.schemas.AppArgs`)."""
+    from serving.security import ApiKeys
+
+    GUARD.keys = ApiKeys.load(args.api_keys_file)
+    GUARD.max_body_bytes, GUARD.timeout_s = args.max_body_bytes, args.request_timeout_s
+    api.state.runtime = runtime
+    return api
+
+
+def _runtime(request: Request) -> Runtime:
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is None:
+        raise ServiceError(503, "starting")
+    return runtime
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with where and what, without echoing the input (NaN/Infinity are not JSON: echoing
+    them turned a bad request into a 500)."""
+    detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))[:300], "type": e.get("type")}
+              for e in exc.errors()[:20]]
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
+@api.exception_handler(ServiceError)
+async def _refused(request: Request, exc: ServiceError) -> JSONResponse:
+    return JSONResponse(status_code=exc.status, content={"detail": exc.detail})
+
+
+@api.get("/healthz")
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@api.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """503 while this process cannot persist (its WAL cannot be written, or sealed segments cannot
+    be published: they are kept and retried); ``degraded`` while the user state is down."""
+    rt = _runtime(request)
+    version, state_ok = await rt.service.readiness()
+    wal = rt.edge.log.health()
+    persisting = wal["ok"] and rt.edge.failing_since is None
+    # a state backend that is down degrades answers (stored history only), it does not stop them
+    status = "not ready" if not persisting else "ready" if state_ok else "degraded"
+    body = {"status": status, "items": rt.service.catalog.num_items, "model_version": version,
+            "user_state": "ok" if state_ok else "unavailable",
+            "feedback_log": {"ok": persisting, "unpublished_segments": wal["unpublished_segments"],
+                             "corrupt_lines": wal["corrupt_lines"]}}
+    if not persisting:
+        body["feedback_log"]["error"] = wal["last_error"] or "the write-ahead log cannot be written"
+    return JSONResponse(status_code=200 if persisting else 503, content=body)
+
+
+@api.post("/recommend")
+async def recommend(req: RecommendRequest, request: Request) -> dict:
+    return await _runtime(request).service.recommend(req)
+
+
+@api.post("/feedback")
+async def feedback(req: FeedbackRequest, request: Request) -> dict:
+    """Accepted only for an item that the request showed; the same (request, item, event)
+    counts once (a repeat answers ``duplicate`` and records nothing)."""
+    return await _runtime(request).service.feedback(req)
+
+
+@api.post("/items", status_code=201)
+async def add_item(item: NewItem, request: Request) -> dict:
+    """Add a catalogue item at runtime: stored durably, given a content vector by the models'
+    item towers and put into the vector index, recommendable at once -- no retrain."""
+    return await _runtime(request).service.add_item(item)
+
+
+@api.get("/items/{item_id}/similar")
+async def similar(item_id: str, request: Request, k: int = 10) -> dict:
+    return await _runtime(request).service.similar(item_id, k)

@@ -1,0 +1,381 @@
+"""``RecommendService``: the whole request path as one Ray-free object.
+
+History and real-time state lookup, candidate retrieval through the vector index, features,
+ranking, filters, the policy's choice and the feedback-log records -- for ``/recommend``,
+``/feedback``, ``POST /items`` and similar items -- with typed messages between the parts
+(:mod:`serving.messages`). What it talks to comes in through small interfaces (ports):
+
+* :class:`Stages` -- retrieval + ranking, the policy, the registry of runtime items. In one process
+  :class:`LocalStages` calls :mod:`serving.stages` directly; in the Serve app
+  (:mod:`serving.app`) the same calls go through ``DeploymentHandle``s to the replicas holding them.
+* the user state (``view/issue/check/record/ping``): :class:`LocalState` over
+  :class:`~serving.user_state.MemoryUserState` here, :class:`serving.state_store.StateAccess`
+  (the embedded-store deployment or Redis) in the Serve app;
+* ``append(table, records)``: the durable feedback log (:mod:`serving.feedback_log`).
+
+Errors the client caused or should retry are :class:`ServiceError` (an HTTP status and a
+message); the HTTP layer (:mod:`serving.http`) turns them into responses. Unit-tested without
+Ray (``tests/unit/serving/test_service.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import numpy as np
+
+from serving.catalog import Catalog
+from serving.messages import (
+    CandidateQuery,
+    CandidateSet,
+    PolicyQuery,
+    RankedList,
+    RankQuery,
+    Slate,
+)
+from serving.schemas import (
+    AppArgs,
+    FeedbackRequest,
+    NewItem,
+    PolicyInputs,
+    RecommendRequest,
+)
+from serving.user_state import (
+    HISTORY_EVENTS,
+    MemoryUserState,
+    Outcome,
+    Recorded,
+    StateUnavailable,
+    UserStateConfig,
+    UserView,
+)
+from training.data.funnel import STAGES
+
+ITEMS_SYNC_S = 1.0  # how stale this service's view of items added elsewhere may get
+
+
+class ServiceError(Exception):
+    """A request the service refuses (4xx) or cannot serve now (503); ``detail`` says why."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+class Stages(Protocol):
+    async def retrieve_and_rank(self, q: CandidateQuery, user: int | None,
+                                live_stages: dict[int, int]) -> tuple[CandidateSet, RankedList]: ...
+    async def similar(self, item: int, k: int, items_version: int) -> list[int]: ...
+    async def choose(self, q: PolicyQuery) -> Slate: ...
+    async def learn(self, request_id: str, item_id: str, event: str) -> bool: ...
+    async def since(self, n: int) -> list[dict]: ...
+    async def add_item(self, record: dict) -> int: ...
+    async def check_content(self, record: dict) -> str | None: ...
+    async def ready(self) -> str: ...
+
+
+class StatePort(Protocol):
+    async def view(self, key: str) -> UserView: ...
+    async def issue(self, request_id: str, key: str, items: list[str]) -> None: ...
+    async def check(self, request_id: str, item_id: str, event: str) -> Recorded: ...
+    async def record(self, request_id: str, item_id: str, event: str) -> Recorded: ...
+    async def ping(self) -> bool: ...
+
+
+Append = Callable[[str, list[dict]], Awaitable[None]]  # durably log records of a table, or raise ServiceError(503)
+
+
+class RecommendService:
+    def __init__(self, args: AppArgs, catalog: Catalog, stages: Stages, state: StatePort, append: Append):
+        self.args, self.catalog, self.stages, self.state, self.append = args, catalog, stages, state, append
+        self.synced_at = 0.0  # when the runtime items were last pulled from the registry
+        self.sync_lock = asyncio.Lock()
+
+    # -- runtime items --------------------------------------------------------------------------
+
+    async def sync(self, force: bool = False) -> None:
+        """Learn the items added at runtime (through any replica), in registry order: at most every
+        ITEMS_SYNC_S, or at once when a request names an id not known here."""
+        if not force and time.monotonic() - self.synced_at < ITEMS_SYNC_S:
+            return
+        async with self.sync_lock:
+            for record in await self.stages.since(self.catalog.added):
+                self.catalog.add(record)
+            self.synced_at = time.monotonic()
+
+    async def unknown(self, ids: list[str]) -> list[str]:
+        missing = [x for x in ids if x not in self.catalog.item_index]
+        if missing:
+            await self.sync(force=True)
+            missing = [x for x in missing if x not in self.catalog.item_index]
+        return missing
+
+    # -- /recommend ------------------------------------------------------------------------------
+
+    async def view(self, key: str) -> tuple[UserView, str]:
+        """The key's real-time state and how it was read: ``live``, ``off`` (realtime_state is
+        off) or ``unavailable`` (backend down: the stored history alone is used)."""
+        if not self.args.realtime_state:
+            return UserView(), "off"
+        try:
+            return await self.state.view(key), "live"
+        except StateUnavailable:
+            return UserView(), "unavailable"
+
+    async def recommend(self, req: RecommendRequest) -> dict:
+        await self.sync()
+        cat, args = self.catalog, self.args
+        session = None if req.user_id else (req.session_id or uuid.uuid4().hex)
+        key = f"u:{req.user_id}" if req.user_id else f"s:{session}"
+        view, state = await self.view(key)
+        user, history, times = cat.history_of(req.user_id)
+        if req.history:
+            unknown = await self.unknown(req.history)
+            if unknown:
+                raise ServiceError(400, f"history: unknown item id(s) {unknown[:5]}")
+            history = np.r_[history, [cat.item_index[x] for x in req.history]].astype(np.int64)
+            times = np.r_[times, np.full(len(req.history), -1)].astype(np.int64)  # undated: "now"
+        await self.unknown([x for answer in view.shown for x in answer])  # learn runtime items it names
+        known = cat.item_index
+        live = [known[x] for x in view.history() if x in known]
+        if live:  # engaged with since training: the newest part of the history, dated "now"
+            history = np.r_[history, live].astype(np.int64)
+            times = np.r_[times, np.full(len(live), -1)].astype(np.int64)
+        first = np.sort(np.unique(history, return_index=True)[1])  # first occurrence each
+        history, times = history[first], times[first]
+        bad = await self.unknown(req.filters.exclude)
+        if bad:
+            raise ServiceError(400, f"filters.exclude: unknown item id(s) {bad[:5]}")
+        exclude = {cat.item_index[x] for x in req.filters.exclude}
+        exclude |= {known[x] for x in view.ignored(args.exclude_shown) if x in known}
+        added = cat.added  # every stage answers with at least these runtime items applied
+        seen = [(known[x], c) for x, c in view.impressions() if x in known]
+        inputs = PolicyInputs(recent=live[-5:], shown=[i for i, _ in seen], clicked=[c for _, c in seen],
+                              explore=args.explore_candidates, dim=args.policy_item_dim,
+                              bandwidth=args.policy_bandwidth)
+        live_stages = {known[x]: STAGES[e] for x, e in view.deepest().items() if x in known}
+        cands, ranked = await self.stages.retrieve_and_rank(CandidateQuery(history, times, added, inputs), user,
+                                                            live_stages)
+        f = req.filters
+        items = cands.items[ranked.order]
+        keep = np.array([int(i) not in exclude and cat.allowed(int(i), f.category, f.price_min, f.price_max)
+                         for i in items], dtype=bool)
+        rows = ranked.order[keep]  # into the candidate set
+        kept_items = items[keep]
+        request_id = uuid.uuid4().hex
+        item_ids = [cat.item_ids[int(i)] for i in kept_items]
+        stale = view.stale(args.stale_alpha)
+        query = PolicyQuery(request_id, item_ids, ranked.scores[keep], rows, req.context, req.k,
+                            cands.policy[rows] if len(rows) else None, cands.vectors[rows] if len(rows) else None,
+                            ranked.p_cart[keep] if ranked.p_cart is not None else None,
+                            ranked.p_purchase[keep] if ranked.p_purchase is not None else None,
+                            args.stale_epsilon if stale else None, (rows >= cands.explore_from) if stale else None)
+        slate = await self.stages.choose(query)
+        reasons = [r for r, k in zip(ranked.reasons, keep) if k]
+        now = time.time()
+        context_hash = hashlib.sha256(json.dumps(req.context, sort_keys=True).encode()).hexdigest()[:16]
+        out = []
+        for s in slate.slots:
+            j = s.index
+            entry = {"item_id": item_ids[j], "title": cat.titles[int(kept_items[j])], "position": s.position,
+                     "score": round(float(query.scores[j]), 5), "propensity": round(s.propensity, 6),
+                     "greedy": s.greedy, "reason": self._reason(reasons[j])}
+            if query.p_cart is not None:
+                entry["p_cart"] = float(query.p_cart[j])
+                entry["p_purchase"] = float(query.p_purchase[j])
+            out.append(entry)
+        await self.append("impressions", [
+            {"request_id": request_id, "user_id": req.user_id, "context_hash": context_hash,
+             "num_candidates": len(item_ids), "item_id": o["item_id"], "position": o["position"],
+             "propensity": o["propensity"], "greedy": o["greedy"], "score": o["score"],
+             "model_version": ranked.model_version, "policy_version": slate.policy_version,
+             "timestamp": now} for o in out])
+        if state != "unavailable":
+            try:  # register what was shown: feedback is accepted for exactly these items
+                await self.state.issue(request_id, key, [o["item_id"] for o in out])
+            except StateUnavailable:
+                state = "unavailable"
+        body = {"request_id": request_id, "user_known": user is not None, "items": out,
+                "model_version": ranked.model_version, "policy_version": slate.policy_version, "state": state,
+                "live_history": len(live), "explore_harder": stale}
+        if session is not None:
+            body["session_id"] = session
+        return body
+
+    def _reason(self, reason: dict) -> dict:
+        src = reason.get("because_of")
+        return {"because_you_saw": self.catalog.item_ids[src] if src is not None else None,
+                "shared": reason.get("shared", [])}
+
+    # -- /feedback -------------------------------------------------------------------------------
+
+    async def feedback(self, req: FeedbackRequest) -> dict:
+        """Accepted only for an item that the request showed; the same (request, item, event)
+        counts once (a repeat answers ``duplicate`` and records nothing)."""
+        if await self.unknown([req.item_id]):
+            raise ServiceError(400, f"item_id: unknown item {req.item_id!r}")
+        # checked, then logged durably, then recorded: an event whose log write failed (503) or
+        # was cut off is not yet "recorded", so the client's retry is not taken for a duplicate
+        # (a retry after a cut between log and record logs it twice: read_feedback de-duplicates)
+        try:
+            rec = await self.state.check(req.request_id, req.item_id, req.event)
+        except StateUnavailable as exc:
+            raise ServiceError(503, f"feedback not recorded, retry later: {exc}") from None
+        if rec.outcome is Outcome.UNKNOWN_REQUEST:
+            raise ServiceError(404, f"request_id: {req.request_id!r} was not issued by this app (or has expired)")
+        if rec.outcome is Outcome.NOT_SHOWN:
+            raise ServiceError(400, f"item_id: request {req.request_id!r} did not show item {req.item_id!r}")
+        if rec.outcome is Outcome.DUPLICATE:
+            return {"status": "duplicate", "learned": False, "history": False}
+        await self.append("events", [{"request_id": req.request_id, "item_id": req.item_id, "event": req.event,
+                                      "timestamp": time.time()}])
+        try:
+            rec = await self.state.record(req.request_id, req.item_id, req.event)
+        except StateUnavailable as exc:
+            raise ServiceError(503, f"feedback logged but not applied, retry: {exc}") from None
+        if rec.outcome is Outcome.DUPLICATE:  # a concurrent copy of this event got there first
+            return {"status": "duplicate", "learned": False, "history": False}
+        if rec.outcome is not Outcome.RECORDED:
+            raise ServiceError(404, f"request_id: {req.request_id!r} has expired")
+        learned = self.args.policy_learning and await self.stages.learn(req.request_id, req.item_id, req.event)
+        return {"status": "recorded", "learned": bool(learned), "history": req.event in HISTORY_EVENTS}
+
+    # -- items -----------------------------------------------------------------------------------
+
+    async def add_item(self, item: NewItem) -> dict:
+        """Add a catalogue item at runtime: stored durably, given a content vector by the models'
+        item towers and put into the vector index, recommendable at once -- no retrain."""
+        record = item.model_dump()
+        if not await self.unknown([item.item_id]):
+            raise ServiceError(409, f"item_id: {item.item_id!r} is already in the catalogue")
+        problem = await self.stages.check_content(record)  # embedded there first
+        if problem:
+            raise ServiceError(400, problem)
+        if await self.stages.add_item(record) < 0:
+            raise ServiceError(409, f"item_id: {item.item_id!r} is already in the catalogue")
+        await self.sync(force=True)
+        return {"item_id": item.item_id, "status": "added", "items_added": self.catalog.added}
+
+    async def similar(self, item_id: str, k: int = 10) -> dict:
+        if not 1 <= k <= 100:
+            raise ServiceError(422, "k must be between 1 and 100")
+        if await self.unknown([item_id]):
+            raise ServiceError(404, f"unknown item {item_id!r}")
+        items = await self.stages.similar(self.catalog.item_index[item_id], k, self.catalog.added)
+        return {"item_id": item_id, "similar": [{"item_id": self.catalog.item_ids[i],
+                                                 "title": self.catalog.titles[i]} for i in items]}
+
+    async def readiness(self) -> tuple[str, bool]:
+        """``(model version, whether the user state answers)``, with the runtime items synced."""
+        version, state_ok = await asyncio.gather(self.stages.ready(), self.state.ping())
+        await self.sync()
+        return version, state_ok
+
+
+# -- in one process ------------------------------------------------------------------------------
+
+
+def user_state_config(args: AppArgs) -> UserStateConfig:
+    return UserStateConfig(max_events=args.state_max_events, exclude_shown=args.exclude_shown,
+                           shown_window=args.shown_window, session_ttl_s=args.session_ttl_s)
+
+
+class LocalState:
+    """:class:`StatePort` over an in-process :class:`~serving.user_state.MemoryUserState`."""
+
+    def __init__(self, state: MemoryUserState):
+        self.state = state
+
+    async def view(self, key: str) -> UserView:
+        return self.state.view(key)
+
+    async def issue(self, request_id: str, key: str, items: list[str]) -> None:
+        self.state.issue(request_id, key, items)
+
+    async def check(self, request_id: str, item_id: str, event: str) -> Recorded:
+        return self.state.check(request_id, item_id, event)
+
+    async def record(self, request_id: str, item_id: str, event: str) -> Recorded:
+        return self.state.record(request_id, item_id, event)
+
+    async def ping(self) -> bool:
+        return self.state.ping()
+
+
+class LocalRegistry:
+    """Runtime items kept in memory (one process; the Serve app's :class:`ItemRegistry` stores them)."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    async def since(self, n: int) -> list[dict]:
+        return self.records[n:]
+
+    async def add(self, record: dict) -> int:
+        if any(r["item_id"] == record["item_id"] for r in self.records):
+            return -1
+        self.records.append({**record, "position": len(self.records)})
+        return len(self.records) - 1
+
+
+class LocalStages:
+    """:class:`Stages` in one process: retrieval, ranking and the policy as plain objects; the
+    model work runs in a worker thread (``offload``) so an event loop keeps serving meanwhile."""
+
+    def __init__(self, args: AppArgs, registry: LocalRegistry | None = None, offload: bool = True,
+                 served=None):
+        """``served``: a :class:`~serving.runtime_items.ServedModel` already loaded (else
+        ``args.model_dir`` is loaded)."""
+        from serving.schemas import ModelSpec
+        from serving.stages import ModelHolder, PolicyCore, Ranking, Retrieval
+
+        self.registry = registry or LocalRegistry()
+        self.holder = ModelHolder(args, self.registry.since, with_index=True)
+        if served is None:
+            self.holder.load(ModelSpec(model_dir=args.model_dir, model_version=args.model_version))
+        else:
+            self.holder.served = served
+        self.retrieval, self.ranking = Retrieval(self.holder), Ranking(self.holder)
+        self.policy = PolicyCore(args, background=False)
+        self.offload = offload
+
+    async def _run(self, fn, *a):
+        return await asyncio.to_thread(fn, *a) if self.offload else fn(*a)
+
+    async def retrieve_and_rank(self, q: CandidateQuery, user: int | None,
+                                live_stages: dict[int, int]) -> tuple[CandidateSet, RankedList]:
+        served = await self.holder.current(q.items_version)  # runtime items applied on the loop
+
+        def work() -> tuple[CandidateSet, RankedList]:
+            cands = self.retrieval.compute(served, q)
+            return cands, self.ranking.compute(served, [RankQuery(q.history, cands.items, cands.dense, user,
+                                                                  q.items_version, live_stages)])[0]
+
+        return await self._run(work)
+
+    async def similar(self, item: int, k: int, items_version: int) -> list[int]:
+        return await self.retrieval.similar(item, k, items_version)
+
+    async def choose(self, q: PolicyQuery) -> Slate:
+        return self.policy.choose(q)
+
+    async def learn(self, request_id: str, item_id: str, event: str) -> bool:
+        return self.policy.feedback(request_id, item_id, event)
+
+    async def since(self, n: int) -> list[dict]:
+        return await self.registry.since(n)
+
+    async def add_item(self, record: dict) -> int:
+        return await self.registry.add(record)
+
+    async def check_content(self, record: dict) -> str | None:
+        return self.holder.check_content(record)
+
+    async def ready(self) -> str:
+        return self.holder.version()

@@ -1,0 +1,176 @@
+"""``RecommendService`` in one process, without Ray: the whole request path over a small model,
+the real user state, the real feedback log and the real policy."""
+
+import asyncio
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the model fixtures of tests/unit
+from test_new_items import VOCAB, _pipe  # noqa: E402
+from test_ranker import N_ITEMS, _train  # noqa: E402
+
+from serving.catalog import Catalog
+from serving.feedback_log import FeedbackLog, FeedbackLogConfig
+from serving.images import ImageSource
+from serving.index import VectorIndex
+from serving.runtime_items import ServedModel
+from serving.schemas import AppArgs, FeedbackRequest, NewItem, RecommendRequest
+from serving.service import LocalStages, LocalState, RecommendService, ServiceError
+from serving.user_state import MemoryUserState, StateUnavailable, UserStateConfig
+from training.data.feedback import read_feedback
+from training.new_items import ContentEncoder
+
+
+def _served() -> ServedModel:
+    s = object.__new__(ServedModel)  # a ServedModel over an in-memory model (no model directory)
+    s.pipe, s.version, s.applied, s.quarantined, s.images = _pipe(), "t1", 0, set(), ImageSource(None)
+    s.encoder = ContentEncoder(VOCAB, {}, None, None, read_image=ImageSource(None).read)
+    s.index = VectorIndex(s.pipe.stage.retriever.item_vecs.numpy())
+    return s
+
+
+def _catalog() -> Catalog:
+    train = _train()
+    ids = [f"i{j}" for j in range(N_ITEMS)]
+    return Catalog(ids, {x: j for j, x in enumerate(ids)}, [f"item {j}" for j in range(N_ITEMS)],
+                   [f"c{j % 3}" for j in range(N_ITEMS)], np.linspace(1, 30, N_ITEMS),
+                   {f"u{u}": u for u in range(train.num_users)}, train, N_ITEMS)
+
+
+class App:
+    def __init__(self, tmp_path: Path, state=None, append=None, **extra):
+        self.args = AppArgs(model_dir="(in memory)", data_dir="(in memory)", policy_state=str(tmp_path / "policy.npz"),
+                            **extra)
+        self.log = FeedbackLog(FeedbackLogConfig(root=str(tmp_path / "feedback"), wal_dir=str(tmp_path / "wal")),
+                               "test")
+        self.stages = LocalStages(self.args, offload=False, served=_served())
+        self.root = tmp_path
+
+        async def append_to_log(table, records):
+            self.log.append_many(table, records)
+
+        self.service = RecommendService(self.args, _catalog(), self.stages,
+                                        state or LocalState(MemoryUserState(UserStateConfig())),
+                                        append or append_to_log)
+
+    def run(self, coro):
+        return asyncio.run(coro)
+
+    def recommend(self, **req):
+        return self.run(self.service.recommend(RecommendRequest(**req)))
+
+    def feedback(self, **req):
+        return self.run(self.service.feedback(FeedbackRequest(**req)))
+
+
+@pytest.fixture
+def app(tmp_path):
+    return App(tmp_path, policy_epsilon=0.0, policy_alpha=0.0, policy_diversity=0.0, explore_candidates=0,
+               stale_alpha=0.0)
+
+
+def test_a_known_user_gets_a_logged_slate_of_unseen_items(app):
+    body = app.recommend(user_id="u3", k=5, context={"device": "web"})
+    items = [o["item_id"] for o in body["items"]]
+    history = {f"i{j}" for j in _train().row(3)}
+    assert len(items) == 5 == len(set(items)) and not history & set(items)
+    assert [o["position"] for o in body["items"]] == list(range(5))
+    assert all(o["propensity"] == 1.0 and o["greedy"] for o in body["items"])  # epsilon 0
+    scores = [o["score"] for o in body["items"]]
+    assert scores == sorted(scores, reverse=True)  # greedy over the ranker's order (no learning yet)
+    assert body["model_version"] == "t1" and body["user_known"] and body["state"] == "live"
+    assert all(o["reason"]["because_you_saw"] in history for o in body["items"])
+    app.log.close()
+    logged = read_feedback(str(app.root / "feedback"), "impressions")
+    assert logged["item_id"].to_pylist() == items and set(logged["request_id"].to_pylist()) == {body["request_id"]}
+
+
+def test_feedback_enters_the_history_and_the_policy_and_is_checked(app):
+    before = app.recommend(user_id="u1", k=4)
+    bought = before["items"][-1]["item_id"]
+    assert app.feedback(request_id=before["request_id"], item_id=bought, event="purchase") == \
+        {"status": "recorded", "learned": True, "history": True}
+    assert app.feedback(request_id=before["request_id"], item_id=bought, event="purchase")["status"] == "duplicate"
+    after = app.recommend(user_id="u1", k=4)
+    assert after["live_history"] == 1 and bought not in [o["item_id"] for o in after["items"]]
+    assert after["policy_version"] != before["policy_version"]
+    with pytest.raises(ServiceError) as e:
+        app.feedback(request_id="never", item_id="i0", event="click")
+    assert e.value.status == 404
+    shown = {o["item_id"] for o in after["items"]}
+    other = next(f"i{j}" for j in range(N_ITEMS) if f"i{j}" not in shown)
+    with pytest.raises(ServiceError) as e:
+        app.feedback(request_id=after["request_id"], item_id=other, event="click")
+    assert e.value.status == 400 and "did not show" in e.value.detail
+    with pytest.raises(ServiceError) as e:
+        app.feedback(request_id=after["request_id"], item_id="no-such-item", event="click")
+    assert e.value.status == 400 and "unknown item" in e.value.detail
+
+
+def test_filters_sessions_and_bad_ids(app):
+    body = app.recommend(user_id="u2", k=5, filters={"category": "c1", "price_max": 20})
+    cat = _catalog()
+    for o in body["items"]:
+        j = cat.item_index[o["item_id"]]
+        assert cat.categories[j] == "c1" and cat.prices[j] <= 20
+    excluded = app.recommend(user_id="u2", k=5, filters={"exclude": [o["item_id"] for o in body["items"]]})
+    assert not {o["item_id"] for o in body["items"]} & {o["item_id"] for o in excluded["items"]}
+    anon = app.recommend(history=["i0", "i1"], k=3)
+    assert anon["session_id"] and not anon["user_known"] and not {"i0", "i1"} & {o["item_id"] for o in anon["items"]}
+    for req in ({"history": ["i0", "nope"]}, {"user_id": "u2", "filters": {"exclude": ["nope"]}}):
+        with pytest.raises(ServiceError) as e:
+            app.recommend(**req)
+        assert e.value.status == 400 and "nope" in e.value.detail
+
+
+def test_items_added_at_runtime_are_similar_and_recommendable(app):
+    new = NewItem(item_id="new-1", attributes=["a0", "a1"], price=3.0, category="c0")
+    assert app.run(app.service.add_item(new))["items_added"] == 1
+    with pytest.raises(ServiceError) as e:
+        app.run(app.service.add_item(new))
+    assert e.value.status == 409
+    with pytest.raises(ServiceError) as e:
+        app.run(app.service.add_item(NewItem(item_id="empty")))
+    assert e.value.status == 400 and "no content" in e.value.detail
+    similar = app.run(app.service.similar("new-1", k=5))["similar"]
+    assert len(similar) == 5 and "new-1" not in [s["item_id"] for s in similar]
+    body = app.recommend(history=[s["item_id"] for s in similar[:3]], k=N_ITEMS)
+    assert "new-1" in [o["item_id"] for o in body["items"]]  # retrieved and ranked among the rest
+    with pytest.raises(ServiceError) as e:
+        app.run(app.service.similar("nope"))
+    assert e.value.status == 404
+
+
+class DownState:
+    async def _down(self, *a):
+        raise StateUnavailable("down")
+
+    view = issue = check = record = _down
+
+    async def ping(self):
+        return False
+
+
+def test_a_state_backend_that_is_down_degrades_answers_and_refuses_feedback(tmp_path):
+    app = App(tmp_path, state=DownState())
+    body = app.recommend(user_id="u1", k=3)
+    assert body["state"] == "unavailable" and len(body["items"]) == 3
+    with pytest.raises(ServiceError) as e:
+        app.feedback(request_id=body["request_id"], item_id=body["items"][0]["item_id"], event="click")
+    assert e.value.status == 503
+    assert app.run(app.service.readiness()) == ("t1", False)
+
+
+def test_a_log_that_cannot_be_written_acknowledges_nothing(tmp_path):
+    async def broken(table, records):
+        raise ServiceError(503, "could not be recorded durably")
+
+    state = LocalState(MemoryUserState(UserStateConfig()))
+    app = App(tmp_path, state=state, append=broken)
+    with pytest.raises(ServiceError) as e:
+        app.recommend(user_id="u1", k=3)
+    assert e.value.status == 503
+    assert not state.state.requests  # nothing issued: no feedback can refer to an unlogged answer
