@@ -80,9 +80,9 @@ class HandleStages:
         return await self.retriever.check_content.remote(record)
 
     async def ready(self) -> str:
-        if self.ranker is not None:
-            await self.ranker.ready.remote()
-        return await self.retriever.ready.remote()
+        """The served model version (the ranker's: what the answers report); both stages loaded."""
+        version = await self.retriever.ready.remote()
+        return await self.ranker.ready.remote() if self.ranker is not None else version
 
 
 @serve.deployment(max_ongoing_requests=64)  # async: waits on the other deployments, not the CPU

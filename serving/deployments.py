@@ -10,6 +10,7 @@ runtime live in the :class:`ItemRegistry` and reach every replica through
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -107,6 +108,9 @@ class _Batched:
     async def _rank(self, q: RankQuery) -> RankedList:
         self.waiting += 1
         try:
+            # one turn of the event loop first: requests already queued on it register before the
+            # decision (ranking itself never yields, so without this none would ever be seen)
+            await asyncio.sleep(0)
             if self.adaptive and self.waiting == 1:  # nobody to wait for
                 return (await self.ranking.rank([q]))[0]
             return await self._rank_batch(q)

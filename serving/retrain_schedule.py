@@ -104,8 +104,13 @@ class RetrainTrigger:
 
         self.args, self.count = args, count_rows
         self.schedule = RetrainSchedule(args.retrain_every_events, args.retrain_every_minutes)
-        # a new replica (after a promotion, say) starts counting from the log as it is now
-        self.schedule.start(self._events(), time.time())
+        # a new replica (after a promotion, say) starts counting from the log as it is at its first
+        # successful count (a log it cannot read yet must not count as all new later)
+        self.counted = False
+        events = self._events()
+        if events is not None:
+            self.schedule.start(events, time.time())
+            self.counted = True
         self.job = {"feedback": args.feedback_root, "data": args.base_data_dir or args.data_dir,
                     "model": args.model_dir, "work": args.retrain_work, "epochs": args.retrain_epochs,
                     "workers": args.retrain_workers, "epsilon": args.policy_epsilon,
@@ -115,12 +120,12 @@ class RetrainTrigger:
         self.stop = threading.Event()
         threading.Thread(target=self._loop, name="retrain-schedule", daemon=True).start()
 
-    def _events(self) -> int:
+    def _events(self) -> int | None:
         try:
             return self.count(self.args.feedback_root, "events")
         except Exception as exc:  # noqa: BLE001 -- the store may be down; try again next poll
             log.warning("retrain schedule: cannot count the feedback log (%s)", str(exc)[:200])
-            return self.schedule.events_at_start
+            return None
 
     def _write_app_args(self) -> str:
         """The app's arguments, for the job's promotion (base data kept: see the module doc)."""
@@ -144,6 +149,12 @@ class RetrainTrigger:
     def tick(self) -> bool:
         """Start a retrain when due and none is running; whether one was started."""
         events, now = self._events(), time.time()
+        if events is None:
+            return False
+        if not self.counted:
+            self.schedule.start(events, now)
+            self.counted = True
+            return False
         if not self.schedule.due(events, now):
             return False
         actor = retrainer()

@@ -107,8 +107,11 @@ class CandidateStage:
     def given(self, history: Interactions, items: np.ndarray, label: np.ndarray) -> Candidates:
         """Features of given candidate ``items`` (``-1`` = none; a slate the app showed, say) for each
         history row, with the retriever's score and rank of each as if it had retrieved them."""
-        scores = self.retriever.score(None, history).float().numpy()
-        return Candidates(np.arange(history.num_users), items, self._scored_features(history, items, scores), label)
+        scores = self.retriever.score(None, history).float()
+        for u in range(history.num_users):  # as in generate: a history item is never a candidate
+            scores[u, torch.from_numpy(history.row(u))] = -torch.inf
+        return Candidates(np.arange(history.num_users), items, self._scored_features(history, items, scores.numpy()),
+                          label)
 
     def _scored_features(self, history: Interactions, items: np.ndarray, retr: np.ndarray) -> np.ndarray:
         safe = np.where(items >= 0, items, 0)

@@ -19,9 +19,10 @@ Rates are smoothed towards the overall rate, fitted non-increasing down the slat
 regression, weighted by impressions) and floored at ``min_theta``; with fewer than ``min_clicks`` exploration engagements the log says too little and
 every ``theta`` is 1 (no reweighting; the report says so).
 
-**Leakage.** A list whose engagement is at or after the user's validation event (the second to
-last of the merged data, ``loo`` split) is left out: the holdout the retrain gate compares models
-on, and the early-stopping lists, stay unseen.
+**Leakage.** A list with any engagement at or after the user's validation event (the second to
+last of the merged data: the ``loo`` split over all event types, which ``raycart retrain`` uses) is
+left out: the holdout the retrain gate compares models on, and the early-stopping lists, stay
+unseen. (Other split schemes would need their own cut-off; retrain does not offer them.)
 
 Plain numpy/pyarrow, no Ray.
 """
@@ -161,8 +162,8 @@ def exposure_lists(ds: Dataset, impressions: pa.Table, events: pa.Table, max_wei
         if user is None:
             report["anonymous_or_unknown_user"] += 1
             continue
-        first = min(engaged_at[(rid[r], shown_items[r])] for r in rows[engaged[rows]])
-        if first >= cutoff[user]:
+        last = max(engaged_at[(rid[r], shown_items[r])] for r in rows[engaged[rows]])
+        if last >= cutoff[user]:  # any of its engagements: a held-out event may be among them
             report["after_validation"] += 1
             continue
         slate = [items.get(shown_items[r], -1) for r in rows]
