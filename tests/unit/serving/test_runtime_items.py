@@ -38,7 +38,7 @@ def test_positions_come_from_the_records_not_the_listing(tmp_path):
 
 def _served() -> ServedModel:
     s = object.__new__(ServedModel)  # a ServedModel over an in-memory model (no model directory)
-    s.pipe, s.version, s.applied, s.quarantined, s.images = _pipe(), "t", 0, set(), ImageSource(None)
+    s.pipe, s.version, s.applied, s.quarantined, s.images = _pipe(), "t1", 0, set(), ImageSource(None)
     s.encoder = ContentEncoder(VOCAB, {}, None, None, read_image=ImageSource(None).read)
     s.index = VectorIndex(s.pipe.stage.retriever.item_vecs.numpy())
     return s

@@ -9,27 +9,15 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the model fixtures of tests/unit
-from test_new_items import VOCAB, _pipe  # noqa: E402
 from test_ranker import N_ITEMS, _train  # noqa: E402
+from test_runtime_items import _served  # noqa: E402
 
 from serving.catalog import Catalog
 from serving.feedback_log import FeedbackLog, FeedbackLogConfig
-from serving.images import ImageSource
-from serving.index import VectorIndex
-from serving.runtime_items import ServedModel
 from serving.schemas import AppArgs, FeedbackRequest, NewItem, RecommendRequest
 from serving.service import LocalStages, LocalState, RecommendService, ServiceError
 from serving.user_state import MemoryUserState, StateUnavailable, UserStateConfig
 from training.data.feedback import read_feedback
-from training.new_items import ContentEncoder
-
-
-def _served() -> ServedModel:
-    s = object.__new__(ServedModel)  # a ServedModel over an in-memory model (no model directory)
-    s.pipe, s.version, s.applied, s.quarantined, s.images = _pipe(), "t1", 0, set(), ImageSource(None)
-    s.encoder = ContentEncoder(VOCAB, {}, None, None, read_image=ImageSource(None).read)
-    s.index = VectorIndex(s.pipe.stage.retriever.item_vecs.numpy())
-    return s
 
 
 def _catalog() -> Catalog:
