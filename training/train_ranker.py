@@ -32,20 +32,36 @@ import numpy as np
 import torch
 
 from training.baselines.itemknn import ItemKNN, ItemKNNConfig
-from training.candidates import Candidates, CandidateStage, catalogue_scores, generate_candidates
+from training.candidates import (
+    Candidates,
+    CandidateStage,
+    catalogue_scores,
+    generate_candidates,
+)
 from training.data.dataset import load_dataset, read_manifest
 from training.data.exposure import ExposureLists
 from training.data.funnel import dataset_stage_map, lookup
+from training.data.interactions import Interactions
 from training.data.splits import build_split, split_from_manifest
 from training.errors import DataError
 from training.evaluation.metrics import EvalConfig, evaluate
 from training.features import attribute_vocabulary, item_text
 from training.loop import LoopSpec, fit, plot_learning_curve, run_epochs
 from training.modeldir import read_model_json, read_state, save_model_dir
-from training.models.encoders import ImageEncoder, ImageEncoderConfig, TextEncoder, TextEncoderConfig
+from training.models.encoders import (
+    ImageEncoder,
+    ImageEncoderConfig,
+    TextEncoder,
+    TextEncoderConfig,
+)
 from training.models.ranker import Ranker, RankerConfig, ranker_loss
-from training.models.text_tuning import TunedImage, TunedText, bottom_states, image_bottom_states
 from training.models.retriever import ItemFeatures, RetrieverScorer, left_pad
+from training.models.text_tuning import (
+    TunedImage,
+    TunedText,
+    bottom_states,
+    image_bottom_states,
+)
 from training.pipeline import TwoStageScorer
 
 
@@ -297,21 +313,23 @@ def prepare_examples(job: RankerJob) -> dict:
         arrays["cand_stage"] = lookup(stages, train_task.users, tr.items)
         held["hist_stage"] = lookup(stages, held_task.users, held["history"])
     if job.exposure:
-        arrays = _with_exposure(arrays, ExposureLists.load(job.exposure), ds, stage, stages, cfg.max_len)
+        arrays = _with_exposure(arrays, ExposureLists.load(job.exposure), valid.full, stage, stages, cfg.max_len)
     return {"stages": stages, "tuning": tuning, "ds": ds, "test": test, "retriever": retriever, "r_state": r_state, "r_doc": doc, "prices": prices,
             "feats": feats,
             "arrays": arrays, "held": held}
 
 
-def _with_exposure(arrays: dict, lists: ExposureLists, ds, stage: CandidateStage, stages, max_len: int) -> dict:
-    """``arrays`` plus the shown-slate lists (weighted; the sampled lists weigh 1), padded to one width."""
+def _with_exposure(arrays: dict, lists: ExposureLists, interactions: Interactions, stage: CandidateStage, stages,
+                   max_len: int) -> dict:
+    """``arrays`` plus the shown-slate lists (weighted; the sampled lists weigh 1), padded to one
+    width; their histories from ``interactions`` (the split's sequences)."""
     if not len(lists):
         print("[ranker] exposure lists: none", flush=True)
         return arrays
-    if lists.users.max() >= ds.num_users or lists.items.max() >= ds.num_items:
-        raise DataError(f"exposure lists name users/items beyond the dataset's {ds.num_users:,} users / "
-                        f"{ds.num_items:,} items: made for another dataset?")
-    hist = lists.histories(ds.interactions(dedupe=True))
+    if lists.users.max() >= interactions.num_users or lists.items.max() >= interactions.num_items:
+        raise DataError(f"exposure lists name users/items beyond the dataset's {interactions.num_users:,} users / "
+                        f"{interactions.num_items:,} items: made for another dataset?")
+    hist = lists.histories(interactions)
     c = stage.given(hist, lists.items, lists.label)
     extra = {"history": left_pad([hist.row(i) for i in range(hist.num_users)], max_len), "items": c.items,
              "dense": c.dense, "label": c.label}
@@ -353,10 +371,8 @@ def train_ranker(job: RankerJob, callbacks: list | None = None) -> dict:
     print(f"[ranker] Ray Train run '{name}': {n:,} training lists of {job.model.train_candidates} candidates, "
           f"{len(ex['held']['task'].users):,} held-out users; rerunning the same job resumes it", flush=True)
     init = None
-    if job.init_from:
-        from training.modeldir import load_model
-
-        init = {k: v.detach().cpu().numpy() for k, v in load_model(job.init_from).ranker.state_dict().items()}
+    if job.init_from:  # the ranker's weights only (the "w/" arrays of its state), not the whole pipeline
+        init = {k[2:]: v for k, v in read_state(job.init_from).items() if k.startswith("w/")}
         print(f"[ranker] warm start from {job.init_from}", flush=True)
     saved = fit(train_loop, {"job": job, "arrays": ray.put(ex["arrays"]), "held": ray.put(ex["held"]),
                              "features": ray.put(ex["feats"].arrays()), "tuning": ray.put(ex["tuning"]),

@@ -37,10 +37,9 @@ import pyarrow.parquet as pq
 
 from training import storage
 from training.data.dataset import Dataset
+from training.data.from_feedback import KEPT as ENGAGED
 from training.data.interactions import Interactions
 from training.errors import DataError
-
-ENGAGED = ("click", "cart", "purchase")
 
 
 @dataclass(frozen=True)

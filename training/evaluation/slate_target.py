@@ -118,19 +118,13 @@ class LoggedSlates:
         return np.exp(log_e - self.log_b)
 
 
-def slate_weights(impressions: pa.Table, events: pa.Table, rank: Ranker, epsilon: float
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Per logged request: ``pi_e(slate) / pi_b(slate)`` and the request's reward, in request-id order."""
-    logged = LoggedSlates.of(impressions, events)
-    return logged.weights(rank, epsilon), logged.value
-
-
 def target_slate_value(impressions: pa.Table, events: pa.Table, rank: Ranker, epsilon: float,
                        bootstrap: int = 1000, seed: int = 0) -> dict:
     """Slate IPS/SNIPS of epsilon-greedy over ``rank``'s rankings on the logged requests."""
-    w, value = slate_weights(impressions, events, rank, epsilon)
+    logged = LoggedSlates.of(impressions, events)
+    w, value = logged.weights(rank, epsilon), logged.value
     wr = w * value
-    out = {"requests": int(len(w)), "epsilon": epsilon,
+    out = {"requests": len(w), "epsilon": epsilon,
            "logged": {"value": float(value.mean())},
            "ips": {"value": float(wr.mean())},
            "snips": {"value": float(wr.sum() / w.sum()) if w.sum() > 0 else float("nan")},
@@ -150,7 +144,7 @@ def compare_targets(impressions: pa.Table, events: pa.Table, old: Ranker, new: R
     logged = LoggedSlates.of(impressions, events)
     w_old, w_new, value = logged.weights(old, epsilon), logged.weights(new, epsilon), logged.value
     d = (w_new - w_old) * value
-    out = {"requests": int(len(value)), "epsilon": epsilon, "old_ips": float((w_old * value).mean()),
+    out = {"requests": len(value), "epsilon": epsilon, "old_ips": float((w_old * value).mean()),
            "new_ips": float((w_new * value).mean()), "difference": float(d.mean()),
            "old_effective_sample_size": effective_sample_size(w_old),
            "new_effective_sample_size": effective_sample_size(w_new)}
