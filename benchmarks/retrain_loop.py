@@ -87,7 +87,7 @@ def one_loop(a: argparse.Namespace, seed: int, url: str, shop, data: Path, ranke
     from shop_app import app_args
     from shop_app import deploy as shop_deploy
 
-    from serving.retrain import RetrainJob, promote, retrain
+    from serving.retrain import RetrainJob, retrain
     from serving.simulator import SimConfig, simulate
 
     work = Path(tempfile.mkdtemp(prefix="raycart-retrain-loop-"))
@@ -121,7 +121,7 @@ def one_loop(a: argparse.Namespace, seed: int, url: str, shop, data: Path, ranke
     if candidate is not None:
         print("\n[retrain-loop] promotion under load", flush=True)
         served = deploy("promotion", ranker, data, carry=work / "day1")
-        res["promotion"] = promotion_under_load(url, served, work, candidate, report, promote, RetrainJob)
+        res["promotion"] = promotion_under_load(url, served, work, candidate, report, list(shop.tastes))
         serve.delete("raycart")
     res["day2"] = {}
     # off: the serving model and data; on: the candidate with the merged data (as retrain promotes
@@ -137,7 +137,7 @@ def one_loop(a: argparse.Namespace, seed: int, url: str, shop, data: Path, ranke
     return res
 
 
-def promotion_under_load(url: str, served: dict, work: Path, candidate: str, report: dict, promote, job_cls,
+def promotion_under_load(url: str, served: dict, work: Path, candidate: str, report: dict, users: list[str],
                          clients: int = 4) -> dict:
     """Clients stream ``/recommend`` while ``retrain``'s promotion redeploys the app with the
     candidate and the merged data: failed requests, latency percentiles during the rollout, and
@@ -147,9 +147,9 @@ def promotion_under_load(url: str, served: dict, work: Path, candidate: str, rep
     import numpy as np
     import requests
 
-    from training.data.dataset import load_dataset
+    from serving.retrain import promote
 
-    users = load_dataset(served["data_dir"]).users["external_id"].to_pylist()[:clients]
+    users = users[:clients]
     app_args = work / "promotion-app-args.json"
     app_args.write_text(json.dumps(served))
     answers: list[tuple[float, int, str | None, float]] = []
@@ -169,8 +169,7 @@ def promotion_under_load(url: str, served: dict, work: Path, candidate: str, rep
         th.start()
     time.sleep(3)
     t0 = time.time()
-    job = job_cls(feedback="", data=served["data_dir"], model=served["model_dir"], work=str(work), app_args=str(app_args))
-    promote(job, candidate, report["version"], report["data"])
+    promote(str(app_args), candidate, report["version"], report["data"])
     deadline = time.time() + 120
     while time.time() < deadline and not (len(answers) > clients
                                           and all(x[2] == report["version"] for x in answers[-clients:])):

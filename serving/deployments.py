@@ -11,60 +11,31 @@ runtime live in the :class:`ItemRegistry` and reach every replica through
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
-import threading
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.messages import CandidateQuery, CandidateSet, RankedList, RankQuery
 from serving.netbind import bind_replica_grpc_to_node_address
-from serving.runtime_items import load_registry
+from serving.runtime_items import ItemStore
 from serving.schemas import AppArgs, ModelSpec
 from serving.stages import ModelHolder, Ranking, Retrieval
-from training import storage
-
-log = logging.getLogger(__name__)
 
 
 @serve.deployment(num_replicas=1)
 class ItemRegistry:
-    """The items added at runtime, in order (item ``n`` gets internal id ``catalogue size + n``),
-    each stored under ``items_root`` -- with its position, so ids are stable across restarts --
-    before it is acknowledged, and replayed on start. One replica and one lock: it is the single
-    writer; every other replica pulls what it has not applied yet (:meth:`since`).
-
-    On start a position whose file is missing or unreadable, or a second record of an id, becomes
-    a **quarantined** placeholder: it keeps its position (no later id shifts), is never
-    recommended, and is logged -- it never blocks the other items or the app."""
+    """The single writer of the items added at runtime (:class:`~serving.runtime_items.ItemStore`):
+    one replica; every other replica pulls what it has not applied yet (:meth:`since`)."""
 
     def __init__(self, args: AppArgs):
         bind_replica_grpc_to_node_address()
-        self.lock = threading.Lock()  # Serve runs sync methods in a thread pool
-        self.fs, self.root = storage.resolve(args.items_root)
-        self.fs.create_dir(self.root, recursive=True)
-        self.records, problems = load_registry(self.fs, self.root)
-        for problem in problems:
-            log.warning("item registry: %s", problem)
-        self.ids = {r["item_id"] for r in self.records if not r.get("quarantined")}
+        self.store = ItemStore(args.items_root)
 
     def add(self, record: dict) -> int:
-        """Store ``record``; its position, or -1 when the id was already added."""
-        with self.lock:
-            if record["item_id"] in self.ids:
-                return -1
-            n = len(self.records)
-            stored = {**record, "position": n}
-            path = f"{self.root}/item-{n:09d}.json"
-            storage.write_durably(self.fs, path + ".tmp", path, json.dumps(stored).encode())
-            self.records.append(stored)
-            self.ids.add(record["item_id"])
-            return n
+        return self.store.add(record)
 
     def since(self, n: int) -> list[dict]:
-        with self.lock:
-            return self.records[n:]
+        return self.store.since(n)
 
 
 class _ServesModel:

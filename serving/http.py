@@ -93,10 +93,7 @@ def configure(runtime: Runtime, args) -> FastAPI:
 
 
 def _runtime(request: Request) -> Runtime:
-    runtime = getattr(request.app.state, "runtime", None)
-    if runtime is None:
-        raise ServiceError(503, "starting")
-    return runtime
+    return request.app.state.runtime  # set by configure() before the app serves
 
 
 @api.exception_handler(RequestValidationError)

@@ -56,7 +56,7 @@ class RetrainJob:
 def gate(old: dict, new: dict, ope: dict, ndcg_margin: float, min_ess: float) -> dict:
     """The decision from the two models' holdout metrics and the OPE comparison (rules in the module doc)."""
     holdout_ok = new["NDCG@10"] >= old["NDCG@10"] - ndcg_margin
-    ess = min(ope.get("old_effective_sample_size", 0), ope.get("new_effective_sample_size", 0))
+    ess = min(ope["old_effective_sample_size"], ope["new_effective_sample_size"])
     if ess < min_ess or "difference_ci95" not in ope:
         ope_verdict = "inconclusive"
     else:
@@ -137,7 +137,7 @@ def retrain(job: RetrainJob) -> dict:
                                          "ope": "refuse when the paired 95% interval of new - old is below 0"},
                    "decision": decision})
     if decision["promote"] and job.app_args:
-        report["promoted"] = promote(job, candidate, version, data)
+        report["promoted"] = promote(job.app_args, candidate, version, data)
     return _finish(job, report, t0)
 
 
@@ -145,8 +145,8 @@ def _brief(metrics: dict) -> dict:
     return {k: metrics[k] for k in ("HR@10", "NDCG@10", "HR@20", "NDCG@20") if k in metrics}
 
 
-def promote(job: RetrainJob, candidate: str, version: str, data: str) -> dict:
-    """Redeploy the app with the candidate (a complete model directory, published atomically by
+def promote(app_args: str, candidate: str, version: str, data: str) -> dict:
+    """Redeploy the app running with ``app_args`` (its AppArgs as YAML/JSON) with the candidate (a complete model directory, published atomically by
     training under its version's name) and the merged data ``data``."""
     import yaml
     from ray import serve
@@ -154,12 +154,11 @@ def promote(job: RetrainJob, candidate: str, version: str, data: str) -> dict:
     from serving.app import build_app
     from serving.schemas import AppArgs
 
-    raw = yaml.safe_load(storage.read_bytes(job.app_args))
-    # the merged data too: its histories hold the engagement the candidate learned from
-    args = AppArgs(**{**raw, "model_dir": storage.absolute(candidate), "model_version": version,
-                      "data_dir": storage.absolute(data),
-                      # the next retrain merges the log into the base data again, not into this merge
-                      "base_data_dir": raw.get("base_data_dir") or raw["data_dir"]})
+    serving = AppArgs(**yaml.safe_load(storage.read_bytes(app_args)))
+    # the merged data too: its histories hold the engagement the candidate learned from; the next
+    # retrain merges the log into the base data again, not into this merge
+    args = serving.model_copy(update={"model_dir": storage.absolute(candidate), "model_version": version,
+                                      "data_dir": storage.absolute(data), "base_data_dir": serving.base_data})
     serve.run(build_app(args), name="raycart", route_prefix="/")
     print(f"[retrain] promoted {version}: the app now serves {candidate}", flush=True)
     return {"model_dir": candidate, "model_version": version, "data_dir": data}

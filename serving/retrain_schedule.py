@@ -100,9 +100,7 @@ def retrainer() -> ray.actor.ActorHandle:
 class RetrainTrigger:
     def __init__(self, args: AppArgs):
         bind_replica_grpc_to_node_address()
-        from training.data.feedback import count_rows
-
-        self.args, self.count = args, count_rows
+        self.args = args
         self.schedule = RetrainSchedule(args.retrain_every_events, args.retrain_every_minutes)
         # a new replica (after a promotion, say) starts counting from the log as it is at its first
         # successful count (a log it cannot read yet must not count as all new later)
@@ -111,32 +109,29 @@ class RetrainTrigger:
         if events is not None:
             self.schedule.start(events, time.time())
             self.counted = True
-        self.job = {"feedback": args.feedback_root, "data": args.base_data_dir or args.data_dir,
+        self.job = {"feedback": args.feedback_root, "data": args.base_data,
                     "model": args.model_dir, "work": args.retrain_work, "epochs": args.retrain_epochs,
                     "workers": args.retrain_workers, "epsilon": args.policy_epsilon,
                     "ndcg_margin": args.retrain_ndcg_margin,
                     "app_args": self._write_app_args()}
-        self.pending = None
         self.stop = threading.Event()
         threading.Thread(target=self._loop, name="retrain-schedule", daemon=True).start()
 
     def _events(self) -> int | None:
         try:
-            return self.count(self.args.feedback_root, "events")
+            from training.data.feedback import count_rows
+
+            return count_rows(self.args.feedback_root, "events")
         except Exception as exc:  # noqa: BLE001 -- the store may be down; try again next poll
             log.warning("retrain schedule: cannot count the feedback log (%s)", str(exc)[:200])
             return None
 
     def _write_app_args(self) -> str:
-        """The app's arguments, for the job's promotion (base data kept: see the module doc)."""
-        import json
-
+        """The app's arguments, for the job's promotion."""
         from training import storage
 
         path = storage.join(self.args.retrain_work, "app-args.json")
-        doc = self.args.model_dump()
-        doc["base_data_dir"] = self.args.base_data_dir or self.args.data_dir
-        storage.write_file(path, json.dumps(doc, indent=2).encode())
+        storage.write_file(path, self.args.model_dump_json(indent=2).encode())
         return path
 
     def _loop(self) -> None:
@@ -162,7 +157,7 @@ class RetrainTrigger:
             return False
         self.schedule.start(events, now)
         log.info("retrain due (%d events in the log); starting it", events)
-        self.pending = actor.run.remote(self.job)
+        actor.run.remote(self.job)  # runs on in the detached actor; status() reports it
         return True
 
     def status(self) -> dict:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 
 import pyarrow.fs as pafs
 
 from serving.images import ImageRefused, ImageSource
 from serving.index import VectorIndex
 from serving.schemas import ModelSpec
+from training import storage
 from training.modeldir import load_model, read_model_json
 from training.new_items import ContentEncoder, model_encoders, rows_table
 
@@ -133,3 +135,37 @@ class ServedModel:
         if self.index is not None:
             self.index.add(vecs)
         self.applied += len(records)
+
+
+class ItemStore:
+    """The items added at runtime, in order (item ``n`` gets internal id ``catalogue size + n``),
+    each stored under ``root`` -- with its position, so ids are stable across restarts -- before
+    it is acknowledged, and replayed on start (:func:`load_registry`: missing or unreadable
+    positions become quarantined placeholders). Thread-safe; the single writer of its root."""
+
+    def __init__(self, root: str):
+        self.lock = threading.Lock()
+        self.fs, self.root = storage.resolve(root)
+        self.fs.create_dir(self.root, recursive=True)
+        self.records, problems = load_registry(self.fs, self.root)
+        for problem in problems:
+            log.warning("item registry: %s", problem)
+        self.ids = {r["item_id"] for r in self.records if not r.get("quarantined")}
+
+    def add(self, record: dict) -> int:
+        """Store ``record``; its position, or -1 when the id was already added."""
+        with self.lock:
+            if record["item_id"] in self.ids:
+                return -1
+            n = len(self.records)
+            stored = {**record, "position": n}
+            path = f"{self.root}/item-{n:09d}.json"
+            storage.write_durably(self.fs, path + ".tmp", path, json.dumps(stored).encode())
+            self.records.append(stored)
+            self.ids.add(record["item_id"])
+            return n
+
+    def since(self, n: int) -> list[dict]:
+        with self.lock:
+            return self.records[n:]
+

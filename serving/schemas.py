@@ -184,3 +184,8 @@ class AppArgs(BaseModel):
     # the dataset the first model was trained on: a promoted app serves the merged data (data_dir),
     # the log is merged into this one (None: data_dir)
     base_data_dir: str | None = None
+
+    @property
+    def base_data(self) -> str:
+        """The dataset the feedback log is merged into when retraining (see ``base_data_dir``)."""
+        return self.base_data_dir or self.data_dir

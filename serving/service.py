@@ -309,19 +309,18 @@ class LocalState:
 
 
 class LocalRegistry:
-    """Runtime items kept in memory (one process; the Serve app's :class:`ItemRegistry` stores them)."""
+    """:class:`~serving.runtime_items.ItemStore` behind the async calls of :class:`Stages`."""
 
-    def __init__(self):
-        self.records: list[dict] = []
+    def __init__(self, root: str):
+        from serving.runtime_items import ItemStore
+
+        self.store = ItemStore(root)
 
     async def since(self, n: int) -> list[dict]:
-        return self.records[n:]
+        return self.store.since(n)
 
     async def add(self, record: dict) -> int:
-        if any(r["item_id"] == record["item_id"] for r in self.records):
-            return -1
-        self.records.append({**record, "position": len(self.records)})
-        return len(self.records) - 1
+        return self.store.add(record)
 
 
 class LocalStages:
@@ -335,7 +334,7 @@ class LocalStages:
         from serving.schemas import ModelSpec
         from serving.stages import ModelHolder, PolicyCore, Ranking, Retrieval
 
-        self.registry = registry or LocalRegistry()
+        self.registry = registry or LocalRegistry(args.items_root)
         self.holder = ModelHolder(args, self.registry.since, with_index=True)
         if served is None:
             self.holder.load(ModelSpec(model_dir=args.model_dir, model_version=args.model_version))

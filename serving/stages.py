@@ -161,9 +161,7 @@ class Retrieval:
             now = max(pipe.stage.end_us, int(t.max(initial=0)))
             times = np.where(t < 0, now, t)
         hist = history_row(q.history, times, pipe.num_items, pipe.stage.end_us)
-        user = pipe.stage.retriever.user_vectors(hist).numpy()
-        never = np.fromiter(s.quarantined, np.int64, len(s.quarantined))
-        items, scores = s.index.search(user, pipe.k, [np.r_[hist.row(0), never]])
+        user, never, items, scores = self._search(s, hist, pipe.k)
         vecs = pipe.stage.retriever.item_vecs.numpy()
         retrieved = items[0][items[0] >= 0]
         if live.explore:
@@ -185,10 +183,22 @@ class Retrieval:
         return CandidateSet(found, c.dense[0], policy, vecs[safe],
                             explore_from=len(retrieved) if live.explore else len(found))
 
+    @staticmethod
+    def _search(s: ServedModel, hist: Interactions, k: int):
+        """The user vector of ``hist``, the quarantined items, and the index's top ``k`` for it,
+        neither the history nor the quarantined items among them."""
+        user = s.pipe.stage.retriever.user_vectors(hist).numpy()
+        never = np.fromiter(s.quarantined, np.int64, len(s.quarantined))
+        items, scores = s.index.search(user, k, [np.r_[hist.row(0), never]])
+        return user, never, items, scores
+
     async def similar(self, item: int, k: int, items_version: int) -> list[int]:
-        """The ``k`` items nearest to ``item`` (the user tower over a one-item history)."""
-        c = await self.candidates(CandidateQuery(np.array([item], np.int64), None, items_version))
-        return [int(i) for i in c.items[:k] if i >= 0]
+        """The ``k`` items nearest to ``item`` (the user tower over a one-item history; the
+        index alone, no candidate features)."""
+        s = await self.holder.current(items_version)
+        hist = history_row(np.array([item], np.int64), None, s.pipe.num_items, s.pipe.stage.end_us)
+        items = self._search(s, hist, k)[2][0]
+        return [int(i) for i in items if i >= 0]
 
 
 class Ranking:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from chaos import registered_checkpoints
+from streams import RecommendStream
 
 pytestmark = pytest.mark.integration
 
@@ -143,7 +144,6 @@ def test_the_app_retrains_on_schedule_and_promotes_under_load(tiny_shop, logged,
     """``retrain_every_events`` on: shoppers' feedback through HTTP makes the app's schedule start a
     retrain (a detached job), whose gate passes and whose promotion swaps model and data while
     clients keep asking -- every request answered, the answers switch to the retrained version."""
-    import threading
 
     import requests
     from ray import serve
@@ -165,37 +165,19 @@ def test_the_app_retrains_on_schedule_and_promotes_under_load(tiny_shop, logged,
             "retrain_epochs": 1, "retrain_ndcg_margin": 0.2}
     try:
         serve.run(build_app(args), name="raycart", route_prefix="/")
-        users = [u for u in tiny_shop_users(tiny_shop)][:8]
+        users = tiny_shop_users(tiny_shop)[:8]
         for user in users[:6]:  # today's feedback: 6 clicks, the schedule wants 5
             rec = requests.post(url + "/recommend", json={"user_id": user, "k": 3}, timeout=60).json()
             fb = requests.post(url + "/feedback", json={"request_id": rec["request_id"],
                                                         "item_id": rec["items"][0]["item_id"], "event": "click"},
                                timeout=60)
             assert fb.status_code == 200, fb.text
-        answers: list[tuple[int, str | None]] = []
-        stop = threading.Event()
-
-        def client(user):
-            while not stop.is_set():
-                try:
-                    r = requests.post(url + "/recommend", json={"user_id": user, "k": 3}, timeout=60)
-                    answers.append((r.status_code, r.json().get("model_version") if r.status_code == 200 else r.text))
-                except requests.RequestException as exc:
-                    answers.append((0, str(exc)))
-                time.sleep(0.05)
-
-        threads = [threading.Thread(target=client, args=(u,)) for u in users[6:8]]
-        for t in threads:
-            t.start()
         deadline = time.time() + 400
-        try:
-            while time.time() < deadline and not (
-                    len(answers) > 4 and all(str(a[1]).startswith("retrain-") for a in answers[-4:])):
-                time.sleep(1)
-        finally:
-            stop.set()
-            for t in threads:
-                t.join()
+        with RecommendStream(url, users[6:8], pause_s=0.05) as stream:
+            stream.wait_until(lambda answers: len(answers) > 4 and all(str(a[1]).startswith("retrain-")
+                                                                        for a in answers[-4:]),
+                              timeout_s=400, poll_s=1)
+        answers = stream.answers
         retrainer = ray_cluster.get_actor(RETRAINER, namespace="raycart")
         # the job returns once serve.run has the app running: old replicas may still be draining
         # after the answers switched

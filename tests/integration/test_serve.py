@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 from netwatch import LOOPBACK, listeners
+from streams import RecommendStream
 
 from serving.redis_server import free_port
 from training.data.feedback import read_feedback
@@ -226,7 +227,6 @@ def test_model_rollout_drops_no_request(app):
     every deployment a new code version, so Serve replaces the replicas one by one; ``serve
     deploy`` with only model_dir/model_version changed is a user_config update, done in place.)"""
     import shutil
-    import threading
 
     from ray import serve
 
@@ -236,28 +236,12 @@ def test_model_rollout_drops_no_request(app):
     assert requests.post(url + "/items", json=_twin(app, 11, "before-rollout"), timeout=60).status_code == 201
     v2 = str(app["root"] / "ranker-v2")
     shutil.copytree(app["args"]["model_dir"], v2)
-    answers: list[tuple[int, str | None]] = []
-    stop = threading.Event()
-
-    def client(user):
-        while not stop.is_set():
-            try:
-                r = requests.post(url + "/recommend", json={"user_id": user, "k": 3}, timeout=30)
-                answers.append((r.status_code, r.json().get("model_version") if r.status_code == 200 else r.text))
-            except requests.RequestException as exc:
-                answers.append((0, str(exc)))
-
-    threads = [threading.Thread(target=client, args=(u,)) for u in app["users"][:2]]
-    for t in threads:
-        t.start()
-    time.sleep(2)
-    serve.run(build_app({**app["args"], "model_dir": v2, "model_version": "v2"}), name="raycart", route_prefix="/")
-    deadline = time.time() + 60
-    while time.time() < deadline and [a[1] for a in answers[-4:]] != ["v2"] * 4:
-        time.sleep(0.2)
-    stop.set()
-    for t in threads:
-        t.join()
+    with RecommendStream(url, app["users"][:2], timeout_s=30) as stream:
+        time.sleep(2)
+        serve.run(build_app({**app["args"], "model_dir": v2, "model_version": "v2"}), name="raycart",
+                  route_prefix="/")
+        stream.wait_until(lambda answers: [a[1] for a in answers[-4:]] == ["v2"] * 4, timeout_s=60)
+    answers = stream.answers
     failed = [a for a in answers if a[0] != 200]
     assert not failed, failed[:3]
     versions = [a[1] for a in answers]

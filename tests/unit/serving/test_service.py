@@ -31,7 +31,7 @@ def _catalog() -> Catalog:
 class App:
     def __init__(self, tmp_path: Path, state=None, append=None, **extra):
         self.args = AppArgs(model_dir="(in memory)", data_dir="(in memory)", policy_state=str(tmp_path / "policy.npz"),
-                            **extra)
+                            items_root=str(tmp_path / "items"), **extra)
         self.log = FeedbackLog(FeedbackLogConfig(root=str(tmp_path / "feedback"), wal_dir=str(tmp_path / "wal")),
                                "test")
         self.stages = LocalStages(self.args, offload=False, served=_served())
