@@ -33,6 +33,39 @@ def test_unseen_item_gets_a_content_vector_but_no_id_vector():
     assert pre_norm[7].abs().sum() == 0  # an id-only model has nothing for an unseen item
 
 
+def test_item_rows_equal_the_whole_table_rows():
+    feats = _feats(n=20)
+    feats.known[[2, 9]] = False
+    feats.attr_indptr[5:] -= 2  # item 4 has no attributes (an empty bag)
+    feats.attr_ids = np.delete(feats.attr_ids, [8, 9])
+    model = TwoTower(RetrieverConfig.tiny(), feats).eval()
+    ids = torch.tensor([9, 4, 0, 19, 2, 4])
+    with torch.no_grad():
+        torch.testing.assert_close(model.items.rows(ids), model.items.all_items()[ids])
+
+
+def test_sampled_loss_matches_the_whole_table_computation():
+    """The sampled softmax computes the vectors of the batch's items only; the loss is the one
+    the whole item table gives."""
+    torch.manual_seed(0)
+    feats = _feats(n=30)
+    cfg = RetrieverConfig(**{**RetrieverConfig.tiny().to_dict(), "loss": "sampled", "num_negatives": 7,
+                             "dropout": 0.0})
+    model = TwoTower(cfg, feats).eval()
+    seqs = torch.tensor([[0, 1, 2, 3], [-1, 4, 5, 6]])
+    targets = torch.tensor([[1, 2, 3, 4], [-1, 5, 6, 29]])
+    log_q = torch.log(torch.full((30,), 1 / 30))
+    got = model.loss(seqs, targets, log_q, torch.Generator().manual_seed(3))
+    neg = torch.multinomial(log_q.exp(), 7, replacement=True, generator=torch.Generator().manual_seed(3))
+    vecs = model.items.all_items()
+    valid = targets >= 0
+    h, y = model.encode(seqs, vecs)[valid], targets[valid]
+    pos = (h * vecs[y]).sum(-1, keepdim=True) - log_q[y, None]
+    negl = (h @ vecs[neg].T - log_q[neg][None, :]).masked_fill(neg[None, :] == y[:, None], float("-inf"))
+    want = torch.nn.functional.cross_entropy(torch.cat([pos, negl], 1), torch.zeros(len(y), dtype=torch.long))
+    torch.testing.assert_close(got, want)
+
+
 def test_full_and_sampled_losses_train():
     torch.manual_seed(0)
     feats = _feats()

@@ -132,6 +132,26 @@ class ItemTower(nn.Module):
                 setattr(self, name, torch.cat([old, rows]))
         self.num_items += m
 
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Vectors of the items ``ids`` only, ``(len(ids), dim)``: equal to ``all_items()[ids]`` at
+        a cost that grows with ``len(ids)``, not the catalogue (what the sampled softmax needs)."""
+        parts = []
+        if self.id_emb is not None:
+            parts.append(self.id_emb(ids) * self.known[ids, None])
+        if self.attr_emb is not None:
+            starts = self.attr_offsets[ids]
+            ends = torch.cat([self.attr_offsets[1:], self.attr_offsets.new_tensor([len(self.attr_ids)])])[ids]
+            lengths = ends - starts
+            offsets = torch.cumsum(lengths, 0) - lengths
+            flat = torch.repeat_interleave(starts - offsets, lengths) + torch.arange(int(lengths.sum()),
+                                                                                  device=ids.device)
+            parts.append(self.attr_emb(self.attr_ids[flat], offsets) * self.attr_present[ids, None])
+        if self.text_proj is not None:
+            parts.append(self.text_proj(self.text[ids]))
+        if self.image_proj is not None:
+            parts.append(self.image_proj(self.image[ids]))
+        return torch.stack(parts).sum(0)
+
     def all_items(self) -> torch.Tensor:
         """Vectors of every item, ``(num_items, dim)``."""
         parts = []
@@ -181,17 +201,28 @@ class TwoTower(nn.Module):
     def loss(self, seqs: torch.Tensor, targets: torch.Tensor, log_q: torch.Tensor | None = None,
              generator: torch.Generator | None = None) -> torch.Tensor:
         """Next-item loss at every non-padded position. ``targets[b, t]`` is the item after
-        ``seqs[b, :t+1]`` (-1 = no target)."""
-        item_vecs = self.items.all_items()
-        h = self.encode(seqs, item_vecs)
-        valid = targets >= 0
-        h, y = h[valid], targets[valid]
+        ``seqs[b, :t+1]`` (-1 = no target).
+
+        The full softmax needs every item's vector; the sampled one computes the vectors of the
+        batch's items and its negatives only, so a step costs the same at 10k or 1M items (apart
+        from the optimiser's pass over the id embeddings)."""
         if self.config.loss == "full":
-            return F.cross_entropy(h @ item_vecs.T, y)
+            item_vecs = self.items.all_items()
+            h = self.encode(seqs, item_vecs)
+            valid = targets >= 0
+            return F.cross_entropy(h[valid] @ item_vecs.T, targets[valid])
         assert log_q is not None, "sampled softmax needs the log sampling probabilities"
         neg = torch.multinomial(log_q.exp(), self.config.num_negatives, replacement=True, generator=generator)
-        pos_logit = (h * item_vecs[y]).sum(-1, keepdim=True) - log_q[y, None]
-        neg_logit = h @ item_vecs[neg].T - log_q[neg][None, :]
+        valid = targets >= 0
+        y = targets[valid]
+        ids, local = torch.unique(torch.cat([seqs.clamp(min=0).flatten(), y, neg]), return_inverse=True)
+        n_seq, n_y = seqs.numel(), len(y)
+        local_seqs = torch.where(seqs < 0, -1, local[:n_seq].view_as(seqs))
+        vecs = self.items.rows(ids)
+        h = self.encode(local_seqs, vecs)[valid]
+        y_local, neg_local = local[n_seq:n_seq + n_y], local[n_seq + n_y:]
+        pos_logit = (h * vecs[y_local]).sum(-1, keepdim=True) - log_q[y, None]
+        neg_logit = h @ vecs[neg_local].T - log_q[neg][None, :]
         neg_logit = neg_logit.masked_fill(neg[None, :] == y[:, None], float("-inf"))  # accidental hits
         logits = torch.cat([pos_logit, neg_logit], 1)
         return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long, device=logits.device))
