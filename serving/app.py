@@ -12,6 +12,9 @@ serving.app:build_app`` / ``serve deploy cluster/serve.yaml`` and for ``raycart 
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 import uuid
 
 from ray import serve
@@ -33,7 +36,10 @@ from serving.netbind import bind_replica_grpc_to_node_address
 from serving.policy import Policy
 from serving.schemas import AppArgs, ModelSpec
 from serving.service import RecommendService
+from serving.stages import PolicyCopy
 from serving.state_store import StateAccess, UserStateStore
+
+log = logging.getLogger(__name__)
 
 # per-deployment autoscaling with AppArgs.autoscaling (target ongoing requests per replica; the
 # Ranker's are high so that @serve.batch fills batches before a new replica is added)
@@ -49,8 +55,12 @@ class HandleStages:
     """:class:`serving.service.Stages` over the deployments' handles."""
 
     def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle | None, policy: DeploymentHandle,
-                 registry: DeploymentHandle):
+                 registry: DeploymentHandle, copy: PolicyCopy | None = None, copy_max_age_s: float = 0.0):
         self.retriever, self.ranker, self.policy, self.registry = retriever, ranker, policy, registry
+        self.copy, self.copy_max_age_s = copy, copy_max_age_s  # choose here (AppArgs.policy_copy_s)
+        self.copied_at = -float("inf")
+        self.refreshing: asyncio.Task | None = None
+        self.background: set[asyncio.Task] = set()  # impressions on their way to the learner
 
     async def retrieve_and_rank(self, q: CandidateQuery, user: int | None,
                                 live_stages: dict[int, int]) -> tuple[CandidateSet, RankedList]:
@@ -65,7 +75,34 @@ class HandleStages:
         return await self.retriever.similar.remote(item, k, items_version)
 
     async def choose(self, q: PolicyQuery) -> Slate:
-        return await self.policy.choose.remote(q)
+        if self.copy is None:
+            return await self.policy.choose.remote(q)
+        if self.copy.params is None:  # the first request waits for a copy
+            await self._refresh()
+        elif time.monotonic() - self.copied_at > self.copy_max_age_s and self.refreshing is None:
+            self.refreshing = asyncio.create_task(self._refresh())  # later requests use the new one
+        slate, shown = self.copy.choose(q)
+        self._later(self.policy.remember.remote(q.request_id, shown))
+        return slate
+
+    async def _refresh(self) -> None:
+        try:
+            started = time.monotonic()
+            self.copy.install(await self.policy.parameters.remote())
+            self.copied_at = started
+        finally:
+            self.refreshing = None
+
+    def _later(self, response) -> None:
+        async def wait() -> None:
+            try:
+                await response
+            except Exception as exc:  # noqa: BLE001 -- the impression is still in the feedback log
+                log.warning("policy did not receive an impression (%s)", str(exc)[:200])
+
+        task = asyncio.create_task(wait())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     async def learn(self, request_id: str, item_id: str, event: str) -> bool:
         return await self.policy.feedback.remote(request_id, item_id, event)
@@ -102,7 +139,9 @@ class Ingress:
                                                           background=True, retry_max_s=args.wal_retry_max_s),
                                         f"ingress-{writer}"))
         self.runtime = Runtime(RecommendService(args, Catalog.load(args.data_dir),
-                                                HandleStages(retriever, ranker, policy, registry),
+                                                HandleStages(retriever, ranker, policy, registry,
+                                                             PolicyCopy(args) if args.policy_copy_s > 0 else None,
+                                                             args.policy_copy_s),
                                                 StateAccess(args, state), self.edge.append), self.edge)
 
     def __serve_build_asgi_app__(self):

@@ -1,8 +1,11 @@
 """The retriever's vector index: inner-product search over the item-embedding table (FAISS).
 
-Exact search (``IndexFlatIP``) up to ``exact_limit`` items -- at 12k items and 64 dimensions a
-query costs ~1 ms on one core -- and HNSW (``IndexHNSWFlat``, inner product) above it, where exact
-search stops being cheap; ``recall_vs_exact`` measures what the approximation loses. Items can be
+``kind="auto"``: exact search (``IndexFlatIP``) up to ``exact_limit`` items -- at 12k items and 64
+dimensions a query costs ~1 ms on one core -- and HNSW (``IndexHNSWFlat``, inner product) above it,
+where exact search stops being cheap. ``kind`` also forces ``"exact"``, ``"hnsw"`` or ``"ivf"``
+(``IndexIVFFlat``: k-means cells, ``ivf_nprobe`` of ``ivf_nlist`` searched; quicker to build than
+HNSW, slower to query at the same recall -- ``benchmarks/catalog_1m.py`` measures both at 1M items).
+``recall_vs_exact`` measures what an approximation loses. Items can be
 added at runtime (``add``): a new item's content vector becomes retrievable without a rebuild.
 Plain Python + faiss, no Ray.
 """
@@ -14,13 +17,23 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+KINDS = ("auto", "exact", "hnsw", "ivf")
+
 
 @dataclass(frozen=True)
 class IndexConfig:
+    kind: str = "auto"
     exact_limit: int = 100_000
     hnsw_m: int = 32
     ef_construction: int = 200
     ef_search: int = 256  # >= the 200 candidates asked for: recall@200 0.93 on Beauty (0.84 at 128)
+    ivf_nlist: int = 4096
+    ivf_nprobe: int = 64
+    ivf_train_size: int = 200_000  # vectors k-means is trained on (a seeded sample of the catalogue)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"index kind must be one of {KINDS}, got {self.kind!r}")
 
     @classmethod
     def tiny(cls) -> IndexConfig:
@@ -31,13 +44,25 @@ class VectorIndex:
     def __init__(self, vectors: np.ndarray, config: IndexConfig = IndexConfig()):
         vecs = np.ascontiguousarray(vectors, dtype=np.float32)
         self.config, self.dim = config, vecs.shape[1]
-        self.exact = len(vecs) <= config.exact_limit
-        if self.exact:
+        kind = config.kind
+        if kind == "auto":
+            kind = "exact" if len(vecs) <= config.exact_limit else "hnsw"
+        if kind == "ivf" and len(vecs) < 39 * config.ivf_nlist:  # faiss wants >= 39 points per cell
+            kind = "exact"
+        self.kind, self.exact = kind, kind == "exact"
+        if kind == "exact":
             self.index = faiss.IndexFlatIP(self.dim)
-        else:
+        elif kind == "hnsw":
             self.index = faiss.IndexHNSWFlat(self.dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             self.index.hnsw.efConstruction = config.ef_construction
             self.index.hnsw.efSearch = config.ef_search
+        else:
+            self.quantizer = faiss.IndexFlatIP(self.dim)  # kept: the IVF index refers to it
+            self.index = faiss.IndexIVFFlat(self.quantizer, self.dim, config.ivf_nlist, faiss.METRIC_INNER_PRODUCT)
+            rng = np.random.default_rng(0)
+            sample = vecs[rng.choice(len(vecs), min(len(vecs), config.ivf_train_size), replace=False)]
+            self.index.train(sample)
+            self.index.nprobe = config.ivf_nprobe
         self.index.add(vecs)
 
     def __len__(self) -> int:
@@ -71,7 +96,7 @@ class VectorIndex:
 def recall_vs_exact(vectors: np.ndarray, queries: np.ndarray, k: int, config: IndexConfig) -> float:
     """Recall@k of the configured (possibly approximate) index against exact search."""
     approx = VectorIndex(vectors, config)
-    exact = VectorIndex(vectors, IndexConfig(exact_limit=len(vectors) + 1))
+    exact = VectorIndex(vectors, IndexConfig(kind="exact"))
     a, _ = approx.search(queries, k)
     e, _ = exact.search(queries, k)
     return float(np.mean([len(np.intersect1d(a[i], e[i])) / k for i in range(len(queries))]))

@@ -109,3 +109,14 @@ class SlotChoice:
 class Slate:
     policy_version: str
     slots: list[SlotChoice]
+
+
+@dataclass(frozen=True)
+class PolicyParams:
+    """A copy of the policy's parameters (``A^-1`` and the ridge solution ``theta``) that Ingress
+    replicas choose with when ``AppArgs.policy_copy_s`` > 0; ``version`` names them in the log."""
+
+    version: str
+    inverse: np.ndarray
+    theta: np.ndarray
+

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ray import serve
 
-from serving.messages import PolicyQuery, Slate
+from serving.messages import PolicyParams, PolicyQuery, Slate
 from serving.netbind import bind_replica_grpc_to_node_address
 from serving.schemas import AppArgs
 from serving.stages import PolicyCore
@@ -21,6 +21,12 @@ class Policy:
 
     def choose(self, q: PolicyQuery) -> Slate:
         return self.core.choose(q)
+
+    def remember(self, request_id: str, shown: dict) -> None:
+        self.core.remember(request_id, shown)
+
+    def parameters(self) -> PolicyParams:
+        return self.core.parameters()
 
     def feedback(self, request_id: str, item_id: str, event: str) -> bool:
         return self.core.feedback(request_id, item_id, event)

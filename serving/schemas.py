@@ -121,6 +121,11 @@ class AppArgs(BaseModel):
     # retriever and ranker in one deployment (one hop, one model copy) or two (scaled apart)
     topology: Literal["separate", "fused"] = "separate"
     model_version: str = "v1"
+    # the retriever's vector index (serving.index): exact up to 100k items and HNSW above ("auto"),
+    # or forced; ef_search / nprobe trade recall for speed (benchmarks/catalog_1m.py at 1M items)
+    index_kind: Literal["auto", "exact", "hnsw", "ivf"] = "auto"
+    index_ef_search: int = Field(256, ge=1)
+    index_nprobe: int = Field(64, ge=1)
     items_root: str = "raycart-work/new-items"  # items added at runtime (local or s3://), replayed on start
     # CPUs per replica of each deployment when no serve config overrides it: small, so that the
     # whole graph fits a laptop-sized local cluster; cluster/serve.yaml sets real values
@@ -151,6 +156,11 @@ class AppArgs(BaseModel):
     # the two halves of learning from feedback; both off = the "no-learning" arm of the closed loop
     realtime_state: bool = True  # /recommend reads the real-time history and the exclusion rules
     policy_learning: bool = True  # the policy updates from impressions and feedback
+    # 0: every choice at the single Policy replica (one hop per request); > 0: Ingress replicas
+    # choose from a copy of its parameters at most this many seconds old (plus one fetch) and tell
+    # it the impression afterwards -- one hop fewer, exact propensities for the copy used
+    # (serving.stages.PolicyCopy)
+    policy_copy_s: float = Field(0.0, ge=0)
     policy_item_dim: int = Field(16, ge=0)  # user x item product coordinates the policy learns over
     policy_bandwidth: float = Field(0.25, gt=0)  # kernel width of the shopper's recent click rate near an item
     # the policy's prior, in reward units (click 1, cart 2, purchase 5), as strong as `policy_ridge`

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from serving.images import ImageRefused, ImageSource
-from serving.index import VectorIndex
+from serving.index import IndexConfig, VectorIndex
 from serving.messages import (
     CandidateQuery,
     CandidateSet,
+    PolicyParams,
     PolicyQuery,
     RankedList,
     RankQuery,
@@ -91,13 +92,15 @@ class ModelHolder:
     def __init__(self, args: AppArgs, since: Since, with_index: bool):
         self.images = ImageSource(args.image_root, args.image_max_bytes, args.image_max_pixels)
         self.since, self.with_index = since, with_index
+        self.index_config = IndexConfig(kind=args.index_kind, ef_search=args.index_ef_search,
+                                        ivf_nprobe=args.index_nprobe)
         self.served: ServedModel | None = None
         self.lock = asyncio.Lock()
 
     def load(self, spec: ModelSpec) -> None:
         served = ServedModel(spec, self.images)
         if self.with_index:
-            served.index = VectorIndex(served.pipe.stage.retriever.item_vecs.numpy())
+            served.index = VectorIndex(served.pipe.stage.retriever.item_vecs.numpy(), self.index_config)
         self.served = served
 
     async def current(self, items_version: int) -> ServedModel:
@@ -299,14 +302,31 @@ class PolicyCore:
         version that chose it."""
         with self.lock:
             shown = self.policy.choose(q.items(), q.context, q.k, q.features, q.vectors, q.epsilon, q.explore_pool)
-            if self.args.policy_learning:
-                self.policy.observe_impression(shown)
-                self.shown[q.request_id] = {q.item_ids[s.index]: s.features for s in shown}
-                while len(self.shown) > self.args.policy_pending:  # older feedback is only logged
-                    self.shown.popitem(last=False)
-                self.changed += len(shown)
             version = self.version()
+            self._remember(q.request_id, {q.item_ids[s.index]: s.features for s in shown})
         return Slate(version, [SlotChoice(s.index, s.position, s.propensity, s.greedy) for s in shown])
+
+    def remember(self, request_id: str, shown: dict[str, np.ndarray]) -> None:
+        """An impression chosen elsewhere (a :class:`PolicyCopy` in an Ingress replica): learn
+        from it and keep its features for the request's feedback, as :meth:`choose` does."""
+        with self.lock:
+            self._remember(request_id, shown)
+
+    def _remember(self, request_id: str, shown: dict[str, np.ndarray]) -> None:
+        if not self.args.policy_learning:
+            return
+        for features in shown.values():
+            self.policy.update(features, 0.0)
+        self.shown[request_id] = shown
+        while len(self.shown) > self.args.policy_pending:  # older feedback is only logged
+            self.shown.popitem(last=False)
+        self.changed += len(shown)
+
+    def parameters(self) -> PolicyParams:
+        """What a :class:`PolicyCopy` chooses with, and the version it logs."""
+        with self.lock:
+            inverse, theta = self.policy.solution()
+            return PolicyParams(self.version(), inverse, theta)
 
     def feedback(self, request_id: str, item_id: str, event: str) -> bool:
         """Learn from one event; False when the (request, item) pair is not pending here."""
@@ -352,3 +372,31 @@ class PolicyCore:
     def close(self) -> None:
         self.stop.set()
         self.checkpoint(only_if_changed=True)
+
+
+class PolicyCopy:
+    """The policy's choice from a copy of its parameters (``AppArgs.policy_copy_s`` > 0): an
+    Ingress replica chooses without a round trip to the single Policy replica, which keeps
+    learning and is told of each impression afterwards (:meth:`PolicyCore.remember`).
+
+    Staleness: the copy is at most ``policy_copy_s`` old when a request starts a refresh, plus
+    one fetch; feedback between refreshes changes the next copy, not this one. The logged
+    propensities stay exact: they are computed from the very parameters that chose (whose
+    version is logged), with this copy's own random draws."""
+
+    def __init__(self, args: AppArgs, rng: np.random.Generator | None = None):
+        self.policy = LinUCBPolicy(policy_config(args), rng or np.random.default_rng())
+        self.params: PolicyParams | None = None
+
+    def install(self, params: PolicyParams) -> None:
+        self.policy.use_solution(params.inverse, params.theta)
+        self.params = params
+
+    def choose(self, q: PolicyQuery) -> tuple[Slate, dict[str, np.ndarray]]:
+        """The slate and the features of what it shows (for :meth:`PolicyCore.remember`)."""
+        if self.params is None:
+            raise RuntimeError("no policy parameters installed yet")
+        shown = self.policy.choose(q.items(), q.context, q.k, q.features, q.vectors, q.epsilon, q.explore_pool)
+        return (Slate(self.params.version, [SlotChoice(s.index, s.position, s.propensity, s.greedy) for s in shown]),
+                {q.item_ids[s.index]: s.features for s in shown})
+

@@ -41,3 +41,20 @@ def test_short_catalogue_pads():
     assert np.isneginf(scores[0, 2:]).all()
     with pytest.raises(ValueError):
         VectorIndex(np.eye(3, dtype=np.float32)).search(np.ones((1, 4)), 1)
+
+
+def test_ivf_recall_runtime_additions_and_small_catalogue_fallback():
+    rng = np.random.default_rng(2)
+    vecs = rng.normal(size=(4000, 16)).astype(np.float32)
+    queries = rng.normal(size=(50, 16)).astype(np.float32)
+    cfg = IndexConfig(kind="ivf", ivf_nlist=16, ivf_nprobe=8)
+    assert recall_vs_exact(vecs, queries, 10, cfg) >= 0.9
+    index = VectorIndex(vecs, cfg)
+    assert index.kind == "ivf"
+    new = rng.normal(size=(1, 16)).astype(np.float32) * 10
+    (new_id,) = index.add(new)
+    ids, _ = index.search(new, 1)
+    assert ids[0, 0] == new_id == 4000
+    assert VectorIndex(vecs[:100], cfg).kind == "exact"  # too few points to train 16 cells
+    with pytest.raises(ValueError, match="index kind"):
+        IndexConfig(kind="lsh")

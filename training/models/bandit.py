@@ -128,6 +128,17 @@ class LinUCBPolicy:
             self._solved = inv, inv @ (self.b + self.config.ridge * self.prior)
         return self._solved
 
+    def solution(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(A^-1, theta)``: all :meth:`choose` needs (copies, for another process to choose with)."""
+        inv, theta = self._solve()
+        return inv.copy(), theta.copy()
+
+    def use_solution(self, inverse: np.ndarray, theta: np.ndarray) -> None:
+        """Choose with another copy's :meth:`solution` (until this copy's next :meth:`update`)."""
+        if inverse.shape != (self.config.dim, self.config.dim) or theta.shape != (self.config.dim,):
+            raise ValueError(f"policy solution of shape {inverse.shape}/{theta.shape}, not dim {self.config.dim}")
+        self._solved = inverse, theta
+
     def ucb(self, x: np.ndarray) -> np.ndarray:
         inv, theta = self._solve()
         return x @ theta + self.config.alpha * np.sqrt(np.einsum("ij,jk,ik->i", x, inv, x).clip(min=0.0))
