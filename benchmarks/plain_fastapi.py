@@ -40,10 +40,15 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--workdir", required=True)
     p.add_argument("--port", type=int, default=8001)
+    p.add_argument("--app-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an AppArgs field (as serve_load.py passes it to every setup)")
     a = p.parse_args()
+    import yaml
+
+    extra = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in a.app_arg)}
     w = a.workdir
     args = AppArgs(model_dir=a.model, data_dir=a.data, feedback_root=f"{w}/feedback", wal_dir=f"{w}/wal",
-                   policy_state=f"{w}/policy.npz", items_root=f"{w}/items", state_dir=f"{w}/state")
+                   policy_state=f"{w}/policy.npz", items_root=f"{w}/items", state_dir=f"{w}/state", **extra)
     uvicorn.run(make_app(args), host="127.0.0.1", port=a.port, log_level="warning")
 
 

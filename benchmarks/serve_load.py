@@ -116,6 +116,11 @@ SETUPS = {
     "serve fused throughput-optimized": ({"topology": "fused"},
                                           {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}),
     "serve fused haproxy": ({"topology": "fused"}, {"RAY_SERVE_ENABLE_HA_PROXY": "1"}),
+    # the policy's choice in the Ingress from a copy of its parameters (no Policy hop)
+    "serve fused policy-copy": ({"topology": "fused", "policy_copy_s": 1.0}, None),
+    # user state in a Redis server the Ingress talks to directly (no UserStateStore hop)
+    "serve fused redis-state": ({"topology": "fused", "user_state": "redis"}, None),
+    "serve fused policy-copy redis-state": ({"topology": "fused", "policy_copy_s": 1.0, "user_state": "redis"}, None),
 }
 DEFAULT = "serve fused"  # the setup the target ratios (ratio_p50_c1, ratio_peak_qps) are computed for
 
@@ -160,7 +165,8 @@ def main() -> None:
     # 1. the plain FastAPI baseline: the same RecommendService and HTTP edge in one process
     port = free_port()
     plain = subprocess.Popen([sys.executable, str(ROOT / "benchmarks/plain_fastapi.py"), "--model", a.model,
-                              "--data", a.data, "--workdir", str(work / "plain"), "--port", str(port)],
+                              "--data", a.data, "--workdir", str(work / "plain"), "--port", str(port),
+                              *[f"--app-arg={x}" for x in a.app_arg]],
                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         wait_ready(f"http://127.0.0.1:{port}")
@@ -202,6 +208,12 @@ def main() -> None:
                 "items_root": str(root / "items"), "state_dir": str(root / "state"), **overrides, **extra}
         from serving.app import build_app
 
+        redis = None
+        if base.get("user_state") == "redis":  # a real server on 127.0.0.1, fresh per setup
+            from serving.redis_server import LocalRedis
+
+            redis = LocalRedis(root / "redis").start()
+            base["redis_url"] = redis.url
         try:
             serve.run(build_app(base), name="raycart", route_prefix="/")
             wait_ready(url)
@@ -217,6 +229,8 @@ def main() -> None:
             results[name] = [{"error": f"{type(exc).__name__}: {str(exc)[:500]}"}]
         finally:
             serve.shutdown()
+            if redis is not None:
+                redis.stop()
     shutil.rmtree(work, ignore_errors=True)
 
     base_rows = {r["concurrency"]: r for r in results["plain FastAPI"]}

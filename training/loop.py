@@ -93,9 +93,14 @@ def run_epochs(spec: LoopSpec, model: torch.nn.Module, opt: torch.optim.Optimize
 
 
 def fit(train_loop: Callable[[dict], None], loop_config: dict, *, name: str, storage_path: str, workers: int,
-        use_gpu: bool, max_failures: int, datasets: dict, callbacks: list | None = None) -> dict:
+        use_gpu: bool, max_failures: int, datasets: dict, callbacks: list | None = None,
+        placement: str = "PACK") -> dict:
     """Run ``train_loop`` under a ``TorchTrainer``; return the final checkpoint's saved state.
-    ``callbacks``: Ray Train callbacks, e.g. Tune's ``TuneReportCallback`` inside a sweep trial."""
+    ``callbacks``: Ray Train callbacks, e.g. Tune's ``TuneReportCallback`` inside a sweep trial.
+    ``placement``: the workers' placement-group strategy (``STRICT_SPREAD``: one worker per node).
+    After a worker (or its node) is lost, the group restarts in a new placement group on the
+    nodes that remain -- or waits, retrying, until the cluster has room (a replacement node) --
+    and resumes from the last checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -105,7 +110,7 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, *, name: str, sto
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, placement_strategy=placement),
         torch_config=BoundTorchConfig(),  # rendezvous store on the node address, not every interface
         run_config=RunConfig(name=name, storage_path=path,
                              storage_filesystem=fs if storage.is_s3(storage_path) else None,

@@ -16,7 +16,7 @@ def _cmd_retriever(args: argparse.Namespace) -> int:
     model = _config_from_args(args, RetrieverConfig)
     job = RetrieverJob(
         data=args.data, out=args.out, model=model, scheme=args.scheme, workers=args.workers, use_gpu=args.gpu,
-        storage=args.storage, name=args.name, max_failures=args.max_failures,
+        storage=args.storage, name=args.name, max_failures=args.max_failures, placement=args.placement,
         text=TextEncoderConfig(args.text_encoder) if args.text_encoder else None,
         image=ImageEncoderConfig(weights=args.image_encoder) if args.image_encoder else None,
         cache_dir=args.cache_dir, valid_users=args.valid_users)
@@ -74,6 +74,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default="raycart-work/ray-results", help="checkpoint storage (local or s3://bucket/path)")
     p.add_argument("--name", help="Ray Train run name (default: derived from the job; a rerun resumes)")
     p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from")
+    p.add_argument("--placement", default="PACK", choices=["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"],
+                   help="where the workers go: STRICT_SPREAD = one per node (a node loss costs one worker)")
 
 
 def _config_flags(p: argparse.ArgumentParser, config_cls) -> None:
@@ -108,7 +110,7 @@ def _cmd_ranker(args: argparse.Namespace) -> int:
 
     job = RankerJob(data=args.data, retriever=args.retriever, out=args.out, model=_config_from_args(args, RankerConfig),
                     scheme=args.scheme, workers=args.workers, use_gpu=args.gpu, storage=args.storage, name=args.name,
-                    max_failures=args.max_failures, valid_fraction=args.valid_fraction,
+                    max_failures=args.max_failures, placement=args.placement, valid_fraction=args.valid_fraction,
                     text=TextEncoderConfig(args.text_encoder) if args.text_encoder else None,
                     image=ImageEncoderConfig(weights=args.image_encoder) if args.image_encoder else None)
     load_dataset(args.data)  # bad paths and inputs fail here, before Ray starts

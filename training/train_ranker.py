@@ -77,6 +77,7 @@ class RankerJob:
     storage: str = "raycart-work/ray-results"
     name: str | None = None
     max_failures: int = 2
+    placement: str = "PACK"  # Ray Train workers: PACK, SPREAD, STRICT_SPREAD (one per node) or STRICT_PACK
     valid_fraction: float = 0.1  # of the validation users, held out for early stopping
     knn: ItemKNNConfig = field(default_factory=ItemKNNConfig)
     candidate_actors: int = 1
@@ -378,7 +379,7 @@ def train_ranker(job: RankerJob, callbacks: list | None = None) -> dict:
                              "features": ray.put(ex["feats"].arrays()), "tuning": ray.put(ex["tuning"]),
                              "init": ray.put(init) if init is not None else None},
                 name=name, storage_path=job.storage, workers=job.workers, use_gpu=job.use_gpu,
-                max_failures=job.max_failures,
+                max_failures=job.max_failures, placement=job.placement,
                 datasets={"train": ray.data.from_numpy(np.arange(n))}, callbacks=callbacks)
     return export_ranker(job, ex, saved, start)
 

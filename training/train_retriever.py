@@ -48,6 +48,7 @@ class RetrieverJob:
     storage: str = "raycart-work/ray-results"
     name: str | None = None  # default: "retriever-" + a hash of data, scheme and model config
     max_failures: int = 2
+    placement: str = "PACK"  # Ray Train workers: PACK, SPREAD, STRICT_SPREAD (one per node) or STRICT_PACK
     text: TextEncoderConfig | None = None
     image: ImageEncoderConfig | None = None
     cache_dir: str = "raycart-work/cache"
@@ -195,7 +196,7 @@ def train_retriever(job: RetrieverJob, callbacks: list | None = None) -> dict:
     saved = fit(train_loop, {"job": job, "features": ray.put(feats.arrays()), "valid": ray.put(valid),
                              "log_q": log_q},
                 name=name, storage_path=job.storage, workers=job.workers, use_gpu=job.use_gpu,
-                max_failures=job.max_failures,
+                max_failures=job.max_failures, placement=job.placement,
                 datasets={"train": ray.data.from_numpy(arrays)}, callbacks=callbacks)
     return export_retriever(job, (ds, valid, test, feats, arrays, log_q), saved, start)
 

@@ -13,72 +13,25 @@ Ray on the machine."""
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from netwatch import LOOPBACK, ListenerWatch, listeners
+from ray_nodes import clean_env as _env
+from ray_nodes import free_ports as _free_ports
+from ray_nodes import http as _http
+from ray_nodes import kill_session as _kill_session
 
 pytestmark = pytest.mark.integration
 RAY = str(Path(sys.executable).with_name("ray"))
 PORTS = ("gcs", "dashboard", "client", "agent_http", "agent_grpc", "runtime_env", "metrics",
          "autoscaler_metrics", "dashboard_metrics")
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):  # all held open at once: n distinct ports
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _env(home: Path, **extra: str) -> dict[str, str]:
-    """The test's environment without any Ray address or auth setting, HOME = ``home``."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("RAY_AUTH_") and k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
-    return env | {"HOME": str(home), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"} | extra
-
-
-def _session(sid: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,sess="], capture_output=True, text=True, check=True).stdout
-    return [pid for pid, sess in (map(int, line.split()) for line in out.splitlines()) if sess == sid]
-
-
-def _kill_session(sid: int) -> None:
-    """SIGKILL every process left in session ``sid`` (the one `ray start` led), and wait for them."""
-    for pid in _session(sid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.time() + 10
-    while _session(sid) and time.time() < deadline:
-        time.sleep(0.2)
-
-
-def _http(url: str, token: str | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 @pytest.fixture

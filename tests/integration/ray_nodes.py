@@ -1,0 +1,195 @@
+"""A real multi-node Ray cluster on this machine: a head and worker nodes, each a `ray start --block`
+process with its own resources, all on 127.0.0.1 with token authentication on.
+
+Each node is its own process session (``start_new_session``): :meth:`RayNodes.kill` SIGKILLs the
+whole session -- the raylet, its object store, its workers -- which is what losing the machine
+looks like to the rest of the cluster. The cluster has its own temp dir, HOME (no
+``~/.ray/auth_token`` is found) and free ports, including the two metrics ports Ray otherwise fixes
+at 44217/44227; it is never stopped with `ray stop`, which would stop every Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RAY = str(Path(sys.executable).with_name("ray"))
+HEAD_PORTS = ("gcs", "dashboard", "client", "agent_http", "agent_grpc", "runtime_env", "metrics",
+              "autoscaler_metrics", "dashboard_metrics")
+NODE_PORTS = ("node_manager", "object_manager", "agent_http", "agent_grpc", "runtime_env", "metrics")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):  # all held open at once: n distinct ports
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    """This process's environment without any Ray address or auth setting, HOME = ``home``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("RAY_AUTH_") and k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    return env | {"HOME": str(home), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"} | extra
+
+
+def session_pids(sid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,sess="], capture_output=True, text=True, check=True).stdout
+    return [pid for pid, sess in (map(int, line.split()) for line in out.splitlines()) if sess == sid]
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process left in session ``sid`` (the one a `ray start` led), and wait for them."""
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + 10
+    while session_pids(sid) and time.time() < deadline:
+        time.sleep(0.2)
+
+
+def http(url: str, token: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@dataclass
+class Node:
+    name: str
+    proc: subprocess.Popen
+    log: Path
+    resources: dict = field(default_factory=dict)
+
+
+class RayNodes:
+    """``start_head()``, ``add_node(name, ...)``, ``kill(name)``, ``stop()``; :attr:`env` is what a
+    client (the CLI, `ray job submit`, a driver) needs: the token and the cluster's address."""
+
+    def __init__(self, root: Path | None = None, node_env: dict[str, str] | None = None):
+        # short: Ray's unix sockets live below the temp dir
+        self.root = Path(root or tempfile.mkdtemp(prefix="rc-nodes-", dir="/tmp"))
+        self.home = self.root / "home"
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.token = secrets.token_hex(32)
+        self.ports = dict(zip(HEAD_PORTS, free_ports(len(HEAD_PORTS))))
+        self.node_env = node_env or {}  # every node's processes (e.g. S3 credentials for the workers)
+        self.nodes: dict[str, Node] = {}
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.ports['gcs']}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.ports['dashboard']}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return clean_env(self.home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, RAY_ADDRESS=self.address,
+                         **extra)
+
+    def _node_env(self) -> dict[str, str]:
+        return clean_env(self.home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token,
+                         AUTOSCALER_METRIC_PORT=str(self.ports["autoscaler_metrics"]),
+                         DASHBOARD_METRIC_PORT=str(self.ports["dashboard_metrics"]), **self.node_env)
+
+    def _start(self, name: str, cmd: list[str], env: dict[str, str], resources: dict) -> Node:
+        log = self.root / f"{name}.log"
+        with open(log, "w") as fh:
+            proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        node = Node(name, proc, log, resources)
+        self.nodes[name] = node
+        return node
+
+    def start_head(self, num_cpus: float = 1, resources: dict | None = None, timeout: float = 90) -> Node:
+        p = self.ports
+        cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={p['gcs']}",
+               "--dashboard-host=127.0.0.1", f"--dashboard-port={p['dashboard']}",
+               f"--ray-client-server-port={p['client']}", f"--dashboard-agent-listen-port={p['agent_http']}",
+               f"--dashboard-agent-grpc-port={p['agent_grpc']}", f"--runtime-env-agent-port={p['runtime_env']}",
+               f"--metrics-export-port={p['metrics']}", "--min-worker-port=0", "--max-worker-port=0",
+               f"--num-cpus={num_cpus}", f"--temp-dir={self.root / 'ray'}", "--disable-usage-stats"]
+        if resources:
+            import json
+
+            cmd.append(f"--resources={json.dumps(resources)}")
+        node = self._start("head", cmd, self._node_env(), resources or {})
+        deadline = time.time() + timeout
+        while True:
+            try:
+                if http(f"{self.dashboard}/api/jobs/")[0] == 401:  # up, and refusing
+                    break
+            except OSError:
+                pass
+            if node.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"ray start --head did not come up:\n{node.log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        return node
+
+    def add_node(self, name: str, num_cpus: float = 1, resources: dict | None = None, timeout: float = 90) -> Node:
+        import json
+
+        p = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS))))
+        cmd = [RAY, "start", "--block", f"--address={self.address}", "--node-ip-address=127.0.0.1",
+               f"--node-manager-port={p['node_manager']}", f"--object-manager-port={p['object_manager']}",
+               f"--dashboard-agent-listen-port={p['agent_http']}", f"--dashboard-agent-grpc-port={p['agent_grpc']}",
+               f"--runtime-env-agent-port={p['runtime_env']}", f"--metrics-export-port={p['metrics']}",
+               "--min-worker-port=0", "--max-worker-port=0", f"--num-cpus={num_cpus}",
+               f"--resources={json.dumps(resources or {})}", "--disable-usage-stats"]
+        before = self.alive()
+        node = self._start(name, cmd, self._node_env(), resources or {})
+        deadline = time.time() + timeout
+        while self.alive() <= before:
+            if node.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"ray start ({name}) did not join:\n{node.log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        return node
+
+    def alive(self) -> int:
+        """Nodes the GCS counts as alive (through the dashboard's API, with the token)."""
+        import json
+
+        code, body = http(f"{self.dashboard}/nodes?view=summary", self.token)
+        if code != 200:
+            return 0
+        summary = json.loads(body)["data"]["summary"]
+        return sum(1 for n in summary if n.get("raylet", {}).get("state") == "ALIVE")
+
+    def kill(self, name: str) -> None:
+        """Lose the node: every process of its session, at once (SIGKILL)."""
+        node = self.nodes.pop(name)
+        kill_session(node.proc.pid)
+        node.proc.wait(10)
+
+    def stop(self) -> None:
+        for name in [n for n in self.nodes if n != "head"] + (["head"] if "head" in self.nodes else []):
+            node = self.nodes.pop(name)
+            node.proc.terminate()  # `ray start --block` stops the processes it started on SIGTERM
+            try:
+                node.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+            kill_session(node.proc.pid)  # and whatever is left of its session (workers, job drivers)
+        shutil.rmtree(self.root, ignore_errors=True)
