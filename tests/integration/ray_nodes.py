@@ -159,7 +159,11 @@ class RayNodes:
                "--min-worker-port=0", "--max-worker-port=0", f"--num-cpus={num_cpus}",
                f"--resources={json.dumps(resources or {})}", "--disable-usage-stats"]
         before = self.alive()
-        node = self._start(name, cmd, self._node_env(), resources or {})
+        # `ray start --address` refuses to join with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (read as
+        # "single-node platform"); the node's listeners stay on loopback through
+        # --node-ip-address (the tests check with ss)
+        env = {**self._node_env(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+        node = self._start(name, cmd, env, resources or {})
         deadline = time.time() + timeout
         while self.alive() <= before:
             if node.proc.poll() is not None or time.time() > deadline:

@@ -46,31 +46,35 @@ class ItemKNN:
         self.config = config
         self.sim: sp.csr_matrix | None = None
 
-    def fit(self, train: Interactions, chunk: int | None = None) -> "ItemKNN":
-        """Compute the pruned similarity matrix, ``chunk`` item rows at a time (default: about
-        50M dense similarities per chunk, so memory stays near 1 GB for any catalogue size)."""
+    def fit(self, train: Interactions, chunk: int = 4096) -> "ItemKNN":
+        """Compute the pruned similarity matrix, ``chunk`` item rows at a time, sparse throughout:
+        only co-occurring pairs have a similarity above 0, so the cost follows the co-occurrences,
+        not the catalogue squared (a dense row per item took hours at 1M items). Ties in a row's
+        top ``neighbours`` go to the lower item id."""
         x = train.to_csr(binary=True).tocsc()  # users x items
         norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
         xt = x.T.tocsr()
         n = train.num_items
         k = min(self.config.neighbours, max(n - 1, 1))
-        chunk = chunk or max(64, min(4096, 50_000_000 // max(n, 1)))
         rows, cols, vals = [], [], []
         for lo in range(0, n, chunk):
             hi = min(lo + chunk, n)
-            co = (xt[lo:hi] @ x).toarray()  # co-occurrence counts, (chunk, n)
-            denom = norms[lo:hi, None] * norms[None, :] + self.config.shrink
-            sim = np.divide(co, denom, out=np.zeros_like(co, dtype=np.float32), where=denom > 0)
-            sim[np.arange(hi - lo), np.arange(lo, hi)] = 0.0  # no self-similarity
-            top = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (hi - lo, 1))
-            top_vals = np.take_along_axis(sim, top, axis=1)
-            keep = top_vals > 0
-            rows.append(np.repeat(np.arange(lo, hi), keep.sum(1)))
-            cols.append(top[keep])
-            vals.append(top_vals[keep])
+            co = (xt[lo:hi] @ x).tocoo()  # co-occurrence counts, (chunk, n), sparse
+            r, c = co.row.astype(np.int64), co.col.astype(np.int64)
+            sim = (co.data / (norms[r + lo] * norms[c] + self.config.shrink)).astype(np.float32)
+            keep = (c != r + lo) & (sim > 0)  # no self-similarity
+            r, c, sim = r[keep], c[keep], sim[keep]
+            order = np.lexsort((c, -sim, r))  # per row: best first, ties to the lower item id
+            r, c, sim = r[order], c[order], sim[order]
+            rank = np.arange(len(r)) - np.searchsorted(r, r)  # position within the row
+            top = rank < k
+            rows.append(r[top] + lo)
+            cols.append(c[top])
+            vals.append(sim[top])
         self.sim = sp.csr_matrix(
-            (np.concatenate(vals).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
-            shape=(n, n))
+            (np.concatenate(vals).astype(np.float32) if vals else np.zeros(0, np.float32),
+             (np.concatenate(rows) if rows else np.zeros(0, np.int64),
+              np.concatenate(cols) if cols else np.zeros(0, np.int64))), shape=(n, n))
         return self
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:

@@ -1,0 +1,125 @@
+"""Raycart on a real multi-node Ray cluster (issue 15): a head and worker nodes, each a `ray start`
+process with its own resources (:mod:`ray_nodes`), on 127.0.0.1 with token authentication on.
+
+The training job goes in as a user would send it: `ray job submit` with the token, the project in
+the job's ``runtime_env``, checkpoints on the SeaweedFS S3 server. Its two workers are placed one per
+node (``--placement STRICT_SPREAD``; asserted from Ray's State API); once the first checkpoint is on
+S3 a worker *node* is lost (every process of it SIGKILLed), the run waits for room, the test adds a
+replacement node, and the run resumes there from the checkpoint: every epoch once, one resume, and
+the job's status and logs readable with `ray job status/logs`."""
+
+from __future__ import annotations
+
+import collections
+import json
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from netwatch import ListenerWatch
+from ray_nodes import RayNodes, http
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).with_name("ray"))
+EPOCHS = 6
+
+
+def _state(nodes: RayNodes, what: str, **filters: str) -> list[dict]:
+    """Ray's State API (``/api/v0/<what>``) through the dashboard, with the token."""
+    query = {"detail": "true", "limit": "1000"}
+    if filters:
+        query |= {"filter_keys": list(filters), "filter_predicates": ["="] * len(filters),
+                  "filter_values": list(filters.values())}
+    code, body = http(f"{nodes.dashboard}/api/v0/{what}?{urllib.parse.urlencode(query, doseq=True)}", nodes.token)
+    assert code == 200, body[:500]
+    return json.loads(body)["data"]["result"]["result"]
+
+
+def _node_names(nodes: RayNodes) -> dict[str, str]:
+    """node id -> the test's name for it (each worker node carries a resource of its own name)."""
+    out = {}
+    for n in _state(nodes, "nodes"):
+        own = [r for r in n.get("resources_total", {}) if r.startswith("node_")]
+        out[n["node_id"]] = own[0] if own else ("head" if n.get("is_head_node") else "?")
+    return out
+
+
+def _job(nodes: RayNodes, *args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([RAY, "job", *args, "--address", nodes.dashboard], env=env, capture_output=True, check=False,
+                          text=True, timeout=120)
+
+
+@pytest.fixture
+def cluster(s3_server, tmp_path):
+    nodes = RayNodes(node_env=s3_server["env"])
+    try:
+        nodes.start_head(num_cpus=0)  # the head runs the job drivers and Ray's own actors, no workers
+        nodes.add_node("a", num_cpus=1, resources={"node_a": 1})
+        nodes.add_node("b", num_cpus=1, resources={"node_b": 1})
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+def test_training_spreads_over_nodes_and_resumes_after_losing_one(cluster, s3_server, tmp_path):
+    from training.data.cli import prepare
+
+    nodes, bucket, client = cluster, s3_server["bucket"], s3_server["client"]
+    data = str(tmp_path / "shop")
+    prepare("synthetic", None, data, num_users=1500, num_items=300, num_events=30_000, images=False)
+    prefix = f"multinode-{int(time.time())}"
+    out = tmp_path / "model"
+    env = nodes.env(**s3_server["env"])
+    runtime_env = {"working_dir": str(ROOT),
+                   "excludes": [".venv", ".git", "raycart-work", "benchmarks/results", "*.png", "__pycache__"],
+                   "env_vars": s3_server["env"]}
+    with ListenerWatch() as watch:
+        submitted = _job(nodes, "submit", "--no-wait", "--submission-id", prefix,
+                         "--runtime-env-json", json.dumps(runtime_env), "--",
+                         sys.executable, "-m", "training.cli", "train", "retriever", "--data", data,
+                         "--out", str(out), "--workers", "2", "--placement", "STRICT_SPREAD",
+                         "--storage", f"s3://{bucket}/{prefix}/runs", "--smoke", "--batch-size", "16", "--epochs", str(EPOCHS),
+                         "--patience", "100", "--max-failures", "3", env=env)
+        assert submitted.returncode == 0, submitted.stdout[-2000:] + submitted.stderr[-2000:]
+
+        def checkpoints() -> int:
+            listing = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/runs/")
+            return sum(1 for o in listing.get("Contents", []) if o["Key"].endswith("state.pt"))
+
+        deadline = time.time() + 300
+        while checkpoints() == 0:
+            status = _job(nodes, "status", prefix, env=env).stdout
+            assert "FAILED" not in status and time.time() < deadline, _job(nodes, "logs", prefix, env=env).stdout[-3000:]
+            time.sleep(1)
+        first = {w["node_id"] for w in _state(nodes, "actors", class_name="RayTrainWorker")}
+        names = _node_names(nodes)
+        assert sorted(names[n] for n in first) == ["node_a", "node_b"]  # one worker per node, none on the head
+
+        nodes.kill("a")  # the machine is gone: raylet, object store and the worker on it
+        time.sleep(5)
+        nodes.add_node("c", num_cpus=1, resources={"node_c": 1})  # the replacement
+
+        deadline = time.time() + 420
+        while True:
+            status = _job(nodes, "status", prefix, env=env).stdout
+            if "SUCCEEDED" in status or "FAILED" in status or time.time() > deadline:
+                break
+            time.sleep(2)
+        logs = _job(nodes, "logs", prefix, env=env).stdout
+        assert "SUCCEEDED" in status, status[-1000:] + logs[-4000:]
+        assert "[retriever] epoch" in logs and "resumed from checkpoint" in logs  # the progress lines, via ray job logs
+
+        doc = json.loads((out / "model.json").read_text())
+        assert [h["epoch"] for h in doc["history"]] == list(range(1, EPOCHS + 1))  # none lost, none repeated
+        assert doc["resumes"] >= 1
+        names = _node_names(nodes)
+        placed = collections.Counter(names.get(w["node_id"], "?") for w in
+                                     _state(nodes, "actors", class_name="RayTrainWorker"))
+        # the first group on a and b; the restarted one on b (survived) and c (the replacement)
+        assert placed["node_a"] == 1 and placed["node_b"] >= 2 and placed["node_c"] >= 1, placed
+        assert placed["head"] == 0, placed
+    assert not watch.outside, f"listening beyond loopback: {sorted(watch.outside)}"
