@@ -101,7 +101,7 @@ class CandidateStage:
         if targets is not None:
             for u in range(n):
                 label[u] = np.isin(items[u], targets.row(u)) & (items[u] >= 0)
-        return Candidates(np.arange(n), items, self._scored_features(history, items, scores.numpy()), label)
+        return Candidates(np.arange(n), items, self._scored_features(history, items, scores.numpy(), top=True), label)
 
     @torch.no_grad()
     def given(self, history: Interactions, items: np.ndarray, label: np.ndarray) -> Candidates:
@@ -113,9 +113,18 @@ class CandidateStage:
         return Candidates(np.arange(history.num_users), items, self._scored_features(history, items, scores.numpy()),
                           label)
 
-    def _scored_features(self, history: Interactions, items: np.ndarray, retr: np.ndarray) -> np.ndarray:
+    def _scored_features(self, history: Interactions, items: np.ndarray, retr: np.ndarray,
+                         top: bool = False) -> np.ndarray:
+        """``top``: ``items`` are each row's best-scored items, best first (``generate``), so every
+        item scoring higher than a candidate is among them and its rank comes from the list itself
+        -- no sort of the whole catalogue per user (100 ms a user at 1M items)."""
         safe = np.where(items >= 0, items, 0)
         retr_score = np.take_along_axis(retr, safe, 1)
+        if top and (items >= 0).all():
+            # rank = items scoring strictly higher = entries before the first one tied with it
+            rank = np.stack([np.searchsorted(-retr_score[u], -retr_score[u], side="left")
+                             for u in range(len(items))]) if len(items) else np.zeros(items.shape, np.int64)
+            return self.features(history, items, retr_score, rank)
         # rank of each candidate in the full retriever ordering (items scoring strictly higher)
         asc = np.sort(retr, axis=1)
         rank = np.stack([retr.shape[1] - np.searchsorted(asc[u], retr_score[u], side="right")
