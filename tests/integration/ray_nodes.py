@@ -76,6 +76,20 @@ def http(url: str, token: str | None = None) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
+# a worker node's process: what Cluster.add_node does, then wait; SIGTERM stops its processes
+WORKER_NODE = r"""
+import json, signal, sys, threading
+from ray._private.node import Node
+from ray._private.parameter import RayParams
+node = Node(RayParams(**json.loads(sys.argv[1])), head=False, shutdown_at_exit=False, spawn_reaper=False)
+print("node started", node.node_id, flush=True)
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+stop.wait()
+node.kill_all_processes(check_alive=False, allow_graceful=True)
+"""
+
+
 @dataclass
 class Node:
     name: str
@@ -149,25 +163,27 @@ class RayNodes:
         return node
 
     def add_node(self, name: str, num_cpus: float = 1, resources: dict | None = None, timeout: float = 90) -> Node:
+        """A worker node: a raylet (+ object store, agents) joining the head. Started the way
+        ``ray.cluster_utils.Cluster.add_node`` starts one -- a ``ray._private.node.Node`` -- but in
+        its own process session, because `ray start --address` refuses to join a second node
+        with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 and, with it set to 1, replaces 127.0.0.1 in the
+        address by the host's network IP, where the loopback-bound GCS is not listening."""
         import json
 
         p = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS))))
-        cmd = [RAY, "start", "--block", f"--address={self.address}", "--node-ip-address=127.0.0.1",
-               f"--node-manager-port={p['node_manager']}", f"--object-manager-port={p['object_manager']}",
-               f"--dashboard-agent-listen-port={p['agent_http']}", f"--dashboard-agent-grpc-port={p['agent_grpc']}",
-               f"--runtime-env-agent-port={p['runtime_env']}", f"--metrics-export-port={p['metrics']}",
-               "--min-worker-port=0", "--max-worker-port=0", f"--num-cpus={num_cpus}",
-               f"--resources={json.dumps(resources or {})}", "--disable-usage-stats"]
+        spec = {"gcs_address": self.address, "node_ip_address": "127.0.0.1", "num_cpus": num_cpus,
+                "resources": resources or {}, "node_manager_port": p["node_manager"],
+                "object_manager_port": p["object_manager"], "dashboard_agent_listen_port": p["agent_http"],
+                "metrics_agent_port": p["agent_grpc"], "runtime_env_agent_port": p["runtime_env"],
+                "metrics_export_port": p["metrics"], "min_worker_port": 0, "max_worker_port": 0,
+                "object_store_memory": 100 * 1024 * 1024, "include_log_monitor": False}
         before = self.alive()
-        # `ray start --address` refuses to join with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (read as
-        # "single-node platform"); the node's listeners stay on loopback through
-        # --node-ip-address (the tests check with ss)
-        env = {**self._node_env(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
-        node = self._start(name, cmd, env, resources or {})
+        node = self._start(name, [sys.executable, "-c", WORKER_NODE, json.dumps(spec)], self._node_env(),
+                           resources or {})
         deadline = time.time() + timeout
         while self.alive() <= before:
             if node.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"ray start ({name}) did not join:\n{node.log.read_text()[-3000:]}")
+                raise RuntimeError(f"node {name} did not join:\n{node.log.read_text()[-3000:]}")
             time.sleep(0.5)
         return node
 

@@ -49,7 +49,8 @@ def _node_names(nodes: RayNodes) -> dict[str, str]:
 
 
 def _job(nodes: RayNodes, *args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([RAY, "job", *args, "--address", nodes.dashboard], env=env, capture_output=True, check=False,
+    return subprocess.run([RAY, "job", args[0], "--address", nodes.dashboard, *args[1:]], env=env, capture_output=True,
+                          check=False,
                           text=True, timeout=120)
 
 

@@ -185,3 +185,16 @@ def test_candidates_from_an_exact_index_match_the_full_scoring_path():
     found = stage.from_search(hist, items, scores)
     np.testing.assert_array_equal(found.items, full.items)
     np.testing.assert_allclose(found.dense, full.dense, rtol=1e-4, atol=1e-5)
+
+
+def test_ranker_scores_with_the_batch_items_vectors_equal_the_whole_table():
+    """The ranker embeds only the batch's items (ItemTower.rows), as the whole table would."""
+    torch.manual_seed(0)
+    model = Ranker(RankerConfig.tiny(), _feats()).eval()
+    history = torch.tensor([[-1, -1, 3, 4], [5, 6, 7, 8]])
+    cands = torch.tensor([[1, 2, 9, 3], [0, 29, 8, 11]])
+    dense = torch.randn(2, 4, 6)
+    got = model(history, cands, dense)
+    whole = model.items.all_items()
+    model.items.rows = lambda ids: whole[ids]  # the earlier computation: every item's vector
+    torch.testing.assert_close(got, model(history, cands, dense))
