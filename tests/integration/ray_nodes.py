@@ -55,6 +55,28 @@ def session_pids(sid: int) -> list[int]:
     return [pid for pid, sess in (map(int, line.split()) for line in out.splitlines()) if sess == sid]
 
 
+def descendants(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True, check=True).stdout
+    children: dict[int, list[int]] = {}
+    for child, parent in (map(int, line.split()) for line in out.splitlines()):
+        children.setdefault(parent, []).append(child)
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"  # a zombie is dead, just not reaped
+    except OSError:
+        return False
+
+
 def kill_session(sid: int) -> None:
     """SIGKILL every process left in session ``sid`` (the one a `ray start` led), and wait for them."""
     for pid in session_pids(sid):
@@ -96,6 +118,7 @@ class Node:
     proc: subprocess.Popen
     log: Path
     resources: dict = field(default_factory=dict)
+    node_id: str = ""
 
 
 class RayNodes:
@@ -177,39 +200,45 @@ class RayNodes:
                 "metrics_agent_port": p["agent_grpc"], "runtime_env_agent_port": p["runtime_env"],
                 "metrics_export_port": p["metrics"], "min_worker_port": 0, "max_worker_port": 0,
                 "object_store_memory": 100 * 1024 * 1024, "include_log_monitor": False}
-        before = self.alive()
         node = self._start(name, [sys.executable, "-c", WORKER_NODE, json.dumps(spec)], self._node_env(),
                            resources or {})
         deadline = time.time() + timeout
-        while self.alive() <= before:
+        while True:  # its own id alive in the GCS (a count could hide a node that died meanwhile)
+            started = [ln.split()[-1] for ln in node.log.read_text().splitlines() if ln.startswith("node started")]
+            if started and started[0] in self.alive_ids():
+                node.node_id = started[0]
+                return node
             if node.proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"node {name} did not join:\n{node.log.read_text()[-3000:]}")
             time.sleep(0.5)
-        return node
 
-    def alive(self) -> int:
-        """Nodes the GCS counts as alive (through the dashboard's API, with the token)."""
+    def alive_ids(self) -> set[str]:
+        """Ids of the nodes the GCS holds alive (through the dashboard's API, with the token)."""
         import json
 
         code, body = http(f"{self.dashboard}/nodes?view=summary", self.token)
         if code != 200:
-            return 0
+            return set()
         summary = json.loads(body)["data"]["summary"]
-        return sum(1 for n in summary if n.get("raylet", {}).get("state") == "ALIVE")
+        return {n["raylet"]["nodeId"] for n in summary if n.get("raylet", {}).get("state") == "ALIVE"}
 
     def kill(self, name: str) -> None:
-        """Lose the node: every process of its session, at once (SIGKILL)."""
+        """Lose the node: every process of it at once (SIGKILL) -- its session and every
+        descendant of its raylet (Ray starts worker processes in sessions of their own)."""
         node = self.nodes.pop(name)
-        kill_session(node.proc.pid)
-        node.proc.wait(10)
+        doomed = set(session_pids(node.proc.pid)) | descendants(node.proc.pid)
+        for pid in doomed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        node.proc.wait(10)  # reap the leader (our child), then wait for the rest
+        deadline = time.time() + 10
+        while any(_running(pid) for pid in doomed) and time.time() < deadline:
+            time.sleep(0.2)
 
     def stop(self) -> None:
+        """Every node killed outright, workers first (a test cluster keeps nothing)."""
         for name in [n for n in self.nodes if n != "head"] + (["head"] if "head" in self.nodes else []):
-            node = self.nodes.pop(name)
-            node.proc.terminate()  # `ray start --block` stops the processes it started on SIGTERM
-            try:
-                node.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-            kill_session(node.proc.pid)  # and whatever is left of its session (workers, job drivers)
+            self.kill(name)
         shutil.rmtree(self.root, ignore_errors=True)
