@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/setup.sh
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0  # keep Ray on loopback
-exec .venv/bin/python -m pytest tests --doctest-modules training -q --durations=12 "$@"
+# the multi-node test is not reliable yet (tests/integration/test_multinode.py): run it with -m multinode
+exec .venv/bin/python -m pytest tests --doctest-modules training -q --durations=12 -m "not multinode" "$@"

@@ -232,13 +232,18 @@ class RayNodes:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        node.proc.wait(10)  # reap the leader (our child), then wait for the rest
+        try:
+            node.proc.wait(10)  # reap the leader (our child), then wait for the rest
+        except subprocess.TimeoutExpired:
+            pass
         deadline = time.time() + 10
         while any(_running(pid) for pid in doomed) and time.time() < deadline:
             time.sleep(0.2)
 
     def stop(self) -> None:
         """Every node killed outright, workers first (a test cluster keeps nothing)."""
-        for name in [n for n in self.nodes if n != "head"] + (["head"] if "head" in self.nodes else []):
-            self.kill(name)
-        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            for name in [n for n in self.nodes if n != "head"] + (["head"] if "head" in self.nodes else []):
+                self.kill(name)
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
