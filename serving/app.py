@@ -41,6 +41,11 @@ from serving.state_store import StateAccess, UserStateStore
 
 log = logging.getLogger(__name__)
 
+# policy copies (AppArgs.policy_copy_s): impressions on their way to the learner per Ingress replica
+# before a request waits for its own, and how long a parameter fetch may take
+MAX_PENDING_IMPRESSIONS = 256
+COPY_FETCH_TIMEOUT_S = 5.0
+
 # per-deployment autoscaling with AppArgs.autoscaling (target ongoing requests per replica; the
 # Ranker's are high so that @serve.batch fills batches before a new replica is added)
 AUTOSCALING = {
@@ -77,19 +82,30 @@ class HandleStages:
     async def choose(self, q: PolicyQuery) -> Slate:
         if self.copy is None:
             return await self.policy.choose.remote(q)
-        if self.copy.params is None:  # the first request waits for a copy
-            await self._refresh()
-        elif time.monotonic() - self.copied_at > self.copy_max_age_s and self.refreshing is None:
-            self.refreshing = asyncio.create_task(self._refresh())  # later requests use the new one
+        stale = time.monotonic() - self.copied_at > self.copy_max_age_s
+        if stale and self.refreshing is None:  # one fetch at a time, shared by whoever waits for it
+            self.refreshing = asyncio.create_task(self._refresh())
+            self.refreshing.add_done_callback(lambda t: t.cancelled() or t.exception())  # logged in _refresh
+        if self.copy.params is None:  # the first requests wait for a copy (and fail if none comes)
+            await asyncio.shield(self.refreshing)
         slate, shown = self.copy.choose(q)
-        self._later(self.policy.remember.remote(q.request_id, shown))
+        response = self.policy.remember.remote(q.request_id, shown)
+        if len(self.background) >= MAX_PENDING_IMPRESSIONS:
+            await response  # the learner is behind: this request waits instead of queueing more
+        else:
+            self._later(response)
         return slate
 
     async def _refresh(self) -> None:
         try:
             started = time.monotonic()
-            self.copy.install(await self.policy.parameters.remote())
+            params = await asyncio.wait_for(self.policy.parameters.remote(), timeout=COPY_FETCH_TIMEOUT_S)
+            self.copy.install(params)
             self.copied_at = started
+        except Exception as exc:
+            log.warning("policy parameters not refreshed (%s); the copy stays at %s", str(exc)[:200],
+                        self.copy.params.version if self.copy.params else "none")
+            raise
         finally:
             self.refreshing = None
 

@@ -270,6 +270,7 @@ class PolicyCore:
         self.fs.create_dir(self.state_path.rsplit("/", 1)[0], recursive=True)
         self.policy = self._restore()
         self.shown: collections.OrderedDict[str, dict[str, np.ndarray]] = collections.OrderedDict()
+        self.early: collections.OrderedDict[str, list[tuple[str, str]]] = collections.OrderedDict()
         self.changed = 0  # updates since the last checkpoint
         self.lock = threading.RLock()  # one request at a time changes the state
         self.write_lock = threading.Lock()  # one checkpoint write at a time
@@ -321,6 +322,10 @@ class PolicyCore:
         while len(self.shown) > self.args.policy_pending:  # older feedback is only logged
             self.shown.popitem(last=False)
         self.changed += len(shown)
+        for item_id, event in self.early.pop(request_id, []):  # feedback that overtook the impression
+            if item_id in shown:
+                self.policy.observe_feedback(shown[item_id], event)
+                self.changed += 1
 
     def parameters(self) -> PolicyParams:
         """What a :class:`PolicyCopy` chooses with, and the version it logs."""
@@ -329,10 +334,17 @@ class PolicyCore:
             return PolicyParams(self.version(), inverse, theta)
 
     def feedback(self, request_id: str, item_id: str, event: str) -> bool:
-        """Learn from one event; False when the (request, item) pair is not pending here."""
+        """Learn from one event; False when the (request, item) pair is not pending here. With
+        policy copies an impression reaches this replica just after its answer, so an event for a
+        request not seen yet is parked (the last ``policy_pending`` such requests) and learned
+        when its impression arrives (:meth:`remember`)."""
         with self.lock:
             features = self.shown.get(request_id, {}).get(item_id)
             if features is None:
+                if self.args.policy_copy_s > 0 and self.args.policy_learning and request_id not in self.shown:
+                    self.early.setdefault(request_id, []).append((item_id, event))
+                    while len(self.early) > self.args.policy_pending:
+                        self.early.popitem(last=False)
                 return False
             self.policy.observe_feedback(features, event)
             self.changed += 1

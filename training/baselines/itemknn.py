@@ -46,19 +46,28 @@ class ItemKNN:
         self.config = config
         self.sim: sp.csr_matrix | None = None
 
-    def fit(self, train: Interactions, chunk: int = 4096) -> "ItemKNN":
-        """Compute the pruned similarity matrix, ``chunk`` item rows at a time, sparse throughout:
-        only co-occurring pairs have a similarity above 0, so the cost follows the co-occurrences,
-        not the catalogue squared (a dense row per item took hours at 1M items). Ties in a row's
-        top ``neighbours`` go to the lower item id."""
+    def fit(self, train: Interactions, chunk: int = 4096, budget: int = 20_000_000) -> "ItemKNN":
+        """Compute the pruned similarity matrix, sparse throughout: only co-occurring pairs have a
+        similarity above 0, so the cost follows the co-occurrences, not the catalogue squared (a
+        dense row per item took hours at 1M items). Item rows go ``chunk`` at a time, fewer where
+        popular items would put more than ``budget`` co-occurrences in one chunk (memory stays
+        near 1 GB). Ties in a row's top ``neighbours`` go to the lower item id."""
         x = train.to_csr(binary=True).tocsc()  # users x items
         norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
         xt = x.T.tocsr()
         n = train.num_items
         k = min(self.config.neighbours, max(n - 1, 1))
-        rows, cols, vals = [], [], []
-        for lo in range(0, n, chunk):
+        # an upper bound of each item row's co-occurrences: the history lengths of its users
+        bound = np.asarray(xt @ np.asarray(x.sum(axis=1)).ravel()).ravel()
+        cuts, lo = [], 0
+        while lo < n:
             hi = min(lo + chunk, n)
+            within = int(np.searchsorted(np.cumsum(bound[lo:hi]), budget, side="right"))
+            hi = lo + max(1, min(hi - lo, within))
+            cuts.append((lo, hi))
+            lo = hi
+        rows, cols, vals = [], [], []
+        for lo, hi in cuts:
             co = (xt[lo:hi] @ x).tocoo()  # co-occurrence counts, (chunk, n), sparse
             r, c = co.row.astype(np.int64), co.col.astype(np.int64)
             sim = (co.data / (norms[r + lo] * norms[c] + self.config.shrink)).astype(np.float32)

@@ -39,15 +39,18 @@ def test_a_fresh_copy_chooses_what_the_learner_would(tmp_path):
 
 
 def test_impressions_chosen_by_a_copy_are_learned_and_take_feedback(tmp_path):
-    learner = PolicyCore(_args(tmp_path), background=False)
+    learner = PolicyCore(_args(tmp_path, policy_copy_s=1.0), background=False)
     copy = PolicyCopy(_args(tmp_path), np.random.default_rng(0))
     copy.install(learner.parameters())
     before = learner.policy.updates
     slate, shown = copy.choose(_query("r1"))
-    assert not learner.feedback("r1", next(iter(shown)), "click")  # not told yet
+    first, second = list(shown)[:2]
+    assert not learner.feedback("r1", first, "click")  # the click overtook the impression: parked
     learner.remember("r1", shown)
-    assert learner.policy.updates == before + len(shown)
-    assert learner.feedback("r1", next(iter(shown)), "click")
+    assert learner.policy.updates == before + len(shown) + 1  # the impression, then the parked click
+    b_before = learner.policy.b.copy()
+    assert learner.feedback("r1", second, "click")
+    assert not np.allclose(learner.policy.b, b_before)
     assert learner.parameters().version != slate.policy_version  # the copy is now stale, and says so
     frozen = PolicyCore(_args(tmp_path / "f", policy_learning=False), background=False)
     frozen.remember("r2", shown)
