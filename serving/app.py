@@ -60,10 +60,9 @@ class HandleStages:
     """:class:`serving.service.Stages` over the deployments' handles."""
 
     def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle | None, policy: DeploymentHandle,
-                 registry: DeploymentHandle, copy: PolicyCopy | None = None, copy_max_age_s: float = 0.0):
+                 registry: DeploymentHandle, copy: PolicyCopy | None = None):
         self.retriever, self.ranker, self.policy, self.registry = retriever, ranker, policy, registry
-        self.copy, self.copy_max_age_s = copy, copy_max_age_s  # choose here (AppArgs.policy_copy_s)
-        self.copied_at = -float("inf")
+        self.copy = copy  # choose here, from a copy of the policy's parameters (AppArgs.policy_copy_s)
         self.refreshing: asyncio.Task | None = None
         self.background: set[asyncio.Task] = set()  # impressions on their way to the learner
 
@@ -82,8 +81,7 @@ class HandleStages:
     async def choose(self, q: PolicyQuery) -> Slate:
         if self.copy is None:
             return await self.policy.choose.remote(q)
-        stale = time.monotonic() - self.copied_at > self.copy_max_age_s
-        if stale and self.refreshing is None:  # one fetch at a time, shared by whoever waits for it
+        if self.copy.stale() and self.refreshing is None:  # one fetch at a time, shared by whoever waits for it
             self.refreshing = asyncio.create_task(self._refresh())
             self.refreshing.add_done_callback(lambda t: t.cancelled() or t.exception())  # logged in _refresh
         if self.copy.params is None:  # the first requests wait for a copy (and fail if none comes)
@@ -100,8 +98,7 @@ class HandleStages:
         try:
             started = time.monotonic()
             params = await asyncio.wait_for(self.policy.parameters.remote(), timeout=COPY_FETCH_TIMEOUT_S)
-            self.copy.install(params)
-            self.copied_at = started
+            self.copy.install(params, started)
         except Exception as exc:
             log.warning("policy parameters not refreshed (%s); the copy stays at %s", str(exc)[:200],
                         self.copy.params.version if self.copy.params else "none")
@@ -156,8 +153,7 @@ class Ingress:
                                         f"ingress-{writer}"))
         self.runtime = Runtime(RecommendService(args, Catalog.load(args.data_dir),
                                                 HandleStages(retriever, ranker, policy, registry,
-                                                             PolicyCopy(args) if args.policy_copy_s > 0 else None,
-                                                             args.policy_copy_s),
+                                                             PolicyCopy(args) if args.policy_copy_s > 0 else None),
                                                 StateAccess(args, state), self.edge.append), self.edge)
 
     def __serve_build_asgi_app__(self):

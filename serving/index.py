@@ -27,10 +27,6 @@ class IndexConfig:
     hnsw_m: int = 32
     ef_construction: int = 200
     ef_search: int = 256  # >= the 200 candidates asked for: recall@200 0.93 on Beauty (0.84 at 128)
-    # HNSW over the vectors lifted to d+1 dimensions so that the largest inner product is the
-    # nearest L2 neighbour (Bachrach et al., RecSys 2014) instead of inner-product HNSW; whether
-    # it helps depends on the spread of the norms (benchmarks/catalog_1m.py measures both)
-    hnsw_l2: bool = False
     ivf_nlist: int = 4096
     ivf_nprobe: int = 64
     ivf_train_size: int = 200_000  # vectors k-means is trained on (a seeded sample of the catalogue)
@@ -48,7 +44,6 @@ class VectorIndex:
     def __init__(self, vectors: np.ndarray, config: IndexConfig = IndexConfig()):
         vecs = np.ascontiguousarray(vectors, dtype=np.float32)
         self.config, self.dim = config, vecs.shape[1]
-        self.lifted = False
         kind = config.kind
         if kind == "auto":
             kind = "exact" if len(vecs) <= config.exact_limit else "hnsw"
@@ -58,12 +53,7 @@ class VectorIndex:
         if kind == "exact":
             self.index = faiss.IndexFlatIP(self.dim)
         elif kind == "hnsw":
-            self.lifted = config.hnsw_l2
-            if self.lifted:
-                self.max_norm = float(np.linalg.norm(vecs, axis=1).max(initial=0.0))
-                self.index = faiss.IndexHNSWFlat(self.dim + 1, config.hnsw_m)
-            else:
-                self.index = faiss.IndexHNSWFlat(self.dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            self.index = faiss.IndexHNSWFlat(self.dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             self.index.hnsw.efConstruction = config.ef_construction
             self.index.hnsw.efSearch = config.ef_search
         else:
@@ -73,18 +63,7 @@ class VectorIndex:
             sample = vecs[rng.choice(len(vecs), min(len(vecs), config.ivf_train_size), replace=False)]
             self.index.train(sample)
             self.index.nprobe = config.ivf_nprobe
-        self.index.add(self._lift(vecs))
-
-    def _lift(self, vecs: np.ndarray) -> np.ndarray:
-        """``[x, sqrt(M^2 - |x|^2)]``: every lifted item has norm ``M``, so the L2 distance to
-        ``[q, 0]`` is ``|q|^2 + M^2 - 2 q.x``. An item added later with a norm above ``M`` gets
-        0 there and is then far from every query: it is not found reliably until the index is
-        rebuilt (the next model version). Results are scored exactly (:meth:`_search`
-        recomputes ``q.x``)."""
-        if not self.lifted:
-            return vecs
-        extra = np.sqrt(np.maximum(self.max_norm ** 2 - (vecs.astype(np.float64) ** 2).sum(1), 0.0))
-        return np.ascontiguousarray(np.c_[vecs, extra], dtype=np.float32)
+        self.index.add(vecs)
 
     def __len__(self) -> int:
         return self.index.ntotal
@@ -92,17 +71,8 @@ class VectorIndex:
     def add(self, vectors: np.ndarray) -> np.ndarray:
         """Append items; returns their ids (the next internal item ids)."""
         start = self.index.ntotal
-        self.index.add(self._lift(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)))
+        self.index.add(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim))
         return np.arange(start, self.index.ntotal)
-
-    def _search(self, q: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray]:
-        if not self.lifted:
-            return self.index.search(q, want)
-        _, ids = self.index.search(np.ascontiguousarray(np.c_[q, np.zeros(len(q))], dtype=np.float32), want)
-        found = self.index.reconstruct_batch(np.maximum(ids, 0).ravel()).reshape(len(q), want, -1)[:, :, :self.dim]
-        scores = np.where(ids >= 0, np.einsum("qkd,qd->qk", found, q), -np.inf).astype(np.float32)
-        order = np.argsort(-scores, axis=1, kind="stable")  # best first by the exact inner product
-        return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
     def search(self, queries: np.ndarray, k: int, exclude: list[np.ndarray] | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +81,7 @@ class VectorIndex:
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         extra = max((len(e) for e in exclude), default=0) if exclude else 0
         want = min(k + extra, len(self))
-        scores, ids = self._search(q, want) if want else (np.zeros((len(q), 0)), np.zeros((len(q), 0), int))
+        scores, ids = self.index.search(q, want) if want else (np.zeros((len(q), 0)), np.zeros((len(q), 0), int))
         out_ids = np.full((len(q), k), -1, dtype=np.int64)
         out_scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         for i in range(len(q)):

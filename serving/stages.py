@@ -302,10 +302,9 @@ class PolicyCore:
         """The slate (see :meth:`~training.models.bandit.LinUCBPolicy.choose`) and the policy
         version that chose it."""
         with self.lock:
-            shown = self.policy.choose(q.items(), q.context, q.k, q.features, q.vectors, q.epsilon, q.explore_pool)
-            version = self.version()
-            self._remember(q.request_id, {q.item_ids[s.index]: s.features for s in shown})
-        return Slate(version, [SlotChoice(s.index, s.position, s.propensity, s.greedy) for s in shown])
+            slate, shown = choose_slate(self.policy, q, self.version())
+            self._remember(q.request_id, shown)
+        return slate
 
     def remember(self, request_id: str, shown: dict[str, np.ndarray]) -> None:
         """An impression chosen elsewhere (a :class:`PolicyCopy` in an Ingress replica): learn
@@ -386,29 +385,41 @@ class PolicyCore:
         self.checkpoint(only_if_changed=True)
 
 
+def choose_slate(policy: LinUCBPolicy, q: PolicyQuery, version: str) -> tuple[Slate, dict[str, np.ndarray]]:
+    """``policy``'s slate for ``q`` (see :meth:`~training.models.bandit.LinUCBPolicy.choose`),
+    labelled ``version``, and the feature rows of what it shows, by item id (what learning from
+    the request's feedback needs)."""
+    shown = policy.choose(q.items(), q.context, q.k, q.features, q.vectors, q.epsilon, q.explore_pool)
+    return (Slate(version, [SlotChoice(s.index, s.position, s.propensity, s.greedy) for s in shown]),
+            {q.item_ids[s.index]: s.features for s in shown})
+
+
 class PolicyCopy:
     """The policy's choice from a copy of its parameters (``AppArgs.policy_copy_s`` > 0): an
     Ingress replica chooses without a round trip to the single Policy replica, which keeps
     learning and is told of each impression afterwards (:meth:`PolicyCore.remember`).
 
-    Staleness: the copy is at most ``policy_copy_s`` old when a request starts a refresh, plus
-    one fetch; feedback between refreshes changes the next copy, not this one. The logged
-    propensities stay exact: they are computed from the very parameters that chose (whose
-    version is logged), with this copy's own random draws."""
+    Staleness: the copy is due for a refresh once it is ``policy_copy_s`` old (:meth:`stale`),
+    and the new one arrives one fetch later; feedback between refreshes changes the next copy,
+    not this one. The logged propensities stay exact: they are computed from the very parameters
+    that chose (whose version is logged), with this copy's own random draws."""
 
     def __init__(self, args: AppArgs, rng: np.random.Generator | None = None):
         self.policy = LinUCBPolicy(policy_config(args), rng or np.random.default_rng())
+        self.max_age_s = args.policy_copy_s
         self.params: PolicyParams | None = None
+        self.fetched_at = -float("inf")  # time.monotonic() when the installed copy was asked for
 
-    def install(self, params: PolicyParams) -> None:
+    def install(self, params: PolicyParams, fetched_at: float) -> None:
         self.policy.use_solution(params.inverse, params.theta)
-        self.params = params
+        self.params, self.fetched_at = params, fetched_at
+
+    def stale(self) -> bool:
+        return time.monotonic() - self.fetched_at > self.max_age_s
 
     def choose(self, q: PolicyQuery) -> tuple[Slate, dict[str, np.ndarray]]:
         """The slate and the features of what it shows (for :meth:`PolicyCore.remember`)."""
         if self.params is None:
             raise RuntimeError("no policy parameters installed yet")
-        shown = self.policy.choose(q.items(), q.context, q.k, q.features, q.vectors, q.epsilon, q.explore_pool)
-        return (Slate(self.params.version, [SlotChoice(s.index, s.position, s.propensity, s.greedy) for s in shown]),
-                {q.item_ids[s.index]: s.features for s in shown})
+        return choose_slate(self.policy, q, self.params.version)
 

@@ -58,20 +58,3 @@ def test_ivf_recall_runtime_additions_and_small_catalogue_fallback():
     assert VectorIndex(vecs[:100], cfg).kind == "exact"  # too few points to train 16 cells
     with pytest.raises(ValueError, match="index kind"):
         IndexConfig(kind="lsh")
-
-
-def test_lifted_hnsw_scores_exact_inner_products_and_finds_runtime_items():
-    rng = np.random.default_rng(3)
-    vecs = rng.normal(size=(3000, 16)).astype(np.float32) * rng.uniform(0.2, 3.0, size=(3000, 1)).astype(np.float32)
-    queries = rng.normal(size=(40, 16)).astype(np.float32)
-    cfg = IndexConfig(kind="hnsw", hnsw_l2=True, hnsw_m=16, ef_construction=80, ef_search=256)
-    assert recall_vs_exact(vecs, queries, 10, cfg) >= 0.85
-    index = VectorIndex(vecs, cfg)
-    ids, scores = index.search(queries, 10)
-    np.testing.assert_allclose(scores, np.einsum("qkd,qd->qk", vecs[ids], queries), rtol=1e-4, atol=1e-4)
-    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
-    # a runtime item within the indexed norms, pointing at the query: the best match, found at once
-    big = queries[:1] / np.linalg.norm(queries[0]) * index.max_norm * 0.99
-    (new_id,) = index.add(big)
-    got, got_scores = index.search(queries[:1], 1)
-    assert got[0, 0] == new_id and got_scores[0, 0] == pytest.approx(float(big[0] @ queries[0]), rel=1e-4)

@@ -96,6 +96,9 @@ class ItemTower(nn.Module):
             self.register_buffer("attr_offsets", torch.from_numpy(feats.attr_indptr[:-1].astype(np.int64)))
             self.register_buffer("attr_present", torch.from_numpy((np.diff(feats.attr_indptr) > 0)
                                                                   .astype(np.float32)))
+            # per item, for rows(); derived from the features, so not saved with the weights
+            self.register_buffer("attr_lengths", torch.from_numpy(np.diff(feats.attr_indptr).astype(np.int64)),
+                                 persistent=False)
         self.text_proj = self.image_proj = None
         if config.use_text and feats.text is not None:
             self.register_buffer("text", torch.from_numpy(feats.text.astype(np.float32)))
@@ -124,6 +127,8 @@ class ItemTower(nn.Module):
             self.attr_offsets = torch.cat([self.attr_offsets, offsets])
             self.attr_present = torch.cat([self.attr_present,
                                            torch.from_numpy((np.diff(new.attr_indptr) > 0).astype(np.float32))])
+            self.attr_lengths = torch.cat([self.attr_lengths,
+                                           torch.from_numpy(np.diff(new.attr_indptr).astype(np.int64))])
         for name in ("text", "image"):
             if getattr(self, f"{name}_proj") is not None:
                 rows = getattr(new, name)
@@ -139,9 +144,7 @@ class ItemTower(nn.Module):
         if self.id_emb is not None:
             parts.append(self.id_emb(ids) * self.known[ids, None])
         if self.attr_emb is not None:
-            starts = self.attr_offsets[ids]
-            ends = torch.cat([self.attr_offsets[1:], self.attr_offsets.new_tensor([len(self.attr_ids)])])[ids]
-            lengths = ends - starts
+            starts, lengths = self.attr_offsets[ids], self.attr_lengths[ids]
             offsets = torch.cumsum(lengths, 0) - lengths
             flat = torch.repeat_interleave(starts - offsets, lengths) + torch.arange(int(lengths.sum()),
                                                                                   device=ids.device)
@@ -151,6 +154,12 @@ class ItemTower(nn.Module):
         if self.image_proj is not None:
             parts.append(self.image_proj(self.image[ids]))
         return torch.stack(parts).sum(0)
+
+    def gather(self, *ids: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The vectors of the items in ``ids`` (tensors of item ids >= 0, any shapes), each item
+        once (:meth:`rows`), and each input re-indexed into them, shape kept."""
+        unique, local = torch.unique(torch.cat([t.flatten() for t in ids]), return_inverse=True)
+        return self.rows(unique), [part.view_as(t) for part, t in zip(local.split([t.numel() for t in ids]), ids)]
 
     def all_items(self) -> torch.Tensor:
         """Vectors of every item, ``(num_items, dim)``."""
@@ -215,12 +224,8 @@ class TwoTower(nn.Module):
         neg = torch.multinomial(log_q.exp(), self.config.num_negatives, replacement=True, generator=generator)
         valid = targets >= 0
         y = targets[valid]
-        ids, local = torch.unique(torch.cat([seqs.clamp(min=0).flatten(), y, neg]), return_inverse=True)
-        n_seq, n_y = seqs.numel(), len(y)
-        local_seqs = torch.where(seqs < 0, -1, local[:n_seq].view_as(seqs))
-        vecs = self.items.rows(ids)
-        h = self.encode(local_seqs, vecs)[valid]
-        y_local, neg_local = local[n_seq:n_seq + n_y], local[n_seq + n_y:]
+        vecs, (local_seqs, y_local, neg_local) = self.items.gather(seqs.clamp(min=0), y, neg)
+        h = self.encode(torch.where(seqs < 0, -1, local_seqs), vecs)[valid]
         pos_logit = (h * vecs[y_local]).sum(-1, keepdim=True) - log_q[y, None]
         neg_logit = h @ vecs[neg_local].T - log_q[neg][None, :]
         neg_logit = neg_logit.masked_fill(neg[None, :] == y[:, None], float("-inf"))  # accidental hits

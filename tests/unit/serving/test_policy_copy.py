@@ -27,7 +27,7 @@ def test_a_fresh_copy_chooses_what_the_learner_would(tmp_path):
         learner.choose(q)
         learner.feedback(f"r{r}", q.item_ids[int(np.argmin(q.scores))], "purchase")
     copy = PolicyCopy(_args(tmp_path, policy_epsilon=0.0), np.random.default_rng(1))
-    copy.install(learner.parameters())
+    copy.install(learner.parameters(), 0.0)
     q = _query("next", seed=99)
     want = learner.parameters()
     slate, shown = copy.choose(q)
@@ -41,7 +41,7 @@ def test_a_fresh_copy_chooses_what_the_learner_would(tmp_path):
 def test_impressions_chosen_by_a_copy_are_learned_and_take_feedback(tmp_path):
     learner = PolicyCore(_args(tmp_path, policy_copy_s=1.0), background=False)
     copy = PolicyCopy(_args(tmp_path), np.random.default_rng(0))
-    copy.install(learner.parameters())
+    copy.install(learner.parameters(), 0.0)
     before = learner.policy.updates
     slate, shown = copy.choose(_query("r1"))
     first, second = list(shown)[:2]
@@ -61,7 +61,7 @@ def test_the_copy_logs_exact_propensities(tmp_path):
     """Each logged propensity is the probability the copy's own draws give that item at that slot."""
     learner = PolicyCore(_args(tmp_path, policy_epsilon=0.3), background=False)
     copy = PolicyCopy(_args(tmp_path, policy_epsilon=0.3), np.random.default_rng(5))
-    copy.install(learner.parameters())
+    copy.install(learner.parameters(), 0.0)
     q = _query("r", n=5, seed=3)
     first = collections.Counter()
     logged = {}
