@@ -1,15 +1,17 @@
-"""A real multi-node Ray cluster on this machine: a head and worker nodes, each a `ray start --block`
-process with its own resources, all on 127.0.0.1 with token authentication on.
+"""A real multi-node Ray cluster on this machine: a head (`ray start --head --block`) and worker
+nodes (a raylet each, started as ``ray.cluster_utils.Cluster`` starts one), each a process with its
+own resources, all on 127.0.0.1 with token authentication on.
 
 Each node is its own process session (``start_new_session``): :meth:`RayNodes.kill` SIGKILLs the
-whole session -- the raylet, its object store, its workers -- which is what losing the machine
-looks like to the rest of the cluster. The cluster has its own temp dir, HOME (no
+session and every descendant of the node's process -- the raylet, its object store, its workers
+-- which is what losing the machine looks like to the rest of the cluster. The cluster has its own temp dir, HOME (no
 ``~/.ray/auth_token`` is found) and free ports, including the two metrics ports Ray otherwise fixes
 at 44217/44227; it is never stopped with `ray stop`, which would stop every Ray on the machine.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -21,7 +23,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -77,15 +79,21 @@ def _running(pid: int) -> bool:
         return False
 
 
-def kill_session(sid: int) -> None:
-    """SIGKILL every process left in session ``sid`` (the one a `ray start` led), and wait for them."""
-    for pid in session_pids(sid):
+def kill_tree(leader: subprocess.Popen) -> None:
+    """SIGKILL the session ``leader`` leads and every descendant of it (Ray starts worker
+    processes in sessions of their own), reap the leader and wait for the rest."""
+    doomed = set(session_pids(leader.pid)) | descendants(leader.pid)
+    for pid in doomed:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    try:
+        leader.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
     deadline = time.time() + 10
-    while session_pids(sid) and time.time() < deadline:
+    while any(_running(pid) for pid in doomed) and time.time() < deadline:
         time.sleep(0.2)
 
 
@@ -98,17 +106,14 @@ def http(url: str, token: str | None = None) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-# a worker node's process: what Cluster.add_node does, then wait; SIGTERM stops its processes
+# a worker node's process: what Cluster.add_node does, then wait until killed (RayNodes.kill)
 WORKER_NODE = r"""
-import json, signal, sys, threading
+import json, sys, threading
 from ray._private.node import Node
 from ray._private.parameter import RayParams
 node = Node(RayParams(**json.loads(sys.argv[1])), head=False, shutdown_at_exit=False, spawn_reaper=False)
 print("node started", node.node_id, flush=True)
-stop = threading.Event()
-signal.signal(signal.SIGTERM, lambda *_: stop.set())
-stop.wait()
-node.kill_all_processes(check_alive=False, allow_graceful=True)
+threading.Event().wait()
 """
 
 
@@ -117,8 +122,6 @@ class Node:
     name: str
     proc: subprocess.Popen
     log: Path
-    resources: dict = field(default_factory=dict)
-    node_id: str = ""
 
 
 class RayNodes:
@@ -133,7 +136,8 @@ class RayNodes:
         self.token = secrets.token_hex(32)
         self.ports = dict(zip(HEAD_PORTS, free_ports(len(HEAD_PORTS))))
         self.node_env = node_env or {}  # every node's processes (e.g. S3 credentials for the workers)
-        self.nodes: dict[str, Node] = {}
+        self.nodes: dict[str, Node] = {}  # running
+        self.names: dict[str, str] = {}  # node id -> name, of every worker node started (killed ones too)
 
     @property
     def address(self) -> str:
@@ -152,11 +156,11 @@ class RayNodes:
                          AUTOSCALER_METRIC_PORT=str(self.ports["autoscaler_metrics"]),
                          DASHBOARD_METRIC_PORT=str(self.ports["dashboard_metrics"]), **self.node_env)
 
-    def _start(self, name: str, cmd: list[str], env: dict[str, str], resources: dict) -> Node:
+    def _start(self, name: str, cmd: list[str], env: dict[str, str]) -> Node:
         log = self.root / f"{name}.log"
         with open(log, "w") as fh:
             proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-        node = Node(name, proc, log, resources)
+        node = Node(name, proc, log)
         self.nodes[name] = node
         return node
 
@@ -169,10 +173,8 @@ class RayNodes:
                f"--metrics-export-port={p['metrics']}", "--min-worker-port=0", "--max-worker-port=0",
                f"--num-cpus={num_cpus}", f"--temp-dir={self.root / 'ray'}", "--disable-usage-stats"]
         if resources:
-            import json
-
             cmd.append(f"--resources={json.dumps(resources)}")
-        node = self._start("head", cmd, self._node_env(), resources or {})
+        node = self._start("head", cmd, self._node_env())
         deadline = time.time() + timeout
         while True:
             try:
@@ -191,8 +193,6 @@ class RayNodes:
         its own process session, because `ray start --address` refuses to join a second node
         with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 and, with it set to 1, replaces 127.0.0.1 in the
         address by the host's network IP, where the loopback-bound GCS is not listening."""
-        import json
-
         p = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS))))
         spec = {"gcs_address": self.address, "node_ip_address": "127.0.0.1", "num_cpus": num_cpus,
                 "resources": resources or {}, "node_manager_port": p["node_manager"],
@@ -200,13 +200,12 @@ class RayNodes:
                 "metrics_agent_port": p["agent_grpc"], "runtime_env_agent_port": p["runtime_env"],
                 "metrics_export_port": p["metrics"], "min_worker_port": 0, "max_worker_port": 0,
                 "object_store_memory": 100 * 1024 * 1024, "include_log_monitor": False}
-        node = self._start(name, [sys.executable, "-c", WORKER_NODE, json.dumps(spec)], self._node_env(),
-                           resources or {})
+        node = self._start(name, [sys.executable, "-c", WORKER_NODE, json.dumps(spec)], self._node_env())
         deadline = time.time() + timeout
         while True:  # its own id alive in the GCS (a count could hide a node that died meanwhile)
             started = [ln.split()[-1] for ln in node.log.read_text().splitlines() if ln.startswith("node started")]
             if started and started[0] in self.alive_ids():
-                node.node_id = started[0]
+                self.names[started[0]] = name
                 return node
             if node.proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"node {name} did not join:\n{node.log.read_text()[-3000:]}")
@@ -214,8 +213,6 @@ class RayNodes:
 
     def alive_ids(self) -> set[str]:
         """Ids of the nodes the GCS holds alive (through the dashboard's API, with the token)."""
-        import json
-
         code, body = http(f"{self.dashboard}/nodes?view=summary", self.token)
         if code != 200:
             return set()
@@ -223,22 +220,8 @@ class RayNodes:
         return {n["raylet"]["nodeId"] for n in summary if n.get("raylet", {}).get("state") == "ALIVE"}
 
     def kill(self, name: str) -> None:
-        """Lose the node: every process of it at once (SIGKILL) -- its session and every
-        descendant of its raylet (Ray starts worker processes in sessions of their own)."""
-        node = self.nodes.pop(name)
-        doomed = set(session_pids(node.proc.pid)) | descendants(node.proc.pid)
-        for pid in doomed:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            node.proc.wait(10)  # reap the leader (our child), then wait for the rest
-        except subprocess.TimeoutExpired:
-            pass
-        deadline = time.time() + 10
-        while any(_running(pid) for pid in doomed) and time.time() < deadline:
-            time.sleep(0.2)
+        """Lose the node: every process of it at once (SIGKILL, :func:`kill_tree`)."""
+        kill_tree(self.nodes.pop(name).proc)
 
     def stop(self) -> None:
         """Every node killed outright, workers first (a test cluster keeps nothing)."""

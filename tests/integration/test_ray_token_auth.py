@@ -7,73 +7,34 @@ token or with a wrong one, and accept one with the token (``RAY_AUTH_TOKEN`` or 
 ``RAY_AUTH_TOKEN_PATH``); the job runs. Every listener stays on loopback (``ss -ltnp``).
 
 The cluster is this test's own: its own temp dir, HOME (so no ``~/.ray/auth_token`` is found) and
-free ports (including the two metrics ports Ray otherwise fixes at 44217/44227), and it is stopped
-through the `ray start --block` process and its session -- never `ray stop`, which would stop every
-Ray on the machine."""
+free ports (including the two metrics ports Ray otherwise fixes at 44217/44227;
+:class:`ray_nodes.RayNodes`), and it is stopped by killing its own processes -- never `ray stop`,
+which would stop every Ray on the machine."""
 
 from __future__ import annotations
 
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
 
 import pytest
 from netwatch import LOOPBACK, ListenerWatch, listeners
+from ray_nodes import RAY, RayNodes
 from ray_nodes import clean_env as _env
-from ray_nodes import free_ports as _free_ports
 from ray_nodes import http as _http
-from ray_nodes import kill_session as _kill_session
 
 pytestmark = pytest.mark.integration
-RAY = str(Path(sys.executable).with_name("ray"))
-PORTS = ("gcs", "dashboard", "client", "agent_http", "agent_grpc", "runtime_env", "metrics",
-         "autoscaler_metrics", "dashboard_metrics")
 
 
 @pytest.fixture
 def token_cluster():
-    root = Path(tempfile.mkdtemp(prefix="rc-auth-", dir="/tmp"))  # short: Ray's unix sockets live below
-    home = root / "home"
-    home.mkdir()
-    token = secrets.token_hex(32)
-    ports = dict(zip(PORTS, _free_ports(len(PORTS))))
-    env = _env(home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
-               AUTOSCALER_METRIC_PORT=str(ports["autoscaler_metrics"]),
-               DASHBOARD_METRIC_PORT=str(ports["dashboard_metrics"]))
-    cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={ports['gcs']}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={ports['dashboard']}",
-           f"--ray-client-server-port={ports['client']}", f"--dashboard-agent-listen-port={ports['agent_http']}",
-           f"--dashboard-agent-grpc-port={ports['agent_grpc']}", f"--runtime-env-agent-port={ports['runtime_env']}",
-           f"--metrics-export-port={ports['metrics']}", "--min-worker-port=0", "--max-worker-port=0",
-           "--num-cpus=1", f"--temp-dir={root / 'ray'}", "--disable-usage-stats"]
-    log = open(root / "ray-start.log", "w")  # noqa: SIM115 -- closed in the finally below
-    head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{ports['dashboard']}"
+    nodes = RayNodes()  # its own temp dir, HOME and free ports; token auth on
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if _http(f"{url}/api/jobs/")[0] == 401:  # up, and refusing
-                    break
-            except OSError:
-                pass
-            if head.poll() is not None or time.time() > deadline:
-                pytest.fail(f"ray start --head did not come up:\n{(root / 'ray-start.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield {"url": url, "token": token, "ports": ports, "home": home, "root": root}
+        nodes.start_head(num_cpus=1, timeout=60)
+        yield {"url": nodes.dashboard, "token": nodes.token, "ports": nodes.ports, "home": nodes.home,
+               "root": nodes.root}
     finally:
-        head.terminate()  # `ray start --block` stops the processes it started on SIGTERM
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        _kill_session(head.pid)  # and whatever is left of its session (workers, job drivers)
-        log.close()
-        shutil.rmtree(root, ignore_errors=True)
+        nodes.stop()
 
 
 def _ray(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
