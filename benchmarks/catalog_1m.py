@@ -18,6 +18,14 @@ Needs the synthetic shop at 1M items and a retriever trained on it (README "A 1M
   sequences: samples/s and peak memory, each variant in its own process; the baseline is the step
   as it was before (every item's vector computed each step), measured in the same run.
 
+* ``models``: what the training commands (BENCHMARKS.md "A 1M-item catalogue") wrote into their
+  model directories -- test metrics, run seconds, per-epoch history -- copied here so the numbers
+  quoted have a results file.
+* ``request``: one ``/recommend`` through :class:`~serving.service.RecommendService` in one process
+  (stages inline, IVF nprobe 256) on the 1M-item served model: p50 over 30 known users, each
+  variant in its own process; the baseline is the ranker as it was before (every item's vector
+  computed on each forward pass), measured in the same run.
+
 Writes ``benchmarks/results/catalog_1m.json`` (phases merged into what is there).
 """
 
@@ -184,6 +192,75 @@ def phase_train(a: argparse.Namespace) -> list[dict]:
     return rows
 
 
+MODELS = {"retriever (100k shoppers)": "raycart-work/models/shop-1m-retriever",
+          "retriever (10k shoppers)": "raycart-work/models/shop-1m-10k-retriever",
+          "ranker (10k shoppers, served)": "raycart-work/models/shop-1m-10k-ranker"}
+
+
+def phase_models(a: argparse.Namespace) -> list[dict]:
+    rows = []
+    for name, path in MODELS.items():
+        metrics = json.loads((ROOT / path / "metrics.json").read_text())
+        history = json.loads((ROOT / path / "history.json").read_text())
+        rows.append({"model": name, "dir": path, "NDCG@10": metrics["NDCG@10"], "HR@10": metrics["HR@10"],
+                     "retriever_only_NDCG@10": metrics.get("retriever_only", {}).get("NDCG@10"),
+                     "run_seconds": metrics["run"]["seconds"], "history": history})
+        print(f"  {name:<32} NDCG@10 {metrics['NDCG@10']:.4f}  run {metrics['run']['seconds']:.0f} s  "
+              f"epochs {[round(h['seconds']) for h in history]} s", flush=True)
+    return rows
+
+
+REQUEST_CHILD = r"""
+import asyncio, json, sys, time
+import numpy as np
+from serving.catalog import Catalog
+from serving.schemas import AppArgs, RecommendRequest
+from serving.service import LocalStages, LocalState, RecommendService, user_state_config
+from serving.user_state import MemoryUserState
+from training.models.retriever import ItemTower
+variant, model, data, work = sys.argv[1:5]
+if variant == "whole table":  # the ranker before ItemTower.rows: every item's vector per forward pass
+    ItemTower.rows = lambda self, ids: self.all_items()[ids]
+args = AppArgs(model_dir=model, data_dir=data, feedback_root=f"{work}/fb", wal_dir=f"{work}/wal",
+               policy_state=f"{work}/policy.npz", items_root=f"{work}/items", state_dir=f"{work}/state",
+               index_kind="ivf", index_nprobe=256)
+catalog = Catalog.load(data)
+async def append(table, records):
+    pass
+service = RecommendService(args, catalog, LocalStages(args, offload=False),
+                           LocalState(MemoryUserState(user_state_config(args), args.state_dir)), append)
+users = list(catalog.user_index)[:31]
+async def run():
+    await service.recommend(RecommendRequest(user_id=users[0], k=10))  # warm-up
+    times = []
+    for u in users[1:]:
+        t0 = time.perf_counter()
+        await service.recommend(RecommendRequest(user_id=u, k=10))
+        times.append(1000 * (time.perf_counter() - t0))
+    return times
+times = asyncio.run(run())
+print(json.dumps({"variant": variant, "items": int(catalog.num_items), "requests": len(times),
+                  "p50_ms": round(float(np.median(times)), 1), "p99_ms": round(float(np.percentile(times, 99)), 1)}))
+"""
+
+
+def phase_request(a: argparse.Namespace) -> list[dict]:
+    import tempfile
+
+    rows = []
+    for variant in ("ranker embeds the batch's items", "whole table"):
+        with tempfile.TemporaryDirectory(prefix="raycart-c1m-") as work:
+            out = subprocess.run([sys.executable, "-c", REQUEST_CHILD, variant, a.serve_model, a.serve_data, work],
+                                 cwd=ROOT, check=False, capture_output=True, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+        if out.returncode != 0:
+            raise SystemExit(f"request ({variant}) failed:\n{out.stderr[-3000:]}")
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(f"  {variant:<34} p50 {row['p50_ms']:>8.1f} ms  p99 {row['p99_ms']:>8.1f} ms", flush=True)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="raycart-work/models/shop-1m-retriever")
@@ -192,6 +269,8 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=1000, help="test users whose vectors are the queries")
     p.add_argument("--qps-seconds", type=float, default=8.0, help="time budget per queries/s measurement")
     p.add_argument("--steps", type=int, default=40, help="measured training steps per variant")
+    p.add_argument("--serve-model", default="raycart-work/models/shop-1m-10k-ranker", help="for --phase request")
+    p.add_argument("--serve-data", default="raycart-work/data/shop-1m-10k")
     a = p.parse_args()
     doc = json.loads(OUT.read_text()) if OUT.exists() else {}
     doc["meta"] = {**doc.get("meta", {}), "date": time.strftime("%Y-%m-%d"),
@@ -199,7 +278,8 @@ def main() -> None:
                    "model": a.model, "data": a.data}
     for phase in a.phase.split(","):
         print(f"[catalog_1m] {phase}", flush=True)
-        doc[phase] = {"index": phase_index, "train": phase_train}[phase](a)
+        doc[phase] = {"index": phase_index, "train": phase_train, "models": phase_models,
+                      "request": phase_request}[phase](a)
         OUT.write_text(json.dumps(doc, indent=2) + "\n")
     if "index" in doc:
         print(f"\n{'index':<22} {'setting':<14} {'build s':>8} {'MB':>7} {'recall@100':>10} {'ties':>7} {'q/s 1':>8} "

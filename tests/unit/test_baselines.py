@@ -27,6 +27,24 @@ def test_itemknn_keeps_only_top_neighbours():
     assert (np.diff(knn.sim.indptr) <= 4).all()
 
 
+def test_sparse_fit_keeps_each_rows_top_values_of_the_dense_similarity():
+    """The sparse, chunked fit keeps, per item, the ``neighbours`` largest values of the dense
+    cosine-with-shrinkage matrix (which items among ties may differ); chunking changes nothing."""
+    rng = np.random.default_rng(2)
+    train = Interactions.from_lists([list(rng.choice(60, rng.integers(1, 9), replace=False)) for _ in range(300)], 60)
+    x = train.to_csr(binary=True).toarray().astype(np.float64)
+    norms = np.sqrt(x.sum(0))
+    dense = (x.T @ x) / (norms[:, None] * norms[None, :] + 10.0)
+    np.fill_diagonal(dense, 0.0)
+    knn = ItemKNN(ItemKNNConfig(neighbours=5, shrink=10.0)).fit(train)
+    for i in range(60):
+        want = np.sort(dense[i][dense[i] > 0])[::-1][:5]
+        got = np.sort(knn.sim[i].data)[::-1]
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    chunked = ItemKNN(ItemKNNConfig(neighbours=5, shrink=10.0)).fit(train, chunk=7, budget=50)
+    np.testing.assert_array_equal(chunked.sim.toarray(), knn.sim.toarray())
+
+
 def test_recency_decay_prefers_neighbours_of_recent_items():
     train = Interactions.from_lists([[0, 1]] * 3 + [[2, 3]] * 3, 4)
     history = Interactions.from_lists([[0, 2]], 4)  # 2 is the most recent
