@@ -19,16 +19,14 @@ import uvicorn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from serving.catalog import Catalog
-from serving.feedback_log import FeedbackLog, FeedbackLogConfig
-from serving.http import EdgeLog, Runtime, configure
+from serving.http import EdgeLog, Runtime, configure, open_feedback_log
 from serving.schemas import AppArgs
 from serving.service import LocalStages, LocalState, RecommendService, user_state_config
 from serving.user_state import MemoryUserState
 
 
 def make_app(args: AppArgs):
-    edge = EdgeLog(FeedbackLog(FeedbackLogConfig(root=args.feedback_root, wal_dir=args.wal_dir, background=True,
-                                                 retry_max_s=args.wal_retry_max_s), "plain"))
+    edge = EdgeLog(open_feedback_log(args, "plain"))
     state = LocalState(MemoryUserState(user_state_config(args), args.state_dir))
     service = RecommendService(args, Catalog.load(args.data_dir), LocalStages(args), state, edge.append)
     return configure(Runtime(service, edge), args)

@@ -22,8 +22,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serving.catalog import Catalog
 from serving.deployments import ItemRegistry, Ranker, Retriever, RetrieveRank
-from serving.feedback_log import FeedbackLog, FeedbackLogConfig
-from serving.http import EdgeLog, Runtime, configure
+from serving.http import EdgeLog, Runtime, configure, open_feedback_log
 from serving.messages import (
     CandidateQuery,
     CandidateSet,
@@ -148,9 +147,7 @@ class Ingress:
             writer = serve.get_replica_context().replica_id.unique_id
         except Exception:  # noqa: BLE001 -- outside a replica (local testing mode)
             writer = uuid.uuid4().hex[:12]
-        self.edge = EdgeLog(FeedbackLog(FeedbackLogConfig(root=args.feedback_root, wal_dir=args.wal_dir,
-                                                          background=True, retry_max_s=args.wal_retry_max_s),
-                                        f"ingress-{writer}"))
+        self.edge = EdgeLog(open_feedback_log(args, f"ingress-{writer}"))
         self.runtime = Runtime(RecommendService(args, Catalog.load(args.data_dir),
                                                 HandleStages(retriever, ranker, policy, registry,
                                                              PolicyCopy(args) if args.policy_copy_s > 0 else None),

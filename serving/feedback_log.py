@@ -106,9 +106,7 @@ class FeedbackLog:
         self.append_many(table, [record])
 
     def append_many(self, table: str, records: list[dict]) -> None:
-        if table not in TABLES:
-            raise ValueError(f"unknown feedback table {table!r}")
-        lines = "".join(json.dumps({"table": table, **r}, default=str) + "\n" for r in records)
+        lines = encode(table, records)
         with self.mutex:
             self._fh.write(lines)
             self._fh.flush()
@@ -229,39 +227,14 @@ class FeedbackLog:
             self._adopted.append((other, lock))
 
     def _read(self, segment: Path) -> dict[str, list[dict]]:
-        by_table: dict[str, list[dict]] = {}
         with open(segment, encoding="utf-8", errors="replace") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.endswith("\n"):
-                    break  # a torn last line was never acknowledged (fsync returns after the newline)
-                try:
-                    rec = json.loads(line)
-                    table = rec.pop("table")
-                    if table not in TABLES:
-                        raise ValueError(f"unknown table {table!r}")
-                    rec["timestamp"] = _timestamp(rec.get("timestamp"))
-                except (ValueError, KeyError, AttributeError, TypeError) as exc:
-                    self.corrupt_lines += 1
-                    log.warning("feedback log: %s line %d is corrupt (%s); skipped", segment, n, str(exc)[:100])
-                    continue
-                by_table.setdefault(table, []).append(rec)
+            by_table, corrupt = parse_lines(fh, str(segment))
+        self.corrupt_lines += corrupt
         return by_table
 
     def _publish(self, segment: Path, writer: str | None = None) -> int:
         by_table = self._read(segment) if segment.exists() else {}
-        for table, recs in by_table.items():
-            schema = TABLES[table]
-            try:
-                data = pa.Table.from_pylist(recs, schema=schema)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
-                data = self._rows_that_fit(segment, recs, schema)
-            name = f"part-{writer or self.writer}-{segment.stem}.parquet"
-            fs, path = storage.resolve(storage.join(self.config.root, table, name))
-            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-            buf = pa.BufferOutputStream()
-            pq.write_table(data, buf)
-            # whole or not at all, on disk (fsynced with its directory) or one S3 PUT
-            storage.write_durably(fs, f"{path}.tmp-{uuid.uuid4().hex[:8]}", path, buf.getvalue().to_pybytes())
+        self.corrupt_lines += write_parts(self.config.root, by_table, f"{writer or self.writer}-{segment.stem}")
         if segment.exists():
             segment.unlink()
         for other, lock in list(self._adopted):
@@ -270,18 +243,6 @@ class FeedbackLog:
                 lock.close()
                 self._adopted.remove((other, lock))
         return sum(len(v) for v in by_table.values())
-
-    def _rows_that_fit(self, segment: Path, recs: list[dict], schema: pa.Schema) -> pa.Table:
-        good = []
-        for r in recs:
-            try:
-                pa.Table.from_pylist([r], schema=schema)
-                good.append(r)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
-                self.corrupt_lines += 1
-        log.warning("feedback log: %s had %d row(s) that do not fit the table; skipped",
-                    segment, len(recs) - len(good))
-        return pa.Table.from_pylist(good, schema=schema)
 
     def close(self) -> None:
         if self._fh.closed:
@@ -311,3 +272,63 @@ def _timestamp(value) -> int:
     if isinstance(value, float):
         return int(value * 1_000_000)
     return int(value)
+
+
+def encode(table: str, records: list[dict]) -> str:
+    """JSON lines of ``records`` for ``table`` (the WAL format)."""
+    if table not in TABLES:
+        raise ValueError(f"unknown feedback table {table!r}")
+    return "".join(json.dumps({"table": table, **r}, default=str) + "\n" for r in records)
+
+
+def parse_lines(lines, source: str) -> tuple[dict[str, list[dict]], int]:
+    """WAL lines -> (records by table, corrupt lines skipped). A torn last line (no newline) was
+    never acknowledged and is dropped silently."""
+    by_table: dict[str, list[dict]] = {}
+    corrupt = 0
+    for n, line in enumerate(lines, 1):
+        if not line.endswith("\n"):
+            break  # a torn last line was never acknowledged (fsync returns after the newline)
+        try:
+            rec = json.loads(line)
+            table = rec.pop("table")
+            if table not in TABLES:
+                raise ValueError(f"unknown table {table!r}")
+            rec["timestamp"] = _timestamp(rec.get("timestamp"))
+        except (ValueError, KeyError, AttributeError, TypeError) as exc:
+            corrupt += 1
+            log.warning("feedback log: %s line %d is corrupt (%s); skipped", source, n, str(exc)[:100])
+            continue
+        by_table.setdefault(table, []).append(rec)
+    return by_table, corrupt
+
+
+def write_parts(root: str, by_table: dict[str, list[dict]], name: str) -> int:
+    """One Parquet part ``part-<name>.parquet`` per table under ``root``, each written whole (local:
+    fsynced with its directory; S3: one PUT). Same ``name`` and records -> the same file, so
+    publishing twice overwrites instead of duplicating. Returns the rows that did not fit the table."""
+    skipped = 0
+    for table, recs in by_table.items():
+        schema = TABLES[table]
+        try:
+            data = pa.Table.from_pylist(recs, schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            good = [r for r in recs if _fits(r, schema)]
+            skipped += len(recs) - len(good)
+            log.warning("feedback log: %s had %d row(s) that do not fit the table; skipped", name,
+                        len(recs) - len(good))
+            data = pa.Table.from_pylist(good, schema=schema)
+        fs, path = storage.resolve(storage.join(root, table, f"part-{name}.parquet"))
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        buf = pa.BufferOutputStream()
+        pq.write_table(data, buf)
+        storage.write_durably(fs, f"{path}.tmp-{uuid.uuid4().hex[:8]}", path, buf.getvalue().to_pybytes())
+    return skipped
+
+
+def _fits(record: dict, schema: pa.Schema) -> bool:
+    try:
+        pa.Table.from_pylist([record], schema=schema)
+        return True
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+        return False

@@ -22,7 +22,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from serving.feedback_log import FeedbackLog
+from serving.feedback_log import FeedbackLog, FeedbackLogConfig
+from serving.feedback_shared import SharedFeedbackLog, SharedLogConfig
 from serving.schemas import FeedbackRequest, NewItem, RecommendRequest
 from serving.security import Guard, GuardSettings
 from serving.service import RecommendService, ServiceError
@@ -37,11 +38,20 @@ GUARD = GuardSettings()
 api.add_middleware(Guard, settings=GUARD)
 
 
-class EdgeLog:
-    """The process's feedback log in background mode: appends fsync their WAL segment off the
-    event loop (a failure is a 503 that acknowledges nothing); a thread seals and publishes."""
+def open_feedback_log(args, writer: str) -> FeedbackLog | SharedFeedbackLog:
+    """The process's feedback log as ``args.feedback_ack`` asks (:class:`serving.schemas.AppArgs`)."""
+    if args.feedback_ack == "shared":
+        return SharedFeedbackLog(SharedLogConfig(root=args.feedback_root, retry_max_s=args.wal_retry_max_s), writer)
+    return FeedbackLog(FeedbackLogConfig(root=args.feedback_root, wal_dir=args.wal_dir, background=True,
+                                         retry_max_s=args.wal_retry_max_s), writer)
 
-    def __init__(self, feedback_log: FeedbackLog):
+
+class EdgeLog:
+    """The process's feedback log in background mode: appends reach their WAL (local fsync or
+    shared storage) off the event loop (a failure is a 503 that acknowledges nothing); a thread
+    seals and publishes."""
+
+    def __init__(self, feedback_log: FeedbackLog | SharedFeedbackLog):
         self.log = feedback_log
         self.failing_since: float | None = None  # the WAL itself cannot be written
         self.stop = threading.Event()

@@ -106,6 +106,10 @@ class AppArgs(BaseModel):
     data_dir: str  # the dataset it was trained on: catalogue and user histories
     feedback_root: str = "raycart-work/feedback"  # Parquet feedback log (local or s3://)
     wal_dir: str = "raycart-work/serve-wal"  # local write-ahead log of the feedback log
+    # what a 200 on /feedback and /recommend means: "local" = fsynced in wal_dir on the replica's
+    # node (survives a replica restart, not the node's loss); "shared" = in shared storage
+    # (<feedback_root>/_wal, e.g. S3) via group commit (serving.feedback_shared): survives losing the node
+    feedback_ack: Literal["local", "shared"] = "local"
     policy_state: str = "raycart-work/policy/state.npz"  # checkpoint of the bandit (local or s3://)
     policy_epsilon: float = Field(0.05, ge=0, le=1)
     policy_alpha: float = Field(0.1, ge=0)  # UCB width: small, so a young policy follows the ranker

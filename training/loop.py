@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from training import storage
@@ -90,6 +91,19 @@ def run_epochs(spec: LoopSpec, model: torch.nn.Module, opt: torch.optim.Optimize
             if rank == 0:
                 print(f"[{spec.tag}] early stop: no improvement for {spec.patience} epochs", flush=True)
             break
+
+
+def driver_dataset(array: np.ndarray, blocks: int = 4):
+    """A Ray Dataset of ``array``'s rows (one column ``data``) whose blocks the driver puts into its
+    own node's object store, owned by the driver. ``ray.data.from_numpy`` converts on a worker node
+    instead (a 1-CPU task); when that node is lost, Ray re-runs the task to recover the block and
+    the run hangs, because the restarted training group holds every CPU that is left."""
+    import pyarrow as pa
+    import ray.data
+    from ray.data.extensions import ArrowTensorArray
+
+    column = ArrowTensorArray.from_numpy(array) if array.ndim > 1 else pa.array(array)
+    return ray.data.from_arrow(pa.table({"data": column}), override_num_blocks=max(1, min(blocks, len(array))))
 
 
 def fit(train_loop: Callable[[dict], None], loop_config: dict, *, name: str, storage_path: str, workers: int,

@@ -46,7 +46,7 @@ from training.data.splits import build_split, split_from_manifest
 from training.errors import DataError
 from training.evaluation.metrics import EvalConfig, evaluate
 from training.features import attribute_vocabulary, item_text
-from training.loop import LoopSpec, fit, plot_learning_curve, run_epochs
+from training.loop import LoopSpec, driver_dataset, fit, plot_learning_curve, run_epochs
 from training.modeldir import read_model_json, read_state, save_model_dir
 from training.models.encoders import (
     ImageEncoder,
@@ -356,7 +356,6 @@ def _with_exposure(arrays: dict, lists: ExposureLists, interactions: Interaction
 def train_ranker(job: RankerJob, callbacks: list | None = None) -> dict:
     """Run the whole job; returns the test metrics of the two-stage pipeline."""
     import ray
-    import ray.data
 
     start = time.time()
     if job.text is not None:
@@ -380,7 +379,7 @@ def train_ranker(job: RankerJob, callbacks: list | None = None) -> dict:
                              "init": ray.put(init) if init is not None else None},
                 name=name, storage_path=job.storage, workers=job.workers, use_gpu=job.use_gpu,
                 max_failures=job.max_failures, placement=job.placement,
-                datasets={"train": ray.data.from_numpy(np.arange(n))}, callbacks=callbacks)
+                datasets={"train": driver_dataset(np.arange(n))}, callbacks=callbacks)
     return export_ranker(job, ex, saved, start)
 
 

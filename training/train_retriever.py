@@ -30,7 +30,7 @@ from training.data.interactions import Interactions
 from training.data.splits import build_split, split_from_manifest
 from training.evaluation.metrics import EvalConfig, evaluate
 from training.features import build_item_features
-from training.loop import LoopSpec, fit, plot_learning_curve, run_epochs
+from training.loop import LoopSpec, driver_dataset, fit, plot_learning_curve, run_epochs
 from training.modeldir import save_model_dir
 from training.models.encoders import ImageEncoderConfig, TextEncoderConfig
 from training.models.retriever import (ItemFeatures, RetrieverConfig, RetrieverScorer, TwoTower,
@@ -182,7 +182,6 @@ def prepare_inputs(job: RetrieverJob):
 def train_retriever(job: RetrieverJob, callbacks: list | None = None) -> dict:
     """Run the whole job; returns the test metrics. See the module docstring."""
     import ray
-    import ray.data
 
     start = time.time()
     ds, valid, test, feats, arrays, log_q = prepare_inputs(job)
@@ -197,7 +196,7 @@ def train_retriever(job: RetrieverJob, callbacks: list | None = None) -> dict:
                              "log_q": log_q},
                 name=name, storage_path=job.storage, workers=job.workers, use_gpu=job.use_gpu,
                 max_failures=job.max_failures, placement=job.placement,
-                datasets={"train": ray.data.from_numpy(arrays)}, callbacks=callbacks)
+                datasets={"train": driver_dataset(arrays)}, callbacks=callbacks)
     return export_retriever(job, (ds, valid, test, feats, arrays, log_q), saved, start)
 
 

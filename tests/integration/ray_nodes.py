@@ -229,4 +229,5 @@ class RayNodes:
             for name in [n for n in self.nodes if n != "head"] + (["head"] if "head" in self.nodes else []):
                 self.kill(name)
         finally:
-            shutil.rmtree(self.root, ignore_errors=True)
+            if not os.environ.get("RAYCART_KEEP_NODES"):  # keep the logs to read after a failure
+                shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,257 @@
+"""Feedback log whose acknowledgement survives losing the machine (``AppArgs.feedback_ack="shared"``).
+
+:class:`serving.feedback_log.FeedbackLog` acknowledges a record once it is fsynced on the replica's
+own disk: a replica that dies is replaced and its successor publishes the segments, but a *node*
+that is lost takes that disk with it. Here an append returns only once its record is in **shared
+storage** (S3, or a filesystem every node mounts): ``<wal>/<writer>/<time>-<id>.jsonl``, one object
+per **group commit** -- a committer thread writes everything appended while the previous write was
+in flight as one object, so the cost is one PUT per group, not per request (measured in
+``benchmarks/multinode.py``). Committed objects are published as Parquet parts under ``root``
+(:func:`serving.feedback_log.write_parts`, same tables) after ``flush_rows`` records or
+``flush_seconds``, then deleted.
+
+Each writer rewrites ``<wal>/<writer>/_alive`` (its clock) every ``heartbeat_s``; any writer that
+finds another's heartbeat older than ``dead_after_s`` publishes that writer's objects and removes
+them (an adopter's part name is deterministic, so two adopters overwrite each other instead of
+duplicating; a writer wrongly declared dead can still publish a record twice, and readers
+de-duplicate on the record id, as for the local log). Plain Python, no Ray; thread-safe; the same
+methods as :class:`~serving.feedback_log.FeedbackLog` (``append_many``, ``tick``, ``flush``,
+``health``, ``close``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import pyarrow.fs as pafs
+
+from serving.feedback_log import encode, parse_lines, write_parts
+from training import storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SharedLogConfig:
+    root: str  # where the Parquet parts go (local or s3://bucket/prefix)
+    wal: str = ""  # shared write-ahead prefix; default <root>/_wal
+    flush_rows: int = 500
+    flush_seconds: float = 5.0
+    commit_timeout_s: float = 10.0  # an append waits this long for its group commit, then fails (503)
+    heartbeat_s: float = 5.0
+    dead_after_s: float = 30.0  # a writer whose heartbeat is older is adopted
+    adopt_every_s: float = 10.0
+    retry_max_s: float = 30.0
+
+    @property
+    def wal_root(self) -> str:
+        return self.wal or storage.join(self.root, "_wal")
+
+
+@dataclass
+class _Group:
+    lines: list[str] = field(default_factory=list)
+    rows: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+class SharedFeedbackLog:
+    def __init__(self, config: SharedLogConfig, writer: str):
+        self.config, self.writer = config, writer
+        self.fs, self.wal = storage.resolve(config.wal_root)
+        self.dir = f"{self.wal}/{writer}"
+        self.fs.create_dir(self.dir, recursive=True)
+        self.cond = threading.Condition()
+        self.group = _Group()  # open: collecting appends while the previous group is written
+        self.committed: list[tuple[str, str, int]] = []  # (object name, text, rows): not yet published
+        self.publishing = threading.Lock()
+        self.opened = time.monotonic()
+        self.corrupt_lines = 0
+        self.failures, self.last_error, self.retry_at = 0, None, 0.0
+        self.commits = self.committed_rows = 0  # group commits and rows they carried (batching factor)
+        self.adopted_writers = 0
+        self.beat_at = self.adopted_at = 0.0
+        self.closed = False
+        self._heartbeat()
+        self.recovered = self._adopt(include_self=True)  # what an earlier life of this writer left
+        self.committer = threading.Thread(target=self._commit_loop, name="feedback-commit", daemon=True)
+        self.committer.start()
+
+    # -- appends: acknowledged once in shared storage ------------------------------------------
+    def append(self, table: str, record: dict) -> None:
+        self.append_many(table, [record])
+
+    def append_many(self, table: str, records: list[dict]) -> None:
+        """Returns once ``records`` are in shared storage; raises ``OSError`` (nothing
+        acknowledged) when the group they joined could not be written in time."""
+        lines = encode(table, records)
+        with self.cond:
+            if self.closed:
+                raise OSError("the feedback log is closed")
+            group = self.group
+            group.lines.append(lines)
+            group.rows += len(records)
+            self.cond.notify()
+        if not group.done.wait(self.config.commit_timeout_s):
+            raise OSError(f"shared WAL: no commit within {self.config.commit_timeout_s:.0f} s")
+        if group.error is not None:
+            raise OSError(f"shared WAL write failed: {type(group.error).__name__}: {str(group.error)[:200]}")
+
+    def _commit_loop(self) -> None:
+        while True:
+            with self.cond:
+                while not self.group.lines and not self.closed:
+                    self.cond.wait()
+                if not self.group.lines:
+                    return  # closed and drained
+                group, self.group = self.group, _Group()
+            name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
+            text = "".join(group.lines)
+            try:
+                _put(self.fs, f"{self.dir}/{name}", text.encode())
+            except Exception as exc:  # noqa: BLE001 -- reported to every append of the group
+                group.error = exc
+            else:
+                with self.publishing:
+                    self.committed.append((name, text, group.rows))
+                self.commits += 1
+                self.committed_rows += group.rows
+            group.done.set()
+
+    # -- publishing --------------------------------------------------------------------------------
+    def tick(self) -> int:
+        now = time.monotonic()
+        if now - self.beat_at >= self.config.heartbeat_s:
+            self._heartbeat()
+        rows = 0
+        if now - self.adopted_at >= self.config.adopt_every_s:
+            rows += self._adopt()
+        with self.publishing:
+            pending = sum(r for _, _, r in self.committed)
+        due = pending and (pending >= self.config.flush_rows or now - self.opened >= self.config.flush_seconds)
+        if due and now >= self.retry_at:
+            rows += self.publish()
+        return rows
+
+    def flush(self) -> int:
+        return self.publish(raise_errors=True)
+
+    def publish(self, raise_errors: bool = False) -> int:
+        """Every committed group as one Parquet part per table, then the objects deleted."""
+        with self.publishing:
+            batch = list(self.committed)
+            if not batch:
+                return 0
+            try:
+                rows = self._publish(self.writer, [(n, t) for n, t, _ in batch])
+            except Exception as exc:  # noqa: BLE001 -- the objects stay in the shared WAL; retried
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+                self.retry_at = time.monotonic() + min(self.config.retry_max_s, 0.5 * 2 ** min(self.failures, 16))
+                log.warning("feedback log: publishing %d group(s) failed (%s); kept in the shared WAL",
+                            len(batch), self.last_error)
+                if raise_errors:
+                    raise
+                return 0
+            del self.committed[:len(batch)]
+            self.failures, self.last_error = 0, None
+            self.opened = time.monotonic()
+            return rows
+
+    def _publish(self, writer: str, objects: list[tuple[str, str]]) -> int:
+        by_table: dict[str, list[dict]] = {}
+        for name, text in objects:
+            parsed, corrupt = parse_lines(text.splitlines(keepends=True), f"{writer}/{name}")
+            self.corrupt_lines += corrupt
+            for table, recs in parsed.items():
+                by_table.setdefault(table, []).extend(recs)
+        self.corrupt_lines += write_parts(self.config.root, by_table, f"{writer}-{objects[0][0][:-6]}")
+        for name, _ in objects:
+            try:
+                self.fs.delete_file(f"{self.wal}/{writer}/{name}")
+            except FileNotFoundError:
+                pass  # an adopter got there first (it published the same records)
+        return sum(len(v) for v in by_table.values())
+
+    # -- liveness and adoption ---------------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        self.beat_at = time.monotonic()
+        try:
+            _put(self.fs, f"{self.dir}/_alive", repr(time.time()).encode())
+        except Exception as exc:  # noqa: BLE001 -- a missed beat; the next tick tries again
+            log.warning("feedback log: heartbeat failed: %s", exc)
+
+    def _adopt(self, include_self: bool = False) -> int:
+        """Publish the objects of writers whose heartbeat is older than ``dead_after_s`` (and, at
+        start, this writer's own earlier objects); returns the rows published."""
+        self.adopted_at = time.monotonic()
+        rows = 0
+        try:
+            folders = [i.path.rsplit("/", 1)[-1] for i in self.fs.get_file_info(
+                pafs.FileSelector(self.wal, allow_not_found=True)) if i.type == pafs.FileType.Directory]
+        except Exception as exc:  # noqa: BLE001 -- storage down: retried at the next round
+            log.warning("feedback log: cannot list the shared WAL: %s", exc)
+            return 0
+        for writer in folders:
+            if writer == self.writer and not include_self:
+                continue
+            try:
+                if writer != self.writer and not self._dead(writer):
+                    continue
+                names = sorted(i.path.rsplit("/", 1)[-1] for i in self.fs.get_file_info(
+                    pafs.FileSelector(f"{self.wal}/{writer}")) if i.path.endswith(".jsonl"))
+                if writer == self.writer:
+                    names = [n for n in names if n not in {c for c, _, _ in self.committed}]
+                if names:
+                    texts = [(n, self._read(f"{self.wal}/{writer}/{n}")) for n in names]
+                    rows += self._publish(writer, texts)
+                if writer != self.writer:
+                    self.fs.delete_dir(f"{self.wal}/{writer}")
+                    self.adopted_writers += 1
+                    log.warning("feedback log: adopted %d group(s) of stopped writer %s", len(names), writer)
+            except Exception as exc:  # noqa: BLE001 -- retried at the next round
+                log.warning("feedback log: adopting %s failed: %s", writer, exc)
+        return rows
+
+    def _dead(self, writer: str) -> bool:
+        """Its heartbeat is older than ``dead_after_s``; without one (a writer killed between its
+        folder and first beat, or a torn close), its newest object is."""
+        try:
+            return time.time() - float(self._read(f"{self.wal}/{writer}/_alive")) > self.config.dead_after_s
+        except (FileNotFoundError, ValueError):
+            pass
+        times = [i.mtime.timestamp() for i in self.fs.get_file_info(pafs.FileSelector(f"{self.wal}/{writer}"))
+                 if i.path.endswith(".jsonl") and i.mtime is not None]
+        return bool(times) and time.time() - max(times) > self.config.dead_after_s
+
+    def _read(self, path: str) -> str:
+        with self.fs.open_input_stream(path) as fh:
+            return fh.read().decode("utf-8", errors="replace")
+
+    def health(self) -> dict:
+        return {"ok": self.failures == 0, "unpublished_segments": len(self.committed), "failures": self.failures,
+                "last_error": self.last_error, "corrupt_lines": self.corrupt_lines, "commits": self.commits,
+                "committed_rows": self.committed_rows, "adopted_writers": self.adopted_writers}
+
+    def close(self) -> None:
+        with self.cond:
+            if self.closed:
+                return
+            self.closed = True
+            self.cond.notify()
+        self.committer.join(timeout=self.config.commit_timeout_s)
+        try:
+            self.flush()
+            self.fs.delete_dir(self.dir)  # nothing left: no heartbeat, no objects
+        except Exception:  # noqa: BLE001 -- left in the shared WAL: whoever finds it stale publishes it
+            log.warning("feedback log: %d group(s) left in %s for another writer", len(self.committed), self.dir)
+
+
+def _put(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Whole or not at all: one S3 PUT, or a fsynced temp file renamed into place."""
+    storage.write_durably(fs, f"{path}.tmp-{uuid.uuid4().hex[:8]}", path, data)
