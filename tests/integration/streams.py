@@ -41,3 +41,59 @@ class RecommendStream:
         self.stop.set()
         for t in self.threads:
             t.join()
+
+
+class ShopperStream:
+    """Shoppers at a bounded rate: each thread asks ``/recommend`` and sends a click on the first
+    item to ``/feedback``, then pauses so the whole stream stays near ``rate`` requests a second.
+    Every request is recorded as ``(start time, path, status, seconds)`` (status 0: no answer);
+    ``acked`` holds the ``(request_id, item_id, event)`` of every feedback the app acknowledged
+    (200) and ``shown`` the ``(request_id, item_id)`` of every slate it answered."""
+
+    def __init__(self, url: str, users: list[str], threads: int = 4, rate: float = 8.0, timeout_s: float = 30,
+                 headers: dict | None = None):
+        self.url, self.users, self.timeout_s, self.headers = url, users, timeout_s, headers or {}
+        self.pause_s = threads / rate
+        self.requests: list[tuple[float, str, int, float]] = []
+        self.acked: list[tuple[str, str, str]] = []
+        self.shown: list[tuple[str, str]] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(threads)]
+
+    def _call(self, path: str, body: dict) -> requests.Response | None:
+        start = time.time()
+        try:
+            r = requests.post(self.url + path, json=body, timeout=self.timeout_s, headers=self.headers)
+        except requests.RequestException:
+            self.requests.append((start, path, 0, time.time() - start))
+            return None
+        self.requests.append((start, path, r.status_code, time.time() - start))
+        return r
+
+    def _client(self, i: int) -> None:
+        n = 0
+        while not self.stop.is_set():
+            user = self.users[(i * 7919 + n) % len(self.users)]
+            n += 1
+            r = self._call("/recommend", {"user_id": user, "k": 3})
+            if r is not None and r.status_code == 200:
+                body = r.json()
+                self.shown.extend((body["request_id"], it["item_id"]) for it in body["items"])
+                event = (body["request_id"], body["items"][0]["item_id"], "click")
+                f = self._call("/feedback", dict(zip(("request_id", "item_id", "event"), event, strict=True)))
+                if f is not None and f.status_code == 200:
+                    self.acked.append(event)
+            self.stop.wait(self.pause_s)
+
+    def failed(self, since: float = 0.0, until: float = float("inf")) -> list[tuple[float, str, int, float]]:
+        return [r for r in self.requests if since <= r[0] < until and r[2] != 200]
+
+    def __enter__(self) -> Self:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join()

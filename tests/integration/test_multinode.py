@@ -15,12 +15,11 @@ import json
 import subprocess
 import sys
 import time
-import urllib.parse
 from pathlib import Path
 
 import pytest
 from netwatch import ListenerWatch
-from ray_nodes import RAY, RayNodes, http
+from ray_nodes import RayNodes
 
 # Not in .ci/test.sh yet: it passed once alone, but the resumed run hung in the full suite (after
 # Ray reported a lost object from the killed node) and once more alone;
@@ -30,28 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 8
 
 
-def _state(nodes: RayNodes, what: str, **filters: str) -> list[dict]:
-    """Ray's State API (``/api/v0/<what>``) through the dashboard, with the token."""
-    query = {"detail": "true", "limit": "1000"}
-    if filters:
-        query |= {"filter_keys": list(filters), "filter_predicates": ["="] * len(filters),
-                  "filter_values": list(filters.values())}
-    code, body = http(f"{nodes.dashboard}/api/v0/{what}?{urllib.parse.urlencode(query, doseq=True)}", nodes.token)
-    assert code == 200, body[:500]
-    return json.loads(body)["data"]["result"]["result"]
-
-
-def _status(nodes: RayNodes, submission_id: str) -> str:
-    """The job's status through the Jobs API (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
-    code, body = http(f"{nodes.dashboard}/api/jobs/{submission_id}", nodes.token)
-    assert code == 200, body[:500]
-    return json.loads(body)["status"]
-
-
 def _job(nodes: RayNodes, *args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([RAY, "job", args[0], "--address", nodes.dashboard, *args[1:]], env=env, capture_output=True,
-                          check=False,
-                          text=True, timeout=120)
+    return nodes.cli("ray", "job", args[0], "--address", nodes.dashboard, *args[1:], env=env)
 
 
 def _logs(nodes: RayNodes, submission_id: str, env: dict) -> str:
@@ -98,30 +77,28 @@ def test_training_spreads_over_nodes_and_resumes_after_losing_one(cluster, s3_se
 
         deadline = time.time() + 300
         while checkpoints() < 2:  # the first is registered with Ray Train once the second is written
-            status = _status(nodes, prefix)
+            status = nodes.job_status(prefix)
             assert status in ("PENDING", "RUNNING") and time.time() < deadline, _logs(nodes, prefix, env)[-3000:]
             time.sleep(0.5)
-        first = {w["node_id"] for w in _state(nodes, "actors", class_name="RayTrainWorker")}
-        names = nodes.names  # every worker node's id -> its name; any other id is the head's
-        assert sorted(names.get(n, "head") for n in first) == ["a", "b"]  # one worker per node, none on the head
+        assert nodes.placed("RayTrainWorker") == ["a", "b"]  # one worker per node, none on the head
 
         nodes.kill("a")  # the machine is gone: raylet, object store and the worker on it
         time.sleep(5)
         nodes.add_node("c", num_cpus=1)  # the replacement
 
         deadline = time.time() + 420
-        while _status(nodes, prefix) in ("PENDING", "RUNNING") and time.time() < deadline:
+        while nodes.job_status(prefix) in ("PENDING", "RUNNING") and time.time() < deadline:
             time.sleep(1)
         logs = _logs(nodes, prefix, env)
-        assert _status(nodes, prefix) == "SUCCEEDED", logs[-4000:]
+        assert nodes.job_status(prefix) == "SUCCEEDED", logs[-4000:]
         shown = _job(nodes, "status", prefix, env=env)  # and as a user reads it
         assert "succeeded" in (shown.stdout + shown.stderr)
         doc = json.loads((out / "model.json").read_text())
         assert [h["epoch"] for h in doc["history"]] == list(range(1, EPOCHS + 1))  # none lost, none repeated
         assert doc["resumes"] >= 1, logs[-6000:]
         assert "[retriever] epoch" in logs and "resumed from checkpoint" in logs  # the progress lines, via ray job logs
-        placed = collections.Counter(names.get(w["node_id"], "head") for w in
-                                     _state(nodes, "actors", class_name="RayTrainWorker"))
+        placed = collections.Counter(nodes.names.get(w["node_id"], "head") for w in
+                                     nodes.state("actors", class_name="RayTrainWorker"))
         # the first group on a and b; the restarted one on b (survived) and c (the replacement)
         assert placed["a"] == 1 and placed["b"] >= 2 and placed["c"] >= 1, placed
         assert placed["head"] == 0, placed
