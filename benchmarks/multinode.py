@@ -7,6 +7,9 @@ Phases (``--phase``, comma-separated):
   ``feedback_ack: local`` (fsync on the replica's disk, the baseline, same run) and ``shared``
   (group commit to the SeaweedFS S3 server on 127.0.0.1), with 1 and 8 concurrent appenders;
   the shared log's appends per write (group commit) too.
+* ``head-restart``: the same app on a head whose GCS keeps its tables in Redis (GCS fault
+  tolerance); the GCS killed under load and restarted ``--gcs-down`` seconds later. Failed requests
+  and p99 while it was down.
 * ``node-loss``: the Serve app deployed with `serve deploy` on a head plus two worker nodes
   (tests/integration/ray_nodes.py, multinode_app.py: model, data, feedback log and policy on S3,
   user state in Redis); shoppers at a bounded rate; a worker node lost (every process SIGKILLed),
@@ -23,6 +26,7 @@ time, the loss and the replacement marked).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -85,56 +89,93 @@ def ack_phase(s3: LocalS3, work: Path, appends: int) -> list[dict]:
     return rows
 
 
-def node_loss_phase(s3: LocalS3, work: Path, a: argparse.Namespace) -> dict:
-    from multinode_app import deploy_app, lose_a_node, replicas
+@contextlib.contextmanager
+def app_cluster(s3: LocalS3, work: Path, a: argparse.Namespace, tag: str, gcs_ft: bool = False,
+                head_env: dict | None = None):
+    """Head (no CPUs; with ``gcs_ft`` its GCS backed by a Redis) + worker nodes a and b, Redis for
+    user state, and the app deployed with `serve deploy`; yields ``(nodes, app, s3 info)``."""
+    from multinode_app import deploy_app, replicas
     from ray_nodes import RayNodes
 
     from serving.redis_server import LocalRedis
 
     s3_info = {"env": s3.env, "bucket": s3.bucket, "client": s3.client}
     redis = LocalRedis(work / "redis").start()
+    gcs_redis = LocalRedis(work / "gcs-redis").start() if gcs_ft else None
     nodes = RayNodes(node_env=s3.env)
     try:
         t = time.time()
-        nodes.start_head(num_cpus=0)
+        nodes.start_head(num_cpus=0, gcs_redis=f"127.0.0.1:{gcs_redis.port}" if gcs_redis else None, env=head_env)
         nodes.add_node("a", num_cpus=2)
         nodes.add_node("b", num_cpus=2)
-        print(f"[node-loss] cluster: head + 2 worker nodes in {time.time() - t:.0f} s", flush=True)
+        print(f"[{tag}] cluster: head + 2 worker nodes in {time.time() - t:.0f} s", flush=True)
         t = time.time()
-        app = deploy_app(nodes, s3_info, redis.url, Path(a.model), Path(a.data), work)
-        print(f"[node-loss] serve deploy -> ready in {time.time() - t:.0f} s; replicas {replicas(nodes)}", flush=True)
-        run = lose_a_node(nodes, app, s3_info, warm_s=a.warm, down_s=a.down, after_s=a.after, threads=a.threads,
-                          rate=a.rate, timeline=True)
+        app = deploy_app(nodes, s3_info, redis.url, Path(a.model), Path(a.data), work, prefix=f"bench-{tag}")
+        print(f"[{tag}] serve deploy -> ready in {time.time() - t:.0f} s; replicas {replicas(nodes)}", flush=True)
+        yield nodes, app, s3_info
     finally:
         nodes.stop()
         redis.stop()
-    print(f"[node-loss] {run['requests']} requests, {run['failed']} failed ({100 * run['failed_rate']:.2f} %), "
-          f"p99 {run['p99_ms']:.0f} ms (30 s after the loss: {run['p99_ms_30s_after_loss']:.0f} ms); full capacity "
-          f"{run['full_capacity_s_after_loss']:.0f} s after the loss; "
+        if gcs_redis:
+            gcs_redis.stop()
+
+
+# the GCS declares a node dead after this many failed health checks, this far apart: Ray's defaults
+# (5 x 3 s) and a faster setting (3 x 1 s), set on the head as RAY_health_check_* variables
+DETECTION = {"node-loss": None, "node-loss-fast": {"RAY_health_check_period_ms": "1000",
+                                                   "RAY_health_check_failure_threshold": "3"}}
+
+
+def node_loss_phase(s3: LocalS3, work: Path, a: argparse.Namespace, tag: str = "node-loss") -> dict:
+    from multinode_app import lose_a_node
+
+    with app_cluster(s3, work, a, tag, head_env=DETECTION[tag]) as (nodes, app, s3_info):
+        run = lose_a_node(nodes, app, s3_info, warm_s=a.warm, down_s=a.down, after_s=a.after, threads=a.threads,
+                          rate=a.rate, timeline=True)
+    run["head_env"] = DETECTION[tag]
+    print(f"[{tag}] {run['requests']} requests, {run['failed']} failed ({100 * run['failed_rate']:.2f} %), "
+          f"p99 {run['p99_ms']:.0f} ms (30 s after the loss: {run['p99_ms_30s_after_loss']:.0f} ms); every replica "
+          f"running again {run['full_capacity_s_after_loss']:.0f} s after the loss; "
           f"{run['acked_events']} events acknowledged, {run['lost_events']} lost", flush=True)
     return run
 
 
-def plot(run: dict, path: Path, down: float) -> None:
+def head_restart_phase(s3: LocalS3, work: Path, a: argparse.Namespace) -> dict:
+    from multinode_app import restart_gcs_under_load
+
+    with app_cluster(s3, work, a, "head-restart", gcs_ft=True) as (nodes, app, _):
+        run = restart_gcs_under_load(nodes, app, warm_s=a.warm, down_s=a.gcs_down, after_s=a.after,
+                                     threads=a.threads, rate=a.rate)
+        run["nodes_alive_after"] = len(nodes.alive_ids())
+    print(f"[head-restart] GCS down {run['gcs_down_s']:.1f} s: {run['requests']} requests, {run['failed']} failed "
+          f"({run['requests_while_gcs_down']} while the GCS was down, {run['failed_while_gcs_down']} failed); "
+          f"p99 {run['p99_ms']:.0f} ms, while down {run['p99_ms_while_gcs_down']:.0f} ms", flush=True)
+    return run
+
+
+def plot(runs: dict[str, dict], path: Path, down: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t = np.array([r[0] for r in run["timeline"]])
-    ms = np.array([1000 * r[1] for r in run["timeline"]])
-    ok = np.array([r[2] == 200 for r in run["timeline"]])
-    fig, ax = plt.subplots(figsize=(9, 4))
-    ax.scatter(t[ok], ms[ok], s=6, label="answered (200)")
-    if (~ok).any():
-        ax.scatter(t[~ok], ms[~ok], s=20, marker="x", color="red", label="failed")
-    ax.axvline(0, color="black", linestyle="--", label="worker node lost")
-    ax.axvline(down, color="green", linestyle="--", label="replacement joins")
-    ax.set_yscale("log")
-    ax.set_xlabel("seconds since the node was lost")
-    ax.set_ylabel("request latency (ms)")
-    ax.set_title("Serve app on 3 Ray nodes: /recommend + /feedback while a worker node is lost")
-    ax.legend(loc="upper right", fontsize=8)
+    fig, axes = plt.subplots(1, len(runs), figsize=(7 * len(runs), 4), sharey=True, squeeze=False)
+    for ax, (tag, run) in zip(axes[0], runs.items(), strict=True):
+        t = np.array([r[0] for r in run["timeline"]])
+        ms = np.array([1000 * r[1] for r in run["timeline"]])
+        ok = np.array([r[2] == 200 for r in run["timeline"]])
+        ax.scatter(t[ok], ms[ok], s=6, label="answered (200)")
+        if (~ok).any():
+            ax.scatter(t[~ok], ms[~ok], s=20, marker="x", color="red", label="failed")
+        ax.axvline(0, color="black", linestyle="--", label="worker node lost")
+        ax.axvline(down, color="green", linestyle="--", label="replacement joins")
+        ax.set_yscale("log")
+        ax.set_xlabel("seconds since the node was lost")
+        detection = "Ray's default loss detection" if not run.get("head_env") else "health check 3 x 1 s"
+        ax.set_title(f"{tag}: {detection}", fontsize=10)
+    axes[0][0].set_ylabel("request latency (ms)")
+    axes[0][0].legend(loc="upper right", fontsize=8)
+    fig.suptitle("Serve app on 3 Ray nodes: /recommend + /feedback while a worker node is lost")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -143,33 +184,40 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="a ranker directory (node-loss phase)")
     p.add_argument("--data", help="its dataset (node-loss phase)")
-    p.add_argument("--phase", default="ack,node-loss")
+    p.add_argument("--phase", default="ack,node-loss,node-loss-fast,head-restart")
     p.add_argument("--appends", type=int, default=200, help="appends per appender (ack phase)")
     p.add_argument("--warm", type=float, default=20)
     p.add_argument("--down", type=float, default=30, help="seconds between the loss and the replacement")
     p.add_argument("--after", type=float, default=30)
+    p.add_argument("--gcs-down", type=float, default=10, help="seconds the GCS stays down (head-restart phase)")
     p.add_argument("--threads", type=int, default=4)
     p.add_argument("--rate", type=float, default=6.0, help="requests per second, all shoppers together")
     p.add_argument("--out", default="benchmarks/results/multinode.json")
     a = p.parse_args()
     phases = a.phase.split(",")
-    if "node-loss" in phases and not (a.model and a.data):
-        p.error("--model and --data are needed for the node-loss phase")
+    if {"node-loss", "node-loss-fast", "head-restart"} & set(phases) and not (a.model and a.data):
+        p.error("--model and --data are needed for the node-loss and head-restart phases")
     out = Path(a.out)
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
               "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "phases": {}}
     with tempfile.TemporaryDirectory(prefix="rc-mn-", dir="/tmp") as tmp:
         s3 = LocalS3(Path(tmp) / "s3").start()
+        os.environ.update(s3.env)  # this process's own S3 clients (the shared log, the log reader)
         try:
             if "ack" in phases:
                 result["phases"]["ack"] = ack_phase(s3, Path(tmp) / "ack", a.appends)
-            if "node-loss" in phases:
-                (Path(tmp) / "nl").mkdir()
-                run = node_loss_phase(s3, Path(tmp) / "nl", a)
-                plot(run, out.with_suffix(".png"), a.down)
-                result["phases"]["node-loss"] = {k: v for k, v in run.items() if k != "timeline"} | {
+            runs = {}
+            for tag in [t for t in DETECTION if t in phases]:
+                (Path(tmp) / tag).mkdir()
+                runs[tag] = run = node_loss_phase(s3, Path(tmp) / tag, a, tag)
+                result["phases"][tag] = {k: v for k, v in run.items() if k != "timeline"} | {
                     "settings": {"warm_s": a.warm, "down_s": a.down, "after_s": a.after, "threads": a.threads,
                                  "rate": a.rate}}
+            if runs:
+                plot(runs, out.with_suffix(".png"), a.down)
+            if "head-restart" in phases:
+                (Path(tmp) / "hr").mkdir()
+                result["phases"]["head-restart"] = head_restart_phase(s3, Path(tmp) / "hr", a)
         finally:
             s3.stop()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -178,12 +226,19 @@ def main() -> None:
     for row in result["phases"].get("ack", []):
         print(f"| ack | {row['ack']} x{row['appenders']} | p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, "
               f"{row['appends_per_s']:.0f}/s |")
-    nl = result["phases"].get("node-loss")
-    if nl:
-        print(f"| node loss | {nl['requests']} requests | {nl['failed']} failed ({100 * nl['failed_rate']:.2f} %), "
+    for tag in DETECTION:
+        nl = result["phases"].get(tag)
+        if not nl:
+            continue
+        print(f"| {tag} | {nl['requests']} requests | {nl['failed']} failed ({100 * nl['failed_rate']:.2f} %), "
               f"p99 {nl['p99_ms']:.0f} ms, p99 after loss {nl['p99_ms_30s_after_loss']:.0f} ms, "
               f"all replicas running {nl['full_capacity_s_after_loss']:.0f} s after the loss, "
               f"{nl['lost_events']} of {nl['acked_events']} acknowledged events lost |")
+    hr = result["phases"].get("head-restart")
+    if hr:
+        print(f"| head restart | GCS down {hr['gcs_down_s']:.0f} s, {hr['requests']} requests | {hr['failed']} failed, "
+              f"{hr['requests_while_gcs_down']} answered while down, "
+              f"p99 while down {hr['p99_ms_while_gcs_down']:.0f} ms |")
     print(f"-> {out}")
 
 

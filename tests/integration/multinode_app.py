@@ -39,14 +39,16 @@ def upload_project(client, bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
 
 
-def serve_config(port: int, app_args: dict, project: str, env: dict, replicas: int = 2) -> dict:
+def serve_config(port: int, app_args: dict, project: str, env: dict, deployments: list[dict] | None = None) -> dict:
+    """A `serve deploy` config (cluster/serve.yaml's shape); ``deployments`` default: two replicas
+    of each :data:`SPREAD` deployment."""
     return {"proxy_location": "HeadOnly",  # one HTTP proxy (the nodes share 127.0.0.1; on a real cluster: EveryNode)
             "http_options": {"host": "127.0.0.1", "port": port, "request_timeout_s": 30},
             "applications": [{
                 "name": "raycart", "route_prefix": "/", "import_path": "serving.app:build_app",
                 "runtime_env": {"working_dir": project, "env_vars": env},
                 "args": app_args,
-                "deployments": [{"name": d, "num_replicas": replicas} for d in SPREAD]}]}
+                "deployments": deployments or [{"name": d, "num_replicas": 2} for d in SPREAD]}]}
 
 
 def app_status(nodes: RayNodes) -> tuple[str, dict]:
@@ -72,7 +74,7 @@ def wait_running(nodes: RayNodes, timeout: float) -> None:
 
 
 def deploy_app(nodes: RayNodes, s3: dict, redis_url: str, model: Path, data: Path, work: Path,
-               prefix: str | None = None, timeout: float = 300) -> dict:
+               prefix: str | None = None, timeout: float = 300, deployments: list[dict] | None = None) -> dict:
     """Upload model, data and project to S3, `serve deploy` the app, wait until it runs and
     answers; returns ``url``, ``feedback`` (the log's root) and ``users`` (external ids)."""
     from training.data.dataset import load_dataset
@@ -88,7 +90,7 @@ def deploy_app(nodes: RayNodes, s3: dict, redis_url: str, model: Path, data: Pat
     port = free_port()
     config = work / "serve.yaml"
     project = upload_project(client, bucket, f"{prefix}/raycart.zip")
-    config.write_text(yaml.safe_dump(serve_config(port, args, project, s3["env"])))
+    config.write_text(yaml.safe_dump(serve_config(port, args, project, s3["env"], deployments)))
     deployed = nodes.cli("serve", "deploy", str(config), "--address", nodes.dashboard, env=nodes.env(**s3["env"]))
     if deployed.returncode != 0:
         raise RuntimeError(f"serve deploy failed: {deployed.stdout[-2000:]}{deployed.stderr[-2000:]}")
@@ -99,7 +101,7 @@ def deploy_app(nodes: RayNodes, s3: dict, redis_url: str, model: Path, data: Pat
         if time.time() > deadline:
             raise RuntimeError(f"the app is not ready: {http(url + '/readyz')}")
         time.sleep(1)
-    return {"url": url, "feedback": args["feedback_root"],
+    return {"url": url, "feedback": args["feedback_root"], "args": args,
             "users": load_dataset(str(data)).users["external_id"].to_pylist()}
 
 
@@ -134,8 +136,10 @@ def lose_a_node(nodes: RayNodes, app: dict, s3: dict, node: str = "a", replaceme
         while time.time() < until:
             if recovered_at is None:
                 status, deployments = app_status(nodes)
+                placed = replicas(nodes)  # Ray reports actors on a lost node alive until it notices the loss
                 if (status == "RUNNING" and all(v == "HEALTHY" for v in deployments.values())
-                        and {d: len(n) for d, n in replicas(nodes).items()} == full):
+                        and {d: len(n) for d, n in placed.items()} == full
+                        and not any(node in n for n in placed.values())):
                     recovered_at = time.time()
             time.sleep(1)
 
@@ -146,7 +150,6 @@ def lose_a_node(nodes: RayNodes, app: dict, s3: dict, node: str = "a", replaceme
         # acknowledged there and not yet published: from now on only the shared WAL holds these
         stranded = sum(1 for w in writers for o in client.list_objects_v2(Bucket=bucket, Prefix=f"{wal}/{w}/")
                        .get("Contents", []) if o["Key"].endswith(".jsonl"))
-        time.sleep(2)  # the loss noticed before the first status poll
         watch(lost_at + down_s)
         nodes.add_node(replacement, num_cpus=2)
         back_at = time.time()

@@ -4,9 +4,12 @@ own resources, all on 127.0.0.1 with token authentication on.
 
 Each node is its own process session (``start_new_session``): :meth:`RayNodes.kill` SIGKILLs the
 session and every descendant of the node's process -- the raylet, its object store, its workers
--- which is what losing the machine looks like to the rest of the cluster. The cluster has its own temp dir, HOME (no
+-- which is what losing the machine looks like to the rest of the cluster. Each node has its own temp
+dir (as on its own machine: session files, unpacked job packages), the cluster its own HOME (no
 ``~/.ray/auth_token`` is found) and free ports, including the two metrics ports Ray otherwise fixes
 at 44217/44227; it is never stopped with `ray stop`, which would stop every Ray on the machine.
+With ``start_head(gcs_redis=...)`` the head keeps its GCS tables in Redis (GCS fault tolerance) and
+:meth:`RayNodes.restart_gcs` kills and restarts its GCS alone.
 """
 
 from __future__ import annotations
@@ -80,19 +83,22 @@ def _running(pid: int) -> bool:
         return False
 
 
-def kill_tree(leader: subprocess.Popen) -> None:
-    """SIGKILL the session ``leader`` leads and every descendant of it (Ray starts worker
-    processes in sessions of their own), reap the leader and wait for the rest."""
-    doomed = set(session_pids(leader.pid)) | descendants(leader.pid)
+def kill_tree(*leaders: subprocess.Popen) -> None:
+    """SIGKILL the sessions ``leaders`` lead and every descendant of them (Ray starts worker
+    processes in sessions of their own) all at once, reap the leaders and wait for the rest."""
+    doomed = set()
+    for leader in leaders:
+        doomed |= set(session_pids(leader.pid)) | descendants(leader.pid)
     for pid in doomed:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    try:
-        leader.wait(10)
-    except subprocess.TimeoutExpired:
-        pass
+    for leader in leaders:
+        try:
+            leader.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
     deadline = time.time() + 10
     while any(_running(pid) for pid in doomed) and time.time() < deadline:
         time.sleep(0.2)
@@ -186,10 +192,12 @@ class RayNodes:
         return node
 
     def start_head(self, num_cpus: float = 1, resources: dict | None = None, timeout: float = 90,
-                   gcs_redis: str | None = None) -> Node:
+                   gcs_redis: str | None = None, env: dict[str, str] | None = None) -> Node:
         """``ray start --head --block``; with ``gcs_redis`` (``host:port`` of a Redis server) a head
-        with GCS fault tolerance whose GCS :meth:`restart_gcs` can kill and restart."""
+        with GCS fault tolerance whose GCS :meth:`restart_gcs` can kill and restart. ``env``: more
+        variables for the head's processes (e.g. ``RAY_health_check_period_ms``, read by the GCS)."""
         p = self.ports
+        head_env = self._node_env() | (env or {})
         if gcs_redis:
             spec = {"node_ip_address": "127.0.0.1", "gcs_server_port": p["gcs"], "include_dashboard": True,
                     "dashboard_host": "127.0.0.1", "dashboard_port": p["dashboard"],
@@ -198,9 +206,9 @@ class RayNodes:
                     "metrics_export_port": p["metrics"], "min_worker_port": 0, "max_worker_port": 0,
                     "num_cpus": num_cpus, "resources": resources or {}, "temp_dir": str(self.root / "ray"),
                     "object_store_memory": 100 * 1024 * 1024}
-            env = self._node_env() | {"RAY_REDIS_ADDRESS": gcs_redis, "RAY_USAGE_STATS_ENABLED": "0",
-                                      "RAY_external_storage_namespace": secrets.token_hex(8)}
-            node = self._start("head", [sys.executable, "-c", HEAD_NODE, json.dumps(spec)], env,
+            ft_env = head_env | {"RAY_REDIS_ADDRESS": gcs_redis, "RAY_USAGE_STATS_ENABLED": "0",
+                                 "RAY_external_storage_namespace": secrets.token_hex(8)}
+            node = self._start("head", [sys.executable, "-c", HEAD_NODE, json.dumps(spec)], ft_env,
                                stdin=subprocess.PIPE)
             return self._wait_head(node, timeout)
         cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={p['gcs']}",
@@ -211,7 +219,7 @@ class RayNodes:
                f"--num-cpus={num_cpus}", f"--temp-dir={self.root / 'ray'}", "--disable-usage-stats"]
         if resources:
             cmd.append(f"--resources={json.dumps(resources)}")
-        return self._wait_head(self._start("head", cmd, self._node_env()), timeout)
+        return self._wait_head(self._start("head", cmd, head_env), timeout)
 
     def _wait_head(self, node: Node, timeout: float) -> Node:
         deadline = time.time() + timeout
@@ -238,7 +246,10 @@ class RayNodes:
                 "object_manager_port": p["object_manager"], "dashboard_agent_listen_port": p["agent_http"],
                 "metrics_agent_port": p["agent_grpc"], "runtime_env_agent_port": p["runtime_env"],
                 "metrics_export_port": p["metrics"], "min_worker_port": 0, "max_worker_port": 0,
-                "object_store_memory": 100 * 1024 * 1024, "include_log_monitor": False}
+                "object_store_memory": 100 * 1024 * 1024, "include_log_monitor": False,
+                # its own temp dir, as on its own machine: sharing the head's, the nodes' runtime-env
+                # agents unpack the same job package into one folder, one under the other's feet
+                "temp_dir": str(self.root / name)}
         node = self._start(name, [sys.executable, "-c", WORKER_NODE, json.dumps(spec)], self._node_env())
         deadline = time.time() + timeout
         while True:  # its own id alive in the GCS (a count could hide a node that died meanwhile)
@@ -317,10 +328,11 @@ class RayNodes:
         kill_tree(self.nodes.pop(name).proc)
 
     def stop(self) -> None:
-        """Every node killed outright, workers first (a test cluster keeps nothing)."""
+        """Every node killed outright at once (a test cluster keeps nothing)."""
         try:
-            for name in [n for n in self.nodes if n != "head"] + (["head"] if "head" in self.nodes else []):
-                self.kill(name)
+            leaders = [n.proc for n in self.nodes.values()]
+            self.nodes.clear()
+            kill_tree(*leaders)
         finally:
             if not os.environ.get("RAYCART_KEEP_NODES"):  # keep the logs to read after a failure
                 shutil.rmtree(self.root, ignore_errors=True)

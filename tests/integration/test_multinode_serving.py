@@ -9,15 +9,25 @@ the Ingress replica on the lost node (``feedback_ack: shared``)."""
 
 from __future__ import annotations
 
+import json
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from multinode_app import SPREAD, deploy_app, lose_a_node, replicas, restart_gcs_under_load
 from ray_nodes import RayNodes
+from streams import ShopperStream
 
 from serving.redis_server import LocalRedis
 
 pytestmark = [pytest.mark.integration, pytest.mark.multinode]
+ROOT = Path(__file__).resolve().parents[2]
+EXCLUDES = [".venv", ".git", "raycart-work", "benchmarks/results", "*.png", "__pycache__"]
+# cluster/serve.yaml's autoscaling, scaled down: one replica each at rest, quick to react
+AUTOSCALED = [{"name": "Ingress", "num_replicas": 1}] + [
+    {"name": d, "autoscaling_config": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1,
+                                       "upscale_delay_s": 1, "downscale_delay_s": 5}} for d in ("Retriever", "Ranker")]
 
 
 @pytest.fixture
@@ -32,7 +42,8 @@ def served(tiny_shop, s3_server, tmp_path, request):
         nodes.start_head(num_cpus=0, gcs_redis=f"127.0.0.1:{gcs_redis.port}" if gcs_redis else None)
         nodes.add_node("a", num_cpus=2)
         nodes.add_node("b", num_cpus=2)
-        app = deploy_app(nodes, s3_server, redis.url, Path(tiny_shop["ranker"]), Path(tiny_shop["data"]), tmp_path)
+        app = deploy_app(nodes, s3_server, redis.url, Path(tiny_shop["ranker"]), Path(tiny_shop["data"]), tmp_path,
+                         deployments=AUTOSCALED if getattr(request, "param", None) == "autoscale" else None)
         yield {**app, "nodes": nodes, "s3": s3_server}
     finally:
         nodes.stop()
@@ -53,6 +64,21 @@ def test_serving_survives_losing_a_worker_node(served):
     assert {d: len(n) for d, n in run["placed_after"].items()} == {d: 2 for d in SPREAD}  # back to full capacity
     assert run["lost_events"] == 0 and run["lost_slate_items"] == 0  # every acknowledged record published
 
+    # the retrain job, submitted to the same cluster, learns from that log (all on S3)
+    s3, app = served["s3"], served
+    work = app["feedback"].rsplit("/", 1)[0] + "/retrain"
+    env = nodes.env(**s3["env"])
+    runtime_env = json.dumps({"working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": s3["env"]})
+    submitted = nodes.cli("ray", "job", "submit", "--address", nodes.dashboard, "--submission-id", "retrain",
+                          "--runtime-env-json", runtime_env, "--", sys.executable, "-m", "training.cli", "retrain",
+                          "--feedback", app["feedback"], "--data", app["args"]["data_dir"], "--model",
+                          app["args"]["model_dir"], "--work", work, "--workers", "1", env=env, timeout=600)
+    assert submitted.returncode == 0 and nodes.job_status("retrain") == "SUCCEEDED", submitted.stdout[-4000:]
+    bucket, key = work[len("s3://"):].split("/", 1)
+    decisions = [o["Key"] for o in s3["client"].list_objects_v2(Bucket=bucket, Prefix=f"{key}/decisions/")
+                 .get("Contents", []) if o["Key"].endswith(".json")]
+    assert len(decisions) == 1, submitted.stdout[-3000:]
+
 
 @pytest.mark.parametrize("served", ["gcs-ft"], indirect=True)
 def test_serving_keeps_answering_while_the_gcs_restarts(served):
@@ -63,3 +89,29 @@ def test_serving_keeps_answering_while_the_gcs_restarts(served):
     assert run["failed_rate"] < 0.01, run["failed_first"]
     assert len(nodes.alive_ids()) == 3  # head and both worker nodes registered again
     assert replicas(nodes) == {d: ["a", "b"] for d in SPREAD}  # the same replicas, none restarted elsewhere
+
+
+@pytest.mark.parametrize("served", ["autoscale"], indirect=True)
+def test_a_load_step_scales_out_over_the_worker_nodes_and_back(served):
+    nodes = served["nodes"]
+    assert {d: len(n) for d, n in replicas(nodes).items()} == {"Ingress": 1, "Retriever": 1, "Ranker": 1}
+    peak: dict[str, set[str]] = {"Retriever": set(), "Ranker": set()}
+    peak_count = {"Retriever": 1, "Ranker": 1}
+    with ShopperStream(served["url"], served["users"], threads=12, rate=1000.0) as stream:  # closed loop
+        deadline = time.time() + 40
+        while time.time() < deadline:
+            now = replicas(nodes)
+            for d in peak:
+                peak[d] |= set(now[d])
+                peak_count[d] = max(peak_count[d], len(now[d]))
+            if all(len(n) == 2 for n in peak.values()) and min(peak_count.values()) >= 2:
+                break
+            time.sleep(1)
+    print(f"load step: {len(stream.requests)} requests; replicas at the peak {peak_count}, on nodes {peak}")
+    assert all(c >= 2 for c in peak_count.values()), peak_count  # scaled out
+    assert all(n == {"a", "b"} for n in peak.values()), peak  # placed on both worker nodes
+    assert len(stream.failed()) < 0.01 * len(stream.requests)
+    deadline = time.time() + 90  # and back once the step is over (downscale_delay_s 5)
+    while {d: len(n) for d, n in replicas(nodes).items() if d in peak} != {"Retriever": 1, "Ranker": 1}:
+        assert time.time() < deadline, replicas(nodes)
+        time.sleep(2)
