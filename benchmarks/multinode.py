@@ -7,6 +7,9 @@ Phases (``--phase``, comma-separated):
   ``feedback_ack: local`` (fsync on the replica's disk, the baseline, same run) and ``shared``
   (group commit to the SeaweedFS S3 server on 127.0.0.1), with 1 and 8 concurrent appenders;
   the shared log's appends per write (group commit) too.
+* ``train-loss``: `raycart train retriever` (2 workers, one per node) as a job, undisturbed and
+  with a worker node lost after its second checkpoint; the training time lost (not in the default
+  ``--phase``).
 * ``head-restart``: the same app on a head whose GCS keeps its tables in Redis (GCS fault
   tolerance); the GCS killed under load and restarted ``--gcs-down`` seconds later. Failed requests
   and p99 while it was down.
@@ -153,6 +156,69 @@ def head_restart_phase(s3: LocalS3, work: Path, a: argparse.Namespace) -> dict:
     return run
 
 
+def train_loss_phase(s3: LocalS3, work: Path, a: argparse.Namespace) -> dict:
+    """`raycart train retriever --workers 2 --placement STRICT_SPREAD` as a job, twice on fresh
+    clusters: undisturbed, then with worker node a lost after the second checkpoint (a replacement
+    joins 5 s later). Training time lost = the difference in wall time."""
+    from ray_nodes import RayNodes
+
+    from training.data.cli import prepare
+
+    data = str(work / "shop")
+    prepare("synthetic", None, data, num_users=a.train_users, num_items=300, num_events=a.train_users * 20,
+            images=False)
+    runs = {}
+    for tag in ("undisturbed", "node lost"):
+        nodes = RayNodes(node_env=s3.env)
+        prefix = f"bench-train-{tag.replace(' ', '-')}-{int(time.time())}"
+        out = work / f"model-{tag.replace(' ', '-')}"
+        try:
+            nodes.start_head(num_cpus=0)
+            nodes.add_node("a", num_cpus=1)
+            nodes.add_node("b", num_cpus=1)
+            env = nodes.env(**s3.env)
+            runtime_env = {"working_dir": str(ROOT), "env_vars": s3.env,
+                           "excludes": [".venv", ".git", "raycart-work", "benchmarks/results", "*.png", "__pycache__"]}
+            started = time.time()
+            submitted = nodes.cli("ray", "job", "submit", "--address", nodes.dashboard, "--no-wait", "--submission-id",
+                                  prefix, "--runtime-env-json", json.dumps(runtime_env), "--", sys.executable, "-m",
+                                  "training.cli", "train", "retriever", "--data", data, "--out", str(out),
+                                  "--workers", "2", "--placement", "STRICT_SPREAD", "--storage",
+                                  f"s3://{s3.bucket}/{prefix}/runs", "--smoke", "--batch-size", "16", "--epochs",
+                                  str(a.train_epochs), "--patience", "100", "--max-failures", "3", env=env)
+            if submitted.returncode != 0:
+                raise RuntimeError(submitted.stdout[-2000:] + submitted.stderr[-2000:])
+            lost_at = None
+            while nodes.job_status(prefix) in ("PENDING", "RUNNING"):
+                if tag == "node lost" and lost_at is None:
+                    listing = s3.client.list_objects_v2(Bucket=s3.bucket, Prefix=f"{prefix}/runs/")
+                    if sum(o["Key"].endswith("state.pt") for o in listing.get("Contents", [])) >= 2:
+                        lost_at = time.time()
+                        nodes.kill("a")
+                        time.sleep(5)
+                        nodes.add_node("c", num_cpus=1)
+                time.sleep(0.5)
+            wall = time.time() - started
+            status = nodes.job_status(prefix)
+        finally:
+            nodes.stop()
+        doc = json.loads((out / "model.json").read_text()) if status == "SUCCEEDED" else {}
+        epochs = [h["epoch"] for h in doc.get("history", [])]
+        runs[tag] = {"status": status, "wall_s": wall, "epochs": epochs, "resumes": doc.get("resumes"),
+                     "epoch_s": float(np.median([h["seconds"] for h in doc["history"]])) if epochs else None,
+                     "lost_after_s": (lost_at - started) if lost_at else None}
+        print(f"[train-loss] {tag}: {status} in {wall:.0f} s, epochs {epochs}, resumes {doc.get('resumes')}",
+              flush=True)
+    base, hit = runs["undisturbed"], runs["node lost"]
+    lost = hit["wall_s"] - base["wall_s"]
+    result = {"runs": runs, "time_lost_s": lost,
+              "time_lost_epochs": lost / base["epoch_s"] if base["epoch_s"] else None,
+              "epochs_repeated": len(hit["epochs"]) - len(set(hit["epochs"])), "replacement_after_s": 5}
+    print(f"[train-loss] time lost to the node: {lost:.0f} s (= {result['time_lost_epochs']:.1f} epochs of "
+          f"{base['epoch_s']:.1f} s); epochs repeated in the history: {result['epochs_repeated']}", flush=True)
+    return result
+
+
 def plot(runs: dict[str, dict], path: Path, down: float) -> None:
     import matplotlib
 
@@ -192,14 +258,24 @@ def main() -> None:
     p.add_argument("--gcs-down", type=float, default=10, help="seconds the GCS stays down (head-restart phase)")
     p.add_argument("--threads", type=int, default=4)
     p.add_argument("--rate", type=float, default=6.0, help="requests per second, all shoppers together")
+    p.add_argument("--train-epochs", type=int, default=8, help="epochs of the train-loss runs")
+    p.add_argument("--train-users", type=int, default=1500, help="shoppers of the train-loss runs' shop (x20 events)")
     p.add_argument("--out", default="benchmarks/results/multinode.json")
     a = p.parse_args()
     phases = a.phase.split(",")
     if {"node-loss", "node-loss-fast", "head-restart"} & set(phases) and not (a.model and a.data):
         p.error("--model and --data are needed for the node-loss and head-restart phases")
     out = Path(a.out)
-    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-              "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "phases": {}}
+    # phases run now replace their earlier results in the file; the others are kept, with their command
+    result = json.loads(out.read_text()) if out.exists() else {"phases": {}, "commands": {}}
+    if "command" in result:  # an earlier file: one command for all its phases
+        command = result.pop("command")
+        result["commands"] = {p: command for p in result["phases"]}
+    result.setdefault("commands", {})
+    result["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
+    result["date"] = time.strftime("%Y-%m-%d")
+    for phase in phases:
+        result["commands"][phase] = " ".join(sys.argv)
     with tempfile.TemporaryDirectory(prefix="rc-mn-", dir="/tmp") as tmp:
         s3 = LocalS3(Path(tmp) / "s3").start()
         os.environ.update(s3.env)  # this process's own S3 clients (the shared log, the log reader)
@@ -215,6 +291,9 @@ def main() -> None:
                                  "rate": a.rate}}
             if runs:
                 plot(runs, out.with_suffix(".png"), a.down)
+            if "train-loss" in phases:
+                (Path(tmp) / "tl").mkdir()
+                result["phases"]["train-loss"] = train_loss_phase(s3, Path(tmp) / "tl", a)
             if "head-restart" in phases:
                 (Path(tmp) / "hr").mkdir()
                 result["phases"]["head-restart"] = head_restart_phase(s3, Path(tmp) / "hr", a)
@@ -239,6 +318,11 @@ def main() -> None:
         print(f"| head restart | GCS down {hr['gcs_down_s']:.0f} s, {hr['requests']} requests | {hr['failed']} failed, "
               f"{hr['requests_while_gcs_down']} answered while down, "
               f"p99 while down {hr['p99_ms_while_gcs_down']:.0f} ms |")
+    tl = result["phases"].get("train-loss")
+    if tl:
+        print(f"| train, node lost | {tl['runs']['undisturbed']['wall_s']:.0f} s undisturbed | "
+              f"{tl['runs']['node lost']['wall_s']:.0f} s with the loss: {tl['time_lost_s']:.0f} s lost "
+              f"({tl['time_lost_epochs']:.1f} epochs), {tl['epochs_repeated']} epochs repeated |")
     print(f"-> {out}")
 
 

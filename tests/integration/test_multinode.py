@@ -39,15 +39,23 @@ def _logs(nodes: RayNodes, submission_id: str, env: dict) -> str:
 
 
 @pytest.fixture
-def cluster(s3_server, tmp_path):
+def cluster(s3_server, tmp_path, request):
+    """Head (no CPUs) + worker nodes a and b; ``indirect`` param ``"gcs-ft"``: the head's GCS
+    keeps its tables in a Redis server (GCS fault tolerance)."""
+    from serving.redis_server import LocalRedis
+
+    gcs_redis = LocalRedis(tmp_path / "gcs-redis").start() if getattr(request, "param", None) == "gcs-ft" else None
     nodes = RayNodes(node_env=s3_server["env"])
     try:
-        nodes.start_head(num_cpus=0)  # the head runs the job drivers and Ray's own actors, no workers
+        # the head runs the job drivers and Ray's own actors, no workers
+        nodes.start_head(num_cpus=0, gcs_redis=f"127.0.0.1:{gcs_redis.port}" if gcs_redis else None)
         nodes.add_node("a", num_cpus=1)
         nodes.add_node("b", num_cpus=1)
         yield nodes
     finally:
         nodes.stop()
+        if gcs_redis:
+            gcs_redis.stop()
 
 
 def test_training_spreads_over_nodes_and_resumes_after_losing_one(cluster, s3_server, tmp_path):
@@ -153,3 +161,36 @@ def test_tune_sweep_and_a_stopped_job_through_job_submission(cluster, s3_server,
     time.sleep(3)
     assert keys("stopped-model") == []  # the model directory is published whole at the end, or not at all
     assert not nodes.placed("RayTrainWorker")  # its workers are gone too
+
+
+@pytest.mark.multinode
+@pytest.mark.parametrize("cluster", ["gcs-ft"], indirect=True)
+def test_training_goes_on_while_the_gcs_restarts(cluster, s3_server, tmp_path):
+    """A 2-worker training job across a GCS kill and restart (tables from Redis): it finishes,
+    every epoch once."""
+    from training.data.cli import prepare
+
+    nodes, s3 = cluster, s3_server
+    data = str(tmp_path / "shop")
+    prepare("synthetic", None, data, num_users=600, num_items=200, num_events=12_000, images=False)
+    prefix, out = f"gcs-train-{int(time.time())}", tmp_path / "model"
+    env = nodes.env(**s3["env"])
+    runtime_env = json.dumps({"working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": s3["env"]})
+    submitted = _job(nodes, "submit", "--no-wait", "--submission-id", prefix, "--runtime-env-json", runtime_env,
+                     "--", sys.executable, "-m", "training.cli", "train", "retriever", "--data", data,
+                     "--out", str(out), "--workers", "2", "--storage", f"s3://{s3['bucket']}/{prefix}/runs",
+                     "--smoke", "--epochs", "6", "--patience", "100", "--max-failures", "3", env=env)
+    assert submitted.returncode == 0, submitted.stdout[-2000:] + submitted.stderr[-2000:]
+    deadline = time.time() + 240
+    while not any(o["Key"].endswith("state.pt") for o in s3["client"].list_objects_v2(
+            Bucket=s3["bucket"], Prefix=f"{prefix}/runs/").get("Contents", [])):
+        assert nodes.job_status(prefix) in ("PENDING", "RUNNING") and time.time() < deadline
+        time.sleep(0.5)
+    nodes.restart_gcs(down_s=10)
+    assert len(nodes.alive_ids()) == 3  # head and both worker nodes registered again
+    deadline = time.time() + 300
+    while nodes.job_status(prefix) in ("PENDING", "RUNNING") and time.time() < deadline:
+        time.sleep(1)
+    assert nodes.job_status(prefix) == "SUCCEEDED", _logs(nodes, prefix, env)[-4000:]
+    history = json.loads((out / "model.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == list(range(1, 7))  # every epoch once
