@@ -246,10 +246,11 @@ class RayNodes:
                 "object_manager_port": p["object_manager"], "dashboard_agent_listen_port": p["agent_http"],
                 "metrics_agent_port": p["agent_grpc"], "runtime_env_agent_port": p["runtime_env"],
                 "metrics_export_port": p["metrics"], "min_worker_port": 0, "max_worker_port": 0,
-                "object_store_memory": 100 * 1024 * 1024, "include_log_monitor": False,
+                "object_store_memory": 100 * 1024 * 1024,
                 # its own temp dir, as on its own machine: sharing the head's, the nodes' runtime-env
-                # agents unpack the same job package into one folder, one under the other's feet
-                "temp_dir": str(self.root / name)}
+                # agents unpack the same job package into one folder, one under the other's feet;
+                # and so its own log monitor, which sends its workers' output to their drivers
+                "temp_dir": str(self.root / name), "include_log_monitor": True}
         node = self._start(name, [sys.executable, "-c", WORKER_NODE, json.dumps(spec)], self._node_env())
         deadline = time.time() + timeout
         while True:  # its own id alive in the GCS (a count could hide a node that died meanwhile)

@@ -1,5 +1,5 @@
-"""Ray Train on a real local cluster: 2 DDP workers learn the synthetic shop's planted tastes
-while one of them is killed and the run resumes from its checkpoint, and S3 storage works."""
+"""Ray Train on a real local cluster: 2 DDP workers learn the synthetic shop's planted tastes, and
+S3 storage works."""
 
 import json
 import os
@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from chaos import WorkerKiller
 from netwatch import ListenerWatch
 
 from training.evaluation.run import evaluate_model_dir, run_baseline
@@ -30,20 +29,17 @@ def shop(tmp_path_factory):
     return str(out)
 
 
-def test_two_workers_learn_planted_tastes_and_resume_after_a_killed_worker(ray_cluster, shop, tmp_path):
-    runs = tmp_path / "runs"
-    job = RetrieverJob(data=shop, out=str(tmp_path / "model"), model=CONFIG, workers=2, storage=str(runs),
-                       max_failures=2)
-    # the loopback-only rule holds while DDP is running, too; one worker is SIGKILLed after the
-    # second checkpoint and the group resumes from the last one
-    with ListenerWatch() as watch, WorkerKiller(runs, after=2) as killer:
+def test_two_workers_learn_planted_tastes(ray_cluster, shop, tmp_path):
+    # a worker lost mid-run and the run resumed: tests/integration/test_multinode.py (its whole node
+    # is lost) and test_train_ranker.py (a worker process SIGKILLed)
+    job = RetrieverJob(data=shop, out=str(tmp_path / "model"), model=CONFIG, workers=2,
+                       storage=str(tmp_path / "runs"))
+    with ListenerWatch() as watch:  # the loopback-only rule holds while DDP is running, too
         summary = train_retriever(job)
     assert watch.samples >= 5 and not watch.outside, watch.outside
-    assert killer.killed, "no training worker was killed"
     model_json = json.loads((tmp_path / "model" / "model.json").read_text())
     epochs = [h["epoch"] for h in model_json["history"]]
-    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) > 2  # none lost or repeated
-    assert summary["run"]["resumes"] >= 1
+    assert epochs == list(range(1, len(epochs) + 1))
     pop = run_baseline(shop, "pop")
     assert summary["NDCG@10"] > 2.5 * pop["NDCG@10"], (summary["NDCG@10"], pop["NDCG@10"])
     assert model_json["kind"] == "retriever"
