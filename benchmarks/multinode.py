@@ -94,7 +94,7 @@ def ack_phase(s3: LocalS3, work: Path, appends: int) -> list[dict]:
 
 @contextlib.contextmanager
 def app_cluster(s3: LocalS3, work: Path, a: argparse.Namespace, tag: str, gcs_ft: bool = False,
-                head_env: dict | None = None):
+                head_env: dict | None = None, deployments: list[dict] | None = None):
     """Head (no CPUs; with ``gcs_ft`` its GCS backed by a Redis) + worker nodes a and b, Redis for
     user state, and the app deployed with `serve deploy`; yields ``(nodes, app, s3 info)``."""
     from multinode_app import deploy_app, replicas
@@ -113,7 +113,8 @@ def app_cluster(s3: LocalS3, work: Path, a: argparse.Namespace, tag: str, gcs_ft
         nodes.add_node("b", num_cpus=2)
         print(f"[{tag}] cluster: head + 2 worker nodes in {time.time() - t:.0f} s", flush=True)
         t = time.time()
-        app = deploy_app(nodes, s3_info, redis.url, Path(a.model), Path(a.data), work, prefix=f"bench-{tag}")
+        app = deploy_app(nodes, s3_info, redis.url, Path(a.model), Path(a.data), work, prefix=f"bench-{tag}",
+                         deployments=deployments)
         print(f"[{tag}] serve deploy -> ready in {time.time() - t:.0f} s; replicas {replicas(nodes)}", flush=True)
         yield nodes, app, s3_info
     finally:
@@ -126,16 +127,23 @@ def app_cluster(s3: LocalS3, work: Path, a: argparse.Namespace, tag: str, gcs_ft
 # the GCS declares a node dead after this many failed health checks, this far apart: Ray's defaults
 # (5 x 3 s) and a faster setting (3 x 1 s), set on the head as RAY_health_check_* variables
 DETECTION = {"node-loss": None, "node-loss-fast": {"RAY_health_check_period_ms": "1000",
-                                                   "RAY_health_check_failure_threshold": "3"}}
+                                                   "RAY_health_check_failure_threshold": "3"},
+             "node-loss-serve-hc": None}
+# ... and Serve's own replica health check (default every 10 s, 30 s timeout), at 2 s / 2 s
+SERVE_HC = {"health_check_period_s": 2, "health_check_timeout_s": 2}
+DEPLOYMENTS = {"node-loss-serve-hc": [{"name": d, "num_replicas": 2, **SERVE_HC}
+                                      for d in ("Ingress", "Retriever", "Ranker")]
+               + [{"name": d, **SERVE_HC} for d in ("Policy", "ItemRegistry")]}
 
 
 def node_loss_phase(s3: LocalS3, work: Path, a: argparse.Namespace, tag: str = "node-loss") -> dict:
     from multinode_app import lose_a_node
 
-    with app_cluster(s3, work, a, tag, head_env=DETECTION[tag]) as (nodes, app, s3_info):
+    with app_cluster(s3, work, a, tag, head_env=DETECTION[tag], deployments=DEPLOYMENTS.get(tag)) as (
+            nodes, app, s3_info):
         run = lose_a_node(nodes, app, s3_info, warm_s=a.warm, down_s=a.down, after_s=a.after, threads=a.threads,
                           rate=a.rate, timeline=True)
-    run["head_env"] = DETECTION[tag]
+    run["head_env"], run["deployments"] = DETECTION[tag], DEPLOYMENTS.get(tag)
     print(f"[{tag}] {run['requests']} requests, {run['failed']} failed ({100 * run['failed_rate']:.2f} %), "
           f"p99 {run['p99_ms']:.0f} ms (30 s after the loss: {run['p99_ms_30s_after_loss']:.0f} ms); every replica "
           f"running again {run['full_capacity_s_after_loss']:.0f} s after the loss; "
@@ -237,7 +245,8 @@ def plot(runs: dict[str, dict], path: Path, down: float) -> None:
         ax.axvline(down, color="green", linestyle="--", label="replacement joins")
         ax.set_yscale("log")
         ax.set_xlabel("seconds since the node was lost")
-        detection = "Ray's default loss detection" if not run.get("head_env") else "health check 3 x 1 s"
+        detection = ("Serve replica health check 2 s" if run.get("deployments") else
+                     "GCS node health check 3 x 1 s" if run.get("head_env") else "defaults")
         ax.set_title(f"{tag}: {detection}", fontsize=10)
     axes[0][0].set_ylabel("request latency (ms)")
     axes[0][0].legend(loc="upper right", fontsize=8)
@@ -250,7 +259,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="a ranker directory (node-loss phase)")
     p.add_argument("--data", help="its dataset (node-loss phase)")
-    p.add_argument("--phase", default="ack,node-loss,node-loss-fast,head-restart")
+    p.add_argument("--phase", default="ack,node-loss,node-loss-fast,node-loss-serve-hc,head-restart")
     p.add_argument("--appends", type=int, default=200, help="appends per appender (ack phase)")
     p.add_argument("--warm", type=float, default=20)
     p.add_argument("--down", type=float, default=30, help="seconds between the loss and the replacement")
@@ -282,14 +291,13 @@ def main() -> None:
         try:
             if "ack" in phases:
                 result["phases"]["ack"] = ack_phase(s3, Path(tmp) / "ack", a.appends)
-            runs = {}
             for tag in [t for t in DETECTION if t in phases]:
                 (Path(tmp) / tag).mkdir()
-                runs[tag] = run = node_loss_phase(s3, Path(tmp) / tag, a, tag)
-                result["phases"][tag] = {k: v for k, v in run.items() if k != "timeline"} | {
-                    "settings": {"warm_s": a.warm, "down_s": a.down, "after_s": a.after, "threads": a.threads,
-                                 "rate": a.rate}}
-            if runs:
+                run = node_loss_phase(s3, Path(tmp) / tag, a, tag)
+                result["phases"][tag] = run | {"settings": {"warm_s": a.warm, "down_s": a.down, "after_s": a.after,
+                                                            "threads": a.threads, "rate": a.rate}}
+            runs = {t: result["phases"][t] for t in DETECTION if "timeline" in result["phases"].get(t, {})}
+            if runs:  # every node-loss run in the file, this invocation's and earlier ones
                 plot(runs, out.with_suffix(".png"), a.down)
             if "train-loss" in phases:
                 (Path(tmp) / "tl").mkdir()
