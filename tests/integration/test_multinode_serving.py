@@ -24,10 +24,13 @@ from serving.redis_server import LocalRedis
 pytestmark = [pytest.mark.integration, pytest.mark.multinode]
 ROOT = Path(__file__).resolve().parents[2]
 EXCLUDES = [".venv", ".git", "raycart-work", "benchmarks/results", "*.png", "__pycache__"]
-# cluster/serve.yaml's autoscaling, scaled down: one replica each at rest, quick to react
+# cluster/serve.yaml's autoscaling, scaled down: one replica each at rest, quick to react; at most
+# one replica of a deployment per node (Serve only prefers to spread: without it a second replica
+# may land next to the first)
 AUTOSCALED = [{"name": "Ingress", "num_replicas": 1}] + [
-    {"name": d, "autoscaling_config": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1,
-                                       "upscale_delay_s": 1, "downscale_delay_s": 5}} for d in ("Retriever", "Ranker")]
+    {"name": d, "max_replicas_per_node": 1,
+     "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+                            "upscale_delay_s": 1, "downscale_delay_s": 5}} for d in ("Retriever", "Ranker")]
 
 
 @pytest.fixture
