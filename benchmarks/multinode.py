@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "integration")]  # the test harness: nodes, S3, the app
 
 import numpy as np  # noqa: E402
-from local_s3 import LocalS3  # noqa: E402
+from local_s3 import LocalS3, checkpoints  # noqa: E402
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -98,30 +98,23 @@ def app_cluster(s3: LocalS3, work: Path, a: argparse.Namespace, tag: str, gcs_ft
     """Head (no CPUs; with ``gcs_ft`` its GCS backed by a Redis) + worker nodes a and b, Redis for
     user state, and the app deployed with `serve deploy`; yields ``(nodes, app, s3 info)``."""
     from multinode_app import deploy_app, replicas
-    from ray_nodes import RayNodes
+    from ray_nodes import head_and_two_nodes
 
     from serving.redis_server import LocalRedis
 
     s3_info = {"env": s3.env, "bucket": s3.bucket, "client": s3.client}
     redis = LocalRedis(work / "redis").start()
-    gcs_redis = LocalRedis(work / "gcs-redis").start() if gcs_ft else None
-    nodes = RayNodes(node_env=s3.env)
     try:
         t = time.time()
-        nodes.start_head(num_cpus=0, gcs_redis=f"127.0.0.1:{gcs_redis.port}" if gcs_redis else None, env=head_env)
-        nodes.add_node("a", num_cpus=2)
-        nodes.add_node("b", num_cpus=2)
-        print(f"[{tag}] cluster: head + 2 worker nodes in {time.time() - t:.0f} s", flush=True)
-        t = time.time()
-        app = deploy_app(nodes, s3_info, redis.url, Path(a.model), Path(a.data), work, prefix=f"bench-{tag}",
-                         deployments=deployments)
-        print(f"[{tag}] serve deploy -> ready in {time.time() - t:.0f} s; replicas {replicas(nodes)}", flush=True)
-        yield nodes, app, s3_info
+        with head_and_two_nodes(work, s3.env, cpus=2, gcs_ft=gcs_ft, head_env=head_env) as nodes:
+            print(f"[{tag}] cluster: head + 2 worker nodes in {time.time() - t:.0f} s", flush=True)
+            t = time.time()
+            app = deploy_app(nodes, s3_info, redis.url, Path(a.model), Path(a.data), work, prefix=f"bench-{tag}",
+                             deployments=deployments)
+            print(f"[{tag}] serve deploy -> ready in {time.time() - t:.0f} s; replicas {replicas(nodes)}", flush=True)
+            yield nodes, app, s3_info
     finally:
-        nodes.stop()
         redis.stop()
-        if gcs_redis:
-            gcs_redis.stop()
 
 
 # the GCS declares a node dead after this many failed health checks, this far apart: Ray's defaults
@@ -168,7 +161,7 @@ def train_loss_phase(s3: LocalS3, work: Path, a: argparse.Namespace) -> dict:
     """`raycart train retriever --workers 2 --placement STRICT_SPREAD` as a job, twice on fresh
     clusters: undisturbed, then with worker node a lost after the second checkpoint (a replacement
     joins 5 s later). Training time lost = the difference in wall time."""
-    from ray_nodes import RayNodes
+    from ray_nodes import head_and_two_nodes
 
     from training.data.cli import prepare
 
@@ -177,39 +170,26 @@ def train_loss_phase(s3: LocalS3, work: Path, a: argparse.Namespace) -> dict:
             images=False)
     runs = {}
     for tag in ("undisturbed", "node lost"):
-        nodes = RayNodes(node_env=s3.env)
         prefix = f"bench-train-{tag.replace(' ', '-')}-{int(time.time())}"
         out = work / f"model-{tag.replace(' ', '-')}"
-        try:
-            nodes.start_head(num_cpus=0)
-            nodes.add_node("a", num_cpus=1)
-            nodes.add_node("b", num_cpus=1)
-            env = nodes.env(**s3.env)
-            runtime_env = {"working_dir": str(ROOT), "env_vars": s3.env,
-                           "excludes": [".venv", ".git", "raycart-work", "benchmarks/results", "*.png", "__pycache__"]}
+        with head_and_two_nodes(work, s3.env, cpus=1) as nodes:
             started = time.time()
-            submitted = nodes.cli("ray", "job", "submit", "--address", nodes.dashboard, "--no-wait", "--submission-id",
-                                  prefix, "--runtime-env-json", json.dumps(runtime_env), "--", sys.executable, "-m",
-                                  "training.cli", "train", "retriever", "--data", data, "--out", str(out),
-                                  "--workers", "2", "--placement", "STRICT_SPREAD", "--storage",
-                                  f"s3://{s3.bucket}/{prefix}/runs", "--smoke", "--batch-size", "16", "--epochs",
-                                  str(a.train_epochs), "--patience", "100", "--max-failures", "3", env=env)
+            submitted = nodes.submit(prefix, "train", "retriever", "--data", data, "--out", str(out), "--workers", "2",
+                                     "--placement", "STRICT_SPREAD", "--storage", f"s3://{s3.bucket}/{prefix}/runs",
+                                     "--smoke", "--batch-size", "16", "--epochs", str(a.train_epochs),
+                                     "--patience", "100", "--max-failures", "3", env_vars=s3.env)
             if submitted.returncode != 0:
                 raise RuntimeError(submitted.stdout[-2000:] + submitted.stderr[-2000:])
             lost_at = None
             while nodes.job_status(prefix) in ("PENDING", "RUNNING"):
-                if tag == "node lost" and lost_at is None:
-                    listing = s3.client.list_objects_v2(Bucket=s3.bucket, Prefix=f"{prefix}/runs/")
-                    if sum(o["Key"].endswith("state.pt") for o in listing.get("Contents", [])) >= 2:
-                        lost_at = time.time()
-                        nodes.kill("a")
-                        time.sleep(5)
-                        nodes.add_node("c", num_cpus=1)
+                if tag == "node lost" and lost_at is None and checkpoints(s3.client, s3.bucket, f"{prefix}/runs/") >= 2:
+                    lost_at = time.time()
+                    nodes.kill("a")
+                    time.sleep(5)
+                    nodes.add_node("c", num_cpus=1)
                 time.sleep(0.5)
             wall = time.time() - started
             status = nodes.job_status(prefix)
-        finally:
-            nodes.stop()
         doc = json.loads((out / "model.json").read_text()) if status == "SUCCEEDED" else {}
         epochs = [h["epoch"] for h in doc.get("history", [])]
         runs[tag] = {"status": status, "wall_s": wall, "epochs": epochs, "resumes": doc.get("resumes"),

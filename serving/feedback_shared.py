@@ -205,8 +205,6 @@ class SharedFeedbackLog:
                     continue
                 names = sorted(i.path.rsplit("/", 1)[-1] for i in self.fs.get_file_info(
                     pafs.FileSelector(f"{self.wal}/{writer}")) if i.path.endswith(".jsonl"))
-                if writer == self.writer:
-                    names = [n for n in names if n not in {c for c, _, _ in self.committed}]
                 if names:
                     texts = [(n, self._read(f"{self.wal}/{writer}/{n}")) for n in names]
                     rows += self._publish(writer, texts)

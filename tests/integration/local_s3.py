@@ -67,6 +67,9 @@ class LocalS3:
                     raise RuntimeError(f"SeaweedFS did not start; see {self.root / 'weed.log'}") from None
                 time.sleep(0.5)
 
+    def keys(self, prefix: str) -> list[str]:
+        return keys(self.client, self.bucket, prefix)
+
     def stop(self) -> None:
         if self.proc is None:
             return
@@ -77,3 +80,14 @@ class LocalS3:
             self.proc.kill()
         self._log.close()
         self.proc = None
+
+
+def keys(client, bucket: str, prefix: str) -> list[str]:
+    """The keys under ``prefix`` (first 1000: these tests write fewer)."""
+    return [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+
+
+def checkpoints(client, bucket: str, prefix: str) -> int:
+    """Ray Train checkpoints written under ``prefix`` (their ``state.pt``)."""
+    return sum(k.endswith("state.pt") for k in keys(client, bucket, prefix))
+

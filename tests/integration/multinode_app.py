@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import yaml
+from local_s3 import keys
 from ray_nodes import RayNodes, http
 from streams import ShopperStream
 
@@ -148,8 +149,7 @@ def lose_a_node(nodes: RayNodes, app: dict, s3: dict, node: str = "a", replaceme
         lost_at = time.time()
         nodes.kill(node)  # the machine is gone, with its replicas
         # acknowledged there and not yet published: from now on only the shared WAL holds these
-        stranded = sum(1 for w in writers for o in client.list_objects_v2(Bucket=bucket, Prefix=f"{wal}/{w}/")
-                       .get("Contents", []) if o["Key"].endswith(".jsonl"))
+        stranded = sum(k.endswith(".jsonl") for w in writers for k in keys(client, bucket, f"{wal}/{w}/"))
         watch(lost_at + down_s)
         nodes.add_node(replacement, num_cpus=2)
         back_at = time.time()

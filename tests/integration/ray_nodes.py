@@ -14,6 +14,7 @@ With ``start_head(gcs_redis=...)`` the head keeps its GCS tables in Redis (GCS f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -31,6 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RAY = str(Path(sys.executable).with_name("ray"))
+PROJECT = Path(__file__).resolve().parents[2]
+# what a job's working_dir leaves behind (the project travels with each job, as from a laptop)
+EXCLUDES = [".venv", ".git", "raycart-work", "benchmarks/results", "*.png", "__pycache__"]
 HEAD_PORTS = ("gcs", "dashboard", "client", "agent_http", "agent_grpc", "runtime_env", "metrics",
               "autoscaler_metrics", "dashboard_metrics")
 NODE_PORTS = ("node_manager", "object_manager", "agent_http", "agent_grpc", "runtime_env", "metrics")
@@ -294,6 +298,26 @@ class RayNodes:
             raise RuntimeError(f"job {submission_id}: {code} {body[:500]}")
         return json.loads(body)["status"]
 
+    def submit(self, submission_id: str, *command: str, env_vars: dict[str, str], wait: bool = False,
+               timeout: float = 180) -> subprocess.CompletedProcess:
+        """`ray job submit` of ``python -m training.cli <command>`` with the project as the job's
+        working_dir and ``env_vars`` in its environment (and the client's); ``wait``: until it ends."""
+        runtime_env = {"working_dir": str(PROJECT), "excludes": EXCLUDES, "env_vars": env_vars}
+        return self.cli("ray", "job", "submit", "--address", self.dashboard, *([] if wait else ["--no-wait"]),
+                        "--submission-id", submission_id, "--runtime-env-json", json.dumps(runtime_env), "--",
+                        sys.executable, "-m", "training.cli", *command, env=self.env(**env_vars), timeout=timeout)
+
+    def wait_job(self, submission_id: str, timeout: float) -> str:
+        """The job's status once it is no longer PENDING or RUNNING (or when ``timeout`` is up)."""
+        deadline = time.time() + timeout
+        while (status := self.job_status(submission_id)) in ("PENDING", "RUNNING") and time.time() < deadline:
+            time.sleep(1)
+        return status
+
+    def job_logs(self, submission_id: str) -> str:
+        out = self.cli("ray", "job", "logs", submission_id, "--address", self.dashboard, env=self.env())
+        return out.stdout + out.stderr
+
     def cli(self, *args: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
         """``ray <args>`` / ``serve <args>`` as a user runs them against this cluster's dashboard."""
         exe = str(Path(RAY).with_name(args[0]))
@@ -337,3 +361,25 @@ class RayNodes:
         finally:
             if not os.environ.get("RAYCART_KEEP_NODES"):  # keep the logs to read after a failure
                 shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def head_and_two_nodes(work: Path, node_env: dict[str, str], cpus: float, gcs_ft: bool = False,
+                       head_env: dict[str, str] | None = None):
+    """A head without CPUs (job drivers, Ray's and Serve's own actors) and worker nodes ``a`` and
+    ``b`` with ``cpus`` each; ``gcs_ft``: the head's GCS keeps its tables in a Redis server started
+    here (in ``work``). Everything is stopped on exit."""
+    from serving.redis_server import LocalRedis
+
+    gcs_redis = LocalRedis(work / "gcs-redis").start() if gcs_ft else None
+    nodes = RayNodes(node_env=node_env)
+    try:
+        nodes.start_head(num_cpus=0, gcs_redis=f"127.0.0.1:{gcs_redis.port}" if gcs_redis else None, env=head_env)
+        nodes.add_node("a", num_cpus=cpus)
+        nodes.add_node("b", num_cpus=cpus)
+        yield nodes
+    finally:
+        nodes.stop()
+        if gcs_redis:
+            gcs_redis.stop()
+

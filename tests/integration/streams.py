@@ -1,4 +1,5 @@
-"""Clients that keep asking ``POST /recommend`` while something changes under them (a rollout)."""
+"""Clients that keep asking ``POST /recommend`` (and ``/feedback``) while something changes under them
+(a rollout, a lost node, a restarted GCS)."""
 
 import threading
 import time
@@ -8,7 +9,24 @@ from typing import Self
 import requests
 
 
-class RecommendStream:
+class _Threads:
+    """Client threads (``self.threads``, started on enter) that run until ``self.stop`` is set."""
+
+    stop: threading.Event
+    threads: list[threading.Thread]
+
+    def __enter__(self) -> Self:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+
+
+class RecommendStream(_Threads):
     """One thread per user streams ``/recommend``; ``answers`` collects ``(status, model_version)``
     (the response text instead of the version when not 200; status 0 when the request failed)."""
 
@@ -32,27 +50,16 @@ class RecommendStream:
         while time.time() < deadline and not done(self.answers):
             time.sleep(poll_s)
 
-    def __enter__(self) -> Self:
-        for t in self.threads:
-            t.start()
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join()
-
-
-class ShopperStream:
+class ShopperStream(_Threads):
     """Shoppers at a bounded rate: each thread asks ``/recommend`` and sends a click on the first
     item to ``/feedback``, then pauses so the whole stream stays near ``rate`` requests a second.
     Every request is recorded as ``(start time, path, status, seconds)`` (status 0: no answer);
     ``acked`` holds the ``(request_id, item_id, event)`` of every feedback the app acknowledged
     (200) and ``shown`` the ``(request_id, item_id)`` of every slate it answered."""
 
-    def __init__(self, url: str, users: list[str], threads: int = 4, rate: float = 8.0, timeout_s: float = 30,
-                 headers: dict | None = None):
-        self.url, self.users, self.timeout_s, self.headers = url, users, timeout_s, headers or {}
+    def __init__(self, url: str, users: list[str], threads: int = 4, rate: float = 8.0, timeout_s: float = 30):
+        self.url, self.users, self.timeout_s = url, users, timeout_s
         self.pause_s = threads / rate
         self.requests: list[tuple[float, str, int, float]] = []
         self.acked: list[tuple[str, str, str]] = []
@@ -63,7 +70,7 @@ class ShopperStream:
     def _call(self, path: str, body: dict) -> requests.Response | None:
         start = time.time()
         try:
-            r = requests.post(self.url + path, json=body, timeout=self.timeout_s, headers=self.headers)
+            r = requests.post(self.url + path, json=body, timeout=self.timeout_s)
         except requests.RequestException:
             self.requests.append((start, path, 0, time.time() - start))
             return None
@@ -79,21 +86,11 @@ class ShopperStream:
             if r is not None and r.status_code == 200:
                 body = r.json()
                 self.shown.extend((body["request_id"], it["item_id"]) for it in body["items"])
-                event = (body["request_id"], body["items"][0]["item_id"], "click")
-                f = self._call("/feedback", dict(zip(("request_id", "item_id", "event"), event, strict=True)))
+                click = {"request_id": body["request_id"], "item_id": body["items"][0]["item_id"], "event": "click"}
+                f = self._call("/feedback", click)
                 if f is not None and f.status_code == 200:
-                    self.acked.append(event)
+                    self.acked.append((click["request_id"], click["item_id"], click["event"]))
             self.stop.wait(self.pause_s)
 
     def failed(self, since: float = 0.0, until: float = float("inf")) -> list[tuple[float, str, int, float]]:
         return [r for r in self.requests if since <= r[0] < until and r[2] != 200]
-
-    def __enter__(self) -> Self:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join()

@@ -9,21 +9,18 @@ the Ingress replica on the lost node (``feedback_ack: shared``)."""
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from local_s3 import keys as s3_keys
 from multinode_app import SPREAD, deploy_app, lose_a_node, replicas, restart_gcs_under_load
-from ray_nodes import RayNodes
+from ray_nodes import head_and_two_nodes
 from streams import ShopperStream
 
 from serving.redis_server import LocalRedis
 
 pytestmark = [pytest.mark.integration, pytest.mark.multinode]
-ROOT = Path(__file__).resolve().parents[2]
-EXCLUDES = [".venv", ".git", "raycart-work", "benchmarks/results", "*.png", "__pycache__"]
 # cluster/serve.yaml's autoscaling, scaled down: one replica each at rest, quick to react; at most
 # one replica of a deployment per node (Serve only prefers to spread: without it a second replica
 # may land next to the first)
@@ -36,23 +33,17 @@ AUTOSCALED = [{"name": "Ingress", "num_replicas": 1}] + [
 @pytest.fixture
 def served(tiny_shop, s3_server, tmp_path, request):
     """The cluster (head without CPUs, worker nodes a and b), Redis, and the app deployed on it;
-    ``indirect`` param ``"gcs-ft"``: the head's GCS keeps its tables in a second Redis."""
+    ``indirect`` param ``"gcs-ft"``: the head's GCS keeps its tables in a second Redis;
+    ``"autoscale"``: the app with :data:`AUTOSCALED` deployments."""
+    param = getattr(request, "param", None)
     redis = LocalRedis(tmp_path / "redis").start()
-    gcs_redis = LocalRedis(tmp_path / "gcs-redis").start() if getattr(request, "param", None) == "gcs-ft" else None
-    nodes = RayNodes(node_env=s3_server["env"])
     try:
-        # Serve's controller and proxy; no replicas
-        nodes.start_head(num_cpus=0, gcs_redis=f"127.0.0.1:{gcs_redis.port}" if gcs_redis else None)
-        nodes.add_node("a", num_cpus=2)
-        nodes.add_node("b", num_cpus=2)
-        app = deploy_app(nodes, s3_server, redis.url, Path(tiny_shop["ranker"]), Path(tiny_shop["data"]), tmp_path,
-                         deployments=AUTOSCALED if getattr(request, "param", None) == "autoscale" else None)
-        yield {**app, "nodes": nodes, "s3": s3_server}
+        with head_and_two_nodes(tmp_path, s3_server["env"], cpus=2, gcs_ft=param == "gcs-ft") as nodes:
+            app = deploy_app(nodes, s3_server, redis.url, Path(tiny_shop["ranker"]), Path(tiny_shop["data"]),
+                             tmp_path, deployments=AUTOSCALED if param == "autoscale" else None)
+            yield {**app, "nodes": nodes, "s3": s3_server}
     finally:
-        nodes.stop()
         redis.stop()
-        if gcs_redis:
-            gcs_redis.stop()
 
 
 def test_serving_survives_losing_a_worker_node(served):
@@ -70,16 +61,12 @@ def test_serving_survives_losing_a_worker_node(served):
     # the retrain job, submitted to the same cluster, learns from that log (all on S3)
     s3, app = served["s3"], served
     work = app["feedback"].rsplit("/", 1)[0] + "/retrain"
-    env = nodes.env(**s3["env"])
-    runtime_env = json.dumps({"working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": s3["env"]})
-    submitted = nodes.cli("ray", "job", "submit", "--address", nodes.dashboard, "--submission-id", "retrain",
-                          "--runtime-env-json", runtime_env, "--", sys.executable, "-m", "training.cli", "retrain",
-                          "--feedback", app["feedback"], "--data", app["args"]["data_dir"], "--model",
-                          app["args"]["model_dir"], "--work", work, "--workers", "1", env=env, timeout=600)
+    submitted = nodes.submit("retrain", "retrain", "--feedback", app["feedback"], "--data", app["args"]["data_dir"],
+                             "--model", app["args"]["model_dir"], "--work", work, "--workers", "1",
+                             env_vars=s3["env"], wait=True, timeout=600)
     assert submitted.returncode == 0 and nodes.job_status("retrain") == "SUCCEEDED", submitted.stdout[-4000:]
     bucket, key = work[len("s3://"):].split("/", 1)
-    decisions = [o["Key"] for o in s3["client"].list_objects_v2(Bucket=bucket, Prefix=f"{key}/decisions/")
-                 .get("Contents", []) if o["Key"].endswith(".json")]
+    decisions = [k for k in s3_keys(s3["client"], bucket, f"{key}/decisions/") if k.endswith(".json")]
     assert len(decisions) == 1, submitted.stdout[-3000:]
 
 
