@@ -23,7 +23,9 @@ from ray_nodes import RayNodes, head_and_two_nodes
 # The node-loss test runs in the suite (.ci/test.sh); the tune/stop test is opt-in with the other
 # multi-node tests: `pytest -m multinode tests/integration/test_multinode*.py`.
 pytestmark = pytest.mark.integration
-EPOCHS = 5
+# An epoch with its S3 checkpoint takes about 3 s: enough of them that the run is still going when the
+# node is lost (with 5, a CI run finished before the kill landed and nothing was resumed).
+EPOCHS = 12
 
 
 def _wait_for_checkpoints(nodes: RayNodes, s3: dict, submission_id: str, prefix: str, n: int = 1,
@@ -60,9 +62,10 @@ def test_training_spreads_over_nodes_and_resumes_after_losing_one(cluster, s3_se
         assert submitted.returncode == 0, submitted.stdout[-2000:] + submitted.stderr[-2000:]
         # the first checkpoint is registered with Ray Train once the second is written
         _wait_for_checkpoints(nodes, s3_server, prefix, f"{prefix}/runs/", n=2, timeout=300)
-        assert nodes.placed("RayTrainWorker") == ["a", "b"]  # one worker per node, none on the head
-
+        # no State API call before the kill (it can take seconds); the placement is asserted below
         nodes.kill("a")  # the machine is gone: raylet, object store and the worker on it
+        # the loss must land mid-run, or the test below would test nothing
+        assert nodes.job_status(prefix) == "RUNNING" and not (out / "model.json").exists(), "run ended before the loss"
         time.sleep(2)
         nodes.add_node("c", num_cpus=1)  # the replacement
 
