@@ -17,6 +17,7 @@ import torch
 
 from training.baselines.itemknn import ItemKNN
 from training.data.interactions import Interactions
+from training.data.schema import TimestampKind
 from training.evaluation.metrics import top_k
 from training.models.ranker import DENSE_FEATURES
 from training.models.retriever import ItemFeatures, RetrieverScorer
@@ -33,22 +34,40 @@ class Candidates:
 class CandidateStage:
     """``log_pop``/``log_price`` per item; ``event_keys``: the training events as sorted
     ``item << 32 | seconds since time_origin`` keys, for each candidate's recent popularity (its
-    interactions in the :attr:`RECENT_DAYS` before the user's last event: what is selling *now*)."""
+    interactions in the ``recent_days`` before the user's last event: what is selling *now*).
+
+    ``recent_days=None``: the recent-popularity feature is **off** -- 0 for every candidate. That is
+    the setting for a dataset whose timestamps are sequence positions (``timestamps="position"``,
+    the Amazon files): there the window "30 days before the user's last event" holds every
+    training event at a position up to the user's own length, so the count is the item's
+    popularity among *early positions* of all users, not recency; and positions of different
+    users are not comparable, so no window over them would mean "recent" either."""
 
     RECENT_DAYS = 30
 
     def __init__(self, retriever: RetrieverScorer, knn: ItemKNN, log_pop: np.ndarray, log_price: np.ndarray,
-                 event_keys: np.ndarray, time_origin: int):
+                 event_keys: np.ndarray, time_origin: int, recent_days: int | None = RECENT_DAYS):
+        if recent_days is not None and recent_days <= 0:
+            raise ValueError(f"recent_days must be positive or None (feature off), got {recent_days}")
         self.retriever, self.knn = retriever, knn
         self.log_pop, self.log_price = log_pop.astype(np.float32), log_price.astype(np.float32)
         self.event_keys, self.time_origin = event_keys.astype(np.int64), int(time_origin)
+        self.recent_days = recent_days
         # the last training event (microseconds): "now" for a history without times
         self.end_us = (self.time_origin + int((self.event_keys & (2**32 - 1)).max()) if len(self.event_keys)
                        else 0) * 1_000_000
 
     @classmethod
-    def fit(cls, retriever: RetrieverScorer, knn: ItemKNN, train: Interactions, prices: np.ndarray) -> CandidateStage:
-        """Item statistics from ``train`` (what the models were fitted on) and the catalogue prices."""
+    def fit(cls, retriever: RetrieverScorer, knn: ItemKNN, train: Interactions, prices: np.ndarray,
+            timestamps: TimestampKind = "time") -> CandidateStage:
+        """Item statistics from ``train`` (what the models were fitted on) and the catalogue prices;
+        ``timestamps``: what ``train.times`` are (the dataset's ``timestamps``) -- ``"position"``
+        turns recent popularity off (see the class)."""
+        if timestamps == "position":
+            return cls(retriever, knn, np.log1p(train.item_counts().astype(np.float32)), _log_price(prices),
+                       np.zeros(0, np.int64), 0, recent_days=None)
+        if timestamps != "time":
+            raise ValueError(f"timestamps must be 'time' or 'position', got {timestamps!r}")
         seconds = train.times // 1_000_000
         origin = int(seconds.min()) if len(seconds) else 0
         keys = np.sort((train.items.astype(np.int64) << 32) | np.clip(seconds - origin, 0, 2**32 - 1))
@@ -68,7 +87,14 @@ class CandidateStage:
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"log_pop": self.log_pop, "log_price": self.log_price, "event_keys": self.event_keys,
-                "time_origin": np.int64(self.time_origin)}
+                "time_origin": np.int64(self.time_origin), "recent_days": np.int64(self.recent_days or 0)}
+
+    @staticmethod
+    def recent_days_of(arrays) -> int | None:
+        """The ``recent_days`` stored by :meth:`arrays` (0: off); a state saved before it was stored
+        had the feature on with :attr:`RECENT_DAYS`."""
+        days = int(arrays["recent_days"]) if "recent_days" in arrays else CandidateStage.RECENT_DAYS
+        return days or None
 
     def _now(self, history: Interactions) -> np.ndarray:
         """Per row: the time of its last event; for an empty history, the end of the training data."""
@@ -78,9 +104,12 @@ class CandidateStage:
         return now
 
     def recent_counts(self, items: np.ndarray, now_us: np.ndarray) -> np.ndarray:
-        """Training interactions of ``items[b, j]`` in the window before ``now_us[b]``."""
+        """Training interactions of ``items[b, j]`` in the ``recent_days`` before ``now_us[b]``;
+        all 0 when the feature is off (``recent_days`` None)."""
+        if self.recent_days is None:
+            return np.zeros(np.shape(items), dtype=np.int64)
         now = np.clip(now_us // 1_000_000 - self.time_origin, 0, 2**32 - 1)[:, None]
-        start = np.clip(now - self.RECENT_DAYS * 86_400, 0, None)
+        start = np.clip(now - self.recent_days * 86_400, 0, None)
         base = items.astype(np.int64) << 32
         return (np.searchsorted(self.event_keys, base | now, side="right")
                 - np.searchsorted(self.event_keys, base | start, side="left"))

@@ -162,7 +162,8 @@ class TwoStageScorer:
                                                                      if k.startswith("r/")})
         knn = ItemKNN.from_state(config["knn"], {k[2:]: v for k, v in state.items() if k.startswith("k/")})
         stage = CandidateStage(retriever, knn, state["x/log_pop"], state["x/log_price"], state["x/event_keys"],
-                               int(state["x/time_origin"]))
+                               int(state["x/time_origin"]),
+                               CandidateStage.recent_days_of({k[2:]: v for k, v in state.items() if k.startswith("x/")}))
         feats = ItemFeatures.from_arrays({k[4:]: v for k, v in state.items() if k.startswith("r/f/")})
         ranker = Ranker(RankerConfig(**config["ranker"]), feats, tuned_table=state.get("w/tuned_table"),
                         tuned_image_table=state.get("w/tuned_image_table"))

@@ -6,10 +6,11 @@
 2. **candidate generation as Ray Data batch inference**: for every validation user -- whose target
    the retriever never trained on -- the retriever's top ``train_candidates`` unseen items (hard
    negatives) plus their dense features (retriever score and rank, item-kNN score, popularity,
-   price, recent popularity); lists that miss their target are left out (see
-   :meth:`CandidateStage.generate`); a seeded ``valid_fraction`` of those users is held out, with
-   the plain top ``eval_candidates`` lists, to early-stop on two-stage NDCG@10; where the events
-   have types, the funnel stage of every history item and target (:mod:`training.data.funnel`);
+   price, recent popularity -- 0 where the timestamps are sequence positions); lists that miss
+   their target are left out (see :meth:`CandidateStage.generate`); a seeded ``valid_fraction``
+   of those users is held out, with the plain top ``eval_candidates`` lists, to early-stop on
+   two-stage NDCG@10; where the events have types, the funnel stage of every history item and
+   target (:mod:`training.data.funnel`);
    and for encoder fine-tuning, the frozen bottom of each encoder over every item, once;
 3. Ray Train ``TorchTrainer`` (DDP over ``workers``; example indices sharded per worker by Ray
    Data, the arrays shared through the object store), a checkpoint every epoch, resume after a
@@ -157,8 +158,8 @@ def run_name(job: RankerJob) -> str:
     return "ranker-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def _stage(retriever: RetrieverScorer, knn: ItemKNNConfig, train, prices: np.ndarray) -> CandidateStage:
-    return CandidateStage.fit(retriever, ItemKNN(knn).fit(train), train, prices)
+def _stage(retriever: RetrieverScorer, knn: ItemKNNConfig, train, prices: np.ndarray, timestamps) -> CandidateStage:
+    return CandidateStage.fit(retriever, ItemKNN(knn).fit(train), train, prices, timestamps)
 
 
 def list_scorer(cands: Candidates, users: np.ndarray, rank_fn, num_items: int):
@@ -279,7 +280,10 @@ def prepare_examples(job: RankerJob) -> dict:
     prices = np.array([np.nan if p is None else p for p in ds.items["price"].to_pylist()], dtype=np.float64)
     cfg = job.model
     t0 = time.time()
-    stage = _stage(retriever, job.knn, valid.train, prices)
+    stage = _stage(retriever, job.knn, valid.train, prices, ds.timestamps)
+    if stage.recent_days is None:
+        print(f"[ranker] {job.data}: timestamps are sequence positions, not times: recent popularity off (0)",
+              flush=True)
     rng = np.random.default_rng(cfg.seed)
     n = len(valid.users)
     held_mask = np.zeros(n, bool)
@@ -405,7 +409,7 @@ def export_ranker(job: RankerJob, ex: dict | None, saved: dict, start: float | N
             getattr(exported, key).copy_(torch.from_numpy(table))
         ranker = exported
     test = ex["test"]
-    stage = _stage(ex["retriever"], job.knn, test.train, ex["prices"])
+    stage = _stage(ex["retriever"], job.knn, test.train, ex["prices"], ex["ds"].timestamps)
     vocab = attribute_vocabulary(ex["ds"].items)[2]
     pipeline = TwoStageScorer(stage, ranker, vocab, ex["stages"])
     t0 = time.time()
@@ -419,7 +423,8 @@ def export_ranker(job: RankerJob, ex: dict | None, saved: dict, start: float | N
         "workers": job.workers, "gpu": job.use_gpu, "epochs": len(history),
         "epoch_numbers": [h["epoch"] for h in history], "best_valid_NDCG@10": saved["best"],
         "ndcg10_gain_over_retriever": gain, "eval_seconds": round(seconds_two_stage, 1),
-        "seconds": round(time.time() - start, 1), "resumes": saved.get("resumes", 0)}}
+        "seconds": round(time.time() - start, 1), "resumes": saved.get("resumes", 0),
+        "recent_popularity_days": stage.recent_days}}
     config = {"ranker": job.model.to_dict(), "retriever": ex["r_doc"]["config"], "knn": stage.knn.state()[0],
               "attribute_vocab": vocab}
 

@@ -160,18 +160,6 @@ def test_event_types_steer_attention_and_the_cart_purchase_heads_learn():
     assert (blind.argmax(1) == torch.from_numpy(pos)).float().mean().item() < 0.75
 
 
-def test_recent_popularity_counts_the_window_before_the_users_last_event():
-    day = 86_400 * 1_000_000
-    # item 1: bought on days 0, 1 and 40; item 2: on day 39
-    train = Interactions(np.array([0, 3, 4]), np.array([1, 1, 1, 2]), np.array([0, day, 40 * day, 39 * day]), 5)
-    stage = CandidateStage.fit(_stage(_train()).retriever, ItemKNN(ItemKNNConfig.tiny()).fit(train), train,
-                               np.ones(5))
-    counts = stage.recent_counts(np.array([[1, 2, 3], [1, 2, 3]]), np.array([41 * day, 2 * day]))
-    assert counts.tolist() == [[1, 1, 0], [2, 0, 0]]
-    hist = Interactions(np.array([0, 1, 1]), np.array([4, 0]), np.array([2 * day, 0]), 5)  # row 1 is empty
-    assert stage._now(hist).tolist() == [2 * day, 40 * day]
-
-
 def test_candidates_from_an_exact_index_match_the_full_scoring_path():
     from serving.index import VectorIndex
 

@@ -2,7 +2,8 @@
 
 Layout (local path or ``s3://`` prefix)::
 
-    DIR/dataset.json       manifest: format version, source, counts, split definitions, notes
+    DIR/dataset.json       manifest: format version, source, counts, split definitions, notes,
+                           what the timestamps are (``timestamps``: time or position)
     DIR/items.parquet      schema.ITEMS
     DIR/users.parquet      schema.USERS
     DIR/events.parquet     schema.EVENTS, sorted by (user_id, timestamp, seq)
@@ -46,6 +47,7 @@ class Dataset:
     source: str = "unknown"
     splits: dict = field(default_factory=dict)
     notes: dict = field(default_factory=dict)
+    timestamps: schema.TimestampKind = "time"  # "position": sequence positions, not times (schema.TimestampKind)
     root: str | None = None  # where it was loaded from (resolves relative image paths)
 
     @property
@@ -100,6 +102,7 @@ def _manifest(ds: Dataset) -> dict:
         "counts": ds.counts(),
         "splits": ds.splits,
         "notes": ds.notes,
+        "timestamps": ds.timestamps,
         "tables": sorted(ds.tables()),
     }
 
@@ -116,6 +119,7 @@ def save_dataset(ds: Dataset, uri: str, *, overwrite: bool = False,
     tables["events"] = tables["events"].sort_by(
         [("user_id", "ascending"), ("timestamp", "ascending"), ("seq", "ascending")])
     schema.validate(tables, ds.source)
+    schema.check_timestamp_kind(ds.timestamps, ds.source)
     manifest = _manifest(ds)
     with storage.atomic_output_dir(uri, overwrite=overwrite, publish_last=MANIFEST) as tmp:
         for name, table in tables.items():
@@ -143,6 +147,14 @@ def read_manifest(uri: str) -> dict:
     return manifest
 
 
+def manifest_timestamps(manifest: dict, where: str) -> schema.TimestampKind:
+    """What the dataset's timestamps are (:data:`schema.TimestampKind`). A manifest written before
+    the field existed has none: ``position`` for the Amazon source (order only), else ``time``."""
+    if "timestamps" not in manifest:
+        return "position" if str(manifest.get("source", "")).startswith("amazon:") else "time"
+    return schema.check_timestamp_kind(manifest["timestamps"], where)
+
+
 def read_table(uri: str, name: str) -> pa.Table:
     path = storage.join(uri, f"{name}.parquet")
     storage.require_file(path, f"{name} table")
@@ -164,4 +176,5 @@ def load_dataset(uri: str) -> Dataset:
     schema.validate(tables, uri)
     return Dataset(items=tables["items"], users=tables["users"], events=tables["events"],
                    bandit=tables.get("bandit"), source=manifest.get("source", "unknown"),
-                   splits=manifest.get("splits", {}), notes=manifest.get("notes", {}), root=uri)
+                   splits=manifest.get("splits", {}), notes=manifest.get("notes", {}),
+                   timestamps=manifest_timestamps(manifest, storage.join(uri, MANIFEST)), root=uri)

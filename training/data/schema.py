@@ -15,12 +15,22 @@ the id the source used is kept in ``external_id``.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from training.errors import DataError
 
 EVENT_TYPES = ("view", "click", "cart", "purchase")
+
+# What ``events.timestamp`` holds (the manifest's ``timestamps``): ``time`` -- when the event
+# happened (UTC); ``position`` -- its index in the user's own sequence, stored as seconds after the
+# epoch, for sources that carry order but no times (the Amazon files). Positions order one user's
+# events; they are not comparable across users, so nothing that needs a clock (a window of days,
+# a global time split) can use them.
+TimestampKind = Literal["time", "position"]
+TIMESTAMP_KINDS: tuple[str, ...] = get_args(TimestampKind)
 
 ITEMS = pa.schema([
     pa.field("item_id", pa.int64(), nullable=False),
@@ -92,6 +102,13 @@ def conform(table: pa.Table, name: str, where: str) -> pa.Table:
             raise DataError(f"{where}: column '{field.name}' has {col.null_count} empty values")
         columns.append(col)
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def check_timestamp_kind(value, where: str) -> TimestampKind:
+    """``value`` if it is one of :data:`TIMESTAMP_KINDS`, else a :class:`DataError` naming ``where``."""
+    if value not in TIMESTAMP_KINDS:
+        raise DataError(f"{where}: 'timestamps' is {value!r}; expected one of {list(TIMESTAMP_KINDS)}")
+    return value
 
 
 def _check_dense_ids(col: pa.ChunkedArray, where: str, name: str) -> int:

@@ -3,7 +3,9 @@
 Input ``X.txt``: one line per user, ``user item item ...`` in time order, ids 1..N. Beside it,
 ``X_item2attributes.json`` maps item id -> attribute ids (brand, category path). The files
 carry order but no timestamps: event times are the position in the user's sequence (seconds
-after the epoch), so leave-one-out is exact and a global time split is not meaningful.
+after the epoch), so leave-one-out is exact and a global time split is not meaningful. The
+dataset says so (``timestamps="position"`` in its manifest), and whatever needs a clock -- the
+ranker's recent popularity -- is off on it.
 """
 
 from __future__ import annotations
@@ -84,5 +86,6 @@ def prepare(input: str, attributes: str | None = None) -> Prepared:
     ds = Dataset(items=items, users=users, events=events, source=f"amazon:{name}",
                  splits={"loo": {"kind": "loo", "dedupe": False}},
                  notes={"timestamps": "sequence positions; the source has order only",
-                        "event_type": "reviews, stored as purchases"})
+                        "event_type": "reviews, stored as purchases"},
+                 timestamps="position")
     return Prepared(ds, report=report)
