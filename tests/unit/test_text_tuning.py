@@ -89,3 +89,125 @@ def test_cached_image_bottom_plus_last_blocks_reproduce_the_encoder(image_encode
     loss = tuned(torch.tensor([0, 1])).sum()
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tuned.top.parameters())
+
+
+# -- LoRA (peft) ------------------------------------------------------------------------------------
+
+def _lora_ranker(encoder, layers: int, rank: int = 4, seed: int = 0):
+    torch.manual_seed(seed)
+    n = len(TEXTS)
+    feats = ItemFeatures(n, np.ones(n, bool), np.zeros(n + 1, np.int64), np.zeros(0, np.int64), 0)
+    cfg = RankerConfig(**{**RankerConfig.tiny().to_dict(), "text_tune_layers": layers, "text_tune_mode": "lora",
+                          "text_lora_rank": rank, "dropout": 0.0})
+    hidden, mask = bottom_states(encoder, TEXTS, layers)
+    tuned = TunedText(encoder, hidden, mask, layers, cfg.text_tune_mode, cfg.text_lora_rank, cfg.text_lora_alpha)
+    return Ranker(cfg, feats, tuned_text=tuned), cfg, feats
+
+
+def _mug_task():
+    """Planted: after a mug, the other mug is right."""
+    hist = torch.tensor([[0], [4]])
+    cands = torch.tensor([[4, 1, 2, 3, 5], [0, 1, 2, 3, 5]])
+    labels = torch.zeros(2, 5, dtype=torch.bool)
+    labels[:, 0] = True
+    return hist, cands, torch.zeros(2, 5, 6), labels
+
+
+def _train(model, steps: int = 25):
+    hist, cands, dense, labels = _mug_task()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = model.loss(hist, cands, dense, labels)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("layers", [1, 6])
+def test_lora_starts_from_the_encoder_and_only_its_adapters_train(encoder, layers):
+    from training.models.text_tuning import trainable_params
+
+    hidden, mask = bottom_states(encoder, TEXTS, layers)
+    tuned = TunedText(encoder, hidden, mask, layers, mode="lora", lora_rank=8)
+    # LoRA's B starts at zero: the same embedding as the pretrained encoder
+    np.testing.assert_allclose(tuned.embed_all(), encoder.encode(TEXTS), atol=1e-5)
+    names = [n for n, p in tuned.named_parameters() if p.requires_grad]
+    assert names and all(".lora_A." in n or ".lora_B." in n for n in names), names
+    assert {n.split(".")[4] for n in names} == {"query", "value"}  # top.<i>.attention.self.<proj>.lora_X...
+    # per layer: query and value, each A (r x 384) + B (384 x r)
+    assert trainable_params(tuned) == layers * 2 * 2 * 384 * 8
+    assert trainable_params(TunedText(encoder, hidden, mask, layers, mode="layers")) > 100 * trainable_params(tuned)
+
+
+def test_lora_ranker_trains_the_adapters_and_its_own_weights_not_the_encoder(encoder):
+    model, _, _ = _lora_ranker(encoder, layers=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = _train(model)
+    assert losses[-1] < 0.5 * losses[0]
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    encoder_changed = {k for k in changed if k.startswith("tuned.")}
+    assert encoder_changed and all(".lora_" in k for k in encoder_changed), encoder_changed
+    assert any(".lora_B." in k for k in encoder_changed)  # B left zero: the adapters would do nothing
+    assert any(k.startswith("tuned_proj.") for k in changed) and any(k.startswith("mlp.") for k in changed)
+    frozen = [k for k in before if k.startswith("tuned.") and ".lora_" not in k]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+
+
+def test_lora_ranker_round_trips_through_a_saved_state_strictly(encoder, tmp_path):
+    model, cfg, feats = _lora_ranker(encoder, layers=1)
+    _train(model, steps=10)
+    model.eval()
+    torch.save(model.state_dict(), tmp_path / "state.pt")
+    hist, cands, dense, _ = _mug_task()
+    # a fresh model of the same config (new random head, zero adapters) loads it strictly
+    fresh, _, _ = _lora_ranker(encoder, layers=1, seed=1)
+    fresh.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True), strict=True)
+    fresh.eval()
+    assert torch.equal(fresh(hist, cands, dense), model(hist, cands, dense))
+    assert np.abs(fresh.tuned.embed_all() - encoder.encode(TEXTS)).max() > 1e-3  # the adapters came back too
+    # another mode's model refuses the state instead of silently dropping the adapters
+    hidden, mask = bottom_states(encoder, TEXTS, 1)
+    plain = Ranker(RankerConfig(**{**cfg.to_dict(), "text_tune_mode": "layers"}), feats,
+                   tuned_text=TunedText(encoder, hidden, mask, 1))
+    with pytest.raises(RuntimeError, match="lora_A"):
+        plain.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True), strict=True)
+    # the exported table gives the same scores as the adapted encoder
+    exported = Ranker(cfg, feats, tuned_table=model.tuned.embed_all())
+    exported.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("tuned.")},
+                             strict=False)
+    exported.eval()
+    torch.testing.assert_close(exported(hist, cands, dense), model(hist, cands, dense), atol=1e-5, rtol=1e-5)
+
+
+def test_bad_text_tuning_modes_are_refused(encoder, monkeypatch):
+    base = RankerConfig.tiny().to_dict()
+    with pytest.raises(ValueError, match="text_tune_mode: 'qlora' is not a text fine-tuning mode"):
+        RankerConfig(**{**base, "text_tune_layers": 1, "text_tune_mode": "qlora"})
+    with pytest.raises(ValueError, match="'lora' needs text_tune_layers > 0"):
+        RankerConfig(**{**base, "text_tune_mode": "lora"})
+    with pytest.raises(ValueError, match="text_lora_rank must be >= 1"):
+        RankerConfig(**{**base, "text_tune_layers": 1, "text_tune_mode": "lora", "text_lora_rank": 0})
+    hidden, mask = bottom_states(encoder, TEXTS, 1)
+    with pytest.raises(ValueError, match="mode 'adapters': choose layers or lora"):
+        TunedText(encoder, hidden, mask, 1, mode="adapters")
+    monkeypatch.setitem(__import__("sys").modules, "peft", None)  # as if peft were not installed
+    with pytest.raises(ImportError, match=r"pip install 'raycart\[peft\]'"):
+        TunedText(encoder, hidden, mask, 1, mode="lora")
+
+
+def test_train_ranker_cli_names_a_bad_mode_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    raycart = str(Path(sys.executable).with_name("raycart"))
+    proc = subprocess.run([raycart, "train", "ranker", "--data", str(tmp_path / "d"), "--retriever", str(tmp_path / "r"),
+                           "--out", str(tmp_path / "o"), "--text-tune-layers", "1", "--text-tune-mode", "qlora"],
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("raycart: error:"), proc.stderr
+    assert "text_tune_mode: 'qlora' is not a text fine-tuning mode (choose layers or lora" in lines[0]

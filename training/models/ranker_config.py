@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+TEXT_TUNE_MODES = ("layers", "lora")
+
 
 @dataclass(frozen=True)
 class RankerConfig:
@@ -19,6 +21,12 @@ class RankerConfig:
     # 0: the item text enters through frozen precomputed features; n > 0: the last n layers of the
     # text encoder are fine-tuned on the ranking loss (candidates only; see models/text_tuning.py)
     text_tune_layers: int = 0
+    # how those layers train: "layers" -- all their weights; "lora" -- low-rank adapters (peft LoRA)
+    # on their attention query/value projections only, rank ``text_lora_rank``, scale
+    # ``text_lora_alpha / text_lora_rank`` (text_tune_layers 6 = every layer of MiniLM)
+    text_tune_mode: str = "layers"
+    text_lora_rank: int = 8
+    text_lora_alpha: float = 16.0
     image_tune_layers: int = 0  # the same for the image encoder's last blocks
     # event types (view < click < cart < purchase) where the data has them: a stage embedding on each
     # history item and two extra heads, P(cart) and P(purchase) of a candidate the user takes up;
@@ -40,6 +48,14 @@ class RankerConfig:
             raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
         if self.text_tune_layers < 0 or self.image_tune_layers < 0:
             raise ValueError("text_tune_layers and image_tune_layers must be >= 0")
+        if self.text_tune_mode not in TEXT_TUNE_MODES:
+            raise ValueError(f"text_tune_mode: {self.text_tune_mode!r} is not a text fine-tuning mode "
+                             f"(choose {' or '.join(TEXT_TUNE_MODES)}; text_tune_layers 0 keeps the encoder frozen)")
+        if self.text_tune_mode == "lora" and self.text_tune_layers == 0:
+            raise ValueError("text_tune_mode 'lora' needs text_tune_layers > 0 (the top layers that get "
+                             "adapters; 6 = all of all-MiniLM-L6-v2)")
+        if self.text_lora_rank < 1 or self.text_lora_alpha <= 0:
+            raise ValueError("text_lora_rank must be >= 1 and text_lora_alpha > 0")
         if self.train_candidates < 2 or self.eval_candidates < 1:
             raise ValueError("train_candidates must be >= 2 and eval_candidates >= 1")
 

@@ -8,6 +8,13 @@ encoder's own mean pooling and L2 norm. With the top layers unchanged this repro
 fine-tuning starts from the pretrained embedding. This is what makes fine-tuning affordable on
 CPUs: one layer of MiniLM per step instead of six, and no tokenisation in the loop.
 
+Two ways to train the top layers (``mode``): ``"layers"`` trains all their weights (1.77M per
+MiniLM layer); ``"lora"`` keeps them frozen and trains low-rank adapters (LoRA: Hu et al., ICLR 2022,
+through Hugging Face ``peft``) on each layer's attention query and value projections only
+(``2 x 2 x 384 x r`` weights per layer: 12,288 at r = 8). LoRA's B matrices start at zero, so LoRA
+also starts from the pretrained embedding exactly. With ``tune_layers`` = all layers only the
+embedding output is cached and every step runs the whole encoder for the batch's candidates.
+
 Plain PyTorch; text: BERT-style encoders whose layers live in ``model.encoder.layer``; images:
 torchvision classifiers with a ``features`` stack (:class:`TunedImage`, same idea: the bottom
 feature maps are computed once, the last blocks train).
@@ -23,6 +30,38 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.models.encoders import TextEncoder, freeze_batchnorm
+
+MODES = ("layers", "lora")
+LORA_TARGETS = ("query", "value")  # BERT's attention projections that get adapters
+
+
+def trainable_params(module: nn.Module | None) -> int:
+    """Weights of ``module`` that the optimiser updates (``requires_grad``)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad) if module is not None else 0
+
+
+def require_peft():
+    """The ``peft`` package, or an error that says how to get it."""
+    try:
+        import peft
+    except ImportError as exc:
+        raise ImportError("text_tune_mode 'lora' needs the peft package: pip install 'raycart[peft]'") from exc
+    return peft
+
+
+def add_lora(top: nn.Module, rank: int, alpha: float) -> nn.Module:
+    """Freeze ``top`` (BERT layers) and inject trainable LoRA adapters into the attention query and
+    value projections of every layer in it (in place; returns it)."""
+    peft = require_peft()
+    for p in top.parameters():
+        p.requires_grad_(False)
+    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
+                             target_modules=list(LORA_TARGETS))
+    peft.inject_adapter_in_model(config, top)
+    adapters = [name for name, p in top.named_parameters() if p.requires_grad]
+    if not adapters or any(".lora_" not in name for name in adapters):
+        raise ValueError(f"LoRA found no {'/'.join(LORA_TARGETS)} projections to adapt in the encoder's layers")
+    return top
 
 
 def _layers(encoder: TextEncoder) -> list[nn.Module]:
@@ -65,14 +104,25 @@ def bottom_states(encoder: TextEncoder, texts: list[str], tune_layers: int,
 
 
 class TunedText(nn.Module):
-    """The trainable top of a text encoder over precomputed bottom states of every item."""
+    """The trainable top of a text encoder over precomputed bottom states of every item: the top
+    ``tune_layers`` layers, trained whole (``mode="layers"``) or through LoRA adapters of rank
+    ``lora_rank`` (``mode="lora"``)."""
 
-    def __init__(self, encoder: TextEncoder, hidden: np.ndarray, mask: np.ndarray, tune_layers: int):
+    def __init__(self, encoder: TextEncoder, hidden: np.ndarray, mask: np.ndarray, tune_layers: int,
+                 mode: str = "layers", lora_rank: int = 8, lora_alpha: float = 16.0):
         super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"text fine-tuning mode {mode!r}: choose {' or '.join(MODES)}")
         layers = _layers(encoder)
+        if not 0 < tune_layers <= len(layers):
+            raise ValueError(f"tune_layers must be in 1..{len(layers)}, got {tune_layers}")
+        self.mode = mode
         self.top = nn.ModuleList(copy.deepcopy(layer) for layer in layers[len(layers) - tune_layers:])
-        for p in self.top.parameters():
-            p.requires_grad_(True)
+        if mode == "lora":
+            add_lora(self.top, lora_rank, lora_alpha)
+        else:
+            for p in self.top.parameters():
+                p.requires_grad_(True)
         self.register_buffer("hidden", torch.from_numpy(hidden), persistent=False)
         self.register_buffer("mask", torch.from_numpy(mask.astype(np.int64)), persistent=False)
         self.dim = hidden.shape[-1]
@@ -80,6 +130,10 @@ class TunedText(nn.Module):
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """L2-normalised sentence embeddings ``(len(items), H)`` of catalogue items ``items``."""
         h, m = self.hidden[items], self.mask[items]
+        # drop the columns that are padding for every text of the batch (exact: padded positions
+        # are masked out of attention and pooling; most item texts are far shorter than the longest)
+        width = int(m.any(0).nonzero().max()) + 1 if m.any() else 1
+        h, m = h[:, :width], m[:, :width]
         for layer in self.top:
             h = _run_layer(layer, h, _additive(m, h.dtype))
         w = m.unsqueeze(-1).to(h.dtype)
