@@ -62,6 +62,8 @@ from training.models.text_tuning import (
     TunedText,
     bottom_states,
     image_bottom_states,
+    require_peft,
+    trainable_params,
 )
 from training.pipeline import TwoStageScorer
 
@@ -104,6 +106,11 @@ def check_job(job: RankerJob) -> dict:
                         f"{doc.get('kind')!r} model")
     if job.model.text_tune_layers > 0 and job.text is None:
         raise DataError("--text-tune-layers needs the text encoder to fine-tune (--text-encoder)")
+    if job.model.text_tune_layers > 0 and job.model.text_tune_mode == "lora":
+        try:
+            require_peft()
+        except ImportError as exc:
+            raise DataError(str(exc)) from exc
     if job.model.image_tune_layers > 0 and job.image is None:
         raise DataError("--image-tune-layers needs the image encoder to fine-tune (--image-encoder)")
     return doc
@@ -114,7 +121,9 @@ def _tuned_modules(job: RankerJob, tuning: dict | None) -> dict:
     out = {}
     if tuning and "text" in tuning:
         hidden, mask = tuning["text"]
-        out["tuned_text"] = TunedText(TextEncoder(job.text), hidden, mask, job.model.text_tune_layers)
+        cfg = job.model
+        out["tuned_text"] = TunedText(TextEncoder(job.text), hidden, mask, cfg.text_tune_layers, cfg.text_tune_mode,
+                                      cfg.text_lora_rank, cfg.text_lora_alpha)
     if tuning and "image" in tuning:
         states, has_image = tuning["image"]
         out["tuned_image"] = TunedImage(ImageEncoder(job.image), states, job.model.image_tune_layers, has_image)
@@ -129,8 +138,9 @@ def _bottom_states(job: RankerJob, ds) -> dict:
     if cfg.text_tune_layers > 0:
         t0 = time.time()
         out["text"] = bottom_states(TextEncoder(job.text), item_text(ds.items), cfg.text_tune_layers)
+        how = f"LoRA r={cfg.text_lora_rank} on" if cfg.text_tune_mode == "lora" else "fine-tuning"
         print(f"[ranker] text encoder bottom ({job.text.name_or_path}, all but the last {cfg.text_tune_layers} "
-              f"layers) over {ds.num_items:,} items in {time.time() - t0:.0f}s: {out['text'][0].nbytes / 2**20:.0f} MiB",
+              f"layers: {how} those) over {ds.num_items:,} items in {time.time() - t0:.0f}s: {out['text'][0].nbytes / 2**20:.0f} MiB",
               flush=True)
     if cfg.image_tune_layers > 0:
         import io
@@ -395,6 +405,8 @@ def export_ranker(job: RankerJob, ex: dict | None, saved: dict, start: float | N
     ex = ex if ex is not None else prepare_examples(job)
     ranker = Ranker(job.model, ex["feats"], **_tuned_modules(job, ex["tuning"]))
     ranker.load_state_dict(saved["best_model"])
+    trainable = {"total": trainable_params(ranker), "text_encoder": trainable_params(ranker.tuned),
+                 "image_encoder": trainable_params(ranker.tuned_image)}
     if ranker.tuned is not None or ranker.tuned_image is not None:
         # export the fine-tuned encoders' outputs as tables: serving needs no encoder states
         tables = {}
@@ -424,7 +436,8 @@ def export_ranker(job: RankerJob, ex: dict | None, saved: dict, start: float | N
         "epoch_numbers": [h["epoch"] for h in history], "best_valid_NDCG@10": saved["best"],
         "ndcg10_gain_over_retriever": gain, "eval_seconds": round(seconds_two_stage, 1),
         "seconds": round(time.time() - start, 1), "resumes": saved.get("resumes", 0),
-        "recent_popularity_days": stage.recent_days}}
+        "recent_popularity_days": stage.recent_days,
+        "trainable_params": trainable}}
     config = {"ranker": job.model.to_dict(), "retriever": ex["r_doc"]["config"], "knn": stage.knn.state()[0],
               "attribute_vocab": vocab}
 
