@@ -8,6 +8,10 @@ object; the service reaches the stages (:mod:`serving.stages`) through ``Deploym
 scaling) --, the single ``Policy`` replica, the ``ItemRegistry`` of runtime items and the user
 state (:mod:`serving.state_store`). ``build_app(args)`` is the entry point for ``serve run
 serving.app:build_app`` / ``serve deploy cluster/serve.yaml`` and for ``raycart serve``.
+
+Each replica records its metrics through Ray Serve's metrics (:class:`~serving.metrics.RaySink`),
+exported on every node's Ray metrics export port; the Ingress writes its per-request access lines
+to its Serve replica log file (not the console).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from serving.messages import (
     RankQuery,
     Slate,
 )
+from serving.metrics import Metrics, RaySink, route_access_log
 from serving.netbind import bind_replica_grpc_to_node_address
 from serving.policy import Policy
 from serving.schemas import AppArgs, ModelSpec
@@ -148,10 +153,12 @@ class Ingress:
         except Exception:  # noqa: BLE001 -- outside a replica (local testing mode)
             writer = uuid.uuid4().hex[:12]
         self.edge = EdgeLog(open_feedback_log(args, f"ingress-{writer}"))
+        metrics = Metrics(RaySink())
+        route_access_log(logging.getLogger("ray.serve"))  # the replica's log file
+        copy = PolicyCopy(args, metrics=metrics) if args.policy_copy_s > 0 else None
         self.runtime = Runtime(RecommendService(args, Catalog.load(args.data_dir),
-                                                HandleStages(retriever, ranker, policy, registry,
-                                                             PolicyCopy(args) if args.policy_copy_s > 0 else None),
-                                                StateAccess(args, state), self.edge.append), self.edge)
+                                                HandleStages(retriever, ranker, policy, registry, copy),
+                                                StateAccess(args, state), self.edge.append, metrics), self.edge)
 
     def __serve_build_asgi_app__(self):
         """The HTTP edge, configured for this replica (called by Serve after ``__init__``, in the

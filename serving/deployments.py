@@ -16,6 +16,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.messages import CandidateQuery, CandidateSet, RankedList, RankQuery
+from serving.metrics import Metrics, RaySink
 from serving.netbind import bind_replica_grpc_to_node_address
 from serving.runtime_items import ItemStore
 from serving.schemas import AppArgs, ModelSpec
@@ -49,7 +50,7 @@ class _ServesModel:
         async def since(n: int) -> list[dict]:
             return await registry.since.remote(n)
 
-        self.holder = ModelHolder(args, since, with_index=self.with_index)
+        self.holder = ModelHolder(args, since, with_index=self.with_index, metrics=Metrics(RaySink()))
 
     def reconfigure(self, config: dict) -> None:
         self.holder.load(ModelSpec(**config))

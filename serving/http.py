@@ -8,14 +8,22 @@ log (:class:`EdgeLog`) **before** the response acknowledges it.
 The same ``api`` object is served by the Serve ``Ingress`` (:mod:`serving.app`) and by one plain
 uvicorn process (``benchmarks/plain_fastapi.py``); each process hands it its :class:`Runtime` (the
 service and its log) and its settings once, through :func:`configure`. Plain FastAPI, no Ray.
+
+Every request, whatever answers it (a route, the :class:`~serving.security.Guard`'s 401/413/504,
+an unhandled error's 500), is measured by :class:`Measured` -- latency, count and errors by
+endpoint into the service's :class:`~serving.metrics.Metrics` -- and logged as one JSON line on
+the ``raycart.access`` logger with its request id (the recommendation's id for ``/recommend`` and
+``/feedback``, else the client's ``X-Request-Id`` or a new one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
@@ -24,18 +32,74 @@ from fastapi.responses import JSONResponse
 
 from serving.feedback_log import FeedbackLog, FeedbackLogConfig
 from serving.feedback_shared import SharedFeedbackLog, SharedLogConfig
+from serving.metrics import ACCESS_LOGGER, NO_METRICS, access_line, endpoint_of
 from serving.schemas import FeedbackRequest, NewItem, RecommendRequest
-from serving.security import Guard, GuardSettings
+from serving.security import Guard, GuardSettings, route_path
 from serving.service import RecommendService, ServiceError
 
 LOG_TICK_S = 0.5  # the feedback log's background publisher wakes this often
 UNHEALTHY_AFTER_S = 30.0  # WAL appends failing this long: the process reports unhealthy
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger(ACCESS_LOGGER)
+NOTE = "raycart.note"  # the scope entry where a route leaves what the access line should say
+CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # an X-Request-Id taken into the log as it is
 api = FastAPI(title="Raycart", description="Retrieve-then-rank recommendations with a learning policy.")
 # keys, body cap and deadline: filled in once per process from its AppArgs
 GUARD = GuardSettings()
 api.add_middleware(Guard, settings=GUARD)
+
+
+class Measured:
+    """ASGI middleware outside the :class:`~serving.security.Guard` (so its refusals count too):
+    the request's latency and status class by endpoint to the metrics, one JSON access line."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500  # what the server answers if the app raises before it responds
+        note: dict = {}
+        scope[NOTE] = note
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            seconds = time.perf_counter() - started
+            method = scope.get("method", "")
+            endpoint = endpoint_of(method, route_path(scope))
+            runtime = getattr(api.state, "runtime", None)
+            (runtime.service.metrics if runtime is not None else NO_METRICS).request(endpoint, status, seconds)
+            if access_log.isEnabledFor(logging.INFO):
+                request_id = note.pop("request_id", None) or _client_id(scope) or uuid.uuid4().hex
+                access_log.log(logging.WARNING if status >= 500 else logging.INFO,
+                               access_line(request_id, method, endpoint, status, seconds, **note),
+                               extra={"log_to_stderr": False})  # Serve: the replica's log file only
+
+
+def _client_id(scope) -> str | None:
+    for name, value in scope.get("headers") or ():
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            return text if CLIENT_ID.fullmatch(text) else None
+    return None
+
+
+def _note(request: Request, **fields) -> None:
+    """Tell the access line of this request more (its request id, the versions that answered)."""
+    request.scope.setdefault(NOTE, {}).update(fields)
+
+
+api.add_middleware(Measured)  # added last: the outermost
 
 
 def open_feedback_log(args, writer: str) -> FeedbackLog | SharedFeedbackLog:
@@ -146,13 +210,17 @@ async def readyz(request: Request) -> JSONResponse:
 
 @api.post("/recommend")
 async def recommend(req: RecommendRequest, request: Request) -> dict:
-    return await _runtime(request).service.recommend(req)
+    body = await _runtime(request).service.recommend(req)
+    _note(request, request_id=body["request_id"], items=len(body["items"]), model_version=body["model_version"],
+          policy_version=body["policy_version"])
+    return body
 
 
 @api.post("/feedback")
 async def feedback(req: FeedbackRequest, request: Request) -> dict:
     """Accepted only for an item that the request showed; the same (request, item, event)
     counts once (a repeat answers ``duplicate`` and records nothing)."""
+    _note(request, request_id=req.request_id, feedback=req.event)
     return await _runtime(request).service.feedback(req)
 
 

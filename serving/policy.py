@@ -8,6 +8,7 @@ from __future__ import annotations
 from ray import serve
 
 from serving.messages import PolicyParams, PolicyQuery, Slate
+from serving.metrics import Metrics, RaySink
 from serving.netbind import bind_replica_grpc_to_node_address
 from serving.schemas import AppArgs
 from serving.stages import PolicyCore
@@ -17,7 +18,7 @@ from serving.stages import PolicyCore
 class Policy:
     def __init__(self, args: AppArgs):
         bind_replica_grpc_to_node_address()
-        self.core = PolicyCore(args)
+        self.core = PolicyCore(args, metrics=Metrics(RaySink()))
 
     def choose(self, q: PolicyQuery) -> Slate:
         return self.core.choose(q)

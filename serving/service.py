@@ -11,7 +11,9 @@ ranking, filters, the policy's choice and the feedback-log records -- for ``/rec
 * the user state (``view/issue/check/record/ping``): :class:`LocalState` over
   :class:`~serving.user_state.MemoryUserState` here, :class:`serving.state_store.StateAccess`
   (the embedded-store deployment or Redis) in the Serve app;
-* ``append(table, records)``: the durable feedback log (:mod:`serving.feedback_log`).
+* ``append(table, records)``: the durable feedback log (:mod:`serving.feedback_log`);
+* ``metrics``: what it counts (impressions, feedback, clicks and reward by the versions that
+  answered, runtime items), :class:`~serving.metrics.Metrics`; records nothing by default.
 
 Errors the client caused or should retry are :class:`ServiceError` (an HTTP status and a
 message); the HTTP layer (:mod:`serving.http`) turns them into responses. Unit-tested without
@@ -21,6 +23,7 @@ Ray (``tests/unit/serving/test_service.py``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import time
@@ -39,6 +42,7 @@ from serving.messages import (
     RankQuery,
     Slate,
 )
+from serving.metrics import NO_METRICS, Metrics
 from serving.schemas import (
     AppArgs,
     FeedbackRequest,
@@ -58,6 +62,9 @@ from serving.user_state import (
 from training.data.funnel import STAGES
 
 ITEMS_SYNC_S = 1.0  # how stale this service's view of items added elsewhere may get
+# answers whose (model, policy) versions are kept for the metrics of their feedback; older ones'
+# feedback (and feedback for another replica's answers) counts under "unknown"
+VERSIONS_KEPT = 50_000
 
 
 class ServiceError(Exception):
@@ -92,8 +99,11 @@ Append = Callable[[str, list[dict]], Awaitable[None]]  # durably log records of 
 
 
 class RecommendService:
-    def __init__(self, args: AppArgs, catalog: Catalog, stages: Stages, state: StatePort, append: Append):
+    def __init__(self, args: AppArgs, catalog: Catalog, stages: Stages, state: StatePort, append: Append,
+                 metrics: Metrics = NO_METRICS):
         self.args, self.catalog, self.stages, self.state, self.append = args, catalog, stages, state, append
+        self.metrics = metrics
+        self.versions: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
         self.synced_at = 0.0  # when the runtime items were last pulled from the registry
         self.sync_lock = asyncio.Lock()
 
@@ -108,6 +118,7 @@ class RecommendService:
             for record in await self.stages.since(self.catalog.added):
                 self.catalog.add(record)
             self.synced_at = time.monotonic()
+        self.metrics.runtime_items(self.catalog.added)
 
     async def unknown(self, ids: list[str]) -> list[str]:
         missing = [x for x in ids if x not in self.catalog.item_index]
@@ -196,6 +207,10 @@ class RecommendService:
              "propensity": o["propensity"], "greedy": o["greedy"], "score": o["score"],
              "model_version": ranked.model_version, "policy_version": slate.policy_version,
              "timestamp": now} for o in out])
+        self.metrics.impressions(len(out), ranked.model_version, slate.policy_version)
+        self.versions[request_id] = (ranked.model_version, slate.policy_version)
+        while len(self.versions) > VERSIONS_KEPT:
+            self.versions.popitem(last=False)
         if state != "unavailable":
             try:  # register what was shown: feedback is accepted for exactly these items
                 await self.state.issue(request_id, key, [o["item_id"] for o in out])
@@ -232,6 +247,7 @@ class RecommendService:
         if rec.outcome is Outcome.NOT_SHOWN:
             raise ServiceError(400, f"item_id: request {req.request_id!r} did not show item {req.item_id!r}")
         if rec.outcome is Outcome.DUPLICATE:
+            self._count_feedback(req, "duplicate")
             return {"status": "duplicate", "learned": False, "history": False}
         await self.append("events", [{"request_id": req.request_id, "item_id": req.item_id, "event": req.event,
                                       "timestamp": time.time()}])
@@ -240,11 +256,17 @@ class RecommendService:
         except StateUnavailable as exc:
             raise ServiceError(503, f"feedback logged but not applied, retry: {exc}") from None
         if rec.outcome is Outcome.DUPLICATE:  # a concurrent copy of this event got there first
+            self._count_feedback(req, "duplicate")
             return {"status": "duplicate", "learned": False, "history": False}
         if rec.outcome is not Outcome.RECORDED:
             raise ServiceError(404, f"request_id: {req.request_id!r} has expired")
+        self._count_feedback(req, "recorded")
         learned = self.args.policy_learning and await self.stages.learn(req.request_id, req.item_id, req.event)
         return {"status": "recorded", "learned": bool(learned), "history": req.event in HISTORY_EVENTS}
+
+    def _count_feedback(self, req: FeedbackRequest, outcome: str) -> None:
+        model, policy = self.versions.get(req.request_id, ("unknown", "unknown"))
+        self.metrics.feedback(req.event, outcome, model, policy)
 
     # -- items -----------------------------------------------------------------------------------
 
@@ -328,20 +350,22 @@ class LocalStages:
     model work runs in a worker thread (``offload``) so an event loop keeps serving meanwhile."""
 
     def __init__(self, args: AppArgs, registry: LocalRegistry | None = None, offload: bool = True,
-                 served=None):
+                 served=None, metrics: Metrics = NO_METRICS):
         """``served``: a :class:`~serving.runtime_items.ServedModel` already loaded (else
-        ``args.model_dir`` is loaded)."""
+        ``args.model_dir`` is loaded); ``metrics``: where the stages' latencies go."""
         from serving.schemas import ModelSpec
         from serving.stages import ModelHolder, PolicyCore, Ranking, Retrieval
 
         self.registry = registry or LocalRegistry(args.items_root)
-        self.holder = ModelHolder(args, self.registry.since, with_index=True)
+        self.holder = ModelHolder(args, self.registry.since, with_index=True, metrics=metrics)
         if served is None:
             self.holder.load(ModelSpec(model_dir=args.model_dir, model_version=args.model_version))
         else:
             self.holder.served = served
+            if served.index is not None:
+                metrics.index_items(len(served.index))
         self.retrieval, self.ranking = Retrieval(self.holder), Ranking(self.holder)
-        self.policy = PolicyCore(args, background=False)
+        self.policy = PolicyCore(args, background=False, metrics=metrics)
         self.offload = offload
 
     async def _run(self, fn, *a):

@@ -35,6 +35,7 @@ from serving.messages import (
     Slate,
     SlotChoice,
 )
+from serving.metrics import NO_METRICS, Metrics
 from serving.runtime_items import ServedModel
 from serving.schemas import AppArgs, ModelSpec
 from training import storage
@@ -87,20 +88,23 @@ def spread(vecs: np.ndarray, pool: np.ndarray, avoid: np.ndarray, n: int) -> np.
 class ModelHolder:
     """The served model version plus the runtime items it has applied. :meth:`load` builds a new
     version next to the old one and swaps it in once ready, so requests keep being answered during
-    a rollout; runtime items are applied lazily (:meth:`current`), with this model's own towers."""
+    a rollout; runtime items are applied lazily (:meth:`current`), with this model's own towers.
+    ``metrics`` (:mod:`serving.metrics`) gets the index size and the stages' latencies."""
 
-    def __init__(self, args: AppArgs, since: Since, with_index: bool):
+    def __init__(self, args: AppArgs, since: Since, with_index: bool, metrics: Metrics = NO_METRICS):
         self.images = ImageSource(args.image_root, args.image_max_bytes, args.image_max_pixels)
         self.since, self.with_index = since, with_index
         self.index_config = IndexConfig(kind=args.index_kind, ef_search=args.index_ef_search,
                                         ivf_nprobe=args.index_nprobe)
         self.served: ServedModel | None = None
         self.lock = asyncio.Lock()
+        self.metrics = metrics
 
     def load(self, spec: ModelSpec) -> None:
         served = ServedModel(spec, self.images)
         if self.with_index:
             served.index = VectorIndex(served.pipe.stage.retriever.item_vecs.numpy(), self.index_config)
+            self.metrics.index_items(len(served.index))
         self.served = served
 
     async def current(self, items_version: int) -> ServedModel:
@@ -110,6 +114,8 @@ class ModelHolder:
             async with self.lock:
                 if served.applied < items_version:
                     served.apply(await self.since(served.applied))
+                    if self.with_index and served is self.served:
+                        self.metrics.index_items(len(served.index))
         return served
 
     def version(self) -> str:
@@ -156,6 +162,7 @@ class Retrieval:
         engaged with since training, a session's items) means "now": the end of the training
         data or the last dated item; without ``times`` everything is dated at the end. ``s``: the
         model with the query's runtime items applied (:meth:`ModelHolder.current`)."""
+        started = time.perf_counter()
         pipe = s.pipe
         live = q.live
         times = q.times
@@ -183,6 +190,7 @@ class Retrieval:
         policy = user_item_features(user[0], vecs[safe], vecs[live.recent] if live.recent else None, live.dim,
                                     vecs[live.shown] if live.shown else None, np.asarray(live.clicked, bool),
                                     bandwidth=live.bandwidth)
+        self.holder.metrics.stage("retrieval", time.perf_counter() - started)
         return CandidateSet(found, c.dense[0], policy, vecs[safe],
                             explore_from=len(retrieved) if live.explore else len(found))
 
@@ -214,6 +222,7 @@ class Ranking:
         return self.compute(await self.holder.current(max(q.items_version for q in queries)), queries)
 
     def compute(self, s: ServedModel, queries: list[RankQuery]) -> list[RankedList]:
+        started = time.perf_counter()
         pipe = s.pipe
         hist = Interactions.from_lists([q.history.tolist() for q in queries], pipe.num_items)
         rows = [hist.row(i) for i in range(len(queries))]
@@ -242,6 +251,7 @@ class Ranking:
                 np.array([r["score"] for r in ranked], np.float64), [r["reason"] for r in ranked],
                 np.array([r["p_cart"] for r in ranked]) if has else None,
                 np.array([r["p_purchase"] for r in ranked]) if has else None))
+        self.holder.metrics.stage("ranking", time.perf_counter() - started, count=len(queries))
         return out
 
 
@@ -263,8 +273,8 @@ class PolicyCore:
     checkpoints (at most every ``checkpoint_interval_s``, only when it changed: never on the
     request path, however slow the store); :meth:`close` writes a last one. Restored on start."""
 
-    def __init__(self, args: AppArgs, background: bool = True):
-        self.args = args
+    def __init__(self, args: AppArgs, background: bool = True, metrics: Metrics = NO_METRICS):
+        self.args, self.metrics = args, metrics
         self.config = policy_config(args)
         self.fs, self.state_path = storage.resolve(args.policy_state)
         self.fs.create_dir(self.state_path.rsplit("/", 1)[0], recursive=True)
@@ -301,9 +311,11 @@ class PolicyCore:
     def choose(self, q: PolicyQuery) -> Slate:
         """The slate (see :meth:`~training.models.bandit.LinUCBPolicy.choose`) and the policy
         version that chose it."""
+        started = time.perf_counter()
         with self.lock:
             slate, shown = choose_slate(self.policy, q, self.version())
             self._remember(q.request_id, shown)
+        self.metrics.stage("policy_choose", time.perf_counter() - started)
         return slate
 
     def remember(self, request_id: str, shown: dict[str, np.ndarray]) -> None:
@@ -404,8 +416,9 @@ class PolicyCopy:
     not this one. The logged propensities stay exact: they are computed from the very parameters
     that chose (whose version is logged), with this copy's own random draws."""
 
-    def __init__(self, args: AppArgs, rng: np.random.Generator | None = None):
+    def __init__(self, args: AppArgs, rng: np.random.Generator | None = None, metrics: Metrics = NO_METRICS):
         self.policy = LinUCBPolicy(policy_config(args), rng or np.random.default_rng())
+        self.metrics = metrics
         self.max_age_s = args.policy_copy_s
         self.params: PolicyParams | None = None
         self.fetched_at = -float("inf")  # time.monotonic() when the installed copy was asked for
@@ -421,5 +434,8 @@ class PolicyCopy:
         """The slate and the features of what it shows (for :meth:`PolicyCore.remember`)."""
         if self.params is None:
             raise RuntimeError("no policy parameters installed yet")
-        return choose_slate(self.policy, q, self.params.version)
+        started = time.perf_counter()
+        chosen = choose_slate(self.policy, q, self.params.version)
+        self.metrics.stage("policy_choose", time.perf_counter() - started)
+        return chosen
 
