@@ -8,6 +8,10 @@ import os
 import pytest
 from local_s3 import LocalS3
 
+from serving.redis_server import free_port
+
+METRICS_PORT = 0  # Ray's Prometheus export port for the session cluster (chosen by ray_cluster)
+
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
@@ -33,17 +37,25 @@ def s3_env(s3_server, monkeypatch):
 @pytest.fixture(scope="session")
 def ray_cluster(s3_server):
     """A local Ray cluster capped at 2 CPUs, bound to 127.0.0.1, with S3 credentials in the
-    environment before ``ray.init`` so workers inherit them."""
+    environment before ``ray.init`` so workers inherit them. Its metrics are exported on
+    ``METRICS_PORT`` (:func:`ray_metrics_url`; Ray binds it to the node address, 127.0.0.1)."""
     import ray
 
+    global METRICS_PORT
+    METRICS_PORT = free_port()
     os.environ.update(s3_server["env"])
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             configure_logging=False, log_to_driver=False)
+             configure_logging=False, log_to_driver=False, _metrics_export_port=METRICS_PORT)
     try:
         yield ray
     finally:
         ray.shutdown()
 
+
+@pytest.fixture(scope="session")
+def ray_metrics_url(ray_cluster) -> str:
+    """Where the session cluster's Prometheus metrics are scraped."""
+    return f"http://127.0.0.1:{METRICS_PORT}/metrics"
 
 
 @pytest.fixture(scope="session")
