@@ -18,13 +18,13 @@ def _cmd(a: argparse.Namespace) -> int:
             from training.errors import DataError
             raise DataError("--smoke: the smoke sweep tunes the retriever")
         job = SweepJob.tiny(a.data, a.out, a.storage, **{k: v for k, v in opts.items()
-                                                          if k not in ("samples", "storage")},
+                                                          if k != "storage" and v is not None},
                             **({"space": a.space} if a.space else {}))
     else:
         job = SweepJob(kind=a.kind, data=a.data, space=a.space or str(SPACES / f"{a.kind}.yaml"), out=a.out,
                        epochs=a.epochs, grace_period=a.grace_period, reduction_factor=a.reduction_factor,
                        retriever=a.retriever, scheme=a.scheme, valid_users=a.valid_users,
-                       **opts)
+                       **{**opts, "samples": 16 if a.samples is None else a.samples})
     run_sweep(job)
     return 0
 
@@ -37,10 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="prepared dataset directory")
     p.add_argument("--space", help="search space YAML (default: tuning/spaces/KIND.yaml)")
     p.add_argument("--out", required=True, help="model directory for the best trial (local or s3://)")
-    p.add_argument("--samples", type=int, default=16, help="trials")
+    p.add_argument("--samples", type=int, help="trials (default 16; --smoke: 4)")
     p.add_argument("--max-concurrent", type=int, default=2, help="trials at a time")
     p.add_argument("--scheduler", default="asha", choices=["asha", "fifo"])
-    p.add_argument("--search", default="random", choices=["random", "optuna"])
+    p.add_argument("--search", default="random", choices=["random", "optuna"],
+                   help="how trials are picked: random sampling, or Optuna's TPE from the results so far "
+                        "(needs pip install 'raycart[tune-optuna]')")
     p.add_argument("--storage", default="raycart-work/tune", help="sweep storage (local or s3://bucket/prefix)")
     p.add_argument("--name", help="sweep name (default: derived from the job; the same job resumes)")
     p.add_argument("--epochs", type=int, default=8, help="epochs per trial (ASHA max_t)")
@@ -50,5 +52,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retriever", help="ranker sweeps: the retriever model directory")
     p.add_argument("--scheme", default="loo")
     p.add_argument("--valid-users", type=int, default=0, help="retriever: validation users per epoch (0 = all)")
-    p.add_argument("--smoke", action="store_true", help="4 tiny trials (tests)")
+    p.add_argument("--smoke", action="store_true", help="tiny retriever trials (tests): 4 unless --samples")
     p.set_defaults(func=_cmd)

@@ -28,6 +28,7 @@ from training import storage
 from training.errors import DataError
 from training.models.ranker_config import RankerConfig
 from training.models.retriever_config import RetrieverConfig
+from tuning.search import check_search, first_points, make_search
 from tuning.space import grid_size, read_space, to_tune
 
 METRIC = "valid_NDCG@10"
@@ -43,7 +44,7 @@ class SweepJob:
     samples: int = 16
     max_concurrent: int = 2
     scheduler: str = "asha"  # "asha" | "fifo" (no early stopping: the baseline for compute saved)
-    search: str = "random"  # "random" | "optuna" (TPE, when optuna is installed)
+    search: str = "random"  # "random" | "optuna" (TPE; tuning/search.py)
     storage: str = "raycart-work/tune"
     name: str | None = None  # default: kind + a hash of the job
     epochs: int = 8  # budget per trial (ASHA's max_t)
@@ -83,16 +84,11 @@ def check_job(job: SweepJob) -> tuple[dict, dict]:
         raise DataError(f"--retriever: {job.retriever}: a ranker sweep needs a retriever model directory")
     if job.scheduler not in ("asha", "fifo"):
         raise DataError(f"--scheduler: {job.scheduler!r} (choose asha or fifo)")
-    if job.search not in ("random", "optuna"):
-        raise DataError(f"--search: {job.search!r} (choose random or optuna)")
-    if job.search == "optuna":
-        try:
-            import optuna  # noqa: F401
-        except ImportError as exc:
-            raise DataError("--search optuna: optuna is not installed (pip install optuna)") from exc
+    check_search(job.search)
     if job.samples < 1 or job.epochs < 1 or job.max_concurrent < 1:
         raise DataError("--samples, --epochs and --max-concurrent must be at least 1")
     spec, defaults = read_space(job.space, CONFIGS[job.kind])
+    first_points(job.search, spec, defaults)  # Optuna's first trial needs every sampled field
     fields = {f.name for f in dataclasses.fields(CONFIGS[job.kind])}
     bad = [k for k in job.base if k not in fields]
     if bad:
@@ -144,7 +140,6 @@ def _trial(config: dict, job: SweepJob) -> None:
 def _tuner(job: SweepJob, spec: dict, defaults: dict):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     # the trial function only waits on its TorchTrainer, whose workers hold the CPUs: it asks for no CPU
     # (a request must not be empty, hence the token memory)
@@ -156,17 +151,7 @@ def _tuner(job: SweepJob, spec: dict, defaults: dict):
         print(f"[tune] resuming sweep '{job.sweep_name}' from {exp_uri} (Tuner.restore)", flush=True)
         return tune.Tuner.restore(f"{path}/{job.sweep_name}", trainable=trainable, resume_unfinished=True,
                                   resume_errored=True, storage_filesystem=fs_arg)
-    points = [defaults] if defaults else None
-    if job.search == "optuna":
-        from ray.tune.search import ConcurrencyLimiter
-        from ray.tune.search.optuna import OptunaSearch
-
-        search = ConcurrencyLimiter(OptunaSearch(points_to_evaluate=points, seed=job.seed),
-                                    max_concurrent=job.max_concurrent)
-    else:
-        # (the generator limits concurrency itself: Tune ignores max_concurrent_trials with it)
-        search = BasicVariantGenerator(points_to_evaluate=points, random_state=job.seed,
-                                       max_concurrent=job.max_concurrent)
+    search = make_search(job.search, spec, defaults, job.seed, job.max_concurrent)
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=job.epochs, grace_period=job.grace_period,
                                reduction_factor=job.reduction_factor) if job.scheduler == "asha" else FIFOScheduler())
     return tune.Tuner(

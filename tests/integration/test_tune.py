@@ -5,6 +5,7 @@ the exported best model evaluates to the reported number."""
 import io
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -74,6 +75,51 @@ def test_smoke_sweep_on_s3_resumes_after_its_driver_dies_and_exports_the_best(tm
     assert len(table) == 4
     assert summary["best"]["best_valid_NDCG@10"] == pytest.approx(table["best_valid_NDCG@10"].max())
     assert len(storage.read_bytes(f"{store}/smoke/trials.png")) > 10_000
+    # best.yaml: the best trial's configuration, in the format `raycart train --config` reads
+    best_yaml = tmp_path / "best.yaml"
+    best_yaml.write_bytes(storage.read_bytes(f"{store}/smoke/best.yaml"))
+    from training.config_file import read_config
+
+    section = read_config(best_yaml, "retriever")
+    assert {k: section.model[k] for k in summary["best"]["config"]} == summary["best"]["config"]
+    assert section.model["epochs"] == 4 and section.run["scheme"] == "loo"
     # the exported best model loads without Ray (from S3) and evaluates to the reported test metric
     metrics = evaluate_model_dir(shop, out)
+    assert metrics["NDCG@10"] == pytest.approx(summary["best"]["test_NDCG@10"], abs=1e-6)
+
+
+def test_optuna_sweep_runs_the_hand_set_trial_first_and_exports_its_best(tmp_path):
+    """``--search optuna``: Ray Tune's OptunaSearch (TPE) over the smoke space, with ASHA, three
+    trials on local storage; the best trial's model directory evaluates to the reported number."""
+    shop = str(tmp_path / "shop")
+    prepare("synthetic", None, shop, num_users=300, num_items=200, num_events=12_000, images=False)
+    out, store = tmp_path / "best", tmp_path / "tune"
+    run = subprocess.run([RAYCART, "tune", "retriever", "--smoke", "--search", "optuna", "--samples", "3",
+                          "--data", shop, "--out", str(out), "--storage", str(store), "--name", "optuna"],
+                         capture_output=True, text=True, timeout=420, env={**os.environ, "RAY_ADDRESS": ""})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "search optuna" in run.stdout
+    summary = json.loads((store / "optuna" / "summary.json").read_text())
+    table = pd.read_csv(store / "optuna" / "trials.csv")
+    assert summary["trials"] == 3 and len(table) == 3 and table["error"].isna().all()
+    # the searcher was Optuna's TPE, and its study holds the three finished trials with their
+    # metric (Tune keeps the searcher's state next to the sweep): the hand-set defaults first
+    import optuna
+
+    (state_file,) = (store / "optuna").glob("searcher-state-*.pkl")
+    state = pickle.loads(state_file.read_bytes())
+    assert isinstance(state["_sampler"], optuna.samplers.TPESampler)
+    trials = state["_ot_study"].trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert trials[0].params == {"lr": 0.003, "dim": 16, "dropout": 0.1}  # smoke.yaml's defaults
+    assert sorted(t.value for t in trials) == pytest.approx(sorted(table["last_valid_NDCG@10"]))
+    assert summary["hand_set"] is not None
+    for _, row in table.iterrows():
+        assert 0.0003 <= row["config/lr"] <= 0.03 and row["config/dim"] in (8, 16)
+        assert 0.0 <= row["config/dropout"] <= 0.3
+    assert table["config/lr"].nunique() == 3
+    assert summary["best"]["best_valid_NDCG@10"] == pytest.approx(table["best_valid_NDCG@10"].max())
+    # the exported best model loads without Ray and evaluates to the reported test metric
+    assert (out / "model.json").exists()
+    metrics = evaluate_model_dir(shop, str(out))
     assert metrics["NDCG@10"] == pytest.approx(summary["best"]["test_NDCG@10"], abs=1e-6)
