@@ -31,7 +31,7 @@ import torch
 from training.data.dataset import load_dataset
 from training.data.splits import build_split, split_from_manifest
 from training.evaluation.metrics import top_k
-from training.modeldir import load_model, read_model_json
+from training.modeldir import load_model, read_card
 
 
 def _timed(fn, calls: int, warmup: int = 3) -> np.ndarray:
@@ -52,10 +52,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200, help="timed calls per row (bounded)")
     ap.add_argument("--out", default="benchmarks/results/ranker_latency.json")
     args = ap.parse_args()
-    doc = read_model_json(args.model)
-    pipe = load_model(args.model)
+    card = read_card(args.model)
+    pipe = load_model(args.model, card)
     ds = load_dataset(args.data)
-    test = build_split(ds, split_from_manifest(ds, doc["trained_on"]["scheme"]), "test")
+    test = build_split(ds, split_from_manifest(ds, card.trained_on.scheme), "test")
     k = pipe.k
     rng = np.random.default_rng(0)
     rows = rng.choice(len(test.users), size=32 * 8, replace=False)

@@ -11,7 +11,7 @@ def serve_app(args: argparse.Namespace) -> int:
     from serving.security import ApiKeys, KeyFileError, is_loopback
     from training import storage
     from training.errors import DataError
-    from training.modeldir import read_model_json
+    from training.modeldir import read_card
     from training.ray_env import init_ray
 
     try:
@@ -21,10 +21,10 @@ def serve_app(args: argparse.Namespace) -> int:
     if not keys.configured and not is_loopback((args.host, 0)):
         raise DataError(f"--host {args.host}: listening beyond loopback needs API keys (--api-keys-file FILE with "
                         "'shopper KEY' / 'admin KEY' lines; README: Security and durability)")
-    doc = read_model_json(args.models)  # a clear error before Ray starts
-    if doc.get("kind") != "ranker":
+    card = read_card(args.models)  # a clear error before Ray starts
+    if card.kind != "ranker":
         raise DataError(f"{args.models}: serving needs a ranker directory (raycart train ranker); "
-                        f"this one holds a {doc.get('kind')!r} model")
+                        f"this one holds a {card.kind!r} model")
     init_ray()  # before serving.app imports Ray: binds 127.0.0.1 locally
     from ray import serve
 

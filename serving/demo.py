@@ -37,8 +37,9 @@ class DemoConfig:
     workdir: str = "raycart-work"
     shared: str | None = None
     dataset: str = "beauty"
-    retriever_epochs: int = 12
-    ranker_epochs: int = 3
+    config: str | None = None  # training configuration YAML (default: configs/<dataset>.yaml)
+    retriever_epochs: int | None = None  # None: the configuration's
+    ranker_epochs: int | None = 3  # the demo's budget (the Beauty ranker's best validation epoch is 3)
     workers: int = 2
     host: str = "127.0.0.1"
     port: int = 8000
@@ -57,12 +58,35 @@ def _models(cfg: DemoConfig):
     if cfg.smoke:
         return (RetrieverConfig(dim=16, layers=1, heads=1, max_len=10, epochs=cfg.retriever_epochs, patience=3),
                 RankerConfig(**{**RankerConfig.tiny().to_dict(), "epochs": cfg.ranker_epochs, "eval_candidates": 50}))
-    # the best retriever configuration of the Beauty sweep in BENCHMARKS.md ("Ray Tune sweep"): test
-    # NDCG@10 0.0589 in 12 epochs, where the hand-set one (2 layers, lr 0.002) needs 60 for 0.0595
-    return (RetrieverConfig(dim=64, layers=1, heads=1, dropout=0.12, max_len=20, lr=0.0034, batch_size=128,
-                            epochs=cfg.retriever_epochs, patience=3),
-            RankerConfig(train_candidates=100, eval_candidates=200, batch_size=64, epochs=cfg.ranker_epochs,
-                         patience=2))
+    from training.config_file import dataset_config, read_config
+    from training.errors import DataError
+
+    path = cfg.config or dataset_config(cfg.dataset)
+    if path is None:
+        raise DataError(f"--dataset {cfg.dataset}: no configs/{cfg.dataset}.yaml in this checkout; pass --config FILE")
+    r, k = read_config(path, "retriever"), read_config(path, "ranker")
+    r_over = {"epochs": cfg.retriever_epochs} if cfg.retriever_epochs else {}
+    k_over = {"epochs": cfg.ranker_epochs} if cfg.ranker_epochs else {}
+    try:
+        return (RetrieverConfig(**{**RetrieverConfig().to_dict(), **r.model, **r_over}),
+                RankerConfig(**{**RankerConfig().to_dict(), **k.model, **k_over}))
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"--config {path}: {exc}") from None
+
+
+def _reusable(model_dir: str) -> bool:
+    """A model directory this version can load (one of an older model format is retrained)."""
+    from training.errors import DataError
+    from training.modeldir import read_card
+
+    if not (Path(model_dir) / "model.json").exists():
+        return False
+    try:
+        read_card(model_dir)
+        return True
+    except DataError as exc:
+        print(f"[demo] not reusing {model_dir}: {exc}", flush=True)
+        return False
 
 
 def _key(*parts) -> str:
@@ -72,7 +96,7 @@ def _key(*parts) -> str:
 
 def train_models(cfg: DemoConfig, data: str) -> tuple[str, dict]:
     """Train (or reuse, when the same configuration was trained before) retriever and ranker."""
-    from training.modeldir import read_model_json
+    from training.modeldir import read_card
     from training.train_ranker import RankerJob, train_ranker
     from training.train_retriever import RetrieverJob, train_retriever
 
@@ -82,21 +106,21 @@ def train_models(cfg: DemoConfig, data: str) -> tuple[str, dict]:
     retriever = str(models / f"demo-{name}-retriever-{_key(data, r_cfg)}")
     ranker = str(models / f"demo-{name}-ranker-{_key(data, r_cfg, k_cfg)}")
     runs = str(Path(cfg.workdir) / "ray-results")
-    if (Path(retriever) / "model.json").exists():
+    if _reusable(retriever):
         print(f"[demo] retriever: reusing {retriever} (same data and configuration)", flush=True)
     else:
         print(f"[demo] training the retriever ({r_cfg.epochs} epochs, {cfg.workers} Ray Train workers)", flush=True)
         train_retriever(RetrieverJob(data=data, out=retriever, model=r_cfg, workers=cfg.workers, storage=runs,
                                      cache_dir=str(Path(cfg.workdir) / "cache"),
                                      valid_users=0 if cfg.smoke else 3000))
-    if (Path(ranker) / "model.json").exists():
+    if _reusable(ranker):
         print(f"[demo] ranker: reusing {ranker}", flush=True)
     else:
         print(f"[demo] training the ranker ({k_cfg.epochs} epochs)", flush=True)
         train_ranker(RankerJob(data=data, retriever=retriever, out=ranker, model=k_cfg, workers=cfg.workers,
                                storage=runs))
-    doc = read_model_json(ranker)
-    return ranker, {"ranker": doc["metrics"], "retriever": doc["retriever_only"]}
+    card = read_card(ranker)
+    return ranker, {"ranker": card.metrics, "retriever": card.retriever_only}
 
 
 def _http(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
@@ -316,7 +340,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 def _cmd(a: argparse.Namespace) -> int:
     cfg = DemoConfig.tiny(a.workdir) if a.smoke else DemoConfig(workdir=a.workdir, shared=a.shared,
-                                                                  dataset=a.dataset)
+                                                                  dataset=a.dataset, config=a.config)
     from dataclasses import replace
 
     run_demo(replace(cfg, port=a.port, keep_serving=a.keep_serving))
@@ -332,6 +356,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shared", help="the shared data folder (default: RAYCART_SHARED or ../shared)")
     p.add_argument("--dataset", default="beauty", choices=[*DATASETS, SHOP],
                    help=f"a real dataset from ../shared, or '{SHOP}': the synthetic shop (planted tastes)")
+    p.add_argument("--config", help="training configuration YAML (default: configs/DATASET.yaml; e.g. the "
+                                    "best.yaml of a `raycart tune` sweep)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port on 127.0.0.1")
     p.add_argument("--keep-serving", action="store_true", help="stay up until SIGINT/SIGTERM")
     p.add_argument("--smoke", action="store_true", help="small synthetic shop, tiny models (~2 min)")

@@ -76,16 +76,20 @@ def retrain(job: RetrainJob) -> dict:
     from training.data.from_feedback import merge_feedback
     from training.evaluation.run import evaluate_model_dir
     from training.evaluation.slate_target import compare_targets, model_ranker
-    from training.modeldir import read_model_json
+    from training.modeldir import read_card
     from training.models.ranker_config import RankerConfig
     from training.train_ranker import RankerJob, train_ranker
 
     t0 = time.time()
-    doc = read_model_json(job.model)
-    if doc.get("kind") != "ranker":
+    doc = read_card(job.model)
+    if doc.kind != "ranker":
         from training.errors import DataError
 
-        raise DataError(f"{job.model}: retrain needs the serving ranker directory; this one holds a {doc.get('kind')!r}")
+        raise DataError(f"{job.model}: retrain needs the serving ranker directory; this one holds a {doc.kind!r}")
+    if doc.reranks is None:
+        from training.errors import DataError
+
+        raise DataError(f"{job.model}: its model card names no retriever (reranks)")
     impressions, events = read_feedback(job.feedback, "impressions"), read_feedback(job.feedback, "events")
     digest = hashlib.sha256(f"{storage.absolute(job.model)}|{impressions.num_rows}|{events.num_rows}".encode())
     version = f"retrain-{time.strftime('%Y%m%d')}-{digest.hexdigest()[:8]}"
@@ -114,11 +118,11 @@ def retrain(job: RetrainJob) -> dict:
         theta = lists.report["examination"].get("theta")
         print(f"[retrain] shown slates: {len(lists):,} lists of engaged vs shown-and-skipped items; examination by "
               f"slot {theta if theta else lists.report['examination'].get('note')}", flush=True)
-    cfg = RankerConfig(**doc["config"]["ranker"])
+    cfg = RankerConfig(**doc.config["ranker"])
     if job.epochs is not None:
         cfg = replace(cfg, epochs=job.epochs)
     candidate = storage.join(job.work, "candidates", version)
-    new_metrics = train_ranker(RankerJob(data=data, retriever=doc["reranks"]["path"], out=candidate, model=cfg,
+    new_metrics = train_ranker(RankerJob(data=data, retriever=doc.reranks.path, out=candidate, model=cfg,
                                          workers=job.workers, storage=storage.join(job.work, "runs"), name=version,
                                          init_from=job.model, exposure=exposure, overwrite=True))
     old_metrics = evaluate_model_dir(data, job.model)

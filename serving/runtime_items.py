@@ -19,8 +19,8 @@ from serving.images import ImageRefused, ImageSource
 from serving.index import VectorIndex
 from serving.schemas import ModelSpec
 from training import storage
-from training.modeldir import load_model, read_model_json
-from training.new_items import ContentEncoder, model_encoders, rows_table
+from training.modeldir import load_model, read_card
+from training.new_items import ContentEncoder, rows_table
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,10 @@ class ServedModel:
     applied (their content vectors come from this model's own item towers)."""
 
     def __init__(self, spec: ModelSpec, images: ImageSource):
-        doc = read_model_json(spec.model_dir)
-        self.pipe = load_model(spec.model_dir, doc)
+        card = read_card(spec.model_dir)
+        self.pipe = load_model(spec.model_dir, card)
         self.version = spec.model_version
-        self.encoder = ContentEncoder(self.pipe.vocab, model_encoders(spec.model_dir, doc), *self.pipe.content_dims(),
+        self.encoder = ContentEncoder(self.pipe.vocab, card.encoders, *self.pipe.content_dims(),
                                       read_image=images.read)
         self.applied = 0  # registry records applied
         self.images = images

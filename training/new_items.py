@@ -14,20 +14,7 @@ import pyarrow as pa
 from training import storage
 from training.data.schema import ITEMS
 from training.features import attribute_ids, item_tags, item_text
-from training.modeldir import read_model_json
 from training.models.retriever import ItemFeatures
-
-
-def model_encoders(model_dir: str, doc: dict | None = None) -> dict:
-    """``{"text": config dict or None, "image": ...}`` of a ranker or retriever directory (older
-    ranker directories record them only in the retriever they rerank)."""
-    doc = doc if doc is not None else read_model_json(model_dir)
-    if "encoders" in doc:
-        return doc["encoders"] or {}
-    reranks = (doc.get("reranks") or {}).get("path")
-    if reranks and storage.exists(storage.join(reranks, "model.json")):
-        return read_model_json(reranks).get("encoders") or {}
-    return {}
 
 
 NEW_ITEM_FIELDS = pa.schema([(f.name, f.type) for f in ITEMS if f.name not in ("item_id",)])

@@ -18,6 +18,7 @@ from training.candidates import Candidates, CandidateStage, catalogue_scores
 from training.data.funnel import lookup
 from training.data.interactions import Interactions
 from training.models.ranker import AUX_HEADS, Ranker, RankerConfig, history_tensor
+from training.modeldir import ModelState, component
 from training.models.retriever import ItemFeatures, RetrieverScorer, left_pad
 
 
@@ -147,30 +148,30 @@ class TwoStageScorer:
               stages: sp.csr_matrix | None = None) -> dict[str, np.ndarray]:
         """Everything :meth:`from_state` needs; ``retriever_state`` is the retriever directory's
         ``state.npz`` content, embedded as is (the ranker reads the same item features from it)."""
-        out = {f"r/{k}": v for k, v in retriever_state.items()}
-        out.update({f"k/{k}": v for k, v in stage.knn.state()[1].items()})
-        out.update({f"w/{k}": v.detach().cpu().numpy() for k, v in ranker.state_dict().items()})
-        out.update({f"x/{k}": v for k, v in stage.arrays().items()})
+        out = {"retriever_weights": retriever_state["weights"], "item_features": retriever_state["features"],
+               "knn": stage.knn.arrays(),
+               "ranker_weights": {k: v.detach().cpu().numpy() for k, v in ranker.state_dict().items()},
+               "candidate_stage": stage.arrays()}
         if stages is not None and ranker.config.use_stage:
-            out.update({"s/data": stages.data, "s/indices": stages.indices, "s/indptr": stages.indptr,
-                        "s/shape": np.asarray(stages.shape, dtype=np.int64)})
+            out["funnel_stages"] = {"data": stages.data, "indices": stages.indices, "indptr": stages.indptr,
+                                    "shape": np.asarray(stages.shape, dtype=np.int64)}
         return out
 
     @classmethod
-    def from_state(cls, config: dict, state: dict[str, np.ndarray]) -> TwoStageScorer:
-        retriever = RetrieverScorer.from_state(config["retriever"], {k[2:]: v for k, v in state.items()
-                                                                     if k.startswith("r/")})
-        knn = ItemKNN.from_state(config["knn"], {k[2:]: v for k, v in state.items() if k.startswith("k/")})
-        stage = CandidateStage(retriever, knn, state["x/log_pop"], state["x/log_price"], state["x/event_keys"],
-                               int(state["x/time_origin"]),
-                               CandidateStage.recent_days_of({k[2:]: v for k, v in state.items() if k.startswith("x/")}))
-        feats = ItemFeatures.from_arrays({k[4:]: v for k, v in state.items() if k.startswith("r/f/")})
-        ranker = Ranker(RankerConfig(**config["ranker"]), feats, tuned_table=state.get("w/tuned_table"),
-                        tuned_image_table=state.get("w/tuned_image_table"))
-        ranker.load_state_dict({k[2:]: torch.from_numpy(v) for k, v in state.items() if k.startswith("w/")},
-                               strict=False)
+    def from_state(cls, config: dict, state: ModelState) -> TwoStageScorer:
+        features = component(state, "item_features")
+        retriever = RetrieverScorer.from_state(config["retriever"], {"weights": component(state, "retriever_weights"),
+                                                                     "features": features})
+        knn = ItemKNN.from_arrays(config["knn"], component(state, "knn"))
+        x = component(state, "candidate_stage")
+        stage = CandidateStage(retriever, knn, x["log_pop"], x["log_price"], x["event_keys"], int(x["time_origin"]),
+                               CandidateStage.recent_days_of(x))
+        weights = component(state, "ranker_weights")
+        ranker = Ranker(RankerConfig(**config["ranker"]), ItemFeatures.from_arrays(features),
+                        tuned_table=weights.get("tuned_table"), tuned_image_table=weights.get("tuned_image_table"))
+        ranker.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
         stages = None
-        if "s/data" in state:
-            stages = sp.csr_matrix((state["s/data"], state["s/indices"], state["s/indptr"]),
-                                   shape=tuple(state["s/shape"]))
+        if "funnel_stages" in state:
+            s = state["funnel_stages"]
+            stages = sp.csr_matrix((s["data"], s["indices"], s["indptr"]), shape=tuple(s["shape"]))
         return cls(stage, ranker, config.get("attribute_vocab"), stages)

@@ -13,13 +13,15 @@ def _cmd_retriever(args: argparse.Namespace) -> int:
     from training.ray_env import init_ray
     from training.train_retriever import RetrieverJob, train_retriever
 
-    model = _config_from_args(args, RetrieverConfig)
+    file = _read_file(args, "retriever")
+    run = _run_settings(args, file, RETRIEVER_RUN)
+    model = _config_from_args(args, RetrieverConfig, file.model, run["no"])
     job = RetrieverJob(
-        data=args.data, out=args.out, model=model, scheme=args.scheme, workers=args.workers, use_gpu=args.gpu,
-        storage=args.storage, name=args.name, max_failures=args.max_failures, placement=args.placement,
-        text=TextEncoderConfig(args.text_encoder) if args.text_encoder else None,
-        image=ImageEncoderConfig(weights=args.image_encoder) if args.image_encoder else None,
-        cache_dir=args.cache_dir, valid_users=args.valid_users)
+        data=args.data, out=args.out, model=model, scheme=run["scheme"], workers=run["workers"], use_gpu=run["gpu"],
+        storage=run["storage"], name=args.name, max_failures=run["max_failures"], placement=run["placement"],
+        text=TextEncoderConfig(run["text_encoder"]) if run["text_encoder"] else None,
+        image=ImageEncoderConfig(weights=run["image_encoder"]) if run["image_encoder"] else None,
+        cache_dir=run["cache_dir"], valid_users=run["valid_users"])
     init_ray(num_gpus=None)
     train_retriever(job)
     return 0
@@ -34,9 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _run_flags(p)
     p.add_argument("--text-encoder", help="Hugging Face id or folder (e.g. ../shared/models/all-MiniLM-L6-v2)")
     p.add_argument("--image-encoder", help="torchvision weights enum or folder (e.g. ../shared/models/mobilenet_v2-imagenet)")
-    p.add_argument("--cache-dir", default="raycart-work/cache", help="content-embedding cache (local or s3://)")
-    p.add_argument("--valid-users", type=int, default=0, help="validate on a fixed sample of users (0 = all)")
-    p.add_argument("--no", nargs="*", default=[], choices=["id", "attributes", "text", "image"],
+    p.add_argument("--cache-dir", help="content-embedding cache (local or s3://; default raycart-work/cache)")
+    p.add_argument("--valid-users", type=int, help="validate on a fixed sample of users (default 0 = all)")
+    p.add_argument("--no", nargs="*", choices=["id", "attributes", "text", "image"],
                    help="switch modalities off (ablations)")
     p.add_argument("--smoke", action="store_true", help="tiny model and few epochs (tests, CI)")
     from training.models.retriever_config import RetrieverConfig
@@ -50,12 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "directory that `raycart evaluate` scores end to end.")
     r.add_argument("--retriever", required=True, help="trained retriever model directory (local or s3://)")
     _run_flags(r)
-    r.add_argument("--valid-fraction", type=float, default=0.1, help="validation users held out for early stopping")
+    r.add_argument("--valid-fraction", type=float, help="validation users held out for early stopping (default 0.1)")
     r.add_argument("--text-encoder", help="text encoder to fine-tune with --text-tune-layers N "
                                           "(e.g. ../shared/models/all-MiniLM-L6-v2)")
     r.add_argument("--image-encoder", help="image encoder to fine-tune with --image-tune-layers N "
                                            "(e.g. ../shared/models/mobilenet_v2-imagenet)")
-    r.add_argument("--no", nargs="*", default=[], choices=["id", "attributes", "text", "image"],
+    r.add_argument("--no", nargs="*", choices=["id", "attributes", "text", "image"],
                    help="switch item-content inputs off")
     r.add_argument("--smoke", action="store_true", help="tiny model and few epochs (tests, CI)")
     from training.models.ranker_config import RankerConfig
@@ -66,16 +68,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run_flags(p: argparse.ArgumentParser) -> None:
     """What every Ray Train job takes: data, output, split and where and how it runs."""
+    p.add_argument("--config", help="YAML configuration (training.config_file; e.g. configs/beauty.yaml); "
+                                    "flags given here override it")
     p.add_argument("--data", required=True, help="dataset directory (local or s3://)")
     p.add_argument("--out", required=True, help="model directory to write (local or s3://)")
-    p.add_argument("--scheme", default="loo", help="split: loo, basket, time, cold (validation drives early stopping)")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker (nccl + AMP)")
-    p.add_argument("--storage", default="raycart-work/ray-results", help="checkpoint storage (local or s3://bucket/path)")
+    p.add_argument("--scheme", help="split: loo (default), basket, time, cold (validation drives early stopping)")
+    p.add_argument("--workers", type=int, help="Ray Train workers (default 2)")
+    p.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker (nccl + AMP)")
+    p.add_argument("--storage", help="checkpoint storage (local or s3://bucket/path; default raycart-work/ray-results)")
     p.add_argument("--name", help="Ray Train run name (default: derived from the job; a rerun resumes)")
-    p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from")
-    p.add_argument("--placement", default="PACK", choices=["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"],
-                   help="where the workers go: STRICT_SPREAD = one per node (a node loss costs one worker)")
+    p.add_argument("--max-failures", type=int, help="worker failures to recover from (default 2)")
+    p.add_argument("--placement", choices=["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"],
+                   help="where the workers go (default PACK): STRICT_SPREAD = one per node (a node loss costs "
+                        "one worker)")
 
 
 def _config_flags(p: argparse.ArgumentParser, config_cls) -> None:
@@ -86,19 +91,46 @@ def _config_flags(p: argparse.ArgumentParser, config_cls) -> None:
         p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(f.default) if f.default is not None else str)
 
 
-def _config_from_args(args: argparse.Namespace, config_cls):
+# The run settings a config file's ``run`` section may hold, with their defaults (flags override).
+_COMMON_RUN = {"scheme": "loo", "workers": 2, "gpu": False, "storage": "raycart-work/ray-results",
+               "max_failures": 2, "placement": "PACK", "text_encoder": None, "image_encoder": None, "no": []}
+RETRIEVER_RUN = {**_COMMON_RUN, "cache_dir": "raycart-work/cache", "valid_users": 0}
+RANKER_RUN = {**_COMMON_RUN, "valid_fraction": 0.1}
+
+
+def _read_file(args: argparse.Namespace, kind: str):
+    from training.config_file import KindConfig, read_config
+
+    if not args.config:
+        return KindConfig()
+    return read_config(args.config, kind, set(RETRIEVER_RUN if kind == "retriever" else RANKER_RUN))
+
+
+def _run_settings(args: argparse.Namespace, file, defaults: dict) -> dict:
+    """Each run setting from the flag when given, else the config file, else its default."""
+    out = {}
+    for key, default in defaults.items():
+        flag = getattr(args, key, None)
+        out[key] = flag if flag is not None else file.run.get(key, default)
+    return out
+
+
+def _config_from_args(args: argparse.Namespace, config_cls, from_file: dict | None = None,
+                      switched_off: list[str] | None = None):
+    """The model config: library defaults (``tiny()`` with --smoke) < the config file < flags."""
     from training.errors import RaycartError
 
     base = config_cls.tiny() if args.smoke else config_cls()
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)
                  if getattr(args, f.name, None) is not None}
     for modality in ("id", "attributes", "text", "image"):
-        if modality in args.no:
+        if modality in (switched_off or []):
             overrides[f"use_{modality}"] = False
     try:
-        return config_cls(**{**base.to_dict(), **overrides})
-    except ValueError as exc:
-        raise RaycartError(f"{config_cls.__name__}: {exc}") from exc
+        return config_cls(**{**base.to_dict(), **(from_file or {}), **overrides})
+    except (TypeError, ValueError) as exc:
+        where = f" (--config {args.config})" if getattr(args, "config", None) else ""
+        raise RaycartError(f"{config_cls.__name__}{where}: {exc}") from exc
 
 
 def _cmd_ranker(args: argparse.Namespace) -> int:
@@ -108,11 +140,15 @@ def _cmd_ranker(args: argparse.Namespace) -> int:
     from training.data.dataset import load_dataset
     from training.train_ranker import RankerJob, check_job, train_ranker
 
-    job = RankerJob(data=args.data, retriever=args.retriever, out=args.out, model=_config_from_args(args, RankerConfig),
-                    scheme=args.scheme, workers=args.workers, use_gpu=args.gpu, storage=args.storage, name=args.name,
-                    max_failures=args.max_failures, placement=args.placement, valid_fraction=args.valid_fraction,
-                    text=TextEncoderConfig(args.text_encoder) if args.text_encoder else None,
-                    image=ImageEncoderConfig(weights=args.image_encoder) if args.image_encoder else None)
+    file = _read_file(args, "ranker")
+    run = _run_settings(args, file, RANKER_RUN)
+    job = RankerJob(data=args.data, retriever=args.retriever, out=args.out,
+                    model=_config_from_args(args, RankerConfig, file.model, run["no"]),
+                    scheme=run["scheme"], workers=run["workers"], use_gpu=run["gpu"], storage=run["storage"],
+                    name=args.name, max_failures=run["max_failures"], placement=run["placement"],
+                    valid_fraction=run["valid_fraction"],
+                    text=TextEncoderConfig(run["text_encoder"]) if run["text_encoder"] else None,
+                    image=ImageEncoderConfig(weights=run["image_encoder"]) if run["image_encoder"] else None)
     load_dataset(args.data)  # bad paths and inputs fail here, before Ray starts
     check_job(job)
     init_ray(num_gpus=None)

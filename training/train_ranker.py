@@ -48,7 +48,7 @@ from training.errors import DataError
 from training.evaluation.metrics import EvalConfig, evaluate
 from training.features import attribute_vocabulary, item_text
 from training.loop import LoopSpec, driver_dataset, fit, plot_learning_curve, run_epochs
-from training.modeldir import read_model_json, read_state, save_model_dir
+from training.modeldir import ModelCard, Reranks, TrainedOn, component, dataset_fingerprint, read_card, read_state, save_model_dir
 from training.models.encoders import (
     ImageEncoder,
     ImageEncoderConfig,
@@ -97,13 +97,13 @@ def has_event_types(data: str) -> bool:
     return sum(1 for k in counts if k.startswith("events_")) > 1
 
 
-def check_job(job: RankerJob) -> dict:
+def check_job(job: RankerJob) -> ModelCard:
     """Fail fast, before any Ray work, on what the job's inputs cannot do; returns the retriever's
-    ``model.json``."""
-    doc = read_model_json(job.retriever)
-    if doc.get("kind") != "retriever":
+    card."""
+    doc = read_card(job.retriever)
+    if doc.kind != "retriever":
         raise DataError(f"{job.retriever}: a ranker reranks a retriever; this directory holds a "
-                        f"{doc.get('kind')!r} model")
+                        f"{doc.kind!r} model")
     if job.model.text_tune_layers > 0 and job.text is None:
         raise DataError("--text-tune-layers needs the text encoder to fine-tune (--text-encoder)")
     if job.model.text_tune_layers > 0 and job.model.text_tune_mode == "lora":
@@ -280,7 +280,7 @@ def prepare_examples(job: RankerJob) -> dict:
     ds = load_dataset(job.data)
     doc = check_job(job)
     r_state = read_state(job.retriever)
-    retriever = RetrieverScorer.from_state(doc["config"], r_state)
+    retriever = RetrieverScorer.from_state(doc.config, r_state)
     if retriever.item_vecs.shape[0] != ds.num_items:
         raise DataError(f"{job.retriever}: retriever has {retriever.item_vecs.shape[0]:,} items, "
                         f"{job.data} has {ds.num_items:,}: trained on another dataset?")
@@ -318,7 +318,7 @@ def prepare_examples(job: RankerJob) -> dict:
     def pad(task):
         return left_pad([task.history.row(i) for i in range(task.history.num_users)], cfg.max_len)
 
-    feats = ItemFeatures.from_arrays({k[2:]: v for k, v in r_state.items() if k.startswith("f/")})
+    feats = ItemFeatures.from_arrays(component(r_state, "features", job.retriever))
     tuning = _bottom_states(job, ds)
     arrays = {"history": pad(train_task), "items": tr.items, "dense": tr.dense, "label": tr.label}
     held = {"cands": he, "task": held_task, "history": pad(held_task)}
@@ -385,8 +385,8 @@ def train_ranker(job: RankerJob, callbacks: list | None = None) -> dict:
     print(f"[ranker] Ray Train run '{name}': {n:,} training lists of {job.model.train_candidates} candidates, "
           f"{len(ex['held']['task'].users):,} held-out users; rerunning the same job resumes it", flush=True)
     init = None
-    if job.init_from:  # the ranker's weights only (the "w/" arrays of its state), not the whole pipeline
-        init = {k[2:]: v for k, v in read_state(job.init_from).items() if k.startswith("w/")}
+    if job.init_from:  # the ranker's weights only, not the whole pipeline
+        init = component(read_state(job.init_from), "ranker_weights", job.init_from)
         print(f"[ranker] warm start from {job.init_from}", flush=True)
     saved = fit(train_loop, {"job": job, "arrays": ray.put(ex["arrays"]), "held": ray.put(ex["held"]),
                              "features": ray.put(ex["feats"].arrays()), "tuning": ray.put(ex["tuning"]),
@@ -438,7 +438,7 @@ def export_ranker(job: RankerJob, ex: dict | None, saved: dict, start: float | N
         "seconds": round(time.time() - start, 1), "resumes": saved.get("resumes", 0),
         "recent_popularity_days": stage.recent_days,
         "trainable_params": trainable}}
-    config = {"ranker": job.model.to_dict(), "retriever": ex["r_doc"]["config"], "knn": stage.knn.state()[0],
+    config = {"ranker": job.model.to_dict(), "retriever": ex["r_doc"].config, "knn": stage.knn.state()[0],
               "attribute_vocab": vocab}
 
     def extra(tmp: Path) -> None:
@@ -446,14 +446,14 @@ def export_ranker(job: RankerJob, ex: dict | None, saved: dict, start: float | N
         (tmp / "history.json").write_text(json.dumps(history, indent=2) + "\n")
         plot_learning_curve(history, tmp / "learning_curve.png", "Ranker learning curve")
 
-    save_model_dir(job.out, "ranker", config, TwoStageScorer.state(stage, ranker, ex["r_state"], ex["stages"]),
-                   {"num_items": ex["ds"].num_items, "metrics": two_stage, "retriever_only": retrieval,
-                    "history": history, "resumes": saved.get("resumes", 0),
-                    # the frozen encoders behind the item features: serving embeds new items with them
-                    "encoders": ex["r_doc"].get("encoders", {"text": None, "image": None}),
-                    "reranks": {"path": job.retriever, "metrics": ex["r_doc"].get("metrics"),
-                                "trained_on": ex["r_doc"].get("trained_on")},
-                    "trained_on": {"data": job.data, "source": ex["ds"].source, "scheme": job.scheme}},
+    r_doc: ModelCard = ex["r_doc"]
+    card = ModelCard(kind="ranker", config=config, num_items=ex["ds"].num_items, metrics=two_stage,
+                     retriever_only=retrieval, history=history, resumes=saved.get("resumes", 0),
+                     encoders=r_doc.encoders,
+                     reranks=Reranks(path=job.retriever, metrics=r_doc.metrics, trained_on=r_doc.trained_on),
+                     trained_on=TrainedOn(data=job.data, source=ex["ds"].source, scheme=job.scheme,
+                                          fingerprint=dataset_fingerprint(job.data)))
+    save_model_dir(job.out, card, TwoStageScorer.state(stage, ranker, ex["r_state"], ex["stages"]),
                    overwrite=job.overwrite, extra=extra)
     print(f"[ranker] done in {summary['run']['seconds']:.0f}s: test NDCG@10 {two_stage['NDCG@10']:.4f} "
           f"HR@10 {two_stage['HR@10']:.4f} (retriever alone {retrieval['NDCG@10']:.4f} / {retrieval['HR@10']:.4f}, "

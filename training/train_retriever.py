@@ -31,7 +31,7 @@ from training.data.splits import build_split, split_from_manifest
 from training.evaluation.metrics import EvalConfig, evaluate
 from training.features import build_item_features
 from training.loop import LoopSpec, driver_dataset, fit, plot_learning_curve, run_epochs
-from training.modeldir import save_model_dir
+from training.modeldir import ModelCard, TrainedOn, dataset_fingerprint, save_model_dir
 from training.models.encoders import ImageEncoderConfig, TextEncoderConfig
 from training.models.retriever import (ItemFeatures, RetrieverConfig, RetrieverScorer, TwoTower,
                                        TwoTowerTrain, left_pad)
@@ -234,13 +234,13 @@ def export_retriever(job: RetrieverJob, inputs: tuple | None, saved: dict, start
         (tmp / "history.json").write_text(json.dumps(history, indent=2) + "\n")
         plot_learning_curve(history, tmp / "learning_curve.png", "Retriever learning curve")
 
-    save_model_dir(job.out, "retriever", job.model.to_dict(), RetrieverScorer.state(model, test_feats),
-                   {"num_items": ds.num_items, "metrics": test_metrics, "history": history,
-                    "resumes": saved.get("resumes", 0),
-                    "trained_on": {"data": job.data, "source": ds.source, "scheme": job.scheme},
-                    "encoders": {"text": job.text.__dict__ if job.text and feats.text is not None else None,
-                                 "image": job.image.__dict__ if job.image and feats.image is not None else None}},
-                   overwrite=job.overwrite, extra=extra)
+    card = ModelCard(kind="retriever", config=job.model.to_dict(), num_items=ds.num_items, metrics=test_metrics,
+                     history=history, resumes=saved.get("resumes", 0),
+                     trained_on=TrainedOn(data=job.data, source=ds.source, scheme=job.scheme,
+                                          fingerprint=dataset_fingerprint(job.data)),
+                     encoders={"text": job.text.__dict__ if job.text and feats.text is not None else None,
+                               "image": job.image.__dict__ if job.image and feats.image is not None else None})
+    save_model_dir(job.out, card, RetrieverScorer.state(model, test_feats), overwrite=job.overwrite, extra=extra)
     print(f"[retriever] done in {summary['run']['seconds']:.0f}s: test HR@10 {test_metrics['HR@10']:.4f} "
           f"NDCG@10 {test_metrics['NDCG@10']:.4f} (best valid NDCG@10 {saved['best']:.4f}, "
           f"{len(history)} epochs) -> {job.out}", flush=True)

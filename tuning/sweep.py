@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from training import storage
+from training.config_file import write_config
 from training.errors import DataError
 from training.models.ranker_config import RankerConfig
 from training.models.retriever_config import RetrieverConfig
@@ -195,13 +196,25 @@ def run_sweep(job: SweepJob) -> dict:
                      if default_row else None),
         "exported": job.out, "seconds": round(time.time() - start, 1)}
     exp = storage.join(job.storage, job.sweep_name)
-    _write_outputs(exp, rows, curves, summary)
+    summary["best_yaml"] = storage.join(exp, "best.yaml")
+    _write_outputs(exp, rows, curves, summary, best_config(job, best))
     _print(rows, summary)
     return summary
 
 
+def best_config(job: SweepJob, best: dict):
+    """The best trial as a training configuration file's section (``best.yaml``, read by
+    ``raycart train KIND --config`` and ``raycart demo --config``): the sweep's fixed values, the
+    trial's, the sweep's epoch budget and a patience to go with it."""
+    from training.config_file import KindConfig
+
+    model = {**job.base, **best["config"], "epochs": job.epochs, "patience": max(2, job.epochs // 4)}
+    run = {"scheme": job.scheme, **({"valid_users": job.valid_users} if job.kind == "retriever" else {})}
+    return {job.kind: KindConfig(model=model, run=run)}
+
+
 def _trials(job: SweepJob, grid, spec: dict, defaults: dict) -> tuple[list[dict], dict]:
-    from training.modeldir import read_model_json
+    from training.modeldir import read_card
 
     rows, curves = [], {}
     keys = list(spec)
@@ -212,7 +225,7 @@ def _trials(job: SweepJob, grid, spec: dict, defaults: dict) -> tuple[list[dict]
         trial_id = str(df["trial_id"].iloc[-1])
         model_dir = _model_dir(job, trial_id)
         done = storage.exists(storage.join(model_dir, "model.json"))
-        test = read_model_json(model_dir).get("metrics", {}) if done else {}
+        test = read_card(model_dir).metrics if done else {}
         cfg = {k: result.config.get(k) for k in keys}
         epochs = int(df["training_iteration"].max())
         rows.append({"trial_id": trial_id, **{f"config/{k}": v for k, v in cfg.items()}, "config": cfg,
@@ -236,7 +249,7 @@ def _export_best(job: SweepJob, best: dict) -> None:
     import pyarrow.fs as pafs
 
     from training.loop import load_checkpoint_state
-    from training.modeldir import read_model_json
+    from training.modeldir import read_card
 
     if best["model_dir"] is None:
         if not best.get("checkpoint"):
@@ -256,7 +269,7 @@ def _export_best(job: SweepJob, best: dict) -> None:
 
             export_ranker(tjob, None, state)
         best["model_dir"] = tjob.out
-        metrics = read_model_json(tjob.out)["metrics"]
+        metrics = read_card(tjob.out).metrics
         best["test_NDCG@10"], best["test_HR@10"] = metrics["NDCG@10"], metrics["HR@10"]
     sfs, spath = storage.resolve(best["model_dir"])
     dfs, dpath = storage.resolve(job.out)
@@ -266,7 +279,7 @@ def _export_best(job: SweepJob, best: dict) -> None:
     pafs.copy_files(spath, dpath, source_filesystem=sfs, destination_filesystem=dfs)
 
 
-def _write_outputs(exp: str, rows: list[dict], curves: dict, summary: dict) -> None:
+def _write_outputs(exp: str, rows: list[dict], curves: dict, summary: dict, best: dict) -> None:
     import tempfile
 
     import matplotlib
@@ -296,11 +309,15 @@ def _write_outputs(exp: str, rows: list[dict], curves: dict, summary: dict) -> N
         table.to_parquet(Path(d) / "trials.parquet", index=False)
         fig.savefig(Path(d) / "trials.png", dpi=120)
         (Path(d) / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        write_config(Path(d) / "best.yaml", best, notes=f"best trial {summary['best']['trial_id']} of sweep "
+                                                         f"{summary['sweep']} (validation NDCG@10 "
+                                                         f"{summary['best']['best_valid_NDCG@10']:.4f})")
         for f in Path(d).iterdir():
             with open(f, "rb") as src, fs.open_output_stream(f"{path}/{f.name}") as out:
                 out.write(src.read())
     plt.close(fig)
-    print(f"[tune] wrote {exp}/trials.csv, trials.parquet, trials.png, summary.json", flush=True)
+    print(f"[tune] wrote {exp}/trials.csv, trials.parquet, trials.png, summary.json, best.yaml "
+          f"(raycart train {summary['kind']} --config {exp}/best.yaml)", flush=True)
 
 
 def _print(rows: list[dict], summary: dict) -> None:

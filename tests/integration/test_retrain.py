@@ -125,12 +125,12 @@ def test_a_deliberately_worse_model_is_refused(tiny_shop, logged):
 
     worse = logged["root"] / "worse-model"
     shutil.copytree(tiny_shop["ranker"], worse)
-    state = dict(np.load(worse / "state.npz"))
+    state = dict(np.load(worse / "state" / "ranker_weights.npz"))
     rng = np.random.default_rng(0)
     for key, value in state.items():  # scramble every learned float table
         if value.dtype.kind == "f" and value.size > 1:
             state[key] = rng.permutation(value.ravel()).reshape(value.shape)
-    np.savez(worse / "state.npz", **state)
+    np.savez(worse / "state" / "ranker_weights.npz", **state)
     data = tiny_shop["data"]
     old, new = evaluate_model_dir(data, tiny_shop["ranker"]), evaluate_model_dir(data, str(worse))
     assert new["NDCG@10"] < old["NDCG@10"] - 0.01, (new["NDCG@10"], old["NDCG@10"])

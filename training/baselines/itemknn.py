@@ -86,18 +86,28 @@ class ItemKNN:
               np.concatenate(cols) if cols else np.zeros(0, np.int64))), shape=(n, n))
         return self
 
-    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The similarity table (CSR arrays)."""
         sim = self.sim
-        return dataclasses.asdict(self.config), {
-            "data": sim.data, "indices": sim.indices, "indptr": sim.indptr,
-            "shape": np.asarray(sim.shape, dtype=np.int64)}
+        return {"data": sim.data, "indices": sim.indices, "indptr": sim.indptr,
+                "shape": np.asarray(sim.shape, dtype=np.int64)}
 
     @classmethod
-    def from_state(cls, config: dict, state: dict[str, np.ndarray]) -> "ItemKNN":
+    def from_arrays(cls, config: dict, arrays: dict[str, np.ndarray]) -> "ItemKNN":
         model = cls(ItemKNNConfig(**config))
-        model.sim = sp.csr_matrix((state["data"], state["indices"], state["indptr"]),
-                                  shape=tuple(state["shape"]))
+        model.sim = sp.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]),
+                                  shape=tuple(arrays["shape"]))
         return model
+
+    def state(self) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+        """``(config, model state)`` for a model directory (one component, ``knn``)."""
+        return dataclasses.asdict(self.config), {"knn": self.arrays()}
+
+    @classmethod
+    def from_state(cls, config: dict, state: dict[str, dict[str, np.ndarray]]) -> "ItemKNN":
+        from training.modeldir import component
+
+        return cls.from_arrays(config, component(state, "knn"))
 
     def _history_weights(self, history: Interactions) -> sp.csr_matrix:
         lengths = history.lengths()

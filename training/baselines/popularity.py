@@ -21,13 +21,16 @@ class Popularity:
         self.counts = train.item_counts().astype(np.float32)
         return self
 
-    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
-        return {}, {"counts": self.counts}
+    def state(self) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+        """``(config, model state)`` for a model directory (one component, ``popularity``)."""
+        return {}, {"popularity": {"counts": self.counts}}
 
     @classmethod
-    def from_state(cls, config: dict, state: dict[str, np.ndarray]) -> "Popularity":
+    def from_state(cls, config: dict, state: dict[str, dict[str, np.ndarray]]) -> "Popularity":
+        from training.modeldir import component
+
         model = cls()
-        model.counts = state["counts"].astype(np.float32)
+        model.counts = component(state, "popularity")["counts"].astype(np.float32)
         return model
 
     def score(self, users: np.ndarray, history: Interactions) -> np.ndarray:

@@ -12,7 +12,7 @@ from training.data.dataset import load_dataset
 from training.data.splits import build_split, split_from_manifest
 from training.errors import DataError
 from training.evaluation.metrics import EvalConfig, evaluate
-from training.modeldir import load_model, read_model_json, save_model_dir
+from training.modeldir import ModelCard, TrainedOn, dataset_fingerprint, load_model, read_card, save_model_dir
 
 BASELINES = ("pop", "itemknn")
 
@@ -61,25 +61,25 @@ def run_baseline(data: str, model: str, scheme: str = "loo", part: str = "test",
         write_json(result, out)
     if save:
         config, state = fitted.state()
-        save_model_dir(save, "popularity" if model == "pop" else "itemknn", config, state,
-                       {"num_items": ds.num_items,
-                        "trained_on": {"data": str(data), "source": ds.source, "scheme": scheme, "part": part},
-                        "metrics": metrics}, overwrite=True)
+        card = ModelCard(kind="popularity" if model == "pop" else "itemknn", config=config, num_items=ds.num_items,
+                         trained_on=TrainedOn(data=str(data), source=ds.source, scheme=scheme, part=part,
+                                              fingerprint=dataset_fingerprint(str(data))), metrics=metrics)
+        save_model_dir(save, card, state, overwrite=True)
     return result
 
 
 def evaluate_model_dir(data: str, model_dir: str, scheme: str = "loo", part: str = "test",
                        out: str | None = None, eval_config: EvalConfig = EvalConfig()) -> dict:
     """Evaluate the model in ``model_dir`` on a split of ``data``."""
-    doc = read_model_json(model_dir)
+    card = read_card(model_dir)
     ds, task = _task(data, scheme, part)
-    if doc.get("num_items") not in (None, ds.num_items):
-        raise DataError(f"{model_dir}: model scores {doc['num_items']} items but {data} has "
+    if card.num_items != ds.num_items:
+        raise DataError(f"{model_dir}: model scores {card.num_items} items but {data} has "
                         f"{ds.num_items}; was it trained on another dataset?")
-    model = load_model(model_dir)
+    model = load_model(model_dir, card)
     start = time.time()
     metrics = evaluate(model.score, task, eval_config)
-    result = {**metrics, "run": {"model": doc["kind"], "model_dir": str(model_dir), "data": str(data),
+    result = {**metrics, "run": {"model": card.kind, "model_dir": str(model_dir), "data": str(data),
                                  "source": ds.source, "scheme": scheme, "part": part, "split": task.info,
                                  "seconds": round(time.time() - start, 3)}}
     if out:

@@ -265,11 +265,13 @@ class RetrieverScorer:
             self.item_vecs = model.items.all_items()
 
     @classmethod
-    def from_state(cls, config: dict, state: dict[str, np.ndarray]) -> "RetrieverScorer":
-        feats = ItemFeatures.from_arrays({k[2:]: v for k, v in state.items() if k.startswith("f/")})
+    def from_state(cls, config: dict, state: dict[str, dict[str, np.ndarray]]) -> "RetrieverScorer":
+        """From a model directory's state: components ``weights`` and ``features``."""
+        from training.modeldir import component
+
+        feats = ItemFeatures.from_arrays(component(state, "features"))
         model = TwoTower(RetrieverConfig(**config), feats)
-        model.load_state_dict({k[2:]: torch.from_numpy(v) for k, v in state.items() if k.startswith("w/")},
-                              strict=False)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in component(state, "weights").items()})
         return cls(model)
 
     def add_items(self, new: ItemFeatures) -> np.ndarray:
@@ -280,10 +282,10 @@ class RetrieverScorer:
         return self.item_vecs[-new.num_items:].numpy()
 
     @staticmethod
-    def state(model: TwoTower, feats: ItemFeatures) -> dict[str, np.ndarray]:
-        out = {f"w/{k}": v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-        out.update({f"f/{k}": v for k, v in feats.arrays().items()})
-        return out
+    def state(model: TwoTower, feats: ItemFeatures) -> dict[str, dict[str, np.ndarray]]:
+        """The components :meth:`from_state` reads: the weights and the item features."""
+        return {"weights": {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
+                "features": feats.arrays()}
 
     @torch.no_grad()
     def user_vectors(self, history) -> torch.Tensor:

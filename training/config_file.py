@@ -1,0 +1,96 @@
+"""Training configurations as YAML files (``raycart train KIND --config FILE``).
+
+One file holds a section per model kind; each section has the model's config fields (``model``,
+:class:`~training.models.retriever_config.RetrieverConfig` / ``RankerConfig``) and the run's
+settings (``run``: the ``raycart train`` flags such as ``workers``, ``scheme``, ``valid_users``,
+``text_encoder``)::
+
+    retriever:
+      model: {dim: 64, layers: 1, lr: 0.0034, epochs: 12}
+      run: {workers: 2, valid_users: 3000}
+    ranker:
+      model: {train_candidates: 100, batch_size: 64}
+
+Flags given on the command line override the file; the file overrides the library defaults.
+``configs/`` holds the best known file per dataset, and ``raycart tune`` writes ``best.yaml``
+in this format. Unknown sections and fields are errors that name the file and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from training.errors import DataError
+
+KINDS = ("retriever", "ranker")
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass(frozen=True)
+class KindConfig:
+    """One section: model fields and run settings (both plain mappings, checked on load)."""
+
+    model: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+
+
+def _model_fields(kind: str) -> set[str]:
+    if kind == "retriever":
+        from training.models.retriever_config import RetrieverConfig as cls
+    else:
+        from training.models.ranker_config import RankerConfig as cls  # type: ignore[assignment]
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def read_config(path: str | Path, kind: str, run_fields: set[str] | None = None) -> KindConfig:
+    """The ``kind`` section of YAML file ``path``, its fields checked against the model config and,
+    when given, the run settings the command accepts."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"--config {path}: no such file")
+    try:
+        doc = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise DataError(f"--config {path}: not valid YAML ({exc})") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"--config {path}: expected a mapping with sections {', '.join(KINDS)}")
+    unknown = sorted(set(doc) - set(KINDS) - {"notes"})
+    if unknown:
+        raise DataError(f"--config {path}: unknown section(s) {', '.join(map(str, unknown))} "
+                        f"(sections: {', '.join(KINDS)}, notes)")
+    section = doc.get(kind) or {}
+    if not isinstance(section, dict) or set(section) - {"model", "run"}:
+        raise DataError(f"--config {path}: section {kind!r} takes 'model' and 'run' mappings")
+    model, run = section.get("model") or {}, section.get("run") or {}
+    for name, part, known in (("model", model, _model_fields(kind)), ("run", run, run_fields)):
+        if not isinstance(part, dict):
+            raise DataError(f"--config {path}: {kind}.{name} must be a mapping")
+        if known is not None:
+            bad = sorted(set(part) - known)
+            if bad:
+                raise DataError(f"--config {path}: unknown field(s) {kind}.{name}.{', '.join(bad)} "
+                                f"(known: {', '.join(sorted(known))})")
+    return KindConfig(model=dict(model), run=dict(run))
+
+
+def write_config(path: str | Path, sections: dict[str, KindConfig], notes: str | None = None) -> None:
+    """Write sections in the format :func:`read_config` reads (``raycart tune``'s ``best.yaml``)."""
+    doc: dict[str, Any] = {}
+    if notes:
+        doc["notes"] = notes
+    for kind, cfg in sections.items():
+        if kind not in KINDS:
+            raise ValueError(f"unknown section {kind!r}")
+        doc[kind] = {k: v for k, v in (("model", cfg.model), ("run", cfg.run)) if v}
+    Path(path).write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def dataset_config(name: str) -> Path | None:
+    """``configs/<name>.yaml`` of this checkout (the best known configuration of a dataset)."""
+    p = REPO_CONFIGS / f"{name}.yaml"
+    return p if p.is_file() else None
