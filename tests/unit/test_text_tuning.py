@@ -142,6 +142,15 @@ def test_lora_starts_from_the_encoder_and_only_its_adapters_train(encoder, layer
     assert trainable_params(TunedText(encoder, hidden, mask, layers, mode="layers")) > 100 * trainable_params(tuned)
 
 
+def test_lora_leaves_the_ranker_initialisation_as_in_the_other_modes(encoder):
+    hidden, mask = bottom_states(encoder, TEXTS, 1)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    TunedText(encoder, hidden, mask, 1, mode="lora")  # draws its adapters on a forked RNG
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_lora_ranker_trains_the_adapters_and_its_own_weights_not_the_encoder(encoder):
     model, _, _ = _lora_ranker(encoder, layers=2)
     before = {k: v.clone() for k, v in model.state_dict().items()}

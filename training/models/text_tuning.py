@@ -57,7 +57,10 @@ def add_lora(top: nn.Module, rank: int, alpha: float) -> nn.Module:
         p.requires_grad_(False)
     config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
                              target_modules=list(LORA_TARGETS))
-    peft.inject_adapter_in_model(config, top)
+    # LoRA draws its A matrices at random: on a forked RNG, so that the ranker built after this
+    # starts from the same weights in every mode (a comparison of modes compares the modes)
+    with torch.random.fork_rng(devices=[]):
+        peft.inject_adapter_in_model(config, top)
     adapters = [name for name, p in top.named_parameters() if p.requires_grad]
     if not adapters or any(".lora_" not in name for name in adapters):
         raise ValueError(f"LoRA found no {'/'.join(LORA_TARGETS)} projections to adapt in the encoder's layers")
