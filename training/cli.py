@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raycart", description="Ray-native multimodal recommender system for e-commerce.")
     parser.add_argument("--version", action="version", version=f"raycart {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show Ray's own output (workers' logs, Ray Data progress bars) on the console")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for ep in sorted(entry_points(group="raycart.commands"), key=lambda e: e.name):
         ep.load()(sub)
@@ -30,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     loopback_before_import()  # before any plugin imports Ray (a local Ray then binds 127.0.0.1 only)
     parser = build_parser()
     args = parser.parse_args(argv)
+    from training import console
+
+    console.setup(verbose=args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

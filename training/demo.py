@@ -3,6 +3,7 @@ serves): the real datasets it knows, their cached preparation and the metrics ta
 
 from __future__ import annotations
 
+import logging
 import hashlib
 import importlib
 import inspect
@@ -12,6 +13,8 @@ from pathlib import Path
 from training import __version__
 from training.data.sources import SOURCES
 from training.paths import shared_path
+
+log = logging.getLogger(__name__)
 
 # name -> (source, input under shared/, schemes evaluated)
 DATASETS = {
@@ -41,9 +44,9 @@ def prepare_cached(name: str, cfg: DemoConfig) -> str:
     key = (f"{source} {src} {src.stat().st_size} {src.stat().st_mtime_ns} raycart {__version__} "
            f"{hashlib.sha256(converter.read_bytes()).hexdigest()[:16]}")
     if (out / "dataset.json").exists() and stamp.exists() and stamp.read_text() == key:
-        print(f"[{name}] using prepared dataset {out}", flush=True)
+        log.info(f"[{name}] using prepared dataset {out}")
         return str(out)
-    print(f"[{name}] preparing from {src}", flush=True)
+    log.info(f"[{name}] preparing from {src}")
     prepare(source, str(src), str(out), overwrite=True)
     stamp.write_text(key)
     return str(out)

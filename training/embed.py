@@ -9,6 +9,7 @@ inputs reads the cache instead of recomputing.
 
 from __future__ import annotations
 
+import logging
 import hashlib
 import io
 import json
@@ -26,6 +27,8 @@ from training import storage
 from training.data.dataset import Dataset
 from training.features import item_text
 from training.models.encoders import ImageEncoder, TextEncoder
+
+log = logging.getLogger(__name__)
 
 
 class _EncoderActor:
@@ -127,7 +130,7 @@ def embed_items(dataset: Dataset, kind: str, config, cache_dir: str, concurrency
     if storage.exists(path):
         fs, p = storage.resolve(path)
         table = pq.read_table(p, filesystem=fs)
-        print(f"  {kind} embeddings: cached ({path})", flush=True)
+        log.info(f"  {kind} embeddings: cached ({path})")
         return np.stack(table["embedding"].to_numpy(zero_copy_only=False)).astype(np.float32)
     start = time.time()
     rows = pa.table({"item_id": np.arange(dataset.num_items, dtype=np.int64), column: inputs})
@@ -139,5 +142,5 @@ def embed_items(dataset: Dataset, kind: str, config, cache_dir: str, concurrency
     tmp = p + ".tmp"
     pq.write_table(table, tmp, filesystem=fs)
     fs.move(tmp, p)
-    print(f"  {kind} embeddings: {dataset.num_items:,} items in {time.time() - start:.1f}s -> {path}", flush=True)
+    log.info(f"  {kind} embeddings: {dataset.num_items:,} items in {time.time() - start:.1f}s -> {path}")
     return emb

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from training import storage
+from training.progress import printing, say
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def run_epochs(spec: LoopSpec, model: torch.nn.Module, opt: torch.optim.Optimize
         start_epoch, best, bad = saved["epoch"] + 1, saved["best"], saved["bad"]
         best_state, history, resumes = saved["best_model"], saved["history"], saved.get("resumes", 0) + 1
         if rank == 0:
-            print(f"[{spec.tag}] resumed from checkpoint after epoch {saved['epoch'] + 1}", flush=True)
+            say(f"[{spec.tag}] resumed from checkpoint after epoch {saved['epoch'] + 1}")
     for epoch in range(start_epoch, spec.epochs):
         t0 = time.time()
         model.train()
@@ -78,8 +79,8 @@ def run_epochs(spec: LoopSpec, model: torch.nn.Module, opt: torch.optim.Optimize
         metrics = {**history[-1], "best_valid_NDCG@10": best}
         if rank == 0:
             eta = seconds * (spec.epochs - epoch - 1)
-            print(f"[{spec.tag}] epoch {epoch + 1}/{spec.epochs} loss {loss:.4f} valid NDCG@10 {ndcg:.4f} "
-                  f"(best {best:.4f}) {seconds:.1f}s/epoch, ETA <= {eta / 60:.0f} min", flush=True)
+            say(f"[{spec.tag}] epoch {epoch + 1}/{spec.epochs} loss {loss:.4f} valid NDCG@10 {ndcg:.4f} "
+                f"(best {best:.4f}) {seconds:.1f}s/epoch, ETA <= {_eta(eta)}")
             with tempfile.TemporaryDirectory() as d:
                 torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "epoch": epoch, "best": best,
                             "bad": bad, "best_model": best_state, "history": history, "resumes": resumes},
@@ -89,8 +90,16 @@ def run_epochs(spec: LoopSpec, model: torch.nn.Module, opt: torch.optim.Optimize
             ray.train.report(metrics)
         if bad >= spec.patience:
             if rank == 0:
-                print(f"[{spec.tag}] early stop: no improvement for {spec.patience} epochs", flush=True)
+                say(f"[{spec.tag}] early stop: no improvement for {spec.patience} epochs")
             break
+
+
+def _eta(seconds: float) -> str:
+    """>>> _eta(42), _eta(150), _eta(7300)
+    ('42 s', '3 min', '2.0 h')"""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def driver_dataset(array: np.ndarray, blocks: int = 4):
@@ -132,7 +141,8 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, *, name: str, sto
                              checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks or None),
         datasets=datasets,
     )
-    result = trainer.fit()
+    with printing(name):
+        result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training produced no checkpoint ({result.error})")
     with result.checkpoint.as_directory() as d:

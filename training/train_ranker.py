@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import logging
 import contextlib
 import hashlib
 import json
@@ -66,6 +67,8 @@ from training.models.text_tuning import (
     trainable_params,
 )
 from training.pipeline import TwoStageScorer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -139,9 +142,8 @@ def _bottom_states(job: RankerJob, ds) -> dict:
         t0 = time.time()
         out["text"] = bottom_states(TextEncoder(job.text), item_text(ds.items), cfg.text_tune_layers)
         how = f"LoRA r={cfg.text_lora_rank} on" if cfg.text_tune_mode == "lora" else "fine-tuning"
-        print(f"[ranker] text encoder bottom ({job.text.name_or_path}, all but the last {cfg.text_tune_layers} "
-              f"layers: {how} those) over {ds.num_items:,} items in {time.time() - t0:.0f}s: {out['text'][0].nbytes / 2**20:.0f} MiB",
-              flush=True)
+        log.info(f"[ranker] text encoder bottom ({job.text.name_or_path}, all but the last {cfg.text_tune_layers} "
+              f"layers: {how} those) over {ds.num_items:,} items in {time.time() - t0:.0f}s: {out['text'][0].nbytes / 2**20:.0f} MiB")
     if cfg.image_tune_layers > 0:
         import io
 
@@ -154,8 +156,8 @@ def _bottom_states(job: RankerJob, ds) -> dict:
         images = [Image.open(io.BytesIO(storage.read_bytes(u))) if u else None for u in uris]
         states = image_bottom_states(ImageEncoder(job.image), images, cfg.image_tune_layers)
         out["image"] = (states, np.array([u is not None for u in uris]))
-        print(f"[ranker] image encoder bottom (all but the last {cfg.image_tune_layers} blocks) over "
-              f"{ds.num_items:,} items in {time.time() - t0:.0f}s: {states.nbytes / 2**20:.0f} MiB", flush=True)
+        log.info(f"[ranker] image encoder bottom (all but the last {cfg.image_tune_layers} blocks) over "
+              f"{ds.num_items:,} items in {time.time() - t0:.0f}s: {states.nbytes / 2**20:.0f} MiB")
     return out
 
 
@@ -292,8 +294,7 @@ def prepare_examples(job: RankerJob) -> dict:
     t0 = time.time()
     stage = _stage(retriever, job.knn, valid.train, prices, ds.timestamps)
     if stage.recent_days is None:
-        print(f"[ranker] {job.data}: timestamps are sequence positions, not times: recent popularity off (0)",
-              flush=True)
+        log.info(f"[ranker] {job.data}: timestamps are sequence positions, not times: recent popularity off (0)")
     rng = np.random.default_rng(cfg.seed)
     n = len(valid.users)
     held_mask = np.zeros(n, bool)
@@ -306,9 +307,9 @@ def prepare_examples(job: RankerJob) -> dict:
     he = generate_candidates(stage_ref, held_task.history, cfg.eval_candidates, None,
                              concurrency=job.candidate_actors)
     has_pos = tr.label.any(1)  # lists without their target teach nothing (see CandidateStage.generate)
-    print(f"[ranker] candidates for {len(train_rows):,} training + {len(held_rows):,} held-out users by Ray Data "
+    log.info(f"[ranker] candidates for {len(train_rows):,} training + {len(held_rows):,} held-out users by Ray Data "
           f"in {time.time() - t0:.0f}s; target in the retriever's top {cfg.train_candidates}: {has_pos.mean():.1%} "
-          f"-> {int(has_pos.sum()):,} training lists", flush=True)
+          f"-> {int(has_pos.sum()):,} training lists")
     if not has_pos.any():
         raise DataError(f"no training list holds its target in the retriever's top {cfg.train_candidates}: "
                         "raise --train-candidates or check the retriever")
@@ -339,7 +340,7 @@ def _with_exposure(arrays: dict, lists: ExposureLists, interactions: Interaction
     """``arrays`` plus the shown-slate lists (weighted; the sampled lists weigh 1), padded to one
     width; their histories from ``interactions`` (the split's sequences)."""
     if not len(lists):
-        print("[ranker] exposure lists: none", flush=True)
+        log.info("[ranker] exposure lists: none")
         return arrays
     if lists.users.max() >= interactions.num_users or lists.items.max() >= interactions.num_items:
         raise DataError(f"exposure lists name users/items beyond the dataset's {interactions.num_users:,} users / "
@@ -362,8 +363,8 @@ def _with_exposure(arrays: dict, lists: ExposureLists, interactions: Interaction
 
     out = {key: np.concatenate([widen(arrays[key], key), widen(extra[key], key)]) for key in arrays}
     out["weight"] = np.r_[np.ones(len(arrays["items"]), np.float32), lists.weight.astype(np.float32)]
-    print(f"[ranker] + {len(lists):,} shown-slate lists from the feedback log (engaged vs shown-and-skipped), "
-          f"position weights mean {lists.weight.mean():.2f} max {lists.weight.max():.2f}", flush=True)
+    log.info(f"[ranker] + {len(lists):,} shown-slate lists from the feedback log (engaged vs shown-and-skipped), "
+          f"position weights mean {lists.weight.mean():.2f} max {lists.weight.max():.2f}")
     return out
 
 
@@ -378,16 +379,16 @@ def train_ranker(job: RankerJob, callbacks: list | None = None) -> dict:
         job = replace(job, image=job.image.resolved())
     if not job.model.use_stage and has_event_types(job.data):
         job = replace(job, model=replace(job.model, use_stage=True))
-        print("[ranker] the events have several types: event-type feature and cart/purchase heads on", flush=True)
+        log.info("[ranker] the events have several types: event-type feature and cart/purchase heads on")
     ex = prepare_examples(job)
     n = len(ex["arrays"]["items"])
     name = job.name or run_name(job)
-    print(f"[ranker] Ray Train run '{name}': {n:,} training lists of {job.model.train_candidates} candidates, "
-          f"{len(ex['held']['task'].users):,} held-out users; rerunning the same job resumes it", flush=True)
+    log.info(f"[ranker] Ray Train run '{name}': {n:,} training lists of {job.model.train_candidates} candidates, "
+          f"{len(ex['held']['task'].users):,} held-out users; rerunning the same job resumes it")
     init = None
     if job.init_from:  # the ranker's weights only, not the whole pipeline
         init = component(read_state(job.init_from), "ranker_weights", job.init_from)
-        print(f"[ranker] warm start from {job.init_from}", flush=True)
+        log.info(f"[ranker] warm start from {job.init_from}")
     saved = fit(train_loop, {"job": job, "arrays": ray.put(ex["arrays"]), "held": ray.put(ex["held"]),
                              "features": ray.put(ex["feats"].arrays()), "tuning": ray.put(ex["tuning"]),
                              "init": ray.put(init) if init is not None else None},
@@ -455,7 +456,7 @@ def export_ranker(job: RankerJob, ex: dict | None, saved: dict, start: float | N
                                           fingerprint=dataset_fingerprint(job.data)))
     save_model_dir(job.out, card, TwoStageScorer.state(stage, ranker, ex["r_state"], ex["stages"]),
                    overwrite=job.overwrite, extra=extra)
-    print(f"[ranker] done in {summary['run']['seconds']:.0f}s: test NDCG@10 {two_stage['NDCG@10']:.4f} "
+    log.info(f"[ranker] done in {summary['run']['seconds']:.0f}s: test NDCG@10 {two_stage['NDCG@10']:.4f} "
           f"HR@10 {two_stage['HR@10']:.4f} (retriever alone {retrieval['NDCG@10']:.4f} / {retrieval['HR@10']:.4f}, "
-          f"{gain:+.1%}) -> {job.out}", flush=True)
+          f"{gain:+.1%}) -> {job.out}")
     return summary

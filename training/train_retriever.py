@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import logging
 import hashlib
 import json
 import time
@@ -35,6 +36,8 @@ from training.modeldir import ModelCard, TrainedOn, dataset_fingerprint, save_mo
 from training.models.encoders import ImageEncoderConfig, TextEncoderConfig
 from training.models.retriever import (ItemFeatures, RetrieverConfig, RetrieverScorer, TwoTower,
                                        TwoTowerTrain, left_pad)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -185,13 +188,11 @@ def train_retriever(job: RetrieverJob, callbacks: list | None = None) -> dict:
 
     start = time.time()
     ds, valid, test, feats, arrays, log_q = prepare_inputs(job)
-    print(f"[retriever] {ds.source}: {len(arrays):,} training sequences, {ds.num_items:,} items, "
+    log.info(f"[retriever] {ds.source}: {len(arrays):,} training sequences, {ds.num_items:,} items, "
           f"{int(feats.known.sum()):,} seen in training; validation users {len(valid.users):,}; "
-          f"text {'on' if feats.text is not None else 'off'}, image {'on' if feats.image is not None else 'off'}",
-          flush=True)
+          f"text {'on' if feats.text is not None else 'off'}, image {'on' if feats.image is not None else 'off'}")
     name = job.name or run_name(job)
-    print(f"[retriever] Ray Train run '{name}' under {job.storage} (rerunning the same job resumes it)",
-          flush=True)
+    log.info(f"[retriever] Ray Train run '{name}' under {job.storage} (rerunning the same job resumes it)")
     saved = fit(train_loop, {"job": job, "features": ray.put(feats.arrays()), "valid": ray.put(valid),
                              "log_q": log_q},
                 name=name, storage_path=job.storage, workers=job.workers, use_gpu=job.use_gpu,
@@ -241,7 +242,7 @@ def export_retriever(job: RetrieverJob, inputs: tuple | None, saved: dict, start
                      encoders={"text": job.text.__dict__ if job.text and feats.text is not None else None,
                                "image": job.image.__dict__ if job.image and feats.image is not None else None})
     save_model_dir(job.out, card, RetrieverScorer.state(model, test_feats), overwrite=job.overwrite, extra=extra)
-    print(f"[retriever] done in {summary['run']['seconds']:.0f}s: test HR@10 {test_metrics['HR@10']:.4f} "
+    log.info(f"[retriever] done in {summary['run']['seconds']:.0f}s: test HR@10 {test_metrics['HR@10']:.4f} "
           f"NDCG@10 {test_metrics['NDCG@10']:.4f} (best valid NDCG@10 {saved['best']:.4f}, "
-          f"{len(history)} epochs) -> {job.out}", flush=True)
+          f"{len(history)} epochs) -> {job.out}")
     return summary

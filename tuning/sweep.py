@@ -15,6 +15,7 @@ checkpoint). Storage may be local or ``s3://``.
 
 from __future__ import annotations
 
+import logging
 import dataclasses
 import hashlib
 import json
@@ -31,6 +32,8 @@ from training.models.ranker_config import RankerConfig
 from training.models.retriever_config import RetrieverConfig
 from tuning.search import check_search, first_points, make_search
 from tuning.space import grid_size, read_space, to_tune
+
+log = logging.getLogger(__name__)
 
 METRIC = "valid_NDCG@10"
 CONFIGS = {"retriever": RetrieverConfig, "ranker": RankerConfig}
@@ -149,7 +152,7 @@ def _tuner(job: SweepJob, spec: dict, defaults: dict):
     exp_uri = storage.join(job.storage, job.sweep_name)
     fs_arg = fs if storage.is_s3(job.storage) else None
     if storage.exists(storage.join(exp_uri, "tuner.pkl")):
-        print(f"[tune] resuming sweep '{job.sweep_name}' from {exp_uri} (Tuner.restore)", flush=True)
+        log.info(f"[tune] resuming sweep '{job.sweep_name}' from {exp_uri} (Tuner.restore)")
         return tune.Tuner.restore(f"{path}/{job.sweep_name}", trainable=trainable, resume_unfinished=True,
                                   resume_errored=True, storage_filesystem=fs_arg)
     search = make_search(job.search, spec, defaults, job.seed, job.max_concurrent)
@@ -174,8 +177,8 @@ def run_sweep(job: SweepJob) -> dict:
 
     init_ray(dashboard=True)  # see init_ray: ASHA-stopped trials release their workers
     start = time.time()
-    print(f"[tune] {job.kind} sweep '{job.sweep_name}': {job.samples} trials x <= {job.epochs} epochs, "
-          f"{job.max_concurrent} at a time, scheduler {job.scheduler}, search {job.search}", flush=True)
+    log.info(f"[tune] {job.kind} sweep '{job.sweep_name}': {job.samples} trials x <= {job.epochs} epochs, "
+          f"{job.max_concurrent} at a time, scheduler {job.scheduler}, search {job.search}")
     grid = _tuner(job, spec, defaults).fit()
     rows, curves = _trials(job, grid, spec, defaults)
     if not rows:
@@ -258,7 +261,7 @@ def _export_best(job: SweepJob, best: dict) -> None:
         if storage.is_s3(job.storage) and not storage.is_s3(ckpt):
             ckpt = "s3://" + ckpt.lstrip("/")
         tjob = _trial_job(job, best["config"], best["trial_id"])
-        print(f"[tune] exporting trial {best['trial_id']} from its checkpoint {ckpt}", flush=True)
+        log.info(f"[tune] exporting trial {best['trial_id']} from its checkpoint {ckpt}")
         state = load_checkpoint_state(ckpt)
         if job.kind == "retriever":
             from training.train_retriever import export_retriever
@@ -316,25 +319,25 @@ def _write_outputs(exp: str, rows: list[dict], curves: dict, summary: dict, best
             with open(f, "rb") as src, fs.open_output_stream(f"{path}/{f.name}") as out:
                 out.write(src.read())
     plt.close(fig)
-    print(f"[tune] wrote {exp}/trials.csv, trials.parquet, trials.png, summary.json, best.yaml "
-          f"(raycart train {summary['kind']} --config {exp}/best.yaml)", flush=True)
+    log.info(f"[tune] wrote {exp}/trials.csv, trials.parquet, trials.png, summary.json, best.yaml "
+          f"(raycart train {summary['kind']} --config {exp}/best.yaml)")
 
 
 def _print(rows: list[dict], summary: dict) -> None:
     keys = list(rows[0]["config"])
-    print("\n| trial | " + " | ".join(keys) + " | epochs | best valid NDCG@10 | test NDCG@10 |")
-    print("|---|" + "---|" * len(keys) + "---:|---:|---:|")
+    log.info("\n| trial | " + " | ".join(keys) + " | epochs | best valid NDCG@10 | test NDCG@10 |")
+    log.info("|---|" + "---|" * len(keys) + "---:|---:|---:|")
     for r in sorted(rows, key=lambda r: -r["best_valid_NDCG@10"]):
         cfg = " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r["config"].values())
         test = (f"{r['test_NDCG@10']:.4f}" if r["test_NDCG@10"] is not None
                 else "stopped" if r["stopped_early"] else "not exported")
         tag = " (hand-set)" if r["hand_set"] else ""
-        print(f"| {r['trial_id'][-5:]}{tag} | {cfg} | {r['epochs']} | {r['best_valid_NDCG@10']:.4f} | {test} |")
+        log.info(f"| {r['trial_id'][-5:]}{tag} | {cfg} | {r['epochs']} | {r['best_valid_NDCG@10']:.4f} | {test} |")
     b = summary["best"]
-    print(f"\n[tune] best trial {b['trial_id']}: valid NDCG@10 {b['best_valid_NDCG@10']:.4f}, test NDCG@10 "
+    log.info(f"\n[tune] best trial {b['trial_id']}: valid NDCG@10 {b['best_valid_NDCG@10']:.4f}, test NDCG@10 "
           f"{b['test_NDCG@10']:.4f} -> exported to {summary['exported']}")
     if summary["hand_set"] and summary["hand_set"]["test_NDCG@10"] is not None:
-        print(f"[tune] hand-set defaults, same budget: test NDCG@10 {summary['hand_set']['test_NDCG@10']:.4f}")
-    print(f"[tune] ASHA stopped {summary['stopped_early']}/{summary['trials']} trials: {summary['trial_epochs_run']} "
+        log.info(f"[tune] hand-set defaults, same budget: test NDCG@10 {summary['hand_set']['test_NDCG@10']:.4f}")
+    log.info(f"[tune] ASHA stopped {summary['stopped_early']}/{summary['trials']} trials: {summary['trial_epochs_run']} "
           f"trial-epochs run vs {summary['trial_epochs_without_asha']} without it "
           f"({summary['compute_saved']:.0%} saved); {summary['seconds']:.0f}s in all")

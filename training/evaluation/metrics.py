@@ -26,6 +26,7 @@ Metrics are averaged over the evaluated users.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ import torch
 
 from training.data.interactions import Interactions
 from training.data.splits import EvalTask
+
+log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[np.ndarray, Interactions], "np.ndarray | torch.Tensor"]
 
@@ -196,8 +199,7 @@ def evaluate(score_fn: ScoreFn, task: EvalTask, config: EvalConfig = EvalConfig(
             covered[k][ids[ids >= 0]] = True
         if config.progress:
             rate = hi / max(time.time() - start, 1e-9)
-            print(f"  evaluated {hi}/{n_users} users ({rate:,.0f}/s, ETA {(n_users - hi) / rate:.0f}s)",
-                  flush=True)
+            log.info(f"  evaluated {hi}/{n_users} users ({rate:,.0f}/s, ETA {(n_users - hi) / rate:.0f}s)")
     out = {key: value / max(n_users, 1) for key, value in sums.items()}
     n_cand = int(task.candidates.sum()) if task.candidates is not None else n_items
     for k in ks:

@@ -40,6 +40,7 @@ Dataset) is evaluated by :mod:`training.evaluation.estimators`.
 
 from __future__ import annotations
 
+import logging
 import argparse
 
 import numpy as np
@@ -47,6 +48,8 @@ import pyarrow as pa
 
 from training.evaluation.estimators import ci95, effective_sample_size, ratio_samples
 from training.models.bandit import REWARDS
+
+log = logging.getLogger(__name__)
 
 
 def rewards_per_impression(impressions: pa.Table, events: pa.Table) -> np.ndarray:
@@ -118,7 +121,7 @@ def _cmd(a: argparse.Namespace) -> int:
     result = _serving_log(a) if a.feedback else _bandit_data(a)
     if a.out:
         write_json(result, a.out)
-        print(f"wrote {a.out}")
+        log.info(f"wrote {a.out}")
     return 0
 
 
@@ -132,19 +135,19 @@ def _serving_log(a: argparse.Namespace) -> dict:
     if a.target_policy not in (None, "greedy"):
         return _model_target(a, impressions, read_feedback(a.feedback, "events"))
     result = off_policy_value(impressions, read_feedback(a.feedback, "events"), bootstrap=a.bootstrap)
-    print(f"{result['requests']:,} requests, {result['impressions']:,} impressions, {result['events']:,} events")
+    log.info(f"{result['requests']:,} requests, {result['impressions']:,} impressions, {result['events']:,} events")
     lv = result["logged"]
-    print(f"logged policy: {lv['value']:.4f} reward per request"
+    log.info(f"logged policy: {lv['value']:.4f} reward per request"
           + (f" (95% CI {lv['value_95ci'][0]:.4f}-{lv['value_95ci'][1]:.4f})" if "value_95ci" in lv else ""))
     g = result["greedy"]
     if g is None:
-        print("greedy policy: no estimate (these impressions carry no greedy flag)")
+        log.info("greedy policy: no estimate (these impressions carry no greedy flag)")
         return result
     ci = (lambda k: f" (95% CI {g[k][0]:.4f}-{g[k][1]:.4f})" if k in g else "")
-    print(f"greedy policy (no exploration): slate IPS {g['ips']:.4f}{ci('ips_95ci')}, SNIPS {g['snips']:.4f}; "
+    log.info(f"greedy policy (no exploration): slate IPS {g['ips']:.4f}{ci('ips_95ci')}, SNIPS {g['snips']:.4f}; "
           f"effective sample size {g['effective_sample_size']:.0f} of {g['requests']:,} requests, max weight "
           f"{g['max_weight']:.1f}")
-    print(f"  independent-item IPS {g['iips']:.4f}{ci('iips_95ci')} (assumes no interaction between slots: "
+    log.info(f"  independent-item IPS {g['iips']:.4f}{ci('iips_95ci')} (assumes no interaction between slots: "
           "see training/evaluation/ope.py)")
     return result
 
@@ -163,8 +166,8 @@ def _model_target(a: argparse.Namespace, impressions: pa.Table, events: pa.Table
     result["target_policy"] = a.target_policy
     ips, snips = result["ips"], result["snips"]
     ci = (lambda r: f" (95% CI {r['ci95'][0]:.4f}-{r['ci95'][1]:.4f})" if "ci95" in r else "")
-    print(f"{result['requests']:,} requests; logged {result['logged']['value']:.4f} reward per request")
-    print(f"{a.target_policy} with epsilon {a.epsilon}: slate IPS {ips['value']:.4f}{ci(ips)}, SNIPS "
+    log.info(f"{result['requests']:,} requests; logged {result['logged']['value']:.4f} reward per request")
+    log.info(f"{a.target_policy} with epsilon {a.epsilon}: slate IPS {ips['value']:.4f}{ci(ips)}, SNIPS "
           f"{snips['value']:.4f}{ci(snips)}; effective sample size {result['effective_sample_size']:.1f}, "
           f"{result['supported_requests']:,} requests it could have shown")
     return result
@@ -184,12 +187,12 @@ def _bandit_data(a: argparse.Namespace) -> dict:
     est = estimate(log.logged, dist, q_hat, bootstrap=a.bootstrap, seed=a.seed, tau=a.tau)
     result = {"rounds": log.logged.n, "logged": {"value": float(log.logged.reward.mean())},
               "target_policy": a.target_policy, "reward_model": {"kind": "logistic", "folds": a.folds}, **est}
-    print(f"{log.logged.n:,} logged rounds, {log.logged.n_actions} actions, {log.logged.n_positions} positions; "
+    log.info(f"{log.logged.n:,} logged rounds, {log.logged.n_actions} actions, {log.logged.n_positions} positions; "
           f"logged value {result['logged']['value']:.5f}")
-    print(f"{'estimator':<10} {'value':>9} {'95% CI':>21} {'ESS':>9} {'max w':>8}")
+    log.info(f"{'estimator':<10} {'value':>9} {'95% CI':>21} {'ESS':>9} {'max w':>8}")
     for name, r in est.items():
         ci = f"{r['ci95'][0]:.5f}-{r['ci95'][1]:.5f}" if "ci95" in r else ""
-        print(f"{name:<10} {r['value']:>9.5f} {ci:>21} {r['effective_sample_size']:>9.0f} {r['max_weight']:>8.2f}")
+        log.info(f"{name:<10} {r['value']:>9.5f} {ci:>21} {r['effective_sample_size']:>9.0f} {r['max_weight']:>8.2f}")
     return result
 
 
