@@ -78,7 +78,8 @@ def retrain(job: RetrainJob) -> dict:
     from training.evaluation.slate_target import compare_targets, model_ranker
     from training.modeldir import read_card
     from training.models.ranker_config import RankerConfig
-    from training.train_ranker import RankerJob, train_ranker
+    from training.train_ranker import RankerJob
+    from training.trainers import trainer
 
     t0 = time.time()
     doc = read_card(job.model)
@@ -122,7 +123,7 @@ def retrain(job: RetrainJob) -> dict:
     if job.epochs is not None:
         cfg = replace(cfg, epochs=job.epochs)
     candidate = storage.join(job.work, "candidates", version)
-    new_metrics = train_ranker(RankerJob(data=data, retriever=doc.reranks.path, out=candidate, model=cfg,
+    new_metrics = trainer("ranker").run_train(RankerJob(data=data, retriever=doc.reranks.path, out=candidate, model=cfg,
                                          workers=job.workers, storage=storage.join(job.work, "runs"), name=version,
                                          init_from=job.model, exposure=exposure, overwrite=True))
     old_metrics = evaluate_model_dir(data, job.model)

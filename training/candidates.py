@@ -219,7 +219,8 @@ def generate_candidates(stage_ref, history: Interactions, k: int, targets: Inter
 
     hist_ref, tgt_ref = ray.put(history), ray.put(targets)
     ds = ray.data.from_arrow(pa.table({"row": np.arange(history.num_users)}))
-    parts = list(ds.map_batches(_Actor, batch_size=batch_size, concurrency=concurrency, batch_format="numpy")
+    parts = list(ds.map_batches(_Actor, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
+                                 batch_format="numpy")
                  .iter_batches(batch_size=None, batch_format="numpy"))
     out = {key: np.concatenate([p[key] for p in parts]) for key in ("row", "items", "dense", "label")}
     order = np.argsort(out["row"], kind="stable")

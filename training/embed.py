@@ -112,7 +112,8 @@ def _run(kind: str, actor, config, rows: pa.Table, concurrency: int, batch_size:
         concurrency = max(1, min(concurrency, int(ray.cluster_resources().get("CPU", 2)) - 1))
     ds = ray.data.from_arrow(rows).repartition(max(concurrency * 2, 1))
     out = ds.map_batches(actor, fn_constructor_kwargs={"config": config, "device": "cuda" if use_gpu else "cpu"},
-                         batch_size=batch_size, concurrency=concurrency, num_gpus=1 if use_gpu else 0,
+                         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
+                         num_gpus=1 if use_gpu else 0,
                          batch_format="numpy")
     table = out.to_pandas().sort_values("item_id")
     return np.stack(table["embedding"].to_numpy()).astype(np.float32)

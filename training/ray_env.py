@@ -42,8 +42,9 @@ def quiet_ray() -> None:
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
-    for name in ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve"):
+    for name in ("ray", "ray.train", "ray.tune", "ray.serve"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its warnings: "progress bars disabled" and the like
 
 
 def init_ray(num_cpus: int | None = None, num_gpus: int | None = None, dashboard: bool = False):

@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="hyperparameter sweep with Ray Tune (ASHA)",
                        description="Sweep the retriever or the ranker over a YAML search space; ASHA stops weak "
                                    "trials; the best trial's model directory is exported to --out.")
-    p.add_argument("kind", choices=["retriever", "ranker"])
+    from training.trainers import TRAINERS
+
+    p.add_argument("kind", choices=list(TRAINERS))
     p.add_argument("--data", required=True, help="prepared dataset directory")
     p.add_argument("--space", help="search space YAML (default: tuning/spaces/KIND.yaml)")
     p.add_argument("--out", required=True, help="model directory for the best trial (local or s3://)")

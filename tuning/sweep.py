@@ -28,15 +28,14 @@ import numpy as np
 from training import storage
 from training.config_file import write_config
 from training.errors import DataError
-from training.models.ranker_config import RankerConfig
 from training.models.retriever_config import RetrieverConfig
+from training.trainers import trainer
 from tuning.search import check_search, first_points, make_search
 from tuning.space import grid_size, read_space, to_tune
 
 log = logging.getLogger(__name__)
 
 METRIC = "valid_NDCG@10"
-CONFIGS = {"retriever": RetrieverConfig, "ranker": RankerConfig}
 
 
 @dataclass(frozen=True)
@@ -80,23 +79,25 @@ class SweepJob:
 
 def check_job(job: SweepJob) -> tuple[dict, dict]:
     """Validate before Ray starts; returns the space spec and the defaults."""
-    if job.kind not in CONFIGS:
-        raise DataError(f"kind: {job.kind!r} (choose retriever or ranker)")
+    t = trainer(job.kind)
     if not storage.exists(storage.join(job.data, "dataset.json")):
         raise DataError(f"--data: {job.data}: not a prepared Raycart dataset (no dataset.json)")
-    if job.kind == "ranker" and not (job.retriever and storage.exists(storage.join(job.retriever, "model.json"))):
-        raise DataError(f"--retriever: {job.retriever}: a ranker sweep needs a retriever model directory")
+    for name, _ in t.inputs:  # the model directories the kind needs (a ranker: its retriever)
+        path = getattr(job, name, None)
+        if not (path and storage.exists(storage.join(path, "model.json"))):
+            raise DataError(f"--{name}: {path}: a {job.kind} sweep needs a {name} model directory")
     if job.scheduler not in ("asha", "fifo"):
         raise DataError(f"--scheduler: {job.scheduler!r} (choose asha or fifo)")
     check_search(job.search)
     if job.samples < 1 or job.epochs < 1 or job.max_concurrent < 1:
         raise DataError("--samples, --epochs and --max-concurrent must be at least 1")
-    spec, defaults = read_space(job.space, CONFIGS[job.kind])
+    config_cls = t.config_cls()
+    spec, defaults = read_space(job.space, config_cls)
     first_points(job.search, spec, defaults)  # Optuna's first trial needs every sampled field
-    fields = {f.name for f in dataclasses.fields(CONFIGS[job.kind])}
+    fields = {f.name for f in dataclasses.fields(config_cls)}
     bad = [k for k in job.base if k not in fields]
     if bad:
-        raise DataError(f"base config: unknown {CONFIGS[job.kind].__name__} field(s) {bad}")
+        raise DataError(f"base config: unknown {config_cls.__name__} field(s) {bad}")
     return spec, defaults
 
 
@@ -109,18 +110,17 @@ def _trial_job(job: SweepJob, config: dict, trial_id: str):
     """The training job of one trial (the same in the trial and when the driver exports it)."""
     name = job.sweep_name
     # the sweep's scheduler does the early stopping (patience = the whole budget)
-    model = CONFIGS[job.kind](**{**job.base, **config, "epochs": job.epochs, "patience": job.epochs})
-    common = {"data": job.data, "out": _model_dir(job, trial_id), "model": model,
+    t = trainer(job.kind)
+    model = t.config_cls()(**{**job.base, **config, "epochs": job.epochs, "patience": job.epochs})
+    values = {"data": job.data, "out": _model_dir(job, trial_id), "model": model,
               "scheme": job.scheme, "workers": job.workers_per_trial,
               "storage": storage.join(job.storage, name, "train"),
-              "name": f"{name}-{trial_id}", "overwrite": True}
-    if job.kind == "retriever":
-        from training.train_retriever import RetrieverJob
-
-        return RetrieverJob(**common, valid_users=job.valid_users, cache_dir=storage.join(job.storage, "cache"))
-    from training.train_ranker import RankerJob
-
-    return RankerJob(**common, retriever=job.retriever)
+              "name": f"{name}-{trial_id}", "overwrite": True,
+              # what some kinds take: a retriever's validation sample and embedding cache, a ranker's retriever
+              "valid_users": job.valid_users, "cache_dir": storage.join(job.storage, "cache"),
+              **{input_name: getattr(job, input_name) for input_name, _ in t.inputs}}
+    fields = t.job_fields()
+    return t.job_cls()(**{k: v for k, v in values.items() if k in fields})
 
 
 def _trial(config: dict, job: SweepJob) -> None:
@@ -131,14 +131,7 @@ def _trial(config: dict, job: SweepJob) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     tjob = _trial_job(job, config, tune.get_context().get_trial_id())
-    if job.kind == "retriever":
-        from training.train_retriever import train_retriever
-
-        train_retriever(tjob, callbacks=[TuneReportCallback()])
-    else:
-        from training.train_ranker import train_ranker
-
-        train_ranker(tjob, callbacks=[TuneReportCallback()])
+    trainer(job.kind).run_train(tjob, callbacks=[TuneReportCallback()])
 
 
 def _tuner(job: SweepJob, spec: dict, defaults: dict):
@@ -212,7 +205,8 @@ def best_config(job: SweepJob, best: dict):
     from training.config_file import KindConfig
 
     model = {**job.base, **best["config"], "epochs": job.epochs, "patience": max(2, job.epochs // 4)}
-    run = {"scheme": job.scheme, **({"valid_users": job.valid_users} if job.kind == "retriever" else {})}
+    run = {"scheme": job.scheme, **({"valid_users": job.valid_users}
+                                    if "valid_users" in dict(trainer(job.kind).run_settings) else {})}
     return {job.kind: KindConfig(model=model, run=run)}
 
 
@@ -263,14 +257,7 @@ def _export_best(job: SweepJob, best: dict) -> None:
         tjob = _trial_job(job, best["config"], best["trial_id"])
         log.info(f"[tune] exporting trial {best['trial_id']} from its checkpoint {ckpt}")
         state = load_checkpoint_state(ckpt)
-        if job.kind == "retriever":
-            from training.train_retriever import export_retriever
-
-            export_retriever(tjob, None, state)
-        else:
-            from training.train_ranker import export_ranker
-
-            export_ranker(tjob, None, state)
+        trainer(job.kind).run_export(tjob, state)
         best["model_dir"] = tjob.out
         metrics = read_card(tjob.out).metrics
         best["test_NDCG@10"], best["test_HR@10"] = metrics["NDCG@10"], metrics["HR@10"]
