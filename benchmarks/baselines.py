@@ -19,7 +19,7 @@ from pathlib import Path
 from training.baselines.itemknn import ItemKNNConfig
 from training.demo import DATASETS, DemoConfig, prepare_cached
 from training.evaluation.metrics import EvalConfig
-from training.evaluation.run import run_baseline
+from training.baselines.run import run_baseline
 
 # (label, model, options): popularity two ways, item-kNN with defaults (order-free), and
 # item-kNN tuned on the validation split over GRID (shrinkage x recency decay).

@@ -28,6 +28,10 @@ def serve_app(args: argparse.Namespace) -> int:
     init_ray()  # before serving.app imports Ray: binds 127.0.0.1 locally
     from ray import serve
 
+    from training.ray_env import quiet_ray
+
+    quiet_ray()  # importing Serve set its driver logger back to INFO
+
     from serving.app import build_app
     from serving.schemas import AppArgs
 

@@ -252,7 +252,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     from training.data.cli import prepare
     from training.demo import DemoConfig as DataConfig
     from training.demo import format_table, prepare_cached
-    from training.evaluation.run import run_baseline, write_json
+    from training.baselines.run import run_baseline
+    from training.evaluation.run import write_json
     from training.ray_env import init_ray
 
     start = time.time()
@@ -281,6 +282,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     stages["train"] = time.time() - t
     t = time.time()
     from ray import serve
+
+    from training.ray_env import quiet_ray
+
+    quiet_ray()  # importing Serve set its driver logger back to INFO
 
     from serving.app import build_app
     from training import storage

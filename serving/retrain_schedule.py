@@ -131,7 +131,7 @@ class RetrainTrigger:
         from training import storage
 
         path = storage.join(self.args.retrain_work, "app-args.json")
-        storage.write_file(path, self.args.model_dump_json(indent=2).encode())
+        storage.atomic_write(path, self.args.model_dump_json(indent=2).encode())
         return path
 
     def _loop(self) -> None:

@@ -41,6 +41,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
+from training import storage
+
 HISTORY_EVENTS = ("click", "cart", "purchase")
 
 
@@ -313,13 +315,7 @@ class MemoryUserState:
     def _compact(self) -> None:
         """Snapshot the whole state (written whole, fsynced, renamed), then start a new journal."""
         assert self.dir is not None
-        tmp = self.dir / "snapshot.json.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self._snapshot(), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.dir / "snapshot.json")
-        _fsync_dir(self.dir)
+        storage.atomic_write(str(self.dir / "snapshot.json"), json.dumps(self._snapshot()).encode())
         if self._journal is not None:
             self._journal.close()
         self._journal = open(self.dir / "journal.jsonl", "w", encoding="utf-8")  # noqa: SIM115

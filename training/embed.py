@@ -136,12 +136,10 @@ def embed_items(dataset: Dataset, kind: str, config, cache_dir: str, concurrency
     start = time.time()
     rows = pa.table({"item_id": np.arange(dataset.num_items, dtype=np.int64), column: inputs})
     emb = _run(kind, actor, config, rows, concurrency, batch_size, use_gpu)
-    fs, p = storage.resolve(path)
-    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
     table = pa.table({"item_id": np.arange(dataset.num_items, dtype=np.int64),
                       "embedding": pa.array(list(emb), type=pa.list_(pa.float32()))})
-    tmp = p + ".tmp"
-    pq.write_table(table, tmp, filesystem=fs)
-    fs.move(tmp, p)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    storage.atomic_write(path, sink.getvalue().to_pybytes())
     log.info(f"  {kind} embeddings: {dataset.num_items:,} items in {time.time() - start:.1f}s -> {path}")
     return emb

@@ -169,9 +169,9 @@ def write_durably(fs: pafs.FileSystem, tmp: str, path: str, data: bytes) -> None
         out.write(data)
 
 
-def write_file(uri: str | os.PathLike, data: bytes) -> None:
-    """Replace the file at ``uri`` (local path or ``s3://``) with ``data`` (:func:`write_durably`;
-    local parent directories are created)."""
+def atomic_write(uri: str | os.PathLike, data: bytes) -> None:
+    """The one atomic file write: replace the file at ``uri`` (local path or ``s3://``) with ``data``
+    (:func:`write_durably`; local parent directories are created)."""
     fs, path = resolve(uri)
     try:
         if isinstance(fs, pafs.LocalFileSystem):

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from netwatch import ListenerWatch
 
-from training.evaluation.run import evaluate_model_dir, run_baseline
+from training.baselines.run import run_baseline
+from training.evaluation.run import evaluate_model_dir
 from training.models.retriever_config import RetrieverConfig
 from training.train_retriever import RetrieverJob, train_retriever
 

@@ -60,7 +60,7 @@ class ExposureLists:
                           "label": pa.array(list(self.label), pa.list_(pa.bool_())), "weight": self.weight})
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
-        storage.write_file(path, sink.getvalue().to_pybytes())
+        storage.atomic_write(path, sink.getvalue().to_pybytes())
 
     @classmethod
     def load(cls, path: str) -> ExposureLists:
