@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from training.baselines.itemknn import ItemKNNConfig
-from training.demo import DATASETS, DemoConfig, prepare_cached
+from training.data.known import DATASETS, KnownData, prepare_cached
 from training.evaluation.metrics import EvalConfig
 from training.baselines.run import run_baseline
 
@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="raycart-work")
     ap.add_argument("--out", default="benchmarks/results/baselines.json")
     args = ap.parse_args()
-    cfg = DemoConfig(workdir=args.workdir)
+    cfg = KnownData(workdir=args.workdir)
     rows = []
     start = time.time()
     for name in args.datasets.split(","):

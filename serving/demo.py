@@ -250,8 +250,7 @@ def _describe(items: list[dict], category: dict) -> str:
 
 def run_demo(cfg: DemoConfig) -> dict:
     from training.data.cli import prepare
-    from training.demo import DemoConfig as DataConfig
-    from training.demo import format_table, prepare_cached
+    from training.data.known import KnownData, format_table, prepare_cached
     from training.baselines.run import run_baseline
     from training.evaluation.run import write_json
     from training.ray_env import init_ray
@@ -267,7 +266,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         if not (Path(data) / "dataset.json").exists():
             prepare("synthetic", None, data)  # the default size: 5,000 users, 2,000 items, 100k events
     else:
-        data = prepare_cached(cfg.dataset, DataConfig(workdir=cfg.workdir, shared=cfg.shared))
+        data = prepare_cached(cfg.dataset, KnownData(workdir=cfg.workdir, shared=cfg.shared))
     stages["prepare"] = time.time() - start
     t = time.time()
     rows = []
@@ -353,7 +352,7 @@ def _cmd(a: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from training.demo import DATASETS
+    from training.data.known import DATASETS
 
     p = sub.add_parser("demo", help="the main job: real data -> baselines -> train -> serve -> requests",
                        description=__doc__.split("\n\n")[0])

@@ -1,5 +1,5 @@
-"""The data half of ``raycart demo`` (the command itself is :mod:`serving.demo`, because it
-serves): the real datasets it knows, their cached preparation and the metrics table."""
+"""The real datasets Raycart knows (under ``../shared``), their cached preparation in a work
+directory, and the metrics table the demo and the baseline benchmark print."""
 
 from __future__ import annotations
 
@@ -25,14 +25,16 @@ DATASETS = {
 
 
 @dataclass(frozen=True)
-class DemoConfig:
+class KnownData:
+    """Where prepared copies go (``workdir``), where the inputs are (``shared``), which to use."""
+
     workdir: str = "raycart-work"
     shared: str | None = None
     datasets: tuple[str, ...] = ("beauty", "online-retail")
     models: tuple[str, ...] = ("pop", "itemknn")
 
 
-def prepare_cached(name: str, cfg: DemoConfig) -> str:
+def prepare_cached(name: str, cfg: KnownData) -> str:
     """Prepare dataset ``name`` unless the work directory already holds it for the same input."""
     from training.data.cli import prepare
 
