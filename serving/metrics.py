@@ -9,7 +9,7 @@ metrics backend. The Serve app gives each replica a :class:`RaySink`: Ray Serve'
 exported in Prometheus format on each node's metrics export port.
 
 Every metric is declared once, in :data:`SPECS` (name, type, labels, buckets); the README's
-table and the Grafana dashboard's check (``tests/unit/serving/test_metrics.py``) read it. Ray
+table and the Grafana dashboard's check (``tests/unit/serving/test_serving_metrics.py``) read it. Ray
 exports a metric named ``raycart_x`` as ``ray_raycart_x`` (:func:`exported`).
 
 Label values are bounded: endpoints are route templates (:func:`endpoint_of`), statuses classes
