@@ -87,7 +87,8 @@ class CandidateStage:
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"log_pop": self.log_pop, "log_price": self.log_price, "event_keys": self.event_keys,
-                "time_origin": np.int64(self.time_origin), "recent_days": np.int64(self.recent_days or 0)}
+                "time_origin": np.asarray(self.time_origin, np.int64),
+                "recent_days": np.asarray(self.recent_days or 0, np.int64)}
 
     @staticmethod
     def recent_days_of(arrays) -> int | None:
