@@ -89,6 +89,8 @@ class HandleStages:
             self.refreshing = asyncio.create_task(self._refresh())
             self.refreshing.add_done_callback(lambda t: t.cancelled() or t.exception())  # logged in _refresh
         if self.copy.params is None:  # the first requests wait for a copy (and fail if none comes)
+            if self.refreshing is None:  # cannot happen: a copy without parameters is stale
+                raise RuntimeError("no policy parameters and no fetch under way")
             await asyncio.shield(self.refreshing)
         slate, shown = self.copy.choose(q)
         response = self.policy.remember.remote(q.request_id, shown)
@@ -99,13 +101,16 @@ class HandleStages:
         return slate
 
     async def _refresh(self) -> None:
+        copy = self.copy
+        if copy is None:
+            raise RuntimeError("no policy copy to refresh (policy_copy_s is 0)")
         try:
             started = time.monotonic()
             params = await asyncio.wait_for(self.policy.parameters.remote(), timeout=COPY_FETCH_TIMEOUT_S)
-            self.copy.install(params, started)
+            copy.install(params, started)
         except Exception as exc:
             log.warning("policy parameters not refreshed (%s); the copy stays at %s", str(exc)[:200],
-                        self.copy.params.version if self.copy.params else "none")
+                        copy.params.version if copy.params else "none")
             raise
         finally:
             self.refreshing = None
@@ -190,20 +195,21 @@ def build_app(args: dict | AppArgs) -> serve.Application:
                                                **AUTOSCALING[name]}}
 
     # the model is the Retriever's and Ranker's user_config, not a constructor argument: a new
-    # model_dir / model_version then reconfigures the running replicas instead of replacing them
+    # model_dir / model_version then reconfigures the running replicas instead of replacing them.
+    # (type: ignore[attr-defined] below: @serve.deployment adds .options, which its typing does not show)
     model = {"user_config": ModelSpec(model_dir=a.model_dir, model_version=a.model_version).model_dump()}
     fixed = a.model_copy(update={"model_dir": "(user_config)", "model_version": "(user_config)"})
-    registry = ItemRegistry.options(**cpus).bind(fixed)
-    state = UserStateStore.options(**cpus).bind(fixed) if a.user_state == "embedded" else None
+    registry = ItemRegistry.options(**cpus).bind(fixed)  # type: ignore[attr-defined]
+    state = UserStateStore.options(**cpus).bind(fixed) if a.user_state == "embedded" else None  # type: ignore[attr-defined]
     if a.topology == "fused":
-        retriever, ranker = RetrieveRank.options(**scaled("RetrieveRank"), **model).bind(fixed, registry), None
+        retriever, ranker = RetrieveRank.options(**scaled("RetrieveRank"), **model).bind(fixed, registry), None  # type: ignore[attr-defined]
     else:
-        retriever = Retriever.options(**scaled("Retriever"), **model).bind(fixed, registry)
-        ranker = Ranker.options(**scaled("Ranker"), **model).bind(fixed, registry)
+        retriever = Retriever.options(**scaled("Retriever"), **model).bind(fixed, registry)  # type: ignore[attr-defined]
+        ranker = Ranker.options(**scaled("Ranker"), **model).bind(fixed, registry)  # type: ignore[attr-defined]
     retrain = None
     if a.retrain_every_events is not None or a.retrain_every_minutes is not None:
         from serving.retrain_schedule import RetrainTrigger
 
-        retrain = RetrainTrigger.options(ray_actor_options={"num_cpus": 0}).bind(a)
-    return Ingress.options(**scaled("Ingress")).bind(retriever, ranker, Policy.options(**cpus).bind(fixed), registry,
+        retrain = RetrainTrigger.options(ray_actor_options={"num_cpus": 0}).bind(a)  # type: ignore[attr-defined]
+    return Ingress.options(**scaled("Ingress")).bind(retriever, ranker, Policy.options(**cpus).bind(fixed), registry,  # type: ignore[attr-defined]
                                                      state, fixed, retrain)

@@ -41,7 +41,8 @@ class Catalog:
         self.titles.append(record.get("title") if isinstance(record.get("title"), str) else None)
         self.categories.append(record.get("category") if isinstance(record.get("category"), str) else None)
         try:  # a stored record is not trusted: a bad price is unknown, not a crash
-            price = float(record.get("price"))
+            raw = record.get("price")
+            price = float(raw) if raw is not None else np.nan  # float(None) was a TypeError: the same nan
         except (TypeError, ValueError):
             price = np.nan
         self.prices = np.r_[self.prices, price]

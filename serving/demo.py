@@ -29,6 +29,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 SHOP = "shop"  # the synthetic shop of default size (planted tastes; see training.data.sources.synthetic)
 
@@ -55,9 +56,12 @@ def _models(cfg: DemoConfig):
     from training.models.ranker_config import RankerConfig
     from training.models.retriever_config import RetrieverConfig
 
-    if cfg.smoke:
-        return (RetrieverConfig(dim=16, layers=1, heads=1, max_len=10, epochs=cfg.retriever_epochs, patience=3),
-                RankerConfig(**{**RankerConfig.tiny().to_dict(), "epochs": cfg.ranker_epochs, "eval_candidates": 50}))
+    if cfg.smoke:  # epochs None: the model configs' own (passing None on made the training loop's range() fail)
+        tiny = RankerConfig.tiny().to_dict()
+        r_epochs = RetrieverConfig.epochs if cfg.retriever_epochs is None else cfg.retriever_epochs
+        k_epochs = tiny["epochs"] if cfg.ranker_epochs is None else cfg.ranker_epochs
+        return (RetrieverConfig(dim=16, layers=1, heads=1, max_len=10, epochs=r_epochs, patience=3),
+                RankerConfig(**{**tiny, "epochs": k_epochs, "eval_candidates": 50}))
     from training.config_file import dataset_config, read_config
     from training.errors import DataError
 
@@ -322,6 +326,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         serve.shutdown()
     impressions = read_feedback(args["feedback_root"], "impressions").num_rows
     events = read_feedback(args["feedback_root"], "events").num_rows
+    summary: dict[str, Any]
     summary = {"dataset": "smoke-shop" if cfg.smoke else cfg.dataset, "model_dir": ranker,
                "baselines": {r["model"]: {"NDCG@10": r["NDCG@10"], "HR@10": r["HR@10"]} for r in rows},
                "retriever": {k: metrics["retriever"][k] for k in ("NDCG@10", "HR@10")},

@@ -66,12 +66,15 @@ class _Batched:
     """A ``@serve.batch``-ed ranker whose batch window applies only when requests queue: a request
     that arrives alone is ranked at once (``adaptive_batching``)."""
 
+    holder: ModelHolder  # set by the deployment that mixes this in
+
     def _init_batching(self, args: AppArgs) -> None:
         self.ranking = Ranking(self.holder)
         self.adaptive = args.adaptive_batching
         self.waiting = 0
-        self._rank_batch.set_max_batch_size(args.max_batch_size)
-        self._rank_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
+        # @serve.batch adds these setters at runtime; its typing does not show them
+        self._rank_batch.set_max_batch_size(args.max_batch_size)  # type: ignore[attr-defined]
+        self._rank_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _rank_batch(self, queries: list[RankQuery]) -> list[RankedList]:

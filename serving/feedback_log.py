@@ -34,6 +34,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -88,7 +89,7 @@ class FeedbackLog:
         self.failures = 0  # consecutive failed publishes
         self.last_error: str | None = None
         self.retry_at = 0.0
-        self._adopted: list[tuple[Path, object]] = []  # dead writers' folders (locked) whose segments are queued
+        self._adopted: list[tuple[Path, IO[str]]] = []  # dead writers' folders (locked) whose segments are queued
         self.sealed.extend((seg, writer) for seg in sorted(self.dir.glob("*.jsonl")))
         self._adopt_dead_writers()
         self._open_segment()

@@ -72,7 +72,8 @@ class SharedFeedbackLog:
         self.publishing = threading.Lock()
         self.opened = time.monotonic()
         self.corrupt_lines = 0
-        self.failures, self.last_error, self.retry_at = 0, None, 0.0
+        self.failures, self.retry_at = 0, 0.0
+        self.last_error: str | None = None
         self.commits = self.committed_rows = 0  # group commits and rows they carried (batching factor)
         self.adopted_writers = 0
         self.beat_at = self.adopted_at = 0.0

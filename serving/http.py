@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -199,6 +200,7 @@ async def readyz(request: Request) -> JSONResponse:
     persisting = wal["ok"] and rt.edge.failing_since is None
     # a state backend that is down degrades answers (stored history only), it does not stop them
     status = "not ready" if not persisting else "ready" if state_ok else "degraded"
+    body: dict[str, Any]
     body = {"status": status, "items": rt.service.catalog.num_items, "model_version": version,
             "user_state": "ok" if state_ok else "unavailable",
             "feedback_log": {"ok": persisting, "unpublished_segments": wal["unpublished_segments"],

@@ -50,19 +50,22 @@ class VectorIndex:
         if kind == "ivf" and len(vecs) < 39 * config.ivf_nlist:  # faiss wants >= 39 points per cell
             kind = "exact"
         self.kind, self.exact = kind, kind == "exact"
+        self.index: faiss.Index
         if kind == "exact":
             self.index = faiss.IndexFlatIP(self.dim)
         elif kind == "hnsw":
-            self.index = faiss.IndexHNSWFlat(self.dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            self.index.hnsw.efConstruction = config.ef_construction
-            self.index.hnsw.efSearch = config.ef_search
+            hnsw = faiss.IndexHNSWFlat(self.dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            hnsw.hnsw.efConstruction = config.ef_construction
+            hnsw.hnsw.efSearch = config.ef_search
+            self.index = hnsw
         else:
             self.quantizer = faiss.IndexFlatIP(self.dim)  # kept: the IVF index refers to it
-            self.index = faiss.IndexIVFFlat(self.quantizer, self.dim, config.ivf_nlist, faiss.METRIC_INNER_PRODUCT)
+            ivf = faiss.IndexIVFFlat(self.quantizer, self.dim, config.ivf_nlist, faiss.METRIC_INNER_PRODUCT)
             rng = np.random.default_rng(0)
             sample = vecs[rng.choice(len(vecs), min(len(vecs), config.ivf_train_size), replace=False)]
-            self.index.train(sample)
-            self.index.nprobe = config.ivf_nprobe
+            ivf.train(sample)
+            ivf.nprobe = config.ivf_nprobe
+            self.index = ivf
         self.index.add(vecs)
 
     def __len__(self) -> int:

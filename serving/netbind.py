@@ -29,5 +29,5 @@ def bind_replica_grpc_to_node_address() -> None:
             address = f"{host}:{port}"
         return original(server, address)
 
-    bound._raycart_node_bound = True
+    bound._raycart_node_bound = True  # type: ignore[attr-defined]  # a marker on the function: patched once
     replica.add_port_to_grpc_server = bound

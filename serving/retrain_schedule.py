@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import ray
 from ray import serve
@@ -57,7 +58,7 @@ class RetrainSchedule:
         self.events_at_start, self.started_at = events, now
 
 
-@ray.remote(num_cpus=0, max_concurrency=2)
+@ray.remote(num_cpus=0, max_concurrency=2)  # type: ignore[call-overload]  # actor options: not in remote()'s stubs
 class Retrainer:
     """Runs one :func:`serving.retrain.retrain` at a time in this detached actor."""
 
@@ -92,7 +93,8 @@ class Retrainer:
 
 
 def retrainer() -> ray.actor.ActorHandle:
-    return Retrainer.options(name=RETRAINER, namespace="raycart", lifetime="detached",
+    # .options is added by @ray.remote; the stubs do not show it on the class
+    return Retrainer.options(name=RETRAINER, namespace="raycart", lifetime="detached",  # type: ignore[attr-defined]
                              get_if_exists=True).remote()
 
 
@@ -164,7 +166,7 @@ class RetrainTrigger:
         return {"schedule": {"every_events": self.schedule.every_events,
                              "every_minutes": self.schedule.every_minutes,
                              "events_at_last_start": self.schedule.events_at_start},
-                **ray.get(retrainer().status.remote())}
+                **cast(dict, ray.get(retrainer().status.remote()))}
 
     def __del__(self):
         self.stop.set()

@@ -72,8 +72,8 @@ class ServedModel:
         card = read_card(spec.model_dir)
         self.pipe = load_model(spec.model_dir, card)
         self.version = spec.model_version
-        self.encoder = ContentEncoder(self.pipe.vocab, card.encoders, *self.pipe.content_dims(),
-                                      read_image=images.read)
+        text_dim, image_dim = self.pipe.content_dims()
+        self.encoder = ContentEncoder(self.pipe.vocab, card.encoders, text_dim, image_dim, read_image=images.read)
         self.applied = 0  # registry records applied
         self.images = images
         self.quarantined: set[int] = set()  # internal ids never recommended (see apply)

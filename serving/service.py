@@ -29,7 +29,7 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -191,13 +191,13 @@ class RecommendService:
         reasons = [r for r, k in zip(ranked.reasons, keep) if k]
         now = time.time()
         context_hash = hashlib.sha256(json.dumps(req.context, sort_keys=True).encode()).hexdigest()[:16]
-        out = []
+        out: list[dict[str, Any]] = []
         for s in slate.slots:
             j = s.index
             entry = {"item_id": item_ids[j], "title": cat.titles[int(kept_items[j])], "position": s.position,
                      "score": round(float(query.scores[j]), 5), "propensity": round(s.propensity, 6),
                      "greedy": s.greedy, "reason": self._reason(reasons[j])}
-            if query.p_cart is not None:
+            if query.p_cart is not None and query.p_purchase is not None:  # the ranker gives both or neither
                 entry["p_cart"] = float(query.p_cart[j])
                 entry["p_purchase"] = float(query.p_purchase[j])
             out.append(entry)

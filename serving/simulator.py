@@ -23,6 +23,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -86,13 +87,16 @@ class _Client:
 
     def __init__(self, url: str, timeout: float):
         self.url, self.timeout, self.local = urlparse(url), timeout, threading.local()
+        if not self.url.hostname:
+            raise ValueError(f"not an http://host:port URL: {url!r}")
+        self.host: str = self.url.hostname
 
     def post(self, path: str, body: dict) -> tuple[int, dict, float]:
         t = time.perf_counter()
         for attempt in range(2):
             conn = getattr(self.local, "conn", None)
             if conn is None:
-                conn = self.local.conn = http.client.HTTPConnection(self.url.hostname, self.url.port,
+                conn = self.local.conn = http.client.HTTPConnection(self.host, self.url.port,
                                                                    timeout=self.timeout)
             try:
                 conn.request("POST", path, json.dumps(body), {"content-type": "application/json"})
@@ -128,6 +132,7 @@ def simulate(url: str, shop: Shop, cfg: SimConfig, progress=print) -> dict:
         taste = drift[user] if rnd >= cfg.drift_after else shop.tastes[user]
         r = np.random.default_rng(seeds[rnd, i])
         status, body, latency = client.post("/recommend", {"user_id": user, "k": cfg.k})
+        out: dict[str, Any]  # counts, latency lists and the state: one shopper's round
         out = {"ok": status == 200, "shown": 0, "in_taste": 0, "clicks": 0, "reward": 0.0,
                "chance": sum(share_of.get(c, 0.0) for c in taste), "latency": [latency], "fb_latency": [],
                "fb_failed": 0,

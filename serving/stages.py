@@ -85,6 +85,12 @@ def spread(vecs: np.ndarray, pool: np.ndarray, avoid: np.ndarray, n: int) -> np.
     return np.asarray(out, dtype=np.int64)
 
 
+def _index_of(s: ServedModel) -> VectorIndex:
+    if s.index is None:
+        raise RuntimeError(f"model {s.version} has no vector index here (a ModelHolder with with_index=False)")
+    return s.index
+
+
 class ModelHolder:
     """The served model version plus the runtime items it has applied. :meth:`load` builds a new
     version next to the old one and swaps it in once ready, so requests keep being answered during
@@ -107,25 +113,30 @@ class ModelHolder:
             self.metrics.index_items(len(served.index))
         self.served = served
 
+    def _loaded(self) -> ServedModel:
+        if self.served is None:
+            raise RuntimeError("no model loaded yet: ModelHolder.load(spec) comes first")
+        return self.served
+
     async def current(self, items_version: int) -> ServedModel:
         """The current model with at least ``items_version`` runtime items applied."""
-        served = self.served
+        served = self._loaded()
         if served.applied < items_version:
             async with self.lock:
                 if served.applied < items_version:
                     served.apply(await self.since(served.applied))
                     if self.with_index and served is self.served:
-                        self.metrics.index_items(len(served.index))
+                        self.metrics.index_items(len(_index_of(served)))
         return served
 
     def version(self) -> str:
-        return self.served.version
+        return self._loaded().version
 
     def check_content(self, record: dict) -> str | None:
         """Why this model could not place a new item, or None. The item is embedded here (its
         image read through the capped, rooted reader), before anything is stored, so an item the
         replicas could not embed is never stored; its image stays a key under the image root."""
-        served = self.served
+        served = self._loaded()
         enc = served.encoder
         try:
             if record.get("image") and not enc.uses_image:
@@ -200,7 +211,7 @@ class Retrieval:
         neither the history nor the quarantined items among them."""
         user = s.pipe.stage.retriever.user_vectors(hist).numpy()
         never = np.fromiter(s.quarantined, np.int64, len(s.quarantined))
-        items, scores = s.index.search(user, k, [np.r_[hist.row(0), never]])
+        items, scores = _index_of(s).search(user, k, [np.r_[hist.row(0), never]])
         return user, never, items, scores
 
     async def similar(self, item: int, k: int, items_version: int) -> list[int]:
@@ -233,16 +244,16 @@ class Ranking:
         for i, q in enumerate(queries):
             items[i, :len(q.items)], dense[i, :len(q.items)] = q.items, q.dense
         cands = Candidates(np.arange(len(queries)), items, dense, np.zeros(items.shape, bool))
-        stage = None
+        stage: torch.Tensor | None = None
         if pipe.stages is not None:
             padded = left_pad(rows, pipe.ranker.config.max_len)
-            stage = np.zeros(padded.shape, np.int64)
+            codes = np.zeros(padded.shape, np.int64)
             for i, q in enumerate(queries):
                 if q.user is not None:
-                    stage[i] = lookup(pipe.stages, np.array([q.user]), padded[i:i + 1])[0]
+                    codes[i] = lookup(pipe.stages, np.array([q.user]), padded[i:i + 1])[0]
                 for item, code in q.live_stages.items():  # events since training
-                    stage[i] = np.where(padded[i] == item, np.maximum(stage[i], code), stage[i])
-            stage = torch.from_numpy(stage)
+                    codes[i] = np.where(padded[i] == item, np.maximum(codes[i], code), codes[i])
+            stage = torch.from_numpy(codes)
         out = []
         for ranked in pipe.ranked_lists(hist, cands, stage):
             has = bool(ranked) and "p_cart" in ranked[0]
