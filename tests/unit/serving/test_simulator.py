@@ -40,3 +40,11 @@ def test_bad_configs_are_refused():
 def test_nan_infinity_and_extra_fields_are_refused(model, body):
     with pytest.raises(ValidationError):
         model.model_validate(body)
+
+
+def test_a_url_without_a_host_is_refused():
+    from serving.simulator import _Client
+
+    with pytest.raises(ValueError, match="host"):
+        _Client("127.0.0.1:8000", timeout=1.0)  # no scheme: urlparse finds no hostname
+    assert _Client("http://127.0.0.1:8000", timeout=1.0).host == "127.0.0.1"
