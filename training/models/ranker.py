@@ -22,6 +22,7 @@ K, i.e. hard negatives, with the true next item in it), as in ListNet (Cao et al
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,11 +33,21 @@ from training.data.funnel import NUM_STAGES, STAGES
 from training.models.ranker_config import RankerConfig
 from training.models.retriever import ItemFeatures, ItemTower, left_pad
 
+if TYPE_CHECKING:
+    from training.models.text_tuning import TunedImage, TunedText
+
 __all__ = ["AUX_HEADS", "DENSE_FEATURES", "Ranker", "RankerConfig", "history_tensor", "listwise_loss", "ranker_loss"]
 
 AUX_HEADS = ("cart", "purchase")
 DENSE_FEATURES = ("retriever_score", "retriever_log_rank", "knn_log_score", "log_popularity", "log_price",
                   "log_recent_popularity")
+
+
+def _call(module: nn.Module | None, items: torch.Tensor) -> torch.Tensor:
+    """A fine-tuned encoder over ``items``; the ranker has one whenever it has its projection."""
+    if module is None:
+        raise RuntimeError("the ranker has a fine-tuned projection but neither its encoder nor its table")
+    return module(items)
 
 
 class Ranker(nn.Module):
@@ -46,8 +57,11 @@ class Ranker(nn.Module):
     the frozen text features (running the encoder over every history item too would multiply the
     cost per step by the history length)."""
 
-    def __init__(self, config: RankerConfig, feats: ItemFeatures, tuned_text: nn.Module | None = None,
-                 tuned_table: np.ndarray | None = None, tuned_image: nn.Module | None = None,
+    tuned_table: torch.Tensor | None
+    tuned_image_table: torch.Tensor | None
+
+    def __init__(self, config: RankerConfig, feats: ItemFeatures, tuned_text: TunedText | None = None,
+                 tuned_table: np.ndarray | None = None, tuned_image: TunedImage | None = None,
                  tuned_image_table: np.ndarray | None = None):
         super().__init__()
         d = config.dim
@@ -103,10 +117,11 @@ class Ranker(nn.Module):
         if self.tuned_proj is not None or self.tuned_image_proj is not None:
             uniq, inverse = torch.unique(cands, return_inverse=True)
             if self.tuned_proj is not None:
-                text = self.tuned_table[uniq] if self.tuned_table is not None else self.tuned(uniq)
+                text = self.tuned_table[uniq] if self.tuned_table is not None else _call(self.tuned, uniq)
                 c = c + self.tuned_proj(text)[inverse]
             if self.tuned_image_proj is not None:
-                image = self.tuned_image_table[uniq] if self.tuned_image_table is not None else self.tuned_image(uniq)
+                image = (self.tuned_image_table[uniq] if self.tuned_image_table is not None
+                         else _call(self.tuned_image, uniq))
                 c = c + self.tuned_image_proj(image)[inverse]
         c = self.norm(c)
         att = (self.q(c) @ self.k(h).transpose(1, 2)) / math.sqrt(self.config.dim)  # (B, C, L)

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Protocol
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -81,8 +83,32 @@ class ItemFeatures:
                    arrays["attr_ids"], int(arrays["num_attributes"]), arrays.get("text"), arrays.get("image"))
 
 
+class TowerConfig(Protocol):
+    """What an item tower reads from its model's config (the retriever's or the ranker's)."""
+
+    @property
+    def dim(self) -> int: ...
+    @property
+    def use_id(self) -> bool: ...
+    @property
+    def use_attributes(self) -> bool: ...
+    @property
+    def use_text(self) -> bool: ...
+    @property
+    def use_image(self) -> bool: ...
+
+
 class ItemTower(nn.Module):
-    def __init__(self, config: RetrieverConfig, feats: ItemFeatures):
+    # buffers (register_buffer): the item features
+    known: torch.Tensor
+    attr_ids: torch.Tensor
+    attr_offsets: torch.Tensor
+    attr_present: torch.Tensor
+    attr_lengths: torch.Tensor
+    text: torch.Tensor
+    image: torch.Tensor
+
+    def __init__(self, config: TowerConfig, feats: ItemFeatures):
         super().__init__()
         d = config.dim
         self.config = config

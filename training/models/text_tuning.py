@@ -111,6 +111,9 @@ class TunedText(nn.Module):
     ``tune_layers`` layers, trained whole (``mode="layers"``) or through LoRA adapters of rank
     ``lora_rank`` (``mode="lora"``)."""
 
+    hidden: torch.Tensor  # buffers: every item's bottom states and attention mask
+    mask: torch.Tensor
+
     def __init__(self, encoder: TextEncoder, hidden: np.ndarray, mask: np.ndarray, tune_layers: int,
                  mode: str = "layers", lora_rank: int = 8, lora_alpha: float = 16.0):
         super().__init__()
@@ -173,6 +176,9 @@ class TunedImage(nn.Module):
     """The trainable last blocks of an image encoder over precomputed bottom feature maps; output =
     L2-normalised global-average-pooled features, as :class:`ImageEncoder` gives them. Items without
     an image get a zero vector. BatchNorm statistics stay fixed (as in ``ImageEncoder.train``)."""
+
+    states: torch.Tensor  # buffers: every item's bottom feature maps, and whether it has an image
+    has_image: torch.Tensor
 
     def __init__(self, encoder, states: np.ndarray, tune_layers: int, has_image: np.ndarray):
         super().__init__()
