@@ -37,6 +37,7 @@ from serving.metrics import ACCESS_LOGGER, NO_METRICS, access_line, endpoint_of
 from serving.schemas import FeedbackRequest, NewItem, RecommendRequest
 from serving.security import Guard, GuardSettings, route_path
 from serving.service import RecommendService, ServiceError
+from serving.storefront import router as shop_window
 
 LOG_TICK_S = 0.5  # the feedback log's background publisher wakes this often
 UNHEALTHY_AFTER_S = 30.0  # WAL appends failing this long: the process reports unhealthy
@@ -101,6 +102,7 @@ def _note(request: Request, **fields) -> None:
 
 
 api.add_middleware(Measured)  # added last: the outermost
+api.include_router(shop_window)  # GET /shop: the shop window page and its helpers (serving.storefront)
 
 
 def open_feedback_log(args, writer: str) -> FeedbackLog | SharedFeedbackLog:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 ROLES = ("shopper", "admin")
 OPEN_PATHS = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+# the shop window page, its assets and product pictures (its /shop/api helpers need a shopper key)
+OPEN_PREFIXES = ("/shop/static/", "/shop/images/")
 
 
 class KeyFileError(ValueError):
@@ -88,7 +90,7 @@ def _digest(key: str) -> str:
 
 def required_role(method: str, path: str) -> str | None:
     """The role a route needs; None for the open ones."""
-    if path in OPEN_PATHS:
+    if path in OPEN_PATHS or path == "/shop" or path.startswith(OPEN_PREFIXES):
         return None
     if method == "POST" and path.rstrip("/") == "/items":
         return "admin"

@@ -1,0 +1,254 @@
+"""The shop window: a web page over the live app (``GET /shop``), for people who want to *see* it.
+
+A static page (``serving/storefront/``: HTML, CSS, vanilla JS; no build step, no CDN, no external
+font) that is a client of the public API: it asks ``POST /recommend``, sends ``POST /feedback``
+(view, add to cart, buy), ``GET /items/{id}/similar`` and, from its admin form, ``POST /items``
+with the keys the person types in. This router adds only what the page needs beside the API:
+
+* ``GET /shop``, ``GET /shop/static/{name}`` -- the page and its two assets (a fixed list);
+* ``GET /shop/images/{item_id}`` -- an item's picture, found **by item id only**: a dataset item's
+  ``image`` key under the dataset's folder, a runtime item's key under ``image_root``, both read
+  through :class:`~serving.images.ImageSource` (no client-supplied path reaches the disk);
+* ``GET /shop/api/users`` (known shoppers to pick from), ``GET /shop/api/users/{id}/history``,
+  ``GET /shop/api/items?ids=a,b`` (item cards: title, price, category, image URL) and
+  ``GET /shop/api/stats`` (the live panel: requests, p50 latency, impressions, CTR and reward by
+  model and policy version, as counted by *this* Ingress replica through :class:`Tally`).
+
+The page, its assets and the images are open (the Guard lets them through: product pictures are
+public); the ``/shop/api`` helpers need a shopper key like the API itself when keys are on.
+Plain FastAPI, no Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from serving.images import ImageRefused, ImageSource
+from serving.metrics import MetricSpec, Sink
+
+if TYPE_CHECKING:  # serving.http imports this module; the service is only a type here
+    from serving.service import RecommendService
+
+STATIC = Path(__file__).with_name("storefront")
+ASSETS = {"shop.css": "text/css; charset=utf-8", "shop.js": "text/javascript; charset=utf-8"}
+MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF8", "image/gif"),
+         (b"BM", "image/bmp"))
+IMAGE_CACHE = 512  # pictures kept in memory per replica (a synthetic one is ~2 KB)
+MAX_CARDS = 100
+
+router = APIRouter(prefix="/shop", include_in_schema=False)
+
+
+class Tally:
+    """A :class:`~serving.metrics.Sink` that keeps what the live panel shows in memory (this
+    replica's counts since it started) and hands every number on to ``inner`` (Ray Serve's metrics
+    in a replica). Prometheus stays the place for totals across replicas; this needs no scraper.
+
+    Example::
+
+        tally = Tally(RaySink()); metrics = Metrics(tally)
+        metrics.request("/recommend", 200, 0.012); tally.summary()["requests"]  # 1
+    """
+
+    API = {"/recommend", "/feedback", "/items", "/items/{item_id}/similar"}
+
+    def __init__(self, inner: Sink | None = None, window: int = 2000):
+        self.inner = inner
+        self.latencies: collections.deque[float] = collections.deque(maxlen=window)
+        self.requests = 0
+        self.errors = 0
+        self.versions: dict[tuple[str, str], dict[str, float]] = {}
+        self.lock = threading.Lock()  # stages record from worker threads too
+
+    def record(self, spec: MetricSpec, value: float, labels: dict[str, str]) -> None:
+        if self.inner is not None:
+            self.inner.record(spec, value, labels)
+        with self.lock:
+            if spec.name == "raycart_request_latency_seconds" and labels.get("endpoint") in self.API:
+                self.latencies.append(value)
+            elif spec.name == "raycart_requests_total" and labels.get("endpoint") in self.API:
+                self.requests += 1
+                self.errors += labels.get("status", "2xx")[0] in "45"
+            elif spec.name in ("raycart_impressions_total", "raycart_clicks_total", "raycart_reward_total"):
+                key = (labels.get("model_version", "?"), labels.get("policy_version", "?"))
+                row = self.versions.setdefault(key, {"impressions": 0.0, "clicks": 0.0, "reward": 0.0})
+                row[spec.name.split("_")[1]] += value
+
+    def summary(self) -> dict:
+        with self.lock:
+            lat = sorted(self.latencies)
+            rows = [{"model_version": m, "policy_version": p, "impressions": int(r["impressions"]),
+                     "clicks": int(r["clicks"]), "reward": r["reward"],
+                     "ctr": r["clicks"] / r["impressions"] if r["impressions"] else None,
+                     "reward_per_impression": r["reward"] / r["impressions"] if r["impressions"] else None}
+                    for (m, p), r in sorted(self.versions.items())]
+            return {"kept": True, "requests": self.requests, "errors": self.errors,
+                    "p50_ms": round(lat[len(lat) // 2] * 1000, 2) if lat else None,
+                    "latency_window": len(lat), "by_version": rows}
+
+
+@dataclass
+class Window:
+    """What one process needs to answer the page's helpers, built on first use from its service."""
+
+    service: RecommendService
+    dataset: ImageSource
+    runtime: ImageSource
+    keys: list[str | None]  # the dataset items' image keys, by internal id
+    runtime_keys: dict[str, str | None] = field(default_factory=dict)
+    cache: collections.OrderedDict[str, tuple[bytes, str]] = field(default_factory=collections.OrderedDict)
+
+    @classmethod
+    def build(cls, service: RecommendService) -> Window:
+        from training.data.dataset import load_dataset
+
+        args = service.args
+        items = load_dataset(args.data_dir).items
+        keys = items["image"].to_pylist() if "image" in items.column_names else [None] * items.num_rows
+        return cls(service, ImageSource(args.data_dir, args.image_max_bytes, args.image_max_pixels),
+                   ImageSource(args.image_root, args.image_max_bytes, args.image_max_pixels), keys)
+
+    def card(self, item: int) -> dict:
+        cat = self.service.catalog
+        item_id = cat.item_ids[item]
+        price = float(cat.prices[item])
+        return {"item_id": item_id, "title": cat.titles[item], "category": cat.categories[item],
+                "price": None if price != price else round(price, 2), "runtime": item >= cat.base_items,
+                "image": f"/shop/images/{_quote(item_id)}" if self._has_image(item) else None,
+                # the key the admin form can reuse (meaningful where image_root is the dataset's folder)
+                "image_key": self.keys[item] if item < len(self.keys) else self.runtime_keys.get(item_id)}
+
+    def _has_image(self, item: int) -> bool:
+        if item < len(self.keys):
+            return self.keys[item] is not None
+        return bool(self.runtime.root) and self.runtime_keys.get(self.service.catalog.item_ids[item]) is not None
+
+    async def learn_runtime_images(self) -> None:
+        cat = self.service.catalog
+        if len(self.runtime_keys) < cat.added:
+            for record in await self.service.stages.since(0):
+                image = record.get("image")
+                self.runtime_keys[record["item_id"]] = image if isinstance(image, str) else None
+
+    async def image(self, item_id: str) -> tuple[bytes, str]:
+        hit = self.cache.get(item_id)
+        if hit is not None:
+            self.cache.move_to_end(item_id)
+            return hit
+        if await self.service.unknown([item_id]):
+            raise HTTPException(404, "unknown item")
+        item = self.service.catalog.item_index[item_id]
+        if item < len(self.keys):
+            source, key = self.dataset, self.keys[item]
+        else:
+            await self.learn_runtime_images()
+            source, key = self.runtime, self.runtime_keys.get(item_id)
+        if key is None or not source.root:
+            raise HTTPException(404, "this item has no image")
+        try:
+            data = await asyncio.to_thread(source.read, key)
+        except ImageRefused:
+            raise HTTPException(404, "this item's image cannot be read") from None
+        kind = next((t for magic, t in MAGIC if data.startswith(magic)), None)
+        if kind is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            kind = "image/webp"
+        hit = (data, kind or "application/octet-stream")
+        self.cache[item_id] = hit
+        while len(self.cache) > IMAGE_CACHE:
+            self.cache.popitem(last=False)
+        return hit
+
+
+def _quote(item_id: str) -> str:
+    from urllib.parse import quote
+
+    return quote(item_id, safe="")
+
+
+def _window(request: Request) -> Window:
+    state = request.app.state
+    window = getattr(state, "shop_window", None)
+    runtime = getattr(state, "runtime", None)
+    if runtime is None:
+        raise HTTPException(503, "the app is not configured yet")
+    if window is None or window.service is not runtime.service:
+        window = state.shop_window = Window.build(runtime.service)
+    return window
+
+
+@router.get("", include_in_schema=False)
+def page() -> FileResponse:
+    return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8",
+                        headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/static/{name}")
+def asset(name: str) -> FileResponse:
+    if name not in ASSETS:  # a fixed list: nothing else under the folder, no path from the client
+        raise HTTPException(404, "no such asset")
+    return FileResponse(STATIC / name, media_type=ASSETS[name], headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/images/{item_id}")
+async def image(item_id: str, request: Request) -> Response:
+    data, kind = await _window(request).image(item_id)
+    return Response(data, media_type=kind, headers={"Cache-Control": "public, max-age=3600",
+                                                    "X-Content-Type-Options": "nosniff"})
+
+
+@router.get("/api/users")
+async def users(request: Request, limit: int = Query(12, ge=1, le=100)) -> dict:
+    """Known shoppers with a history, the longest histories first (the page's picker)."""
+    cat = _window(request).service.catalog
+    indptr = cat.histories.indptr
+    ids = list(cat.user_index)
+    sizes = indptr[1:len(ids) + 1] - indptr[:len(ids)]
+    order = sorted(range(len(ids)), key=lambda u: (-int(sizes[u]), u))[:limit]
+    out = []
+    for u in order:
+        items = cat.histories.items[indptr[u]:indptr[u + 1]]
+        top = collections.Counter(cat.categories[int(i)] for i in items).most_common(1)
+        out.append({"user_id": ids[u], "history": int(sizes[u]), "top_category": top[0][0] if top else None})
+    return {"users": out}
+
+
+@router.get("/api/users/{user_id}/history")
+async def history(user_id: str, request: Request, limit: int = Query(6, ge=1, le=50)) -> dict:
+    """The user's newest dataset items (what "because you saw ..." points at), newest first."""
+    window = _window(request)
+    user, items, _ = window.service.catalog.history_of(user_id)
+    if user is None:
+        raise HTTPException(404, "unknown user")
+    return {"user_id": user_id, "items": [window.card(int(i)) for i in items[::-1][:limit]]}
+
+
+@router.get("/api/items")
+async def cards(request: Request, ids: str = Query(..., min_length=1, max_length=20_000)) -> dict:
+    """Cards for comma-separated item ids (at most 100); unknown ids are listed, not carded."""
+    window = _window(request)
+    wanted = [x for x in ids.split(",") if x][:MAX_CARDS]
+    unknown = await window.service.unknown(wanted)
+    await window.learn_runtime_images()
+    index = window.service.catalog.item_index
+    return {"items": [window.card(index[x]) for x in wanted if x not in unknown], "unknown": unknown}
+
+
+@router.get("/api/stats")
+async def stats(request: Request) -> JSONResponse:
+    """The live panel's numbers (this replica's; ``kept: false`` where no :class:`Tally` counts)."""
+    window = _window(request)
+    sink = window.service.metrics.sink
+    body = sink.summary() if isinstance(sink, Tally) else {"kept": False}
+    body["items"] = window.service.catalog.num_items
+    body["runtime_items"] = window.service.catalog.added
+    body["admin_images"] = bool(window.runtime.root)
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+

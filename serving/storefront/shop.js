@@ -1,0 +1,294 @@
+// Raycart shop window: a client of the public API (POST /recommend, POST /feedback, POST /items,
+// GET /items/{id}/similar) plus the page's helpers under /shop/api. Item text is only ever put
+// into the page with textContent (never parsed as HTML), so a title cannot inject markup.
+"use strict";
+
+const K = 8;
+const $ = (id) => document.getElementById(id);
+const state = { requestId: null, items: [], cards: {}, sessionId: null, user: "", seq: 0 };
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  return node;
+}
+
+function headers(admin) {
+  const h = { "content-type": "application/json" };
+  const key = (admin ? $("admin-key").value : "") || $("shopper-key").value;
+  if (key) h["x-api-key"] = key.trim();
+  return h;
+}
+
+async function call(method, url, body, admin) {
+  const r = await fetch(url, { method, headers: headers(admin), body: body ? JSON.stringify(body) : undefined });
+  let data = null;
+  try { data = await r.json(); } catch (e) { data = null; }
+  if (!r.ok) {
+    const detail = data && data.detail ? (typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail)) : "";
+    throw new Error(`${method} ${url.split("?")[0]}: HTTP ${r.status} ${detail}`);
+  }
+  return data;
+}
+
+function say(text, error) {
+  const s = $("status");
+  s.textContent = text;
+  s.classList.toggle("error", !!error);
+}
+
+async function cardsFor(ids) {
+  const want = ids.filter((x) => x && !(x in state.cards));
+  if (want.length) {
+    const got = await call("GET", "/shop/api/items?ids=" + want.map(encodeURIComponent).join(","));
+    for (const c of got.items) state.cards[c.item_id] = c;
+  }
+  return ids.map((x) => state.cards[x] || { item_id: x, title: null });
+}
+
+function label(card) {
+  return card.title || card.item_id;
+}
+
+function price(card) {
+  return card.price === null || card.price === undefined ? "" : card.price.toFixed(2);
+}
+
+function reasonText(reason) {
+  if (!reason) return "";
+  const parts = [];
+  if (reason.because_you_saw) {
+    const c = state.cards[reason.because_you_saw];
+    parts.push("because you saw " + (c ? label(c) : reason.because_you_saw));
+  }
+  if (reason.shared && reason.shared.length) parts.push("shared: " + reason.shared.join(", "));
+  return parts.join(" · ") || "popular with shoppers like you";
+}
+
+function picture(card) {
+  const img = el("img");
+  img.alt = label(card);
+  img.loading = "eager";
+  img.width = 200;
+  img.height = 200;
+  if (card.image) img.src = card.image;
+  return img;
+}
+
+function renderCard(item, card, isNew) {
+  const node = el("article", "card" + (isNew ? " new" : ""));
+  node.dataset.itemId = item.item_id;
+  if (isNew) node.appendChild(el("span", "badge", "new"));
+  node.appendChild(picture(card));
+  node.appendChild(el("div", "title", label(card)));
+  node.appendChild(el("div", "meta", [card.category, item.item_id].filter(Boolean).join(" · ")));
+  node.appendChild(el("div", "price", price(card)));
+  node.appendChild(el("div", "reason", reasonText(item.reason)));
+  const actions = el("div", "actions");
+  for (const [event, text, cls] of [["view", "view", ""], ["cart", "add to cart", ""], ["purchase", "buy", "buy"]]) {
+    const b = el("button", cls, text);
+    b.type = "button";
+    b.dataset.event = event;
+    b.addEventListener("click", () => feedback(item, event));
+    actions.appendChild(b);
+  }
+  const sim = el("button", "similar", "similar items");
+  sim.type = "button";
+  sim.addEventListener("click", () => similar(item.item_id));
+  actions.appendChild(sim);
+  const pic = el("button", "use-picture", "use picture");
+  pic.type = "button";
+  pic.title = "use this item's picture in the admin form";
+  pic.addEventListener("click", () => usePicture(item.item_id));
+  actions.appendChild(pic);
+  node.appendChild(actions);
+  return node;
+}
+
+function thumb(card) {
+  const node = el("div", "thumb");
+  node.appendChild(picture(card));
+  node.appendChild(el("div", "", label(card)));
+  node.appendChild(el("div", "meta", [card.category, price(card)].filter(Boolean).join(" · ")));
+  return node;
+}
+
+async function recommend(note) {
+  const seq = state.seq; // another shopper picked meanwhile: this answer is dropped
+  const body = { k: K };
+  if (state.user) body.user_id = state.user;
+  else if (state.sessionId) body.session_id = state.sessionId;
+  const rec = await call("POST", "/recommend", body);
+  if (rec.session_id) state.sessionId = rec.session_id;
+  const ids = rec.items.map((i) => i.item_id);
+  const because = rec.items.map((i) => i.reason && i.reason.because_you_saw).filter(Boolean);
+  await cardsFor([...ids, ...because]);
+  if (seq !== state.seq) return;
+  const before = new Set(state.items.map((i) => i.item_id));
+  const grid = $("cards");
+  grid.replaceChildren(...rec.items.map((i) => renderCard(i, state.cards[i.item_id], before.size > 0 && !before.has(i.item_id))));
+  grid.dataset.requestId = rec.request_id;
+  $("model-version").textContent = rec.model_version;
+  $("policy-version").textContent = rec.policy_version;
+  $("state").textContent = `${rec.state}, ${rec.live_history} live event(s)` + (rec.explore_harder ? ", exploring harder" : "");
+  if (note) showChange(note, state.items, rec.items);
+  state.requestId = rec.request_id;
+  state.items = rec.items;
+  say(`${rec.items.length} recommendations (request ${rec.request_id.slice(0, 8)})`);
+}
+
+function showChange(note, old, now) {
+  const was = new Set(old.map((i) => i.item_id));
+  const is = new Set(now.map((i) => i.item_id));
+  const added = now.filter((i) => !was.has(i.item_id));
+  const gone = old.filter((i) => !is.has(i.item_id));
+  const box = $("change");
+  box.replaceChildren(el("b", "", note));
+  box.appendChild(el("div", "", `${added.length} new, ${gone.length} gone, ${now.length - added.length} kept.`));
+  const list = el("ul");
+  for (const i of added.slice(0, 4)) {
+    list.appendChild(el("li", "", `new: ${label(state.cards[i.item_id] || i)} (${reasonText(i.reason)})`));
+  }
+  if (added.length > 4) list.appendChild(el("li", "", `... and ${added.length - 4} more (marked "new" below)`));
+  if (gone.length) list.appendChild(el("li", "", "gone: " + gone.map((i) => label(state.cards[i.item_id] || i)).join(", ")));
+  box.appendChild(list);
+  box.hidden = false;
+}
+
+async function feedback(item, event) {
+  try {
+    const r = await call("POST", "/feedback", { request_id: state.requestId, item_id: item.item_id, event });
+    const verb = { view: "viewed", cart: "added to cart", purchase: "bought", click: "clicked" }[event];
+    const name = label(state.cards[item.item_id] || item);
+    await recommend(`You ${verb} ${name} (${r.status}${r.learned ? ", the policy learned from it" : ""}). ` +
+                    "The next answer:");
+    await history();
+  } catch (e) {
+    say(e.message, true);
+  }
+}
+
+async function similar(itemId) {
+  try {
+    const r = await call("GET", `/items/${encodeURIComponent(itemId)}/similar?k=6`);
+    const cards = await cardsFor(r.similar.map((s) => s.item_id));
+    $("similar-of").textContent = label(state.cards[itemId] || { item_id: itemId });
+    $("similar").replaceChildren(...cards.map(thumb));
+    $("similar-box").hidden = false;
+  } catch (e) {
+    say(e.message, true);
+  }
+}
+
+async function history() {
+  const seq = state.seq;
+  if (!state.user) {
+    $("history-box").hidden = true;
+    return;
+  }
+  const r = await call("GET", `/shop/api/users/${encodeURIComponent(state.user)}/history?limit=8`);
+  for (const c of r.items) state.cards[c.item_id] = c;
+  if (seq !== state.seq) return;
+  $("history").replaceChildren(...r.items.map(thumb));
+  $("history-box").hidden = r.items.length === 0;
+}
+
+function usePicture(itemId) {
+  const form = $("add-form");
+  const card = state.cards[itemId];
+  if (card && card.image_key) form.elements.image.value = card.image_key;
+  form.elements.category.value = (card && card.category) || "";
+  form.elements.image.focus();
+}
+
+async function addItem(ev) {
+  ev.preventDefault();
+  const f = ev.target.elements;
+  const body = { item_id: f.item_id.value.trim() };
+  for (const name of ["title", "category", "image"]) if (f[name].value.trim()) body[name] = f[name].value.trim();
+  if (f.price.value) body.price = Number(f.price.value);
+  const attrs = f.attributes.value.split(",").map((s) => s.trim()).filter(Boolean);
+  if (attrs.length) body.attributes = attrs;
+  const out = $("add-result");
+  out.replaceChildren();
+  try {
+    await call("POST", "/items", body, true);
+    out.appendChild(el("p", "", `Added ${body.item_id}. An anonymous session that looked at it is shown:`));
+    const rec = await call("POST", "/recommend", { history: [body.item_id], k: K });
+    const similarTo = await call("GET", `/items/${encodeURIComponent(body.item_id)}/similar?k=4`);
+    const cards = await cardsFor([body.item_id, ...rec.items.map((i) => i.item_id), ...similarTo.similar.map((s) => s.item_id)]);
+    const strip = el("div", "strip");
+    strip.replaceChildren(...cards.map(thumb));
+    out.appendChild(strip);
+    const shown = await call("POST", "/recommend", { k: K, filters: body.category ? { category: body.category } : {} });
+    const hit = shown.items.some((i) => i.item_id === body.item_id);
+    out.appendChild(el("p", "hint", hit ? `${body.item_id} is being recommended to new shoppers (${body.category || "all"}).`
+                                        : `${body.item_id} is in the index; not in this answer's top ${K}.`));
+    await stats();
+  } catch (e) {
+    out.appendChild(el("p", "status error", e.message));
+  }
+}
+
+async function stats() {
+  try {
+    const s = await call("GET", "/shop/api/stats");
+    $("stat-items").textContent = `${s.items} (${s.runtime_items} added at runtime)`;
+    if (!s.kept) {
+      $("stat-requests").textContent = "not counted here";
+      return;
+    }
+    $("stat-requests").textContent = s.requests + (s.errors ? ` (${s.errors} refused)` : "");
+    $("stat-p50").textContent = s.p50_ms === null ? "-" : `${s.p50_ms} ms`;
+    const pct = (x) => (x === null ? "-" : (100 * x).toFixed(1) + "%");
+    const num = (x) => (x === null ? "-" : x.toFixed(2));
+    $("stat-rows").replaceChildren(...s.by_version.map((r) => {
+      const tr = el("tr");
+      for (const v of [r.model_version, r.policy_version, r.impressions, pct(r.ctr), num(r.reward_per_impression)]) {
+        tr.appendChild(el("td", "", v));
+      }
+      return tr;
+    }));
+  } catch (e) {
+    $("stat-requests").textContent = "unavailable";
+  }
+}
+
+async function pickShopper() {
+  state.user = $("shopper").value;
+  state.items = [];
+  state.seq += 1;
+  $("who").textContent = state.user ? `shopper ${state.user}` : "an anonymous session";
+  $("change").hidden = true;
+  try {
+    await history();
+    await recommend(null);
+  } catch (e) {
+    say(e.message, true);
+  }
+}
+
+async function start() {
+  $("shopper").addEventListener("change", pickShopper);
+  $("refresh").addEventListener("click", () => recommend("Asked again. The next answer:").catch((e) => say(e.message, true)));
+  $("add-form").addEventListener("submit", addItem);
+  try {
+    const r = await call("GET", "/shop/api/users?limit=20");
+    for (const u of r.users) {
+      const o = el("option", "", `${u.user_id} (${u.history} items${u.top_category ? ", likes " + u.top_category : ""})`);
+      o.value = u.user_id;
+      $("shopper").appendChild(o);
+    }
+    const wanted = new URLSearchParams(location.search).get("user");
+    if (wanted && r.users.some((u) => u.user_id === wanted)) $("shopper").value = wanted;
+    document.body.dataset.ready = "1";
+    await pickShopper();
+  } catch (e) {
+    say(e.message, true);
+  }
+  await stats();
+  setInterval(stats, 3000);
+}
+
+start();

@@ -1,0 +1,69 @@
+"""The shop window's Ray-free parts: the live panel's :class:`Tally`, the open routes of the Guard,
+the page and its fixed list of assets (the browser test is tests/integration/test_storefront.py)."""
+
+from __future__ import annotations
+
+import re
+
+from starlette.testclient import TestClient
+from test_service import App
+from test_serving_metrics import Recorded
+
+from serving.metrics import Metrics, policy_family
+from serving.security import required_role
+from serving.storefront import STATIC, Tally
+
+
+def test_tally_counts_what_the_panel_shows_and_forwards_everything(tmp_path):
+    inner = Recorded()
+    tally = Tally(inner)
+    app = App(tmp_path, policy_epsilon=0.0, policy_alpha=0.0, policy_diversity=0.0, explore_candidates=0,
+              stale_alpha=0.0)
+    app.service.metrics = Metrics(tally)
+    body = app.recommend(user_id="u1", k=4)
+    shown = [o["item_id"] for o in body["items"]]
+    app.feedback(request_id=body["request_id"], item_id=shown[0], event="click")
+    app.feedback(request_id=body["request_id"], item_id=shown[1], event="purchase")
+    for endpoint, status, seconds in [("/recommend", 200, 0.010), ("/feedback", 200, 0.002),
+                                      ("/feedback", 404, 0.001), ("other", 200, 5.0)]:  # "other": pictures, page
+        app.service.metrics.request(endpoint, status, seconds)
+    s = tally.summary()
+    assert (s["requests"], s["errors"], s["latency_window"]) == (3, 1, 3)
+    assert s["p50_ms"] == 2.0  # the middle of 1, 2 and 10 ms; the 5 s picture request is not an API call
+    (row,) = s["by_version"]
+    assert row["policy_version"] == policy_family(body["policy_version"]) and row["impressions"] == 4
+    assert row["clicks"] == 1 and row["ctr"] == 0.25 and row["reward"] == 6.0 and row["reward_per_impression"] == 1.5
+    assert inner.get("raycart_impressions_total", model_version=row["model_version"],
+                     policy_version=row["policy_version"]) == 4  # Prometheus still gets every number
+
+
+def test_an_empty_tally_has_no_latency():
+    s = Tally().summary()
+    assert s["requests"] == 0 and s["p50_ms"] is None and s["by_version"] == []
+
+
+def test_the_page_assets_and_pictures_are_open_and_the_helpers_are_not():
+    for path in ("/shop", "/shop/static/shop.js", "/shop/images/SKU1"):
+        assert required_role("GET", path) is None, path
+    for path in ("/shop/api/users", "/shop/api/stats", "/shop/apiX", "/shopping", "/shop/static"):
+        assert required_role("GET", path) == "shopper", path
+
+
+def test_the_page_and_only_its_listed_assets_are_served():
+    from serving.http import api
+
+    with TestClient(api, client=("127.0.0.1", 5000)) as client:
+        page = client.get("/shop")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        for asset in re.findall(r'(?:href|src)="(/shop/static/[^"]+)"', page.text):
+            r = client.get(asset)
+            assert r.status_code == 200 and r.text == (STATIC / asset.rsplit("/", 1)[1]).read_text(), asset
+        for bad in ("/shop/static/index.html", "/shop/static/..%2F..%2Fhttp.py", "/shop/static/%2Fetc%2Fpasswd"):
+            assert client.get(bad).status_code == 404, bad
+
+
+def test_the_page_puts_item_text_in_with_text_content_only():
+    js = (STATIC / "shop.js").read_text()
+    assert "innerHTML" not in js and "insertAdjacentHTML" not in js and "document.write" not in js
+    html = (STATIC / "index.html").read_text()
+    assert not re.search(r'(?:src|href)="(?:https?:)?//', html)  # nothing from another host (offline)
