@@ -299,7 +299,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     args = {"model_dir": storage.absolute(ranker), "data_dir": storage.absolute(data),
             "feedback_root": str(work / "feedback"),
             "wal_dir": str(work / "wal"), "policy_state": str(work / "policy.npz"), "items_root": str(work / "items"),
-            "state_dir": str(work / "user-state")}
+            "state_dir": str(work / "user-state"),
+            # the dataset's own folder: the shop window's admin form adds items with its pictures
+            "image_root": storage.absolute(data)}
     url = f"http://{cfg.host}:{cfg.port}"
     serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": 30})
     try:
@@ -318,7 +320,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: stop.set())
             print(f"\n[demo] --keep-serving: up on {url} until Ctrl-C / SIGTERM "
-                  f"(try: curl -s {url}/recommend -H 'content-type: application/json' -d '{{\"k\": 3}}')", flush=True)
+                  f"(open {url}/shop in a browser, or: curl -s {url}/recommend -H 'content-type: application/json' "
+                  f"-d '{{\"k\": 3}}')", flush=True)
             stop.wait()
     finally:
         print("\n[demo] shutting down: flushing the feedback log, checkpointing the policy", flush=True)
