@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from training.baselines.itemknn import ItemKNNConfig
+from training.baselines.run import run_baseline
 from training.data.known import DATASETS, KnownData, prepare_cached
 from training.evaluation.metrics import EvalConfig
-from training.baselines.run import run_baseline
 
 # (label, model, options): popularity two ways, item-kNN with defaults (order-free), and
 # item-kNN tuned on the validation split over GRID (shrinkage x recency decay).

@@ -19,8 +19,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from training.data.cli import prepare
 from training.baselines.run import run_baseline
+from training.data.cli import prepare
 from training.models.encoders import ImageEncoderConfig, TextEncoderConfig
 from training.models.retriever_config import RetrieverConfig
 from training.paths import shared_path

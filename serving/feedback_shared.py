@@ -150,7 +150,7 @@ class SharedFeedbackLog:
                 return 0
             try:
                 rows = self._publish(self.writer, [(n, t) for n, t, _ in batch])
-            except Exception as exc:  # noqa: BLE001 -- the objects stay in the shared WAL; retried
+            except Exception as exc:
                 self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
                 self.retry_at = time.monotonic() + min(self.config.retry_max_s, 0.5 * 2 ** min(self.failures, 16))

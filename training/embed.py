@@ -9,10 +9,10 @@ inputs reads the cache instead of recomputing.
 
 from __future__ import annotations
 
-import logging
 import hashlib
 import io
 import json
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path

@@ -11,11 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from training import storage
 from training.data.schema import ITEMS
 from training.features import attribute_ids, item_tags, item_text
 from training.models.retriever import ItemFeatures
-
 
 NEW_ITEM_FIELDS = pa.schema([(f.name, f.type) for f in ITEMS if f.name not in ("item_id",)])
 

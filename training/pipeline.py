@@ -17,8 +17,8 @@ from training.baselines.itemknn import ItemKNN
 from training.candidates import Candidates, CandidateStage, catalogue_scores
 from training.data.funnel import lookup
 from training.data.interactions import Interactions
-from training.models.ranker import AUX_HEADS, Ranker, RankerConfig, history_tensor
 from training.modeldir import ModelState, component
+from training.models.ranker import AUX_HEADS, Ranker, RankerConfig, history_tensor
 from training.models.retriever import ItemFeatures, RetrieverScorer, left_pad
 
 

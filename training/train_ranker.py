@@ -22,10 +22,10 @@
 
 from __future__ import annotations
 
-import logging
 import contextlib
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -49,7 +49,16 @@ from training.errors import DataError
 from training.evaluation.metrics import EvalConfig, evaluate
 from training.features import attribute_vocabulary, item_text
 from training.loop import LoopSpec, driver_dataset, fit, plot_learning_curve, run_epochs
-from training.modeldir import ModelCard, Reranks, TrainedOn, component, dataset_fingerprint, read_card, read_state, save_model_dir
+from training.modeldir import (
+    ModelCard,
+    Reranks,
+    TrainedOn,
+    component,
+    dataset_fingerprint,
+    read_card,
+    read_state,
+    save_model_dir,
+)
 from training.models.encoders import (
     ImageEncoder,
     ImageEncoderConfig,

@@ -16,9 +16,9 @@
 
 from __future__ import annotations
 
-import logging
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +34,7 @@ from training.features import build_item_features
 from training.loop import LoopSpec, driver_dataset, fit, plot_learning_curve, run_epochs
 from training.modeldir import ModelCard, TrainedOn, dataset_fingerprint, save_model_dir
 from training.models.encoders import ImageEncoderConfig, TextEncoderConfig
-from training.models.retriever import (ItemFeatures, RetrieverConfig, RetrieverScorer, TwoTower,
-                                       TwoTowerTrain, left_pad)
+from training.models.retriever import ItemFeatures, RetrieverConfig, RetrieverScorer, TwoTower, TwoTowerTrain, left_pad
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ checkpoint). Storage may be local or ``s3://``.
 
 from __future__ import annotations
 
-import logging
 import dataclasses
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

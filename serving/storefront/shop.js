@@ -67,12 +67,13 @@ function reasonText(reason) {
 }
 
 function picture(card) {
+  if (!card.image) return el("div", "noimg", card.category || "no picture"); // no broken-image icon
   const img = el("img");
   img.alt = label(card);
   img.loading = "eager";
   img.width = 200;
   img.height = 200;
-  if (card.image) img.src = card.image;
+  img.src = card.image;
   return img;
 }
 

@@ -3,6 +3,7 @@ integration tests' ``s3_server`` fixture and the benchmarks that need S3 (benchm
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -43,9 +44,9 @@ class LocalS3:
 
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "s3.json"
-        config.write_text('{"identities": [{"name": "raycart", "credentials": [{"accessKey": "%s", '
-                          '"secretKey": "%s"}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}'
-                          % (ACCESS_KEY, SECRET_KEY))
+        config.write_text(json.dumps({"identities": [{
+            "name": "raycart", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
         p = self.ports
         self._log = open(self.root / "weed.log", "w")  # noqa: SIM115 -- open while the server runs
         self.proc = subprocess.Popen(
@@ -61,7 +62,7 @@ class LocalS3:
             try:
                 self.client.create_bucket(Bucket=self.bucket)
                 return self
-            except Exception:
+            except Exception:  # noqa: BLE001 -- any error while the server starts: retry until the deadline
                 if self.proc.poll() is not None or time.time() > deadline:
                     self.stop()
                     raise RuntimeError(f"SeaweedFS did not start; see {self.root / 'weed.log'}") from None

@@ -302,7 +302,7 @@ def test_feedback_log_holds_every_acknowledged_record_after_shutdown(app):
 
     url = app["url"]
     acked = []
-    for i in range(12):
+    for _ in range(12):
         rec = requests.post(url + "/recommend", json={"user_id": app["users"][3], "k": 2}, timeout=60).json()
         item = rec["items"][0]["item_id"]
         r = requests.post(url + "/feedback", json={"request_id": rec["request_id"], "item_id": item,

@@ -129,6 +129,24 @@ def test_page_in_chromium_shows_cards_and_buy_changes_the_answer(shop_app, tmp_p
             page.wait_for_function("document.getElementById('stat-rows').children.length > 0", timeout=10_000)
             _screenshot(page, shots / "shop-desktop-after.png")
 
+            page.locator(f"#cards .card[data-item-id='{after['items'][0]}'] button.similar").click()
+            page.wait_for_function("document.querySelectorAll('#similar .thumb img').length > 0 && "
+                                   "[...document.images].every(i => i.complete)", timeout=30_000)
+            assert _shown(page)["broken"] == []
+            # the admin form: a new item with a picture from the dataset's folder, recommendable at once
+            page.fill("#add-form [name=item_id]", "shop-window-new")
+            page.fill("#add-form [name=title]", "Window <b>test</b> mug")
+            page.fill("#add-form [name=category]", "mug")
+            page.fill("#add-form [name=price]", "9.5")
+            page.fill("#add-form [name=image]", "images/5.jpg")
+            page.locator("#add-form button[type=submit]").click()
+            page.wait_for_function("document.querySelectorAll('#add-result .thumb').length > 1 && "
+                                   "[...document.images].every(i => i.complete)", timeout=60_000)
+            added = page.locator("#add-result .thumb").first
+            assert added.locator("div").first.text_content() == "Window <b>test</b> mug"  # text, not markup
+            assert added.locator("img").evaluate("i => i.naturalWidth") > 0
+            assert _shown(page)["broken"] == []
+
             phone = browser.new_page(viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=1)
             phone.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             phone.goto(url + "/shop", wait_until="load", timeout=30_000)
@@ -151,6 +169,9 @@ def test_page_in_chromium_shows_cards_and_buy_changes_the_answer(shop_app, tmp_p
             break
         time.sleep(0.5)
     assert (before["request_id"], bought, "purchase") in rows, sorted(rows)[:5]
+    picture = requests.get(url + "/shop/images/shop-window-new", timeout=10)
+    original = requests.get(url + "/shop/images/SKU0000005", timeout=10)
+    assert picture.status_code == 200 and picture.content == original.content
 
 
 def _screenshot(page, path: Path) -> None:

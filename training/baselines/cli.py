@@ -9,8 +9,8 @@ from training.evaluation.cli import add_split_args
 
 def _cmd(args: argparse.Namespace) -> int:
     from training.baselines.itemknn import ItemKNNConfig
-    from training.evaluation.metrics import EvalConfig
     from training.baselines.run import run_baseline
+    from training.evaluation.metrics import EvalConfig
     from training.evaluation.run import format_metrics
 
     given = {k: getattr(args, k) for k in ("neighbours", "shrink", "recency_decay", "max_history")

@@ -37,7 +37,7 @@ class ItemKNNConfig:
     max_history: int = 0  # 0: whole history
 
     @classmethod
-    def tiny(cls) -> "ItemKNNConfig":
+    def tiny(cls) -> ItemKNNConfig:
         return cls(neighbours=10, shrink=1.0)
 
 
@@ -46,7 +46,7 @@ class ItemKNN:
         self.config = config
         self.sim: sp.csr_matrix | None = None
 
-    def fit(self, train: Interactions, chunk: int = 4096, budget: int = 20_000_000) -> "ItemKNN":
+    def fit(self, train: Interactions, chunk: int = 4096, budget: int = 20_000_000) -> ItemKNN:
         """Compute the pruned similarity matrix, sparse throughout: only co-occurring pairs have a
         similarity above 0, so the cost follows the co-occurrences, not the catalogue squared (a
         dense row per item took hours at 1M items). Item rows go ``chunk`` at a time, fewer where
@@ -93,7 +93,7 @@ class ItemKNN:
                 "shape": np.asarray(sim.shape, dtype=np.int64)}
 
     @classmethod
-    def from_arrays(cls, config: dict, arrays: dict[str, np.ndarray]) -> "ItemKNN":
+    def from_arrays(cls, config: dict, arrays: dict[str, np.ndarray]) -> ItemKNN:
         model = cls(ItemKNNConfig(**config))
         model.sim = sp.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]),
                                   shape=tuple(arrays["shape"]))
@@ -104,7 +104,7 @@ class ItemKNN:
         return dataclasses.asdict(self.config), {"knn": self.arrays()}
 
     @classmethod
-    def from_state(cls, config: dict, state: dict[str, dict[str, np.ndarray]]) -> "ItemKNN":
+    def from_state(cls, config: dict, state: dict[str, dict[str, np.ndarray]]) -> ItemKNN:
         from training.modeldir import component
 
         return cls.from_arrays(config, component(state, "knn"))

@@ -17,7 +17,7 @@ class Popularity:
     def __init__(self) -> None:
         self.counts: np.ndarray | None = None
 
-    def fit(self, train: Interactions) -> "Popularity":
+    def fit(self, train: Interactions) -> Popularity:
         self.counts = train.item_counts().astype(np.float32)
         return self
 
@@ -26,7 +26,7 @@ class Popularity:
         return {}, {"popularity": {"counts": self.counts}}
 
     @classmethod
-    def from_state(cls, config: dict, state: dict[str, dict[str, np.ndarray]]) -> "Popularity":
+    def from_state(cls, config: dict, state: dict[str, dict[str, np.ndarray]]) -> Popularity:
         from training.modeldir import component
 
         model = cls()

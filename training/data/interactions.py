@@ -42,7 +42,7 @@ class Interactions:
         return np.repeat(np.arange(self.num_users, dtype=np.int64), self.lengths())
 
     @classmethod
-    def from_lists(cls, rows: list[list[int]], num_items: int) -> "Interactions":
+    def from_lists(cls, rows: list[list[int]], num_items: int) -> Interactions:
         lengths = np.array([len(r) for r in rows], dtype=np.int64)
         indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         items = np.array([i for r in rows for i in r], dtype=np.int64)
@@ -50,7 +50,7 @@ class Interactions:
 
     @classmethod
     def from_events(cls, users: np.ndarray, items: np.ndarray, times: np.ndarray, seq: np.ndarray,
-                    num_users: int, num_items: int, dedupe: bool = False) -> "Interactions":
+                    num_users: int, num_items: int, dedupe: bool = False) -> Interactions:
         order = np.lexsort((seq, times, users))
         users, items, times = users[order], items[order], times[order]
         if dedupe and len(users):
@@ -62,13 +62,13 @@ class Interactions:
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         return cls(indptr, items.astype(np.int64), times.astype(np.int64), num_items)
 
-    def select(self, keep: np.ndarray) -> "Interactions":
+    def select(self, keep: np.ndarray) -> Interactions:
         """Keep the positions where the boolean mask ``keep`` (shape ``(nnz,)``) is true."""
         counts = np.bincount(self.user_of_position()[keep], minlength=self.num_users)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         return Interactions(indptr, self.items[keep], self.times[keep], self.num_items)
 
-    def drop_last(self, n: int) -> "Interactions":
+    def drop_last(self, n: int) -> Interactions:
         """Each user's sequence without its last ``n`` items."""
         pos = np.arange(self.nnz) - np.repeat(self.indptr[:-1], self.lengths())
         keep = pos < np.repeat(self.lengths() - n, self.lengths())
@@ -82,7 +82,7 @@ class Interactions:
         out[ok] = self.items[self.indptr[1:][ok] - offset]
         return out
 
-    def take_users(self, users: np.ndarray) -> "Interactions":
+    def take_users(self, users: np.ndarray) -> Interactions:
         """Rows for ``users`` (in that order) as a new Interactions with ``len(users)`` rows."""
         starts, ends = self.indptr[users], self.indptr[users + 1]
         lengths = ends - starts

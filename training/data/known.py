@@ -3,10 +3,10 @@ directory, and the metrics table the demo and the baseline benchmark print."""
 
 from __future__ import annotations
 
-import logging
 import hashlib
 import importlib
 import inspect
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -58,7 +58,7 @@ class SplitSpec:
             raise DataError(f"split: candidates must be 'cold' or 'all', got '{self.candidates}'")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SplitSpec":
+    def from_dict(cls, d: dict) -> SplitSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -102,7 +102,7 @@ class EvalTask:
     def num_items(self) -> int:
         return self.train.num_items
 
-    def sample_users(self, n: int, seed: int = 0) -> "EvalTask":
+    def sample_users(self, n: int, seed: int = 0) -> EvalTask:
         """The same task over a fixed seeded sample of ``n`` users (all of them if ``n`` is 0 or
         not smaller than the user count), e.g. for faster per-epoch validation."""
         if not n or n >= len(self.users):

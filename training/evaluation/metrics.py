@@ -29,8 +29,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ class EvalConfig:
     progress: bool = False
 
     @classmethod
-    def tiny(cls) -> "EvalConfig":
+    def tiny(cls) -> EvalConfig:
         return cls(ks=(1, 5, 10), batch_size=8)
 
 

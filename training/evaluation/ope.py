@@ -40,8 +40,8 @@ Dataset) is evaluated by :mod:`training.evaluation.estimators`.
 
 from __future__ import annotations
 
-import logging
 import argparse
+import logging
 
 import numpy as np
 import pyarrow as pa
@@ -143,7 +143,9 @@ def _serving_log(a: argparse.Namespace) -> dict:
     if g is None:
         log.info("greedy policy: no estimate (these impressions carry no greedy flag)")
         return result
-    ci = (lambda k: f" (95% CI {g[k][0]:.4f}-{g[k][1]:.4f})" if k in g else "")
+    def ci(k: str) -> str:
+        return f" (95% CI {g[k][0]:.4f}-{g[k][1]:.4f})" if k in g else ""
+
     log.info(f"greedy policy (no exploration): slate IPS {g['ips']:.4f}{ci('ips_95ci')}, SNIPS {g['snips']:.4f}; "
           f"effective sample size {g['effective_sample_size']:.0f} of {g['requests']:,} requests, max weight "
           f"{g['max_weight']:.1f}")
@@ -165,7 +167,9 @@ def _model_target(a: argparse.Namespace, impressions: pa.Table, events: pa.Table
                                 bootstrap=a.bootstrap, seed=a.seed)
     result["target_policy"] = a.target_policy
     ips, snips = result["ips"], result["snips"]
-    ci = (lambda r: f" (95% CI {r['ci95'][0]:.4f}-{r['ci95'][1]:.4f})" if "ci95" in r else "")
+    def ci(r: dict) -> str:
+        return f" (95% CI {r['ci95'][0]:.4f}-{r['ci95'][1]:.4f})" if "ci95" in r else ""
+
     log.info(f"{result['requests']:,} requests; logged {result['logged']['value']:.4f} reward per request")
     log.info(f"{a.target_policy} with epsilon {a.epsilon}: slate IPS {ips['value']:.4f}{ci(ips)}, SNIPS "
           f"{snips['value']:.4f}{ci(snips)}; effective sample size {result['effective_sample_size']:.1f}, "

@@ -12,6 +12,7 @@ from training.errors import DataError
 from training.evaluation.metrics import EvalConfig, evaluate
 from training.modeldir import load_model, read_card
 
+
 def write_json(obj: dict, uri: str) -> None:
     """Write ``obj`` as JSON to a local path or S3 URI (local: via a temp file + rename)."""
     storage.atomic_write(uri, (json.dumps(obj, indent=2) + "\n").encode())

@@ -31,7 +31,6 @@ torch.Size([1, 16])
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Protocol
 
 import numpy as np
@@ -64,7 +63,7 @@ class ItemFeatures:
     image: np.ndarray | None = None
 
     @classmethod
-    def empty(cls, num_items: int) -> "ItemFeatures":
+    def empty(cls, num_items: int) -> ItemFeatures:
         return cls(num_items, np.ones(num_items, bool), np.zeros(num_items + 1, np.int64),
                    np.zeros(0, np.int64), 0)
 
@@ -78,7 +77,7 @@ class ItemFeatures:
         return out
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "ItemFeatures":
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ItemFeatures:
         return cls(len(arrays["known"]), arrays["known"].astype(bool), arrays["attr_indptr"],
                    arrays["attr_ids"], int(arrays["num_attributes"]), arrays.get("text"), arrays.get("image"))
 
@@ -291,7 +290,7 @@ class RetrieverScorer:
             self.item_vecs = model.items.all_items()
 
     @classmethod
-    def from_state(cls, config: dict, state: dict[str, dict[str, np.ndarray]]) -> "RetrieverScorer":
+    def from_state(cls, config: dict, state: dict[str, dict[str, np.ndarray]]) -> RetrieverScorer:
         """From a model directory's state: components ``weights`` and ``features``."""
         from training.modeldir import component
 

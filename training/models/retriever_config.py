@@ -47,7 +47,7 @@ class RetrieverConfig:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
 
     @classmethod
-    def tiny(cls) -> "RetrieverConfig":
+    def tiny(cls) -> RetrieverConfig:
         return cls(dim=16, layers=1, heads=1, dropout=0.1, max_len=10, batch_size=32, epochs=5,
                    patience=3, num_negatives=16)
 

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow.fs as pafs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the model fixtures of tests/unit
-from test_new_items import VOCAB, _pipe  # noqa: E402
-from test_ranker import N_ITEMS  # noqa: E402
+from test_new_items import VOCAB, _pipe
+from test_ranker import N_ITEMS
 
 from serving.images import ImageSource
 from serving.index import VectorIndex

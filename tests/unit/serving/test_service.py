@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the model fixtures of tests/unit
-from test_ranker import N_ITEMS, _train  # noqa: E402
-from test_runtime_items import _served  # noqa: E402
+from test_ranker import N_ITEMS, _train
+from test_runtime_items import _served
 
 from serving.catalog import Catalog
 from serving.feedback_log import FeedbackLog, FeedbackLogConfig

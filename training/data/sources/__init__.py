@@ -7,9 +7,9 @@ Each converter is ``prepare(input, **options) -> Prepared``; the registry below 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from training.data.dataset import Dataset
 from training.errors import DataError

@@ -75,12 +75,12 @@ class SyntheticConfig:
             raise DataError("synthetic: taste_strength must be in [0, 1]")
 
     @classmethod
-    def tiny(cls) -> "SyntheticConfig":
+    def tiny(cls) -> SyntheticConfig:
         return cls(num_users=50, num_items=60, num_events=2_000, num_categories=4, num_colours=3,
                    num_brands=5, image_size=32)
 
     @classmethod
-    def from_options(cls, **options) -> "SyntheticConfig":
+    def from_options(cls, **options) -> SyntheticConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - names)
         if unknown:
