@@ -1,5 +1,6 @@
 """The shop window's Ray-free parts: the live panel's :class:`Tally`, the open routes of the Guard,
-the page and its fixed list of assets (the browser test is tests/integration/test_storefront.py)."""
+the page and its fixed list of assets (the browser test is tests/integration/test_storefront.py; one
+basename for both would make pytest refuse to collect them in one session: no __init__.py)."""
 
 from __future__ import annotations
 
