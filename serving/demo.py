@@ -253,9 +253,9 @@ def _describe(items: list[dict], category: dict) -> str:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
+    from training.baselines.run import run_baseline
     from training.data.cli import prepare
     from training.data.known import KnownData, format_table, prepare_cached
-    from training.baselines.run import run_baseline
     from training.evaluation.run import write_json
     from training.ray_env import init_ray
 
