@@ -185,13 +185,13 @@ def _bandit_data(a: argparse.Namespace) -> dict:
 
     if not a.target_policy:
         raise DataError("--target-policy FILE is required with --data (a table item_id, position, probability)")
-    log = bandit_log(a.data, a.logged_policy)
-    dist = read_target_policy(a.target_policy, log)
-    q_hat = cross_fitted_rewards(log.logged, log.features, folds=a.folds, seed=a.seed)
-    est = estimate(log.logged, dist, q_hat, bootstrap=a.bootstrap, seed=a.seed, tau=a.tau)
-    result = {"rounds": log.logged.n, "logged": {"value": float(log.logged.reward.mean())},
+    bandit = bandit_log(a.data, a.logged_policy)
+    dist = read_target_policy(a.target_policy, bandit)
+    q_hat = cross_fitted_rewards(bandit.logged, bandit.features, folds=a.folds, seed=a.seed)
+    est = estimate(bandit.logged, dist, q_hat, bootstrap=a.bootstrap, seed=a.seed, tau=a.tau)
+    result = {"rounds": bandit.logged.n, "logged": {"value": float(bandit.logged.reward.mean())},
               "target_policy": a.target_policy, "reward_model": {"kind": "logistic", "folds": a.folds}, **est}
-    log.info(f"{log.logged.n:,} logged rounds, {log.logged.n_actions} actions, {log.logged.n_positions} positions; "
+    log.info(f"{bandit.logged.n:,} logged rounds, {bandit.logged.n_actions} actions, {bandit.logged.n_positions} positions; "
           f"logged value {result['logged']['value']:.5f}")
     log.info(f"{'estimator':<10} {'value':>9} {'95% CI':>21} {'ESS':>9} {'max w':>8}")
     for name, r in est.items():
