@@ -95,8 +95,11 @@ def run_epochs(spec: LoopSpec, model: torch.nn.Module, opt: torch.optim.Optimize
 
 
 def _eta(seconds: float) -> str:
-    """>>> _eta(42), _eta(150), _eta(7300)
-    ('42 s', '3 min', '2.0 h')"""
+    """A time left, readable.
+
+    >>> _eta(42), _eta(200), _eta(7300)
+    ('42 s', '3 min', '2.0 h')
+    """
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
