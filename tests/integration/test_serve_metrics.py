@@ -53,6 +53,16 @@ def _scrape(url: str) -> dict[str, list[tuple[dict, float]]]:
     return out
 
 
+def _live_replicas() -> set[str]:
+    """The replica ids of the Serve replicas alive now (actor names ``SERVE_REPLICA::app#dep#id``):
+    Ray keeps exporting a gauge's last value for a while after its replica is gone, so earlier
+    tests' apps (other item counts, runtime items, the fused topology) may still show."""
+    import ray
+
+    return {a["name"].rsplit("#", 1)[1] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith("SERVE_REPLICA::")}
+
+
 def _total(samples: dict, name: str, **labels) -> float:
     """The sum over every series (replica, worker) of ``name`` whose labels include ``labels``."""
     return sum(v for lab, v in samples.get(name, []) if all(lab.get(k) == x for k, x in labels.items()))
@@ -104,15 +114,16 @@ def test_the_app_exports_its_metrics_on_loopback(app, ray_metrics_url, ray_clust
     assert _total(samples, "ray_raycart_clicks_total", **versions) >= SENT
     assert _total(samples, "ray_raycart_reward_total", **versions) >= SENT  # a click's reward is 1
     # the stages are measured in the replicas that do the work, tagged by Serve with their deployment
-    ranking = [lab for lab, _ in samples["ray_raycart_stage_latency_seconds_count"] if lab["stage"] == "ranking"]
+    # (this app's replicas: see _live_replicas)
+    live = _live_replicas()
+    ranking = [lab for lab, _ in samples["ray_raycart_stage_latency_seconds_count"]
+               if lab["stage"] == "ranking" and lab.get("replica") in live]
     assert {lab["deployment"] for lab in ranking} == {"Ranker"}
-    index = samples["ray_raycart_index_items"]
+    index = [(lab, v) for lab, v in samples["ray_raycart_index_items"] if lab.get("replica") in live]
     assert {lab["deployment"] for lab, _ in index} == {"Retriever"}
     assert all(v == app["num_items"] for _, v in index)
-    # this app's Ingress knows no runtime item yet (Ray keeps exporting a gauge's last value for a
-    # while after its replica is gone: an earlier test's app, which added items, may still show)
-    runtime = [v for lab, v in samples["ray_raycart_runtime_items"] if lab["deployment"] == "Ingress"]
-    assert 0 in runtime, runtime
+    runtime = [v for lab, v in samples["ray_raycart_runtime_items"] if lab.get("replica") in live]
+    assert all(v == 0 for v in runtime), runtime  # no item added at runtime yet (if exported yet)
     assert {name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum") for name in samples} == {
         exported(n) for n in SPECS}  # every declared metric is exported
 
