@@ -26,8 +26,9 @@ from typing import Any
 import yaml
 
 from training.errors import DataError
+from training.trainers import TRAINERS, trainer
 
-KINDS = ("retriever", "ranker")
+KINDS = tuple(TRAINERS)
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -39,26 +40,25 @@ class KindConfig:
     run: dict[str, Any] = field(default_factory=dict)
 
 
-def _model_fields(kind: str) -> set[str]:
-    if kind == "retriever":
-        from training.models.retriever_config import RetrieverConfig as cls
-    else:
-        from training.models.ranker_config import RankerConfig as cls  # type: ignore[assignment]
-    return {f.name for f in dataclasses.fields(cls)}
+def read_yaml_mapping(path: str | Path, flag: str, expected: str) -> dict:
+    """The YAML mapping in file ``path``; errors name the flag and the file (``expected``: what
+    the mapping should hold, for the message)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{flag} {path}: no such file")
+    try:
+        doc = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise DataError(f"{flag} {path}: not valid YAML ({exc})") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{flag} {path}: expected a mapping {expected}")
+    return doc
 
 
 def read_config(path: str | Path, kind: str, run_fields: set[str] | None = None) -> KindConfig:
     """The ``kind`` section of YAML file ``path``, its fields checked against the model config and,
     when given, the run settings the command accepts."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"--config {path}: no such file")
-    try:
-        doc = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise DataError(f"--config {path}: not valid YAML ({exc})") from None
-    if not isinstance(doc, dict):
-        raise DataError(f"--config {path}: expected a mapping with sections {', '.join(KINDS)}")
+    doc = read_yaml_mapping(path, "--config", f"with sections {', '.join(KINDS)}")
     unknown = sorted(set(doc) - set(KINDS) - {"notes"})
     if unknown:
         raise DataError(f"--config {path}: unknown section(s) {', '.join(map(str, unknown))} "
@@ -67,7 +67,8 @@ def read_config(path: str | Path, kind: str, run_fields: set[str] | None = None)
     if not isinstance(section, dict) or set(section) - {"model", "run"}:
         raise DataError(f"--config {path}: section {kind!r} takes 'model' and 'run' mappings")
     model, run = section.get("model") or {}, section.get("run") or {}
-    for name, part, known in (("model", model, _model_fields(kind)), ("run", run, run_fields)):
+    model_fields = {f.name for f in dataclasses.fields(trainer(kind).config_cls())}
+    for name, part, known in (("model", model, model_fields), ("run", run, run_fields)):
         if not isinstance(part, dict):
             raise DataError(f"--config {path}: {kind}.{name} must be a mapping")
         if known is not None:

@@ -15,10 +15,8 @@ Keys must be fields of the model's config (:class:`~training.models.retriever.Re
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
-import yaml
-
+from training.config_file import read_yaml_mapping
 from training.errors import DataError
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint", "quniform")
@@ -26,15 +24,7 @@ DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint", "quniform")
 
 def read_space(path: str, config_cls) -> tuple[dict, dict]:
     """``(space spec, defaults)`` from a YAML file, validated against ``config_cls``'s fields."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"--space: {path}: no such file")
-    try:
-        doc = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise DataError(f"--space: {path}: not valid YAML ({exc})") from exc
-    if not isinstance(doc, dict):
-        raise DataError(f"--space: {path}: expected a mapping of config fields")
+    doc = read_yaml_mapping(path, "--space", "of config fields")
     defaults = doc.pop("defaults", {}) or {}
     fields = {f.name for f in dataclasses.fields(config_cls)}
     for key in [*doc, *defaults]:
