@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
@@ -211,7 +212,7 @@ async def users(request: Request, limit: int = Query(12, ge=1, le=100)) -> dict:
     indptr = cat.histories.indptr
     ids = list(cat.user_index)
     sizes = indptr[1:len(ids) + 1] - indptr[:len(ids)]
-    order = sorted(range(len(ids)), key=lambda u: (-int(sizes[u]), u))[:limit]
+    order = np.argsort(-sizes, kind="stable")[:limit].tolist()  # longest first, then by internal id
     out = []
     for u in order:
         items = cat.histories.items[indptr[u]:indptr[u + 1]]
