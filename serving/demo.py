@@ -71,11 +71,8 @@ def _models(cfg: DemoConfig):
     r, k = read_config(path, "retriever"), read_config(path, "ranker")
     r_over = {"epochs": cfg.retriever_epochs} if cfg.retriever_epochs else {}
     k_over = {"epochs": cfg.ranker_epochs} if cfg.ranker_epochs else {}
-    try:
-        return (RetrieverConfig(**{**RetrieverConfig().to_dict(), **r.model, **r_over}),
-                RankerConfig(**{**RankerConfig().to_dict(), **k.model, **k_over}))
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"--config {path}: {exc}") from None
+    return (r.model_config(RetrieverConfig, overrides=r_over, where=str(path)),
+            k.model_config(RankerConfig, overrides=k_over, where=str(path)))
 
 
 def _reusable(model_dir: str) -> bool:

@@ -39,6 +39,15 @@ class KindConfig:
     model: dict[str, Any] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
 
+    def model_config(self, config_cls, base=None, overrides: dict | None = None, where: str | None = None):
+        """The model config, layered: ``base`` (default: the library's) < this section < ``overrides``;
+        a bad value is a :class:`DataError` naming the class and ``where`` (the file)."""
+        base = base if base is not None else config_cls()
+        try:
+            return config_cls(**{**base.to_dict(), **self.model, **(overrides or {})})
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{config_cls.__name__}{f' (--config {where})' if where else ''}: {exc}") from None
+
 
 def read_yaml_mapping(path: str | Path, flag: str, expected: str) -> dict:
     """The YAML mapping in file ``path``; errors name the flag and the file (``expected``: what

@@ -94,19 +94,15 @@ def _run_settings(args: argparse.Namespace, file, defaults: dict) -> dict:
 def _config_from_args(args: argparse.Namespace, config_cls, from_file: dict | None = None,
                       switched_off: list[str] | None = None):
     """The model config: library defaults (``tiny()`` with --smoke) < the config file < flags."""
-    from training.errors import RaycartError
+    from training.config_file import KindConfig
 
-    base = config_cls.tiny() if args.smoke else config_cls()
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)
                  if getattr(args, f.name, None) is not None}
     for modality in ("id", "attributes", "text", "image"):
         if modality in (switched_off or []):
             overrides[f"use_{modality}"] = False
-    try:
-        return config_cls(**{**base.to_dict(), **(from_file or {}), **overrides})
-    except (TypeError, ValueError) as exc:
-        where = f" (--config {args.config})" if getattr(args, "config", None) else ""
-        raise RaycartError(f"{config_cls.__name__}{where}: {exc}") from exc
+    return KindConfig(model=from_file or {}).model_config(
+        config_cls, config_cls.tiny() if args.smoke else None, overrides, getattr(args, "config", None))
 
 
 def build_job(args: argparse.Namespace):
