@@ -148,28 +148,28 @@ variant, data, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 torch.set_num_threads(1)
 cfg = RetrieverConfig(dim=64, layers=1, heads=1, dropout=0.1, max_len=20, batch_size=256, lr=3e-3,
                       loss="sampled", num_negatives=1024, use_text=False, use_image=False)
-_, _, _, feats, arrays, log_q = prepare_inputs(RetrieverJob(data=data, out="unused", model=cfg, workers=1,
-                                                            valid_users=10))
+inputs = prepare_inputs(RetrieverJob(data=data, out="unused", model=cfg, workers=1, valid_users=10))
+feats, seqs = inputs.features, inputs.sequences
 if variant == "whole table":  # the step before ItemTower.rows: every item's vector, every step
     ItemTower.rows = lambda self, ids: self.all_items()[ids]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 torch.manual_seed(0)
 module = TwoTowerTrain(TwoTower(cfg, feats))
 opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
-data_t, lq = torch.from_numpy(arrays), torch.from_numpy(log_q)
+x_t, y_t, lq = torch.from_numpy(seqs.inputs), torch.from_numpy(seqs.targets), torch.from_numpy(inputs.log_q)
 gen = torch.Generator().manual_seed(0)
-order = torch.randperm(len(data_t), generator=torch.Generator().manual_seed(0))
+order = torch.randperm(len(x_t), generator=torch.Generator().manual_seed(0))
 times = []
 for s in range(steps + 3):
-    batch = data_t[order[s * cfg.batch_size:(s + 1) * cfg.batch_size]]
+    rows = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
     t0 = time.perf_counter()
-    loss = module(batch[:, 0], batch[:, 1], lq, gen)
+    loss = module(x_t[rows], y_t[rows], lq, gen)
     opt.zero_grad()
     loss.backward()
     opt.step()
     if s >= 3:
         times.append(time.perf_counter() - t0)
-print(json.dumps({"variant": variant, "items": int(feats.num_items), "sequences": int(len(arrays)),
+print(json.dumps({"variant": variant, "items": int(feats.num_items), "sequences": len(seqs),
                   "steps": steps, "batch": cfg.batch_size, "samples_per_s": round(cfg.batch_size * steps / sum(times), 1),
                   "step_ms_p50": round(1000 * float(np.median(times)), 1),
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

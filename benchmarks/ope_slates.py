@@ -1,6 +1,6 @@
 """Slate IPS vs per-slot (independent-item) IPS on the serving log's greedy target, with a known truth.
 
-The setting of ``tests/unit/test_ope.py`` (its simulator is reused, so the numbers are the test's):
+The setting of ``tests/unit/training/evaluation/test_ope.py`` (its simulator is reused, so the numbers are the test's):
 a real epsilon-greedy LinUCB (frozen) fills 3 slots from 10 items; the shopper scans the slots and
 clicks the first item that attracts them, then stops (at most one click). The greedy slate's
 value is known in closed form. Over ``--seeds`` logs per epsilon: each estimator's mean, its
@@ -9,7 +9,7 @@ pseudo-inverse estimator (:mod:`training.evaluation.slate_pi`, the logger's slat
 enumerated) is shown too. A cascade is not additive over slots, PI's assumption; its bias is the
 part of the reward that no additive function captures, evaluated at the target: small for this
 target (the logger's own greedy slate), +8.9 % for a target that reorders the candidates
-(:func:`reordered_target`, the setting of ``tests/unit/test_slate_pi.py``).
+(:func:`reordered_target`, the setting of ``tests/unit/training/evaluation/test_slate_pi.py``).
 
     .venv/bin/python benchmarks/ope_slates.py
 
@@ -57,7 +57,7 @@ def _pi(imp, events, epsilon: float, seed: int) -> dict:
 
 
 def reordered_target(seeds: int, requests: int) -> list[dict]:
-    """PI vs slate IPS for a target that reorders the candidates (``tests/unit/test_slate_pi.py``'s
+    """PI vs slate IPS for a target that reorders the candidates (``tests/unit/training/evaluation/test_slate_pi.py``'s
     setting: 6 candidates, 3 slots, logger epsilon 0.5, greedy target by true attraction), with an
     additive reward (independent clicks, position factor) and with a cascade (one click at most)."""
     import test_slate_pi as t

@@ -34,24 +34,24 @@ CONFIG = RetrieverConfig(dim=64, layers=2, heads=1, dropout=0.3, max_len=30, bat
 def plain_pytorch(job: RetrieverJob, threads: int) -> float:
     """Samples/s of the same loop without Ray (epochs after the first)."""
     torch.set_num_threads(threads)
-    _, _, _, feats, arrays, log_q = prepare_inputs(job)
+    inputs = prepare_inputs(job)
     torch.manual_seed(0)
-    module = TwoTowerTrain(TwoTower(job.model, feats))
+    module = TwoTowerTrain(TwoTower(job.model, inputs.features))
     opt = torch.optim.Adam(module.parameters(), lr=job.model.lr)
-    data = torch.from_numpy(arrays)
-    lq = torch.from_numpy(log_q)
+    x, y = torch.from_numpy(inputs.sequences.inputs), torch.from_numpy(inputs.sequences.targets)
+    lq = torch.from_numpy(inputs.log_q)
     rates = []
     for epoch in range(job.model.epochs):
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(epoch))
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch))
         t0, n = time.time(), 0
         module.train()
-        for i in range(0, len(data), job.model.batch_size):
-            batch = data[order[i:i + job.model.batch_size]]
-            loss = module(batch[:, 0], batch[:, 1], lq)
+        for i in range(0, len(x), job.model.batch_size):
+            rows = order[i:i + job.model.batch_size]
+            loss = module(x[rows], y[rows], lq)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            n += len(batch)
+            n += len(rows)
         rates.append(n / (time.time() - t0))
         print(f"  plain PyTorch ({threads} thread{'s' * (threads > 1)}) epoch {epoch + 1}: {rates[-1]:,.0f} samples/s",
               flush=True)

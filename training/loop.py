@@ -105,23 +105,30 @@ def _eta(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def driver_dataset(array: np.ndarray, blocks: int = 4):
-    """A Ray Dataset of ``array``'s rows (one column ``data``) whose blocks the driver puts into its
-    own node's object store, owned by the driver. ``ray.data.from_numpy`` converts on a worker node
-    instead (a 1-CPU task); when that node is lost, Ray re-runs the task to recover the block and
-    the run hangs, because the restarted training group holds every CPU that is left."""
+def driver_dataset(columns: dict[str, np.ndarray], blocks: int = 4):
+    """A Ray Dataset of the rows of ``columns`` (named arrays of one length; an array of more than
+    one dimension becomes a tensor column) whose blocks the driver puts into its own node's object
+    store, owned by the driver. ``ray.data.from_numpy`` converts on a worker node instead (a 1-CPU
+    task); when that node is lost, Ray re-runs the task to recover the block and the run hangs,
+    because the restarted training group holds every CPU that is left."""
+    lengths = {len(a) for a in columns.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"driver_dataset: columns of different lengths {sorted(lengths)}")
     import pyarrow as pa
     import ray.data
     from ray.data.extensions import ArrowTensorArray
 
-    column = ArrowTensorArray.from_numpy(array) if array.ndim > 1 else pa.array(array)
-    return ray.data.from_arrow(pa.table({"data": column}), override_num_blocks=max(1, min(blocks, len(array))))
+    table = pa.table({name: ArrowTensorArray.from_numpy(a) if a.ndim > 1 else pa.array(a)
+                      for name, a in columns.items()})
+    return ray.data.from_arrow(table, override_num_blocks=max(1, min(blocks, table.num_rows)))
 
 
-def fit(train_loop: Callable[[dict], None], loop_config: dict, *, name: str, storage_path: str, workers: int,
+def fit(train_loop: Callable[[dict], None], inputs: object, *, name: str, storage_path: str, workers: int,
         use_gpu: bool, max_failures: int, datasets: dict, callbacks: list | None = None,
         placement: str = "PACK") -> dict:
     """Run ``train_loop`` under a ``TorchTrainer``; return the final checkpoint's saved state.
+    ``inputs``: the kind's typed worker inputs, which each worker finds as ``loop_config["inputs"]``
+    (Ray Train hands the loop a dict).
     ``callbacks``: Ray Train callbacks, e.g. Tune's ``TuneReportCallback`` inside a sweep trial.
     ``placement``: the workers' placement-group strategy (``STRICT_SPREAD``: one worker per node).
     After a worker (or its node) is lost, the group restarts in a new placement group on the
@@ -135,7 +142,7 @@ def fit(train_loop: Callable[[dict], None], loop_config: dict, *, name: str, sto
     fs, path = storage.resolve(storage_path)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config=loop_config,
+        train_loop_config={"inputs": inputs},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, placement_strategy=placement),
         torch_config=BoundTorchConfig(),  # rendezvous store on the node address, not every interface
         run_config=RunConfig(name=name, storage_path=path,

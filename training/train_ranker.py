@@ -27,10 +27,12 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from training.baselines.itemknn import ItemKNN, ItemKNNConfig
@@ -40,11 +42,11 @@ from training.candidates import (
     catalogue_scores,
     generate_candidates,
 )
-from training.data.dataset import load_dataset, read_manifest
+from training.data.dataset import Dataset, load_dataset, read_manifest
 from training.data.exposure import ExposureLists
 from training.data.funnel import dataset_stage_map, lookup
 from training.data.interactions import Interactions
-from training.data.splits import build_split, split_from_manifest
+from training.data.splits import EvalTask, build_split, split_from_manifest
 from training.errors import DataError
 from training.evaluation.metrics import EvalConfig, evaluate
 from training.features import attribute_vocabulary, item_text
@@ -77,6 +79,9 @@ from training.models.text_tuning import (
 )
 from training.pipeline import TwoStageScorer
 
+if TYPE_CHECKING:
+    from ray import ObjectRef
+
 log = logging.getLogger(__name__)
 
 
@@ -101,6 +106,87 @@ class RankerJob:
     overwrite: bool = True
     init_from: str | None = None  # warm start: a ranker directory whose weights (where shapes match) start the run
     exposure: str | None = None  # extra weighted lists of shown slates (training.data.exposure), e.g. from retrain
+
+
+@dataclass(frozen=True)
+class RankerBatch:
+    """One training batch: the rows of :class:`RankerExamples` as tensors on the worker's device."""
+
+    history: torch.Tensor
+    items: torch.Tensor
+    dense: torch.Tensor
+    label: torch.Tensor
+    weight: torch.Tensor | None
+    hist_stage: torch.Tensor | None
+    cand_stage: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class RankerExamples:
+    """The ranker's training lists, one row per list: the user's history and the candidates with
+    their dense features and labels. Shared with the workers through the object store; each
+    worker's Ray Data shard holds row numbers (column ``row``), which :meth:`batch` gathers."""
+
+    history: np.ndarray  # (N, max_len) left-padded item ids
+    items: np.ndarray  # (N, C) candidate item ids, -1 where a list is shorter
+    dense: np.ndarray  # (N, C, F) the candidates' dense features (retriever score, kNN, popularity, ...)
+    label: np.ndarray  # (N, C) bool: the list's target (or, from the feedback log, an engaged item)
+    weight: np.ndarray | None = None  # (N,) list weights: sampled lists 1, shown slates by position
+    hist_stage: np.ndarray | None = None  # (N, max_len) funnel stage of each history item (typed events)
+    cand_stage: np.ndarray | None = None  # (N, C) funnel stage of each candidate
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def batch(self, rows: torch.Tensor, device: torch.device | str = "cpu") -> RankerBatch:
+        def take(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a)[rows].to(device)
+
+        def maybe(a: np.ndarray | None) -> torch.Tensor | None:
+            return None if a is None else take(a)
+
+        return RankerBatch(take(self.history), take(self.items), take(self.dense), take(self.label),
+                           maybe(self.weight), maybe(self.hist_stage), maybe(self.cand_stage))
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out validation users for early stopping: the plain top lists, no target forced in."""
+
+    cands: Candidates
+    task: EvalTask
+    history: np.ndarray  # (users, max_len)
+    hist_stage: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class RankerInputs:
+    """What the driver prepares once (:func:`prepare_examples`) for training and for the export."""
+
+    dataset: Dataset
+    test: EvalTask
+    retriever: RetrieverScorer
+    retriever_state: dict  # the retriever directory's state components
+    retriever_card: ModelCard
+    prices: np.ndarray
+    features: ItemFeatures
+    tuning: dict  # the frozen encoder bottoms' outputs, by encoder ("text", "image"), when fine-tuning
+    stages: sp.csr_matrix | None  # the funnel-stage map (typed events), else None
+    examples: RankerExamples
+    held: HeldOut
+
+
+@dataclass(frozen=True)
+class RankerWorkerInputs:
+    """What every Ray Train worker gets (``train_loop_config["inputs"]``): the job and the shared
+    arrays as object-store references; the worker's shard of list rows comes through Ray Data."""
+
+    job: RankerJob
+    examples: ObjectRef  # RankerExamples
+    held: ObjectRef  # HeldOut
+    features: ObjectRef  # ItemFeatures.arrays()
+    tuning: ObjectRef  # dict, see RankerInputs.tuning
+    init: ObjectRef | None  # the ranker weights to warm-start from
 
 
 def has_event_types(data: str) -> bool:
@@ -210,26 +296,22 @@ def train_loop(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    job: RankerJob = loop_config["job"]
+    inputs: RankerWorkerInputs = loop_config["inputs"]
+    job = inputs.job
     cfg = job.model
-    arrays = ray.get(loop_config["arrays"])
-    held = ray.get(loop_config["held"])
-    feats = ItemFeatures.from_arrays(ray.get(loop_config["features"]))
+    examples: RankerExamples = ray.get(inputs.examples)
+    held: HeldOut = ray.get(inputs.held)
+    feats = ItemFeatures.from_arrays(ray.get(inputs.features))
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
-    model = Ranker(cfg, feats, **_tuned_modules(job, ray.get(loop_config["tuning"])))
-    if loop_config.get("init") is not None:  # warm start (before prepare_model: every worker the same)
-        warm_start(model, ray.get(loop_config["init"]))
+    model = Ranker(cfg, feats, **_tuned_modules(job, ray.get(inputs.tuning)))
+    if inputs.init is not None:  # warm start (before prepare_model: every worker the same)
+        warm_start(model, ray.get(inputs.init))
     # the buffers (content features, precomputed encoder states) never change: do not broadcast
     # them every step
     module = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
     opt = torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     shard = ray.train.get_dataset_shard("train")
-    hist, items = torch.from_numpy(arrays["history"]), torch.from_numpy(arrays["items"])
-    dense, label = torch.from_numpy(arrays["dense"]), torch.from_numpy(arrays["label"])
-    weight = torch.from_numpy(arrays["weight"]) if "weight" in arrays else None
-    hist_stage = torch.from_numpy(arrays["hist_stage"]) if "hist_stage" in arrays else None
-    cand_stage = torch.from_numpy(arrays["cand_stage"]) if "cand_stage" in arrays else None
 
     scaler = torch.amp.GradScaler("cuda", enabled=job.use_gpu)  # AMP on GPU; a no-op on CPU
 
@@ -239,9 +321,7 @@ def train_loop(loop_config: dict) -> None:
         for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, dtypes=torch.int64,
                                               local_shuffle_buffer_size=cfg.batch_size * 8,
                                               local_shuffle_seed=cfg.seed + epoch):
-            idx = batch["data"].reshape(-1)
-            h, c = hist[idx].to(device), items[idx].to(device)
-            hs = hist_stage[idx].to(device) if hist_stage is not None else None
+            b = examples.batch(batch["row"].reshape(-1), device)
             steps += 1
             # gradient accumulation: an optimiser step every `grad_accum` batches; DDP all-reduces
             # only on that last one (no_sync on the others)
@@ -249,17 +329,15 @@ def train_loop(loop_config: dict) -> None:
             sync = contextlib.nullcontext() if last or not hasattr(module, "no_sync") else module.no_sync()
             with sync:
                 with torch.autocast("cuda", enabled=job.use_gpu):  # through module(...) so DDP syncs gradients
-                    logits, _, aux = module(h, c.clamp(min=0), dense[idx].to(device), hs, return_all=True)
-                loss = ranker_loss(cfg, logits, aux, c, label[idx].to(device),
-                                   cand_stage[idx].to(device) if cand_stage is not None else None,
-                                   weight[idx].to(device) if weight is not None else None)
+                    logits, _, aux = module(b.history, b.items.clamp(min=0), b.dense, b.hist_stage, return_all=True)
+                loss = ranker_loss(cfg, logits, aux, b.items, b.label, b.cand_stage, b.weight)
                 scaler.scale(loss / cfg.grad_accum).backward()
             if last:
                 scaler.step(opt)
                 scaler.update()
                 opt.zero_grad()
             total += loss.item()
-            samples += len(idx)
+            samples += len(b.items)
         return total / max(steps, 1), steps, samples
 
     def validate() -> float:
@@ -269,11 +347,10 @@ def train_loop(loop_config: dict) -> None:
 
 
 @torch.no_grad()
-def validation_ndcg(model: Ranker, held: dict) -> float:
-    cands, task = held["cands"], held["task"]
-    hist = torch.from_numpy(held["history"])
-
-    stage = torch.from_numpy(held["hist_stage"]) if "hist_stage" in held else None
+def validation_ndcg(model: Ranker, held: HeldOut) -> float:
+    cands, task = held.cands, held.task
+    hist = torch.from_numpy(held.history)
+    stage = torch.from_numpy(held.hist_stage) if held.hist_stage is not None else None
 
     def rank_fn(rows):
         items = torch.from_numpy(cands.items[rows])
@@ -284,7 +361,7 @@ def validation_ndcg(model: Ranker, held: dict) -> float:
     return evaluate(score, task, EvalConfig(ks=(10,), batch_size=512))["NDCG@10"]
 
 
-def prepare_examples(job: RankerJob) -> dict:
+def prepare_examples(job: RankerJob) -> RankerInputs:
     """Everything the ranker trains and is tested on (driver side; candidates by Ray Data)."""
     import ray
 
@@ -330,39 +407,39 @@ def prepare_examples(job: RankerJob) -> dict:
 
     feats = ItemFeatures.from_arrays(component(r_state, "features", job.retriever))
     tuning = _bottom_states(job, ds)
-    arrays = {"history": pad(train_task), "items": tr.items, "dense": tr.dense, "label": tr.label}
-    held = {"cands": he, "task": held_task, "history": pad(held_task)}
     stages = dataset_stage_map(ds) if cfg.use_stage else None
+    history, held_history = pad(train_task), pad(held_task)
+    examples = RankerExamples(history=history, items=tr.items, dense=tr.dense, label=tr.label)
+    held = HeldOut(cands=he, task=held_task, history=held_history)
     if stages is not None:
-        arrays["hist_stage"] = lookup(stages, train_task.users, arrays["history"])
-        arrays["cand_stage"] = lookup(stages, train_task.users, tr.items)
-        held["hist_stage"] = lookup(stages, held_task.users, held["history"])
+        examples = replace(examples, hist_stage=lookup(stages, train_task.users, history),
+                           cand_stage=lookup(stages, train_task.users, tr.items))
+        held = replace(held, hist_stage=lookup(stages, held_task.users, held_history))
     if job.exposure:
-        arrays = _with_exposure(arrays, ExposureLists.load(job.exposure), valid.full, stage, stages, cfg.max_len)
-    return {"stages": stages, "tuning": tuning, "ds": ds, "test": test, "retriever": retriever, "r_state": r_state, "r_doc": doc, "prices": prices,
-            "feats": feats,
-            "arrays": arrays, "held": held}
+        examples = _with_exposure(examples, ExposureLists.load(job.exposure), valid.full, stage, stages, cfg.max_len)
+    return RankerInputs(dataset=ds, test=test, retriever=retriever, retriever_state=r_state, retriever_card=doc,
+                        prices=prices, features=feats, tuning=tuning, stages=stages, examples=examples, held=held)
 
 
-def _with_exposure(arrays: dict, lists: ExposureLists, interactions: Interactions, stage: CandidateStage, stages,
-                   max_len: int) -> dict:
-    """``arrays`` plus the shown-slate lists (weighted; the sampled lists weigh 1), padded to one
+def _with_exposure(examples: RankerExamples, lists: ExposureLists, interactions: Interactions,
+                   stage: CandidateStage, stages: sp.csr_matrix | None, max_len: int) -> RankerExamples:
+    """``examples`` plus the shown-slate lists (weighted; the sampled lists weigh 1), padded to one
     width; their histories from ``interactions`` (the split's sequences)."""
     if not len(lists):
         log.info("[ranker] exposure lists: none")
-        return arrays
+        return examples
     if lists.users.max() >= interactions.num_users or lists.items.max() >= interactions.num_items:
         raise DataError(f"exposure lists name users/items beyond the dataset's {interactions.num_users:,} users / "
                         f"{interactions.num_items:,} items: made for another dataset?")
     hist = lists.histories(interactions)
     c = stage.given(hist, lists.items, lists.label)
-    extra = {"history": left_pad([hist.row(i) for i in range(hist.num_users)], max_len), "items": c.items,
-             "dense": c.dense, "label": c.label}
-    if "hist_stage" in arrays:
-        extra["hist_stage"] = lookup(stages, lists.users, extra["history"])
-        extra["cand_stage"] = lookup(stages, lists.users, c.items)
-    width = max(arrays["items"].shape[1], c.items.shape[1])
-    fill = {"items": -1, "dense": 0.0, "label": False, "cand_stage": 0}
+    history = left_pad([hist.row(i) for i in range(hist.num_users)], max_len)
+    extra = RankerExamples(history=history, items=c.items, dense=c.dense, label=c.label)
+    if examples.hist_stage is not None:
+        extra = replace(extra, hist_stage=lookup(stages, lists.users, history),
+                        cand_stage=lookup(stages, lists.users, c.items))
+    width = max(examples.items.shape[1], c.items.shape[1])
+    fill = {"items": -1, "dense": 0.0, "label": False, "cand_stage": 0}  # the candidate axis
 
     def widen(a: np.ndarray, key: str) -> np.ndarray:
         if key not in fill or a.shape[1] == width:
@@ -370,8 +447,9 @@ def _with_exposure(arrays: dict, lists: ExposureLists, interactions: Interaction
         pad = [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2)
         return np.pad(a, pad, constant_values=fill[key])
 
-    out = {key: np.concatenate([widen(arrays[key], key), widen(extra[key], key)]) for key in arrays}
-    out["weight"] = np.r_[np.ones(len(arrays["items"]), np.float32), lists.weight.astype(np.float32)]
+    merged = {f.name: np.concatenate([widen(getattr(examples, f.name), f.name), widen(getattr(extra, f.name), f.name)])
+              for f in fields(RankerExamples) if f.name != "weight" and getattr(examples, f.name) is not None}
+    out = RankerExamples(**merged, weight=np.r_[np.ones(len(examples), np.float32), lists.weight.astype(np.float32)])
     log.info(f"[ranker] + {len(lists):,} shown-slate lists from the feedback log (engaged vs shown-and-skipped), "
           f"position weights mean {lists.weight.mean():.2f} max {lists.weight.max():.2f}")
     return out
@@ -390,30 +468,30 @@ def train_ranker(job: RankerJob, callbacks: list | None = None) -> dict:
         job = replace(job, model=replace(job.model, use_stage=True))
         log.info("[ranker] the events have several types: event-type feature and cart/purchase heads on")
     ex = prepare_examples(job)
-    n = len(ex["arrays"]["items"])
+    n = len(ex.examples)
     name = job.name or run_name(job)
     log.info(f"[ranker] Ray Train run '{name}': {n:,} training lists of {job.model.train_candidates} candidates, "
-          f"{len(ex['held']['task'].users):,} held-out users; rerunning the same job resumes it")
+          f"{len(ex.held.task.users):,} held-out users; rerunning the same job resumes it")
     init = None
     if job.init_from:  # the ranker's weights only, not the whole pipeline
         init = component(read_state(job.init_from), "ranker_weights", job.init_from)
         log.info(f"[ranker] warm start from {job.init_from}")
-    saved = fit(train_loop, {"job": job, "arrays": ray.put(ex["arrays"]), "held": ray.put(ex["held"]),
-                             "features": ray.put(ex["feats"].arrays()), "tuning": ray.put(ex["tuning"]),
-                             "init": ray.put(init) if init is not None else None},
-                name=name, storage_path=job.storage, workers=job.workers, use_gpu=job.use_gpu,
+    worker = RankerWorkerInputs(job=job, examples=ray.put(ex.examples), held=ray.put(ex.held),
+                                features=ray.put(ex.features.arrays()), tuning=ray.put(ex.tuning),
+                                init=ray.put(init) if init is not None else None)
+    saved = fit(train_loop, worker, name=name, storage_path=job.storage, workers=job.workers, use_gpu=job.use_gpu,
                 max_failures=job.max_failures, placement=job.placement,
-                datasets={"train": driver_dataset(np.arange(n))}, callbacks=callbacks)
+                datasets={"train": driver_dataset({"row": np.arange(n)})}, callbacks=callbacks)
     return export_ranker(job, ex, saved, start)
 
 
-def export_ranker(job: RankerJob, ex: dict | None, saved: dict, start: float | None = None) -> dict:
+def export_ranker(job: RankerJob, ex: RankerInputs | None, saved: dict, start: float | None = None) -> dict:
     """Evaluate the best state of a run (``saved``: a checkpoint's ``state.pt``) as a two-stage
     pipeline and write the model directory ``job.out``; ``ex`` from :func:`prepare_examples`
     (recomputed when None)."""
     start = time.time() if start is None else start
     ex = ex if ex is not None else prepare_examples(job)
-    ranker = Ranker(job.model, ex["feats"], **_tuned_modules(job, ex["tuning"]))
+    ranker = Ranker(job.model, ex.features, **_tuned_modules(job, ex.tuning))
     ranker.load_state_dict(saved["best_model"])
     trainable = {"total": trainable_params(ranker), "text_encoder": trainable_params(ranker.tuned),
                  "image_encoder": trainable_params(ranker.tuned_image)}
@@ -424,20 +502,20 @@ def export_ranker(job: RankerJob, ex: dict | None, saved: dict, start: float | N
             tables["tuned_table"] = ranker.tuned.embed_all()
         if ranker.tuned_image is not None:
             tables["tuned_image_table"] = ranker.tuned_image.embed_all()
-        exported = Ranker(job.model, ex["feats"], **tables)
+        exported = Ranker(job.model, ex.features, **tables)
         exported.load_state_dict({k: v for k, v in saved["best_model"].items()
                                   if not k.startswith(("tuned.", "tuned_image."))}, strict=False)
         for key, table in tables.items():
             getattr(exported, key).copy_(torch.from_numpy(table))
         ranker = exported
-    test = ex["test"]
-    stage = _stage(ex["retriever"], job.knn, test.train, ex["prices"], ex["ds"].timestamps)
-    vocab = attribute_vocabulary(ex["ds"].items)[2]
-    pipeline = TwoStageScorer(stage, ranker, vocab, ex["stages"])
+    test = ex.test
+    stage = _stage(ex.retriever, job.knn, test.train, ex.prices, ex.dataset.timestamps)
+    vocab = attribute_vocabulary(ex.dataset.items)[2]
+    pipeline = TwoStageScorer(stage, ranker, vocab, ex.stages)
     t0 = time.time()
     two_stage = evaluate(pipeline.score, test)
     seconds_two_stage = time.time() - t0
-    retrieval = evaluate(ex["retriever"].score, test)
+    retrieval = evaluate(ex.retriever.score, test)
     history = saved["history"]
     gain = two_stage["NDCG@10"] / max(retrieval["NDCG@10"], 1e-12) - 1
     summary = {**two_stage, "retriever_only": retrieval, "run": {
@@ -448,7 +526,7 @@ def export_ranker(job: RankerJob, ex: dict | None, saved: dict, start: float | N
         "seconds": round(time.time() - start, 1), "resumes": saved.get("resumes", 0),
         "recent_popularity_days": stage.recent_days,
         "trainable_params": trainable}}
-    config = {"ranker": job.model.to_dict(), "retriever": ex["r_doc"].config, "knn": stage.knn.state()[0],
+    config = {"ranker": job.model.to_dict(), "retriever": ex.retriever_card.config, "knn": stage.knn.state()[0],
               "attribute_vocab": vocab}
 
     def extra(tmp: Path) -> None:
@@ -456,14 +534,14 @@ def export_ranker(job: RankerJob, ex: dict | None, saved: dict, start: float | N
         (tmp / "history.json").write_text(json.dumps(history, indent=2) + "\n")
         plot_learning_curve(history, tmp / "learning_curve.png", "Ranker learning curve")
 
-    r_doc: ModelCard = ex["r_doc"]
-    card = ModelCard(kind="ranker", config=config, num_items=ex["ds"].num_items, metrics=two_stage,
+    r_doc = ex.retriever_card
+    card = ModelCard(kind="ranker", config=config, num_items=ex.dataset.num_items, metrics=two_stage,
                      retriever_only=retrieval, history=history, resumes=saved.get("resumes", 0),
                      encoders=r_doc.encoders,
                      reranks=Reranks(path=job.retriever, metrics=r_doc.metrics, trained_on=r_doc.trained_on),
-                     trained_on=TrainedOn(data=job.data, source=ex["ds"].source, scheme=job.scheme,
+                     trained_on=TrainedOn(data=job.data, source=ex.dataset.source, scheme=job.scheme,
                                           fingerprint=dataset_fingerprint(job.data)))
-    save_model_dir(job.out, card, TwoStageScorer.state(stage, ranker, ex["r_state"], ex["stages"]),
+    save_model_dir(job.out, card, TwoStageScorer.state(stage, ranker, ex.retriever_state, ex.stages),
                    overwrite=job.overwrite, extra=extra)
     log.info(f"[ranker] done in {summary['run']['seconds']:.0f}s: test NDCG@10 {two_stage['NDCG@10']:.4f} "
           f"HR@10 {two_stage['HR@10']:.4f} (retriever alone {retrieval['NDCG@10']:.4f} / {retrieval['HR@10']:.4f}, "

@@ -22,19 +22,23 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from training.data.dataset import load_dataset
+from training.data.dataset import Dataset, load_dataset
 from training.data.interactions import Interactions
-from training.data.splits import build_split, split_from_manifest
+from training.data.splits import EvalTask, build_split, split_from_manifest
 from training.evaluation.metrics import EvalConfig, evaluate
 from training.features import build_item_features
 from training.loop import LoopSpec, driver_dataset, fit, plot_learning_curve, run_epochs
 from training.modeldir import ModelCard, TrainedOn, dataset_fingerprint, save_model_dir
 from training.models.encoders import ImageEncoderConfig, TextEncoderConfig
 from training.models.retriever import ItemFeatures, RetrieverConfig, RetrieverScorer, TwoTower, TwoTowerTrain, left_pad
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +93,50 @@ def sequence_targets(items: np.ndarray, times: np.ndarray, target: str = "next")
     return items[:n], out
 
 
-def training_arrays(train: Interactions, max_len: int, target: str = "next", windows: int = 1) -> np.ndarray:
-    """``(N, 2, max_len)``: left-padded input sequences and their targets (see
-    :func:`sequence_targets`), up to ``windows`` consecutive windows of ``max_len`` per user,
-    newest first (windows after the first start without the older context)."""
+@dataclass(frozen=True)
+class Sequences:
+    """The retriever's training examples: ``inputs`` ``(N, max_len)``, left-padded item ids, and
+    ``targets`` ``(N, max_len)``, the item each position should predict (-1: none, or padding)."""
+
+    inputs: np.ndarray
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The Ray Dataset's columns (see :func:`training.loop.driver_dataset`)."""
+        return {"inputs": self.inputs, "targets": self.targets}
+
+
+@dataclass(frozen=True)
+class RetrieverInputs:
+    """What the driver prepares once (:func:`prepare_inputs`) for training and for the export."""
+
+    dataset: Dataset
+    valid: EvalTask  # early stopping (possibly a seeded sample of the users: ``job.valid_users``)
+    test: EvalTask
+    features: ItemFeatures
+    sequences: Sequences
+    log_q: np.ndarray  # (num_items,) log sampling probability, for the sampled-softmax correction
+
+
+@dataclass(frozen=True)
+class RetrieverWorkerInputs:
+    """What every Ray Train worker gets (``train_loop_config["inputs"]``): the job, and the shared
+    arrays as object-store references (one copy per node, not one per worker). The training
+    sequences come as the worker's Ray Data shard, batches of ``inputs`` and ``targets``."""
+
+    job: RetrieverJob
+    features: ObjectRef  # ItemFeatures.arrays()
+    valid: ObjectRef  # EvalTask
+    log_q: np.ndarray
+
+
+def training_sequences(train: Interactions, max_len: int, target: str = "next", windows: int = 1) -> Sequences:
+    """Left-padded input sequences and their targets (see :func:`sequence_targets`), up to
+    ``windows`` consecutive windows of ``max_len`` per user, newest first (windows after the first
+    start without the older context)."""
     inputs, targets = [], []
     for u in range(train.num_users):
         lo, hi = train.indptr[u], train.indptr[u + 1]
@@ -104,7 +148,7 @@ def training_arrays(train: Interactions, max_len: int, target: str = "next", win
             if (y[max(0, end - max_len):end] >= 0).any():  # a window with no target teaches nothing
                 inputs.append(x[max(0, end - max_len):end])
                 targets.append(y[max(0, end - max_len):end])
-    return np.stack([left_pad(inputs, max_len), left_pad(targets, max_len)], axis=1)
+    return Sequences(left_pad(inputs, max_len), left_pad(targets, max_len))
 
 
 def train_loop(loop_config: dict) -> None:
@@ -113,10 +157,11 @@ def train_loop(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    job: RetrieverJob = loop_config["job"]
+    inputs: RetrieverWorkerInputs = loop_config["inputs"]
+    job = inputs.job
     cfg = job.model
-    feats = ItemFeatures.from_arrays(ray.get(loop_config["features"]))
-    valid_task = ray.get(loop_config["valid"])
+    feats = ItemFeatures.from_arrays(ray.get(inputs.features))
+    valid_task: EvalTask = ray.get(inputs.valid)
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
@@ -125,7 +170,7 @@ def train_loop(loop_config: dict) -> None:
     opt = torch.optim.Adam(train_module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=job.use_gpu)
     shard = ray.train.get_dataset_shard("train")
-    log_q = torch.tensor(loop_config["log_q"]).to(device)
+    log_q = torch.tensor(inputs.log_q).to(device)
 
     def train_epoch(epoch: int) -> tuple[float, int, int]:
         gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + epoch * 10 + rank)
@@ -133,9 +178,8 @@ def train_loop(loop_config: dict) -> None:
         for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, dtypes=torch.int64, device=device,
                                               local_shuffle_buffer_size=cfg.batch_size * 8,
                                               local_shuffle_seed=cfg.seed + epoch):
-            data = batch["data"]
             with torch.autocast("cuda", enabled=job.use_gpu):
-                loss = train_module(data[:, 0], data[:, 1], log_q, gen)
+                loss = train_module(batch["inputs"], batch["targets"], log_q, gen)
             opt.zero_grad()
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -158,8 +202,8 @@ def run_name(job: RetrieverJob) -> str:
     return "retriever-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def prepare_inputs(job: RetrieverJob):
-    """Dataset, splits, item features and training arrays (on the driver; no Ray Train)."""
+def prepare_inputs(job: RetrieverJob) -> RetrieverInputs:
+    """Dataset, splits, item features and training sequences (on the driver; no Ray Train)."""
     from training.embed import embed_items
 
     ds = load_dataset(job.data)
@@ -174,11 +218,11 @@ def prepare_inputs(job: RetrieverJob):
         image = embed_items(ds, "image", job.image, job.cache_dir, concurrency=max(1, min(job.workers, 2)),
                             use_gpu=job.use_gpu)
     feats = build_item_features(ds.items, valid.train, text, image)
-    arrays = training_arrays(valid.train, job.model.max_len, job.model.target, job.model.windows)
+    sequences = training_sequences(valid.train, job.model.max_len, job.model.target, job.model.windows)
     counts = valid.train.item_counts().astype(np.float64) + 1.0  # add-one: every item samplable
     log_q = np.log(counts / counts.sum()).astype(np.float32)
-    valid = valid.sample_users(job.valid_users, seed=job.model.seed)
-    return ds, valid, test, feats, arrays, log_q
+    return RetrieverInputs(dataset=ds, valid=valid.sample_users(job.valid_users, seed=job.model.seed), test=test,
+                           features=feats, sequences=sequences, log_q=log_q)
 
 
 def train_retriever(job: RetrieverJob, callbacks: list | None = None) -> dict:
@@ -186,26 +230,29 @@ def train_retriever(job: RetrieverJob, callbacks: list | None = None) -> dict:
     import ray
 
     start = time.time()
-    ds, valid, test, feats, arrays, log_q = prepare_inputs(job)
-    log.info(f"[retriever] {ds.source}: {len(arrays):,} training sequences, {ds.num_items:,} items, "
-          f"{int(feats.known.sum()):,} seen in training; validation users {len(valid.users):,}; "
+    inputs = prepare_inputs(job)
+    ds, feats = inputs.dataset, inputs.features
+    log.info(f"[retriever] {ds.source}: {len(inputs.sequences):,} training sequences, {ds.num_items:,} items, "
+          f"{int(feats.known.sum()):,} seen in training; validation users {len(inputs.valid.users):,}; "
           f"text {'on' if feats.text is not None else 'off'}, image {'on' if feats.image is not None else 'off'}")
     name = job.name or run_name(job)
     log.info(f"[retriever] Ray Train run '{name}' under {job.storage} (rerunning the same job resumes it)")
-    saved = fit(train_loop, {"job": job, "features": ray.put(feats.arrays()), "valid": ray.put(valid),
-                             "log_q": log_q},
-                name=name, storage_path=job.storage, workers=job.workers, use_gpu=job.use_gpu,
+    worker = RetrieverWorkerInputs(job=job, features=ray.put(feats.arrays()), valid=ray.put(inputs.valid),
+                                   log_q=inputs.log_q)
+    saved = fit(train_loop, worker, name=name, storage_path=job.storage, workers=job.workers, use_gpu=job.use_gpu,
                 max_failures=job.max_failures, placement=job.placement,
-                datasets={"train": driver_dataset(arrays)}, callbacks=callbacks)
-    return export_retriever(job, (ds, valid, test, feats, arrays, log_q), saved, start)
+                datasets={"train": driver_dataset(inputs.sequences.columns())}, callbacks=callbacks)
+    return export_retriever(job, inputs, saved, start)
 
 
-def export_retriever(job: RetrieverJob, inputs: tuple | None, saved: dict, start: float | None = None) -> dict:
+def export_retriever(job: RetrieverJob, inputs: RetrieverInputs | None, saved: dict,
+                     start: float | None = None) -> dict:
     """Evaluate the best state of a run (``saved``: a checkpoint's ``state.pt``) on the test split
     and write the model directory ``job.out``; ``inputs`` from :func:`prepare_inputs` (recomputed
     when None, e.g. exporting a Tune trial's checkpoint in the sweep driver)."""
     start = time.time() if start is None else start
-    ds, valid, test, feats, arrays, log_q = inputs if inputs is not None else prepare_inputs(job)
+    inputs = inputs if inputs is not None else prepare_inputs(job)
+    ds, test, feats = inputs.dataset, inputs.test, inputs.features
     model = TwoTower(job.model, feats)
     model.load_state_dict(saved["best_model"])
     # test: the validation target is history now; items seen up to it get their id vectors

@@ -22,7 +22,7 @@ the best event per shown item counts); a request's reward is the sum over its sl
     fail for a greedy re-ranker and a shopper who clicks at most once: the greedy choice in slot 2
     given an explored slot 1 is the best item, shown where the all-greedy slate has the second
     best, so ``iips`` overstates the greedy slate (by +21 % at epsilon 0.3, +39 % at 0.5 in
-    ``tests/unit/test_ope.py``). Kept for comparison, with its variance (much lower).
+    ``tests/unit/training/evaluation/test_ope.py``). Kept for comparison, with its variance (much lower).
 
 95 % intervals by bootstrap over requests; effective sample size and the largest weight with each.
 Plain pyarrow/numpy, no Ray. Logged bandit feedback with one action per round (Open Bandit

@@ -13,7 +13,7 @@ and ``V_PI = mean(w_i r_i)``. **Assumption: the slate's expected reward is addit
 its weights are far smaller than the slate IPS weight ``pi(s) / mu(s)`` (exponentially in ``L``):
 it needs much less data. When clicks interact (a shopper who stops after the first click: the
 cascade), additivity fails and PI is biased -- the slate IPS of :mod:`training.evaluation.slate_target`
-needs no such assumption. ``tests/unit/test_slate_pi.py`` shows both.
+needs no such assumption. ``tests/unit/training/evaluation/test_slate_pi.py`` shows both.
 
 **What "known logger" means here**: ``Gamma`` needs the logger's *joint* slot distribution, not
 just the per-slot propensity of what it showed. :func:`epsilon_greedy_slates` enumerates it for the

@@ -2,15 +2,10 @@
 quarantined instead of failing every replica."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow.fs as pafs
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the model fixtures of tests/unit
-from test_new_items import VOCAB, _pipe
-from test_ranker import N_ITEMS
+from unit_models import N_ITEMS, VOCAB, _pipe
 
 from serving.images import ImageSource
 from serving.index import VectorIndex

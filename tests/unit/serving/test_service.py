@@ -2,15 +2,12 @@
 the real user state, the real feedback log and the real policy."""
 
 import asyncio
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the model fixtures of tests/unit
-from test_ranker import N_ITEMS, _train
 from test_runtime_items import _served
+from unit_models import N_ITEMS, _train
 
 from serving.catalog import Catalog
 from serving.feedback_log import FeedbackLog, FeedbackLogConfig

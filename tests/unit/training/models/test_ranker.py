@@ -3,33 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from unit_models import N_ITEMS, _feats, _stage, _train
 
-from training.baselines.itemknn import ItemKNN, ItemKNNConfig
-from training.candidates import CandidateStage
 from training.data.interactions import Interactions
 from training.models.ranker import Ranker, RankerConfig, listwise_loss
-from training.models.retriever import ItemFeatures, RetrieverConfig, RetrieverScorer, TwoTower
+from training.models.retriever import RetrieverConfig, RetrieverScorer
 from training.pipeline import TwoStageScorer
-
-N_ITEMS = 30
-
-
-def _feats(n=N_ITEMS):
-    attrs = [[i % 3, 3 + i % 2] for i in range(n)]  # attribute 0..2 = "category", 3..4 = "colour"
-    indptr = np.concatenate([[0], np.cumsum([len(a) for a in attrs])])
-    return ItemFeatures(n, np.ones(n, bool), indptr, np.concatenate(attrs), 5)
-
-
-def _stage(train: Interactions, seed=0) -> CandidateStage:
-    torch.manual_seed(seed)
-    retriever = RetrieverScorer(TwoTower(RetrieverConfig.tiny(), _feats()))
-    knn = ItemKNN(ItemKNNConfig.tiny()).fit(train)
-    return CandidateStage.fit(retriever, knn, train, np.linspace(1, 30, N_ITEMS))
-
-
-def _train() -> Interactions:
-    rng = np.random.default_rng(0)
-    return Interactions.from_lists([list(rng.choice(N_ITEMS, 6, replace=False)) for _ in range(40)], N_ITEMS)
 
 
 def _planted_lists(rng, cats: np.ndarray, k: int):

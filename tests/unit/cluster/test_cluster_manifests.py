@@ -9,7 +9,7 @@ import yaml
 from serving.schemas import AppArgs
 from training.cli import build_parser
 
-CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
+CLUSTER = Path(__file__).resolve().parents[3] / "cluster"
 
 
 def test_rayservice_embeds_the_serve_config():

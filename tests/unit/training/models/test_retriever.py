@@ -85,19 +85,20 @@ def test_full_and_sampled_losses_train():
         assert value.item() < 0.5 * first, (loss, first, value.item())
 
 
-def test_training_arrays_shift_targets_by_one():
+def test_training_sequences_shift_targets_by_one():
     from training.data.interactions import Interactions
-    from training.train_retriever import training_arrays
+    from training.train_retriever import training_sequences
 
-    arr = training_arrays(Interactions.from_lists([[5, 6, 7], [8], [1, 2]], 10), max_len=3)
-    assert arr.shape == (2, 2, 3)  # the user with one item has no training pair
-    assert arr[0, 0].tolist() == [-1, 5, 6] and arr[0, 1].tolist() == [-1, 6, 7]
-    assert arr[1, 0].tolist() == [-1, -1, 1] and arr[1, 1].tolist() == [-1, -1, 2]
+    seqs = training_sequences(Interactions.from_lists([[5, 6, 7], [8], [1, 2]], 10), max_len=3)
+    assert len(seqs) == 2 and seqs.inputs.shape == seqs.targets.shape == (2, 3)  # one item: no training pair
+    assert seqs.inputs[0].tolist() == [-1, 5, 6] and seqs.targets[0].tolist() == [-1, 6, 7]
+    assert seqs.inputs[1].tolist() == [-1, -1, 1] and seqs.targets[1].tolist() == [-1, -1, 2]
+    assert list(seqs.columns()) == ["inputs", "targets"]  # the Ray Dataset's columns, by name
 
 
 def test_basket_targets_skip_basket_mates_and_cover_the_next_basket():
     from training.data.interactions import Interactions
-    from training.train_retriever import sequence_targets, training_arrays
+    from training.train_retriever import sequence_targets, training_sequences
 
     items, times = np.array([1, 2, 3, 4, 5, 6, 7]), np.array([0, 0, 5, 5, 5, 9, 9])
     x, y = sequence_targets(items, times, "basket")
@@ -109,20 +110,20 @@ def test_basket_targets_skip_basket_mates_and_cover_the_next_basket():
     _, y = sequence_targets(np.array([1, 2, 1, 3, 2]), np.array([0, 0, 1, 1, 2]), "basket")
     assert y.tolist() == [3, 3, -1, -1]
     seqs = Interactions(np.array([0, 7]), items, times, 10)
-    arr = training_arrays(seqs, max_len=4, target="basket")
-    assert arr[0, 0].tolist() == [2, 3, 4, 5] and arr[0, 1].tolist() == [4, 6, 7, 6]
+    out = training_sequences(seqs, max_len=4, target="basket")
+    assert out.inputs[0].tolist() == [2, 3, 4, 5] and out.targets[0].tolist() == [4, 6, 7, 6]
 
 
 def test_training_windows_cover_long_histories_newest_first():
     from training.data.interactions import Interactions
-    from training.train_retriever import training_arrays
+    from training.train_retriever import training_sequences
 
     seqs = Interactions.from_lists([list(range(1, 11)), [1, 2]], 20)
-    arr = training_arrays(seqs, max_len=4, windows=3)
+    out = training_sequences(seqs, max_len=4, windows=3)
     # user 0: 9 pairs -> windows [6..9], [2..5], [1]; user 1: one window
-    assert [a[0].tolist() for a in arr] == [[6, 7, 8, 9], [2, 3, 4, 5], [-1, -1, -1, 1], [-1, -1, -1, 1]]
-    assert arr[0, 1].tolist() == [7, 8, 9, 10] and arr[2, 1].tolist() == [-1, -1, -1, 2]
-    assert len(training_arrays(seqs, max_len=4, windows=1)) == 2
+    assert out.inputs.tolist() == [[6, 7, 8, 9], [2, 3, 4, 5], [-1, -1, -1, 1], [-1, -1, -1, 1]]
+    assert out.targets[0].tolist() == [7, 8, 9, 10] and out.targets[2].tolist() == [-1, -1, -1, 2]
+    assert len(training_sequences(seqs, max_len=4, windows=1)) == 2
 
 
 def test_run_name_changes_with_the_config():

@@ -31,7 +31,7 @@ import yaml
 
 from serving.schemas import AppArgs
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CLUSTER = ROOT / "cluster"
 KUBERAY = ROOT / ".." / "shared" / "kuberay"
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml.gz", "RayJob": "ray.io_rayjobs.yaml.gz",

@@ -11,7 +11,7 @@ from training.models.ranker_config import RankerConfig
 from training.models.retriever_config import RetrieverConfig
 from tuning.space import grid_size, read_space, to_tune
 
-SPACES = Path(__file__).resolve().parents[2] / "tuning" / "spaces"
+SPACES = Path(__file__).resolve().parents[3] / "tuning" / "spaces"
 RAYCART = str(Path(sys.executable).with_name("raycart"))
 
 

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from serving.schemas import AppArgs, RecommendRequest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_serve_yaml_matches_the_application():

@@ -3,21 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from test_ranker import N_ITEMS, _feats, _stage, _train
+from unit_models import N_ITEMS, VOCAB, _pipe, _train
 
 from training.data.interactions import Interactions
-from training.models.ranker import Ranker, RankerConfig
 from training.new_items import ContentEncoder, rows_table
-from training.pipeline import TwoStageScorer
-
-VOCAB = [f"a{i}" for i in range(5)]
-
-
-def _pipe() -> TwoStageScorer:
-    train = _train()
-    stage = _stage(train)
-    torch.manual_seed(0)
-    return TwoStageScorer(stage, Ranker(RankerConfig.tiny(), _feats()), VOCAB)
 
 
 def test_new_items_get_content_vectors_and_are_retrieved_and_ranked():

@@ -45,7 +45,7 @@ for i in range(100000):
 def test_a_killed_writer_loses_no_acknowledged_record(tmp_path):
     root, wal = str(tmp_path / "log"), str(tmp_path / "wal")
     proc = subprocess.Popen([sys.executable, "-c", WRITER, root, wal], stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parents[2])
+                            cwd=Path(__file__).resolve().parents[3])
     acked = -1
     deadline = time.time() + 60
     while acked < 300 and time.time() < deadline:
@@ -78,7 +78,7 @@ def test_a_new_writer_recovers_a_dead_writers_folder_but_not_a_live_one(tmp_path
     cfg = FeedbackLogConfig(root=str(tmp_path / "log"), wal_dir=str(tmp_path / "wal"), flush_rows=1000)
     root, wal = str(tmp_path / "log"), str(tmp_path / "wal")
     proc = subprocess.Popen([sys.executable, "-c", WRITER.replace('"w")', '"dead")'), root, wal],
-                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[3])
     acked = -1
     while acked < 50:
         acked = int(proc.stdout.readline())

@@ -1,0 +1,40 @@
+"""Small models shared by the unit tests (no Ray): item features, a candidate stage and a two-stage
+pipeline over ``N_ITEMS`` items. ``tests/unit/conftest.py`` puts this folder on ``sys.path``."""
+
+import numpy as np
+import torch
+
+from training.baselines.itemknn import ItemKNN, ItemKNNConfig
+from training.candidates import CandidateStage
+from training.data.interactions import Interactions
+from training.models.ranker import Ranker, RankerConfig
+from training.models.retriever import ItemFeatures, RetrieverConfig, RetrieverScorer, TwoTower
+from training.pipeline import TwoStageScorer
+
+N_ITEMS = 30
+VOCAB = [f"a{i}" for i in range(5)]  # the attribute vocabulary of _feats
+
+
+def _feats(n=N_ITEMS):
+    attrs = [[i % 3, 3 + i % 2] for i in range(n)]  # attribute 0..2 = "category", 3..4 = "colour"
+    indptr = np.concatenate([[0], np.cumsum([len(a) for a in attrs])])
+    return ItemFeatures(n, np.ones(n, bool), indptr, np.concatenate(attrs), 5)
+
+
+def _stage(train: Interactions, seed=0) -> CandidateStage:
+    torch.manual_seed(seed)
+    retriever = RetrieverScorer(TwoTower(RetrieverConfig.tiny(), _feats()))
+    knn = ItemKNN(ItemKNNConfig.tiny()).fit(train)
+    return CandidateStage.fit(retriever, knn, train, np.linspace(1, 30, N_ITEMS))
+
+
+def _train() -> Interactions:
+    rng = np.random.default_rng(0)
+    return Interactions.from_lists([list(rng.choice(N_ITEMS, 6, replace=False)) for _ in range(40)], N_ITEMS)
+
+
+def _pipe() -> TwoStageScorer:
+    train = _train()
+    stage = _stage(train)
+    torch.manual_seed(0)
+    return TwoStageScorer(stage, Ranker(RankerConfig.tiny(), _feats()), VOCAB)
