@@ -77,3 +77,33 @@ def tiny_shop(ray_cluster, tmp_path_factory):
                            storage=str(root / "runs"),
                            model=RankerConfig(**{**RankerConfig.tiny().to_dict(), "epochs": 2, "eval_candidates": 50})))
     return {"data": data, "ranker": str(root / "ranker"), "retriever": str(root / "retriever"), "root": root}
+
+
+@pytest.fixture(scope="session")
+def planted_shop(tmp_path_factory) -> str:
+    """A synthetic shop whose users have planted tastes (400 users, 300 items, 20,000 events)."""
+    from training.data.cli import prepare
+
+    out = tmp_path_factory.mktemp("planted") / "synthetic"
+    prepare("synthetic", None, str(out), num_users=400, num_items=300, num_events=20_000, images=False)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def planted_retriever(ray_cluster, planted_shop, tmp_path_factory) -> dict:
+    """A retriever trained on ``planted_shop`` by 2 DDP workers, once per session, with the
+    listening sockets watched while it ran: ``test_train_retriever.py`` checks the run, the ranker
+    tests rerank it."""
+    from netwatch import ListenerWatch
+
+    from training.models.retriever_config import RetrieverConfig
+    from training.train_retriever import RetrieverJob, train_retriever
+
+    root = tmp_path_factory.mktemp("planted-retriever")
+    config = RetrieverConfig(dim=32, layers=1, heads=1, dropout=0.1, max_len=20, batch_size=64, epochs=20,
+                             patience=5, lr=3e-3)
+    job = RetrieverJob(data=planted_shop, out=str(root / "model"), model=config, workers=2,
+                       storage=str(root / "runs"))
+    with ListenerWatch() as watch:  # the loopback-only rule holds while DDP is running, too
+        summary = train_retriever(job)
+    return {"data": planted_shop, "model": job.out, "summary": summary, "watch": watch}

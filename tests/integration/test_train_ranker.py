@@ -18,28 +18,18 @@ from training.data.dataset import load_dataset
 from training.data.splits import build_split, split_from_manifest
 from training.modeldir import load_model
 from training.models.ranker_config import RankerConfig
-from training.models.retriever_config import RetrieverConfig
 from training.train_ranker import RankerJob, train_ranker
-from training.train_retriever import RetrieverJob, train_retriever
 
 pytestmark = pytest.mark.integration
 RAYCART = str(Path(sys.executable).with_name("raycart"))
 RANKER = RankerConfig(dim=32, hidden=64, dropout=0.1, max_len=20, train_candidates=50, eval_candidates=50,
-                      batch_size=32, grad_accum=2, epochs=20, patience=100, lr=3e-3)
+                      batch_size=32, grad_accum=2, epochs=10, patience=100, lr=3e-3)
 
 
 @pytest.fixture(scope="module")
-def shop_and_retriever(tmp_path_factory, ray_cluster):
-    from training.data.cli import prepare
-
-    root = tmp_path_factory.mktemp("ranker")
-    data = str(root / "synthetic")
-    prepare("synthetic", None, data, num_users=400, num_items=300, num_events=20_000, images=False)
-    cfg = RetrieverConfig(dim=32, layers=1, heads=1, dropout=0.1, max_len=20, batch_size=64, epochs=12,
-                          patience=4, lr=3e-3)
-    train_retriever(RetrieverJob(data=data, out=str(root / "retriever"), model=cfg, workers=2,
-                                 storage=str(root / "runs")))
-    return data, str(root / "retriever")
+def shop_and_retriever(planted_retriever):
+    """The planted shop and the retriever the session trained on it (conftest.py)."""
+    return planted_retriever["data"], planted_retriever["model"]
 
 
 def test_two_worker_ranker_resumes_and_loads_without_ray(shop_and_retriever, tmp_path):
@@ -90,31 +80,23 @@ def test_reasons_name_the_planted_tastes(shop_and_retriever, tmp_path):
     assert np.mean(named) > max(2 * chance, chance + 0.2), (np.mean(named), chance)  # 0.46 vs 0.13 seen
 
 
-def test_fine_tuned_text_ranker_trains_exports_and_reloads(shop_and_retriever, shared, tmp_path):
+def test_fine_tuned_text_ranker_on_s3_trains_exports_and_reloads(shop_and_retriever, shared, s3_env):
+    """Text fine-tuning, with the checkpoints and the model directory on S3: the tuned text vectors
+    travel as a table, and the directory evaluates from S3 without Ray to the same number."""
     from training.evaluation.run import evaluate_model_dir
     from training.models.encoders import TextEncoderConfig
 
     data, retriever = shop_and_retriever
+    bucket = s3_env["bucket"]
     # a relative encoder path, as on the command line: Ray Train workers run in another directory
     text = TextEncoderConfig(os.path.relpath(shared / "models/all-MiniLM-L6-v2"))
     cfg = replace(RANKER, epochs=2, patience=5, text_tune_layers=1)
-    summary = train_ranker(RankerJob(data=data, retriever=retriever, out=str(tmp_path / "ranker"), model=cfg,
-                                     workers=2, storage=str(tmp_path / "runs"), text=text))
-    doc = json.loads((tmp_path / "ranker" / "model.json").read_text())
-    assert doc["config"]["ranker"]["text_tune_layers"] == 1 and len(doc["history"]) == 2
-    again = evaluate_model_dir(data, str(tmp_path / "ranker"))  # the tuned text vectors travel as a table
-    assert again["NDCG@10"] == pytest.approx(summary["NDCG@10"], abs=1e-6)
-
-
-def test_ranker_checkpoints_and_model_on_s3(shop_and_retriever, s3_env):
-    from training.evaluation.run import evaluate_model_dir
-
-    data, retriever = shop_and_retriever
-    bucket = s3_env["bucket"]
-    summary = train_ranker(RankerJob(data=data, retriever=retriever, out=f"s3://{bucket}/models/ranker",
-                                     model=replace(RANKER, epochs=2, grad_accum=1), workers=2,
-                                     storage=f"s3://{bucket}/ranker-runs"))
+    out = f"s3://{bucket}/models/ranker"
+    summary = train_ranker(RankerJob(data=data, retriever=retriever, out=out, model=cfg, workers=2,
+                                     storage=f"s3://{bucket}/ranker-runs", text=text))
     keys = [o["Key"] for o in s3_env["client"].list_objects_v2(Bucket=bucket, Prefix="ranker-runs/")["Contents"]]
     assert any("checkpoint_" in k and k.endswith("state.pt") for k in keys)
-    again = evaluate_model_dir(data, f"s3://{bucket}/models/ranker")
+    doc = json.loads(s3_env["client"].get_object(Bucket=bucket, Key="models/ranker/model.json")["Body"].read())
+    assert doc["config"]["ranker"]["text_tune_layers"] == 1 and len(doc["history"]) == 2
+    again = evaluate_model_dir(data, out)
     assert again["NDCG@10"] == pytest.approx(summary["NDCG@10"], abs=1e-6)

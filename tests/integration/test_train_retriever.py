@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from netwatch import ListenerWatch
 
 from training.baselines.run import run_baseline
 from training.evaluation.run import evaluate_model_dir
@@ -17,43 +16,29 @@ from training.train_retriever import RetrieverJob, train_retriever
 
 pytestmark = pytest.mark.integration
 RAYCART = str(Path(sys.executable).with_name("raycart"))
-CONFIG = RetrieverConfig(dim=32, layers=1, heads=1, dropout=0.1, max_len=20, batch_size=64, epochs=20,
-                         patience=5, lr=3e-3)
-
-
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory):
-    from training.data.cli import prepare
-
-    out = tmp_path_factory.mktemp("shop") / "synthetic"
-    prepare("synthetic", None, str(out), num_users=400, num_items=300, num_events=20_000, images=False)
-    return str(out)
-
-
-def test_two_workers_learn_planted_tastes(ray_cluster, shop, tmp_path):
-    # a worker lost mid-run and the run resumed: tests/integration/test_multinode.py (its whole node
-    # is lost) and test_train_ranker.py (a worker process SIGKILLed)
-    job = RetrieverJob(data=shop, out=str(tmp_path / "model"), model=CONFIG, workers=2,
-                       storage=str(tmp_path / "runs"))
-    with ListenerWatch() as watch:  # the loopback-only rule holds while DDP is running, too
-        summary = train_retriever(job)
+def test_two_workers_learn_planted_tastes(planted_retriever, tmp_path):
+    # the run itself: the session fixture planted_retriever (conftest.py), whose model the ranker
+    # tests rerank. A worker lost mid-run and the run resumed: tests/integration/test_multinode.py
+    # (its whole node is lost) and test_train_ranker.py (a worker process SIGKILLed)
+    shop, model, summary, watch = (planted_retriever[k] for k in ("data", "model", "summary", "watch"))
     assert watch.samples >= 5 and not watch.outside, watch.outside
-    model_json = json.loads((tmp_path / "model" / "model.json").read_text())
+    model_json = json.loads((Path(model) / "model.json").read_text())
     epochs = [h["epoch"] for h in model_json["history"]]
     assert epochs == list(range(1, len(epochs) + 1))
     pop = run_baseline(shop, "pop")
     assert summary["NDCG@10"] > 2.5 * pop["NDCG@10"], (summary["NDCG@10"], pop["NDCG@10"])
     assert model_json["kind"] == "retriever"
-    assert (tmp_path / "model" / "items.parquet").exists() and (tmp_path / "model" / "learning_curve.png").exists()
+    assert (Path(model) / "items.parquet").exists() and (Path(model) / "learning_curve.png").exists()
     # the exported directory loads and evaluates without Ray, to the same number
-    proc = subprocess.run([RAYCART, "evaluate", "--data", shop, "--model", str(tmp_path / "model"),
+    proc = subprocess.run([RAYCART, "evaluate", "--data", shop, "--model", model,
                            "--out", str(tmp_path / "m.json")], capture_output=True, text=True, timeout=300,
                           env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "m.json").read_text())["NDCG@10"] == pytest.approx(summary["NDCG@10"], abs=1e-6)
 
 
-def test_checkpoints_and_model_on_s3(ray_cluster, s3_env, shop):
+def test_checkpoints_and_model_on_s3(ray_cluster, s3_env, planted_shop):
+    shop = planted_shop
     bucket = s3_env["bucket"]
     job = RetrieverJob(data=shop, out=f"s3://{bucket}/models/retriever", model=RetrieverConfig.tiny(), workers=2,
                        storage=f"s3://{bucket}/ray-results")
