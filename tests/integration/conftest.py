@@ -90,10 +90,10 @@ def planted_shop(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def planted_retriever(ray_cluster, planted_shop, tmp_path_factory) -> dict:
-    """A retriever trained on ``planted_shop`` by 2 DDP workers, once per session, with the
-    listening sockets watched while it ran: ``test_train_retriever.py`` checks the run, the ranker
-    tests rerank it."""
+def planted_retriever(ray_cluster, s3_server, planted_shop, tmp_path_factory) -> dict:
+    """A retriever trained on ``planted_shop`` by 2 DDP workers, once per session, its checkpoints
+    on S3 and the listening sockets watched while it ran: ``test_train_retriever.py`` checks the
+    run, the ranker tests rerank it."""
     from netwatch import ListenerWatch
 
     from training.models.retriever_config import RetrieverConfig
@@ -103,7 +103,7 @@ def planted_retriever(ray_cluster, planted_shop, tmp_path_factory) -> dict:
     config = RetrieverConfig(dim=32, layers=1, heads=1, dropout=0.1, max_len=20, batch_size=64, epochs=20,
                              patience=5, lr=3e-3)
     job = RetrieverJob(data=planted_shop, out=str(root / "model"), model=config, workers=2,
-                       storage=str(root / "runs"))
+                       storage=f"s3://{s3_server['bucket']}/planted-runs")  # ray_cluster set the S3 env
     with ListenerWatch() as watch:  # the loopback-only rule holds while DDP is running, too
         summary = train_retriever(job)
-    return {"data": planted_shop, "model": job.out, "summary": summary, "watch": watch}
+    return {"data": planted_shop, "model": job.out, "summary": summary, "watch": watch, "runs": "planted-runs/"}

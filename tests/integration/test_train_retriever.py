@@ -1,5 +1,5 @@
-"""Ray Train on a real local cluster: 2 DDP workers learn the synthetic shop's planted tastes, and
-S3 storage works."""
+"""Ray Train on a real local cluster: 2 DDP workers learn the synthetic shop's planted tastes, with
+their checkpoints on S3."""
 
 import json
 import os
@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 
 from training.baselines.run import run_baseline
-from training.evaluation.run import evaluate_model_dir
-from training.models.retriever_config import RetrieverConfig
-from training.train_retriever import RetrieverJob, train_retriever
 
 pytestmark = pytest.mark.integration
 RAYCART = str(Path(sys.executable).with_name("raycart"))
+
+
 def test_two_workers_learn_planted_tastes(planted_retriever, tmp_path):
     # the run itself: the session fixture planted_retriever (conftest.py), whose model the ranker
     # tests rerank. A worker lost mid-run and the run resumed: tests/integration/test_multinode.py
@@ -37,13 +36,9 @@ def test_two_workers_learn_planted_tastes(planted_retriever, tmp_path):
     assert json.loads((tmp_path / "m.json").read_text())["NDCG@10"] == pytest.approx(summary["NDCG@10"], abs=1e-6)
 
 
-def test_checkpoints_and_model_on_s3(ray_cluster, s3_env, planted_shop):
-    shop = planted_shop
-    bucket = s3_env["bucket"]
-    job = RetrieverJob(data=shop, out=f"s3://{bucket}/models/retriever", model=RetrieverConfig.tiny(), workers=2,
-                       storage=f"s3://{bucket}/ray-results")
-    summary = train_retriever(job)
-    keys = [o["Key"] for o in s3_env["client"].list_objects_v2(Bucket=bucket, Prefix="ray-results/")["Contents"]]
-    assert any("checkpoint_" in k and k.endswith("state.pt") for k in keys)
-    again = evaluate_model_dir(shop, f"s3://{bucket}/models/retriever")
-    assert again["NDCG@10"] == pytest.approx(summary["NDCG@10"], abs=1e-6)
+def test_the_checkpoints_are_on_s3(planted_retriever, s3_server):
+    """The run's checkpoints went to S3 (the model directory on S3, and evaluated from there:
+    test_train_ranker.py's S3 test)."""
+    listed = s3_server["client"].list_objects_v2(Bucket=s3_server["bucket"], Prefix=planted_retriever["runs"])
+    keys = [o["Key"] for o in listed.get("Contents", [])]
+    assert any("checkpoint_" in k and k.endswith("state.pt") for k in keys), keys[:20]
