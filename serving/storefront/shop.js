@@ -270,24 +270,35 @@ async function pickShopper() {
   }
 }
 
-async function start() {
-  $("shopper").addEventListener("change", pickShopper);
-  $("refresh").addEventListener("click", () => recommend("Asked again. The next answer:").catch((e) => say(e.message, true)));
-  $("add-form").addEventListener("submit", addItem);
+// The shopper list, then the first answer. Run at start and again when a key is entered: with API
+// keys on, the first try is refused (no key yet) and the page says so.
+async function loadShoppers() {
   try {
     const r = await call("GET", "/shop/api/users?limit=20");
+    const select = $("shopper");
+    while (select.options.length > 1) select.remove(1); // keep the anonymous-session option
     for (const u of r.users) {
       const o = el("option", "", `${u.user_id} (${u.history} items${u.top_category ? ", likes " + u.top_category : ""})`);
       o.value = u.user_id;
-      $("shopper").appendChild(o);
+      select.appendChild(o);
     }
     const wanted = new URLSearchParams(location.search).get("user");
-    if (wanted && r.users.some((u) => u.user_id === wanted)) $("shopper").value = wanted;
+    if (wanted && r.users.some((u) => u.user_id === wanted)) select.value = wanted;
+    say("", false);
     document.body.dataset.ready = "1";
     await pickShopper();
   } catch (e) {
+    if (/HTTP 401/.test(e.message)) $("keys").open = true; // show where the key goes
     say(e.message, true);
   }
+}
+
+async function start() {
+  $("shopper").addEventListener("change", pickShopper);
+  $("shopper-key").addEventListener("change", loadShoppers);
+  $("refresh").addEventListener("click", () => recommend("Asked again. The next answer:").catch((e) => say(e.message, true)));
+  $("add-form").addEventListener("submit", addItem);
+  await loadShoppers();
   await stats();
   setInterval(stats, 3000);
 }

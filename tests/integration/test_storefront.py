@@ -8,12 +8,12 @@ to ``$RAYCART_SHOP_SCREENSHOTS`` when set (README's pictures), else to the test'
 """
 
 import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 import requests
+from browser import chromium, shown
 
 from serving.redis_server import free_port
 from training.data.feedback import read_feedback
@@ -22,17 +22,6 @@ pytestmark = pytest.mark.integration
 
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
-
-
-def _chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        message = ("!!! Chromium is not installed: the shop window's browser test cannot run. "
-                   "Install it with `apt-get install -y chromium` (.ci/setup.sh does it as root). !!!")
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +78,13 @@ def test_helpers_refuse_paths_and_unknown_items(shop_app):
 def test_page_in_chromium_shows_cards_and_buy_changes_the_answer(shop_app, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    chromium = _chromium()
+    exe = chromium()
     url, shots = shop_app["url"], Path(os.environ.get("RAYCART_SHOP_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     user = requests.get(url + "/shop/api/users", params={"limit": 1}, timeout=10).json()["users"][0]["user_id"]
     errors: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport=DESKTOP)
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -106,7 +95,7 @@ def test_page_in_chromium_shows_cards_and_buy_changes_the_answer(shop_app, tmp_p
             page.wait_for_function(f"document.getElementById('who').textContent.includes('{user}')")
             page.wait_for_function("document.querySelectorAll('#cards .card').length === 8 && "
                                    "[...document.images].every(i => i.complete)", timeout=30_000)
-            before = _shown(page)
+            before = shown(page)
             assert len(set(before["items"])) == 8
             assert before["broken"] == [] and before["images"] >= 8, before
             reasons = page.locator("#cards .reason").all_text_contents()
@@ -121,7 +110,7 @@ def test_page_in_chromium_shows_cards_and_buy_changes_the_answer(shop_app, tmp_p
             page.locator(f"#cards .card[data-item-id='{bought}'] button.buy").click()
             page.wait_for_function(f"document.getElementById('cards').dataset.requestId !== '{before['request_id']}'"
                                    " && [...document.images].every(i => i.complete)", timeout=30_000)
-            after = _shown(page)
+            after = shown(page)
             assert after["broken"] == [], after
             assert bought not in after["items"] and set(after["items"]) != set(before["items"]), (before, after)
             change = page.locator("#change").text_content()
@@ -132,7 +121,7 @@ def test_page_in_chromium_shows_cards_and_buy_changes_the_answer(shop_app, tmp_p
             page.locator(f"#cards .card[data-item-id='{after['items'][0]}'] button.similar").click()
             page.wait_for_function("document.querySelectorAll('#similar .thumb img').length > 0 && "
                                    "[...document.images].every(i => i.complete)", timeout=30_000)
-            assert _shown(page)["broken"] == []
+            assert shown(page)["broken"] == []
             # the admin form: a new item with a picture from the dataset's folder, recommendable at once
             page.fill("#add-form [name=item_id]", "shop-window-new")
             page.fill("#add-form [name=title]", "Window <b>test</b> mug")
@@ -145,7 +134,7 @@ def test_page_in_chromium_shows_cards_and_buy_changes_the_answer(shop_app, tmp_p
             added = page.locator("#add-result .thumb").first
             assert added.locator("div").first.text_content() == "Window <b>test</b> mug"  # text, not markup
             assert added.locator("img").evaluate("i => i.naturalWidth") > 0
-            assert _shown(page)["broken"] == []
+            assert shown(page)["broken"] == []
 
             phone = browser.new_page(viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=1)
             phone.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -154,7 +143,7 @@ def test_page_in_chromium_shows_cards_and_buy_changes_the_answer(shop_app, tmp_p
             phone.select_option("#shopper", user)
             phone.wait_for_function("document.querySelectorAll('#cards .card').length === 8 && "
                                     "[...document.images].every(i => i.complete)", timeout=30_000)
-            assert _shown(phone)["broken"] == []
+            assert shown(phone)["broken"] == []
             width = phone.evaluate("document.documentElement.scrollWidth")
             assert width <= PHONE["width"], f"the page scrolls sideways on a phone: {width}px"
             _screenshot(phone, shots / "shop-phone.png")
@@ -182,12 +171,3 @@ def _screenshot(page, path: Path) -> None:
 
     with Image.open(io.BytesIO(page.screenshot())) as img:
         img.convert("RGB").quantize(256).save(path, optimize=True)
-
-
-def _shown(page) -> dict:
-    return page.evaluate("""() => ({
-        request_id: document.getElementById('cards').dataset.requestId,
-        items: [...document.querySelectorAll('#cards .card')].map(c => c.dataset.itemId),
-        images: [...document.querySelectorAll('#cards img')].length,
-        broken: [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src),
-    })""")

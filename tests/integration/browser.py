@@ -1,0 +1,30 @@
+"""The browser tests' Chromium: Debian's package, driven by Playwright (``executable_path``;
+nothing is downloaded)."""
+
+import os
+import shutil
+
+import pytest
+
+
+def chromium() -> str:
+    """The Chromium executable; missing: a loud skip here, a failure in CI (``CI=true``)."""
+    path = shutil.which("chromium")
+    if path is None:
+        message = ("!!! Chromium is not installed: the shop window's browser test cannot run. "
+                   "Install it with `apt-get install -y chromium` (.ci/setup.sh does it as root). !!!")
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def shown(page) -> dict:
+    """The shop page's answer as shown: its request id, the items of the cards, and the pictures
+    (``broken``: any image of the page that did not load)."""
+    return page.evaluate("""() => ({
+        request_id: document.getElementById('cards').dataset.requestId,
+        items: [...document.querySelectorAll('#cards .card')].map(c => c.dataset.itemId),
+        images: [...document.querySelectorAll('#cards img')].length,
+        broken: [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src),
+    })""")
