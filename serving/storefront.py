@@ -46,6 +46,7 @@ IMAGE_CACHE = 512  # pictures kept in memory per replica (a synthetic one is ~2 
 MAX_CARDS = 100
 
 router = APIRouter(prefix="/shop", include_in_schema=False)
+MAX_SHOPPERS = 100  # the most shoppers the picker may list (GET /shop/api/users?limit=)
 
 
 class Tally:
@@ -106,6 +107,7 @@ class Window:
     keys: list[str | None]  # the dataset items' image keys, by internal id
     runtime_keys: dict[str, str | None] = field(default_factory=dict)
     cache: collections.OrderedDict[str, tuple[bytes, str]] = field(default_factory=collections.OrderedDict)
+    _shoppers: list[dict] | None = None  # see shoppers()
 
     @classmethod
     def build(cls, service: RecommendService) -> Window:
@@ -126,6 +128,22 @@ class Window:
                 "image": f"/shop/images/{_quote(item_id)}" if self._has_image(item) else None,
                 # the key the admin form can reuse (meaningful where image_root is the dataset's folder)
                 "image_key": self.keys[item] if item < len(self.keys) else self.runtime_keys.get(item_id)}
+
+    def shoppers(self) -> list[dict]:
+        """The known shoppers with the longest histories, longest first (ties by internal id), as
+        many as the picker may ask for; computed once per catalogue (its histories do not change)."""
+        if self._shoppers is None:
+            cat = self.service.catalog
+            indptr = cat.histories.indptr
+            ids = list(cat.user_index)
+            sizes = indptr[1:len(ids) + 1] - indptr[:len(ids)]
+            self._shoppers = []
+            for u in np.argsort(-sizes, kind="stable")[:MAX_SHOPPERS].tolist():
+                items = cat.histories.items[indptr[u]:indptr[u + 1]]
+                top = collections.Counter(cat.categories[int(i)] for i in items).most_common(1)
+                self._shoppers.append({"user_id": ids[u], "history": int(sizes[u]),
+                                       "top_category": top[0][0] if top else None})
+        return self._shoppers
 
     def _has_image(self, item: int) -> bool:
         if item < len(self.keys):
@@ -206,19 +224,9 @@ async def image(item_id: str, request: Request) -> Response:
 
 
 @router.get("/api/users")
-async def users(request: Request, limit: int = Query(12, ge=1, le=100)) -> dict:
+async def users(request: Request, limit: int = Query(12, ge=1, le=MAX_SHOPPERS)) -> dict:
     """Known shoppers with a history, the longest histories first (the page's picker)."""
-    cat = _window(request).service.catalog
-    indptr = cat.histories.indptr
-    ids = list(cat.user_index)
-    sizes = indptr[1:len(ids) + 1] - indptr[:len(ids)]
-    order = np.argsort(-sizes, kind="stable")[:limit].tolist()  # longest first, then by internal id
-    out = []
-    for u in order:
-        items = cat.histories.items[indptr[u]:indptr[u + 1]]
-        top = collections.Counter(cat.categories[int(i)] for i in items).most_common(1)
-        out.append({"user_id": ids[u], "history": int(sizes[u]), "top_category": top[0][0] if top else None})
-    return {"users": out}
+    return {"users": _window(request).shoppers()[:limit]}
 
 
 @router.get("/api/users/{user_id}/history")
