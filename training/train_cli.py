@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from training.config_file import KindConfig
 from training.trainers import TRAINERS, Trainer
 
 # The run settings every kind takes (a config file's ``run`` section), with their defaults;
@@ -75,7 +76,7 @@ def _config_flags(p: argparse.ArgumentParser, config_cls) -> None:
 
 
 def _read_file(args: argparse.Namespace, kind: str):
-    from training.config_file import KindConfig, read_config
+    from training.config_file import read_config
 
     if not args.config:
         return KindConfig()
@@ -91,17 +92,15 @@ def _run_settings(args: argparse.Namespace, file, defaults: dict) -> dict:
     return out
 
 
-def _config_from_args(args: argparse.Namespace, config_cls, from_file: dict | None = None,
+def _config_from_args(args: argparse.Namespace, config_cls, file: KindConfig | None = None,
                       switched_off: list[str] | None = None):
     """The model config: library defaults (``tiny()`` with --smoke) < the config file < flags."""
-    from training.config_file import KindConfig
-
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)
                  if getattr(args, f.name, None) is not None}
     for modality in ("id", "attributes", "text", "image"):
         if modality in (switched_off or []):
             overrides[f"use_{modality}"] = False
-    return KindConfig(model=from_file or {}).model_config(
+    return (file or KindConfig()).model_config(
         config_cls, config_cls.tiny() if args.smoke else None, overrides, getattr(args, "config", None))
 
 
@@ -114,7 +113,7 @@ def build_job(args: argparse.Namespace):
     run = _run_settings(args, file, run_defaults(t))
     values = {
         "data": args.data, "out": args.out, "name": args.name, "use_gpu": run["gpu"],
-        "model": _config_from_args(args, t.config_cls(), file.model, run["no"]),
+        "model": _config_from_args(args, t.config_cls(), file, run["no"]),
         "text": TextEncoderConfig(run["text_encoder"]) if run["text_encoder"] else None,
         "image": ImageEncoderConfig(weights=run["image_encoder"]) if run["image_encoder"] else None,
         **{k: v for k, v in run.items() if k not in ("gpu", "no", "text_encoder", "image_encoder")},

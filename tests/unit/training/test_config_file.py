@@ -35,7 +35,7 @@ def test_flags_override_the_file_which_overrides_the_defaults(tmp_path):
     args = _args("retriever", "--config", str(path), "--data", "d", "--out", "o", "--dim", "48", "--workers", "1")
     file = train_cli._read_file(args, "retriever")
     run = train_cli._run_settings(args, file, train_cli.RETRIEVER_RUN)
-    model = train_cli._config_from_args(args, RetrieverConfig, file.model, run["no"])
+    model = train_cli._config_from_args(args, RetrieverConfig, file, run["no"])
     assert model.dim == 48 and model.lr == 0.01 and model.heads == 2  # flag, file, file
     assert model.layers == RetrieverConfig().layers and not model.use_image  # default; the file's --no
     assert run["workers"] == 1 and run["valid_users"] == 500 and run["scheme"] == "loo"
@@ -64,7 +64,7 @@ def test_bad_files_name_the_file_and_the_field(tmp_path):
     path.write_text("retriever:\n  model: {heads: 3}\n")  # dim 64 is not divisible by 3
     args = _args("retriever", "--config", str(path), "--data", "d", "--out", "o")
     with pytest.raises(Exception, match=r"RetrieverConfig \(--config .*c.yaml\).*divisible"):
-        train_cli._config_from_args(args, RetrieverConfig, train_cli._read_file(args, "retriever").model)
+        train_cli._config_from_args(args, RetrieverConfig, train_cli._read_file(args, "retriever"))
 
 
 def test_write_then_read_round_trips(tmp_path):
