@@ -63,11 +63,15 @@ def _live_replicas() -> set[str]:
             if a["name"].startswith("SERVE_REPLICA::")}
 
 
-def _total(samples: dict, name: str, live: set[str], **labels) -> float:
-    """The sum over the series of ``name`` from this app's replicas (``live``) whose labels include
-    ``labels``: an earlier test's app's series would otherwise meet the counts before ours are exported."""
-    return sum(v for lab, v in samples.get(name, [])
-               if lab.get("replica") in live and all(lab.get(k) == x for k, x in labels.items()))
+def _ours(samples: dict, live: set[str]) -> dict:
+    """The series of this app's replicas (``live``) only: an earlier test's app's series would
+    otherwise meet the counts before ours are exported."""
+    return {name: [(lab, v) for lab, v in series if lab.get("replica") in live] for name, series in samples.items()}
+
+
+def _total(samples: dict, name: str, **labels) -> float:
+    """The sum over every series of ``name`` whose labels include ``labels``."""
+    return sum(v for lab, v in samples.get(name, []) if all(lab.get(k) == x for k, x in labels.items()))
 
 
 def test_the_app_exports_its_metrics_on_loopback(app, ray_metrics_url, ray_cluster):
@@ -90,17 +94,18 @@ def test_the_app_exports_its_metrics_on_loopback(app, ray_metrics_url, ray_clust
     live = _live_replicas()  # this app's replicas: the earlier tests' apps are shut down
 
     wanted = {  # Ray exports custom metrics every few seconds: poll, bounded
-        "requests": lambda s: _total(s, "ray_raycart_requests_total", live, endpoint="/recommend", status="2xx") >= SENT,
-        "clicks": lambda s: _total(s, "ray_raycart_feedback_events_total", live, event="click",
+        "requests": lambda s: _total(s, "ray_raycart_requests_total", endpoint="/recommend", status="2xx") >= SENT,
+        "clicks": lambda s: _total(s, "ray_raycart_feedback_events_total", event="click",
                                    outcome="recorded") >= SENT,
-        "errors": lambda s: _total(s, "ray_raycart_request_errors_total", live, endpoint="/recommend", status="4xx") >= 1,
-        "stages": lambda s: all(_total(s, "ray_raycart_stage_latency_seconds_count", live, stage=x) >= SENT
+        "errors": lambda s: _total(s, "ray_raycart_request_errors_total", endpoint="/recommend", status="4xx") >= 1,
+        "stages": lambda s: all(_total(s, "ray_raycart_stage_latency_seconds_count", stage=x) >= SENT
                                 for x in ("retrieval", "ranking", "policy_choose")),
-        "index": lambda s: _total(s, "ray_raycart_index_items", live) > 0,
+        "index": lambda s: _total(s, "ray_raycart_index_items") > 0,
     }
     deadline = time.monotonic() + 45
     while True:
-        samples = _scrape(ray_metrics_url)
+        everyone = _scrape(ray_metrics_url)
+        samples = _ours(everyone, live)
         missing = [k for k, ok in wanted.items() if not ok(samples)]
         if not missing or time.monotonic() > deadline:
             break
@@ -108,27 +113,25 @@ def test_the_app_exports_its_metrics_on_loopback(app, ray_metrics_url, ray_clust
     assert not missing, (missing, sorted(samples))
 
     # only this app's series count, so the counts are exact
-    assert _total(samples, "ray_raycart_requests_total", live, endpoint="/recommend", status="2xx") == SENT
-    assert _total(samples, "ray_raycart_requests_total", live, endpoint="/feedback", status="2xx") == SENT
-    latency = _total(samples, "ray_raycart_request_latency_seconds_count", live, endpoint="/recommend")
+    assert _total(samples, "ray_raycart_requests_total", endpoint="/recommend", status="2xx") == SENT
+    assert _total(samples, "ray_raycart_requests_total", endpoint="/feedback", status="2xx") == SENT
+    latency = _total(samples, "ray_raycart_request_latency_seconds_count", endpoint="/recommend")
     assert latency == SENT + 1  # the 422 too
-    assert _total(samples, "ray_raycart_request_latency_seconds_sum", live, endpoint="/recommend") > 0
-    inf = _total(samples, "ray_raycart_request_latency_seconds_bucket", live, endpoint="/recommend", le="+Inf")
+    assert _total(samples, "ray_raycart_request_latency_seconds_sum", endpoint="/recommend") > 0
+    inf = _total(samples, "ray_raycart_request_latency_seconds_bucket", endpoint="/recommend", le="+Inf")
     assert inf == latency
-    assert _total(samples, "ray_raycart_impressions_total", live, **versions) == SENT * K
-    assert _total(samples, "ray_raycart_clicks_total", live, **versions) == SENT
-    assert _total(samples, "ray_raycart_reward_total", live, **versions) == SENT  # a click's reward is 1
+    assert _total(samples, "ray_raycart_impressions_total", **versions) == SENT * K
+    assert _total(samples, "ray_raycart_clicks_total", **versions) == SENT
+    assert _total(samples, "ray_raycart_reward_total", **versions) == SENT  # a click's reward is 1
     # the stages are measured in the replicas that do the work, tagged by Serve with their deployment
-    # (this app's replicas: see _live_replicas)
-    ranking = [lab for lab, _ in samples["ray_raycart_stage_latency_seconds_count"]
-               if lab["stage"] == "ranking" and lab.get("replica") in live]
+    ranking = [lab for lab, _ in samples["ray_raycart_stage_latency_seconds_count"] if lab["stage"] == "ranking"]
     assert {lab["deployment"] for lab in ranking} == {"Ranker"}
-    index = [(lab, v) for lab, v in samples["ray_raycart_index_items"] if lab.get("replica") in live]
+    index = samples["ray_raycart_index_items"]
     assert {lab["deployment"] for lab, _ in index} == {"Retriever"}
     assert all(v == app["num_items"] for _, v in index)
-    runtime = [v for lab, v in samples["ray_raycart_runtime_items"] if lab.get("replica") in live]
+    runtime = [v for _, v in samples["ray_raycart_runtime_items"]]
     assert all(v == 0 for v in runtime), runtime  # no item added at runtime yet (if exported yet)
-    assert {name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum") for name in samples} == {
+    assert {name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum") for name in everyone} == {
         exported(n) for n in SPECS}  # every declared metric is exported
 
     # the ingress's access lines: JSON, one per request, with the request id, in its replica log
