@@ -1,8 +1,10 @@
 """The browser tests' Chromium: Debian's package, driven by Playwright (``executable_path``;
 nothing is downloaded)."""
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 
 import pytest
 
@@ -17,6 +19,20 @@ def chromium() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@contextlib.contextmanager
+def launched() -> Iterator:
+    """A headless Chromium (:func:`chromium`) driven by Playwright, closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    exe = chromium()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def shown(page) -> dict:

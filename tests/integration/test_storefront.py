@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from browser import chromium, shown
+from browser import launched, shown
 
 from serving.redis_server import free_port
 from training.data.feedback import read_feedback
@@ -76,79 +76,72 @@ def test_helpers_refuse_paths_and_unknown_items(shop_app):
 
 
 def test_page_in_chromium_shows_cards_and_buy_changes_the_answer(shop_app, tmp_path):
-    from playwright.sync_api import sync_playwright
-
-    exe = chromium()
     url, shots = shop_app["url"], Path(os.environ.get("RAYCART_SHOP_SCREENSHOTS") or tmp_path)
     shots.mkdir(parents=True, exist_ok=True)
     user = requests.get(url + "/shop/api/users", params={"limit": 1}, timeout=10).json()["users"][0]["user_id"]
     errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport=DESKTOP)
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url + "/shop", wait_until="load", timeout=30_000)
-            page.wait_for_selector("body[data-ready='1']", timeout=30_000)
-            page.select_option("#shopper", user)
-            page.wait_for_function(f"document.getElementById('who').textContent.includes('{user}')")
-            page.wait_for_function("document.querySelectorAll('#cards .card').length === 8 && "
-                                   "[...document.images].every(i => i.complete)", timeout=30_000)
-            before = shown(page)
-            assert len(set(before["items"])) == 8
-            assert before["broken"] == [] and before["images"] >= 8, before
-            reasons = page.locator("#cards .reason").all_text_contents()
-            assert any("because you saw" in r for r in reasons), reasons
-            titles = page.locator("#cards .title").all_text_contents()
-            cards = requests.get(url + "/shop/api/items", params={"ids": ",".join(before["items"])}, timeout=10).json()
-            assert titles == [c["title"] for c in cards["items"]]
-            assert page.locator("#policy-version").text_content().startswith("linucb")
-            _screenshot(page, shots / "shop-desktop-before.png")
+    with launched() as browser:
+        page = browser.new_page(viewport=DESKTOP)
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/shop", wait_until="load", timeout=30_000)
+        page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        page.select_option("#shopper", user)
+        page.wait_for_function(f"document.getElementById('who').textContent.includes('{user}')")
+        page.wait_for_function("document.querySelectorAll('#cards .card').length === 8 && "
+                               "[...document.images].every(i => i.complete)", timeout=30_000)
+        before = shown(page)
+        assert len(set(before["items"])) == 8
+        assert before["broken"] == [] and before["images"] >= 8, before
+        reasons = page.locator("#cards .reason").all_text_contents()
+        assert any("because you saw" in r for r in reasons), reasons
+        titles = page.locator("#cards .title").all_text_contents()
+        cards = requests.get(url + "/shop/api/items", params={"ids": ",".join(before["items"])}, timeout=10).json()
+        assert titles == [c["title"] for c in cards["items"]]
+        assert page.locator("#policy-version").text_content().startswith("linucb")
+        _screenshot(page, shots / "shop-desktop-before.png")
 
-            bought = before["items"][0]
-            page.locator(f"#cards .card[data-item-id='{bought}'] button.buy").click()
-            page.wait_for_function(f"document.getElementById('cards').dataset.requestId !== '{before['request_id']}'"
-                                   " && [...document.images].every(i => i.complete)", timeout=30_000)
-            after = shown(page)
-            assert after["broken"] == [], after
-            assert bought not in after["items"] and set(after["items"]) != set(before["items"]), (before, after)
-            change = page.locator("#change").text_content()
-            assert "You bought" in change and "new" in change, change
-            page.wait_for_function("document.getElementById('stat-rows').children.length > 0", timeout=10_000)
-            _screenshot(page, shots / "shop-desktop-after.png")
+        bought = before["items"][0]
+        page.locator(f"#cards .card[data-item-id='{bought}'] button.buy").click()
+        page.wait_for_function(f"document.getElementById('cards').dataset.requestId !== '{before['request_id']}'"
+                               " && [...document.images].every(i => i.complete)", timeout=30_000)
+        after = shown(page)
+        assert after["broken"] == [], after
+        assert bought not in after["items"] and set(after["items"]) != set(before["items"]), (before, after)
+        change = page.locator("#change").text_content()
+        assert "You bought" in change and "new" in change, change
+        page.wait_for_function("document.getElementById('stat-rows').children.length > 0", timeout=10_000)
+        _screenshot(page, shots / "shop-desktop-after.png")
 
-            page.locator(f"#cards .card[data-item-id='{after['items'][0]}'] button.similar").click()
-            page.wait_for_function("document.querySelectorAll('#similar .thumb img').length > 0 && "
-                                   "[...document.images].every(i => i.complete)", timeout=30_000)
-            assert shown(page)["broken"] == []
-            # the admin form: a new item with a picture from the dataset's folder, recommendable at once
-            page.fill("#add-form [name=item_id]", "shop-window-new")
-            page.fill("#add-form [name=title]", "Window <b>test</b> mug")
-            page.fill("#add-form [name=category]", "mug")
-            page.fill("#add-form [name=price]", "9.5")
-            page.fill("#add-form [name=image]", "images/5.jpg")
-            page.locator("#add-form button[type=submit]").click()
-            page.wait_for_function("document.querySelectorAll('#add-result .thumb').length > 1 && "
-                                   "[...document.images].every(i => i.complete)", timeout=60_000)
-            added = page.locator("#add-result .thumb").first
-            assert added.locator("div").first.text_content() == "Window <b>test</b> mug"  # text, not markup
-            assert added.locator("img").evaluate("i => i.naturalWidth") > 0
-            assert shown(page)["broken"] == []
+        page.locator(f"#cards .card[data-item-id='{after['items'][0]}'] button.similar").click()
+        page.wait_for_function("document.querySelectorAll('#similar .thumb img').length > 0 && "
+                               "[...document.images].every(i => i.complete)", timeout=30_000)
+        assert shown(page)["broken"] == []
+        # the admin form: a new item with a picture from the dataset's folder, recommendable at once
+        page.fill("#add-form [name=item_id]", "shop-window-new")
+        page.fill("#add-form [name=title]", "Window <b>test</b> mug")
+        page.fill("#add-form [name=category]", "mug")
+        page.fill("#add-form [name=price]", "9.5")
+        page.fill("#add-form [name=image]", "images/5.jpg")
+        page.locator("#add-form button[type=submit]").click()
+        page.wait_for_function("document.querySelectorAll('#add-result .thumb').length > 1 && "
+                               "[...document.images].every(i => i.complete)", timeout=60_000)
+        added = page.locator("#add-result .thumb").first
+        assert added.locator("div").first.text_content() == "Window <b>test</b> mug"  # text, not markup
+        assert added.locator("img").evaluate("i => i.naturalWidth") > 0
+        assert shown(page)["broken"] == []
 
-            phone = browser.new_page(viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=1)
-            phone.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            phone.goto(url + "/shop", wait_until="load", timeout=30_000)
-            phone.wait_for_selector("body[data-ready='1']", timeout=30_000)
-            phone.select_option("#shopper", user)
-            phone.wait_for_function("document.querySelectorAll('#cards .card').length === 8 && "
-                                    "[...document.images].every(i => i.complete)", timeout=30_000)
-            assert shown(phone)["broken"] == []
-            width = phone.evaluate("document.documentElement.scrollWidth")
-            assert width <= PHONE["width"], f"the page scrolls sideways on a phone: {width}px"
-            _screenshot(phone, shots / "shop-phone.png")
-        finally:
-            browser.close()
+        phone = browser.new_page(viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=1)
+        phone.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        phone.goto(url + "/shop", wait_until="load", timeout=30_000)
+        phone.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        phone.select_option("#shopper", user)
+        phone.wait_for_function("document.querySelectorAll('#cards .card').length === 8 && "
+                                "[...document.images].every(i => i.complete)", timeout=30_000)
+        assert shown(phone)["broken"] == []
+        width = phone.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], f"the page scrolls sideways on a phone: {width}px"
+        _screenshot(phone, shots / "shop-phone.png")
     assert errors == [], errors
     deadline = time.time() + 30  # the log publishes sealed segments in the background
     while True:
