@@ -1,5 +1,5 @@
 """Small models shared by the unit tests (no Ray): item features, a candidate stage and a two-stage
-pipeline over ``N_ITEMS`` items. ``tests/unit/conftest.py`` puts this folder on ``sys.path``."""
+pipeline over ``N_ITEMS`` items; pytest puts this folder on ``sys.path`` (``pythonpath`` in pyproject.toml)."""
 
 import numpy as np
 import torch
