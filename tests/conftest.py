@@ -12,7 +12,8 @@ from pathlib import Path
 # process listening on 0.0.0.0 (seen with Ray 2.60).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # Ray Train's controller polls its workers every 2 s by default; the tests' runs last seconds, and
-# that poll added about 5 s to each start and end (a tiny retriever's fit: 19.9 s -> 13.0 s at 0.25 s).
+# that poll added about 5 s to each start and end (benchmarks/train_poll.py: a tiny retriever's fit
+# 21.9 s -> 13.7 s at 0.25 s).
 # Set before any Ray starts, so the clusters the tests start (and their CLI subprocesses) inherit it.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
