@@ -5,22 +5,35 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from serving.security import ApiKeys
+
+
+def listen_keys(host: str, api_keys_file: str | None) -> ApiKeys:
+    """The keys to serve with; a clear error for a bad key file, or for ``host`` beyond loopback
+    without keys (``raycart serve`` and ``raycart shop``)."""
+    from serving.security import ApiKeys, KeyFileError, is_loopback
+    from training.errors import DataError
+
+    try:
+        keys = ApiKeys.load(api_keys_file)
+    except KeyFileError as exc:
+        raise DataError(f"--api-keys-file: {exc}") from None
+    if not keys.configured and not is_loopback((host, 0)):
+        raise DataError(f"--host {host}: listening beyond loopback needs API keys (--api-keys-file FILE with "
+                        "'shopper KEY' / 'admin KEY' lines; README: Security and durability)")
+    return keys
 
 
 def serve_app(args: argparse.Namespace) -> int:
-    from serving.security import ApiKeys, KeyFileError, is_loopback
     from training import storage
     from training.errors import DataError
     from training.modeldir import read_card
     from training.ray_env import init_ray
 
-    try:
-        keys = ApiKeys.load(args.api_keys_file)
-    except KeyFileError as exc:
-        raise DataError(f"--api-keys-file: {exc}") from None
-    if not keys.configured and not is_loopback((args.host, 0)):
-        raise DataError(f"--host {args.host}: listening beyond loopback needs API keys (--api-keys-file FILE with "
-                        "'shopper KEY' / 'admin KEY' lines; README: Security and durability)")
+    listen_keys(args.host, args.api_keys_file)
     card = read_card(args.models)  # a clear error before Ray starts
     if card.kind != "ranker":
         raise DataError(f"{args.models}: serving needs a ranker directory (raycart train ranker); "

@@ -9,10 +9,16 @@ with the keys the person types in. This router adds only what the page needs bes
 * ``GET /shop/images/{item_id}`` -- an item's picture, found **by item id only**: a dataset item's
   ``image`` key under the dataset's folder, a runtime item's key under ``image_root``, both read
   through :class:`~serving.images.ImageSource` (no client-supplied path reaches the disk);
-* ``GET /shop/api/users`` (known shoppers to pick from), ``GET /shop/api/users/{id}/history``,
-  ``GET /shop/api/items?ids=a,b`` (item cards: title, price, category, image URL) and
-  ``GET /shop/api/stats`` (the live panel: requests, p50 latency, impressions, CTR and reward by
-  model and policy version, as counted by *this* Ingress replica through :class:`Tally`).
+* ``GET /shop/api/info`` (``live`` or ``browse``, the catalogue's size and categories),
+  ``GET /shop/api/users`` (known shoppers to pick from), ``GET /shop/api/users/{id}/history``,
+  ``GET /shop/api/items?ids=a,b`` (item cards: title, price, category, image URL),
+  ``GET /shop/api/catalogue`` (a page of the catalogue, by category, optionally only items with a
+  picture) and ``GET /shop/api/stats`` (the live panel: requests, p50 latency, impressions, CTR and
+  reward by model and policy version, as counted by *this* Ingress replica through :class:`Tally`).
+
+The same router serves the browse-only window of :mod:`serving.browse` (``raycart shop``: a
+prepared dataset's catalogue, customers and pictures without a model); the page asks
+``/shop/api/info`` which it is and shows recommendations only over the live app.
 
 The page, its assets and the images are open (the Guard lets them through: product pictures are
 public); the ``/shop/api`` helpers need a shopper key like the API itself when keys are on.
@@ -26,17 +32,17 @@ import collections
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from serving.images import ImageRefused, ImageSource
-from serving.metrics import MetricSpec, Sink
+from serving.metrics import Metrics, MetricSpec, Sink
 
-if TYPE_CHECKING:  # serving.http imports this module; the service is only a type here
-    from serving.service import RecommendService
+if TYPE_CHECKING:  # serving.http imports this module; these are only types here
+    from serving.catalog import Catalog
 
 STATIC = Path(__file__).with_name("storefront")
 ASSETS = {"shop.css": "text/css; charset=utf-8", "shop.js": "text/javascript; charset=utf-8"}
@@ -47,6 +53,39 @@ MAX_CARDS = 100
 
 router = APIRouter(prefix="/shop", include_in_schema=False)
 MAX_SHOPPERS = 100  # the most shoppers the picker may list (GET /shop/api/users?limit=)
+MAX_CATEGORIES = 200  # the most categories GET /shop/api/info lists (the largest first)
+
+
+class PictureArgs(Protocol):
+    """Where the window finds pictures: :class:`~serving.schemas.AppArgs` has these fields."""
+
+    @property
+    def data_dir(self) -> str: ...
+    @property
+    def image_root(self) -> str | None: ...
+    @property
+    def image_max_bytes(self) -> int: ...
+    @property
+    def image_max_pixels(self) -> int: ...
+
+
+class RuntimeRecords(Protocol):
+    async def since(self, n: int) -> list[dict]: ...
+
+
+class ShopSource(Protocol):
+    """What the window reads from what it shows: the live app's
+    :class:`~serving.service.RecommendService`, or :class:`serving.browse.Browse` (no model)."""
+
+    @property
+    def args(self) -> PictureArgs: ...
+    @property
+    def catalog(self) -> Catalog: ...
+    @property
+    def stages(self) -> RuntimeRecords: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    async def unknown(self, ids: list[str]) -> list[str]: ...
 
 
 class Tally:
@@ -99,49 +138,86 @@ class Tally:
 
 @dataclass
 class Window:
-    """What one process needs to answer the page's helpers, built on first use from its service."""
+    """What one process needs to answer the page's helpers, built on first use from its service
+    (``live``: the app's; else a browse-only catalogue, :mod:`serving.browse`)."""
 
-    service: RecommendService
+    service: ShopSource
     dataset: ImageSource
     runtime: ImageSource
     keys: list[str | None]  # the dataset items' image keys, by internal id
+    live: bool = True
     runtime_keys: dict[str, str | None] = field(default_factory=dict)
     cache: collections.OrderedDict[str, tuple[bytes, str]] = field(default_factory=collections.OrderedDict)
     _shoppers: list[dict] | None = None  # see shoppers()
+    _shelf: tuple[int, np.ndarray, np.ndarray, dict[str, int]] | None = None  # see shelf()
 
     @classmethod
-    def build(cls, service: RecommendService) -> Window:
+    def build(cls, service: ShopSource, live: bool = True) -> Window:
         from training.data.dataset import load_dataset
 
         args = service.args
         items = load_dataset(args.data_dir).items
         keys = items["image"].to_pylist() if "image" in items.column_names else [None] * items.num_rows
         return cls(service, ImageSource(args.data_dir, args.image_max_bytes, args.image_max_pixels),
-                   ImageSource(args.image_root, args.image_max_bytes, args.image_max_pixels), keys)
+                   ImageSource(args.image_root, args.image_max_bytes, args.image_max_pixels), keys, live)
+
+    def info(self) -> dict:
+        """What the page asks first: which window this is, and the catalogue's categories."""
+        n, pictured, cats, codes = self._columns()
+        counts = np.bincount(cats[cats >= 0], minlength=len(codes))
+        names = sorted(codes, key=lambda c: (-counts[codes[c]], c))[:MAX_CATEGORIES]
+        return {"mode": "live" if self.live else "browse", "items": n, "with_picture": int(pictured.sum()),
+                "shoppers": len(self.service.catalog.user_index),
+                "categories": [{"name": c, "items": int(counts[codes[c]])} for c in names]}
+
+    def shelf(self, category: str | None, pictured_only: bool) -> np.ndarray:
+        """The catalogue's internal ids in catalogue order, of one category (None: all) and, with
+        ``pictured_only``, only those with a picture."""
+        _, pictured, cats, codes = self._columns()
+        keep = pictured.copy() if pictured_only else np.ones(len(pictured), dtype=bool)
+        if category is not None:
+            keep &= cats == codes.get(category, -1)
+        return np.flatnonzero(keep)
+
+    def _columns(self) -> tuple[int, np.ndarray, np.ndarray, dict[str, int]]:
+        """(items, has a picture, category code, code by category), over every item including the
+        ones added at runtime; rebuilt when the catalogue has grown."""
+        cat = self.service.catalog
+        if self._shelf is None or self._shelf[0] != cat.num_items:
+            codes: dict[str, int] = {}
+            cats = np.array([-1 if c is None else codes.setdefault(c, len(codes)) for c in cat.categories],
+                            dtype=np.int64)
+            pictured = np.array([self._has_image(i) for i in range(cat.num_items)], dtype=bool)
+            self._shelf = (cat.num_items, pictured, cats, codes)
+        return self._shelf
 
     def card(self, item: int) -> dict:
         cat = self.service.catalog
         item_id = cat.item_ids[item]
         price = float(cat.prices[item])
         return {"item_id": item_id, "title": cat.titles[item], "category": cat.categories[item],
-                "price": None if price != price else round(price, 2), "runtime": item >= cat.base_items,
+                "price": _shown_price(price), "runtime": item >= cat.base_items,
                 "image": f"/shop/images/{_quote(item_id)}" if self._has_image(item) else None,
                 # the key the admin form can reuse (meaningful where image_root is the dataset's folder)
                 "image_key": self.keys[item] if item < len(self.keys) else self.runtime_keys.get(item_id)}
 
     def shoppers(self) -> list[dict]:
-        """The known shoppers with the longest histories, longest first (ties by internal id), as
-        many as the picker may ask for; computed once per catalogue (its histories do not change)."""
+        """The known shoppers with the longest histories, longest first (ties: more items with a
+        picture first, then by internal id), as many as the picker may ask for; computed once per
+        catalogue (its histories do not change)."""
         if self._shoppers is None:
             cat = self.service.catalog
             indptr = cat.histories.indptr
             ids = list(cat.user_index)
             sizes = indptr[1:len(ids) + 1] - indptr[:len(ids)]
+            has = np.array([k is not None for k in self.keys], dtype=np.int64)
+            owner = np.repeat(np.arange(len(ids)), sizes)
+            pictured = np.bincount(owner, weights=has[cat.histories.items[:indptr[len(ids)]]], minlength=len(ids))
             self._shoppers = []
-            for u in np.argsort(-sizes, kind="stable")[:MAX_SHOPPERS].tolist():
+            for u in np.lexsort((np.arange(len(ids)), -pictured, -sizes))[:MAX_SHOPPERS].tolist():
                 items = cat.histories.items[indptr[u]:indptr[u + 1]]
                 top = collections.Counter(cat.categories[int(i)] for i in items).most_common(1)
-                self._shoppers.append({"user_id": ids[u], "history": int(sizes[u]),
+                self._shoppers.append({"user_id": ids[u], "history": int(sizes[u]), "with_picture": int(pictured[u]),
                                        "top_category": top[0][0] if top else None})
         return self._shoppers
 
@@ -186,6 +262,14 @@ class Window:
         return hit
 
 
+def _shown_price(price: float) -> float | None:
+    """Cents for a shop's prices; three significant digits under 1 (H&M's sample prices are scaled
+    to fractions, where cents would show 0.00)."""
+    if price != price:
+        return None
+    return round(price, 2) if abs(price) >= 1 else float(f"{price:.3g}")
+
+
 def _quote(item_id: str) -> str:
     from urllib.parse import quote
 
@@ -195,6 +279,8 @@ def _quote(item_id: str) -> str:
 def _window(request: Request) -> Window:
     state = request.app.state
     window = getattr(state, "shop_window", None)
+    if window is not None and not window.live:
+        return window  # a browse-only window, set once by serving.browse
     runtime = getattr(state, "runtime", None)
     if runtime is None:
         raise HTTPException(503, "the app is not configured yet")
@@ -221,6 +307,27 @@ async def image(item_id: str, request: Request) -> Response:
     data, kind = await _window(request).image(item_id)
     return Response(data, media_type=kind, headers={"Cache-Control": "public, max-age=3600",
                                                     "X-Content-Type-Options": "nosniff"})
+
+
+@router.get("/api/info")
+async def info(request: Request) -> dict:
+    """``mode`` (``live``: the app with its model; ``browse``: a catalogue only), the number of
+    items, of items with a picture and of known shoppers, and the categories, largest first."""
+    return _window(request).info()
+
+
+@router.get("/api/catalogue")
+async def catalogue(request: Request, offset: int = Query(0, ge=0, le=100_000_000),
+                    limit: int = Query(24, ge=1, le=MAX_CARDS), category: str | None = Query(None, max_length=500),
+                    pictured: bool = False) -> dict:
+    """A page of the catalogue in its own order: ``limit`` cards from ``offset``, of one
+    ``category`` and, with ``pictured=true``, only items that have a picture; ``total`` counts
+    what matches."""
+    window = _window(request)
+    await window.learn_runtime_images()
+    picked = window.shelf(category, pictured)
+    return {"total": int(len(picked)), "offset": offset,
+            "items": [window.card(int(i)) for i in picked[offset:offset + limit]]}
 
 
 @router.get("/api/users")

@@ -5,7 +5,9 @@
 
 const K = 8;
 const $ = (id) => document.getElementById(id);
-const state = { requestId: null, items: [], cards: {}, sessionId: null, user: "", seq: 0 };
+const SHELF = 24; // catalogue cards per page (browse-only window)
+const state = { requestId: null, items: [], cards: {}, sessionId: null, user: "", seq: 0, browse: false,
+                shelfSeq: 0, shelfAt: 0 };
 
 function el(tag, cls, text) {
   const node = document.createElement(tag);
@@ -52,7 +54,8 @@ function label(card) {
 }
 
 function price(card) {
-  return card.price === null || card.price === undefined ? "" : card.price.toFixed(2);
+  if (card.price === null || card.price === undefined) return "";
+  return card.price >= 1 ? card.price.toFixed(2) : String(card.price); // sub-unit prices: as scaled (H&M)
 }
 
 function reasonText(reason) {
@@ -188,6 +191,8 @@ async function history() {
     $("history-box").hidden = true;
     return;
   }
+  $("history-title").textContent = state.browse ? `Bought by customer ${state.user}, newest first`
+                                                : "Recently seen by this shopper";
   const r = await call("GET", `/shop/api/users/${encodeURIComponent(state.user)}/history?limit=8`);
   for (const c of r.items) state.cards[c.item_id] = c;
   if (seq !== state.seq) return;
@@ -233,6 +238,7 @@ async function addItem(ev) {
 }
 
 async function stats() {
+  if (state.browse) return; // no live panel without a model
   try {
     const s = await call("GET", "/shop/api/stats");
     $("stat-items").textContent = `${s.items} (${s.runtime_items} added at runtime)`;
@@ -264,21 +270,76 @@ async function pickShopper() {
   $("change").hidden = true;
   try {
     await history();
-    await recommend(null);
+    if (!state.browse) await recommend(null);
   } catch (e) {
     say(e.message, true);
   }
 }
 
-// The shopper list, then the first answer. Run at start and again when a key is entered: with API
-// keys on, the first try is refused (no key yet) and the page says so.
+// Browse-only window (raycart shop: a catalogue without a model): a page of the catalogue, by
+// category, optionally only the items with a picture; no buttons that need a model.
+function shelfCard(card) {
+  const node = el("article", "card");
+  node.dataset.itemId = card.item_id;
+  node.appendChild(picture(card));
+  node.appendChild(el("div", "title", label(card)));
+  node.appendChild(el("div", "meta", [card.category, card.item_id].filter(Boolean).join(" · ")));
+  node.appendChild(el("div", "price", price(card)));
+  return node;
+}
+
+async function shelf(offset) {
+  const seq = ++state.shelfSeq; // a newer page asked meanwhile: this one is dropped
+  const q = new URLSearchParams({ offset: String(offset), limit: String(SHELF), pictured: String($("shelf-pictured").checked) });
+  if ($("shelf-category").value) q.set("category", $("shelf-category").value);
+  try {
+    const r = await call("GET", "/shop/api/catalogue?" + q);
+    if (seq !== state.shelfSeq) return;
+    for (const c of r.items) state.cards[c.item_id] = c;
+    state.shelfAt = offset;
+    const grid = $("catalogue");
+    grid.replaceChildren(...r.items.map(shelfCard));
+    grid.dataset.offset = String(offset);
+    $("shelf-range").textContent = r.total ? `${offset + 1}-${offset + r.items.length} of ${r.total}` : "nothing matches";
+    $("shelf-prev").disabled = offset === 0;
+    $("shelf-next").disabled = offset + r.items.length >= r.total;
+  } catch (e) {
+    say(e.message, true);
+  }
+}
+
+function browseMode(info) {
+  const n = (x) => x.toLocaleString("en");
+  $("mode-note").textContent = `Browse only: ${n(info.items)} items (${n(info.with_picture)} with a picture) and ` +
+    `${n(info.shoppers)} customers of this dataset. No model is loaded here, so nothing is recommended; ` +
+    "raycart serve shows recommendations from a model trained on it.";
+  const select = $("shelf-category");
+  while (select.options.length > 1) select.remove(1); // keep "all"
+  for (const c of info.categories) {
+    const o = el("option", "", `${c.name} (${c.items})`);
+    o.value = c.name;
+    select.appendChild(o);
+  }
+  $("shelf-pictured").checked = info.with_picture > 0;
+  $("shopper").options[0].textContent = "no customer";
+  $("shopper-label").textContent = "Customer";
+}
+
+// Which window this is, the shopper list, then the first answer (or the first catalogue page). Run
+// at start and again when a key is entered: with API keys on, the first try is refused (no key
+// yet) and the page says so.
 async function loadShoppers() {
   try {
+    const info = await call("GET", "/shop/api/info");
+    state.browse = info.mode === "browse";
+    document.body.classList.toggle("browse", state.browse);
+    if (state.browse) browseMode(info);
     const r = await call("GET", "/shop/api/users?limit=20");
     const select = $("shopper");
     while (select.options.length > 1) select.remove(1); // keep the anonymous-session option
     for (const u of r.users) {
-      const o = el("option", "", `${u.user_id} (${u.history} items${u.top_category ? ", likes " + u.top_category : ""})`);
+      const pictured = state.browse ? `, ${u.with_picture} with a picture` : "";
+      const o = el("option", "", `${u.user_id} (${u.history} items${pictured}${u.top_category ? ", likes " + u.top_category : ""})`);
       o.value = u.user_id;
       select.appendChild(o);
     }
@@ -287,6 +348,7 @@ async function loadShoppers() {
     say("", false);
     document.body.dataset.ready = "1";
     await pickShopper();
+    if (state.browse) await shelf(0);
   } catch (e) {
     if (/HTTP 401/.test(e.message)) $("keys").open = true; // show where the key goes
     say(e.message, true);
@@ -298,6 +360,10 @@ async function start() {
   $("shopper-key").addEventListener("change", loadShoppers);
   $("refresh").addEventListener("click", () => recommend("Asked again. The next answer:").catch((e) => say(e.message, true)));
   $("add-form").addEventListener("submit", addItem);
+  $("shelf-category").addEventListener("change", () => shelf(0));
+  $("shelf-pictured").addEventListener("change", () => shelf(0));
+  $("shelf-prev").addEventListener("click", () => shelf(Math.max(0, state.shelfAt - SHELF)));
+  $("shelf-next").addEventListener("click", () => shelf(state.shelfAt + SHELF));
   await loadShoppers();
   await stats();
   setInterval(stats, 3000);

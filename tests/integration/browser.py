@@ -2,9 +2,11 @@
 nothing is downloaded)."""
 
 import contextlib
+import io
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +46,11 @@ def shown(page) -> dict:
         images: [...document.querySelectorAll('#cards img')].length,
         broken: [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src),
     })""")
+
+
+def screenshot(page, path: Path) -> None:
+    """A PNG of the viewport, reduced to a 256-colour palette (the README's pictures stay small)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(page.screenshot())) as img:
+        img.convert("RGB").quantize(256).save(path, optimize=True)

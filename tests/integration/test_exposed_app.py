@@ -104,7 +104,7 @@ def test_the_shop_page_works_with_keys_in_a_browser(secure):
         assert page.locator("#keys").evaluate("d => d.open")
         assert page.locator("body[data-ready='1']").count() == 0
         page.fill("#shopper-key", "not-the-key")
-        with page.expect_response(lambda r: "/shop/api/users" in r.url and r.status == 401):  # asked again, refused
+        with page.expect_response(lambda r: "/shop/api/info" in r.url and r.status == 401):  # asked again, refused
             page.dispatch_event("#shopper-key", "change")
         assert "HTTP 401" in page.locator("#status").text_content()
         page.fill("#shopper-key", SHOP)

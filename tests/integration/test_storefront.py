@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from browser import launched, shown
+from browser import launched, screenshot, shown
 
 from serving.redis_server import free_port
 from training.data.feedback import read_feedback
@@ -99,7 +99,7 @@ def test_page_in_chromium_shows_cards_and_buy_changes_the_answer(shop_app, tmp_p
         cards = requests.get(url + "/shop/api/items", params={"ids": ",".join(before["items"])}, timeout=10).json()
         assert titles == [c["title"] for c in cards["items"]]
         assert page.locator("#policy-version").text_content().startswith("linucb")
-        _screenshot(page, shots / "shop-desktop-before.png")
+        screenshot(page, shots / "shop-desktop-before.png")
 
         bought = before["items"][0]
         page.locator(f"#cards .card[data-item-id='{bought}'] button.buy").click()
@@ -111,7 +111,7 @@ def test_page_in_chromium_shows_cards_and_buy_changes_the_answer(shop_app, tmp_p
         change = page.locator("#change").text_content()
         assert "You bought" in change and "new" in change, change
         page.wait_for_function("document.getElementById('stat-rows').children.length > 0", timeout=10_000)
-        _screenshot(page, shots / "shop-desktop-after.png")
+        screenshot(page, shots / "shop-desktop-after.png")
 
         page.locator(f"#cards .card[data-item-id='{after['items'][0]}'] button.similar").click()
         page.wait_for_function("document.querySelectorAll('#similar .thumb img').length > 0 && "
@@ -141,7 +141,7 @@ def test_page_in_chromium_shows_cards_and_buy_changes_the_answer(shop_app, tmp_p
         assert shown(phone)["broken"] == []
         width = phone.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], f"the page scrolls sideways on a phone: {width}px"
-        _screenshot(phone, shots / "shop-phone.png")
+        screenshot(phone, shots / "shop-phone.png")
     assert errors == [], errors
     deadline = time.time() + 30  # the log publishes sealed segments in the background
     while True:
@@ -155,12 +155,3 @@ def test_page_in_chromium_shows_cards_and_buy_changes_the_answer(shop_app, tmp_p
     original = requests.get(url + "/shop/images/SKU0000005", timeout=10)
     assert picture.status_code == 200 and picture.content == original.content
 
-
-def _screenshot(page, path: Path) -> None:
-    """A PNG of the viewport, reduced to a 256-colour palette (the README's pictures stay small)."""
-    import io
-
-    from PIL import Image
-
-    with Image.open(io.BytesIO(page.screenshot())) as img:
-        img.convert("RGB").quantize(256).save(path, optimize=True)
