@@ -176,7 +176,7 @@ class Window:
         _, pictured, cats, codes = self._columns()
         keep = pictured.copy() if pictured_only else np.ones(len(pictured), dtype=bool)
         if category is not None:
-            keep &= cats == codes.get(category, -1)
+            keep &= cats == codes.get(category, -2)  # -1 marks items without a category
         return np.flatnonzero(keep)
 
     def _columns(self) -> tuple[int, np.ndarray, np.ndarray, dict[str, int]]:

@@ -26,7 +26,7 @@ SHOP = "shopper-key-0123456789"
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory) -> str:
-    """100 drawn items in 12 categories, every third one without a picture."""
+    """100 drawn items in 12 categories, every third one without a picture, one without a category."""
     root = tmp_path_factory.mktemp("browse")
     drawn = str(root / "drawn")
     prepare("synthetic", None, drawn, num_users=60, num_items=100, num_events=800, images=True)
@@ -34,6 +34,8 @@ def shop(tmp_path_factory) -> str:
     keys = ds.items["image"].to_pylist()
     images = pa.array([None if i % 3 == 0 else k for i, k in enumerate(keys)], pa.string())
     items = ds.items.set_column(ds.items.column_names.index("image"), "image", images)
+    categories = [None if i == 1 else c for i, c in enumerate(items["category"].to_pylist())]
+    items = items.set_column(items.column_names.index("category"), "category", pa.array(categories, pa.string()))
     data = root / "shop"
     save_dataset(dataclasses.replace(ds, items=items, root=None), str(data),
                  extra=lambda tmp: shutil.copytree(root / "drawn" / "images", tmp / "images"))
@@ -49,7 +51,7 @@ def client(shop):
 def test_info_says_browse_and_counts_the_catalogue(client, shop):
     info = client.get("/shop/api/info").json()
     assert info["mode"] == "browse" and info["items"] == 100 and info["with_picture"] == 66
-    assert info["shoppers"] == 60 and sum(c["items"] for c in info["categories"]) == 100
+    assert info["shoppers"] == 60 and sum(c["items"] for c in info["categories"]) == 99  # one has none
     counts = [c["items"] for c in info["categories"]]
     assert len(counts) == 12 and counts == sorted(counts, reverse=True)
     assert client.get("/healthz").json() == {"status": "ok", "mode": "browse"}
@@ -65,6 +67,7 @@ def test_catalogue_pages_filter_by_category_and_picture(client):
     pictured = client.get("/shop/api/catalogue", params={"limit": 100, "pictured": "true"}).json()
     assert pictured["total"] == 66 and all(c["image"] == f"/shop/images/{c['item_id']}" for c in pictured["items"])
     assert [c["item_id"] for c in pictured["items"]] == [c["item_id"] for c in everything["items"] if c["image"]]
+    assert everything["items"][1]["category"] is None
     category = everything["items"][0]["category"]
     one = client.get("/shop/api/catalogue", params={"limit": 100, "category": category}).json()
     assert one["total"] == sum(c["category"] == category for c in everything["items"]) > 0
