@@ -6,7 +6,10 @@ Plain ASGI (no Ray), wrapped around the FastAPI app by :mod:`serving.app`.
   ``/recommend``, ``/feedback`` and ``GET /items/{id}/similar``; ``admin`` may also ``POST /items``),
   sent as ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``. A line's key may be given as
   ``sha256:<hex>`` so the file holds no usable secret. Without any key configured, only clients
-  on loopback are served: an app that listens beyond loopback always requires keys.
+  on loopback are served: an app that listens beyond loopback always requires keys. And only
+  requests addressed to a loopback name (``Host`` of ``localhost``, ``127.0.0.1``, ``[::1]``):
+  a web page whose own domain has been re-pointed at 127.0.0.1 (DNS rebinding) would otherwise
+  read and write the keyless app from the visitor's browser.
 - **Body cap**: a declared ``Content-Length`` over the cap is refused at once (413), a chunked body
   is counted while it is read and refused when it passes the cap -- nothing larger is buffered.
 - **Deadline**: a request not answered within ``timeout_s`` gets 504 (and its work is cancelled).
@@ -106,6 +109,19 @@ def route_path(scope) -> str:
     return "/" + path.lstrip("/")
 
 
+def addressed_to_loopback(host: bytes | None) -> bool:
+    """Whether a request's ``Host`` header names this machine's loopback (any port); no header
+    (HTTP/1.0) passes, since browsers always send one."""
+    if host is None:
+        return True
+    name = host.decode("latin-1").strip().lower()
+    if name.startswith("["):  # [::1]:8000
+        name = name[1:name.find("]")] if "]" in name else name
+    elif name.count(":") == 1:
+        name = name.split(":")[0]
+    return name == "localhost" or is_loopback((name, 0))
+
+
 def is_loopback(client) -> bool:
     host = client[0] if client else None
     if not host:
@@ -197,10 +213,13 @@ class Guard:
     def _authorise(self, client, headers: dict[bytes, bytes], role: str) -> tuple[int, str] | None:
         keys = self.settings.keys
         if not keys.configured:
-            if is_loopback(client):
-                return None
-            return 401, ("this app has no API keys configured and serves loopback clients only; "
-                         "set api_keys_file (README: Security and durability)")
+            if not is_loopback(client):
+                return 401, ("this app has no API keys configured and serves loopback clients only; "
+                             "set api_keys_file (README: Security and durability)")
+            if not addressed_to_loopback(headers.get(b"host")):
+                return 403, ("this app has no API keys configured and answers requests addressed to "
+                             "localhost/127.0.0.1 only (Host header); set api_keys_file to serve other names")
+            return None
         key = headers.get(b"x-api-key", b"").decode("latin-1").strip()
         if not key:
             auth = headers.get(b"authorization", b"").decode("latin-1")

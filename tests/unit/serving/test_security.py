@@ -73,6 +73,27 @@ def test_without_keys_only_loopback_clients_are_served():
     assert status == 401 and "api_keys_file" in body["detail"]
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1:8000", "localhost:8000", "LOCALHOST", "[::1]:8000", "127.0.0.2:80",
+                                  "localhost"])
+def test_without_keys_requests_addressed_to_loopback_are_served(host):
+    assert _call(GuardSettings(), headers=[("Host", host)])[0] == 200
+
+
+@pytest.mark.parametrize("host", ["attacker.example:8000", "attacker.example", "10.1.2.3:8000", "[2001:db8::1]:80",
+                                  "localhost.attacker.example", "127.0.0.1.nip.io:8000", ""])
+def test_without_keys_a_page_rebound_to_loopback_is_refused(host):
+    """DNS rebinding: a page from attacker.example, its name re-pointed at 127.0.0.1, calls the
+    keyless app from the visitor's browser; the Host header still names attacker.example."""
+    status, body = _call(GuardSettings(), headers=[("Host", host)])
+    assert status == 403 and "Host header" in body["detail"]
+    assert _call(GuardSettings(), method="GET", path="/shop", headers=[("Host", host)], chunks=(b"",))[0] == 200
+
+
+def test_with_keys_any_host_name_is_served(tmp_path):
+    g = GuardSettings(keys=_keys(tmp_path))
+    assert _call(g, headers=[("Host", "shop.example.com"), ("X-API-Key", SHOP)])[0] == 200
+
+
 def test_bad_key_files_are_refused_with_the_line(tmp_path):
     for text, needle in [("root hunter2hunter2hunter2", "line 1"), ("shopper short", "16 characters"),
                          ("admin sha256:xyz", "64 hex")]:

@@ -147,7 +147,7 @@ def test_the_edge_measures_every_request_and_logs_one_json_line_each(measured, c
     edge = EdgeLog(app.log)
     api = configure(Runtime(app.service, edge), app.args)
     try:
-        with TestClient(api, client=("127.0.0.1", 5000)) as client, caplog.at_level(logging.INFO, ACCESS_LOGGER):
+        with TestClient(api, base_url="http://127.0.0.1", client=("127.0.0.1", 5000)) as client, caplog.at_level(logging.INFO, ACCESS_LOGGER):
             ok = client.post("/recommend", json={"user_id": "u2", "k": 3})
             assert ok.status_code == 200
             bad = client.post("/recommend", json={"k": 0})

@@ -53,7 +53,7 @@ def test_the_page_assets_and_pictures_are_open_and_the_helpers_are_not():
 def test_the_page_and_only_its_listed_assets_are_served():
     from serving.http import api
 
-    with TestClient(api, client=("127.0.0.1", 5000)) as client:
+    with TestClient(api, base_url="http://127.0.0.1", client=("127.0.0.1", 5000)) as client:
         page = client.get("/shop")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         for asset in re.findall(r'(?:href|src)="(/shop/static/[^"]+)"', page.text):
