@@ -149,7 +149,8 @@ class Window:
     runtime_keys: dict[str, str | None] = field(default_factory=dict)
     cache: collections.OrderedDict[str, tuple[bytes, str]] = field(default_factory=collections.OrderedDict)
     _shoppers: list[dict] | None = None  # see shoppers()
-    _shelf: tuple[int, np.ndarray, np.ndarray, dict[str, int]] | None = None  # see shelf()
+    _dataset: tuple[np.ndarray, np.ndarray, dict[str, int]] | None = None  # see _dataset_columns()
+    _shelf: tuple[tuple[int, int], np.ndarray, np.ndarray, dict[str, int]] | None = None  # see _columns()
 
     @classmethod
     def build(cls, service: ShopSource, live: bool = True) -> Window:
@@ -162,41 +163,57 @@ class Window:
                    ImageSource(args.image_root, args.image_max_bytes, args.image_max_pixels), keys, live)
 
     def info(self) -> dict:
-        """What the page asks first: which window this is, and the catalogue's categories."""
-        n, pictured, cats, codes = self._columns()
+        """What the page asks first: which window this is, and the catalogue's categories (the
+        largest first) with how many of their items have a picture. Call
+        :meth:`learn_runtime_images` first, so that the pictures of runtime items count."""
+        pictured, cats, codes = self._columns()
         counts = np.bincount(cats[cats >= 0], minlength=len(codes))
+        shown = np.bincount(cats[(cats >= 0) & pictured], minlength=len(codes))
         names = sorted(codes, key=lambda c: (-counts[codes[c]], c))[:MAX_CATEGORIES]
-        return {"mode": "live" if self.live else "browse", "items": n, "with_picture": int(pictured.sum()),
-                "shoppers": len(self.service.catalog.user_index),
-                "categories": [{"name": c, "items": int(counts[codes[c]])} for c in names]}
+        return {"mode": "live" if self.live else "browse", "items": len(pictured), "with_picture": int(pictured.sum()),
+                "shoppers": len(self.service.catalog.user_index), "categories_total": len(codes),
+                "categories": [{"name": c, "items": int(counts[codes[c]]), "with_picture": int(shown[codes[c]])}
+                               for c in names]}
 
     def shelf(self, category: str | None, pictured_only: bool) -> np.ndarray:
         """The catalogue's internal ids in catalogue order, of one category (None: all) and, with
-        ``pictured_only``, only those with a picture."""
-        _, pictured, cats, codes = self._columns()
+        ``pictured_only``, only those with a picture (after :meth:`learn_runtime_images`)."""
+        pictured, cats, codes = self._columns()
         keep = pictured.copy() if pictured_only else np.ones(len(pictured), dtype=bool)
         if category is not None:
             keep &= cats == codes.get(category, -2)  # -1 marks items without a category
         return np.flatnonzero(keep)
 
-    def _columns(self) -> tuple[int, np.ndarray, np.ndarray, dict[str, int]]:
-        """(items, has a picture, category code, code by category), over every item including the
-        ones added at runtime; rebuilt when the catalogue has grown."""
-        cat = self.service.catalog
-        if self._shelf is None or self._shelf[0] != cat.num_items:
+    def _dataset_columns(self) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+        """(has a picture, category code or -1, code by category) of the dataset's items, once."""
+        if self._dataset is None:
             codes: dict[str, int] = {}
-            cats = np.array([-1 if c is None else codes.setdefault(c, len(codes)) for c in cat.categories],
-                            dtype=np.int64)
-            pictured = np.array([self._has_image(i) for i in range(cat.num_items)], dtype=bool)
-            self._shelf = (cat.num_items, pictured, cats, codes)
-        return self._shelf
+            cats = self.service.catalog.categories[:len(self.keys)]
+            self._dataset = (np.array([k is not None for k in self.keys], dtype=bool),
+                             np.array([_code(codes, c) for c in cats], dtype=np.int64), codes)
+        return self._dataset
+
+    def _columns(self) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+        """:meth:`_dataset_columns` extended by the items added at runtime (a few); redone when the
+        catalogue grows or a runtime item's picture is learnt."""
+        cat = self.service.catalog
+        stamp = (cat.num_items, len(self.runtime_keys))
+        if self._shelf is None or self._shelf[0] != stamp:
+            pictured, cats, codes = self._dataset_columns()
+            added = range(len(self.keys), cat.num_items)
+            if len(added):
+                codes = dict(codes)
+                cats = np.concatenate([cats, np.array([_code(codes, cat.categories[i]) for i in added], dtype=np.int64)])
+                pictured = np.concatenate([pictured, np.array([self._has_image(i) for i in added], dtype=bool)])
+            self._shelf = (stamp, pictured, cats, codes)
+        return self._shelf[1:]
 
     def card(self, item: int) -> dict:
         cat = self.service.catalog
         item_id = cat.item_ids[item]
         price = float(cat.prices[item])
         return {"item_id": item_id, "title": cat.titles[item], "category": cat.categories[item],
-                "price": _shown_price(price), "runtime": item >= cat.base_items,
+                "price": None if price != price else price, "runtime": item >= cat.base_items,
                 "image": f"/shop/images/{_quote(item_id)}" if self._has_image(item) else None,
                 # the key the admin form can reuse (meaningful where image_root is the dataset's folder)
                 "image_key": self.keys[item] if item < len(self.keys) else self.runtime_keys.get(item_id)}
@@ -210,7 +227,7 @@ class Window:
             indptr = cat.histories.indptr
             ids = list(cat.user_index)
             sizes = indptr[1:len(ids) + 1] - indptr[:len(ids)]
-            has = np.array([k is not None for k in self.keys], dtype=np.int64)
+            has = self._dataset_columns()[0]
             owner = np.repeat(np.arange(len(ids)), sizes)
             pictured = np.bincount(owner, weights=has[cat.histories.items[:indptr[len(ids)]]], minlength=len(ids))
             self._shoppers = []
@@ -262,12 +279,9 @@ class Window:
         return hit
 
 
-def _shown_price(price: float) -> float | None:
-    """Cents for a shop's prices; three significant digits under 1 (H&M's sample prices are scaled
-    to fractions, where cents would show 0.00)."""
-    if price != price:
-        return None
-    return round(price, 2) if abs(price) >= 1 else float(f"{price:.3g}")
+def _code(codes: dict[str, int], category: str | None) -> int:
+    """The category's code in ``codes`` (a new one is added); -1 for no category."""
+    return -1 if category is None else codes.setdefault(category, len(codes))
 
 
 def _quote(item_id: str) -> str:
@@ -313,7 +327,9 @@ async def image(item_id: str, request: Request) -> Response:
 async def info(request: Request) -> dict:
     """``mode`` (``live``: the app with its model; ``browse``: a catalogue only), the number of
     items, of items with a picture and of known shoppers, and the categories, largest first."""
-    return _window(request).info()
+    window = _window(request)
+    await window.learn_runtime_images()
+    return window.info()
 
 
 @router.get("/api/catalogue")

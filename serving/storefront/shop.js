@@ -53,9 +53,11 @@ function label(card) {
   return card.title || card.item_id;
 }
 
+// Cents; under 1, three significant digits (H&M's sample prices are scaled to fractions, where
+// cents would show 0.00).
 function price(card) {
   if (card.price === null || card.price === undefined) return "";
-  return card.price >= 1 ? card.price.toFixed(2) : String(card.price); // sub-unit prices: as scaled (H&M)
+  return Math.abs(card.price) >= 1 ? card.price.toFixed(2) : card.price.toPrecision(3);
 }
 
 function reasonText(reason) {
@@ -80,14 +82,20 @@ function picture(card) {
   return img;
 }
 
-function renderCard(item, card, isNew) {
-  const node = el("article", "card" + (isNew ? " new" : ""));
-  node.dataset.itemId = item.item_id;
-  if (isNew) node.appendChild(el("span", "badge", "new"));
+// A product card: picture, title, category and id, price (the catalogue's cards are only this).
+function baseCard(itemId, card, cls) {
+  const node = el("article", cls);
+  node.dataset.itemId = itemId;
   node.appendChild(picture(card));
   node.appendChild(el("div", "title", label(card)));
-  node.appendChild(el("div", "meta", [card.category, item.item_id].filter(Boolean).join(" · ")));
+  node.appendChild(el("div", "meta", [card.category, itemId].filter(Boolean).join(" · ")));
   node.appendChild(el("div", "price", price(card)));
+  return node;
+}
+
+function renderCard(item, card, isNew) {
+  const node = baseCard(item.item_id, card, "card" + (isNew ? " new" : ""));
+  if (isNew) node.prepend(el("span", "badge", "new"));
   node.appendChild(el("div", "reason", reasonText(item.reason)));
   const actions = el("div", "actions");
   for (const [event, text, cls] of [["view", "view", ""], ["cart", "add to cart", ""], ["purchase", "buy", "buy"]]) {
@@ -191,7 +199,7 @@ async function history() {
     $("history-box").hidden = true;
     return;
   }
-  $("history-title").textContent = state.browse ? `Bought by customer ${state.user}, newest first`
+  $("history-title").textContent = state.browse ? `Items of customer ${state.user}, newest first`
                                                 : "Recently seen by this shopper";
   const r = await call("GET", `/shop/api/users/${encodeURIComponent(state.user)}/history?limit=8`);
   for (const c of r.items) state.cards[c.item_id] = c;
@@ -238,7 +246,7 @@ async function addItem(ev) {
 }
 
 async function stats() {
-  if (state.browse) return; // no live panel without a model
+  if (state.browse || document.body.dataset.ready !== "1") return; // no live panel without a model or a key
   try {
     const s = await call("GET", "/shop/api/stats");
     $("stat-items").textContent = `${s.items} (${s.runtime_items} added at runtime)`;
@@ -278,15 +286,6 @@ async function pickShopper() {
 
 // Browse-only window (raycart shop: a catalogue without a model): a page of the catalogue, by
 // category, optionally only the items with a picture; no buttons that need a model.
-function shelfCard(card) {
-  const node = el("article", "card");
-  node.dataset.itemId = card.item_id;
-  node.appendChild(picture(card));
-  node.appendChild(el("div", "title", label(card)));
-  node.appendChild(el("div", "meta", [card.category, card.item_id].filter(Boolean).join(" · ")));
-  node.appendChild(el("div", "price", price(card)));
-  return node;
-}
 
 async function shelf(offset) {
   const seq = ++state.shelfSeq; // a newer page asked meanwhile: this one is dropped
@@ -298,7 +297,7 @@ async function shelf(offset) {
     for (const c of r.items) state.cards[c.item_id] = c;
     state.shelfAt = offset;
     const grid = $("catalogue");
-    grid.replaceChildren(...r.items.map(shelfCard));
+    grid.replaceChildren(...r.items.map((c) => baseCard(c.item_id, c, "card")));
     grid.dataset.offset = String(offset);
     $("shelf-range").textContent = r.total ? `${offset + 1}-${offset + r.items.length} of ${r.total}` : "nothing matches";
     $("shelf-prev").disabled = offset === 0;
@@ -316,13 +315,30 @@ function browseMode(info) {
   const select = $("shelf-category");
   while (select.options.length > 1) select.remove(1); // keep "all"
   for (const c of info.categories) {
-    const o = el("option", "", `${c.name} (${c.items})`);
+    const o = el("option");
     o.value = c.name;
+    o.dataset.items = String(c.items);
+    o.dataset.pictured = String(c.with_picture);
+    select.appendChild(o);
+  }
+  const unlisted = info.categories_total - info.categories.length;
+  if (unlisted > 0) {
+    const o = el("option", "", `(${unlisted} smaller categories not listed)`);
+    o.disabled = true;
     select.appendChild(o);
   }
   $("shelf-pictured").checked = info.with_picture > 0;
+  categoryCounts();
   $("shopper").options[0].textContent = "no customer";
   $("shopper-label").textContent = "Customer";
+}
+
+// Each category's count as the checkbox filters: its items, or its items with a picture.
+function categoryCounts() {
+  const pictured = $("shelf-pictured").checked;
+  for (const o of $("shelf-category").options) {
+    if (o.dataset.items) o.textContent = `${o.value} (${pictured ? o.dataset.pictured : o.dataset.items})`;
+  }
 }
 
 // Which window this is, the shopper list, then the first answer (or the first catalogue page). Run
@@ -361,7 +377,10 @@ async function start() {
   $("refresh").addEventListener("click", () => recommend("Asked again. The next answer:").catch((e) => say(e.message, true)));
   $("add-form").addEventListener("submit", addItem);
   $("shelf-category").addEventListener("change", () => shelf(0));
-  $("shelf-pictured").addEventListener("change", () => shelf(0));
+  $("shelf-pictured").addEventListener("change", () => {
+    categoryCounts();
+    shelf(0);
+  });
   $("shelf-prev").addEventListener("click", () => shelf(Math.max(0, state.shelfAt - SHELF)));
   $("shelf-next").addEventListener("click", () => shelf(state.shelfAt + SHELF));
   await loadShoppers();

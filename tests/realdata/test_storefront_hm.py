@@ -98,7 +98,9 @@ def test_hm_catalogue_in_chromium_shows_every_photo(shared, tmp_path):
             page.goto(url + "/shop", wait_until="load", timeout=30_000)
             first = _turned(page, 0)
             assert "1,000 items (100 with a picture) and 4,946 customers" in page.locator("#mode-note").text_content()
-            assert not page.locator("#cards").is_visible() and not page.locator("#add-form").is_visible()
+            assert page.locator("#catalogue-box").is_visible() and page.locator("#mode-note").is_visible()
+            for live in ("#refresh", "#model-version", "#stat-requests", "#add-form"):  # nothing that needs a model
+                assert not page.locator(live).is_visible(), live
             seen, offset = [], 0
             while True:  # every page of the pictured catalogue: each photo shown at its own size
                 shelf = first if offset == 0 else _turned(page, offset)
@@ -112,20 +114,30 @@ def test_hm_catalogue_in_chromium_shows_every_photo(shared, tmp_path):
                 offset += 24
                 page.click("#shelf-next")
             assert first["range"] == "1-24 of 100" and len(first["items"]) == 24
+            catalogue = requests.get(url + "/shop/api/catalogue", params={"pictured": "true"}, timeout=10).json()
+            prices = {c["item_id"]: c["price"] for c in catalogue["items"]}
+            assert first["items"] == list(prices)  # the same first page
+            shown_prices = page.locator("#catalogue .card .price").all_text_contents()
+            assert shown_prices == ["" if p is None else f"{p:#.3g}" for p in prices.values()], shown_prices
+            assert any(shown_prices)
             assert len(seen) == 100 and set(seen) == set(photos)
 
             page.select_option("#shelf-category", "Trousers")
             trousers = _turned(page, 0)
             assert set(trousers["categories"]) == {"Trousers"} and trousers["broken"] == []
             page.uncheck("#shelf-pictured")
-            page.wait_for_function("document.getElementById('shelf-range').textContent.endsWith('of 111')")
+            page.wait_for_function("document.getElementById('shelf-range').textContent === '1-24 of 111' && "
+                                   + SETTLED, timeout=30_000)
             every = page.evaluate(SHELF)
             assert set(every["categories"]) == {"Trousers"} and every["tiles"] > 0 and every["broken"] == []
             assert len(every["items"]) == 24 and every["tiles"] + sum(s is not None for s in every["sizes"]) == 24
 
+            assert page.locator("#shelf-category option:checked").text_content() == "Trousers (111)"
             page.select_option("#shelf-category", "")
             page.check("#shelf-pictured")
-            _turned(page, 0)
+            page.wait_for_function("document.getElementById('shelf-range').textContent === '1-24 of 100' && "
+                                   + SETTLED, timeout=30_000)
+            assert page.evaluate(SHELF)["items"] == first["items"]
             page.select_option("#shopper", customer["user_id"])
             page.wait_for_function(f"document.querySelectorAll('#history .thumb').length === 2 && {SETTLED}")
             assert page.locator("#history img").count() == customer["with_picture"]
@@ -135,6 +147,7 @@ def test_hm_catalogue_in_chromium_shows_every_photo(shared, tmp_path):
 
             phone = browser.new_page(viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=1)
             phone.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            phone.on("pageerror", lambda e: errors.append(str(e)))
             phone.goto(url + "/shop", wait_until="load", timeout=30_000)
             assert _turned(phone, 0)["broken"] == []
             width = phone.evaluate("document.documentElement.scrollWidth")

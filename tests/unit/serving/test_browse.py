@@ -6,6 +6,7 @@ on the H&M sample is tests/realdata/test_storefront_hm.py."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import shutil
 from pathlib import Path
@@ -14,9 +15,10 @@ import pyarrow as pa
 import pytest
 from starlette.testclient import TestClient
 
-from serving.browse import browse_app
+from serving.browse import Browse, BrowseArgs, browse_app
 from serving.cli import listen_keys
 from serving.security import ApiKeys
+from serving.storefront import Window
 from training.data.cli import prepare
 from training.data.dataset import load_dataset, save_dataset
 from training.errors import DataError
@@ -44,7 +46,7 @@ def shop(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def client(shop):
-    with TestClient(browse_app(shop), client=("127.0.0.1", 5000)) as c:
+    with TestClient(browse_app(shop), base_url="http://127.0.0.1", client=("127.0.0.1", 5000)) as c:
         yield c
 
 
@@ -52,6 +54,8 @@ def test_info_says_browse_and_counts_the_catalogue(client, shop):
     info = client.get("/shop/api/info").json()
     assert info["mode"] == "browse" and info["items"] == 100 and info["with_picture"] == 66
     assert info["shoppers"] == 60 and sum(c["items"] for c in info["categories"]) == 99  # one has none
+    assert sum(c["with_picture"] for c in info["categories"]) == 65  # the item without a category has one
+    assert info["categories_total"] == 12
     counts = [c["items"] for c in info["categories"]]
     assert len(counts) == 12 and counts == sorted(counts, reverse=True)
     assert client.get("/healthz").json() == {"status": "ok", "mode": "browse"}
@@ -134,3 +138,47 @@ def test_the_same_guard_as_the_app(shop, tmp_path):
     assert listen_keys("0.0.0.0", str(keys_file)).configured and not listen_keys("127.0.0.1", None).configured
     with pytest.raises(DataError, match="no such dataset directory"):
         browse_app(str(tmp_path / "missing"))
+
+
+class _Grown(Browse):
+    """The shop as a live app sees it: items added at runtime, each learnt from the registry."""
+
+    def __init__(self, data: str):
+        super().__init__(BrowseArgs(data, image_root=data))
+        self.records: list[dict] = []
+
+    def add(self, record: dict) -> None:
+        self.records.append(record)
+        self.catalog.add(record)
+
+    async def since(self, n: int) -> list[dict]:
+        return self.records[n:]
+
+
+def test_items_added_at_runtime_are_shelved_with_their_pictures(shop):
+    grown = _Grown(shop)
+    window = Window.build(grown)  # live
+    grown.add({"item_id": "new-lamp", "category": "lamp", "image": "images/1.jpg", "price": 0.0305})
+    asyncio.run(window.learn_runtime_images())
+    info = window.info()
+    assert info["mode"] == "live" and info["items"] == 101 and info["with_picture"] == 67
+    lamp = next(c for c in info["categories"] if c["name"] == "lamp")
+    assert window.card(100)["image"] == "/shop/images/new-lamp" and window.card(100)["price"] == 0.0305
+    assert window.shelf("lamp", True)[-1] == 100
+    grown.add({"item_id": "new-kind", "category": "kite"})  # no picture, a new category
+    asyncio.run(window.learn_runtime_images())
+    assert window.info()["items"] == 102 and window.info()["with_picture"] == 67
+    assert window.shelf("kite", False).tolist() == [101] and window.shelf("kite", True).tolist() == []
+    again = next(c for c in window.info()["categories"] if c["name"] == "lamp")
+    assert again == lamp and lamp["with_picture"] == sum(window._has_image(int(i)) for i in window.shelf("lamp", False))
+
+
+def test_info_lists_the_largest_categories_and_says_how_many_more(shop, monkeypatch):
+    import serving.storefront
+
+    monkeypatch.setattr(serving.storefront, "MAX_CATEGORIES", 3)
+    info = Window.build(Browse(BrowseArgs(shop)), live=False).info()
+    full = Window.build(Browse(BrowseArgs(shop)), live=False)
+    counts = sorted((-int((full._columns()[1] == code).sum()), name) for name, code in full._columns()[2].items())
+    assert [c["name"] for c in info["categories"]] == [name for _, name in counts[:3]]
+    assert info["categories_total"] == 12
