@@ -138,6 +138,11 @@ def _tuner(job: SweepJob, spec: dict, defaults: dict):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from training.ray_env import verbose
+    from tuning.progress import TrialLines, quiet_tune
+
+    quiet_tune()
+
     # the trial function only waits on its TorchTrainer, whose workers hold the CPUs: it asks for no CPU
     # (a request must not be empty, hence the token memory)
     trainable = tune.with_resources(tune.with_parameters(_trial, job=job), {"cpu": 0, "memory": 1})
@@ -155,8 +160,10 @@ def _tuner(job: SweepJob, spec: dict, defaults: dict):
         trainable, param_space=to_tune(spec),
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=job.samples, search_alg=search,
                                     scheduler=scheduler),
+        # one line per trial event (tuning.progress) instead of Tune's status tables
         run_config=tune.RunConfig(name=job.sweep_name, storage_path=path, storage_filesystem=fs_arg,
-                                  failure_config=tune.FailureConfig(max_failures=1), verbose=1))
+                                  failure_config=tune.FailureConfig(max_failures=1), verbose=int(verbose()),
+                                  callbacks=[TrialLines(METRIC, job.epochs, job.samples)]))
 
 
 def run_sweep(job: SweepJob) -> dict:

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -68,6 +69,10 @@ def test_optuna_sweep_on_s3_resumes_after_its_driver_dies_and_exports_the_best(t
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=420, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "Tuner.restore" in run.stdout and "search optuna" in run.stdout
+    # the console: one line per trial event, none of Tune's status tables
+    assert "Trial status" not in run.stdout and "╭" not in run.stdout, run.stdout[-3000:]
+    assert len(re.findall(r"\[tune\] trial \w+ (?:ended|stopped by the scheduler) after \d/4 epochs", run.stdout)) >= 2
+    assert re.search(r"\[tune\] trial \w+ epoch \d/4: valid_NDCG@10 0\.\d{4} \(sweep best", run.stdout)
     assert watch.samples > 10 and not watch.outside, watch.outside  # dashboard included: loopback only
     summary = json.loads(storage.read_bytes(f"{store}/smoke/summary.json"))
     assert summary["trials"] == 4
