@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
@@ -145,22 +147,23 @@ class Window:
     dataset: ImageSource
     runtime: ImageSource
     keys: list[str | None]  # the dataset items' image keys, by internal id
+    pictured: np.ndarray  # whether each dataset item has an image key
     live: bool = True
     runtime_keys: dict[str, str | None] = field(default_factory=dict)
     cache: collections.OrderedDict[str, tuple[bytes, str]] = field(default_factory=collections.OrderedDict)
     _shoppers: list[dict] | None = None  # see shoppers()
-    _dataset: tuple[np.ndarray, np.ndarray, dict[str, int]] | None = None  # see _dataset_columns()
     _shelf: tuple[tuple[int, int], np.ndarray, np.ndarray, dict[str, int]] | None = None  # see _columns()
 
     @classmethod
     def build(cls, service: ShopSource, live: bool = True) -> Window:
-        from training.data.dataset import load_dataset
+        from training.data.dataset import read_table
 
         args = service.args
-        items = load_dataset(args.data_dir).items
-        keys = items["image"].to_pylist() if "image" in items.column_names else [None] * items.num_rows
+        items = read_table(args.data_dir, "items")  # the catalogue has read (and checked) the rest
+        images = items["image"] if "image" in items.column_names else pa.nulls(items.num_rows, pa.string())
         return cls(service, ImageSource(args.data_dir, args.image_max_bytes, args.image_max_pixels),
-                   ImageSource(args.image_root, args.image_max_bytes, args.image_max_pixels), keys, live)
+                   ImageSource(args.image_root, args.image_max_bytes, args.image_max_pixels), images.to_pylist(),
+                   images.is_valid().to_numpy(zero_copy_only=False), live)
 
     def info(self) -> dict:
         """What the page asks first: which window this is, and the catalogue's categories (the
@@ -184,28 +187,17 @@ class Window:
             keep &= cats == codes.get(category, -2)  # -1 marks items without a category
         return np.flatnonzero(keep)
 
-    def _dataset_columns(self) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-        """(has a picture, category code or -1, code by category) of the dataset's items, once."""
-        if self._dataset is None:
-            codes: dict[str, int] = {}
-            cats = self.service.catalog.categories[:len(self.keys)]
-            self._dataset = (np.array([k is not None for k in self.keys], dtype=bool),
-                             np.array([_code(codes, c) for c in cats], dtype=np.int64), codes)
-        return self._dataset
-
     def _columns(self) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-        """:meth:`_dataset_columns` extended by the items added at runtime (a few); redone when the
-        catalogue grows or a runtime item's picture is learnt."""
+        """(has a picture, category code or -1, code by category) of every item, the ones added at
+        runtime included; redone when the catalogue grows or a runtime item's picture is learnt."""
         cat = self.service.catalog
         stamp = (cat.num_items, len(self.runtime_keys))
         if self._shelf is None or self._shelf[0] != stamp:
-            pictured, cats, codes = self._dataset_columns()
-            added = range(len(self.keys), cat.num_items)
-            if len(added):
-                codes = dict(codes)
-                cats = np.concatenate([cats, np.array([_code(codes, cat.categories[i]) for i in added], dtype=np.int64)])
-                pictured = np.concatenate([pictured, np.array([self._has_image(i) for i in added], dtype=bool)])
-            self._shelf = (stamp, pictured, cats, codes)
+            added = [self._has_image(i) for i in range(len(self.keys), cat.num_items)]
+            encoded = pa.array(cat.categories, pa.string()).dictionary_encode()
+            self._shelf = (stamp, np.concatenate([self.pictured, np.array(added, dtype=bool)]),
+                           pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64),
+                           {name: code for code, name in enumerate(encoded.dictionary.to_pylist())})
         return self._shelf[1:]
 
     def card(self, item: int) -> dict:
@@ -227,7 +219,7 @@ class Window:
             indptr = cat.histories.indptr
             ids = list(cat.user_index)
             sizes = indptr[1:len(ids) + 1] - indptr[:len(ids)]
-            has = self._dataset_columns()[0]
+            has = self.pictured
             owner = np.repeat(np.arange(len(ids)), sizes)
             pictured = np.bincount(owner, weights=has[cat.histories.items[:indptr[len(ids)]]], minlength=len(ids))
             self._shoppers = []
@@ -277,11 +269,6 @@ class Window:
         while len(self.cache) > IMAGE_CACHE:
             self.cache.popitem(last=False)
         return hit
-
-
-def _code(codes: dict[str, int], category: str | None) -> int:
-    """The category's code in ``codes`` (a new one is added); -1 for no category."""
-    return -1 if category is None else codes.setdefault(category, len(codes))
 
 
 def _quote(item_id: str) -> str:
