@@ -95,11 +95,11 @@ def shop(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from serving.cli import add_listen_args
+
     p = sub.add_parser("shop", help="browse a prepared dataset in the shop page, without a model",
                        description="Serve the shop window over a prepared dataset (catalogue, customers, "
                                    "pictures) without a model, bound to 127.0.0.1, until Ctrl-C.")
     p.add_argument("--data", required=True, help="a prepared dataset (raycart data prepare), local or s3://")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-keys-file", help="API keys, lines '<shopper|admin> <key>' (required beyond loopback)")
+    add_listen_args(p)
     p.set_defaults(func=shop)

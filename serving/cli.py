@@ -27,6 +27,13 @@ def listen_keys(host: str, api_keys_file: str | None) -> ApiKeys:
     return keys
 
 
+def add_listen_args(p: argparse.ArgumentParser) -> None:
+    """``--host``, ``--port`` and ``--api-keys-file``, checked by :func:`listen_keys`."""
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-keys-file", help="API keys, lines '<shopper|admin> <key>' (required beyond loopback)")
+
+
 def serve_app(args: argparse.Namespace) -> int:
     from training import storage
     from training.errors import DataError
@@ -76,8 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "bound to 127.0.0.1, until SIGINT/SIGTERM.")
     p.add_argument("--models", required=True, help="ranker model directory (raycart train ranker)")
     p.add_argument("--data", required=True, help="the dataset it was trained on")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    add_listen_args(p)
     p.add_argument("--feedback", default="raycart-work/feedback", help="feedback log root (local or s3://)")
     p.add_argument("--wal-dir", default="raycart-work/serve-wal", help="local write-ahead log folder")
     p.add_argument("--items-root", default="raycart-work/new-items", help="items added at runtime (local or s3://)")
@@ -86,6 +92,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where real-time user state lives: a Serve deployment journaling to --state-dir, or Redis")
     p.add_argument("--state-dir", default="raycart-work/user-state", help="embedded user state: journal folder")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="with --user-state redis")
-    p.add_argument("--api-keys-file", help="API keys, lines '<shopper|admin> <key>' (required beyond loopback)")
     p.add_argument("--image-root", help="folder (or s3:// prefix) POST /items may read images from")
     p.set_defaults(func=serve_app)
