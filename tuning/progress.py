@@ -4,7 +4,7 @@
 the ``tuning.progress`` logger the CLI shows, a line when a trial starts (its configuration), one
 per reported epoch (its validation metric and the sweep's best so far) and one when it ends (how
 many epochs it ran: fewer than the budget means the scheduler stopped it, since a trial's own
-patience is the whole budget) or fails. :func:`quiet_tune` keeps Tune's own tables off the
+patience is the whole budget) or fails. :func:`tune_verbosity` keeps Tune's own tables off the
 console unless ``raycart --verbose``::
 
     [tune] trial 00001 started (2 running, 0/4 ended): dim 16, dropout 0.0123, heads 1, layers 1, lr 0.00564, max_len 10
@@ -24,15 +24,22 @@ from training.ray_env import verbose
 log = logging.getLogger(__name__)
 
 
-def quiet_tune() -> None:
-    """Unless ``--verbose``: Tune's legacy reporter, which at ``verbose=0`` prints nothing (the
-    newer one prints its experiment header and paths even then). Read when the sweep starts."""
-    if not verbose():
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+def tune_verbosity() -> int:
+    """The sweep's ``RunConfig(verbose=)``: 1 (Tune's tables) with ``--verbose``; else 0 with Tune's
+    legacy reporter, which then prints nothing (the newer one prints its experiment header and
+    paths even at 0; Tune reads the switch when the sweep starts)."""
+    if verbose():
+        return 1
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    return 0
 
 
 def _short(trial) -> str:
     return str(trial.trial_id)[-5:]  # the summary table's trial names
+
+
+def _epochs(result: dict | None) -> int:
+    return int((result or {}).get("training_iteration", 0))
 
 
 def _value(v) -> str:
@@ -45,7 +52,6 @@ class TrialLines(tune.Callback):
     def __init__(self, metric: str, epochs: int, trials: int):
         self.metric, self.epochs, self.trials = metric, epochs, trials
         self.best: dict[str, float] = {}  # trial -> its best reported value
-        self.epochs_run: dict[str, int] = {}
 
     @staticmethod
     def _ended(trials, ending=None) -> int:
@@ -61,16 +67,14 @@ class TrialLines(tune.Callback):
         if self.metric not in result:
             return
         name, value = _short(trial), float(result[self.metric])
-        epoch = int(result.get("training_iteration", 0))
-        self.epochs_run[name] = epoch
         self.best[name] = max(value, self.best.get(name, value))
         leader = max(self.best, key=lambda k: self.best[k])
-        log.info(f"[tune] trial {name} epoch {epoch}/{self.epochs}: {self.metric} {value:.4f} "
+        log.info(f"[tune] trial {name} epoch {_epochs(result)}/{self.epochs}: {self.metric} {value:.4f} "
                  f"(sweep best {self.best[leader]:.4f}, trial {leader})")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         name = _short(trial)
-        run = self.epochs_run.get(name, 0)
+        run = _epochs(trial.last_result)
         how = "ended" if run >= self.epochs else "stopped by the scheduler"
         best = f"best {self.metric} {self.best[name]:.4f}" if name in self.best else "nothing reported"
         log.info(f"[tune] trial {name} {how} after {run}/{self.epochs} epochs: {best} "

@@ -138,10 +138,7 @@ def _tuner(job: SweepJob, spec: dict, defaults: dict):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from training.ray_env import verbose
-    from tuning.progress import TrialLines, quiet_tune
-
-    quiet_tune()
+    from tuning.progress import TrialLines, tune_verbosity
 
     # the trial function only waits on its TorchTrainer, whose workers hold the CPUs: it asks for no CPU
     # (a request must not be empty, hence the token memory)
@@ -162,7 +159,7 @@ def _tuner(job: SweepJob, spec: dict, defaults: dict):
                                     scheduler=scheduler),
         # one line per trial event (tuning.progress) instead of Tune's status tables
         run_config=tune.RunConfig(name=job.sweep_name, storage_path=path, storage_filesystem=fs_arg,
-                                  failure_config=tune.FailureConfig(max_failures=1), verbose=int(verbose()),
+                                  failure_config=tune.FailureConfig(max_failures=1), verbose=tune_verbosity(),
                                   callbacks=[TrialLines(METRIC, job.epochs, job.samples)]))
 
 

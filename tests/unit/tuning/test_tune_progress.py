@@ -10,7 +10,13 @@ METRIC = "valid_NDCG@10"
 
 
 def _trial(n: int, status: str = "PENDING", **config) -> SimpleNamespace:
-    return SimpleNamespace(trial_id=f"5e1d5_0000{n}", status=status, config=config or {"lr": 0.003, "dim": 16})
+    return SimpleNamespace(trial_id=f"5e1d5_0000{n}", status=status, config=config or {"lr": 0.003, "dim": 16},
+                           last_result={})
+
+
+def _report(lines: TrialLines, trials: list, trial, result: dict) -> None:
+    lines.on_trial_result(0, trials, trial, result)
+    trial.last_result = result  # as Tune keeps it, after the result's callbacks
 
 
 def test_one_line_per_trial_event(caplog):
@@ -22,11 +28,11 @@ def test_one_line_per_trial_event(caplog):
         lines.on_trial_start(0, [a, b, c], b)
         b.status = "RUNNING"
         for epoch, value in [(1, 0.06), (2, 0.07), (3, 0.08), (4, 0.075)]:
-            lines.on_trial_result(0, [a, b, c], a, {METRIC: value, "training_iteration": epoch})
+            _report(lines, [a, b, c], a, {METRIC: value, "training_iteration": epoch})
         lines.on_trial_complete(0, [a, b, c], a)
         a.status = "TERMINATED"
-        lines.on_trial_result(0, [a, b, c], b, {"training_iteration": 1})  # no metric: no line
-        lines.on_trial_result(0, [a, b, c], b, {METRIC: 0.09, "training_iteration": 1})
+        _report(lines, [a, b, c], b, {"training_iteration": 1})  # no metric: no line
+        _report(lines, [a, b, c], b, {METRIC: 0.09, "training_iteration": 1})
         lines.on_trial_complete(0, [a, b, c], b)  # stopped by ASHA after its first epoch
         b.status = "TERMINATED"
         c.error_file = "/runs/c/error.txt"
