@@ -7,7 +7,7 @@ const K = 8;
 const $ = (id) => document.getElementById(id);
 const SHELF = 24; // catalogue cards per page (browse-only window)
 const state = { requestId: null, items: [], cards: {}, sessionId: null, user: "", seq: 0, browse: false,
-                shelfSeq: 0, shelfAt: 0 };
+                shelfSeq: 0 };
 
 function el(tag, cls, text) {
   const node = document.createElement(tag);
@@ -295,7 +295,6 @@ async function shelf(offset) {
     const r = await call("GET", "/shop/api/catalogue?" + q);
     if (seq !== state.shelfSeq) return;
     for (const c of r.items) state.cards[c.item_id] = c;
-    state.shelfAt = offset;
     const grid = $("catalogue");
     grid.replaceChildren(...r.items.map((c) => baseCard(c.item_id, c, "card")));
     grid.dataset.offset = String(offset);
@@ -381,8 +380,9 @@ async function start() {
     categoryCounts();
     shelf(0);
   });
-  $("shelf-prev").addEventListener("click", () => shelf(Math.max(0, state.shelfAt - SHELF)));
-  $("shelf-next").addEventListener("click", () => shelf(state.shelfAt + SHELF));
+  const shown = () => Number($("catalogue").dataset.offset || 0); // the page's offset, kept on the grid
+  $("shelf-prev").addEventListener("click", () => shelf(Math.max(0, shown() - SHELF)));
+  $("shelf-next").addEventListener("click", () => shelf(shown() + SHELF));
   await loadShoppers();
   await stats();
   setInterval(stats, 3000);

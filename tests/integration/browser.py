@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
 
 def chromium() -> str:
     """The Chromium executable; missing: a loud skip here, a failure in CI (``CI=true``)."""
@@ -54,3 +57,20 @@ def screenshot(page, path: Path) -> None:
 
     with Image.open(io.BytesIO(page.screenshot())) as img:
         img.convert("RGB").quantize(256).save(path, optimize=True)
+
+
+def watched(browser, errors: list[str], phone: bool = False):
+    """A new page whose console errors and uncaught exceptions are appended to ``errors``;
+    ``phone``: a 390x844 touch viewport, else 1280x900."""
+    page = (browser.new_page(viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=1) if phone
+            else browser.new_page(viewport=DESKTOP))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return page
+
+
+def screenshots(tmp_path: Path) -> Path:
+    """Where screenshots go: ``$RAYCART_SHOP_SCREENSHOTS`` (README's pictures), else ``tmp_path``."""
+    shots = Path(os.environ.get("RAYCART_SHOP_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    return shots

@@ -7,21 +7,17 @@ Chromium missing: skipped with a loud message here, a failure in CI (``CI=true``
 to ``$RAYCART_SHOP_SCREENSHOTS`` when set (README's pictures), else to the test's tmp folder.
 """
 
-import os
 import time
-from pathlib import Path
 
 import pytest
 import requests
-from browser import launched, screenshot, shown
+from browser import PHONE, launched, screenshot, screenshots, shown, watched
 
 from serving.redis_server import free_port
 from training.data.feedback import read_feedback
 
 pytestmark = pytest.mark.integration
 
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +72,11 @@ def test_helpers_refuse_paths_and_unknown_items(shop_app):
 
 
 def test_page_in_chromium_shows_cards_and_buy_changes_the_answer(shop_app, tmp_path):
-    url, shots = shop_app["url"], Path(os.environ.get("RAYCART_SHOP_SCREENSHOTS") or tmp_path)
-    shots.mkdir(parents=True, exist_ok=True)
+    url, shots = shop_app["url"], screenshots(tmp_path)
     user = requests.get(url + "/shop/api/users", params={"limit": 1}, timeout=10).json()["users"][0]["user_id"]
     errors: list[str] = []
     with launched() as browser:
-        page = browser.new_page(viewport=DESKTOP)
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
+        page = watched(browser, errors)
         page.goto(url + "/shop", wait_until="load", timeout=30_000)
         page.wait_for_selector("body[data-ready='1']", timeout=30_000)
         page.select_option("#shopper", user)
@@ -131,8 +124,7 @@ def test_page_in_chromium_shows_cards_and_buy_changes_the_answer(shop_app, tmp_p
         assert added.locator("img").evaluate("i => i.naturalWidth") > 0
         assert shown(page)["broken"] == []
 
-        phone = browser.new_page(viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=1)
-        phone.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        phone = watched(browser, errors, phone=True)
         phone.goto(url + "/shop", wait_until="load", timeout=30_000)
         phone.wait_for_selector("body[data-ready='1']", timeout=30_000)
         phone.select_option("#shopper", user)

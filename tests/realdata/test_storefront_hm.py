@@ -6,15 +6,13 @@ customer's purchases, on a desktop and a phone viewport. Screenshots go to
 ``$RAYCART_SHOP_SCREENSHOTS`` when set (README's pictures), else to the test's tmp folder."""
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
-from browser import launched, screenshot
+from browser import PHONE, launched, screenshot, screenshots, watched
 from fastapi import HTTPException
 from netwatch import LOOPBACK, listeners
 from PIL import Image
@@ -25,8 +23,6 @@ from serving.storefront import Window
 from training.data.cli import prepare
 
 pytestmark = pytest.mark.realdata
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 390, "height": 844}
 
 
 def test_hm_photos_are_served_by_item_id(shared, tmp_path):
@@ -71,8 +67,7 @@ def test_hm_catalogue_in_chromium_shows_every_photo(shared, tmp_path):
     data = str(tmp_path / "hm")
     prepare("hm", str(shared / "data/hm"), data)
     photos = {p.stem: p for p in (shared / "data/hm/images").iterdir()}
-    shots = Path(os.environ.get("RAYCART_SHOP_SCREENSHOTS") or tmp_path)
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = screenshots(tmp_path)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     shop = subprocess.Popen([sys.executable, "-m", "training.cli", "shop", "--data", data, "--port", str(port)],
@@ -92,9 +87,7 @@ def test_hm_catalogue_in_chromium_shows_every_photo(shared, tmp_path):
         assert customer["history"] == 2 and customer["with_picture"] >= 1, customer
         errors: list[str] = []
         with launched() as browser:
-            page = browser.new_page(viewport=DESKTOP)
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
+            page = watched(browser, errors)
             page.goto(url + "/shop", wait_until="load", timeout=30_000)
             first = _turned(page, 0)
             assert "1,000 items (100 with a picture) and 4,946 customers" in page.locator("#mode-note").text_content()
@@ -146,9 +139,7 @@ def test_hm_catalogue_in_chromium_shows_every_photo(shared, tmp_path):
             assert page.evaluate(SHELF)["broken"] == []
             screenshot(page, shots / "hm-desktop.png")
 
-            phone = browser.new_page(viewport=PHONE, is_mobile=True, has_touch=True, device_scale_factor=1)
-            phone.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            phone.on("pageerror", lambda e: errors.append(str(e)))
+            phone = watched(browser, errors, phone=True)
             phone.goto(url + "/shop", wait_until="load", timeout=30_000)
             assert _turned(phone, 0)["broken"] == []
             width = phone.evaluate("document.documentElement.scrollWidth")
