@@ -140,6 +140,7 @@ def _tuner(job: SweepJob, spec: dict, defaults: dict):
 
     from tuning.progress import TrialLines, tune_verbosity
 
+    verbosity = tune_verbosity()  # before a restore too: the restored sweep reports through Tune's reporter
     # the trial function only waits on its TorchTrainer, whose workers hold the CPUs: it asks for no CPU
     # (a request must not be empty, hence the token memory)
     trainable = tune.with_resources(tune.with_parameters(_trial, job=job), {"cpu": 0, "memory": 1})
@@ -159,7 +160,7 @@ def _tuner(job: SweepJob, spec: dict, defaults: dict):
                                     scheduler=scheduler),
         # one line per trial event (tuning.progress) instead of Tune's status tables
         run_config=tune.RunConfig(name=job.sweep_name, storage_path=path, storage_filesystem=fs_arg,
-                                  failure_config=tune.FailureConfig(max_failures=1), verbose=tune_verbosity(),
+                                  failure_config=tune.FailureConfig(max_failures=1), verbose=verbosity,
                                   callbacks=[TrialLines(METRIC, job.epochs, job.samples)]))
 
 
