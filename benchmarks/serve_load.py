@@ -205,7 +205,8 @@ def main() -> None:
         root = work / f"setup{n}"
         base = {"model_dir": a.model, "data_dir": a.data, "feedback_root": str(root / "feedback"),
                 "wal_dir": str(root / "wal"), "policy_state": str(root / "policy.npz"),
-                "items_root": str(root / "items"), "state_dir": str(root / "state"), **overrides, **extra}
+                "items_root": str(root / "items"), "state_dir": str(root / "state"),
+                "trust_loopback": True, **overrides, **extra}  # no keys: the load comes from this machine
         from serving.app import build_app
 
         redis = None

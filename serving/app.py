@@ -39,6 +39,7 @@ from serving.metrics import Metrics, RaySink, route_access_log
 from serving.netbind import bind_replica_grpc_to_node_address
 from serving.policy import Policy
 from serving.schemas import AppArgs, ModelSpec
+from serving.security import ApiKeys
 from serving.service import RecommendService
 from serving.stages import PolicyCopy
 from serving.state_store import StateAccess, UserStateStore
@@ -152,6 +153,9 @@ class Ingress:
                  registry: DeploymentHandle, state: DeploymentHandle | None, args: AppArgs,
                  retrain: DeploymentHandle | None = None):
         bind_replica_grpc_to_node_address()
+        # a key file that is missing, bad or empty (an empty Secret) stops the replica here, with
+        # the file's name, instead of serving without keys
+        ApiKeys.load(args.api_keys_file)
         self.args = args
         self.retrain = retrain  # the schedule (serving.retrain_schedule), if on
         try:

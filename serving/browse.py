@@ -8,7 +8,8 @@ One plain FastAPI app (no Ray) with the storefront's router (:mod:`serving.store
 no recommendations, no feedback, no items added at runtime. The page asks ``/shop/api/info``, sees
 ``mode: browse`` and shows the catalogue by category (``/shop/api/catalogue``) and a picked
 customer's items. The same :class:`~serving.security.Guard` as the app: without API keys it
-answers loopback clients only, and ``raycart shop`` refuses a non-loopback ``--host`` without keys.
+answers nothing that needs a role unless loopback is trusted, which ``raycart shop`` does without
+``--api-keys-file`` (then loopback clients only); it refuses a non-loopback ``--host`` without keys.
 
 Example::
 
@@ -41,6 +42,7 @@ class BrowseArgs:
     image_root: str | None = None  # no items are added here, so no runtime pictures
     image_max_bytes: int = _DEFAULTS["image_max_bytes"].default
     image_max_pixels: int = _DEFAULTS["image_max_pixels"].default
+    image_cache_bytes: int = _DEFAULTS["image_cache_bytes"].default
 
 
 class Browse:
@@ -63,11 +65,11 @@ class Browse:
         return [x for x in ids if x not in self.catalog.item_index]
 
 
-def browse_app(data_dir: str, keys: ApiKeys | None = None) -> FastAPI:
+def browse_app(data_dir: str, keys: ApiKeys | None = None, trust_loopback: bool = False) -> FastAPI:
     """The browse-only window over the prepared dataset ``data_dir``, behind ``keys`` (None: no
-    keys, loopback clients only)."""
+    keys: the helpers are refused unless ``trust_loopback``, then loopback clients only)."""
     app = FastAPI(title="Raycart shop window (browse only)", openapi_url=None, docs_url=None, redoc_url=None)
-    app.add_middleware(Guard, settings=GuardSettings(keys=keys or ApiKeys()))
+    app.add_middleware(Guard, settings=GuardSettings(keys=keys or ApiKeys(), trust_loopback=trust_loopback))
     app.include_router(shop_window)
 
     @app.get("/healthz")
@@ -85,7 +87,8 @@ def shop(args: argparse.Namespace) -> int:
     from training import storage
 
     keys = listen_keys(args.host, args.api_keys_file)
-    app = browse_app(storage.absolute(args.data), keys)  # a missing dataset: a DataError naming it
+    # without keys, local use: loopback is trusted (listen_keys refused any other --host)
+    app = browse_app(storage.absolute(args.data), keys, trust_loopback=not keys.configured)  # no dataset: a DataError
     info = app.state.shop_window.info()
     print(f"raycart shop: browsing {args.data} ({info['items']:,} items, {info['with_picture']:,} with a picture, "
           f"{info['shoppers']:,} customers; no model) on http://{args.host}:{args.port}/shop (Ctrl-C to stop)",

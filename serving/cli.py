@@ -12,8 +12,8 @@ if TYPE_CHECKING:
 
 
 def listen_keys(host: str, api_keys_file: str | None) -> ApiKeys:
-    """The keys to serve with; a clear error for a bad key file, or for ``host`` beyond loopback
-    without keys (``raycart serve`` and ``raycart shop``)."""
+    """The keys to serve with; a clear error naming the file for a bad or empty key file, or for
+    ``host`` beyond loopback without keys (``raycart serve`` and ``raycart shop``)."""
     from serving.security import ApiKeys, KeyFileError, is_loopback
     from training.errors import DataError
 
@@ -40,7 +40,11 @@ def serve_app(args: argparse.Namespace) -> int:
     from training.modeldir import read_card
     from training.ray_env import init_ray
 
-    listen_keys(args.host, args.api_keys_file)
+    keys = listen_keys(args.host, args.api_keys_file)
+    if not keys.configured and not args.trust_loopback:
+        raise DataError("no API keys: pass --api-keys-file FILE ('shopper KEY' / 'admin KEY' lines), or "
+                        "--trust-loopback to serve clients on this machine without keys (README: Security and "
+                        "durability)")
     card = read_card(args.models)  # a clear error before Ray starts
     if card.kind != "ranker":
         raise DataError(f"{args.models}: serving needs a ranker directory (raycart train ranker); "
@@ -61,7 +65,8 @@ def serve_app(args: argparse.Namespace) -> int:
                        policy_state=absolute(args.policy_state), items_root=absolute(args.items_root),
                        user_state=args.user_state, redis_url=args.redis_url, state_dir=absolute(args.state_dir),
                        api_keys_file=absolute(args.api_keys_file) if args.api_keys_file else None,
-                       image_root=absolute(args.image_root) if args.image_root else None)
+                       image_root=absolute(args.image_root) if args.image_root else None,
+                       trust_loopback=args.trust_loopback)
 
     serve.start(http_options={"host": args.host, "port": args.port,
                               "request_timeout_s": app_args.request_timeout_s + 5})
@@ -93,4 +98,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--state-dir", default="raycart-work/user-state", help="embedded user state: journal folder")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="with --user-state redis")
     p.add_argument("--image-root", help="folder (or s3:// prefix) POST /items may read images from")
+    p.add_argument("--trust-loopback", action="store_true",
+                   help="without --api-keys-file: serve clients on this machine (loopback) with every role")
     p.set_defaults(func=serve_app)

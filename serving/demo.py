@@ -298,7 +298,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             "wal_dir": str(work / "wal"), "policy_state": str(work / "policy.npz"), "items_root": str(work / "items"),
             "state_dir": str(work / "user-state"),
             # the dataset's own folder: the shop window's admin form adds items with its pictures
-            "image_root": storage.absolute(data)}
+            "image_root": storage.absolute(data),
+            "trust_loopback": True}  # a local demo without keys: the requests below and the browser are on loopback
     url = f"http://{cfg.host}:{cfg.port}"
     serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": 30})
     try:

@@ -160,11 +160,11 @@ class Runtime:
 
 
 def configure(runtime: Runtime, args) -> FastAPI:
-    """``api`` serving ``runtime``, with the edge settings of ``args`` (:class:`~serving.schemas.AppArgs`)."""
-    from serving.security import ApiKeys
-
-    GUARD.keys = ApiKeys.load(args.api_keys_file)
+    """``api`` serving ``runtime``, with the edge settings of ``args`` (:class:`~serving.schemas.AppArgs`);
+    a :class:`~serving.security.KeyFileError` for a bad or empty key file."""
+    GUARD.use_keys_file(args.api_keys_file, args.keys_reload_s)
     GUARD.max_body_bytes, GUARD.timeout_s = args.max_body_bytes, args.request_timeout_s
+    GUARD.trust_loopback = args.trust_loopback
     api.state.runtime = runtime
     return api
 

@@ -178,7 +178,8 @@ class AppArgs(BaseModel):
     policy_diversity: float = Field(0.3, ge=0)  # MMR weight: slate items unlike each other (0 = off)
     policy_pending: int = Field(20_000, ge=1)  # requests whose shown features the policy keeps for feedback
     # -- the HTTP edge (serving.security; README "Security and durability") --
-    # ``<role> <key>`` lines (roles shopper, admin); without keys only loopback clients are served
+    # ``<role> <key>`` lines (roles shopper, admin); a file without keys is refused. Without a file,
+    # see trust_loopback
     api_keys_file: str | None = None
     max_body_bytes: int = Field(64 * 1024, ge=1024)  # larger request bodies get 413
     request_timeout_s: float = Field(10.0, gt=0)  # a request not answered by then gets 504
@@ -198,6 +199,13 @@ class AppArgs(BaseModel):
     # the dataset the first model was trained on: a promoted app serves the merged data (data_dir),
     # the log is merged into this one (None: data_dir)
     base_data_dir: str | None = None
+    # -- edge trust and images (4c/4d; serving.security, serving.storefront) --
+    # without API keys, serve clients on loopback (addressed to a loopback name) with every role; off,
+    # a keyless app refuses whatever needs a role (401). On for `raycart demo`, `raycart shop` without
+    # keys and `raycart serve --trust-loopback`; no effect once keys are configured
+    trust_loopback: bool = False
+    keys_reload_s: float = Field(5.0, gt=0)  # api_keys_file is re-read when it changed, checked at most this often
+    image_cache_bytes: int = Field(64 * 1024 * 1024, ge=0)  # shop pictures kept in memory per Ingress replica
 
     @property
     def base_data(self) -> str:

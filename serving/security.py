@@ -5,11 +5,16 @@ Plain ASGI (no Ray), wrapped around the FastAPI app by :mod:`serving.app`.
 - **Keys** (:class:`ApiKeys`): a file of ``<role> <key>`` lines (``shopper`` may call
   ``/recommend``, ``/feedback`` and ``GET /items/{id}/similar``; ``admin`` may also ``POST /items``),
   sent as ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``. A line's key may be given as
-  ``sha256:<hex>`` so the file holds no usable secret. Without any key configured, only clients
-  on loopback are served: an app that listens beyond loopback always requires keys. And only
-  requests addressed to a loopback name (``Host`` of ``localhost``, ``127.0.0.1``, ``[::1]``):
-  a web page whose own domain has been re-pointed at 127.0.0.1 (DNS rebinding) would otherwise
-  read and write the keyless app from the visitor's browser.
+  ``sha256:<hex>`` so the file holds no usable secret; a file without any key is refused (an
+  empty Secret must not turn into a keyless app). The file is re-read when it changes (checked
+  at most every ``reload_s``; an invalid new version is logged and the keys before it kept), so
+  keys rotate without a redeploy.
+- **Without keys** a route that needs a role is refused (401) unless loopback is trusted
+  explicitly (``trust_loopback``: the local demo, ``raycart shop``, tests). Then only clients on
+  loopback are served, and only requests addressed to a loopback name (``Host`` of
+  ``localhost``, ``127.0.0.1``, ``[::1]``): a web page whose own domain has been re-pointed at
+  127.0.0.1 (DNS rebinding) would otherwise read and write the keyless app from the visitor's
+  browser.
 - **Body cap**: a declared ``Content-Length`` over the cap is refused at once (413), a chunked body
   is counted while it is read and refused when it passes the cap -- nothing larger is buffered.
 - **Deadline**: a request not answered within ``timeout_s`` gets 504 (and its work is cancelled).
@@ -23,7 +28,10 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
+import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +39,11 @@ ROLES = ("shopper", "admin")
 OPEN_PATHS = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 # the shop window page, its assets and product pictures (its /shop/api helpers need a shopper key)
 OPEN_PREFIXES = ("/shop/static/", "/shop/images/")
+NO_KEYS = ("this app has no API keys configured: set api_keys_file (lines '<shopper|admin> <key>'; raycart serve "
+           "--api-keys-file FILE), or trust_loopback: true (raycart serve --trust-loopback) to serve clients on "
+           "this machine without keys (README: Security and durability)")
+
+log = logging.getLogger(__name__)
 
 
 class KeyFileError(ValueError):
@@ -68,7 +81,14 @@ class ApiKeys:
             else:
                 digest = _digest(key)
             out[role].add(digest)
+        if not any(out.values()):
+            raise KeyFileError(f"api_keys_file: {path} holds no keys (expected '<shopper|admin> <key>' lines); "
+                               "refusing to serve without keys")
         return cls({r: frozenset(v) for r, v in out.items() if v})
+
+    @property
+    def count(self) -> int:
+        return sum(len(v) for v in self.digests.values())
 
     @property
     def configured(self) -> bool:
@@ -132,13 +152,56 @@ def is_loopback(client) -> bool:
         return host == "localhost"
 
 
+def _stamp(path: str) -> tuple[int, int, int] | None:
+    """What tells a changed file: (inode, size, mtime in ns); None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 @dataclass
 class GuardSettings:
-    """Filled by the Ingress from its arguments (the middleware is created before it is)."""
+    """Filled by the Ingress from its arguments (the middleware is created before it is).
+
+    ``keys_file`` (set through :meth:`use_keys_file`) is re-read when its inode, size or mtime
+    change, looked at (one ``stat``) at most every ``reload_s`` seconds."""
 
     keys: ApiKeys = field(default_factory=ApiKeys)
     max_body_bytes: int = 64 * 1024
     timeout_s: float = 10.0
+    trust_loopback: bool = False  # without keys: serve loopback clients (else 401)
+    keys_file: str | None = None
+    reload_s: float = 5.0
+    _seen: tuple[int, int, int] | None = field(default=None, repr=False)  # the file as last read
+    _checked: float = field(default=0.0, repr=False)  # time.monotonic() of the last look
+
+    def use_keys_file(self, path: str | None, reload_s: float = 5.0) -> None:
+        """Serve the keys of ``path`` (None: no keys), re-read when it changes; a
+        :class:`KeyFileError` for a bad or empty file."""
+        stamp = _stamp(path) if path else None  # before reading: a change after it is seen next time
+        self.keys = ApiKeys.load(path)
+        self.keys_file, self.reload_s, self._seen, self._checked = path, reload_s, stamp, time.monotonic()
+
+    def current_keys(self) -> ApiKeys:
+        """The keys now, the file re-read first if it is time to look and it changed."""
+        if self.keys_file is not None and time.monotonic() - self._checked >= self.reload_s:
+            self._checked = time.monotonic()
+            stamp = _stamp(self.keys_file)
+            if stamp != self._seen:
+                self._seen = stamp
+                self._reload()
+        return self.keys
+
+    def _reload(self) -> None:
+        try:
+            keys = ApiKeys.load(self.keys_file)
+        except KeyFileError as exc:  # logged once per change of the file
+            log.warning("%s; keeping the %d keys loaded before", exc, self.keys.count)
+            return
+        self.keys = keys
+        log.info("api_keys_file %s re-read: %d keys", self.keys_file, keys.count)
 
 
 async def _reply(send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -211,11 +274,13 @@ class Guard:
                 raise
 
     def _authorise(self, client, headers: dict[bytes, bytes], role: str) -> tuple[int, str] | None:
-        keys = self.settings.keys
+        keys = self.settings.current_keys()
         if not keys.configured:
+            if not self.settings.trust_loopback:
+                return 401, NO_KEYS
             if not is_loopback(client):
-                return 401, ("this app has no API keys configured and serves loopback clients only; "
-                             "set api_keys_file (README: Security and durability)")
+                return 401, ("this app has no API keys configured and serves loopback clients only "
+                             "(trust_loopback); set api_keys_file (README: Security and durability)")
             if not addressed_to_loopback(headers.get(b"host")):
                 return 403, ("this app has no API keys configured and answers requests addressed to "
                              "localhost/127.0.0.1 only (Host header); set api_keys_file to serve other names")

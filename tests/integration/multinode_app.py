@@ -87,7 +87,7 @@ def deploy_app(nodes: RayNodes, s3: dict, redis_url: str, model: Path, data: Pat
             "feedback_root": f"s3://{bucket}/{prefix}/feedback", "feedback_ack": "shared",
             "policy_state": f"s3://{bucket}/{prefix}/policy/state.npz", "items_root": f"s3://{bucket}/{prefix}/items",
             "user_state": "redis", "redis_url": redis_url, "wal_dir": str(work / "unused-wal"),
-            "request_timeout_s": 30.0}
+            "request_timeout_s": 30.0, "trust_loopback": True}  # no keys: the tests ask from 127.0.0.1
     port = free_port()
     config = work / "serve.yaml"
     project = upload_project(client, bucket, f"{prefix}/raycart.zip")

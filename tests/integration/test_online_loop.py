@@ -53,7 +53,7 @@ def _deploy(loop, name: str, **extra) -> dict:
     work = loop["root"] / name
     args = {"model_dir": loop["ranker"], "data_dir": loop["data"], "feedback_root": str(work / "feedback"),
             "wal_dir": str(work / "wal"), "policy_state": str(work / "policy.npz"), "items_root": str(work / "items"),
-            "state_dir": str(work / "state"), **extra}
+            "state_dir": str(work / "state"), "trust_loopback": True, **extra}  # no keys: local clients
     serve.run(build_app(args), name="raycart", route_prefix="/")
     deadline = time.time() + 120
     while time.time() < deadline:

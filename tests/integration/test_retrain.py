@@ -159,7 +159,7 @@ def test_the_app_retrains_on_schedule_and_promotes_under_load(tiny_shop, logged,
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"model_dir": tiny_shop["ranker"], "data_dir": tiny_shop["data"], "feedback_root": str(root / "feedback"),
             "wal_dir": str(root / "wal"), "policy_state": str(root / "policy.npz"), "items_root": str(root / "items"),
-            "state_dir": str(root / "state"), "request_timeout_s": 60.0,
+            "state_dir": str(root / "state"), "request_timeout_s": 60.0, "trust_loopback": True,  # no keys: local
             "replica_cpus": 0.1,  # leave a CPU of the 2 for the retrain's Ray Train worker
             "retrain_every_events": 5, "retrain_poll_s": 1.0, "retrain_work": str(root / "work"),
             "retrain_epochs": 1, "retrain_ndcg_margin": 0.2}

@@ -32,7 +32,7 @@ def app(tiny_shop, tmp_path_factory):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"model_dir": tiny_shop["ranker"], "data_dir": data, "feedback_root": str(root / "feedback"),
             "wal_dir": str(root / "wal"), "policy_state": str(root / "policy.npz"), "policy_epsilon": 0.0,
-            "items_root": str(root / "new-items"),
+            "items_root": str(root / "new-items"), "trust_loopback": True,  # no keys: this test's client is local
             "policy_alpha": 0.0, "state_dir": str(root / "user-state"),
             "explore_candidates": 0, "policy_diversity": 0.0,
             "stale_alpha": 0.0,  # no exploration: rankings are deterministic

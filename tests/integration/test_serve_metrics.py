@@ -33,7 +33,8 @@ def app(tiny_shop, tmp_path_factory):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"model_dir": tiny_shop["ranker"], "data_dir": tiny_shop["data"], "feedback_root": str(root / "feedback"),
             "wal_dir": str(root / "wal"), "policy_state": str(root / "policy.npz"),
-            "items_root": str(root / "new-items"), "state_dir": str(root / "user-state"), "request_timeout_s": 60.0}
+            "items_root": str(root / "new-items"), "state_dir": str(root / "user-state"), "request_timeout_s": 60.0,
+            "trust_loopback": True}  # no keys: this test's client is local
     serve.run(build_app(args), name="raycart", route_prefix="/")
     from training.data.dataset import load_dataset
 

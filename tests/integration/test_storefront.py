@@ -39,7 +39,8 @@ def shop_app(tiny_shop, tmp_path_factory):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {"model_dir": tiny_shop["ranker"], "data_dir": data, "feedback_root": str(root / "feedback"),
             "wal_dir": str(root / "wal"), "policy_state": str(root / "policy.npz"), "items_root": str(root / "items"),
-            "state_dir": str(root / "state"), "image_root": data}
+            "state_dir": str(root / "state"), "image_root": data,
+            "trust_loopback": True}  # no keys: the browser and this test are local
     serve.run(build_app(args), name="raycart", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120

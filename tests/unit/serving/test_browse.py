@@ -1,7 +1,8 @@
 """The browse-only shop window (``raycart shop``, :mod:`serving.browse`) over a small prepared shop,
 Ray-free through Starlette's test client: what the page asks (mode, categories, catalogue pages,
 customers, pictures), what it refuses (bad paging, paths, the API it does not serve), and the
-same guard as the app (loopback only without keys; a shopper key with them). The real-browser test
+same guard as the app (without keys nothing unless loopback is trusted, as ``raycart shop`` does; a
+shopper key with them). The real-browser test
 on the H&M sample is tests/realdata/test_storefront_hm.py."""
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def shop(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def client(shop):
-    with TestClient(browse_app(shop), base_url="http://127.0.0.1", client=("127.0.0.1", 5000)) as c:
+    with TestClient(browse_app(shop, trust_loopback=True), base_url="http://127.0.0.1", client=("127.0.0.1", 5000)) as c:
         yield c
 
 
@@ -123,10 +124,14 @@ def test_the_page_is_served_and_the_api_it_does_not_have_is_absent(client):
 
 
 def test_the_same_guard_as_the_app(shop, tmp_path):
-    with TestClient(browse_app(shop), client=("203.0.113.7", 5000)) as remote:
+    with TestClient(browse_app(shop, trust_loopback=True), client=("203.0.113.7", 5000)) as remote:
         assert remote.get("/shop").status_code == 200  # the page and pictures are open
         refused = remote.get("/shop/api/catalogue")
         assert refused.status_code == 401 and "loopback" in refused.json()["detail"]
+    with TestClient(browse_app(shop), base_url="http://127.0.0.1", client=("127.0.0.1", 5000)) as untrusted:
+        assert untrusted.get("/shop").status_code == 200
+        refused = untrusted.get("/shop/api/catalogue")  # no keys, loopback not trusted: nothing
+        assert refused.status_code == 401 and "trust_loopback" in refused.json()["detail"]
     keys_file = tmp_path / "keys"
     keys_file.write_text(f"shopper {SHOP}\n")
     with TestClient(browse_app(shop, ApiKeys.load(str(keys_file))), client=("203.0.113.7", 5000)) as keyed:
@@ -136,6 +141,10 @@ def test_the_same_guard_as_the_app(shop, tmp_path):
     with pytest.raises(DataError, match="--host 0.0.0.0: listening beyond loopback needs API keys"):
         listen_keys("0.0.0.0", None)
     assert listen_keys("0.0.0.0", str(keys_file)).configured and not listen_keys("127.0.0.1", None).configured
+    empty = tmp_path / "empty-secret"
+    empty.write_text("")
+    with pytest.raises(DataError, match=f"--api-keys-file: api_keys_file: {empty} holds no keys"):
+        listen_keys("127.0.0.1", str(empty))
     with pytest.raises(DataError, match="no such dataset directory"):
         browse_app(str(tmp_path / "missing"))
 
@@ -182,3 +191,15 @@ def test_info_lists_the_largest_categories_and_says_how_many_more(shop, monkeypa
     counts = sorted((-int((full._columns()[1] == code).sum()), name) for name, code in full._columns()[2].items())
     assert [c["name"] for c in info["categories"]] == [name for _, name in counts[:3]]
     assert info["categories_total"] == 12
+
+
+def test_every_route_of_the_browse_app_but_the_open_ones_needs_a_key(shop, tmp_path):
+    from test_security import OPEN, check_route_table
+
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"shopper {SHOP}\n")
+    app = browse_app(shop, ApiKeys.load(str(keys_file)), trust_loopback=True)  # keys win over the trust
+    with TestClient(app, base_url="http://127.0.0.1", client=("127.0.0.1", 5000)) as client:
+        seen = check_route_table(client, app.routes, SHOP, None)
+    assert {"/shop", "/shop/images/{item_id}", "/healthz", "/shop/api/catalogue"} <= seen
+    assert len(seen - OPEN) >= 6  # the page's helpers, each asked without a key

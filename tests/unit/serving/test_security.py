@@ -1,12 +1,17 @@
-"""The HTTP guard (no Ray): API keys and roles, loopback-only without keys, body cap, deadline."""
+"""The HTTP guard (no Ray): API keys and roles (every route of the app's table), keys re-read when
+their file changes, nothing keyless unless loopback is trusted, body cap, deadline."""
 
 import asyncio
 import hashlib
 import json
+import logging
+import os
+import re
 
 import pytest
+from starlette.testclient import TestClient
 
-from serving.security import ApiKeys, Guard, GuardSettings, KeyFileError, required_role
+from serving.security import ApiKeys, Guard, GuardSettings, KeyFileError
 
 SHOP, ADMIN = "shopper-key-0123456789", "admin-key-0123456789ab"
 
@@ -47,11 +52,66 @@ def _call(settings, method="POST", path="/recommend", headers=(), chunks=(b"{}",
     return status, json.loads(b"".join(m.get("body", b"") for m in sent[1:]) or b"{}")
 
 
-def test_routes_need_their_role():
-    assert required_role("POST", "/recommend") == required_role("POST", "/feedback") == "shopper"
-    assert required_role("GET", "/items/x/similar") == "shopper"
-    assert required_role("POST", "/items") == "admin"
-    assert required_role("GET", "/healthz") is required_role("GET", "/readyz") is None
+# the routes served without a key: probes, the API schema and its pages, the shop page, its assets
+# and product pictures. Every other route of an app's table must need a key.
+OPEN = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/shop",
+        "/shop/static/{name}", "/shop/images/{item_id}"}
+ADMIN_ONLY = {("POST", "/items")}
+
+
+def route_table(routes) -> list[tuple[str, str]]:
+    """(method, path template) of every HTTP route, those of included routers too (FastAPI >= 0.165
+    keeps an included router as one entry; its ``effective_route_contexts`` hold the full paths)."""
+    out = []
+    for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        if contexts is not None:
+            out += route_table(list(contexts()))
+        elif getattr(route, "methods", None):
+            out += [(m, route.path) for m in sorted(route.methods) if m != "HEAD"]
+        else:  # a Mount, a websocket: teach this test what guards it
+            raise AssertionError(f"a route of a kind this test does not know: {route!r}")
+    return out
+
+
+def check_route_table(client: TestClient, routes, shopper: str, admin: str | None) -> set[str]:
+    """Ask every (method, route) of ``routes`` through ``client`` (an app whose guard has keys)
+    without a key, with ``shopper``'s and with ``admin``'s; the routes seen, by path template."""
+    seen = set()
+    for method, template in route_table(routes):
+        seen.add(template)
+        path = re.sub(r"\{[^}]+\}", "x", template)
+
+        def ask(key, method=method, path=path):
+            headers = {"X-API-Key": key} if key else {}
+            return client.request(method, path, headers=headers, json={} if method == "POST" else None).status_code
+
+        where = f"{method} {template}"
+        if template in OPEN:
+            assert ask(None) not in (401, 403), where
+            continue
+        assert ask(None) == 401, f"{where} is served without a key"
+        assert ask("wrong-key-0123456789") == 401, where
+        as_shopper = ask(shopper)
+        assert as_shopper == 403 if (method, template) in ADMIN_ONLY else as_shopper not in (401, 403), where
+        if admin is not None:
+            assert ask(admin) not in (401, 403), where
+    return seen
+
+
+def test_every_route_of_the_app_but_the_open_ones_needs_a_key(tmp_path, monkeypatch):
+    """From the route table, not a list kept by hand: a new route is guarded unless named in OPEN.
+    Keys configured, even a trusted loopback client needs one."""
+    from serving import http
+
+    for name, value in {"keys": _keys(tmp_path), "trust_loopback": True, "keys_file": None}.items():
+        monkeypatch.setattr(http.GUARD, name, value)
+    monkeypatch.delattr(http.api.state, "runtime", raising=False)  # no service: a route that runs answers 503/500
+    with TestClient(http.api, base_url="http://127.0.0.1", client=("127.0.0.1", 5000),
+                    raise_server_exceptions=False) as client:
+        seen = check_route_table(client, http.api.routes, SHOP, ADMIN)
+    assert OPEN <= seen  # no stale entry in the open list
+    assert {"/recommend", "/feedback", "/items", "/items/{item_id}/similar", "/shop/api/info"} <= seen
 
 
 def test_keys_and_roles(tmp_path):
@@ -66,9 +126,19 @@ def test_keys_and_roles(tmp_path):
     assert _call(g, method="GET", path="/healthz", chunks=(b"",))[0] == 200  # probes stay open
 
 
-def test_without_keys_only_loopback_clients_are_served():
-    g = GuardSettings()
+def test_without_keys_nothing_that_needs_a_role_is_served_unless_loopback_is_trusted():
+    g = GuardSettings()  # trust_loopback off: the default
+    for client in (("127.0.0.1", 1), ("::1", 1), ("10.1.2.3", 1)):
+        status, body = _call(g, client=client, headers=[("Host", "127.0.0.1:8000")])
+        assert status == 401 and "api_keys_file" in body["detail"] and "trust_loopback" in body["detail"]
+    assert _call(g, method="GET", path="/healthz", chunks=(b"",))[0] == 200  # probes stay open
+    assert _call(g, method="GET", path="/shop", chunks=(b"",))[0] == 200
+
+
+def test_trusted_loopback_without_keys_serves_loopback_clients_only():
+    g = GuardSettings(trust_loopback=True)
     assert _call(g, client=("127.0.0.1", 1))[0] == 200 and _call(g, client=("::1", 1))[0] == 200
+    assert _call(g, path="/items", client=("127.0.0.1", 1))[0] == 200  # every role
     status, body = _call(g, client=("10.1.2.3", 1))
     assert status == 401 and "api_keys_file" in body["detail"]
 
@@ -76,7 +146,7 @@ def test_without_keys_only_loopback_clients_are_served():
 @pytest.mark.parametrize("host", ["127.0.0.1:8000", "localhost:8000", "LOCALHOST", "[::1]:8000", "127.0.0.2:80",
                                   "localhost"])
 def test_without_keys_requests_addressed_to_loopback_are_served(host):
-    assert _call(GuardSettings(), headers=[("Host", host)])[0] == 200
+    assert _call(GuardSettings(trust_loopback=True), headers=[("Host", host)])[0] == 200
 
 
 @pytest.mark.parametrize("host", ["attacker.example:8000", "attacker.example", "10.1.2.3:8000", "[2001:db8::1]:80",
@@ -84,9 +154,10 @@ def test_without_keys_requests_addressed_to_loopback_are_served(host):
 def test_without_keys_a_page_rebound_to_loopback_is_refused(host):
     """DNS rebinding: a page from attacker.example, its name re-pointed at 127.0.0.1, calls the
     keyless app from the visitor's browser; the Host header still names attacker.example."""
-    status, body = _call(GuardSettings(), headers=[("Host", host)])
+    g = GuardSettings(trust_loopback=True)
+    status, body = _call(g, headers=[("Host", host)])
     assert status == 403 and "Host header" in body["detail"]
-    assert _call(GuardSettings(), method="GET", path="/shop", headers=[("Host", host)], chunks=(b"",))[0] == 200
+    assert _call(g, method="GET", path="/shop", headers=[("Host", host)], chunks=(b"",))[0] == 200
 
 
 def test_with_keys_any_host_name_is_served(tmp_path):
@@ -95,18 +166,66 @@ def test_with_keys_any_host_name_is_served(tmp_path):
 
 
 def test_bad_key_files_are_refused_with_the_line(tmp_path):
+    f = tmp_path / "k"
     for text, needle in [("root hunter2hunter2hunter2", "line 1"), ("shopper short", "16 characters"),
                          ("admin sha256:xyz", "64 hex")]:
-        f = tmp_path / "k"
         f.write_text(text)
         with pytest.raises(KeyFileError, match=needle):
             ApiKeys.load(str(f))
+    for empty in ("", "\n  \n", "# keys go here\n"):  # an empty Secret must not mean "no keys, serve anyway"
+        f.write_text(empty)
+        with pytest.raises(KeyFileError, match=f"{f} holds no keys"):
+            ApiKeys.load(str(f))
+        with pytest.raises(KeyFileError, match="holds no keys"):
+            GuardSettings().use_keys_file(str(f))
     with pytest.raises(KeyFileError, match="not a readable file"):
         ApiKeys.load(str(tmp_path / "absent"))
 
 
+def _rewrite(path, text: str) -> None:
+    """Replace the file as a Kubernetes Secret update or an editor does (a new inode)."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def test_the_key_file_is_reread_when_it_changes(tmp_path, caplog):
+    f = tmp_path / "keys"
+    f.write_text(f"shopper {SHOP}\n")
+    g = GuardSettings(trust_loopback=True)
+    g.use_keys_file(str(f), reload_s=0.0)
+    new = "shopper-key-rotated-0123456789"
+    assert _call(g, headers=[("X-API-Key", SHOP)])[0] == 200 and _call(g, headers=[("X-API-Key", new)])[0] == 401
+    _rewrite(f, f"shopper {new}\n")  # rotated: the old key removed, a new one added
+    assert _call(g, headers=[("X-API-Key", new)])[0] == 200
+    assert _call(g, headers=[("X-API-Key", SHOP)])[0] == 401
+    with caplog.at_level(logging.WARNING, "serving.security"):
+        for bad in ("shopper short\n", "", "admin sha256:xyz\n"):  # invalid, empty: the keys before are kept
+            _rewrite(f, bad)
+            assert _call(g, headers=[("X-API-Key", new)])[0] == 200
+            assert _call(g)[0] == 401  # never keyless
+        f.unlink()
+        assert _call(g, headers=[("X-API-Key", new)])[0] == 200
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 4 and all(str(f) in w and "keeping the 1 keys" in w for w in warnings)  # once a change
+    _rewrite(f, f"shopper {SHOP}\nadmin {ADMIN}\n")
+    assert _call(g, path="/items", headers=[("X-API-Key", ADMIN)])[0] == 200
+
+
+def test_the_key_file_is_looked_at_once_per_reload_s(tmp_path):
+    f = tmp_path / "keys"
+    f.write_text(f"shopper {SHOP}\n")
+    g = GuardSettings()
+    g.use_keys_file(str(f), reload_s=3600.0)
+    _rewrite(f, f"admin {ADMIN}\n")
+    assert _call(g, headers=[("X-API-Key", SHOP)])[0] == 200  # not looked at again yet
+    g._checked -= 3600.0  # an hour on
+    assert _call(g, headers=[("X-API-Key", SHOP)])[0] == 401
+    assert _call(g, path="/items", headers=[("X-API-Key", ADMIN)])[0] == 200
+
+
 def test_body_cap_declared_and_streamed():
-    g = GuardSettings(max_body_bytes=1024)
+    g = GuardSettings(max_body_bytes=1024, trust_loopback=True)
     status, body = _call(g, headers=[("Content-Length", "5000")], chunks=(b"x" * 5000,))
     assert status == 413 and "1024" in body["detail"]
     status, _ = _call(g, chunks=(b"x" * 600, b"x" * 600))  # chunked, no Content-Length
@@ -115,7 +234,7 @@ def test_body_cap_declared_and_streamed():
 
 
 def test_a_request_past_its_deadline_gets_504():
-    status, body = _call(GuardSettings(timeout_s=0.2), path="/slow")
+    status, body = _call(GuardSettings(timeout_s=0.2, trust_loopback=True), path="/slow")
     assert status == 504 and "0.2" in body["detail"]
 
 

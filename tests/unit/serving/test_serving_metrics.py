@@ -145,7 +145,7 @@ def test_the_edge_measures_every_request_and_logs_one_json_line_each(measured, c
 
     app, sink = measured
     edge = EdgeLog(app.log)
-    api = configure(Runtime(app.service, edge), app.args)
+    api = configure(Runtime(app.service, edge), app.args.model_copy(update={"trust_loopback": True}))  # no keys
     try:
         with TestClient(api, base_url="http://127.0.0.1", client=("127.0.0.1", 5000)) as client, caplog.at_level(logging.INFO, ACCESS_LOGGER):
             ok = client.post("/recommend", json={"user_id": "u2", "k": 3})

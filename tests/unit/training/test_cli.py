@@ -106,3 +106,10 @@ def test_serve_beyond_loopback_needs_api_keys(tmp_path):
     keys.write_text("owner 0123456789abcdef0123\n")
     assert_clean_error(run("serve", "--models", tmp_path / "m", "--data", tmp_path / "d", "--api-keys-file", keys),
                        "line 1: expected '<shopper|admin> <key>'")
+    keys.write_text("# the Secret came out empty\n")
+    assert_clean_error(run("serve", "--models", tmp_path / "m", "--data", tmp_path / "d", "--api-keys-file", keys),
+                       f"{keys} holds no keys")
+    assert_clean_error(run("serve", "--models", tmp_path / "m", "--data", tmp_path / "d"),
+                       "no API keys: pass --api-keys-file FILE")
+    assert_clean_error(run("serve", "--models", tmp_path / "m", "--data", tmp_path / "d", "--trust-loopback"),
+                       "not a Raycart model directory")  # past the key check: the model is looked at next
