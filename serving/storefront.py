@@ -8,7 +8,11 @@ with the keys the person types in. This router adds only what the page needs bes
 * ``GET /shop``, ``GET /shop/static/{name}`` -- the page and its two assets (a fixed list);
 * ``GET /shop/images/{item_id}`` -- an item's picture, found **by item id only**: a dataset item's
   ``image`` key under the dataset's folder, a runtime item's key under ``image_root``, both read
-  through :class:`~serving.images.ImageSource` (no client-supplied path reaches the disk);
+  through :class:`~serving.images.ImageSource` (no client-supplied path reaches the disk). Kept in
+  an :class:`~serving.image_cache.ImageCache` bounded in bytes (``image_cache_bytes``); an unknown
+  id is remembered (:class:`~serving.image_cache.UnknownIds`), so asking again costs no item-registry
+  call; an unknown id, an item without a picture and a picture that cannot be read all answer the
+  same 404 (a client cannot probe which ids exist or which files are missing);
 * ``GET /shop/api/info`` (``live`` or ``browse``, the catalogue's size and categories),
   ``GET /shop/api/users`` (known shoppers to pick from), ``GET /shop/api/users/{id}/history``,
   ``GET /shop/api/items?ids=a,b`` (item cards: title, price, category, image URL),
@@ -40,6 +44,7 @@ import pyarrow.compute as pc
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from serving.image_cache import ImageCache, UnknownIds
 from serving.images import ImageRefused, ImageSource
 from serving.metrics import Metrics, MetricSpec, Sink
 
@@ -50,8 +55,9 @@ STATIC = Path(__file__).with_name("storefront")
 ASSETS = {"shop.css": "text/css; charset=utf-8", "shop.js": "text/javascript; charset=utf-8"}
 MAGIC = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"), (b"GIF8", "image/gif"),
          (b"BM", "image/bmp"))
-IMAGE_CACHE = 512  # pictures kept in memory per replica (a synthetic one is ~2 KB)
+IMAGE_CACHE_BYTES = 64 * 1024 * 1024  # pictures kept per replica unless configured (AppArgs.image_cache_bytes)
 MAX_CARDS = 100
+NO_IMAGE = "no image for this id"  # the one 404 of /shop/images: unknown id, no picture, unreadable file
 
 router = APIRouter(prefix="/shop", include_in_schema=False)
 MAX_SHOPPERS = 100  # the most shoppers the picker may list (GET /shop/api/users?limit=)
@@ -69,6 +75,8 @@ class PictureArgs(Protocol):
     def image_max_bytes(self) -> int: ...
     @property
     def image_max_pixels(self) -> int: ...
+    @property
+    def image_cache_bytes(self) -> int: ...
 
 
 class RuntimeRecords(Protocol):
@@ -150,7 +158,8 @@ class Window:
     pictured: np.ndarray  # whether each dataset item has an image key
     live: bool = True
     runtime_keys: dict[str, str | None] = field(default_factory=dict)
-    cache: collections.OrderedDict[str, tuple[bytes, str]] = field(default_factory=collections.OrderedDict)
+    cache: ImageCache = field(default_factory=lambda: ImageCache(IMAGE_CACHE_BYTES))
+    unknown_ids: UnknownIds = field(default_factory=UnknownIds)  # ids that answered 404 lately
     _shoppers: list[dict] | None = None  # see shoppers()
     _shelf: tuple[tuple[int, int], np.ndarray, np.ndarray, dict[str, int]] | None = None  # see _columns()
 
@@ -163,7 +172,7 @@ class Window:
         images = items["image"] if "image" in items.column_names else pa.nulls(items.num_rows, pa.string())
         return cls(service, ImageSource(args.data_dir, args.image_max_bytes, args.image_max_pixels),
                    ImageSource(args.image_root, args.image_max_bytes, args.image_max_pixels), images.to_pylist(),
-                   images.is_valid().to_numpy(zero_copy_only=False), live)
+                   images.is_valid().to_numpy(zero_copy_only=False), live, cache=ImageCache(args.image_cache_bytes))
 
     def info(self) -> dict:
         """What the page asks first: which window this is, and the catalogue's categories (the
@@ -243,31 +252,33 @@ class Window:
                 self.runtime_keys[record["item_id"]] = image if isinstance(image, str) else None
 
     async def image(self, item_id: str) -> tuple[bytes, str]:
+        """The picture's bytes and media type; 404 :data:`NO_IMAGE` whatever the reason."""
         hit = self.cache.get(item_id)
         if hit is not None:
-            self.cache.move_to_end(item_id)
             return hit
-        if await self.service.unknown([item_id]):
-            raise HTTPException(404, "unknown item")
-        item = self.service.catalog.item_index[item_id]
+        cat = self.service.catalog
+        if self.unknown_ids.known_unknown(item_id, cat.num_items):
+            raise HTTPException(404, NO_IMAGE)
+        if await self.service.unknown([item_id]):  # may ask the item registry (items of other replicas)
+            self.unknown_ids.add(item_id, cat.num_items)
+            raise HTTPException(404, NO_IMAGE)
+        item = cat.item_index[item_id]
         if item < len(self.keys):
             source, key = self.dataset, self.keys[item]
         else:
             await self.learn_runtime_images()
             source, key = self.runtime, self.runtime_keys.get(item_id)
         if key is None or not source.root:
-            raise HTTPException(404, "this item has no image")
+            raise HTTPException(404, NO_IMAGE)
         try:
             data = await asyncio.to_thread(source.read, key)
         except ImageRefused:
-            raise HTTPException(404, "this item's image cannot be read") from None
+            raise HTTPException(404, NO_IMAGE) from None
         kind = next((t for magic, t in MAGIC if data.startswith(magic)), None)
         if kind is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
             kind = "image/webp"
         hit = (data, kind or "application/octet-stream")
-        self.cache[item_id] = hit
-        while len(self.cache) > IMAGE_CACHE:
-            self.cache.popitem(last=False)
+        self.cache.put(item_id, hit)
         return hit
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from starlette.testclient import TestClient
@@ -203,3 +204,12 @@ def test_every_route_of_the_browse_app_but_the_open_ones_needs_a_key(shop, tmp_p
         seen = check_route_table(client, app.routes, SHOP, None)
     assert {"/shop", "/shop/images/{item_id}", "/healthz", "/shop/api/catalogue"} <= seen
     assert len(seen - OPEN) >= 6  # the page's helpers, each asked without a key
+
+
+def test_the_picture_cache_holds_at_most_its_bytes(shop):
+    window = Window.build(Browse(BrowseArgs(shop, image_cache_bytes=6000)), live=False)
+    ids = [window.service.catalog.item_ids[i] for i in np.flatnonzero(window.pictured)[:20]]
+    sizes = [len(asyncio.run(window.image(x))[0]) for x in ids]
+    assert sum(sizes) > 3 * 6000  # more than the cap passed through it
+    assert 0 < window.cache.total <= 6000 and window.cache.total == sum(len(p[0]) for p in window.cache.entries.values())
+    assert ids[-1] in window.cache.entries and ids[0] not in window.cache.entries  # the oldest went first

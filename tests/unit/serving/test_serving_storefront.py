@@ -1,18 +1,27 @@
 """The shop window's Ray-free parts: the live panel's :class:`Tally`, the open routes of the Guard,
-the page and its fixed list of assets (the browser test is tests/integration/test_storefront.py; one
-basename for both would make pytest refuse to collect them in one session: no __init__.py)."""
+the page and its fixed list of assets, pictures by id over the live service (one 404 for every
+miss, no registry call for an id known to be unknown) (the browser test is
+tests/integration/test_storefront.py; one basename for both would make pytest refuse to collect
+them in one session: no __init__.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import re
 
+import numpy as np
+import pytest
+from fastapi import FastAPI, HTTPException
+from PIL import Image
 from starlette.testclient import TestClient
 from test_service import App
 from test_serving_metrics import Recorded
 
+from serving.images import ImageSource
 from serving.metrics import Metrics, policy_family
 from serving.security import required_role
-from serving.storefront import STATIC, Tally
+from serving.storefront import NO_IMAGE, STATIC, Tally, Window, router
 
 
 def test_tally_counts_what_the_panel_shows_and_forwards_everything(tmp_path):
@@ -68,3 +77,72 @@ def test_the_page_puts_item_text_in_with_text_content_only():
     assert "innerHTML" not in js and "insertAdjacentHTML" not in js and "document.write" not in js
     html = (STATIC / "index.html").read_text()
     assert not re.search(r'(?:src|href)="(?:https?:)?//', html)  # nothing from another host (offline)
+
+
+def _png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.fixture
+def pictured(tmp_path):
+    """The live service's catalogue (i0, i1, ...) with pictures: i0's is there, i1's file is
+    missing, i2 has none, i3's is no image; runtime items' pictures under ``runtime/``."""
+    app = App(tmp_path)
+    data, runtime = tmp_path / "data", tmp_path / "runtime"
+    for folder in (data, runtime):
+        folder.mkdir()
+        (folder / "p.png").write_bytes(_png())
+    (data / "bad.png").write_text("not a picture")
+    n = app.service.catalog.num_items
+    keys = ["p.png", "gone.png", None, "bad.png"] + [None] * (n - 4)
+    window = Window(app.service, ImageSource(str(data)), ImageSource(str(runtime)), keys,
+                    np.array([k is not None for k in keys]), live=False)
+    calls = []
+    since = app.stages.since
+
+    async def counted(n: int) -> list[dict]:  # the item registry, counted
+        calls.append(n)
+        return await since(n)
+
+    app.stages.since = counted
+    return app, window, calls
+
+
+def _status(window: Window, item_id: str) -> int | tuple[int, str]:
+    try:
+        asyncio.run(window.image(item_id))
+    except HTTPException as exc:
+        return exc.status_code, exc.detail
+    return 200
+
+
+def test_every_missing_picture_answers_the_same_404(pictured):
+    """An unknown id, an item without a picture, a missing file and a file that is no image cannot
+    be told apart (no probing which ids exist or which files are missing)."""
+    _, window, _ = pictured
+    app = FastAPI()
+    app.include_router(router)
+    app.state.shop_window = window
+    with TestClient(app) as client:
+        ok = client.get("/shop/images/i0")
+        assert ok.status_code == 200 and ok.headers["content-type"] == "image/png"
+        answers = [client.get(f"/shop/images/{x}") for x in ("no-such-id", "i1", "i2", "i3")]
+    assert {(r.status_code, r.content, r.headers["content-type"]) for r in answers} == \
+        {(404, f'{{"detail":"{NO_IMAGE}"}}'.encode(), "application/json")}
+
+
+def test_an_unknown_id_asked_again_costs_no_registry_call(pictured):
+    app, window, calls = pictured
+    for _ in range(5):
+        assert _status(window, "no-such-id") == (404, NO_IMAGE)
+    assert len(calls) == 1  # the first ask looked in the registry (an item of another replica?)
+    assert _status(window, "late") == (404, NO_IMAGE) and len(calls) == 2
+    app.stages.registry.store.add({"item_id": "late", "image": "p.png", "attributes": ["a0"]})
+    assert _status(window, "late") == (404, NO_IMAGE) and len(calls) == 2  # remembered (until its ttl)
+    asyncio.run(app.service.sync(force=True))  # the catalogue grows: what was unknown is asked again
+    assert len(calls) == 3
+    assert _status(window, "late") == 200  # known now; its picture found (one call to learn its key)
+    assert _status(window, "no-such-id") == (404, NO_IMAGE) and len(calls) == 5
+    assert _status(window, "no-such-id") == (404, NO_IMAGE) and len(calls) == 5
