@@ -293,7 +293,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     # absolute: Serve replicas need not share this process's working directory
     work = Path(storage.absolute(cfg.workdir)) / ("serve-smoke" if cfg.smoke else f"serve-{cfg.dataset}")
-    args = {"model_dir": storage.absolute(ranker), "data_dir": storage.absolute(data),
+    args: dict[str, Any] = {"model_dir": storage.absolute(ranker), "data_dir": storage.absolute(data),
             "feedback_root": str(work / "feedback"),
             "wal_dir": str(work / "wal"), "policy_state": str(work / "policy.npz"), "items_root": str(work / "items"),
             "state_dir": str(work / "user-state"),
