@@ -141,6 +141,8 @@ async function recommend(note) {
   const grid = $("cards");
   grid.replaceChildren(...rec.items.map((i) => renderCard(i, state.cards[i.item_id], before.size > 0 && !before.has(i.item_id))));
   grid.dataset.requestId = rec.request_id;
+  grid.dataset.shopper = state.user || "anonymous"; // whose answer the cards are
+  grid.removeAttribute("aria-busy");
   $("model-version").textContent = rec.model_version;
   $("policy-version").textContent = rec.policy_version;
   $("state").textContent = `${rec.state}, ${rec.live_history} live event(s)` + (rec.explore_harder ? ", exploring harder" : "");
@@ -276,6 +278,13 @@ async function pickShopper() {
   state.seq += 1;
   $("who").textContent = state.user ? `shopper ${state.user}` : "an anonymous session";
   $("change").hidden = true;
+  // the last shopper's cards go at once: a page never shows one shopper's answer under another's name
+  const grid = $("cards");
+  grid.replaceChildren();
+  delete grid.dataset.shopper;
+  delete grid.dataset.requestId;
+  grid.setAttribute("aria-busy", "true");
+  if (!state.browse) say(`Asking for ${state.user ? "shopper " + state.user : "an anonymous session"}'s recommendations...`);
   try {
     await history();
     if (!state.browse) await recommend(null);
