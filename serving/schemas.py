@@ -125,6 +125,14 @@ class AppArgs(BaseModel):
     # retriever and ranker in one deployment (one hop, one model copy) or two (scaled apart)
     topology: Literal["separate", "fused"] = "separate"
     model_version: str = "v1"
+    # -- rollouts (README "Model rollout") --
+    # extra replicas a rollout starts before stopping old ones, in % of each stateless deployment
+    # (Ingress, retriever, ranker): 100 = none of them ever goes to zero replicas mid-rollout (the
+    # cluster needs room for them); 0 = stop, then start (a gap of a replica start per deployment)
+    rollout_surge_percent: int = Field(100, ge=0, le=100)
+    # how long a request waits for a single-replica deployment (the policy, the item registry)
+    # that is restarting before it answers without it (the ranker's order; no new runtime items)
+    singleton_wait_s: float = Field(5.0, gt=0)
     # the retriever's vector index (serving.index): exact up to 100k items and HNSW above ("auto"),
     # or forced; ef_search / nprobe trade recall for speed (benchmarks/catalog_1m.py at 1M items)
     index_kind: Literal["auto", "exact", "hnsw", "ivf"] = "auto"

@@ -115,7 +115,14 @@ class RecommendService:
         if not force and time.monotonic() - self.synced_at < ITEMS_SYNC_S:
             return
         async with self.sync_lock:
-            for record in await self.stages.since(self.catalog.added):
+            try:
+                records = await self.stages.since(self.catalog.added)
+            except ServiceError:  # the registry is restarting: a routine sync waits for the next one
+                if force:
+                    raise
+                self.synced_at = time.monotonic()
+                return
+            for record in records:
                 self.catalog.add(record)
             self.synced_at = time.monotonic()
         self.metrics.runtime_items(self.catalog.added)
@@ -173,6 +180,9 @@ class RecommendService:
         live_stages = {known[x]: STAGES[e] for x, e in view.deepest().items() if x in known}
         cands, ranked = await self.stages.retrieve_and_rank(CandidateQuery(history, times, added, inputs), user,
                                                             live_stages)
+        if cands.model_version and cands.model_version != ranked.model_version:  # never answer a mixed pair
+            raise ServiceError(503, f"retrieved by model {cands.model_version!r} but ranked by "
+                                    f"{ranked.model_version!r} (a rollout is under way); retry")
         f = req.filters
         items = cands.items[ranked.order]
         keep = np.array([int(i) not in exclude and cat.allowed(int(i), f.category, f.price_min, f.price_max)
@@ -205,8 +215,8 @@ class RecommendService:
             {"request_id": request_id, "user_id": req.user_id, "context_hash": context_hash,
              "num_candidates": len(item_ids), "item_id": o["item_id"], "position": o["position"],
              "propensity": o["propensity"], "greedy": o["greedy"], "score": o["score"],
-             "model_version": ranked.model_version, "policy_version": slate.policy_version,
-             "timestamp": now} for o in out])
+             "model_version": ranked.model_version, "retriever_version": cands.model_version or None,
+             "policy_version": slate.policy_version, "timestamp": now} for o in out])
         self.metrics.impressions(len(out), ranked.model_version, slate.policy_version)
         self.versions[request_id] = (ranked.model_version, slate.policy_version)
         while len(self.versions) > VERSIONS_KEPT:
@@ -378,7 +388,7 @@ class LocalStages:
         def work() -> tuple[CandidateSet, RankedList]:
             cands = self.retrieval.compute(served, q)
             return cands, self.ranking.compute(served, [RankQuery(q.history, cands.items, cands.dense, user,
-                                                                  q.items_version, live_stages)])[0]
+                                                                  q.items_version, live_stages, served.version)])[0]
 
         return await self._run(work)
 

@@ -25,7 +25,8 @@ IMPRESSIONS = pa.schema([
     pa.field("propensity", pa.float64(), nullable=False),
     pa.field("greedy", pa.bool_()),  # the policy's exploit choice (else an exploration draw); null in old logs
     pa.field("score", pa.float64()),
-    pa.field("model_version", pa.string(), nullable=False),
+    pa.field("model_version", pa.string(), nullable=False),  # the ranker's
+    pa.field("retriever_version", pa.string()),  # the retriever's (equal to model_version); null in old logs
     pa.field("policy_version", pa.string(), nullable=False),
     pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
 ])
