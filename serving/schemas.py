@@ -206,6 +206,10 @@ class AppArgs(BaseModel):
     # the dataset the first model was trained on: a promoted app serves the merged data (data_dir),
     # the log is merged into this one (None: data_dir)
     base_data_dir: str | None = None
+    # -- cluster secrets (4e; cluster/README.md "Security") --
+    # the environment variable holding the user-state Redis's password (on Kubernetes: from a Secret
+    # through secretKeyRef), read when the client connects; None = no password (or one in redis_url)
+    redis_password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
     @property
     def base_data(self) -> str:
