@@ -14,6 +14,10 @@ an unhandled error's 500), is measured by :class:`Measured` -- latency, count an
 endpoint into the service's :class:`~serving.metrics.Metrics` -- and logged as one JSON line on
 the ``raycart.access`` logger with its request id (the recommendation's id for ``/recommend`` and
 ``/feedback``, else the client's ``X-Request-Id`` or a new one).
+
+With ``shopper_token_secret_file`` set, ``/recommend`` and ``/feedback`` act only for the shopper
+an ``X-Shopper-Token`` names (:mod:`serving.identity`); rate limits per API key, per shopper and
+per answer are :mod:`serving.ratelimit`'s (429 with ``Retry-After``).
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from fastapi.responses import JSONResponse
 
 from serving.feedback_log import FeedbackLog, FeedbackLogConfig
 from serving.feedback_shared import SharedFeedbackLog, SharedLogConfig
+from serving.identity import TOKEN_HEADER, IdentityRefused, ShopperGate
 from serving.metrics import ACCESS_LOGGER, NO_METRICS, access_line, endpoint_of
+from serving.ratelimit import KeyLimit, KeyLimitSettings
 from serving.schemas import FeedbackRequest, NewItem, RecommendRequest
 from serving.security import Guard, GuardSettings, route_path
 from serving.service import RecommendService, ServiceError
@@ -49,7 +55,12 @@ CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # an X-Request-Id taken into t
 api = FastAPI(title="Raycart", description="Retrieve-then-rank recommendations with a learning policy.")
 # keys, body cap and deadline: filled in once per process from its AppArgs
 GUARD = GuardSettings()
+LIMITS = KeyLimitSettings(GUARD)  # per API key; added first: inside the Guard, which checks the key
+SHOPPERS = ShopperGate()  # signed shopper tokens (off until configured)
+api.add_middleware(KeyLimit, settings=LIMITS)
 api.add_middleware(Guard, settings=GUARD)
+# the shop window lists shoppers and reads their histories only where anyone may act for anyone
+api.state.shoppers_private = lambda: GUARD.keys.configured or SHOPPERS.on
 
 
 class Measured:
@@ -161,10 +172,16 @@ class Runtime:
 
 def configure(runtime: Runtime, args) -> FastAPI:
     """``api`` serving ``runtime``, with the edge settings of ``args`` (:class:`~serving.schemas.AppArgs`)."""
+    from serving.identity import ShopperTokens
+    from serving.ratelimit import buckets
     from serving.security import ApiKeys
 
     GUARD.keys = ApiKeys.load(args.api_keys_file)
     GUARD.max_body_bytes, GUARD.timeout_s = args.max_body_bytes, args.request_timeout_s
+    LIMITS.buckets = buckets(args.rate_limit_key_per_s, args.rate_limit_key_burst, args.rate_limit_max_buckets)
+    LIMITS.metrics = runtime.service.metrics
+    SHOPPERS.tokens = ShopperTokens.load(args.shopper_token_secret_file) if args.shopper_token_secret_file else None
+    SHOPPERS.session_ttl_s = args.session_token_ttl_s
     api.state.runtime = runtime
     return api
 
@@ -184,7 +201,13 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
 
 @api.exception_handler(ServiceError)
 async def _refused(request: Request, exc: ServiceError) -> JSONResponse:
-    return JSONResponse(status_code=exc.status, content={"detail": exc.detail})
+    return JSONResponse(status_code=exc.status, content={"detail": exc.detail}, headers=exc.headers)
+
+
+@api.exception_handler(IdentityRefused)
+async def _not_this_shopper(request: Request, exc: IdentityRefused) -> JSONResponse:
+    return JSONResponse(status_code=exc.status, content={"detail": exc.detail},
+                        headers={"WWW-Authenticate": 'ShopperToken realm="raycart"'} if exc.status == 401 else None)
 
 
 @api.get("/healthz")
@@ -214,7 +237,12 @@ async def readyz(request: Request) -> JSONResponse:
 
 @api.post("/recommend")
 async def recommend(req: RecommendRequest, request: Request) -> dict:
+    """With shopper tokens on, ``user_id``/``session_id`` must be the token's shopper; a request
+    naming neither starts a session and its answer carries ``session_token`` for it."""
+    SHOPPERS.for_recommend(request.headers.get(TOKEN_HEADER), req.user_id, req.session_id)
     body = await _runtime(request).service.recommend(req)
+    if SHOPPERS.on and "session_id" in body and req.session_id is None:
+        body["session_token"] = SHOPPERS.session_token(body["session_id"])
     _note(request, request_id=body["request_id"], items=len(body["items"]), model_version=body["model_version"],
           policy_version=body["policy_version"])
     return body
@@ -223,9 +251,11 @@ async def recommend(req: RecommendRequest, request: Request) -> dict:
 @api.post("/feedback")
 async def feedback(req: FeedbackRequest, request: Request) -> dict:
     """Accepted only for an item that the request showed; the same (request, item, event)
-    counts once (a repeat answers ``duplicate`` and records nothing)."""
+    counts once (a repeat answers ``duplicate`` and records nothing). With shopper tokens on, only
+    for a request issued to the token's shopper."""
     _note(request, request_id=req.request_id, feedback=req.event)
-    return await _runtime(request).service.feedback(req)
+    identity = SHOPPERS.for_feedback(request.headers.get(TOKEN_HEADER))
+    return await _runtime(request).service.feedback(req, identity)
 
 
 @api.post("/items", status_code=201)

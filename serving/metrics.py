@@ -37,6 +37,7 @@ STAGES = ("retrieval", "ranking", "policy_choose")
 ENDPOINTS = ("/recommend", "/feedback", "/items", "/items/{item_id}/similar", "/healthz", "/readyz", "other")
 EVENTS = tuple(REWARDS)  # view, click, cart, purchase
 OUTCOMES = ("recorded", "duplicate")
+LIMIT_SCOPES = ("key", "user", "feedback_cap")  # what refused a request (serving.ratelimit)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,9 @@ SPECS: dict[str, MetricSpec] = {s.name: s for s in (
     MetricSpec("raycart_reward_total", "counter",
                "Sum of the policy's rewards of recorded events (view 0, click 1, cart 2, purchase 5), by the "
                "version that showed the item.", ("model_version", "policy_version")),
+    MetricSpec("raycart_rate_limited_total", "counter",
+               "Requests refused by a rate limit (per API key, per shopper: 429) or the feedback cap per answer "
+               "(400), by scope.", ("scope",)),
     MetricSpec("raycart_index_items", "gauge", "Items in this replica's vector index.", ()),
     MetricSpec("raycart_runtime_items", "gauge", "Items added at runtime that this ingress replica knows.", ()),
 )}
@@ -149,6 +153,10 @@ class Metrics:
             self._put("raycart_clicks_total", 1, **versions)
         if REWARDS.get(event, 0.0) > 0:  # a counter only grows: a view adds nothing
             self._put("raycart_reward_total", REWARDS[event], **versions)
+
+    def rate_limited(self, scope: str) -> None:
+        """One request refused by the limit of ``scope`` (one of :data:`LIMIT_SCOPES`)."""
+        self._put("raycart_rate_limited_total", 1, scope=scope)
 
     def index_items(self, count: int) -> None:
         self._put("raycart_index_items", count)

@@ -210,8 +210,29 @@ class AppArgs(BaseModel):
     # the environment variable holding the user-state Redis's password (on Kubernetes: from a Secret
     # through secretKeyRef), read when the client connects; None = no password (or one in redis_url)
     redis_password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # -- shopper identity and rate limits (4b; serving.identity, serving.ratelimit) --
+    # the shared secret of signed shopper tokens (X-Shopper-Token; a file, never inline): set, and
+    # /recommend and /feedback act only for the shopper the token names; None = anyone for anyone
+    shopper_token_secret_file: str | None = None
+    session_token_ttl_s: float = Field(86_400.0, gt=0)  # tokens the app mints for new anonymous sessions
+    # token buckets per replica (0 = off): requests a second per API key and per shopper (user or
+    # session), and how many may come at once
+    rate_limit_key_per_s: float = Field(0.0, ge=0)
+    rate_limit_key_burst: int = Field(0, ge=0)
+    rate_limit_user_per_s: float = Field(0.0, ge=0)
+    rate_limit_user_burst: int = Field(0, ge=0)
+    rate_limit_max_buckets: int = Field(100_000, ge=1)  # buckets kept per scope (least recently used dropped)
+    feedback_per_request: int = Field(0, ge=0)  # recorded feedback events one answer may collect, per replica (0 = no cap)
 
     @property
     def base_data(self) -> str:
         """The dataset the feedback log is merged into when retraining (see ``base_data_dir``)."""
         return self.base_data_dir or self.data_dir
+
+    @model_validator(mode="after")
+    def _limits(self):
+        for scope in ("key", "user"):
+            rate, burst = getattr(self, f"rate_limit_{scope}_per_s"), getattr(self, f"rate_limit_{scope}_burst")
+            if (rate > 0) != (burst > 0):
+                raise ValueError(f"rate_limit_{scope}_per_s and rate_limit_{scope}_burst are both 0 (off) or both > 0")
+        return self

@@ -6,8 +6,10 @@
 const K = 8;
 const $ = (id) => document.getElementById(id);
 const SHELF = 24; // catalogue cards per page (browse-only window)
-const state = { requestId: null, items: [], cards: {}, sessionId: null, user: "", seq: 0, browse: false,
-                shelfSeq: 0 };
+// sessionToken: the shopper token of this page's anonymous session (an app with shopper tokens on
+// mints one with each new session)
+const state = { requestId: null, items: [], cards: {}, sessionId: null, sessionToken: null, user: "", seq: 0,
+                browse: false, shelfSeq: 0 };
 
 function el(tag, cls, text) {
   const node = document.createElement(tag);
@@ -20,6 +22,7 @@ function headers(admin) {
   const h = { "content-type": "application/json" };
   const key = (admin ? $("admin-key").value : "") || $("shopper-key").value;
   if (key) h["x-api-key"] = key.trim();
+  if (state.sessionToken && !state.user) h["x-shopper-token"] = state.sessionToken;
   return h;
 }
 
@@ -133,6 +136,7 @@ async function recommend(note) {
   else if (state.sessionId) body.session_id = state.sessionId;
   const rec = await call("POST", "/recommend", body);
   if (rec.session_id) state.sessionId = rec.session_id;
+  if (rec.session_token) state.sessionToken = rec.session_token;
   const ids = rec.items.map((i) => i.item_id);
   const because = rec.items.map((i) => i.reason && i.reason.because_you_saw).filter(Boolean);
   await cardsFor([...ids, ...because]);
@@ -358,7 +362,10 @@ async function loadShoppers() {
     state.browse = info.mode === "browse";
     document.body.classList.toggle("browse", state.browse);
     if (state.browse) browseMode(info);
-    const r = await call("GET", "/shop/api/users?limit=20");
+    // with API keys or shopper tokens the app lists no shoppers: this page is an anonymous session
+    const picker = info.shopper_picker !== false;
+    $("shopper-picker").hidden = !picker;
+    const r = picker ? await call("GET", "/shop/api/users?limit=20") : { users: [] };
     const select = $("shopper");
     while (select.options.length > 1) select.remove(1); // keep the anonymous-session option
     for (const u of r.users) {

@@ -159,3 +159,27 @@ def test_a_log_that_cannot_be_written_acknowledges_nothing(tmp_path):
         app.recommend(user_id="u1", k=3)
     assert e.value.status == 503
     assert not state.state.requests  # nothing issued: no feedback can refer to an unlogged answer
+
+
+def test_feedback_is_checked_against_the_shopper_it_acts_for_and_the_cap(tmp_path):
+    broken = [True]
+    state = LocalState(MemoryUserState(UserStateConfig()))
+
+    async def append(table, records):
+        if table == "events" and broken[0]:
+            raise ServiceError(503, "could not be recorded durably")
+
+    app = App(tmp_path, state=state, append=append, feedback_per_request=1)
+    body = app.recommend(user_id="u1", k=3)
+    req = FeedbackRequest(request_id=body["request_id"], item_id=body["items"][0]["item_id"], event="click")
+    with pytest.raises(ServiceError) as e:
+        app.run(app.service.feedback(req, identity="u:u2"))
+    assert e.value.status == 403 and not state.state.requests[body["request_id"]][3]  # nothing recorded
+    with pytest.raises(ServiceError) as e:
+        app.run(app.service.feedback(req, identity="u:u1"))
+    assert e.value.status == 503
+    broken[0] = False  # the event the log refused did not use up the answer's one event
+    assert app.run(app.service.feedback(req, identity="u:u1"))["status"] == "recorded"
+    with pytest.raises(ServiceError) as e:
+        app.feedback(request_id=body["request_id"], item_id=body["items"][1]["item_id"], event="click")
+    assert e.value.status == 400 and "feedback_per_request" in e.value.detail

@@ -68,3 +68,42 @@ def test_the_page_puts_item_text_in_with_text_content_only():
     assert "innerHTML" not in js and "insertAdjacentHTML" not in js and "document.write" not in js
     html = (STATIC / "index.html").read_text()
     assert not re.search(r'(?:src|href)="(?:https?:)?//', html)  # nothing from another host (offline)
+
+
+def test_a_keyed_live_shop_does_not_list_shoppers_or_read_their_histories(tmp_path):
+    import numpy as np
+
+    from serving import http
+    from serving.images import ImageSource
+    from serving.security import ApiKeys
+    from serving.storefront import Window
+
+    keys = tmp_path / "keys"
+    keys.write_text("shopper shopper-key-0123456789\n")
+    app = App(tmp_path)
+    n = app.service.catalog.num_items
+    edge = http.EdgeLog(app.log)
+    try:
+        for keyed in (False, True):
+            api = http.configure(http.Runtime(app.service, edge),
+                                 app.args.model_copy(update={"api_keys_file": str(keys) if keyed else None}))
+            api.state.shop_window = Window(app.service, ImageSource(None), ImageSource(None), [None] * n,
+                                           np.zeros(n, dtype=bool))  # no dataset folder to build one from
+            client = TestClient(api, base_url="http://127.0.0.1", client=("127.0.0.1", 5000),
+                                headers={"X-API-Key": "shopper-key-0123456789"})
+            listed, seen = client.get("/shop/api/users"), client.get("/shop/api/users/u1/history")
+            assert client.get("/shop/api/info").json()["shopper_picker"] is not keyed
+            if keyed:
+                assert listed.status_code == seen.status_code == 403 and "keyless demo" in listed.json()["detail"]
+            else:
+                assert listed.status_code == seen.status_code == 200 and listed.json()["users"]
+                assert seen.json()["user_id"] == "u1"
+    finally:
+        edge.stop.set()
+        http.GUARD.keys = ApiKeys()
+
+
+def test_the_page_hides_its_picker_where_the_app_lists_no_shoppers():
+    js, html = (STATIC / "shop.js").read_text(), (STATIC / "index.html").read_text()
+    assert 'id="shopper-picker"' in html and '$("shopper-picker").hidden' in js
+    assert "info.shopper_picker" in js and "x-shopper-token" in js and "rec.session_token" in js
