@@ -3,7 +3,9 @@
 Endpoints: ``POST /recommend``, ``POST /feedback``, ``POST /items`` (a new item, recommendable at
 once), ``GET /items/{id}/similar``, ``GET /healthz`` (live), ``GET /readyz`` (models loaded, the
 feedback log persisting). Every impression and feedback event is appended to the durable feedback
-log (:class:`EdgeLog`) **before** the response acknowledges it.
+log (:class:`EdgeLog`) **before** the response acknowledges it -- as *pending* records: only when
+the response going out is a 2xx (past the Guard, so not its 504) does :class:`Acknowledged` log
+their ack, and readers count only acknowledged records (:mod:`training.data.feedback`).
 
 The same ``api`` object is served by the Serve ``Ingress`` (:mod:`serving.app`) and by one plain
 uvicorn process (``benchmarks/plain_fastapi.py``); each process hands it its :class:`Runtime` (the
@@ -23,6 +25,7 @@ per answer are :mod:`serving.ratelimit`'s (429 with ``Retry-After``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import threading
@@ -38,7 +41,7 @@ from fastapi.responses import JSONResponse
 from serving.feedback_log import FeedbackLog, FeedbackLogConfig
 from serving.feedback_shared import SharedFeedbackLog, SharedLogConfig
 from serving.identity import TOKEN_HEADER, IdentityRefused, ShopperGate
-from serving.metrics import ACCESS_LOGGER, NO_METRICS, access_line, endpoint_of
+from serving.metrics import ACCESS_LOGGER, NO_METRICS, Metrics, access_line, endpoint_of
 from serving.ratelimit import KeyLimit, KeyLimitSettings
 from serving.schemas import FeedbackRequest, NewItem, RecommendRequest
 from serving.security import Guard, GuardSettings, route_path
@@ -52,6 +55,8 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger(ACCESS_LOGGER)
 NOTE = "raycart.note"  # the scope entry where a route leaves what the access line should say
 CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # an X-Request-Id taken into the log as it is
+# the ack ids of the records this request appended, acknowledged when its 2xx goes out
+PENDING: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("raycart_pending_acks", default=None)
 api = FastAPI(title="Raycart", description="Retrieve-then-rank recommendations with a learning policy.")
 # keys, body cap and deadline: filled in once per process from its AppArgs
 GUARD = GuardSettings()
@@ -112,6 +117,37 @@ def _note(request: Request, **fields) -> None:
     request.scope.setdefault(NOTE, {}).update(fields)
 
 
+class Acknowledged:
+    """ASGI middleware outside the :class:`~serving.security.Guard`: collects the ack ids of the
+    records a request appends (:data:`PENDING`) and hands them to the :class:`EdgeLog` as the
+    response starts -- only when it is a 2xx. A 503 after the append, the Guard's 504 or a
+    request cut off (no response at all) leaves its records unacknowledged: readers skip them."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        pending: list[str] = []
+        token = PENDING.set(pending)
+
+        async def send_acked(message):
+            if message["type"] == "http.response.start" and pending:
+                ids = pending[:]
+                pending.clear()
+                runtime = getattr(api.state, "runtime", None)
+                if 200 <= message["status"] < 300 and runtime is not None:
+                    runtime.edge.acknowledge(ids)  # queued, not awaited: nothing between here and the send
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_acked)
+        finally:
+            PENDING.reset(token)
+
+
+api.add_middleware(Acknowledged)  # outside the Guard: sees its 504s
 api.add_middleware(Measured)  # added last: the outermost
 api.include_router(shop_window)  # GET /shop: the shop window page and its helpers (serving.storefront)
 
@@ -126,26 +162,79 @@ def open_feedback_log(args, writer: str) -> FeedbackLog | SharedFeedbackLog:
 
 class EdgeLog:
     """The process's feedback log in background mode: appends reach their WAL (local fsync or
-    shared storage) off the event loop (a failure is a 503 that acknowledges nothing); a thread
-    seals and publishes."""
+    shared storage) off the event loop (a failure is a 503 that acknowledges nothing); inside an
+    HTTP request they are pending until :class:`Acknowledged` acknowledges them, which a thread
+    of their own logs (local: fsynced, or carried by the next append; shared: in the next group
+    commit); another thread seals and publishes, and reports quarantined segments to ``metrics``."""
 
-    def __init__(self, feedback_log: FeedbackLog | SharedFeedbackLog):
-        self.log = feedback_log
+    def __init__(self, feedback_log: FeedbackLog | SharedFeedbackLog, metrics: Metrics = NO_METRICS):
+        self.log, self.metrics = feedback_log, metrics
         self.failing_since: float | None = None  # the WAL itself cannot be written
+        self.acks: list[str] = []
+        self.ack_ready = threading.Condition()
         self.stop = threading.Event()
+        self.quarantined: int | None = None  # last reported to the metrics
+        self.acker = threading.Thread(target=self._ack_loop, name="feedback-ack", daemon=True)
+        self.acker.start()
         self.publisher = threading.Thread(target=self._publish_loop, name="feedback-log", daemon=True)
         self.publisher.start()
 
     def _publish_loop(self) -> None:
         while not self.stop.wait(LOG_TICK_S):
+            self.tick()
+
+    def tick(self) -> None:
+        """One round of the publisher: seal and publish what is due, report quarantined segments."""
+        try:
+            self.log.tick()
+        except Exception as exc:  # noqa: BLE001 -- the log keeps the segment and retries
+            log.warning("feedback log tick failed: %s", exc)
+        try:
+            count = self.log.health()["quarantined_segments"]
+        except OSError as exc:
+            log.warning("feedback log: cannot count quarantined segments: %s", exc)
+            return
+        if count != self.quarantined:
+            self.metrics.quarantined_segments(count)
+            self.quarantined = count
+
+    def report_to(self, metrics: Metrics) -> None:
+        self.metrics, self.quarantined = metrics, None  # reported afresh at the next tick
+
+    def acknowledge(self, ack_ids: list[str]) -> None:
+        """Queue acks for the ack thread; never blocks (called as a response starts)."""
+        with self.ack_ready:
+            self.acks.extend(ack_ids)
+            self.ack_ready.notify()
+
+    def _ack_loop(self) -> None:
+        while True:
+            with self.ack_ready:
+                while not self.acks and not self.stop.is_set():
+                    self.ack_ready.wait()
+                if not self.acks:
+                    return  # stopping, nothing left
+                batch, self.acks = self.acks, []
             try:
-                self.log.tick()
-            except Exception as exc:  # noqa: BLE001 -- the log keeps the segment and retries
-                log.warning("feedback log tick failed: %s", exc)
+                self.log.ack(batch)
+            except Exception as exc:  # noqa: BLE001 -- kept and retried; until written, not counted
+                log.warning("feedback log: %d ack(s) not written (%s); retrying", len(batch), exc)
+                with self.ack_ready:
+                    self.acks[:0] = batch
+                    if self.stop.is_set():
+                        log.warning("feedback log: stopping with %d ack(s) unwritten: their records will "
+                                    "not count", len(self.acks))
+                        return
+                    self.ack_ready.wait(LOG_TICK_S)
 
     async def append(self, table: str, records: list[dict]) -> None:
+        pending = PENDING.get()
+        ack_id = None
+        if pending is not None:  # in an HTTP request: counted once its 2xx goes out
+            ack_id = uuid.uuid4().hex
+            pending.append(ack_id)
         try:
-            await asyncio.to_thread(self.log.append_many, table, records)
+            await asyncio.to_thread(self.log.append_many, table, records, ack_id)
         except OSError as exc:
             self.failing_since = self.failing_since or time.monotonic()
             raise ServiceError(503, f"could not be recorded durably ({type(exc).__name__}); nothing was "
@@ -159,7 +248,10 @@ class EdgeLog:
         return None
 
     def close(self) -> None:
-        self.stop.set()
+        with self.ack_ready:
+            self.stop.set()
+            self.ack_ready.notify()
+        self.acker.join(timeout=30)  # the acks queued so far are written before the log closes
         self.publisher.join(timeout=30)  # no publish runs while close() publishes and unlocks
         self.log.close()
 
@@ -182,6 +274,7 @@ def configure(runtime: Runtime, args) -> FastAPI:
     LIMITS.metrics = runtime.service.metrics
     SHOPPERS.tokens = ShopperTokens.load(args.shopper_token_secret_file) if args.shopper_token_secret_file else None
     SHOPPERS.session_ttl_s = args.session_token_ttl_s
+    runtime.edge.report_to(runtime.service.metrics)  # the quarantine gauge, beside the service's numbers
     api.state.runtime = runtime
     return api
 
@@ -218,7 +311,8 @@ def healthz() -> dict:
 @api.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
     """503 while this process cannot persist (its WAL cannot be written, or sealed segments cannot
-    be published: they are kept and retried); ``degraded`` while the user state is down."""
+    be published: they are kept and retried); ``degraded`` while the user state is down.
+    ``quarantined_segments``: segments set aside, not published, until ``raycart republish``."""
     rt = _runtime(request)
     version, state_ok = await rt.service.readiness()
     wal = rt.edge.log.health()
@@ -229,7 +323,8 @@ async def readyz(request: Request) -> JSONResponse:
     body = {"status": status, "items": rt.service.catalog.num_items, "model_version": version,
             "user_state": "ok" if state_ok else "unavailable",
             "feedback_log": {"ok": persisting, "unpublished_segments": wal["unpublished_segments"],
-                             "corrupt_lines": wal["corrupt_lines"]}}
+                             "corrupt_lines": wal["corrupt_lines"],
+                             "quarantined_segments": wal["quarantined_segments"]}}
     if not persisting:
         body["feedback_log"]["error"] = wal["last_error"] or "the write-ahead log cannot be written"
     return JSONResponse(status_code=200 if persisting else 503, content=body)

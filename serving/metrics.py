@@ -74,6 +74,9 @@ SPECS: dict[str, MetricSpec] = {s.name: s for s in (
                "(400), by scope.", ("scope",)),
     MetricSpec("raycart_index_items", "gauge", "Items in this replica's vector index.", ()),
     MetricSpec("raycart_runtime_items", "gauge", "Items added at runtime that this ingress replica knows.", ()),
+    MetricSpec("raycart_feedback_quarantined_segments", "gauge",
+               "Feedback-log segments set aside in this replica's WAL folder, not published (raycart republish).",
+               ()),
 )}
 
 
@@ -163,6 +166,9 @@ class Metrics:
 
     def runtime_items(self, count: int) -> None:
         self._put("raycart_runtime_items", count)
+
+    def quarantined_segments(self, count: int) -> None:
+        self._put("raycart_feedback_quarantined_segments", count)
 
 
 NO_METRICS = Metrics()

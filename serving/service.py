@@ -100,7 +100,9 @@ class StatePort(Protocol):
     async def ping(self) -> bool: ...
 
 
-Append = Callable[[str, list[dict]], Awaitable[None]]  # durably log records of a table, or raise ServiceError(503)
+# durably log records of a table, or raise ServiceError(503); the HTTP edge's append logs them
+# pending, acknowledged only if the request's response is a 2xx (serving.http.Acknowledged)
+Append = Callable[[str, list[dict]], Awaitable[None]]
 
 
 class RecommendService:
@@ -269,7 +271,8 @@ class RecommendService:
             raise ServiceError(400, f"item_id: unknown item {req.item_id!r}")
         # checked, then logged durably, then recorded: an event whose log write failed (503) or
         # was cut off is not yet "recorded", so the client's retry is not taken for a duplicate
-        # (a retry after a cut between log and record logs it twice: read_feedback de-duplicates)
+        # (a retry after a cut between log and record logs it twice: the HTTP edge acknowledges
+        # only the copy whose 200 went out, and read_feedback counts acknowledged rows once)
         try:
             rec = await self.state.check(req.request_id, req.item_id, req.event)
         except StateUnavailable as exc:
