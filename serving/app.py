@@ -17,6 +17,8 @@ to its Serve replica log file (not the console).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import itertools
 import logging
 import time
 import uuid
@@ -30,6 +32,7 @@ from serving.http import EdgeLog, Runtime, configure, open_feedback_log
 from serving.messages import (
     CandidateQuery,
     CandidateSet,
+    ModelVersionMismatch,
     PolicyQuery,
     RankedList,
     RankQuery,
@@ -40,8 +43,8 @@ from serving.netbind import bind_replica_grpc_to_node_address
 from serving.policy import Policy
 from serving.schemas import AppArgs, ModelSpec
 from serving.security import ApiKeys
-from serving.service import RecommendService
-from serving.stages import PolicyCopy
+from serving.service import RecommendService, ServiceError
+from serving.stages import PolicyCopy, ranker_order
 from serving.state_store import StateAccess, UserStateStore
 from serving.storefront import Tally
 
@@ -51,6 +54,20 @@ log = logging.getLogger(__name__)
 # before a request waits for its own, and how long a parameter fetch may take
 MAX_PENDING_IMPRESSIONS = 256
 COPY_FETCH_TIMEOUT_S = 5.0
+
+# separate topology during a rollout: how long a request retries until its retriever and ranker
+# replicas agree on a model version (each keeps the version it replaced for ModelHolder.grace_s)
+VERSION_AGREE_S = 10.0
+
+
+def _mismatch(exc: BaseException) -> ModelVersionMismatch | None:
+    """The :class:`ModelVersionMismatch` a replica raised (Ray delivers it as itself or as a
+    task error whose cause it is), else None."""
+    if isinstance(exc, ModelVersionMismatch):
+        return exc
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, ModelVersionMismatch) else None
+
 
 # per-deployment autoscaling with AppArgs.autoscaling (target ongoing requests per replica; the
 # Ranker's are high so that @serve.batch fills batches before a new replica is added)
@@ -66,27 +83,50 @@ class HandleStages:
     """:class:`serving.service.Stages` over the deployments' handles."""
 
     def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle | None, policy: DeploymentHandle,
-                 registry: DeploymentHandle, copy: PolicyCopy | None = None):
+                 registry: DeploymentHandle, copy: PolicyCopy | None = None, wait_s: float = 5.0):
         self.retriever, self.ranker, self.policy, self.registry = retriever, ranker, policy, registry
+        self.wait_s = wait_s  # how long a request waits for a single-replica deployment (AppArgs.singleton_wait_s)
         self.copy = copy  # choose here, from a copy of the policy's parameters (AppArgs.policy_copy_s)
         self.refreshing: asyncio.Task | None = None
         self.background: set[asyncio.Task] = set()  # impressions on their way to the learner
 
     async def retrieve_and_rank(self, q: CandidateQuery, user: int | None,
                                 live_stages: dict[int, int]) -> tuple[CandidateSet, RankedList]:
+        """Candidates and their ranking by one model version. Fused: one replica does both with
+        the version it retrieved with. Separate: the ranker ranks with the version the retriever
+        used, which it still holds for a while after a rollout (ModelHolder.grace_s); a ranker
+        that does not hold it (a new replica that came up first) says which it holds, and the
+        candidates are retrieved again with that one -- until a pair agrees, or 503."""
         if self.ranker is None:  # fused: one hop
             return await self.retriever.retrieve_and_rank.remote(q, user, live_stages)
-        cands = await self.retriever.candidates.remote(q)
-        ranked = await self.ranker.rank.remote(RankQuery(q.history, cands.items, cands.dense, user, q.items_version,
-                                                         live_stages))
-        return cands, ranked
+        deadline = time.monotonic() + VERSION_AGREE_S
+        for attempt in itertools.count():
+            cands = await self.retriever.candidates.remote(q)
+            try:
+                return cands, await self.ranker.rank.remote(RankQuery(
+                    q.history, cands.items, cands.dense, user, q.items_version, live_stages,
+                    model_version=cands.model_version))
+            except Exception as exc:
+                mismatch = _mismatch(exc)
+                if mismatch is None:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise ServiceError(503, f"a model rollout is under way ({mismatch}); retry") from None
+                q = dataclasses.replace(q, model_version=mismatch.held[0])
+                await asyncio.sleep(min(0.02 * 2 ** attempt, 0.5))
+        raise AssertionError("unreachable")
 
     async def similar(self, item: int, k: int, items_version: int) -> list[int]:
         return await self.retriever.similar.remote(item, k, items_version)
 
     async def choose(self, q: PolicyQuery) -> Slate:
         if self.copy is None:
-            return await self.policy.choose.remote(q)
+            try:  # the single Policy replica; while it restarts (a rollout), the ranker's order
+                return await asyncio.wait_for(self.policy.choose.remote(q), self.wait_s)
+            except Exception as exc:  # noqa: BLE001 -- any failure to reach it: answer without it
+                log.warning("policy unavailable (%s): answering in the ranker's order", str(exc)[:200] or
+                            type(exc).__name__)
+                return ranker_order(q)
         if self.copy.stale() and self.refreshing is None:  # one fetch at a time, shared by whoever waits for it
             self.refreshing = asyncio.create_task(self._refresh())
             self.refreshing.add_done_callback(lambda t: t.cancelled() or t.exception())  # logged in _refresh
@@ -129,10 +169,17 @@ class HandleStages:
         task.add_done_callback(self.background.discard)
 
     async def learn(self, request_id: str, item_id: str, event: str) -> bool:
-        return await self.policy.feedback.remote(request_id, item_id, event)
+        try:  # the event is in the feedback log already: a policy that is restarting just misses it
+            return await asyncio.wait_for(self.policy.feedback.remote(request_id, item_id, event), self.wait_s)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("policy did not learn from feedback (%s)", str(exc)[:200] or type(exc).__name__)
+            return False
 
     async def since(self, n: int) -> list[dict]:
-        return await self.registry.since.remote(n)
+        try:
+            return await asyncio.wait_for(self.registry.since.remote(n), self.wait_s)
+        except Exception as exc:  # noqa: BLE001
+            raise ServiceError(503, f"the item registry did not answer ({type(exc).__name__}); retry") from None
 
     async def add_item(self, record: dict) -> int:
         return await self.registry.add.remote(record)
@@ -167,7 +214,8 @@ class Ingress:
         route_access_log(logging.getLogger("ray.serve"))  # the replica's log file
         copy = PolicyCopy(args, metrics=metrics) if args.policy_copy_s > 0 else None
         self.runtime = Runtime(RecommendService(args, Catalog.load(args.data_dir),
-                                                HandleStages(retriever, ranker, policy, registry, copy),
+                                                HandleStages(retriever, ranker, policy, registry, copy,
+                                                             args.singleton_wait_s),
                                                 StateAccess(args, state), self.edge.append, metrics), self.edge)
 
     def __serve_build_asgi_app__(self):
@@ -194,13 +242,22 @@ def build_app(args: dict | AppArgs) -> serve.Application:
     cpus = {"ray_actor_options": {"num_cpus": a.replica_cpus}}
 
     def scaled(name: str) -> dict:
-        if not a.autoscaling:
-            return cpus
-        return {**cpus, "autoscaling_config": {"min_replicas": 1, "max_replicas": a.max_replicas,
-                                               **AUTOSCALING[name]}}
+        """The stateless deployments: rolled out by surging (AppArgs.rollout_surge_percent: new
+        replicas start and become ready before old ones stop, so no deployment goes to zero
+        replicas mid-rollout), autoscaled when asked. A stopping Ingress replica drains its
+        requests for as long as one may take (request_timeout_s) before it is killed."""
+        out: dict = {**cpus, "max_surge_percent": a.rollout_surge_percent}
+        if name == "Ingress":
+            out["graceful_shutdown_timeout_s"] = a.request_timeout_s + 5
+        if a.autoscaling:
+            out["autoscaling_config"] = {"min_replicas": 1, "max_replicas": a.max_replicas, **AUTOSCALING[name]}
+        return out
 
     # the model is the Retriever's and Ranker's user_config, not a constructor argument: a new
     # model_dir / model_version then reconfigures the running replicas instead of replacing them.
+    # The single-replica deployments (registry, user state, policy: one writer each) restart
+    # in place; the Ingress waits for them at most singleton_wait_s (state_timeout_s for the user
+    # state) and answers without them meanwhile.
     # (type: ignore[attr-defined] below: @serve.deployment adds .options, which its typing does not show)
     model = {"user_config": ModelSpec(model_dir=a.model_dir, model_version=a.model_version).model_dump()}
     fixed = a.model_copy(update={"model_dir": "(user_config)", "model_version": "(user_config)"})

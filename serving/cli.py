@@ -45,6 +45,13 @@ def serve_app(args: argparse.Namespace) -> int:
         raise DataError("no API keys: pass --api-keys-file FILE ('shopper KEY' / 'admin KEY' lines), or "
                         "--trust-loopback to serve clients on this machine without keys (README: Security and "
                         "durability)")
+    if args.shopper_token_secret_file:
+        from serving.identity import ShopperTokens, TokenSecretError
+
+        try:
+            ShopperTokens.load(args.shopper_token_secret_file)  # a clear error before Ray starts
+        except TokenSecretError as exc:
+            raise DataError(f"--shopper-token-secret-file: {exc}") from None
     card = read_card(args.models)  # a clear error before Ray starts
     if card.kind != "ranker":
         raise DataError(f"{args.models}: serving needs a ranker directory (raycart train ranker); "
@@ -65,6 +72,8 @@ def serve_app(args: argparse.Namespace) -> int:
                        policy_state=absolute(args.policy_state), items_root=absolute(args.items_root),
                        user_state=args.user_state, redis_url=args.redis_url, state_dir=absolute(args.state_dir),
                        api_keys_file=absolute(args.api_keys_file) if args.api_keys_file else None,
+                       shopper_token_secret_file=absolute(args.shopper_token_secret_file)
+                       if args.shopper_token_secret_file else None,
                        image_root=absolute(args.image_root) if args.image_root else None,
                        trust_loopback=args.trust_loopback)
 
@@ -100,4 +109,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-root", help="folder (or s3:// prefix) POST /items may read images from")
     p.add_argument("--trust-loopback", action="store_true",
                    help="without --api-keys-file: serve clients on this machine (loopback) with every role")
+    p.add_argument("--shopper-token-secret-file",
+                   help="secret of signed shopper tokens: /recommend and /feedback act only for the shopper an "
+                        "X-Shopper-Token names (raycart token mints one)")
     p.set_defaults(func=serve_app)
+
+
+def mint_token(args: argparse.Namespace) -> int:
+    from serving.identity import ShopperTokens, TokenSecretError, subject
+    from training.errors import DataError
+
+    try:
+        tokens = ShopperTokens.load(args.secret_file)
+    except TokenSecretError as exc:
+        raise DataError(f"--secret-file: {exc}") from None
+    sub = subject(args.user, args.session)
+    assert sub is not None  # argparse requires one of the two
+    print(tokens.mint(sub, args.ttl_s))
+    return 0
+
+
+def register_token(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("token", help="mint a signed shopper token (X-Shopper-Token) for a user or a session",
+                       description="What a shop's backend does for a logged-in shopper (serving.identity has the "
+                                   "format): sign 'u:<user>' or 's:<session>' and an expiry with the secret of "
+                                   "the app's shopper_token_secret_file.")
+    p.add_argument("--secret-file", required=True, help="the app's shopper_token_secret_file")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="a user id")
+    who.add_argument("--session", help="an anonymous session id")
+    p.add_argument("--ttl-s", type=float, default=3600.0, help="seconds the token is valid (default 3600)")
+    p.set_defaults(func=mint_token)

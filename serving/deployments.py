@@ -15,7 +15,7 @@ import asyncio
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serving.messages import CandidateQuery, CandidateSet, RankedList, RankQuery
+from serving.messages import CandidateQuery, CandidateSet, ModelVersionMismatch, RankedList, RankQuery
 from serving.metrics import Metrics, RaySink
 from serving.netbind import bind_replica_grpc_to_node_address
 from serving.runtime_items import ItemStore
@@ -52,8 +52,12 @@ class _ServesModel:
 
         self.holder = ModelHolder(args, since, with_index=self.with_index, metrics=Metrics(RaySink()))
 
-    def reconfigure(self, config: dict) -> None:
-        self.holder.load(ModelSpec(**config))
+    async def reconfigure(self, config: dict) -> None:
+        """A new model version (the ``user_config``): built in a worker thread while the current
+        one keeps answering, the registry's runtime items applied, then swapped in. A new replica
+        takes traffic only after this returns, so its first requests wait for nothing."""
+        self.holder.install(await asyncio.to_thread(self.holder.build, ModelSpec(**config)))
+        await self.holder.catch_up()
 
     def ready(self) -> str:
         return self.holder.version()
@@ -77,20 +81,26 @@ class _Batched:
         self._rank_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _rank_batch(self, queries: list[RankQuery]) -> list[RankedList]:
+    async def _rank_batch(self, queries: list[RankQuery]) -> list[RankedList | ModelVersionMismatch]:
         return await self.ranking.rank(queries)
 
     async def _rank(self, q: RankQuery) -> RankedList:
+        """``q`` ranked by the model version that retrieved its candidates, or a
+        :class:`~serving.messages.ModelVersionMismatch` raised when this replica does not hold it."""
         self.waiting += 1
         try:
             # one turn of the event loop first: requests already queued on it register before the
             # decision (ranking itself never yields, so without this none would ever be seen)
             await asyncio.sleep(0)
             if self.adaptive and self.waiting == 1:  # nobody to wait for
-                return (await self.ranking.rank([q]))[0]
-            return await self._rank_batch(q)
+                ranked = (await self.ranking.rank([q]))[0]
+            else:
+                ranked = await self._rank_batch(q)
         finally:
             self.waiting -= 1
+        if isinstance(ranked, ModelVersionMismatch):
+            raise ranked
+        return ranked
 
 
 @serve.deployment(max_ongoing_requests=16)
@@ -136,8 +146,9 @@ class RetrieveRank(_ServesModel, _Batched):
 
     async def retrieve_and_rank(self, q: CandidateQuery, user: int | None,
                                 live_stages: dict[int, int]) -> tuple[CandidateSet, RankedList]:
-        cands = await self.retrieval.candidates(q)
-        ranked = await self._rank(RankQuery(q.history, cands.items, cands.dense, user, q.items_version, live_stages))
+        cands = await self.retrieval.candidates(q)  # the ranking below uses the same model version
+        ranked = await self._rank(RankQuery(q.history, cands.items, cands.dense, user, q.items_version, live_stages,
+                                            model_version=cands.model_version))
         return cands, ranked
 
     async def similar(self, item: int, k: int, items_version: int) -> list[int]:

@@ -17,6 +17,17 @@ replacement replica has another name: folders whose writer is dead (its lock is 
 recovered too, on start and every 30 s while it runs; a crash between a part's upload and the segment's removal can publish a record
 twice, so readers de-duplicate on the record id (at-least-once).
 
+**Not acknowledged, not counted.** ``append_many(..., ack_id=...)`` logs records that count
+only once :meth:`FeedbackLog.ack` logs their id too (the HTTP edge does so as its 200 goes out):
+a request that failed after its append (503, the Guard's 504) or a process that died before
+answering leaves records that readers skip (:func:`training.data.feedback.read_feedback`). An
+ack is one short line, written (and fsynced) with the next append or by the caller's thread.
+
+A segment that keeps failing while others publish is **quarantined**: moved to
+``<wal_dir>/.quarantine/`` with a logged error naming it, counted in :meth:`FeedbackLog.health`
+(``/readyz``, the ``raycart_feedback_quarantined_segments`` gauge); once fixed,
+:func:`republish_quarantined` (``raycart republish``) publishes it.
+
 Thread-safe. With ``background=True`` appends only seal; the owner calls :meth:`tick`
 periodically (off its event loop) to publish. Plain Python (no Ray): the Serve deployment owns
 one per replica.
@@ -40,10 +51,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from training import storage
-from training.data.feedback import TABLES
+from training.data.feedback import ACK_ID, STORED, TABLES
 
 log = logging.getLogger(__name__)
 QUARANTINE_AFTER = 20  # failed publishes of one segment, while others publish, before it is moved aside
+QUARANTINE = ".quarantine"  # the folder under wal_dir where such segments wait for an operator
 ADOPT_EVERY_S = 30.0  # how often a running writer looks for segments that stopped writers left
 
 
@@ -80,7 +92,6 @@ class FeedbackLog:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         _fsync_dir(self.dir.parent)
         self.failed: dict[Path, int] = {}  # failed publishes per segment
-        self.quarantined_segments = 0
         self.adopted_at = time.monotonic()
         self.mutex = threading.Lock()  # the open segment
         self.publishing = threading.Lock()  # the sealed ones
@@ -90,7 +101,12 @@ class FeedbackLog:
         self.last_error: str | None = None
         self.retry_at = 0.0
         self._adopted: list[tuple[Path, IO[str]]] = []  # dead writers' folders (locked) whose segments are queued
+        self.acks: list[str] = []  # acknowledgements not yet written (the next write carries them)
+        self.ack_lock = threading.Lock()  # self.acks only: never held across I/O
         self.sealed.extend((seg, writer) for seg in sorted(self.dir.glob("*.jsonl")))
+        for stuck in quarantined(config.wal_dir):
+            log.warning("feedback log: quarantined segment %s is not published; fix it and run `raycart "
+                        "republish --feedback %s --wal-dir %s`", stuck, config.root, config.wal_dir)
         self._adopt_dead_writers()
         self._open_segment()
         self.recovered = self.publish()
@@ -100,31 +116,54 @@ class FeedbackLog:
         fh = open(segment, "a", encoding="utf-8")  # noqa: SIM115 -- lives as long as the log
         _fsync_dir(self.dir)  # the segment's name survives a crash with its first fsynced line
         self.segment, self._fh = segment, fh
-        self.pending, self.opened = 0, time.monotonic()
+        self.pending, self.lines, self.opened = 0, 0, time.monotonic()  # records; records and acks
 
     def append(self, table: str, record: dict) -> None:
         """Durably record one row of ``table`` (``impressions`` / ``events``); returns once on disk."""
         self.append_many(table, [record])
 
-    def append_many(self, table: str, records: list[dict]) -> None:
-        lines = encode(table, records)
+    def append_many(self, table: str, records: list[dict], ack_id: str | None = None) -> None:
+        """Durably record rows of ``table``; with ``ack_id`` they count once :meth:`ack` logs it."""
+        lines = encode(table, records, ack_id)
         with self.mutex:
-            self._fh.write(lines)
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self.pending += len(records)
+            self._write(lines, len(records))
             due = self._due()
         if due and not self.config.background:
             self.flush()
 
+    def ack(self, ack_ids: list[str]) -> None:
+        """Log that the appends of ``ack_ids`` were acknowledged; on disk when it returns."""
+        with self.ack_lock:
+            self.acks.extend(ack_ids)
+        with self.mutex:
+            self._write("", 0)  # nothing when an append carried them meanwhile
+
+    def _write(self, lines: str, records: int) -> None:
+        """Under ``mutex``: ``lines`` and the waiting acks, fsynced; a failure keeps the acks."""
+        with self.ack_lock:
+            acks, self.acks = self.acks, []
+        text = encode_acks(acks) + lines
+        if not text:
+            return
+        try:
+            self._fh.write(text)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except BaseException:
+            with self.ack_lock:
+                self.acks[:0] = acks
+            raise
+        self.pending += records
+        self.lines += len(acks) + records
+
     def _due(self) -> bool:
-        return self.pending > 0 and (self.pending >= self.config.flush_rows
-                                     or time.monotonic() - self.opened >= self.config.flush_seconds)
+        return self.lines > 0 and (self.pending >= self.config.flush_rows
+                                   or time.monotonic() - self.opened >= self.config.flush_seconds)
 
     def seal(self) -> bool:
-        """Close the open segment (when it holds records) and queue it for publishing."""
+        """Close the open segment (when it holds records or acks) and queue it for publishing."""
         with self.mutex:
-            if self.pending == 0:
+            if self.lines == 0:
                 return False
             old, fh = self.segment, self._fh
             self._open_segment()  # first: if it fails (disk full), the old segment stays open and in use
@@ -186,18 +225,24 @@ class FeedbackLog:
         return rows
 
     def _quarantine(self, segment: Path, writer: str) -> None:
-        aside = Path(self.config.wal_dir) / ".quarantine"
+        aside = Path(self.config.wal_dir) / QUARANTINE
         aside.mkdir(exist_ok=True)
-        os.replace(segment, aside / f"{writer}-{segment.name}")
+        target = aside / f"{writer}-{segment.name}"
+        os.replace(segment, target)
         _fsync_dir(aside)
         self.sealed.remove((segment, writer))
         self.failed.pop(segment, None)
-        self.quarantined_segments += 1
-        log.error("feedback log: %s failed %d times while other segments published; moved to %s for an "
-                  "operator (its records are not published)", segment.name, QUARANTINE_AFTER, aside)
+        log.error("feedback log: %s failed %d times while other segments published; moved to %s -- its "
+                  "records are NOT published: fix it and run `raycart republish --feedback %s --wal-dir %s`",
+                  segment.name, QUARANTINE_AFTER, target, self.config.root, self.config.wal_dir)
+
+    @property
+    def quarantined_segments(self) -> int:
+        return len(quarantined(self.config.wal_dir))
 
     def health(self) -> dict:
-        """``ok`` False while sealed segments cannot be published (they stay in the WAL)."""
+        """``ok`` False while sealed segments cannot be published (they stay in the WAL);
+        ``quarantined_segments``: segments set aside under ``wal_dir`` (any writer's), not published."""
         return {"ok": self.failures == 0, "unpublished_segments": len(self.sealed),
                 "failures": self.failures, "last_error": self.last_error, "corrupt_lines": self.corrupt_lines,
                 "quarantined_segments": self.quarantined_segments}
@@ -234,7 +279,7 @@ class FeedbackLog:
         return by_table
 
     def _publish(self, segment: Path, writer: str | None = None) -> int:
-        by_table = self._read(segment) if segment.exists() else {}
+        by_table = resolve_acks(self._read(segment)) if segment.exists() else {}
         self.corrupt_lines += write_parts(self.config.root, by_table, f"{writer or self.writer}-{segment.stem}")
         if segment.exists():
             segment.unlink()
@@ -243,12 +288,13 @@ class FeedbackLog:
                 shutil.rmtree(other, ignore_errors=True)
                 lock.close()
                 self._adopted.remove((other, lock))
-        return sum(len(v) for v in by_table.values())
+        return rows_of(by_table)
 
     def close(self) -> None:
         if self._fh.closed:
             return
         try:
+            self.ack([])  # acks still queued
             self.flush()
         except Exception:  # noqa: BLE001 -- the segments stay in the WAL: the next writer publishes them
             log.warning("feedback log: %d segment(s) left in %s for the next writer", len(self.sealed), self.dir)
@@ -275,16 +321,51 @@ def _timestamp(value) -> int:
     return int(value)
 
 
-def encode(table: str, records: list[dict]) -> str:
-    """JSON lines of ``records`` for ``table`` (the WAL format)."""
+def encode(table: str, records: list[dict], ack_id: str | None = None) -> str:
+    """JSON lines of ``records`` for ``table`` (the WAL format); with ``ack_id`` they wait for its ack."""
     if table not in TABLES:
         raise ValueError(f"unknown feedback table {table!r}")
-    return "".join(json.dumps({"table": table, **r}, default=str) + "\n" for r in records)
+    extra = {ACK_ID: ack_id} if ack_id is not None else {}
+    return "".join(json.dumps({"table": table, **r, **extra}, default=str) + "\n" for r in records)
+
+
+def encode_acks(ack_ids: list[str]) -> str:
+    """JSON lines acknowledging the appends of ``ack_ids``."""
+    now = time.time()
+    return "".join(json.dumps({"table": "acks", ACK_ID: a, "timestamp": now}) + "\n" for a in ack_ids)
+
+
+def resolve_acks(by_table: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Settle the acks inside one batch of WAL records: a record whose ack is in the batch is
+    stored acknowledged (null ``ack_id``) and that ack dropped -- an ack id belongs to one append,
+    whose records went into one write. Left: records still waiting, acks of other batches' records."""
+    acks = by_table.get("acks", [])
+    acked = {a.get(ACK_ID) for a in acks if isinstance(a.get(ACK_ID), str)}
+    used = set()
+    out: dict[str, list[dict]] = {}
+    for table, recs in by_table.items():
+        if table == "acks":
+            continue
+        for r in recs:
+            a = r.get(ACK_ID)
+            if isinstance(a, str) and a in acked:
+                r[ACK_ID] = None
+                used.add(a)
+        out[table] = recs
+    left = [a for a in acks if a.get(ACK_ID) not in used]
+    if left:
+        out["acks"] = left
+    return out
+
+
+def rows_of(by_table: dict[str, list[dict]]) -> int:
+    """Records (impressions and events) in a batch, acks not counted."""
+    return sum(len(v) for t, v in by_table.items() if t in TABLES)
 
 
 def parse_lines(lines, source: str) -> tuple[dict[str, list[dict]], int]:
-    """WAL lines -> (records by table, corrupt lines skipped). A torn last line (no newline) was
-    never acknowledged and is dropped silently."""
+    """WAL lines -> (records by table, acks under ``acks``; corrupt lines skipped). A torn last
+    line (no newline) was never acknowledged and is dropped silently."""
     by_table: dict[str, list[dict]] = {}
     corrupt = 0
     for n, line in enumerate(lines, 1):
@@ -293,7 +374,7 @@ def parse_lines(lines, source: str) -> tuple[dict[str, list[dict]], int]:
         try:
             rec = json.loads(line)
             table = rec.pop("table")
-            if table not in TABLES:
+            if table not in STORED:
                 raise ValueError(f"unknown table {table!r}")
             rec["timestamp"] = _timestamp(rec.get("timestamp"))
         except (ValueError, KeyError, AttributeError, TypeError) as exc:
@@ -310,7 +391,7 @@ def write_parts(root: str, by_table: dict[str, list[dict]], name: str) -> int:
     publishing twice overwrites instead of duplicating. Returns the rows that did not fit the table."""
     skipped = 0
     for table, recs in by_table.items():
-        schema = TABLES[table]
+        schema = STORED[table]
         try:
             data = pa.Table.from_pylist(recs, schema=schema)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
@@ -333,3 +414,35 @@ def _fits(record: dict, schema: pa.Schema) -> bool:
         return True
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
         return False
+
+
+def quarantined(wal_dir: str) -> list[Path]:
+    """The segments set aside under ``<wal_dir>/.quarantine/``, oldest name first."""
+    return sorted((Path(wal_dir) / QUARANTINE).glob("*.jsonl"))
+
+
+@dataclass(frozen=True)
+class Republished:
+    segments: int  # published and removed from the quarantine
+    rows: int  # records they held
+    failed: list[tuple[Path, str]]  # (segment, error): still quarantined
+
+
+def republish_quarantined(root: str, wal_dir: str) -> Republished:
+    """Publish each quarantined segment under ``wal_dir`` to ``root`` (the part name its writer
+    would have used: publishing twice overwrites), then remove it. One that still fails stays."""
+    segments, rows, failed = 0, 0, []
+    for segment in quarantined(wal_dir):
+        try:
+            with open(segment, encoding="utf-8", errors="replace") as fh:
+                by_table, _ = parse_lines(fh, str(segment))
+            by_table = resolve_acks(by_table)
+            skipped = write_parts(root, by_table, segment.stem)
+            segment.unlink()
+        except Exception as exc:  # noqa: BLE001 -- reported; the segment stays for the next try
+            failed.append((segment, f"{type(exc).__name__}: {str(exc)[:200]}"))
+            log.warning("feedback log: republishing %s failed (%s); left in the quarantine", segment, failed[-1][1])
+            continue
+        segments += 1
+        rows += rows_of(by_table) - skipped
+    return Republished(segments, rows, failed)

@@ -10,12 +10,23 @@ in flight as one object, so the cost is one PUT per group, not per request (meas
 (:func:`serving.feedback_log.write_parts`, same tables) after ``flush_rows`` records or
 ``flush_seconds``, then deleted.
 
-Each writer rewrites ``<wal>/<writer>/_alive`` (its clock) every ``heartbeat_s``; any writer that
-finds another's heartbeat older than ``dead_after_s`` publishes that writer's objects and removes
-them (an adopter's part name is deterministic, so two adopters overwrite each other instead of
-duplicating; a writer wrongly declared dead can still publish a record twice, and readers
-de-duplicate on the record id, as for the local log). Plain Python, no Ray; thread-safe; the same
-methods as :class:`~serving.feedback_log.FeedbackLog` (``append_many``, ``tick``, ``flush``,
+**Liveness.** A thread of its own (not the publisher, which can be stuck in a long upload)
+rewrites ``<wal>/<writer>/_alive`` every ``heartbeat_s`` with a new beat number. Another writer
+declares it dead only when it has *seen* that content unchanged for ``dead_after_s`` by its own
+monotonic clock -- no remote wall-clock time is compared, so clock skew between nodes cannot make
+a live writer look dead, and the default margin (90 s) outlasts a 30 s storage stall plus a
+heartbeat and an adoption round twice over. A new writer watches that long before it adopts
+anyone. The adopter publishes the dead writer's objects and removes them (an adopter's part name
+is deterministic, so two adopters overwrite each other instead of duplicating; a writer wrongly
+declared dead can still publish a record twice, and readers de-duplicate on the record id, as
+for the local log).
+
+Records appended with an ``ack_id`` count once :meth:`SharedFeedbackLog.ack` logged it: the ack
+joins the next group commit without waiting for it (see :mod:`serving.feedback_log`). An append
+that timed out (503) but whose group was written later is thus never counted.
+
+Plain Python, no Ray; thread-safe; the same methods as
+:class:`~serving.feedback_log.FeedbackLog` (``append_many``, ``ack``, ``tick``, ``flush``,
 ``health``, ``close``).
 """
 
@@ -25,11 +36,12 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
-from serving.feedback_log import encode, parse_lines, write_parts
+from serving.feedback_log import encode, encode_acks, parse_lines, resolve_acks, rows_of, write_parts
 from training import storage
 
 log = logging.getLogger(__name__)
@@ -43,9 +55,16 @@ class SharedLogConfig:
     flush_seconds: float = 5.0
     commit_timeout_s: float = 10.0  # an append waits this long for its group commit, then fails (503)
     heartbeat_s: float = 5.0
-    dead_after_s: float = 30.0  # a writer whose heartbeat is older is adopted
+    # a writer whose heartbeat was seen unchanged this long (by the observer's own clock) is adopted:
+    # more than a storage stall (30 s) + heartbeat_s + adopt_every_s, with room to spare
+    dead_after_s: float = 90.0
     adopt_every_s: float = 10.0
     retry_max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.heartbeat_s < self.dead_after_s:
+            raise ValueError(f"heartbeat_s ({self.heartbeat_s}) must be > 0 and below dead_after_s "
+                             f"({self.dead_after_s}): a live writer must beat within the margin")
 
     @property
     def wal_root(self) -> str:
@@ -61,24 +80,34 @@ class _Group:
 
 
 class SharedFeedbackLog:
-    def __init__(self, config: SharedLogConfig, writer: str):
+    def __init__(self, config: SharedLogConfig, writer: str, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time):
+        """``clock``: this process's monotonic clock (liveness of others is judged by it);
+        ``wall``: its wall clock, only written into the heartbeat for operators to read."""
         self.config, self.writer = config, writer
+        self.clock, self.wall = clock, wall
         self.fs, self.wal = storage.resolve(config.wal_root)
         self.dir = f"{self.wal}/{writer}"
         self.fs.create_dir(self.dir, recursive=True)
         self.cond = threading.Condition()
         self.group = _Group()  # open: collecting appends while the previous group is written
+        self.acks: list[str] = []  # ack lines for the next group commit (nobody waits for them)
         self.committed: list[tuple[str, str, int]] = []  # (object name, text, rows): not yet published
         self.publishing = threading.Lock()
-        self.opened = time.monotonic()
+        self.opened = clock()
         self.corrupt_lines = 0
         self.failures, self.retry_at = 0, 0.0
         self.last_error: str | None = None
         self.commits = self.committed_rows = 0  # group commits and rows they carried (batching factor)
         self.adopted_writers = 0
-        self.beat_at = self.adopted_at = 0.0
+        self.adopted_at = clock()
+        self.watched: dict[str, tuple[str, float]] = {}  # other writer -> (heartbeat seen, since when)
+        self.incarnation, self.beats = uuid.uuid4().hex[:12], 0
         self.closed = False
+        self.stop_beating = threading.Event()
         self._heartbeat()
+        self.heart = threading.Thread(target=self._beat_loop, name="feedback-heartbeat", daemon=True)
+        self.heart.start()
         self.recovered = self._adopt(include_self=True)  # what an earlier life of this writer left
         self.committer = threading.Thread(target=self._commit_loop, name="feedback-commit", daemon=True)
         self.committer.start()
@@ -87,10 +116,11 @@ class SharedFeedbackLog:
     def append(self, table: str, record: dict) -> None:
         self.append_many(table, [record])
 
-    def append_many(self, table: str, records: list[dict]) -> None:
+    def append_many(self, table: str, records: list[dict], ack_id: str | None = None) -> None:
         """Returns once ``records`` are in shared storage; raises ``OSError`` (nothing
-        acknowledged) when the group they joined could not be written in time."""
-        lines = encode(table, records)
+        acknowledged) when the group they joined could not be written in time. With ``ack_id``
+        they count once :meth:`ack` logs it."""
+        lines = encode(table, records, ack_id)
         with self.cond:
             if self.closed:
                 raise OSError("the feedback log is closed")
@@ -103,20 +133,41 @@ class SharedFeedbackLog:
         if group.error is not None:
             raise OSError(f"shared WAL write failed: {type(group.error).__name__}: {str(group.error)[:200]}")
 
+    def ack(self, ack_ids: list[str]) -> None:
+        """Log that the appends of ``ack_ids`` were acknowledged: they join the next group commit
+        (written at once when the committer is idle); returns without waiting for it."""
+        if not ack_ids:
+            return
+        with self.cond:
+            self.acks.append(encode_acks(ack_ids))
+            self.cond.notify()
+
     def _commit_loop(self) -> None:
         while True:
             with self.cond:
-                while not self.group.lines and not self.closed:
+                while not self.group.lines and not self.acks and not self.closed:
                     self.cond.wait()
-                if not self.group.lines:
+                if not self.group.lines and not self.acks:
                     return  # closed and drained
                 group, self.group = self.group, _Group()
+                acks, self.acks = self.acks, []
             name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
-            text = "".join(group.lines)
+            text = "".join(acks + group.lines)
             try:
                 _put(self.fs, f"{self.dir}/{name}", text.encode())
             except Exception as exc:  # noqa: BLE001 -- reported to every append of the group
                 group.error = exc
+                group.done.set()
+                if acks:  # nobody waits for them: kept for the next commit
+                    with self.cond:
+                        if self.closed:
+                            log.warning("feedback log: %d ack(s) could not be written while closing (%s); their "
+                                        "records will not count", sum(a.count("\n") for a in acks), exc)
+                        else:
+                            log.warning("feedback log: writing acks failed (%s); retried", exc)
+                            self.acks[:0] = acks
+                            self.cond.wait(1.0)
+                continue
             else:
                 with self.publishing:
                     self.committed.append((name, text, group.rows))
@@ -126,15 +177,15 @@ class SharedFeedbackLog:
 
     # -- publishing --------------------------------------------------------------------------------
     def tick(self) -> int:
-        now = time.monotonic()
-        if now - self.beat_at >= self.config.heartbeat_s:
-            self._heartbeat()
+        """Periodic work of the publisher: adopt stopped writers, publish when due (the
+        heartbeat has a thread of its own)."""
+        now = self.clock()
         rows = 0
         if now - self.adopted_at >= self.config.adopt_every_s:
             rows += self._adopt()
         with self.publishing:
-            pending = sum(r for _, _, r in self.committed)
-        due = pending and (pending >= self.config.flush_rows or now - self.opened >= self.config.flush_seconds)
+            objects, pending = len(self.committed), sum(r for _, _, r in self.committed)
+        due = objects and (pending >= self.config.flush_rows or now - self.opened >= self.config.flush_seconds)
         if due and now >= self.retry_at:
             rows += self.publish()
         return rows
@@ -153,7 +204,7 @@ class SharedFeedbackLog:
             except Exception as exc:
                 self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
-                self.retry_at = time.monotonic() + min(self.config.retry_max_s, 0.5 * 2 ** min(self.failures, 16))
+                self.retry_at = self.clock() + min(self.config.retry_max_s, 0.5 * 2 ** min(self.failures, 16))
                 log.warning("feedback log: publishing %d group(s) failed (%s); kept in the shared WAL",
                             len(batch), self.last_error)
                 if raise_errors:
@@ -161,7 +212,7 @@ class SharedFeedbackLog:
                 return 0
             del self.committed[:len(batch)]
             self.failures, self.last_error = 0, None
-            self.opened = time.monotonic()
+            self.opened = self.clock()
             return rows
 
     def _publish(self, writer: str, objects: list[tuple[str, str]]) -> int:
@@ -171,26 +222,32 @@ class SharedFeedbackLog:
             self.corrupt_lines += corrupt
             for table, recs in parsed.items():
                 by_table.setdefault(table, []).extend(recs)
+        by_table = resolve_acks(by_table)
         self.corrupt_lines += write_parts(self.config.root, by_table, f"{writer}-{objects[0][0][:-6]}")
         for name, _ in objects:
             try:
                 self.fs.delete_file(f"{self.wal}/{writer}/{name}")
             except FileNotFoundError:
                 pass  # an adopter got there first (it published the same records)
-        return sum(len(v) for v in by_table.values())
+        return rows_of(by_table)
 
     # -- liveness and adoption ---------------------------------------------------------------------
+    def _beat_loop(self) -> None:
+        while not self.stop_beating.wait(self.config.heartbeat_s):
+            self._heartbeat()
+
     def _heartbeat(self) -> None:
-        self.beat_at = time.monotonic()
+        """A new beat number (with this life's id, and the wall time for operators to read)."""
+        self.beats += 1
         try:
-            _put(self.fs, f"{self.dir}/_alive", repr(time.time()).encode())
-        except Exception as exc:  # noqa: BLE001 -- a missed beat; the next tick tries again
+            _put(self.fs, f"{self.dir}/_alive", f"{self.incarnation} {self.beats} {self.wall():.3f}".encode())
+        except Exception as exc:  # noqa: BLE001 -- a missed beat; the next one tries again
             log.warning("feedback log: heartbeat failed: %s", exc)
 
     def _adopt(self, include_self: bool = False) -> int:
-        """Publish the objects of writers whose heartbeat is older than ``dead_after_s`` (and, at
-        start, this writer's own earlier objects); returns the rows published."""
-        self.adopted_at = time.monotonic()
+        """Publish the objects of writers seen dead (:meth:`_dead`) (and, at start, this writer's
+        own earlier objects); returns the rows published."""
+        self.adopted_at = self.clock()
         rows = 0
         try:
             folders = [i.path.rsplit("/", 1)[-1] for i in self.fs.get_file_info(
@@ -198,6 +255,8 @@ class SharedFeedbackLog:
         except Exception as exc:  # noqa: BLE001 -- storage down: retried at the next round
             log.warning("feedback log: cannot list the shared WAL: %s", exc)
             return 0
+        for gone in set(self.watched) - set(folders):
+            del self.watched[gone]
         for writer in folders:
             if writer == self.writer and not include_self:
                 continue
@@ -211,6 +270,7 @@ class SharedFeedbackLog:
                     rows += self._publish(writer, texts)
                 if writer != self.writer:
                     self.fs.delete_dir(f"{self.wal}/{writer}")
+                    self.watched.pop(writer, None)
                     self.adopted_writers += 1
                     log.warning("feedback log: adopted %d group(s) of stopped writer %s", len(names), writer)
             except Exception as exc:  # noqa: BLE001 -- retried at the next round
@@ -218,15 +278,20 @@ class SharedFeedbackLog:
         return rows
 
     def _dead(self, writer: str) -> bool:
-        """Its heartbeat is older than ``dead_after_s``; without one (a writer killed between its
-        folder and first beat, or a torn close), its newest object is."""
+        """Whether ``writer``'s heartbeat (or, without one, its list of objects) has been seen
+        unchanged for ``dead_after_s`` by this writer's own clock. A read that fails raises:
+        nothing is concluded from storage that does not answer."""
         try:
-            return time.time() - float(self._read(f"{self.wal}/{writer}/_alive")) > self.config.dead_after_s
-        except (FileNotFoundError, ValueError):
-            pass
-        times = [i.mtime.timestamp() for i in self.fs.get_file_info(pafs.FileSelector(f"{self.wal}/{writer}"))
-                 if i.path.endswith(".jsonl") and i.mtime is not None]
-        return bool(times) and time.time() - max(times) > self.config.dead_after_s
+            seen = "beat " + self._read(f"{self.wal}/{writer}/_alive")
+        except FileNotFoundError:  # killed between its folder and first beat, or a torn close
+            seen = "objects " + " ".join(sorted(i.path.rsplit("/", 1)[-1] for i in self.fs.get_file_info(
+                pafs.FileSelector(f"{self.wal}/{writer}", allow_not_found=True))))
+        now = self.clock()
+        last = self.watched.get(writer)
+        if last is None or last[0] != seen:
+            self.watched[writer] = (seen, now)  # alive (or first seen): watched from now on
+            return False
+        return now - last[1] >= self.config.dead_after_s
 
     def _read(self, path: str) -> str:
         with self.fs.open_input_stream(path) as fh:
@@ -235,7 +300,8 @@ class SharedFeedbackLog:
     def health(self) -> dict:
         return {"ok": self.failures == 0, "unpublished_segments": len(self.committed), "failures": self.failures,
                 "last_error": self.last_error, "corrupt_lines": self.corrupt_lines, "commits": self.commits,
-                "committed_rows": self.committed_rows, "adopted_writers": self.adopted_writers}
+                "committed_rows": self.committed_rows, "adopted_writers": self.adopted_writers,
+                "quarantined_segments": 0}  # nothing is set aside here: a batch publishes whole or not
 
     def close(self) -> None:
         with self.cond:
@@ -244,6 +310,8 @@ class SharedFeedbackLog:
             self.closed = True
             self.cond.notify()
         self.committer.join(timeout=self.config.commit_timeout_s)
+        self.stop_beating.set()
+        self.heart.join(timeout=self.config.commit_timeout_s)  # no beat lands after the folder is gone
         try:
             self.flush()
             self.fs.delete_dir(self.dir)  # nothing left: no heartbeat, no objects

@@ -24,6 +24,9 @@ class CandidateQuery:
     times: np.ndarray | None = None  # (L,) int64
     items_version: int = 0
     live: PolicyInputs = field(default_factory=PolicyInputs)
+    # retrieve with this model version if the replica still holds it (a rollout: the ranker that
+    # will rank the candidates holds only that one); None or not held: the replica's current model
+    model_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class CandidateSet:
     policy: np.ndarray  # (K, P) float
     vectors: np.ndarray  # (K, D) float32
     explore_from: int
+    model_version: str = ""  # the model that retrieved them: the ranker must rank with the same one
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class RankQuery:
     user: int | None = None
     items_version: int = 0
     live_stages: dict[int, int] = field(default_factory=dict)
+    model_version: str | None = None  # the model that retrieved ``items`` (None: the current one)
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,20 @@ class RankedList:
     reasons: list[dict]
     p_cart: np.ndarray | None = None
     p_purchase: np.ndarray | None = None
+
+
+class ModelVersionMismatch(RuntimeError):
+    """A replica was asked to rank (or retrieve) with a model version it does not hold -- a
+    rollout is under way and the two stages of one request met different versions. ``held``:
+    the versions it holds, newest first, so the caller can retrieve again with one of them.
+    (Its args are its constructor's, so it pickles across Ray and keeps its type there.)"""
+
+    def __init__(self, wanted: str, held: tuple[str, ...]):
+        super().__init__(wanted, held)
+        self.wanted, self.held = wanted, held
+
+    def __str__(self) -> str:
+        return f"model version {self.wanted!r} is not held here (held: {', '.join(self.held) or 'none'})"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ STAGES = ("retrieval", "ranking", "policy_choose")
 ENDPOINTS = ("/recommend", "/feedback", "/items", "/items/{item_id}/similar", "/healthz", "/readyz", "other")
 EVENTS = tuple(REWARDS)  # view, click, cart, purchase
 OUTCOMES = ("recorded", "duplicate")
+LIMIT_SCOPES = ("key", "user", "feedback_cap")  # what refused a request (serving.ratelimit)
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,14 @@ SPECS: dict[str, MetricSpec] = {s.name: s for s in (
     MetricSpec("raycart_reward_total", "counter",
                "Sum of the policy's rewards of recorded events (view 0, click 1, cart 2, purchase 5), by the "
                "version that showed the item.", ("model_version", "policy_version")),
+    MetricSpec("raycart_rate_limited_total", "counter",
+               "Requests refused by a rate limit (per API key, per shopper: 429) or the feedback cap per answer "
+               "(400), by scope.", ("scope",)),
     MetricSpec("raycart_index_items", "gauge", "Items in this replica's vector index.", ()),
     MetricSpec("raycart_runtime_items", "gauge", "Items added at runtime that this ingress replica knows.", ()),
+    MetricSpec("raycart_feedback_quarantined_segments", "gauge",
+               "Feedback-log segments set aside in this replica's WAL folder, not published (raycart republish).",
+               ()),
 )}
 
 
@@ -150,11 +157,18 @@ class Metrics:
         if REWARDS.get(event, 0.0) > 0:  # a counter only grows: a view adds nothing
             self._put("raycart_reward_total", REWARDS[event], **versions)
 
+    def rate_limited(self, scope: str) -> None:
+        """One request refused by the limit of ``scope`` (one of :data:`LIMIT_SCOPES`)."""
+        self._put("raycart_rate_limited_total", 1, scope=scope)
+
     def index_items(self, count: int) -> None:
         self._put("raycart_index_items", count)
 
     def runtime_items(self, count: int) -> None:
         self._put("raycart_runtime_items", count)
+
+    def quarantined_segments(self, count: int) -> None:
+        self._put("raycart_feedback_quarantined_segments", count)
 
 
 NO_METRICS = Metrics()

@@ -125,6 +125,14 @@ class AppArgs(BaseModel):
     # retriever and ranker in one deployment (one hop, one model copy) or two (scaled apart)
     topology: Literal["separate", "fused"] = "separate"
     model_version: str = "v1"
+    # -- rollouts (README "Model rollout") --
+    # extra replicas a rollout starts before stopping old ones, in % of each stateless deployment
+    # (Ingress, retriever, ranker): 100 = none of them ever goes to zero replicas mid-rollout (the
+    # cluster needs room for them); 0 = stop, then start (a gap of a replica start per deployment)
+    rollout_surge_percent: int = Field(100, ge=0, le=100)
+    # how long a request waits for a single-replica deployment (the policy, the item registry)
+    # that is restarting before it answers without it (the ranker's order; no new runtime items)
+    singleton_wait_s: float = Field(5.0, gt=0)
     # the retriever's vector index (serving.index): exact up to 100k items and HNSW above ("auto"),
     # or forced; ef_search / nprobe trade recall for speed (benchmarks/catalog_1m.py at 1M items)
     index_kind: Literal["auto", "exact", "hnsw", "ivf"] = "auto"
@@ -199,6 +207,23 @@ class AppArgs(BaseModel):
     # the dataset the first model was trained on: a promoted app serves the merged data (data_dir),
     # the log is merged into this one (None: data_dir)
     base_data_dir: str | None = None
+    # -- cluster secrets (4e; cluster/README.md "Security") --
+    # the environment variable holding the user-state Redis's password (on Kubernetes: from a Secret
+    # through secretKeyRef), read when the client connects; None = no password (or one in redis_url)
+    redis_password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # -- shopper identity and rate limits (4b; serving.identity, serving.ratelimit) --
+    # the shared secret of signed shopper tokens (X-Shopper-Token; a file, never inline): set, and
+    # /recommend and /feedback act only for the shopper the token names; None = anyone for anyone
+    shopper_token_secret_file: str | None = None
+    session_token_ttl_s: float = Field(86_400.0, gt=0)  # tokens the app mints for new anonymous sessions
+    # token buckets per replica (0 = off): requests a second per API key and per shopper (user or
+    # session), and how many may come at once
+    rate_limit_key_per_s: float = Field(0.0, ge=0)
+    rate_limit_key_burst: int = Field(0, ge=0)
+    rate_limit_user_per_s: float = Field(0.0, ge=0)
+    rate_limit_user_burst: int = Field(0, ge=0)
+    rate_limit_max_buckets: int = Field(100_000, ge=1)  # buckets kept per scope (least recently used dropped)
+    feedback_per_request: int = Field(0, ge=0)  # recorded feedback events one answer may collect, per replica (0 = no cap)
     # -- edge trust and images (4c/4d; serving.security, serving.storefront) --
     # without API keys, serve clients on loopback (addressed to a loopback name) with every role; off,
     # a keyless app refuses whatever needs a role (401). On for `raycart demo`, `raycart shop` without
@@ -211,3 +236,11 @@ class AppArgs(BaseModel):
     def base_data(self) -> str:
         """The dataset the feedback log is merged into when retraining (see ``base_data_dir``)."""
         return self.base_data_dir or self.data_dir
+
+    @model_validator(mode="after")
+    def _limits(self):
+        for scope in ("key", "user"):
+            rate, burst = getattr(self, f"rate_limit_{scope}_per_s"), getattr(self, f"rate_limit_{scope}_burst")
+            if (rate > 0) != (burst > 0):
+                raise ValueError(f"rate_limit_{scope}_per_s and rate_limit_{scope}_burst are both 0 (off) or both > 0")
+        return self

@@ -15,6 +15,10 @@ ranking, filters, the policy's choice and the feedback-log records -- for ``/rec
 * ``metrics``: what it counts (impressions, feedback, clicks and reward by the versions that
   answered, runtime items), :class:`~serving.metrics.Metrics`; records nothing by default.
 
+Per-shopper rate limits and the cap on feedback events per answer (``AppArgs.rate_limit_user_*``,
+``feedback_per_request``; :mod:`serving.ratelimit`) are kept here, in this process: whom a
+``/feedback`` acts for is known only once its request is looked up.
+
 Errors the client caused or should retry are :class:`ServiceError` (an HTTP status and a
 message); the HTTP layer (:mod:`serving.http`) turns them into responses. Unit-tested without
 Ray (``tests/unit/serving/test_service.py``).
@@ -43,6 +47,7 @@ from serving.messages import (
     Slate,
 )
 from serving.metrics import NO_METRICS, Metrics
+from serving.ratelimit import RequestCap, buckets, retry_after
 from serving.schemas import (
     AppArgs,
     FeedbackRequest,
@@ -70,9 +75,9 @@ VERSIONS_KEPT = 50_000
 class ServiceError(Exception):
     """A request the service refuses (4xx) or cannot serve now (503); ``detail`` says why."""
 
-    def __init__(self, status: int, detail: str):
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
         super().__init__(detail)
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.headers = status, detail, headers
 
 
 class Stages(Protocol):
@@ -95,7 +100,9 @@ class StatePort(Protocol):
     async def ping(self) -> bool: ...
 
 
-Append = Callable[[str, list[dict]], Awaitable[None]]  # durably log records of a table, or raise ServiceError(503)
+# durably log records of a table, or raise ServiceError(503); the HTTP edge's append logs them
+# pending, acknowledged only if the request's response is a 2xx (serving.http.Acknowledged)
+Append = Callable[[str, list[dict]], Awaitable[None]]
 
 
 class RecommendService:
@@ -106,6 +113,19 @@ class RecommendService:
         self.versions: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
         self.synced_at = 0.0  # when the runtime items were last pulled from the registry
         self.sync_lock = asyncio.Lock()
+        self.per_user = buckets(args.rate_limit_user_per_s, args.rate_limit_user_burst, args.rate_limit_max_buckets)
+        self.cap = RequestCap(args.feedback_per_request, args.rate_limit_max_buckets) \
+            if args.feedback_per_request else None
+
+    def admit(self, key: str) -> None:
+        """Take a request of shopper ``key`` (``u:``/``s:``) from its bucket; 429 when it is empty."""
+        if self.per_user is None:
+            return
+        wait = self.per_user.take(key)
+        if wait > 0:
+            self.metrics.rate_limited("user")
+            raise ServiceError(429, f"rate limit of this shopper ({self.per_user.describe()}) reached; retry after "
+                                    f"{retry_after(wait)} s", {"Retry-After": retry_after(wait)})
 
     # -- runtime items --------------------------------------------------------------------------
 
@@ -115,7 +135,14 @@ class RecommendService:
         if not force and time.monotonic() - self.synced_at < ITEMS_SYNC_S:
             return
         async with self.sync_lock:
-            for record in await self.stages.since(self.catalog.added):
+            try:
+                records = await self.stages.since(self.catalog.added)
+            except ServiceError:  # the registry is restarting: a routine sync waits for the next one
+                if force:
+                    raise
+                self.synced_at = time.monotonic()
+                return
+            for record in records:
                 self.catalog.add(record)
             self.synced_at = time.monotonic()
         self.metrics.runtime_items(self.catalog.added)
@@ -140,10 +167,12 @@ class RecommendService:
             return UserView(), "unavailable"
 
     async def recommend(self, req: RecommendRequest) -> dict:
-        await self.sync()
         cat, args = self.catalog, self.args
         session = None if req.user_id else (req.session_id or uuid.uuid4().hex)
         key = f"u:{req.user_id}" if req.user_id else f"s:{session}"
+        if req.user_id or req.session_id:  # a new session is no one's yet (the per-key limit holds it)
+            self.admit(key)
+        await self.sync()
         view, state = await self.view(key)
         user, history, times = cat.history_of(req.user_id)
         if req.history:
@@ -173,6 +202,9 @@ class RecommendService:
         live_stages = {known[x]: STAGES[e] for x, e in view.deepest().items() if x in known}
         cands, ranked = await self.stages.retrieve_and_rank(CandidateQuery(history, times, added, inputs), user,
                                                             live_stages)
+        if cands.model_version and cands.model_version != ranked.model_version:  # never answer a mixed pair
+            raise ServiceError(503, f"retrieved by model {cands.model_version!r} but ranked by "
+                                    f"{ranked.model_version!r} (a rollout is under way); retry")
         f = req.filters
         items = cands.items[ranked.order]
         keep = np.array([int(i) not in exclude and cat.allowed(int(i), f.category, f.price_min, f.price_max)
@@ -205,8 +237,8 @@ class RecommendService:
             {"request_id": request_id, "user_id": req.user_id, "context_hash": context_hash,
              "num_candidates": len(item_ids), "item_id": o["item_id"], "position": o["position"],
              "propensity": o["propensity"], "greedy": o["greedy"], "score": o["score"],
-             "model_version": ranked.model_version, "policy_version": slate.policy_version,
-             "timestamp": now} for o in out])
+             "model_version": ranked.model_version, "retriever_version": cands.model_version or None,
+             "policy_version": slate.policy_version, "timestamp": now} for o in out])
         self.metrics.impressions(len(out), ranked.model_version, slate.policy_version)
         self.versions[request_id] = (ranked.model_version, slate.policy_version)
         while len(self.versions) > VERSIONS_KEPT:
@@ -230,31 +262,47 @@ class RecommendService:
 
     # -- /feedback -------------------------------------------------------------------------------
 
-    async def feedback(self, req: FeedbackRequest) -> dict:
+    async def feedback(self, req: FeedbackRequest, identity: str | None = None) -> dict:
         """Accepted only for an item that the request showed; the same (request, item, event)
-        counts once (a repeat answers ``duplicate`` and records nothing)."""
+        counts once (a repeat answers ``duplicate`` and records nothing). ``identity`` (a verified
+        shopper token's ``u:``/``s:`` subject; None: not checked): a request issued for another
+        shopper is refused (403)."""
         if await self.unknown([req.item_id]):
             raise ServiceError(400, f"item_id: unknown item {req.item_id!r}")
         # checked, then logged durably, then recorded: an event whose log write failed (503) or
         # was cut off is not yet "recorded", so the client's retry is not taken for a duplicate
-        # (a retry after a cut between log and record logs it twice: read_feedback de-duplicates)
+        # (a retry after a cut between log and record logs it twice: the HTTP edge acknowledges
+        # only the copy whose 200 went out, and read_feedback counts acknowledged rows once)
         try:
             rec = await self.state.check(req.request_id, req.item_id, req.event)
         except StateUnavailable as exc:
             raise ServiceError(503, f"feedback not recorded, retry later: {exc}") from None
         if rec.outcome is Outcome.UNKNOWN_REQUEST:
             raise ServiceError(404, f"request_id: {req.request_id!r} was not issued by this app (or has expired)")
+        if identity is not None and rec.key != identity:
+            raise ServiceError(403, f"request_id: {req.request_id!r} was issued for another shopper than this "
+                                    "shopper token's")
+        if rec.key is not None:
+            self.admit(rec.key)
         if rec.outcome is Outcome.NOT_SHOWN:
             raise ServiceError(400, f"item_id: request {req.request_id!r} did not show item {req.item_id!r}")
         if rec.outcome is Outcome.DUPLICATE:
             self._count_feedback(req, "duplicate")
             return {"status": "duplicate", "learned": False, "history": False}
-        await self.append("events", [{"request_id": req.request_id, "item_id": req.item_id, "event": req.event,
-                                      "timestamp": time.time()}])
+        if self.cap is not None and not self.cap.reserve(req.request_id):
+            self.metrics.rate_limited("feedback_cap")
+            raise ServiceError(400, f"request_id: {req.request_id!r} has collected the most feedback events one "
+                                    f"answer may ({self.cap.limit}, feedback_per_request)")
+        rec = Recorded(Outcome.UNKNOWN_REQUEST)
         try:
+            await self.append("events", [{"request_id": req.request_id, "item_id": req.item_id, "event": req.event,
+                                          "timestamp": time.time()}])
             rec = await self.state.record(req.request_id, req.item_id, req.event)
         except StateUnavailable as exc:
             raise ServiceError(503, f"feedback logged but not applied, retry: {exc}") from None
+        finally:
+            if self.cap is not None and rec.outcome is not Outcome.RECORDED:  # not recorded: not counted
+                self.cap.release(req.request_id)
         if rec.outcome is Outcome.DUPLICATE:  # a concurrent copy of this event got there first
             self._count_feedback(req, "duplicate")
             return {"status": "duplicate", "learned": False, "history": False}
@@ -378,7 +426,7 @@ class LocalStages:
         def work() -> tuple[CandidateSet, RankedList]:
             cands = self.retrieval.compute(served, q)
             return cands, self.ranking.compute(served, [RankQuery(q.history, cands.items, cands.dense, user,
-                                                                  q.items_version, live_stages)])[0]
+                                                                  q.items_version, live_stages, served.version)])[0]
 
         return await self._run(work)
 

@@ -28,6 +28,7 @@ from serving.index import IndexConfig, VectorIndex
 from serving.messages import (
     CandidateQuery,
     CandidateSet,
+    ModelVersionMismatch,
     PolicyParams,
     PolicyQuery,
     RankedList,
@@ -54,6 +55,10 @@ from training.new_items import rows_table
 log = logging.getLogger(__name__)
 
 Since = Callable[[int], Awaitable[list[dict]]]  # runtime item records from position n on
+# how long a replica keeps the model version a rollout replaced: a request whose candidates the
+# old version retrieved is still ranked by it (a request takes well under a second; the margin
+# covers a slow replica and the other stage's rollout)
+ROLLOUT_GRACE_S = 120.0
 
 
 def history_row(items: np.ndarray, times: np.ndarray | None, num_items: int, default_us: int = 0) -> Interactions:
@@ -95,32 +100,82 @@ class ModelHolder:
     """The served model version plus the runtime items it has applied. :meth:`load` builds a new
     version next to the old one and swaps it in once ready, so requests keep being answered during
     a rollout; runtime items are applied lazily (:meth:`current`), with this model's own towers.
-    ``metrics`` (:mod:`serving.metrics`) gets the index size and the stages' latencies."""
+    The replaced version stays held for ``grace_s`` (a request whose candidates it retrieved is
+    ranked by it: one request, one model version). ``metrics`` (:mod:`serving.metrics`) gets the
+    index size and the stages' latencies."""
 
-    def __init__(self, args: AppArgs, since: Since, with_index: bool, metrics: Metrics = NO_METRICS):
+    def __init__(self, args: AppArgs, since: Since, with_index: bool, metrics: Metrics = NO_METRICS,
+                 grace_s: float = ROLLOUT_GRACE_S):
         self.images = ImageSource(args.image_root, args.image_max_bytes, args.image_max_pixels)
         self.since, self.with_index = since, with_index
         self.index_config = IndexConfig(kind=args.index_kind, ef_search=args.index_ef_search,
                                         ivf_nprobe=args.index_nprobe)
         self.served: ServedModel | None = None
+        self.previous: ServedModel | None = None  # the version :meth:`install` replaced ...
+        self.previous_until = 0.0  # ... held until then (time.monotonic())
+        self.grace_s = grace_s
         self.lock = asyncio.Lock()
         self.metrics = metrics
 
-    def load(self, spec: ModelSpec) -> None:
+    def build(self, spec: ModelSpec) -> ServedModel:
+        """The model of ``spec``, loaded (and indexed) but not yet served: the heavy half of a
+        rollout, safe to run in a worker thread while the current version keeps serving."""
         served = ServedModel(spec, self.images)
         if self.with_index:
             served.index = VectorIndex(served.pipe.stage.retriever.item_vecs.numpy(), self.index_config)
-            self.metrics.index_items(len(served.index))
+        return served
+
+    def install(self, served: ServedModel) -> None:
+        """Serve ``served`` from now on; the version it replaces stays held for ``grace_s``."""
+        old = self.served
+        if old is not None and old.version != served.version:
+            self.previous, self.previous_until = old, time.monotonic() + self.grace_s
         self.served = served
+        if served.index is not None:
+            self.metrics.index_items(len(served.index))
+
+    def load(self, spec: ModelSpec) -> None:
+        self.install(self.build(spec))
+
+    async def catch_up(self) -> None:
+        """Apply every runtime item the registry has to the current model (a replica calls it
+        before it takes traffic, so its first requests do not wait for the registry)."""
+        served = self._loaded()
+        async with self.lock:
+            served.apply(await self.since(served.applied))
+        if self.with_index and served.index is not None:
+            self.metrics.index_items(len(served.index))
 
     def _loaded(self) -> ServedModel:
         if self.served is None:
             raise RuntimeError("no model loaded yet: ModelHolder.load(spec) comes first")
         return self.served
 
-    async def current(self, items_version: int) -> ServedModel:
-        """The current model with at least ``items_version`` runtime items applied."""
+    def held(self) -> tuple[str, ...]:
+        """The versions this holder can answer with, newest first."""
+        current = self._loaded()
+        prev = self.previous
+        if prev is not None and time.monotonic() >= self.previous_until:
+            self.previous = prev = None  # past its grace: its memory goes
+        return (current.version,) if prev is None else (current.version, prev.version)
+
+    def pick(self, version: str | None, strict: bool) -> ServedModel:
+        """The held model of ``version`` (None: the current one). Not held: the current one, or
+        with ``strict`` a :class:`~serving.messages.ModelVersionMismatch`."""
         served = self._loaded()
+        if version is None or version == served.version:
+            return served
+        held = self.held()
+        if version in held and self.previous is not None:
+            return self.previous
+        if strict:
+            raise ModelVersionMismatch(version, held)
+        return served
+
+    async def current(self, items_version: int, version: str | None = None, strict: bool = False) -> ServedModel:
+        """The model of ``version`` (see :meth:`pick`) with at least ``items_version`` runtime
+        items applied."""
+        served = self.pick(version, strict)
         if served.applied < items_version:
             async with self.lock:
                 if served.applied < items_version:
@@ -161,7 +216,7 @@ class Retrieval:
         self.rng = rng or np.random.default_rng()  # exploration candidates: independent per replica
 
     async def candidates(self, q: CandidateQuery) -> CandidateSet:
-        return self.compute(await self.holder.current(q.items_version), q)
+        return self.compute(await self.holder.current(q.items_version, q.model_version), q)
 
     def compute(self, s: ServedModel, q: CandidateQuery) -> CandidateSet:
         """The top ``pipe.k`` unseen items, plus ``q.live.explore`` exploration candidates (a random
@@ -203,7 +258,7 @@ class Retrieval:
                                     bandwidth=live.bandwidth)
         self.holder.metrics.stage("retrieval", time.perf_counter() - started)
         return CandidateSet(found, c.dense[0], policy, vecs[safe],
-                            explore_from=len(retrieved) if live.explore else len(found))
+                            explore_from=len(retrieved) if live.explore else len(found), model_version=s.version)
 
     @staticmethod
     def _search(s: ServedModel, hist: Interactions, k: int):
@@ -229,8 +284,25 @@ class Ranking:
     def __init__(self, holder: ModelHolder):
         self.holder = holder
 
-    async def rank(self, queries: list[RankQuery]) -> list[RankedList]:
-        return self.compute(await self.holder.current(max(q.items_version for q in queries)), queries)
+    async def rank(self, queries: list[RankQuery]) -> list[RankedList | ModelVersionMismatch]:
+        """Each query ranked by the model version that retrieved its candidates
+        (``RankQuery.model_version``); a query whose version is no longer (or not yet) held here
+        gets a :class:`~serving.messages.ModelVersionMismatch` in its place, not a ranking by
+        another model."""
+        out: list[RankedList | ModelVersionMismatch | None] = [None] * len(queries)
+        groups: dict[str | None, list[int]] = {}
+        for i, q in enumerate(queries):
+            groups.setdefault(q.model_version, []).append(i)
+        for version, idx in groups.items():
+            try:
+                served = await self.holder.current(max(queries[i].items_version for i in idx), version, strict=True)
+            except ModelVersionMismatch as exc:
+                for i in idx:
+                    out[i] = exc
+                continue
+            for i, ranked in zip(idx, self.compute(served, [queries[i] for i in idx])):
+                out[i] = ranked
+        return [r for r in out if r is not None]
 
     def compute(self, s: ServedModel, queries: list[RankQuery]) -> list[RankedList]:
         started = time.perf_counter()
@@ -406,6 +478,17 @@ class PolicyCore:
     def close(self) -> None:
         self.stop.set()
         self.checkpoint(only_if_changed=True)
+
+
+FALLBACK_POLICY = "ranker-order"  # the policy_version of answers given while the policy was unreachable
+
+
+def ranker_order(q: PolicyQuery) -> Slate:
+    """The slate without the policy: the first ``k`` candidates in the ranker's order, each
+    chosen with certainty (propensity 1, greedy) -- what the Ingress answers while the single
+    Policy replica restarts. Its ``policy_version`` says so in the answer and the log."""
+    n = min(q.k, len(q.item_ids))
+    return Slate(FALLBACK_POLICY, [SlotChoice(j, j, 1.0, True) for j in range(n)])
 
 
 def choose_slate(policy: LinUCBPolicy, q: PolicyQuery, version: str) -> tuple[Slate, dict[str, np.ndarray]]:

@@ -68,8 +68,8 @@ class StateAccess:
     def __init__(self, args: AppArgs, handle: DeploymentHandle | None):
         self.timeout = args.state_timeout_s
         self.handle = handle
-        self.redis = RedisUserState(state_config(args), args.redis_url, timeout_s=args.state_timeout_s) \
-            if args.user_state == "redis" else None
+        self.redis = RedisUserState(state_config(args), args.redis_url, timeout_s=args.state_timeout_s,
+                                    password_env=args.redis_password_env) if args.user_state == "redis" else None
 
     async def _call(self, name: str, *a):
         try:

@@ -25,7 +25,12 @@ prepared dataset's catalogue, customers and pictures without a model); the page 
 ``/shop/api/info`` which it is and shows recommendations only over the live app.
 
 The page, its assets and the images are open (the Guard lets them through: product pictures are
-public); the ``/shop/api`` helpers need a shopper key like the API itself when keys are on.
+public); the ``/shop/api`` helpers need a shopper key like the API itself when keys are on. The
+shopper picker (``/shop/api/users`` and a user's history) is for the keyless demo and the
+browse-only window: over a live app with API keys or shopper tokens (the app's
+``shoppers_private()``) it answers 403, since a shopper key would otherwise list the shop's
+customers and read their histories; ``/shop/api/info`` says ``shopper_picker: false`` and the
+page then shows an anonymous session only.
 Plain FastAPI, no Ray.
 """
 
@@ -59,7 +64,7 @@ IMAGE_CACHE_BYTES = 64 * 1024 * 1024  # pictures kept per replica unless configu
 MAX_CARDS = 100
 NO_IMAGE = "no image for this id"  # the one 404 of /shop/images: unknown id, no picture, unreadable file
 
-router = APIRouter(prefix="/shop", include_in_schema=False)
+router = APIRouter(prefix="/shop", tags=["shop window"])  # its helpers are documented (and fuzzed); the page is not
 MAX_SHOPPERS = 100  # the most shoppers the picker may list (GET /shop/api/users?limit=)
 MAX_CATEGORIES = 200  # the most categories GET /shop/api/info lists (the largest first)
 
@@ -282,6 +287,22 @@ class Window:
         return hit
 
 
+def _lists_shoppers(request: Request) -> bool:
+    """Whether this window may list shoppers and show their histories (see the module's docstring)."""
+    state = request.app.state
+    window = getattr(state, "shop_window", None)
+    if window is not None and not window.live:
+        return True  # a browse-only window: a dataset's customers, no app to act on
+    private = getattr(state, "shoppers_private", None)
+    return private is None or not private()
+
+
+def _picker(request: Request) -> None:
+    if not _lists_shoppers(request):
+        raise HTTPException(403, "the shopper picker is for the keyless demo only: with API keys or shopper tokens "
+                                 "this app does not list shoppers or show their histories")
+
+
 def _quote(item_id: str) -> str:
     from urllib.parse import quote
 
@@ -327,7 +348,7 @@ async def info(request: Request) -> dict:
     items, of items with a picture and of known shoppers, and the categories, largest first."""
     window = _window(request)
     await window.learn_runtime_images()
-    return window.info()
+    return {**window.info(), "shopper_picker": _lists_shoppers(request)}
 
 
 @router.get("/api/catalogue")
@@ -347,12 +368,14 @@ async def catalogue(request: Request, offset: int = Query(0, ge=0, le=100_000_00
 @router.get("/api/users")
 async def users(request: Request, limit: int = Query(12, ge=1, le=MAX_SHOPPERS)) -> dict:
     """Known shoppers with a history, the longest histories first (the page's picker)."""
+    _picker(request)
     return {"users": _window(request).shoppers()[:limit]}
 
 
 @router.get("/api/users/{user_id}/history")
 async def history(user_id: str, request: Request, limit: int = Query(6, ge=1, le=50)) -> dict:
     """The user's newest dataset items (what "because you saw ..." points at), newest first."""
+    _picker(request)
     window = _window(request)
     user, items, _ = window.service.catalog.history_of(user_id)
     if user is None:

@@ -5,6 +5,7 @@ every Ingress replica reads and writes the same Redis."""
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from serving.user_state import (
@@ -38,14 +39,18 @@ return {'recorded', key}
 class RedisUserState:
     """The Redis backend (``redis://host:port/db``): ``<prefix>h:<key>`` a list of events,
     ``<prefix>sh:<key>`` a list of answers, ``<prefix>r:<request>`` the request, ``<prefix>d:<request>``
-    the set of recorded (item, event) pairs. Sessions and requests expire by Redis TTLs."""
+    the set of recorded (item, event) pairs. Sessions and requests expire by Redis TTLs.
 
-    def __init__(self, config: UserStateConfig, url: str, prefix: str = "raycart:", timeout_s: float = 0.5):
+    ``password_env`` names an environment variable that holds the server's password (on Kubernetes,
+    set from a Secret), read here, when the client is made, so no password sits in the app's config."""
+
+    def __init__(self, config: UserStateConfig, url: str, prefix: str = "raycart:", timeout_s: float = 0.5,
+                 password_env: str | None = None):
         import redis
 
         self.config, self.prefix = config, prefix
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                           decode_responses=True)
+                                           decode_responses=True, password=password_from_env(password_env))
         self._record = self.client.register_script(_RECORD)
 
     def _ttl(self, key: str) -> int | None:
@@ -100,3 +105,15 @@ class RedisUserState:
 
     def close(self) -> None:
         self.client.close()
+
+
+def password_from_env(name: str | None) -> str | None:
+    """The value of the environment variable ``name`` (None when no variable is named); an unset or
+    empty variable is an error naming it, not a silent connection without a password."""
+    if name is None:
+        return None
+    value = os.environ.get(name)
+    if not value:
+        raise ValueError(f"redis_password_env names ${name}, which is {'empty' if value == '' else 'not set'} "
+                         "in this process's environment")
+    return value

@@ -6,8 +6,10 @@
 const K = 8;
 const $ = (id) => document.getElementById(id);
 const SHELF = 24; // catalogue cards per page (browse-only window)
-const state = { requestId: null, items: [], cards: {}, sessionId: null, user: "", seq: 0, browse: false,
-                shelfSeq: 0 };
+// sessionToken: the shopper token of this page's anonymous session (an app with shopper tokens on
+// mints one with each new session)
+const state = { requestId: null, items: [], cards: {}, sessionId: null, sessionToken: null, user: "", seq: 0,
+                browse: false, shelfSeq: 0 };
 
 function el(tag, cls, text) {
   const node = document.createElement(tag);
@@ -20,6 +22,7 @@ function headers(admin) {
   const h = { "content-type": "application/json" };
   const key = (admin ? $("admin-key").value : "") || $("shopper-key").value;
   if (key) h["x-api-key"] = key.trim();
+  if (state.sessionToken && !state.user) h["x-shopper-token"] = state.sessionToken;
   return h;
 }
 
@@ -133,6 +136,7 @@ async function recommend(note) {
   else if (state.sessionId) body.session_id = state.sessionId;
   const rec = await call("POST", "/recommend", body);
   if (rec.session_id) state.sessionId = rec.session_id;
+  if (rec.session_token) state.sessionToken = rec.session_token;
   const ids = rec.items.map((i) => i.item_id);
   const because = rec.items.map((i) => i.reason && i.reason.because_you_saw).filter(Boolean);
   await cardsFor([...ids, ...because]);
@@ -141,6 +145,8 @@ async function recommend(note) {
   const grid = $("cards");
   grid.replaceChildren(...rec.items.map((i) => renderCard(i, state.cards[i.item_id], before.size > 0 && !before.has(i.item_id))));
   grid.dataset.requestId = rec.request_id;
+  grid.dataset.shopper = state.user || "anonymous"; // whose answer the cards are
+  grid.removeAttribute("aria-busy");
   $("model-version").textContent = rec.model_version;
   $("policy-version").textContent = rec.policy_version;
   $("state").textContent = `${rec.state}, ${rec.live_history} live event(s)` + (rec.explore_harder ? ", exploring harder" : "");
@@ -276,6 +282,13 @@ async function pickShopper() {
   state.seq += 1;
   $("who").textContent = state.user ? `shopper ${state.user}` : "an anonymous session";
   $("change").hidden = true;
+  // the last shopper's cards go at once: a page never shows one shopper's answer under another's name
+  const grid = $("cards");
+  grid.replaceChildren();
+  delete grid.dataset.shopper;
+  delete grid.dataset.requestId;
+  grid.setAttribute("aria-busy", "true");
+  if (!state.browse) say(`Asking for ${state.user ? "shopper " + state.user : "an anonymous session"}'s recommendations...`);
   try {
     await history();
     if (!state.browse) await recommend(null);
@@ -349,7 +362,10 @@ async function loadShoppers() {
     state.browse = info.mode === "browse";
     document.body.classList.toggle("browse", state.browse);
     if (state.browse) browseMode(info);
-    const r = await call("GET", "/shop/api/users?limit=20");
+    // with API keys or shopper tokens the app lists no shoppers: this page is an anonymous session
+    const picker = info.shopper_picker !== false;
+    $("shopper-picker").hidden = !picker;
+    const r = picker ? await call("GET", "/shop/api/users?limit=20") : { users: [] };
     const select = $("shopper");
     while (select.options.length > 1) select.remove(1); // keep the anonymous-session option
     for (const u of r.users) {

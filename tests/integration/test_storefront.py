@@ -18,6 +18,9 @@ from training.data.feedback import read_feedback
 
 pytestmark = pytest.mark.integration
 
+# the page shows this shopper's answer: its 8 cards, marked as theirs, every picture loaded
+ANSWER_FOR = ("user => { const g = document.getElementById('cards'); return g.dataset.shopper === user && "
+              "g.querySelectorAll('.card').length === 8 && [...document.images].every(i => i.complete); }")
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +85,9 @@ def test_page_in_chromium_shows_cards_and_buy_changes_the_answer(shop_app, tmp_p
         page.wait_for_selector("body[data-ready='1']", timeout=30_000)
         page.select_option("#shopper", user)
         page.wait_for_function(f"document.getElementById('who').textContent.includes('{user}')")
-        page.wait_for_function("document.querySelectorAll('#cards .card').length === 8 && "
-                               "[...document.images].every(i => i.complete)", timeout=30_000)
+        # the anonymous session's cards go at once; wait for this shopper's own answer
+        assert page.evaluate("document.getElementById('cards').dataset.shopper") != user
+        page.wait_for_function(ANSWER_FOR, arg=user, timeout=30_000)
         before = shown(page)
         assert len(set(before["items"])) == 8
         assert before["broken"] == [] and before["images"] >= 8, before
@@ -129,8 +133,7 @@ def test_page_in_chromium_shows_cards_and_buy_changes_the_answer(shop_app, tmp_p
         phone.goto(url + "/shop", wait_until="load", timeout=30_000)
         phone.wait_for_selector("body[data-ready='1']", timeout=30_000)
         phone.select_option("#shopper", user)
-        phone.wait_for_function("document.querySelectorAll('#cards .card').length === 8 && "
-                                "[...document.images].every(i => i.complete)", timeout=30_000)
+        phone.wait_for_function(ANSWER_FOR, arg=user, timeout=30_000)
         assert shown(phone)["broken"] == []
         width = phone.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], f"the page scrolls sideways on a phone: {width}px"

@@ -2,15 +2,17 @@
 
 - Every file under cluster/ is validated: the KubeRay custom resources against KubeRay's own CRD
   schemas (../shared/kuberay/crds, the v1 ``openAPIV3Schema``), the NetworkPolicies against the
-  ingress-rule and label-selector schemas those CRDs embed, every Serve config with Ray Serve's own
-  ``ServeDeploySchema``. As the API server does, schema defaults are filled in before validating;
+  ingress-rule and label-selector schemas those CRDs embed, the user-state Redis's Service and
+  StatefulSet against the Service, PodTemplateSpec and claim-template schemas they embed, every
+  Serve config with Ray Serve's own ``ServeDeploySchema``. As the API server does, schema defaults are filled in before validating;
   ``x-kubernetes-int-or-string`` is integer-or-string and other ``x-kubernetes-*`` keys are ignored.
 - Kubernetes *prunes* fields a structural schema does not declare -- a misspelt ``rayStartParam``
   is silently dropped, not refused -- and Serve ignores unknown keys too. So validation is strict
   here: a property the schema does not declare fails. The negative tests prove the validator fails.
 - Ray token auth is on in every Ray cluster; the NetworkPolicies cover every Ray cluster, admit Ray's
   ports only from the cluster itself, an admin namespace (and a RayJob's submitter), and only the
-  Serve port 8000 from anywhere; the feedback WAL and the API keys are mounted where the app looks.
+  Serve port 8000 from anywhere; the API keys are mounted where the app looks (the pods' hardening,
+  hostPath, S3 roles and the user-state Redis: test_cluster_hardening.py).
 No Ray cluster and no Kubernetes: pure Python.
 """
 
@@ -158,6 +160,49 @@ def network_policy_schema() -> dict:
     }
 
 
+def _object_meta() -> dict:
+    return crd_schema("RayService")["properties"]["spec"]["properties"]["serveService"]["properties"]["metadata"]
+
+
+def service_schema() -> dict:
+    """v1 Service: the full Service schema KubeRay's RayService CRD embeds (``spec.serveService``)."""
+    service = copy.deepcopy(crd_schema("RayService")["properties"]["spec"]["properties"]["serveService"])
+    service["properties"].pop("status")
+    service["required"] = ["apiVersion", "kind", "metadata", "spec"]
+    service["properties"]["apiVersion"] = {"type": "string", "enum": ["v1"]}
+    service["properties"]["kind"] = {"type": "string", "enum": ["Service"]}
+    return service
+
+
+def stateful_set_schema() -> dict:
+    """apps/v1 StatefulSet: its pod template is the PodTemplateSpec schema of the RayCluster CRD
+    (``headGroupSpec.template``), its volume claim templates the PersistentVolumeClaimTemplate of
+    the ephemeral-volume schema there; the StatefulSetSpec fields around them are written out here
+    from the Kubernetes API reference (the fields these manifests may use)."""
+    template = raycluster_spec_schema()["properties"]["headGroupSpec"]["properties"]["template"]
+    volume = template["properties"]["spec"]["properties"]["volumes"]["items"]
+    claim = volume["properties"]["ephemeral"]["properties"]["volumeClaimTemplate"]
+    label_selector = raycluster_spec_schema()["properties"]["networkPolicy"]["properties"]["head"]["properties"][
+        "ingressRules"]["items"]["properties"]["from"]["items"]["properties"]["podSelector"]
+    return {
+        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"type": "string", "enum": ["apps/v1"]},
+            "kind": {"type": "string", "enum": ["StatefulSet"]},
+            "metadata": _object_meta(),
+            "spec": {"type": "object", "required": ["selector", "template"],
+                     "properties": {"replicas": {"type": "integer", "minimum": 0},
+                                    "selector": label_selector,
+                                    "serviceName": {"type": "string"},
+                                    "template": template,
+                                    "volumeClaimTemplates": {"type": "array", "items": claim},
+                                    "podManagementPolicy": {"type": "string", "enum": ["OrderedReady", "Parallel"]},
+                                    "minReadySeconds": {"type": "integer", "minimum": 0},
+                                    "revisionHistoryLimit": {"type": "integer", "minimum": 0}}},
+        },
+    }
+
+
 # --- Ray Serve configs -----------------------------------------------------------------------------
 
 def _models_in(annotation) -> list[type[pydantic.BaseModel]]:
@@ -290,6 +335,18 @@ def test_a_broken_manifest_fails_validation():
     assert any("'headGroupSpec' is a required property" in e
                for e in schema_errors(no_head["spec"]["rayClusterConfig"], spec_schema, strict=False))
 
+    service_doc, stateful_set = yaml.safe_load_all((CLUSTER / "redis-user-state.yaml").read_text())
+    assert schema_errors(stateful_set, stateful_set_schema()) == [] and schema_errors(service_doc, service_schema()) == []
+    misspelt = copy.deepcopy(stateful_set)
+    misspelt["spec"]["serviceNam"] = misspelt["spec"].pop("serviceName")
+    misspelt["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsNonroot"] = True
+    misspelt["spec"]["volumeClaimTemplates"][0]["spec"]["accesModes"] = ["ReadWriteOnce"]
+    assert {e.split(": ")[0] for e in schema_errors(misspelt, stateful_set_schema())} == {
+        "spec", "spec/template/spec/containers/0/securityContext", "spec/volumeClaimTemplates/0/spec"}
+    wrong_type = copy.deepcopy(service_doc)
+    wrong_type["spec"]["ports"][0]["port"] = "redis"
+    assert schema_errors(wrong_type, service_schema()) == ["spec/ports/0/port: 'redis' is not of type 'integer'"]
+
     config = yaml.safe_load(service["spec"]["serveConfigV2"])
     assert serve_config_errors(config) == []
     misspelt_option = copy.deepcopy(config)
@@ -318,12 +375,17 @@ def test_every_manifest_validates():
             assert schema_errors(cluster_spec(doc), raycluster_spec_schema()) == [], f"{name}: RayCluster spec"
         elif kind == "NetworkPolicy":
             assert schema_errors(doc, network_policy_schema()) == [], f"{name}: {doc['metadata']['name']}"
+        elif kind == "Service":
+            assert schema_errors(doc, service_schema()) == [], f"{name}: {doc['metadata']['name']}"
+        elif kind == "StatefulSet":
+            assert schema_errors(doc, stateful_set_schema()) == [], f"{name}: {doc['metadata']['name']}"
         elif kind is None and "applications" in doc:
             assert serve_config_errors(doc) == [], name
         else:
             pytest.fail(f"{name}: a {kind or 'kind-less'} document this test does not know how to validate")
         seen.add(name)
-    assert {"rayservice.yaml", "rayjob-train.yaml", "rayjob-tune.yaml", "serve.yaml", "network-policy.yaml"} <= seen
+    assert {"rayservice.yaml", "rayjob-train.yaml", "rayjob-tune.yaml", "serve.yaml", "network-policy.yaml",
+            "redis-user-state.yaml"} <= seen
 
 
 def test_every_serve_config_validates_and_the_rayservice_embeds_serve_yaml():
@@ -439,15 +501,12 @@ def _mount_of(template: dict, container_path: str) -> tuple[dict, dict]:
     return mount, volumes[mount["name"]]
 
 
-def test_the_wal_and_the_api_keys_are_mounted_where_the_app_looks():
+def test_the_api_keys_are_mounted_where_the_app_looks():
     service = manifest("rayservice.yaml")
     (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
-    wal_dir, keys_file = app["args"]["wal_dir"], app["args"]["api_keys_file"]
-    assert wal_dir == "/var/lib/raycart/wal" and keys_file == "/etc/raycart/api-keys/keys"
+    keys_file = app["args"]["api_keys_file"]
+    assert keys_file == "/etc/raycart/api-keys/keys"
     for template in pod_templates(service["spec"]["rayClusterConfig"]):
-        mount, volume = _mount_of(template, wal_dir)
-        assert volume.get("hostPath") == {"path": "/var/lib/raycart", "type": "DirectoryOrCreate"}
-        assert not mount.get("readOnly")
         mount, volume = _mount_of(template, keys_file)
         assert mount.get("readOnly") is True
         secret = volume["secret"]

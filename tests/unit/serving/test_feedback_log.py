@@ -7,8 +7,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from serving.feedback_log import FeedbackLog, FeedbackLogConfig
-from training.data.feedback import read_feedback
+from training.data.feedback import count_rows, read_feedback
+from training.errors import DataError
 
 
 def _event(i: int) -> dict:
@@ -148,10 +151,11 @@ def test_readers_see_each_record_once(tmp_path):
     assert read_feedback(str(tmp_path / "log"), "events", dedupe=False).num_rows == 3
 
 
-def test_a_segment_that_never_publishes_does_not_block_the_others(tmp_path, monkeypatch):
+def test_a_segment_that_never_publishes_does_not_block_the_others(tmp_path, monkeypatch, caplog):
     import serving.feedback_log as fl
 
     monkeypatch.setattr(fl, "QUARANTINE_AFTER", 2)
+    caplog.set_level("WARNING", "serving.feedback_log")
     (tmp_path / "wal" / "w" / "00000000000000000001-bad.jsonl").mkdir(parents=True)  # unreadable as a file
     (tmp_path / "wal" / "lost+found").mkdir()  # not a writer folder: left alone
     log = FeedbackLog(FeedbackLogConfig(root=str(tmp_path / "log"), wal_dir=str(tmp_path / "wal"), flush_rows=1,
@@ -166,7 +170,61 @@ def test_a_segment_that_never_publishes_does_not_block_the_others(tmp_path, monk
     log.seal()
     log.publish()
     assert log.health()["ok"]
-    assert (tmp_path / "wal" / ".quarantine" / "w-00000000000000000001-bad.jsonl").exists()
+    aside = tmp_path / "wal" / ".quarantine" / "w-00000000000000000001-bad.jsonl"
+    assert aside.exists()
+    assert any(str(aside) in r.getMessage() for r in caplog.records)  # never set aside silently
     assert (tmp_path / "wal" / "lost+found").exists()
     log.close()
     assert sorted(read_feedback(str(tmp_path / "log"), "events")["request_id"].to_pylist()) == ["r0", "r1", "r2"]
+
+
+def test_only_acknowledged_records_count_and_a_writer_that_died_before_its_ack_leaves_none(tmp_path):
+    root = str(tmp_path / "log")
+    cfg = FeedbackLogConfig(root=root, wal_dir=str(tmp_path / "wal"), flush_rows=1000, flush_seconds=3600)
+    log = FeedbackLog(cfg, "w")
+    log.append_many("events", [_event(1)], ack_id="a1")
+    log.ack(["a1"])  # same segment: stored acknowledged, no ack row
+    log.append_many("events", [_event(2)], ack_id="a2")
+    log.seal()
+    log.ack(["a2"])  # its ack in the next segment: kept in the acks table
+    log.append_many("events", [_event(3)], ack_id="a3")  # answered, then killed before the ack
+    log.append("events", _event(4))  # no ack id: acknowledged when on disk
+    log._fh.close()  # killed: the lock goes with the process, nothing is closed or published
+    log._lock.close()
+    FeedbackLog(cfg, "w").close()  # the replacement publishes what the WAL holds
+    assert sorted(read_feedback(root, "events")["request_id"].to_pylist()) == ["r1", "r2", "r4"]
+    assert read_feedback(root, "events", acknowledged=False).num_rows == 4  # r3 was logged, never acknowledged
+    assert count_rows(root, "acks") == 1
+
+
+def test_a_quarantined_segment_is_logged_by_path_counted_and_republished_once_fixed(tmp_path, caplog):
+    import argparse
+
+    from serving.republish import register
+
+    root, wal = tmp_path / "log", tmp_path / "wal"
+    bad = wal / ".quarantine" / "w-00000000000000000001-bad.jsonl"
+    bad.mkdir(parents=True)  # what got it quarantined: unreadable as a file
+    with caplog.at_level("WARNING", "serving.feedback_log"):
+        log = FeedbackLog(FeedbackLogConfig(root=str(root), wal_dir=str(wal)), "w")
+    assert log.health()["quarantined_segments"] == 1
+    assert any(str(bad) in r.getMessage() and "raycart republish" in r.getMessage() for r in caplog.records)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["republish", "--feedback", str(root), "--wal-dir", str(wal)])
+    assert args.func(args) == 1 and bad.exists()  # still broken: kept, and the command says so
+    bad.rmdir()
+    bad.write_text('{"table": "events", "request_id": "r7", "item_id": "A", "event": "view", "timestamp": null}\n')
+    assert args.func(args) == 0
+    assert read_feedback(str(root), "events")["request_id"].to_pylist() == ["r7"]
+    assert log.health()["quarantined_segments"] == 0 and not bad.exists()
+    assert args.func(args) == 0  # nothing left: a no-op
+    log.close()
+    missing = parser.parse_args(["republish", "--wal-dir", str(tmp_path / "nope")])
+    with pytest.raises(DataError, match="nope"):
+        missing.func(missing)
+
+
+def test_the_republish_command_imports_no_ray():
+    code = "import sys, serving.republish, serving.feedback_log; assert 'ray' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[3])

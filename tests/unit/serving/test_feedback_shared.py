@@ -59,22 +59,116 @@ def test_concurrent_appends_share_group_commits(tmp_path):
     assert sorted(ids) == sorted(f"r{t * 1000 + i}" for t in range(n_threads) for i in range(per_thread))
 
 
-def test_a_stopped_writers_records_are_published_by_another(tmp_path):
-    cfg = SharedLogConfig(root=str(tmp_path / "log"), flush_rows=1000, flush_seconds=3600, heartbeat_s=3600,
-                          dead_after_s=0.2, adopt_every_s=0.0)
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _lose(log: SharedFeedbackLog) -> None:
+    """Its machine is gone: no more heartbeats, no close."""
+    log.stop_beating.set()
+    log.heart.join()
+    log.closed = True
+
+
+def _wait_for_beats(log: SharedFeedbackLog, more: int) -> None:
+    target = log.beats + more
+    deadline = time.monotonic() + 5
+    while log.beats < target:
+        assert time.monotonic() < deadline, "the heartbeat thread stopped beating"
+        time.sleep(0.01)
+
+
+def test_a_stopped_writers_records_are_published_after_the_margin_and_not_before(tmp_path):
+    cfg = SharedLogConfig(root=str(tmp_path / "log"), flush_rows=1000, flush_seconds=3600, heartbeat_s=0.01,
+                          dead_after_s=60, adopt_every_s=0.0)
     lost = SharedFeedbackLog(cfg, "lost")
     for i in range(5):
         lost.append("events", _event(i))  # acknowledged: in shared storage, never published by "lost"
-    lost.closed = True  # its machine is gone: no more heartbeats, no close
-    live = SharedFeedbackLog(SharedLogConfig(**{**cfg.__dict__, "dead_after_s": 3600}), "live")
-    assert live.tick() == 0  # "lost" beat less than dead_after_s ago for this writer: alive, left alone
-    live.close()
-    time.sleep(0.3)  # past dead_after_s
-    adopter = SharedFeedbackLog(cfg, "adopter")  # adopts on start
-    assert adopter.recovered == 5 and adopter.adopted_writers == 1
+    _lose(lost)
+    clock = Clock()
+    adopter = SharedFeedbackLog(cfg, "adopter", clock=clock)
+    assert adopter.recovered == 0  # first sight of "lost": watched from now on, not judged
+    clock.now += 59
+    assert adopter.tick() == 0 and (tmp_path / "log" / "_wal" / "lost").exists()  # not yet past the margin
+    clock.now += 2
+    assert adopter.tick() == 5 and adopter.adopted_writers == 1
     assert not (tmp_path / "log" / "_wal" / "lost").exists()
     assert sorted(read_feedback(str(tmp_path / "log"), "events")["request_id"].to_pylist()) == [f"r{i}" for i in range(5)]
     adopter.close()
+
+
+def test_a_writer_whose_publisher_is_stuck_keeps_beating_and_is_not_adopted(tmp_path, monkeypatch):
+    import serving.feedback_shared as shared
+
+    stuck, real = threading.Event(), shared.write_parts
+
+    def write_parts(root, by_table, name):  # the upload of writer "busy" hangs (an S3 stall)
+        if name.startswith("busy-"):
+            assert stuck.wait(10)
+        return real(root, by_table, name)
+
+    monkeypatch.setattr(shared, "write_parts", write_parts)
+    cfg = SharedLogConfig(root=str(tmp_path / "log"), flush_rows=1, flush_seconds=3600, heartbeat_s=0.01,
+                          dead_after_s=60, adopt_every_s=0.0)
+    busy = SharedFeedbackLog(cfg, "busy")
+    busy.append("events", _event(1))
+    publisher = threading.Thread(target=busy.tick)  # its publisher: stuck in the upload
+    publisher.start()
+    clock = Clock()
+    watcher = SharedFeedbackLog(cfg, "watcher", clock=clock)
+    for _ in range(3):  # minutes by the watcher's clock, heartbeats all along
+        clock.now += 61
+        _wait_for_beats(busy, 2)
+        watcher.tick()
+    assert publisher.is_alive()  # still stuck
+    assert watcher.adopted_writers == 0 and (tmp_path / "log" / "_wal" / "busy").exists()
+    stuck.set()
+    publisher.join()
+    busy.close()
+    watcher.close()
+    assert read_feedback(str(tmp_path / "log"), "events")["request_id"].to_pylist() == ["r1"]
+
+
+def test_a_writer_with_a_skewed_clock_is_not_adopted(tmp_path):
+    cfg = SharedLogConfig(root=str(tmp_path / "log"), flush_rows=1000, flush_seconds=3600, heartbeat_s=0.01,
+                          dead_after_s=60, adopt_every_s=0.0)
+    behind = SharedFeedbackLog(cfg, "behind", wall=lambda: time.time() - 3600)  # its node's clock: an hour slow
+    ahead = SharedFeedbackLog(cfg, "ahead", wall=lambda: time.time() + 3600)
+    behind.append("events", _event(1))
+    clock = Clock()
+    watcher = SharedFeedbackLog(cfg, "watcher", clock=clock)
+    for _ in range(2):
+        clock.now += 61
+        _wait_for_beats(behind, 2)
+        _wait_for_beats(ahead, 2)
+        watcher.tick()
+    assert watcher.adopted_writers == 0
+    assert (tmp_path / "log" / "_wal" / "behind").exists() and (tmp_path / "log" / "_wal" / "ahead").exists()
+    for log in (behind, ahead, watcher):
+        log.close()
+
+
+def test_the_margin_must_leave_room_for_a_heartbeat():
+    with pytest.raises(ValueError, match="heartbeat_s"):
+        SharedLogConfig(root="x", heartbeat_s=30, dead_after_s=30)
+    assert SharedLogConfig(root="x").dead_after_s >= 30 + 2 * SharedLogConfig(root="x").heartbeat_s
+
+
+def test_records_count_once_their_ack_is_committed(tmp_path):
+    log = SharedFeedbackLog(SharedLogConfig(root=str(tmp_path / "log"), flush_rows=1000, flush_seconds=3600), "w1")
+    log.append_many("events", [_event(1)], ack_id="a1")
+    log.append_many("events", [_event(2)], ack_id="a2")  # its request failed: never acknowledged
+    log.ack(["a1"])  # joins the next group commit, nobody waits for it
+    log.close()
+    root = str(tmp_path / "log")
+    assert read_feedback(root, "events")["request_id"].to_pylist() == ["r1"]
+    assert read_feedback(root, "events", acknowledged=False).num_rows == 2
 
 
 def test_a_failed_commit_acknowledges_nothing(tmp_path):

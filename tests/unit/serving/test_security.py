@@ -1,5 +1,6 @@
 """The HTTP guard (no Ray): API keys and roles (every route of the app's table), keys re-read when
-their file changes, nothing keyless unless loopback is trusted, body cap, deadline."""
+their file changes, nothing keyless unless loopback is trusted, body cap, deadline; and over the
+real app: signed shopper tokens, rate limits per key and per shopper, the feedback cap."""
 
 import asyncio
 import hashlib
@@ -11,6 +12,7 @@ import re
 import pytest
 from starlette.testclient import TestClient
 
+from serving.identity import ShopperTokens
 from serving.security import ApiKeys, Guard, GuardSettings, KeyFileError
 
 SHOP, ADMIN = "shopper-key-0123456789", "admin-key-0123456789ab"
@@ -260,3 +262,145 @@ def test_roles_follow_the_routed_path_under_a_route_prefix(tmp_path):
              "headers": []}
     asyncio.run(Guard(_echo, g)(scope, receive, send))
     assert sent[0]["status"] == 200  # the probe stays open under the prefix
+
+
+# -- shopper identity and rate limits over the real app (serving.identity, serving.ratelimit) ---------
+
+
+TOKEN_SECRET = b"token-secret-token-secret-0123456789"
+
+
+@pytest.fixture
+def live(tmp_path):
+    """``make(**app_args)``: (TestClient over serving.http's app configured with them, the test App,
+    the metrics it records, the token minter); the edge's settings are put back afterwards."""
+    from starlette.testclient import TestClient
+    from test_service import App
+    from test_serving_metrics import Recorded
+
+    from serving import http
+    from serving.metrics import Metrics
+
+    (tmp_path / "secret").write_bytes(TOKEN_SECRET)
+    edges = []
+
+    def make(**extra):
+        app = App(tmp_path, policy_epsilon=0.0, explore_candidates=0, stale_alpha=0.0, trust_loopback=True, **extra)
+        sink = Recorded()
+        app.service.metrics = Metrics(sink)
+        edges.append(http.EdgeLog(app.log))
+        api = http.configure(http.Runtime(app.service, edges[-1]), app.args)
+        client = TestClient(api, base_url="http://127.0.0.1", client=("127.0.0.1", 5000))
+        return client, app, sink, ShopperTokens(TOKEN_SECRET)
+
+    yield make
+    for edge in edges:
+        edge.stop.set()
+    http.GUARD.keys, http.SHOPPERS.tokens, http.LIMITS.buckets = ApiKeys(), None, None
+
+
+def test_with_tokens_a_shopper_acts_only_for_the_user_its_token_names(live, tmp_path):
+    client, _, _, tokens = live(shopper_token_secret_file=str(tmp_path / "secret"))
+
+    def rec(token, user="u1"):
+        headers = {"X-Shopper-Token": token} if token is not None else {}
+        return client.post("/recommend", json={"user_id": user, "k": 3}, headers=headers)
+
+    assert rec(tokens.mint("u:u1", 60)).status_code == 200
+    for token, status, needle in [(None, 401, "missing shopper token"), ("v1.forged.token", 401, "signature"),
+                                  (tokens.mint("u:u1", 60, now=0), 401, "expired"),
+                                  (ShopperTokens(b"x" * 32).mint("u:u1", 60), 401, "signature"),
+                                  (tokens.mint("u:u2", 60), 403, "not for user_id 'u1'")]:
+        r = rec(token)
+        assert r.status_code == status and needle in r.json()["detail"], (token, r.text)
+    assert rec(None).headers["www-authenticate"].startswith("ShopperToken")
+
+
+def test_with_tokens_an_anonymous_session_is_bound_to_the_token_the_app_mints(live, tmp_path):
+    client, _, _, tokens = live(shopper_token_secret_file=str(tmp_path / "secret"))
+    first = client.post("/recommend", json={"k": 3}).json()  # a new session: no token needed
+    sid = first["session_id"]
+    assert tokens.verify(first["session_token"]) == f"s:{sid}"
+    own = {"X-Shopper-Token": first["session_token"]}
+    assert client.post("/recommend", json={"session_id": sid, "k": 3}).status_code == 401
+    assert client.post("/recommend", json={"session_id": sid, "k": 3}, headers=own).status_code == 200
+    r = client.post("/recommend", json={"session_id": "someone-else", "k": 3}, headers=own)
+    assert r.status_code == 403 and "session_id" in r.json()["detail"]
+    fb = {"request_id": first["request_id"], "item_id": first["items"][0]["item_id"], "event": "click"}
+    assert client.post("/feedback", json=fb).status_code == 401
+    assert client.post("/feedback", json=fb, headers={"X-Shopper-Token": tokens.mint("s:other", 60)}).status_code == 403
+    assert client.post("/feedback", json=fb, headers=own).json()["status"] == "recorded"
+
+
+def test_with_tokens_feedback_on_another_shoppers_request_is_refused(live, tmp_path):
+    client, app, _, tokens = live(shopper_token_secret_file=str(tmp_path / "secret"))
+    victim, attacker = {"X-Shopper-Token": tokens.mint("u:u1", 60)}, {"X-Shopper-Token": tokens.mint("u:u2", 60)}
+    shown = client.post("/recommend", json={"user_id": "u1", "k": 3}, headers=victim).json()
+    fb = {"request_id": shown["request_id"], "item_id": shown["items"][0]["item_id"], "event": "purchase"}
+    r = client.post("/feedback", json=fb, headers=attacker)
+    assert r.status_code == 403 and "another shopper" in r.json()["detail"]
+    assert app.service.state.state.view("u:u1").events == ()  # the victim's history learned nothing
+    assert client.post("/feedback", json=fb, headers=victim).json()["status"] == "recorded"
+
+
+def test_without_tokens_anyone_may_act_for_anyone_as_before(live):
+    client, _, _, _ = live()
+    shown = client.post("/recommend", json={"user_id": "u1", "k": 3}).json()
+    assert "session_token" not in client.post("/recommend", json={"k": 3}).json()
+    fb = {"request_id": shown["request_id"], "item_id": shown["items"][0]["item_id"], "event": "click"}
+    assert client.post("/feedback", json=fb).status_code == 200
+
+
+def test_a_key_past_its_burst_gets_429_with_retry_after(live, tmp_path):
+    client, _, sink, _ = live(api_keys_file=str(_keys_file(tmp_path)), rate_limit_key_per_s=0.01,
+                              rate_limit_key_burst=2)
+    shop, admin = {"X-API-Key": SHOP}, {"X-API-Key": ADMIN}
+    assert [client.get("/items/i0/similar?k=2", headers=shop).status_code for _ in range(2)] == [200, 200]
+    r = client.get("/items/i0/similar?k=2", headers=shop)
+    assert r.status_code == 429 and 90 <= int(r.headers["retry-after"]) <= 100  # a token each 100 s
+    assert "API key" in r.json()["detail"]
+    assert client.get("/items/i0/similar?k=2", headers=admin).status_code == 200  # another key, its own bucket
+    assert client.get("/healthz").status_code == 200  # open routes are not limited
+    assert sink.get("raycart_rate_limited_total", scope="key") == 1
+
+
+def test_a_shopper_past_its_burst_gets_429_with_retry_after(live):
+    client, _, sink, _ = live(rate_limit_user_per_s=0.01, rate_limit_user_burst=2)
+    codes = [client.post("/recommend", json={"user_id": "u1", "k": 2}).status_code for _ in range(2)]
+    r = client.post("/recommend", json={"user_id": "u1", "k": 2})
+    assert codes == [200, 200] and r.status_code == 429 and 90 <= int(r.headers["retry-after"]) <= 100
+    assert "shopper" in r.json()["detail"]
+    assert client.post("/recommend", json={"user_id": "u2", "k": 2}).status_code == 200
+    assert sink.get("raycart_rate_limited_total", scope="user") == 1
+
+
+def test_an_answer_collects_at_most_feedback_per_request_events(live):
+    client, _, sink, _ = live(feedback_per_request=2)
+    shown = client.post("/recommend", json={"user_id": "u1", "k": 4}).json()
+
+    def fb(i, event="click"):
+        return client.post("/feedback", json={"request_id": shown["request_id"],
+                                              "item_id": shown["items"][i]["item_id"], "event": event})
+
+    assert fb(0).status_code == fb(1).status_code == 200
+    assert fb(0).json()["status"] == "duplicate"  # a repeat records nothing, so it is not refused
+    r = fb(2, "purchase")
+    assert r.status_code == 400 and "feedback_per_request" in r.json()["detail"]
+    assert sink.get("raycart_rate_limited_total", scope="feedback_cap") == 1
+
+
+def test_limit_settings_are_validated():
+    from pydantic import ValidationError
+
+    from serving.schemas import AppArgs
+
+    for bad in ({"rate_limit_key_per_s": 1.0}, {"rate_limit_user_burst": 5}, {"feedback_per_request": -1},
+                {"session_token_ttl_s": 0}):
+        with pytest.raises(ValidationError):
+            AppArgs(model_dir="m", data_dir="d", **bad)
+
+
+def _keys_file(tmp_path):
+    f = tmp_path / "keys"
+    f.write_text(f"shopper {SHOP}\nadmin {ADMIN}\n")
+    return f

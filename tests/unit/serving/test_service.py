@@ -2,10 +2,13 @@
 the real user state, the real feedback log and the real policy."""
 
 import asyncio
+import contextlib
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from starlette.testclient import TestClient
 from test_runtime_items import _served
 from unit_models import N_ITEMS, _train
 
@@ -27,6 +30,8 @@ def _catalog() -> Catalog:
 
 class App:
     def __init__(self, tmp_path: Path, state=None, append=None, **extra):
+        """The service over the real stages, log and (unless ``state``) user state; ``append``
+        replaces the log's append (set to the HTTP edge's by :func:`served`)."""
         self.args = AppArgs(model_dir="(in memory)", data_dir="(in memory)", policy_state=str(tmp_path / "policy.npz"),
                             items_root=str(tmp_path / "items"), **extra)
         self.log = FeedbackLog(FeedbackLogConfig(root=str(tmp_path / "feedback"), wal_dir=str(tmp_path / "wal")),
@@ -159,3 +164,134 @@ def test_a_log_that_cannot_be_written_acknowledges_nothing(tmp_path):
         app.recommend(user_id="u1", k=3)
     assert e.value.status == 503
     assert not state.state.requests  # nothing issued: no feedback can refer to an unlogged answer
+
+
+def test_feedback_is_checked_against_the_shopper_it_acts_for_and_the_cap(tmp_path):
+    broken = [True]
+    state = LocalState(MemoryUserState(UserStateConfig()))
+
+    async def append(table, records):
+        if table == "events" and broken[0]:
+            raise ServiceError(503, "could not be recorded durably")
+
+    app = App(tmp_path, state=state, append=append, feedback_per_request=1)
+    body = app.recommend(user_id="u1", k=3)
+    req = FeedbackRequest(request_id=body["request_id"], item_id=body["items"][0]["item_id"], event="click")
+    with pytest.raises(ServiceError) as e:
+        app.run(app.service.feedback(req, identity="u:u2"))
+    assert e.value.status == 403 and not state.state.requests[body["request_id"]][3]  # nothing recorded
+    with pytest.raises(ServiceError) as e:
+        app.run(app.service.feedback(req, identity="u:u1"))
+    assert e.value.status == 503
+    broken[0] = False  # the event the log refused did not use up the answer's one event
+    assert app.run(app.service.feedback(req, identity="u:u1"))["status"] == "recorded"
+    with pytest.raises(ServiceError) as e:
+        app.feedback(request_id=body["request_id"], item_id=body["items"][1]["item_id"], event="click")
+    assert e.value.status == 400 and "feedback_per_request" in e.value.detail
+
+
+# -- through the HTTP edge: what the client was told decides what counts ---------------------------
+
+
+@contextlib.contextmanager
+def served(app: App, feedback_log=None):
+    """A client of ``api`` serving ``app`` with the service appending through the edge's log
+    (``feedback_log``, else ``app.log``); the edge is closed (acks written, log published) after."""
+    from serving.http import EdgeLog, Runtime, configure
+
+    edge = EdgeLog(feedback_log or app.log)
+    app.service.append = edge.append
+    api = configure(Runtime(app.service, edge), app.args.model_copy(update={"trust_loopback": True}))
+    try:
+        with TestClient(api, base_url="http://127.0.0.1", client=("127.0.0.1", 5000)) as client:
+            yield client
+    finally:
+        edge.close()
+
+
+class Gated(LocalState):
+    """The real in-memory user state, whose ``issue`` can be made slow and ``record`` fail."""
+
+    def __init__(self):
+        super().__init__(MemoryUserState(UserStateConfig()))
+        self.slow_issue_s, self.record_down = 0.0, False
+
+    async def issue(self, request_id, key, items):
+        await asyncio.sleep(self.slow_issue_s)
+        await super().issue(request_id, key, items)
+
+    async def record(self, request_id, item_id, event):
+        if self.record_down:
+            raise StateUnavailable("down")
+        return await super().record(request_id, item_id, event)
+
+
+def test_a_request_the_guard_answers_504_after_its_append_is_not_counted(tmp_path):
+    state = Gated()
+    app = App(tmp_path, state=state, request_timeout_s=0.5)
+    with served(app) as client:
+        ok = client.post("/recommend", json={"user_id": "u1", "k": 3})
+        state.slow_issue_s = 5.0  # logged, then stuck past the deadline
+        late = client.post("/recommend", json={"user_id": "u2", "k": 3})
+    assert ok.status_code == 200 and late.status_code == 504
+    root = str(tmp_path / "feedback")
+    assert set(read_feedback(root, "impressions", dedupe=False)["request_id"].to_pylist()) == {ok.json()["request_id"]}
+    assert read_feedback(root, "impressions", acknowledged=False).num_rows == 6  # both were logged
+
+
+def test_feedback_logged_then_refused_503_is_not_counted_but_its_retry_is(tmp_path):
+    state = Gated()
+    app = App(tmp_path, state=state)
+    with served(app) as client:
+        body = client.post("/recommend", json={"user_id": "u1", "k": 3}).json()
+        click = {"request_id": body["request_id"], "item_id": body["items"][0]["item_id"], "event": "click"}
+        state.record_down = True
+        refused = client.post("/feedback", json=click)  # logged, then the state record fails
+        assert refused.status_code == 503 and "logged but not applied" in refused.json()["detail"]
+        state.record_down = False
+        retried = client.post("/feedback", json=click)
+    assert retried.status_code == 200 and retried.json()["status"] == "recorded"
+    root = str(tmp_path / "feedback")
+    counted = read_feedback(root, "events", dedupe=False)
+    assert counted.num_rows == 1  # of the two copies logged, the one whose 200 went out
+    logged = read_feedback(root, "events", dedupe=False, acknowledged=False)
+    assert logged.num_rows == 2 and counted["timestamp"][0] == logged["timestamp"][1]
+
+
+def test_an_append_whose_shared_commit_timed_out_is_not_counted_though_it_was_written_later(tmp_path, monkeypatch):
+    import serving.feedback_shared as shared
+    from serving.feedback_shared import SharedFeedbackLog, SharedLogConfig
+
+    storage_up, real_put = threading.Event(), shared._put
+    storage_up.set()
+
+    def put(fs, path, data):  # shared storage that stalls while storage_up is clear
+        assert storage_up.wait(10)
+        real_put(fs, path, data)
+
+    monkeypatch.setattr(shared, "_put", put)
+    root = str(tmp_path / "feedback")
+    wal = SharedFeedbackLog(SharedLogConfig(root=root, commit_timeout_s=0.3, flush_rows=1000, flush_seconds=3600),
+                            "ingress-1")
+    app = App(tmp_path)
+    with served(app, wal) as client:
+        body = client.post("/recommend", json={"user_id": "u1", "k": 3}).json()
+        storage_up.clear()
+        click = {"request_id": body["request_id"], "item_id": body["items"][0]["item_id"], "event": "click"}
+        timed_out = client.post("/feedback", json=click)
+        assert timed_out.status_code == 503 and "nothing was acknowledged" in timed_out.json()["detail"]
+        storage_up.set()  # the stalled group commit goes through after all
+    assert read_feedback(root, "events").num_rows == 0  # never acknowledged: not counted
+    assert read_feedback(root, "events", acknowledged=False).num_rows == 1  # though written, later
+    assert set(read_feedback(root, "impressions")["request_id"].to_pylist()) == {body["request_id"]}
+
+
+def test_readyz_counts_quarantined_segments(tmp_path):
+    aside = tmp_path / "wal" / ".quarantine"
+    aside.mkdir(parents=True)
+    (aside / "ingress-x-00000000000000000001-0a1b2c3d.jsonl").write_text("{}\n")
+    app = App(tmp_path)
+    with served(app) as client:
+        ready = client.get("/readyz")
+    assert ready.status_code == 200  # set aside: it does not block the others, so still ready
+    assert ready.json()["feedback_log"]["quarantined_segments"] == 1

@@ -177,6 +177,25 @@ def test_the_edge_measures_every_request_and_logs_one_json_line_each(measured, c
     assert all(r.log_to_stderr is False for r in caplog.records if r.name == ACCESS_LOGGER)
 
 
+def test_the_edge_reports_quarantined_segments_as_a_gauge(measured):
+    from serving.http import EdgeLog, Runtime, configure
+
+    app, sink = measured
+    edge = EdgeLog(app.log)
+    configure(Runtime(app.service, edge), app.args)
+    try:
+        edge.tick()
+        assert ("raycart_feedback_quarantined_segments", ()) in sink.values
+        assert sink.get("raycart_feedback_quarantined_segments") == 0
+        aside = Path(app.log.config.wal_dir) / ".quarantine"
+        aside.mkdir()
+        (aside / "test-00000000000000000001-0a1b2c3d.jsonl").write_text("{}\n")
+        edge.tick()
+        assert sink.get("raycart_feedback_quarantined_segments") == 1
+    finally:
+        edge.close()
+
+
 # -- the Grafana dashboard -------------------------------------------------------------------------
 
 PROMQL_WORDS = {"sum", "max", "min", "avg", "count", "rate", "irate", "increase", "histogram_quantile", "by",

@@ -146,3 +146,43 @@ def test_an_unknown_id_asked_again_costs_no_registry_call(pictured):
     assert _status(window, "late") == 200  # known now; its picture found (one call to learn its key)
     assert _status(window, "no-such-id") == (404, NO_IMAGE) and len(calls) == 5
     assert _status(window, "no-such-id") == (404, NO_IMAGE) and len(calls) == 5
+
+
+def test_a_keyed_live_shop_does_not_list_shoppers_or_read_their_histories(tmp_path):
+    import numpy as np
+
+    from serving import http
+    from serving.images import ImageSource
+    from serving.security import ApiKeys
+    from serving.storefront import Window
+
+    keys = tmp_path / "keys"
+    keys.write_text("shopper shopper-key-0123456789\n")
+    app = App(tmp_path)
+    n = app.service.catalog.num_items
+    edge = http.EdgeLog(app.log)
+    try:
+        for keyed in (False, True):
+            api = http.configure(http.Runtime(app.service, edge),
+                                 app.args.model_copy(update={"api_keys_file": str(keys) if keyed else None,
+                                                             "trust_loopback": True}))
+            api.state.shop_window = Window(app.service, ImageSource(None), ImageSource(None), [None] * n,
+                                           np.zeros(n, dtype=bool))  # no dataset folder to build one from
+            client = TestClient(api, base_url="http://127.0.0.1", client=("127.0.0.1", 5000),
+                                headers={"X-API-Key": "shopper-key-0123456789"})
+            listed, seen = client.get("/shop/api/users"), client.get("/shop/api/users/u1/history")
+            assert client.get("/shop/api/info").json()["shopper_picker"] is not keyed
+            if keyed:
+                assert listed.status_code == seen.status_code == 403 and "keyless demo" in listed.json()["detail"]
+            else:
+                assert listed.status_code == seen.status_code == 200 and listed.json()["users"]
+                assert seen.json()["user_id"] == "u1"
+    finally:
+        edge.stop.set()
+        http.GUARD.keys = ApiKeys()
+
+
+def test_the_page_hides_its_picker_where_the_app_lists_no_shoppers():
+    js, html = (STATIC / "shop.js").read_text(), (STATIC / "index.html").read_text()
+    assert 'id="shopper-picker"' in html and '$("shopper-picker").hidden' in js
+    assert "info.shopper_picker" in js and "x-shopper-token" in js and "rec.session_token" in js
