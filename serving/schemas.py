@@ -198,6 +198,12 @@ class AppArgs(BaseModel):
     # the dataset the first model was trained on: a promoted app serves the merged data (data_dir),
     # the log is merged into this one (None: data_dir)
     base_data_dir: str | None = None
+    # -- user-state bounds (4a) (serving.user_state: what made-up user ids and sessions may hold) --
+    state_user_ttl_s: float = Field(30 * 86_400.0, gt=0)  # a known user's live state expires after this long unused
+    state_max_ephemeral_keys: int = Field(100_000, ge=1)  # sessions + unknown user ids held (least recent dropped)
+    state_max_answer_ids: int = Field(100, ge=1)  # ids remembered of each answer (its top positions)
+    state_max_shown_bytes: int = Field(16_384, ge=256)  # remembered answers per key, JSON bytes (oldest dropped)
+    state_compact_every: int = Field(20_000, ge=1)  # journal lines between background snapshots (embedded)
 
     @property
     def base_data(self) -> str:
