@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -47,6 +48,7 @@ from typing import Protocol
 from serving.user_state_journal import Journal
 
 HISTORY_EVENTS = ("click", "cart", "purchase")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,9 @@ def clip_answer(items: list[str], config: UserStateConfig) -> str:
     """An answer as it is remembered (JSON): its first ``max_answer_ids`` ids, fewer if their JSON
     would pass ``max_shown_bytes``."""
     kept = items[:config.max_answer_ids]
+    text = json.dumps(kept)
+    if len(text) <= config.max_shown_bytes:
+        return text
     size = 2 + sum(len(json.dumps(x)) for x in kept) + 2 * max(len(kept) - 1, 0)  # json.dumps' "[a, b]"
     while kept and size > config.max_shown_bytes:
         size -= len(json.dumps(kept.pop())) + (2 if kept else 0)
@@ -239,6 +244,7 @@ class MemoryUserState:
         self.requests: collections.OrderedDict[str, _Request] = collections.OrderedDict()
         self.journal = Journal(directory) if directory else None
         self.compactions = 0
+        self.last_compaction_s = 0.0  # how long the last snapshot took (off the request path)
         self._compacting = threading.Lock()
         self._due, self._stop = threading.Event(), threading.Event()
         self._compactor: threading.Thread | None = None
@@ -253,6 +259,10 @@ class MemoryUserState:
             self._compactor.start()
 
     @property
+    def compacting(self) -> bool:
+        return self._compacting.locked()
+
+    @property
     def skipped(self) -> int:
         """Journal lines that could not be read on start (corruption; torn last lines are not counted)."""
         return self.journal.skipped if self.journal else 0
@@ -260,7 +270,7 @@ class MemoryUserState:
     # -- interface ------------------------------------------------------------------------------
 
     def view(self, key: str, now: float | None = None) -> UserView:
-        now = time.time() if now is None else now
+        now = time.time() if now is None else float(now)
         with self.lock:
             k = self._table(key).get(key)
             if k is None or self._expired(key, k, now):
@@ -269,13 +279,14 @@ class MemoryUserState:
         return UserView(tuple(StateEvent(*json.loads(e)) for e in events), tuple(tuple(json.loads(a)) for a in shown))
 
     def issue(self, request_id: str, key: str, items: list[str], now: float | None = None) -> None:
-        now = time.time() if now is None else now
+        now = time.time() if now is None else float(now)
+        items_json = json.dumps(list(items))
         with self.lock:
-            self._write(["i", request_id, key, list(items), now])
-            self._apply_issue(request_id, key, list(items), now)
+            self._write(f'["i", {json.dumps(request_id)}, {json.dumps(key)}, {items_json}, {now!r}]')
+            self._apply_issue(request_id, key, list(items), now, items_json)
 
     def check(self, request_id: str, item_id: str, event: str, now: float | None = None) -> Recorded:
-        now = time.time() if now is None else now
+        now = time.time() if now is None else float(now)
         with self.lock:
             req = self.requests.get(request_id)
             if req is None or now - req.at > self.config.request_ttl_s:
@@ -287,7 +298,7 @@ class MemoryUserState:
             return Recorded(Outcome.RECORDED, req.key)
 
     def record(self, request_id: str, item_id: str, event: str, now: float | None = None) -> Recorded:
-        now = time.time() if now is None else now
+        now = time.time() if now is None else float(now)
         with self.lock:
             checked = self.check(request_id, item_id, event, now)
             if checked.outcome is not Outcome.RECORDED:
@@ -349,11 +360,13 @@ class MemoryUserState:
             del table[first]
         return k
 
-    def _apply_issue(self, request_id: str, key: str, items: list[str], now: float) -> None:
+    def _apply_issue(self, request_id: str, key: str, items: list[str], now: float, items_json: str = "") -> None:
+        items_json = items_json or json.dumps(items)
         k = self._touch(key, now)
         if self.config.answers_kept:
-            k.remember(clip_answer(items, self.config), self.config)
-        self.requests[request_id] = _Request(key, json.dumps(items), now)
+            fits = len(items) <= self.config.max_answer_ids and len(items_json) <= self.config.max_shown_bytes
+            k.remember(items_json if fits else clip_answer(items, self.config), self.config)
+        self.requests[request_id] = _Request(key, items_json, now)
         self.requests.move_to_end(request_id)
         while self.requests:
             first = next(iter(self.requests.values()))
@@ -381,7 +394,7 @@ class MemoryUserState:
 
     # -- durability -----------------------------------------------------------------------------
 
-    def _write(self, op: list) -> None:
+    def _write(self, op: list | str) -> None:
         if self.journal is None:
             return
         self.journal.append(op)
@@ -394,7 +407,10 @@ class MemoryUserState:
             if self._stop.is_set():
                 return
             self._due.clear()
-            self.compact()
+            try:
+                self.compact()
+            except Exception:  # the journal still holds every change: try again when due
+                logger.exception("user state: compaction failed (the journal keeps growing until one succeeds)")
 
     def compact(self) -> None:
         """Fold the journal into a new snapshot. Under the lock only a new segment is started; the
@@ -405,25 +421,23 @@ class MemoryUserState:
                 if not self.journal.is_open or self.journal.lines == 0:
                     return
                 upto = self.journal.open_next()
+            began = time.perf_counter()
             files = Journal(self.journal.dir)  # a reader: lines it cannot read were counted on start
             start, records = files.snapshot()
             scratch = MemoryUserState(self.config)
             scratch._restore(records)
-            for n, op in enumerate(files.replay(start, upto)):
+            for op in files.replay(start, upto):
                 scratch._apply(op)
-                if n % 256 == 255:
-                    time.sleep(0)  # hand the GIL to a waiting request
             self.journal.write_snapshot(scratch._records(), upto, {"config": asdict(self.config)})
             self.compactions += 1
+            self.last_compaction_s = time.perf_counter() - began
 
     def _records(self):
-        """The state as snapshot lines (JSON), yielding the GIL now and then."""
-        for n, (key, k) in enumerate([*self.users.items(), *self.ephemeral.items()]):
+        """The state as snapshot lines (JSON)."""
+        for key, k in [*self.users.items(), *self.ephemeral.items()]:
             yield f'["k", {json.dumps(key)}, [{", ".join(k.events)}], [{", ".join(k.shown)}], {k.touched!r}]'
-            if n % 256 == 255:
-                time.sleep(0)
         for rid, r in self.requests.items():
-            yield json.dumps(["q", rid, r.key, json.loads(r.items), r.at, sorted(r.done or ())])
+            yield f'["q", {json.dumps(rid)}, {json.dumps(r.key)}, {r.items}, {r.at!r}, {json.dumps(sorted(r.done or ()))}]'
 
     def _restore(self, records) -> None:
         for rec in records:
