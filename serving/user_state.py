@@ -260,7 +260,8 @@ class MemoryUserState:
 
     @property
     def compacting(self) -> bool:
-        return self._compacting.locked()
+        """A snapshot is being written, or one is due."""
+        return self._compacting.locked() or self._due.is_set()
 
     @property
     def skipped(self) -> int:
@@ -433,20 +434,24 @@ class MemoryUserState:
             self.last_compaction_s = time.perf_counter() - began
 
     def _records(self):
-        """The state as snapshot lines (JSON)."""
+        """The state as snapshot lines: events, answers and a request's items stay JSON texts."""
         for key, k in [*self.users.items(), *self.ephemeral.items()]:
-            yield f'["k", {json.dumps(key)}, [{", ".join(k.events)}], [{", ".join(k.shown)}], {k.touched!r}]'
+            yield json.dumps(["k", key, list(k.events), list(k.shown), k.touched])
         for rid, r in self.requests.items():
-            yield f'["q", {json.dumps(rid)}, {json.dumps(r.key)}, {r.items}, {r.at!r}, {json.dumps(sorted(r.done or ()))}]'
+            yield json.dumps(["q", rid, r.key, r.items, r.at, sorted(r.done or ())])
 
     def _restore(self, records) -> None:
+        """Snapshot records; lists where texts are expected come from the earlier layout."""
+        def text(x) -> str:
+            return x if isinstance(x, str) else json.dumps(x)
+
         for rec in records:
             if rec[0] == "k":
                 _, key, events, shown, touched = rec
                 k = self._table(key)[key] = _Key(self.config, float(touched))
-                k.events.extend(json.dumps(e) for e in events)
+                k.events.extend(map(text, events))
                 for a in shown[-self.config.answers_kept:] if self.config.answers_kept else ():
-                    k.remember(json.dumps(a), self.config)
+                    k.remember(text(a), self.config)
             elif rec[0] == "q":
                 _, rid, key, items, at, done = rec
-                self.requests[rid] = _Request(key, json.dumps(items), float(at), set(done) or None)
+                self.requests[rid] = _Request(key, text(items), float(at), set(done) or None)

@@ -52,7 +52,8 @@ class Journal:
 
     def snapshot(self) -> tuple[int, Iterator[list]]:
         """``(next_seq, records)``: segments from ``next_seq`` on come after the snapshot;
-        records are ``["k", key, events, shown, touched]`` and ``["q", request, key, items, at, done]``."""
+        records are ``["k", key, events, shown, touched]`` and ``["q", request, key, items, at, done]``
+        (events, answers and items as JSON texts; as lists in the earlier layout)."""
         path = self.dir / SNAPSHOT
         if path.exists():
             fh = open(path, encoding="utf-8")  # noqa: SIM115 -- closed by the generator
