@@ -231,6 +231,12 @@ class AppArgs(BaseModel):
     trust_loopback: bool = False
     keys_reload_s: float = Field(5.0, gt=0)  # api_keys_file is re-read when it changed, checked at most this often
     image_cache_bytes: int = Field(64 * 1024 * 1024, ge=0)  # shop pictures kept in memory per Ingress replica
+    # -- user-state bounds (4a) (serving.user_state: what made-up user ids and sessions may hold) --
+    state_user_ttl_s: float = Field(30 * 86_400.0, gt=0)  # a known user's live state expires after this long unused
+    state_max_ephemeral_keys: int = Field(100_000, ge=1)  # sessions + unknown user ids held (least recent dropped)
+    state_max_answer_ids: int = Field(100, ge=1)  # ids remembered of each answer (its top positions)
+    state_max_shown_bytes: int = Field(16_384, ge=256)  # remembered answers per key, JSON bytes (oldest dropped)
+    state_compact_every: int = Field(20_000, ge=1)  # journal lines between background snapshots (embedded)
 
     @property
     def base_data(self) -> str:

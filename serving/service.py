@@ -169,12 +169,13 @@ class RecommendService:
     async def recommend(self, req: RecommendRequest) -> dict:
         cat, args = self.catalog, self.args
         session = None if req.user_id else (req.session_id or uuid.uuid4().hex)
-        key = f"u:{req.user_id}" if req.user_id else f"s:{session}"
+        user, history, times = cat.history_of(req.user_id)
+        # a user id the catalogue does not know could be made up: kept like a session (TTL, LRU cap)
+        key = (f"u:{req.user_id}" if user is not None else f"a:{req.user_id}") if req.user_id else f"s:{session}"
         if req.user_id or req.session_id:  # a new session is no one's yet (the per-key limit holds it)
             self.admit(key)
         await self.sync()
         view, state = await self.view(key)
-        user, history, times = cat.history_of(req.user_id)
         if req.history:
             unknown = await self.unknown(req.history)
             if unknown:
@@ -353,7 +354,10 @@ class RecommendService:
 
 def user_state_config(args: AppArgs) -> UserStateConfig:
     return UserStateConfig(max_events=args.state_max_events, exclude_shown=args.exclude_shown,
-                           shown_window=args.shown_window, session_ttl_s=args.session_ttl_s)
+                           shown_window=args.shown_window, session_ttl_s=args.session_ttl_s,
+                           user_ttl_s=args.state_user_ttl_s, max_ephemeral_keys=args.state_max_ephemeral_keys,
+                           max_answer_ids=args.state_max_answer_ids, max_shown_bytes=args.state_max_shown_bytes,
+                           compact_every=args.state_compact_every)
 
 
 class LocalState:

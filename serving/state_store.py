@@ -51,7 +51,8 @@ class UserStateStore:
         return self.state.ping()
 
     def memory(self) -> dict:
-        return {**self.state.memory(), "skipped_journal_lines": self.state.skipped,
+        torn = self.state.journal.torn if self.state.journal else 0
+        return {**self.state.memory(), "skipped_journal_lines": self.state.skipped, "torn_journal_lines": torn,
                 "config": asdict(self.state.config)}
 
     def __del__(self):

@@ -12,7 +12,8 @@ One interface (:class:`UserState`), two backends that pass the same tests
 
 * :class:`MemoryUserState` -- embedded, no server: dicts in the process that owns it (the
   ``UserStateStore`` Serve deployment), every change appended to a journal and ``fsync``-ed
-  before it is acknowledged, compacted into a snapshot now and then, both replayed on start;
+  before it is acknowledged; a background thread folds the journal into a snapshot
+  (:mod:`serving.user_state_journal`), both replayed on start;
 * :class:`~serving.user_state_redis.RedisUserState` -- for multi-node deployments: lists and keys in Redis (durability
   is then Redis's: run it with ``appendonly yes`` / ``appendfsync always`` for the same promise).
 
@@ -24,26 +25,30 @@ What goes into a history, and what is excluded from the next answers (see README
 * history items are never recommended again (the retriever excludes them, as in training);
 * items shown in the last ``exclude_shown`` answers and not engaged with are excluded as well.
 
-Keys: ``u:<user id>`` for known or new users, ``s:<session id>`` for anonymous sessions, which
-expire ``session_ttl_s`` after their last use. Memory per key is bounded (last ``max_events``
-events, last ``exclude_shown`` answers). Plain Python, no Ray.
+Keys: ``u:<user id>`` for users the catalogue knows; ``a:<user id>`` for user ids it does not
+know and ``s:<session id>`` for anonymous sessions -- anyone can make those up, so they expire
+``session_ttl_s`` after their last use and at most ``max_ephemeral_keys`` are held (least
+recently used dropped). Known users expire after ``user_ttl_s`` unused. Memory per key is
+bounded: the last ``max_events`` events, the last ``answers_kept`` answers of at most
+``max_answer_ids`` ids and ``max_shown_bytes`` JSON bytes together (oldest dropped). Plain
+Python, no Ray.
 """
 
 from __future__ import annotations
 
 import collections
 import json
-import os
+import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
 from enum import Enum
-from pathlib import Path
 from typing import Protocol
 
-from training import storage
+from serving.user_state_journal import Journal
 
 HISTORY_EVENTS = ("click", "cart", "purchase")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,27 +56,52 @@ class UserStateConfig:
     max_events: int = 50  # per key: the newest events kept
     exclude_shown: int = 3  # answers whose ignored items are not shown again
     shown_window: int = 5  # answers remembered (the policy's recent click rate near each item)
-    session_ttl_s: float = 1800.0  # anonymous sessions expire after this long unused
+    session_ttl_s: float = 1800.0  # sessions and unknown user ids (s:, a:) expire after this long unused
     request_ttl_s: float = 86_400.0  # feedback is accepted this long after the request
     max_requests: int = 100_000  # request registry bound (embedded backend; oldest dropped)
-    max_keys: int = 1_000_000  # users + sessions held (embedded backend; least recently used dropped)
-    compact_every: int = 20_000  # journal lines between snapshots (embedded backend)
+    max_keys: int = 1_000_000  # known users held (embedded backend; least recently used dropped)
+    compact_every: int = 20_000  # journal lines between snapshots (embedded backend, in the background)
+    user_ttl_s: float = 30 * 86_400.0  # known users' (u:) live state expires after this long unused
+    max_ephemeral_keys: int = 100_000  # sessions + unknown user ids held (least recently used dropped)
+    max_answer_ids: int = 100  # ids kept of each remembered answer (its top positions)
+    max_shown_bytes: int = 16_384  # remembered answers per key, JSON bytes together (oldest dropped)
 
     @property
     def answers_kept(self) -> int:
         return max(self.exclude_shown, self.shown_window)
 
     def __post_init__(self):
-        if self.max_events < 1 or self.exclude_shown < 0 or self.shown_window < 0 or self.max_requests < 1 \
-                or self.max_keys < 1:
-            raise ValueError("max_events, max_requests and max_keys must be >= 1, exclude_shown and shown_window >= 0")
-        if self.session_ttl_s <= 0 or self.request_ttl_s <= 0:
-            raise ValueError("session_ttl_s and request_ttl_s must be > 0")
+        if min(self.max_events, self.max_requests, self.max_keys, self.compact_every, self.max_ephemeral_keys,
+               self.max_answer_ids) < 1 or self.exclude_shown < 0 or self.shown_window < 0:
+            raise ValueError("max_events, max_requests, max_keys, compact_every, max_ephemeral_keys and "
+                             "max_answer_ids must be >= 1, exclude_shown and shown_window >= 0")
+        if min(self.session_ttl_s, self.request_ttl_s, self.user_ttl_s) <= 0:
+            raise ValueError("session_ttl_s, request_ttl_s and user_ttl_s must be > 0")
+        if self.max_shown_bytes < 2:
+            raise ValueError("max_shown_bytes must be >= 2 (an empty answer)")
 
     @classmethod
     def tiny(cls) -> UserStateConfig:
         return cls(max_events=5, exclude_shown=1, shown_window=1, session_ttl_s=60, request_ttl_s=60, max_requests=10,
-                   max_keys=10, compact_every=7)
+                   max_keys=10, compact_every=7, max_ephemeral_keys=10)
+
+
+def is_ephemeral(key: str) -> bool:
+    """Sessions (``s:``) and user ids the catalogue does not know (``a:``): anyone can make them up."""
+    return key.startswith(("s:", "a:"))
+
+
+def clip_answer(items: list[str], config: UserStateConfig) -> str:
+    """An answer as it is remembered (JSON): its first ``max_answer_ids`` ids, fewer if their JSON
+    would pass ``max_shown_bytes``."""
+    kept = items[:config.max_answer_ids]
+    text = json.dumps(kept)
+    if len(text) <= config.max_shown_bytes:
+        return text
+    size = 2 + sum(len(json.dumps(x)) for x in kept) + 2 * max(len(kept) - 1, 0)  # json.dumps' "[a, b]"
+    while kept and size > config.max_shown_bytes:
+        size -= len(json.dumps(kept.pop())) + (2 if kept else 0)
+    return json.dumps(kept)
 
 
 @dataclass(frozen=True)
@@ -170,189 +200,258 @@ class UserState(Protocol):
     def close(self) -> None: ...
 
 
-def is_session(key: str) -> bool:
-    return key.startswith("s:")
-
-
 # -- embedded ---------------------------------------------------------------------------------------
 
 
+class _Key:
+    """One key's state: events and answers as the JSON strings Redis would hold (compact)."""
+
+    __slots__ = ("events", "shown", "shown_bytes", "touched")
+
+    def __init__(self, config: UserStateConfig, touched: float):
+        self.events: collections.deque[str] = collections.deque(maxlen=config.max_events)
+        self.shown: collections.deque[str] = collections.deque()
+        self.shown_bytes = 0
+        self.touched = touched
+
+    def remember(self, answer: str, config: UserStateConfig) -> None:
+        self.shown.append(answer)
+        self.shown_bytes += len(answer)
+        while len(self.shown) > config.answers_kept or (self.shown_bytes > config.max_shown_bytes
+                                                         and len(self.shown) > 1):
+            self.shown_bytes -= len(self.shown.popleft())
+
+
+class _Request:
+    __slots__ = ("key", "items", "at", "done")
+
+    def __init__(self, key: str, items: str, at: float, done: set[str] | None = None):
+        self.key, self.items, self.at, self.done = key, items, at, done  # items: JSON; done: "item|event"
+
+
 class MemoryUserState:
-    """The embedded backend. ``directory`` holds ``snapshot.json`` and ``journal.jsonl``; without
-    it the state lives in memory only (tests of the logic). Thread-safe."""
+    """The embedded backend. ``directory`` holds its snapshot and journal
+    (:mod:`serving.user_state_journal`); without it the state lives in memory only (tests of the
+    logic, replays). A request appends one journal line; a background thread folds the journal
+    into a new snapshot every ``compact_every`` lines, off the lock. Thread-safe."""
 
     def __init__(self, config: UserStateConfig, directory: str | None = None):
         self.config = config
-        self.dir = Path(directory) if directory else None
         self.lock = threading.RLock()
-        self.events: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()
-        self.shown: dict[str, collections.deque] = {}
-        self.touched: dict[str, float] = {}
-        # request id -> (key, items, issued at, recorded "item|event" set)
-        self.requests: collections.OrderedDict[str, tuple[str, tuple[str, ...], float, set[str]]] = \
-            collections.OrderedDict()
-        self.skipped = 0  # journal lines that could not be read (reported, not fatal)
-        self._journal = None
-        self._lines = 0
-        if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._load()
-            self._journal = open(self.dir / "journal.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        # known users (u:) and made-up keys (s:, a:), each least recently used first
+        self.users: collections.OrderedDict[str, _Key] = collections.OrderedDict()
+        self.ephemeral: collections.OrderedDict[str, _Key] = collections.OrderedDict()
+        self.requests: collections.OrderedDict[str, _Request] = collections.OrderedDict()
+        self.journal = Journal(directory) if directory else None
+        self.compactions = 0
+        self.last_compaction_s = 0.0  # how long the last snapshot took (off the request path)
+        self._compacting = threading.Lock()
+        self._due, self._stop = threading.Event(), threading.Event()
+        self._compactor: threading.Thread | None = None
+        if self.journal is not None:
+            start, records = self.journal.snapshot()
+            self._restore(records)
+            for op in self.journal.replay(start):
+                self._apply(op)
+            self.journal.open_next()
+            self._compactor = threading.Thread(target=self._compact_when_due, name="user-state-compactor",
+                                               daemon=True)
+            self._compactor.start()
+
+    @property
+    def compacting(self) -> bool:
+        """A snapshot is being written, or one is due."""
+        return self._compacting.locked() or self._due.is_set()
+
+    @property
+    def skipped(self) -> int:
+        """Journal lines that could not be read on start (corruption; torn last lines are not counted)."""
+        return self.journal.skipped if self.journal else 0
 
     # -- interface ------------------------------------------------------------------------------
 
     def view(self, key: str, now: float | None = None) -> UserView:
-        now = time.time() if now is None else now
+        now = time.time() if now is None else float(now)
         with self.lock:
-            if key not in self.events or self._expired(key, now):
+            k = self._table(key).get(key)
+            if k is None or self._expired(key, k, now):
                 return UserView()
-            return UserView(tuple(StateEvent(*e) for e in self.events[key]),
-                            tuple(tuple(a) for a in self.shown.get(key, ())))
+            events, shown = list(k.events), list(k.shown)
+        return UserView(tuple(StateEvent(*json.loads(e)) for e in events), tuple(tuple(json.loads(a)) for a in shown))
 
     def issue(self, request_id: str, key: str, items: list[str], now: float | None = None) -> None:
-        now = time.time() if now is None else now
+        now = time.time() if now is None else float(now)
+        items_json = json.dumps(list(items))
         with self.lock:
-            self._write(["i", request_id, key, list(items), now])
-            self._apply_issue(request_id, key, tuple(items), now)
-            self._maybe_compact()
+            self._write(f'["i", {json.dumps(request_id)}, {json.dumps(key)}, {items_json}, {now!r}]')
+            self._apply_issue(request_id, key, list(items), now, items_json)
 
     def check(self, request_id: str, item_id: str, event: str, now: float | None = None) -> Recorded:
-        now = time.time() if now is None else now
+        now = time.time() if now is None else float(now)
         with self.lock:
             req = self.requests.get(request_id)
-            if req is None or now - req[2] > self.config.request_ttl_s:
+            if req is None or now - req.at > self.config.request_ttl_s:
                 return Recorded(Outcome.UNKNOWN_REQUEST)
-            key, items, _, done = req
-            if item_id not in items:
-                return Recorded(Outcome.NOT_SHOWN, key)
-            if f"{item_id}|{event}" in done:
-                return Recorded(Outcome.DUPLICATE, key)
-            return Recorded(Outcome.RECORDED, key)
+            if item_id not in json.loads(req.items):
+                return Recorded(Outcome.NOT_SHOWN, req.key)
+            if req.done and f"{item_id}|{event}" in req.done:
+                return Recorded(Outcome.DUPLICATE, req.key)
+            return Recorded(Outcome.RECORDED, req.key)
 
     def record(self, request_id: str, item_id: str, event: str, now: float | None = None) -> Recorded:
-        now = time.time() if now is None else now
+        now = time.time() if now is None else float(now)
         with self.lock:
             checked = self.check(request_id, item_id, event, now)
             if checked.outcome is not Outcome.RECORDED:
                 return checked
             self._write(["r", request_id, item_id, event, now])
             self._apply_record(request_id, item_id, event, now)
-            self._maybe_compact()
             return Recorded(Outcome.RECORDED, checked.key)
 
     def ping(self) -> bool:
         return True
 
-    def close(self) -> None:
-        with self.lock:
-            if self._journal is not None and not self._journal.closed:
-                self._compact()
-                self._journal.close()
+    def close(self, compact: bool = True) -> None:
+        """Stop the compactor and close the journal; ``compact``: fold it into a snapshot first
+        (without: the next start replays it, as after a crash)."""
+        if self._compactor is not None:
+            self._stop.set()
+            self._due.set()
+            self._compactor.join()
+            self._compactor = None
+        if self.journal is not None and self.journal.is_open:
+            if compact:
+                self.compact()
+            with self.lock:
+                self.journal.close()
 
     def memory(self) -> dict:
-        """Counts that bound the memory (keys, events, registered requests)."""
+        """What bounds the memory: keys held, events, registered requests and the JSON bytes they hold."""
         with self.lock:
-            return {"keys": len(self.events), "events": sum(len(d) for d in self.events.values()),
-                    "requests": len(self.requests)}
+            keys = [*self.users.values(), *self.ephemeral.values()]
+            return {"keys": len(keys), "users": len(self.users), "ephemeral": len(self.ephemeral),
+                    "events": sum(len(k.events) for k in keys), "requests": len(self.requests),
+                    "bytes": sum(sum(map(len, k.events)) + k.shown_bytes for k in keys)
+                    + sum(len(r.items) for r in self.requests.values()),
+                    "compactions": self.compactions}
 
     # -- state changes (also replayed from the journal) ------------------------------------------
 
-    def _touch(self, key: str, now: float) -> None:
-        if key not in self.events:
-            self.events[key] = collections.deque(maxlen=self.config.max_events)
-        self.events.move_to_end(key)
-        self.touched[key] = now
-        while len(self.events) > self.config.max_keys:
-            old, _ = self.events.popitem(last=False)
-            self.shown.pop(old, None)
-            self.touched.pop(old, None)
+    def _table(self, key: str) -> collections.OrderedDict[str, _Key]:
+        return self.ephemeral if is_ephemeral(key) else self.users
 
-    def _expired(self, key: str, now: float) -> bool:
-        return is_session(key) and now - self.touched.get(key, now) > self.config.session_ttl_s
+    def _expired(self, key: str, k: _Key, now: float) -> bool:
+        return now - k.touched > (self.config.session_ttl_s if is_ephemeral(key) else self.config.user_ttl_s)
 
-    def _apply_issue(self, request_id: str, key: str, items: tuple[str, ...], now: float) -> None:
-        if self._expired(key, now):
-            self._forget(key)
-        self._touch(key, now)
+    def _touch(self, key: str, now: float) -> _Key:
+        table = self._table(key)
+        k = table.get(key)
+        if k is not None and self._expired(key, k, now):
+            del table[key]  # expired: starts afresh
+            k = None
+        if k is None:
+            k = table[key] = _Key(self.config, now)
+        table.move_to_end(key)
+        k.touched = now
+        cap = self.config.max_ephemeral_keys if table is self.ephemeral else self.config.max_keys
+        while table:  # least recently used first: drop while over the cap or expired
+            first = next(iter(table))
+            if len(table) <= cap and not self._expired(first, table[first], now):
+                break
+            del table[first]
+        return k
+
+    def _apply_issue(self, request_id: str, key: str, items: list[str], now: float, items_json: str = "") -> None:
+        items_json = items_json or json.dumps(items)
+        k = self._touch(key, now)
         if self.config.answers_kept:
-            self.shown.setdefault(key, collections.deque(maxlen=self.config.answers_kept)).append(items)
-        self.requests[request_id] = (key, items, now, set())
-        while len(self.requests) > self.config.max_requests:
+            fits = len(items) <= self.config.max_answer_ids and len(items_json) <= self.config.max_shown_bytes
+            k.remember(items_json if fits else clip_answer(items, self.config), self.config)
+        self.requests[request_id] = _Request(key, items_json, now)
+        self.requests.move_to_end(request_id)
+        while self.requests:
+            first = next(iter(self.requests.values()))
+            if len(self.requests) <= self.config.max_requests and now - first.at <= self.config.request_ttl_s:
+                break
             self.requests.popitem(last=False)
 
     def _apply_record(self, request_id: str, item_id: str, event: str, now: float) -> None:
-        key, _, _, done = self.requests[request_id]
-        done.add(f"{item_id}|{event}")
-        self._touch(key, now)
-        self.events[key].append((item_id, event, now))
+        req = self.requests[request_id]
+        if req.done is None:
+            req.done = set()
+        req.done.add(f"{item_id}|{event}")
+        self._touch(req.key, now).events.append(json.dumps([item_id, event, now]))
 
-    def _forget(self, key: str) -> None:
-        self.events.pop(key, None)
-        self.shown.pop(key, None)
-        self.touched.pop(key, None)
+    def _apply(self, op: list) -> None:
+        """One journal line (unreadable ones are counted as skipped)."""
+        try:
+            if op[0] == "i":
+                self._apply_issue(str(op[1]), str(op[2]), list(op[3]), float(op[4]))
+            elif op[0] == "r" and op[1] in self.requests:
+                self._apply_record(str(op[1]), str(op[2]), str(op[3]), float(op[4]))
+        except (ValueError, IndexError, TypeError):
+            if self.journal is not None:
+                self.journal.skipped += 1
 
     # -- durability -----------------------------------------------------------------------------
 
-    def _write(self, line: list) -> None:
-        if self._journal is None:
+    def _write(self, op: list | str) -> None:
+        if self.journal is None:
             return
-        self._journal.write(json.dumps(line) + "\n")
-        self._journal.flush()
-        os.fsync(self._journal.fileno())  # acknowledged = on disk
-        self._lines += 1
+        self.journal.append(op)
+        if self.journal.lines >= self.config.compact_every:
+            self._due.set()  # the compactor thread takes it from here
 
-    def _maybe_compact(self) -> None:
-        # after the change is applied: the snapshot must hold the line the journal is cut after
-        if self._journal is not None and self._lines >= self.config.compact_every:
-            self._compact()
+    def _compact_when_due(self) -> None:
+        while True:
+            self._due.wait()
+            if self._stop.is_set():
+                return
+            self._due.clear()
+            try:
+                self.compact()
+            except Exception:  # the journal still holds every change: try again when due
+                logger.exception("user state: compaction failed (the journal keeps growing until one succeeds)")
 
-    def _snapshot(self) -> dict:
-        return {"config": asdict(self.config),
-                "keys": [[k, list(map(list, d)), [list(a) for a in self.shown.get(k, ())], self.touched.get(k, 0.0)]
-                         for k, d in self.events.items()],
-                "requests": [[r, k, list(items), t, sorted(done)] for r, (k, items, t, done) in self.requests.items()]}
+    def compact(self) -> None:
+        """Fold the journal into a new snapshot. Under the lock only a new segment is started; the
+        snapshot is rebuilt from the old one and the sealed segments in a scratch state."""
+        assert self.journal is not None
+        with self._compacting:
+            with self.lock:
+                if not self.journal.is_open or self.journal.lines == 0:
+                    return
+                upto = self.journal.open_next()
+            began = time.perf_counter()
+            files = Journal(self.journal.dir)  # a reader: lines it cannot read were counted on start
+            start, records = files.snapshot()
+            scratch = MemoryUserState(self.config)
+            scratch._restore(records)
+            for op in files.replay(start, upto):
+                scratch._apply(op)
+            self.journal.write_snapshot(scratch._records(), upto, {"config": asdict(self.config)})
+            self.compactions += 1
+            self.last_compaction_s = time.perf_counter() - began
 
-    def _compact(self) -> None:
-        """Snapshot the whole state (written whole, fsynced, renamed), then start a new journal."""
-        assert self.dir is not None
-        storage.atomic_write(str(self.dir / "snapshot.json"), json.dumps(self._snapshot()).encode())
-        if self._journal is not None:
-            self._journal.close()
-        self._journal = open(self.dir / "journal.jsonl", "w", encoding="utf-8")  # noqa: SIM115
-        os.fsync(self._journal.fileno())
-        _fsync_dir(self.dir)
-        self._lines = 0
+    def _records(self):
+        """The state as snapshot lines: events, answers and a request's items stay JSON texts."""
+        for key, k in [*self.users.items(), *self.ephemeral.items()]:
+            yield json.dumps(["k", key, list(k.events), list(k.shown), k.touched])
+        for rid, r in self.requests.items():
+            yield json.dumps(["q", rid, r.key, r.items, r.at, sorted(r.done or ())])
 
-    def _load(self) -> None:
-        assert self.dir is not None
-        snap = self.dir / "snapshot.json"
-        if snap.exists():
-            doc = json.loads(snap.read_text(encoding="utf-8"))
-            for key, events, shown, touched in doc["keys"]:
-                self.events[key] = collections.deque((tuple(e) for e in events), maxlen=self.config.max_events)
-                if self.config.answers_kept:
-                    self.shown[key] = collections.deque((tuple(a) for a in shown), maxlen=self.config.answers_kept)
-                self.touched[key] = touched
-            for rid, key, items, t, done in doc["requests"]:
-                self.requests[rid] = (key, tuple(items), t, set(done))
-        journal = self.dir / "journal.jsonl"
-        if journal.exists():
-            with open(journal, encoding="utf-8") as fh:
-                for line in fh:
-                    try:
-                        op = json.loads(line)
-                        if op[0] == "i":
-                            self._apply_issue(op[1], op[2], tuple(op[3]), op[4])
-                        elif op[0] == "r" and op[1] in self.requests:
-                            self._apply_record(op[1], op[2], op[3], op[4])
-                    except (ValueError, IndexError, TypeError):
-                        self.skipped += 1  # a torn last line was never acknowledged; anything else is reported
-            self._lines = 0
+    def _restore(self, records) -> None:
+        """Snapshot records; lists where texts are expected come from the earlier layout."""
+        def text(x) -> str:
+            return x if isinstance(x, str) else json.dumps(x)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        for rec in records:
+            if rec[0] == "k":
+                _, key, events, shown, touched = rec
+                k = self._table(key)[key] = _Key(self.config, float(touched))
+                k.events.extend(map(text, events))
+                for a in shown[-self.config.answers_kept:] if self.config.answers_kept else ():
+                    k.remember(text(a), self.config)
+            elif rec[0] == "q":
+                _, rid, key, items, at, done = rec
+                self.requests[rid] = _Request(key, text(items), float(at), set(done) or None)

@@ -179,7 +179,7 @@ def test_feedback_is_checked_against_the_shopper_it_acts_for_and_the_cap(tmp_pat
     req = FeedbackRequest(request_id=body["request_id"], item_id=body["items"][0]["item_id"], event="click")
     with pytest.raises(ServiceError) as e:
         app.run(app.service.feedback(req, identity="u:u2"))
-    assert e.value.status == 403 and not state.state.requests[body["request_id"]][3]  # nothing recorded
+    assert e.value.status == 403 and not state.state.requests[body["request_id"]].done  # nothing recorded
     with pytest.raises(ServiceError) as e:
         app.run(app.service.feedback(req, identity="u:u1"))
     assert e.value.status == 503
@@ -295,3 +295,35 @@ def test_readyz_counts_quarantined_segments(tmp_path):
         ready = client.get("/readyz")
     assert ready.status_code == 200  # set aside: it does not block the others, so still ready
     assert ready.json()["feedback_log"]["quarantined_segments"] == 1
+
+
+def test_a_made_up_user_id_is_held_like_a_session(tmp_path):
+    """A user id the catalogue does not know gets live state under ``a:``, in the capped pool of
+    made-up keys: more made-up ids push it out; a known user's state stays."""
+    state = LocalState(MemoryUserState(UserStateConfig(max_ephemeral_keys=2)))
+    app = App(tmp_path, state=state, policy_epsilon=0.0, policy_alpha=0.0, explore_candidates=0, stale_alpha=0.0)
+    for user in ("ghost-0", "u1"):
+        body = app.recommend(user_id=user, k=3)
+        assert body["user_known"] == (user == "u1")
+        app.feedback(request_id=body["request_id"], item_id=body["items"][0]["item_id"], event="click")
+    assert app.recommend(user_id="ghost-0", k=3)["live_history"] == 1  # used like a user while held
+    assert set(state.state.ephemeral) == {"a:ghost-0"} and set(state.state.users) == {"u:u1"}
+    for n in (1, 2):
+        app.recommend(user_id=f"ghost-{n}", k=3)
+    assert app.recommend(user_id="ghost-0", k=3)["live_history"] == 0  # pushed out by two more
+    assert app.recommend(user_id="u1", k=3)["live_history"] == 1  # known users are not in that pool
+
+
+def test_user_state_bounds_are_validated_and_passed_on():
+    from pydantic import ValidationError
+
+    from serving.service import user_state_config
+
+    cfg = user_state_config(AppArgs(model_dir="m", data_dir="d", state_user_ttl_s=3600, state_max_ephemeral_keys=7,
+                                    state_max_answer_ids=20, state_max_shown_bytes=4096, state_compact_every=99))
+    assert (cfg.user_ttl_s, cfg.max_ephemeral_keys, cfg.max_answer_ids, cfg.max_shown_bytes, cfg.compact_every) == \
+        (3600, 7, 20, 4096, 99)
+    for bad in ({"state_user_ttl_s": 0}, {"state_max_ephemeral_keys": 0}, {"state_max_answer_ids": 0},
+                {"state_max_shown_bytes": 100}, {"state_compact_every": 0}):
+        with pytest.raises(ValidationError):
+            AppArgs(model_dir="m", data_dir="d", **bad)
