@@ -72,6 +72,12 @@ ITEMS_SYNC_S = 1.0  # how stale this service's view of items added elsewhere may
 VERSIONS_KEPT = 50_000
 
 
+def shopper_of(key: str | None) -> str | None:
+    """The shopper a user-state key belongs to, as a shopper token names it: a user id the
+    catalogue does not know is held under ``a:<id>`` (like a session) but is the token's ``u:<id>``."""
+    return f"u:{key[2:]}" if key is not None and key.startswith("a:") else key
+
+
 class ServiceError(Exception):
     """A request the service refuses (4xx) or cannot serve now (503); ``detail`` says why."""
 
@@ -280,7 +286,7 @@ class RecommendService:
             raise ServiceError(503, f"feedback not recorded, retry later: {exc}") from None
         if rec.outcome is Outcome.UNKNOWN_REQUEST:
             raise ServiceError(404, f"request_id: {req.request_id!r} was not issued by this app (or has expired)")
-        if identity is not None and rec.key != identity:
+        if identity is not None and shopper_of(rec.key) != identity:
             raise ServiceError(403, f"request_id: {req.request_id!r} was issued for another shopper than this "
                                     "shopper token's")
         if rec.key is not None:

@@ -316,6 +316,19 @@ def test_with_tokens_a_shopper_acts_only_for_the_user_its_token_names(live, tmp_
     assert rec(None).headers["www-authenticate"].startswith("ShopperToken")
 
 
+def test_with_tokens_a_user_the_catalogue_does_not_know_yet_can_send_feedback(live, tmp_path):
+    """A new customer (not in the catalogue; held like a session under ``a:<id>``) acts with a
+    token for ``u:<id>``, for /recommend and for /feedback; another user's token is refused."""
+    client, _, _, tokens = live(shopper_token_secret_file=str(tmp_path / "secret"))
+    mine = {"X-Shopper-Token": tokens.mint("u:new-customer", 60)}
+    body = client.post("/recommend", json={"user_id": "new-customer", "k": 3}, headers=mine).json()
+    assert body["user_known"] is False
+    fb = {"request_id": body["request_id"], "item_id": body["items"][0]["item_id"], "event": "click"}
+    other = {"X-Shopper-Token": tokens.mint("u:u1", 60)}
+    assert client.post("/feedback", json=fb, headers=other).status_code == 403
+    assert client.post("/feedback", json=fb, headers=mine).json()["status"] == "recorded"
+
+
 def test_with_tokens_an_anonymous_session_is_bound_to_the_token_the_app_mints(live, tmp_path):
     client, _, _, tokens = live(shopper_token_secret_file=str(tmp_path / "secret"))
     first = client.post("/recommend", json={"k": 3}).json()  # a new session: no token needed
