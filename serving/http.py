@@ -42,7 +42,7 @@ from serving.feedback_log import FeedbackLog, FeedbackLogConfig
 from serving.feedback_shared import SharedFeedbackLog, SharedLogConfig
 from serving.identity import TOKEN_HEADER, IdentityRefused, ShopperGate
 from serving.metrics import ACCESS_LOGGER, NO_METRICS, Metrics, access_line, endpoint_of
-from serving.ratelimit import KeyLimit, KeyLimitSettings
+from serving.ratelimit import KeyLimit, KeyLimitSettings, limits_report
 from serving.schemas import FeedbackRequest, NewItem, RecommendRequest
 from serving.security import Guard, GuardSettings, route_path
 from serving.service import RecommendService, ServiceError
@@ -65,7 +65,7 @@ SHOPPERS = ShopperGate()  # signed shopper tokens (off until configured)
 api.add_middleware(KeyLimit, settings=LIMITS)
 api.add_middleware(Guard, settings=GUARD)
 # the shop window lists shoppers and reads their histories only where anyone may act for anyone
-api.state.shoppers_private = lambda: GUARD.keys.configured or SHOPPERS.on
+api.state.shoppers_private = lambda: GUARD.current_keys().configured or SHOPPERS.on
 
 
 class Measured:
@@ -325,7 +325,9 @@ async def readyz(request: Request) -> JSONResponse:
             "user_state": "ok" if state_ok else "unavailable",
             "feedback_log": {"ok": persisting, "unpublished_segments": wal["unpublished_segments"],
                              "corrupt_lines": wal["corrupt_lines"],
-                             "quarantined_segments": wal["quarantined_segments"]}}
+                             "quarantined_segments": wal["quarantined_segments"]},
+            "rate_limits": limits_report(LIMITS.buckets if GUARD.current_keys().configured else None, rt.service.per_user,
+                                         rt.service.cap)}
     if not persisting:
         body["feedback_log"]["error"] = wal["last_error"] or "the write-ahead log cannot be written"
     return JSONResponse(status_code=200 if persisting else 503, content=body)

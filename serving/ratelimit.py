@@ -47,6 +47,7 @@ class TokenBuckets:
         self.rate, self.burst, self.max_names, self.clock = rate, burst, max_names, clock
         self.buckets: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()  # tokens, at
         self.lock = threading.Lock()
+        self.refused = 0  # takes answered with a wait, since start (/readyz)
 
     def take(self, name: str) -> float:
         """Take one token: 0.0 when there was one, else the seconds until there is (nothing taken)."""
@@ -58,6 +59,7 @@ class TokenBuckets:
             self.buckets[name] = (tokens - 1.0 if wait == 0.0 else tokens, now)  # newest last
             while len(self.buckets) > self.max_names:
                 self.buckets.popitem(last=False)
+            self.refused += wait > 0.0
             return wait
 
     def describe(self) -> str:
@@ -83,6 +85,7 @@ class RequestCap:
         self.limit, self.max_requests = limit, max_requests
         self.counts: collections.OrderedDict[str, int] = collections.OrderedDict()
         self.lock = threading.Lock()
+        self.refused = 0  # events refused, since start (/readyz)
 
     def reserve(self, request_id: str) -> bool:
         with self.lock:
@@ -90,6 +93,7 @@ class RequestCap:
             self.counts[request_id] = n + (n < self.limit)
             while len(self.counts) > self.max_requests:
                 self.counts.popitem(last=False)
+            self.refused += n >= self.limit
             return n < self.limit
 
     def release(self, request_id: str) -> None:
@@ -140,3 +144,13 @@ def presented_key(headers: dict[bytes, bytes]) -> str:
         if auth[:7].lower() == "bearer ":
             key = auth[7:].strip()
     return key
+
+
+def limits_report(per_key: TokenBuckets | None, per_shopper: TokenBuckets | None, cap: RequestCap | None) -> dict:
+    """What ``/readyz`` says of this replica's limits: each scope's setting (None = off) and the
+    requests it refused since the replica started."""
+    return {"per_key": per_key.describe() if per_key else None,
+            "per_shopper": per_shopper.describe() if per_shopper else None,
+            "feedback_per_request": cap.limit if cap else None,
+            "refused": {"key": per_key.refused if per_key else 0, "shopper": per_shopper.refused if per_shopper else 0,
+                        "feedback_cap": cap.refused if cap else 0}}

@@ -375,6 +375,9 @@ def test_a_key_past_its_burst_gets_429_with_retry_after(live, tmp_path):
     assert client.get("/items/i0/similar?k=2", headers=admin).status_code == 200  # another key, its own bucket
     assert client.get("/healthz").status_code == 200  # open routes are not limited
     assert sink.get("raycart_rate_limited_total", scope="key") == 1
+    limits = client.get("/readyz").json()["rate_limits"]  # and the probe says so
+    assert limits["per_key"] == "0.01 requests/s, burst 2" and limits["per_shopper"] is None
+    assert limits["refused"] == {"key": 1, "shopper": 0, "feedback_cap": 0}
 
 
 def test_a_shopper_past_its_burst_gets_429_with_retry_after(live):
@@ -385,6 +388,7 @@ def test_a_shopper_past_its_burst_gets_429_with_retry_after(live):
     assert "shopper" in r.json()["detail"]
     assert client.post("/recommend", json={"user_id": "u2", "k": 2}).status_code == 200
     assert sink.get("raycart_rate_limited_total", scope="user") == 1
+    assert client.get("/readyz").json()["rate_limits"]["refused"]["shopper"] == 1
 
 
 def test_an_answer_collects_at_most_feedback_per_request_events(live):
@@ -400,6 +404,8 @@ def test_an_answer_collects_at_most_feedback_per_request_events(live):
     r = fb(2, "purchase")
     assert r.status_code == 400 and "feedback_per_request" in r.json()["detail"]
     assert sink.get("raycart_rate_limited_total", scope="feedback_cap") == 1
+    limits = client.get("/readyz").json()["rate_limits"]
+    assert limits["feedback_per_request"] == 2 and limits["refused"]["feedback_cap"] == 1
 
 
 def test_limit_settings_are_validated():
