@@ -37,6 +37,7 @@ from serving.messages import (
     RankedList,
     RankQuery,
     Slate,
+    StageUnavailable,
 )
 from serving.metrics import Metrics, RaySink, route_access_log
 from serving.netbind import bind_replica_grpc_to_node_address
@@ -58,6 +59,15 @@ COPY_FETCH_TIMEOUT_S = 5.0
 # separate topology during a rollout: how long a request retries until its retriever and ranker
 # replicas agree on a model version (each keeps the version it replaced for ModelHolder.grace_s)
 VERSION_AGREE_S = 10.0
+
+
+def _unavailable(exc: BaseException) -> BaseException:
+    """A model replica's :class:`~serving.messages.StageUnavailable` (it could not reach the item
+    registry in time) as a 503 to retry; any other error as it is."""
+    cause = exc if isinstance(exc, StageUnavailable) else getattr(exc, "cause", None)
+    if isinstance(cause, StageUnavailable):
+        return ServiceError(503, f"{cause}; retry")
+    return exc
 
 
 def _mismatch(exc: BaseException) -> ModelVersionMismatch | None:
@@ -86,6 +96,7 @@ class HandleStages:
                  registry: DeploymentHandle, copy: PolicyCopy | None = None, wait_s: float = 5.0):
         self.retriever, self.ranker, self.policy, self.registry = retriever, ranker, policy, registry
         self.wait_s = wait_s  # how long a request waits for a single-replica deployment (AppArgs.singleton_wait_s)
+        self.agree_s = VERSION_AGREE_S  # set to half the request deadline by the Ingress
         self.copy = copy  # choose here, from a copy of the policy's parameters (AppArgs.policy_copy_s)
         self.refreshing: asyncio.Task | None = None
         self.background: set[asyncio.Task] = set()  # impressions on their way to the learner
@@ -98,18 +109,21 @@ class HandleStages:
         that does not hold it (a new replica that came up first) says which it holds, and the
         candidates are retrieved again with that one -- until a pair agrees, or 503."""
         if self.ranker is None:  # fused: one hop
-            return await self.retriever.retrieve_and_rank.remote(q, user, live_stages)
-        deadline = time.monotonic() + VERSION_AGREE_S
-        for attempt in itertools.count():
-            cands = await self.retriever.candidates.remote(q)
             try:
+                return await self.retriever.retrieve_and_rank.remote(q, user, live_stages)
+            except Exception as exc:  # noqa: BLE001 -- re-raised (a 503 where it says retry)
+                raise _unavailable(exc) from None
+        deadline = time.monotonic() + min(VERSION_AGREE_S, self.agree_s)
+        for attempt in itertools.count():
+            try:
+                cands = await self.retriever.candidates.remote(q)
                 return cands, await self.ranker.rank.remote(RankQuery(
                     q.history, cands.items, cands.dense, user, q.items_version, live_stages,
                     model_version=cands.model_version))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 -- re-raised unless a version mismatch
                 mismatch = _mismatch(exc)
                 if mismatch is None:
-                    raise
+                    raise _unavailable(exc) from None
                 if time.monotonic() >= deadline:
                     raise ServiceError(503, f"a model rollout is under way ({mismatch}); retry") from None
                 q = dataclasses.replace(q, model_version=mismatch.held[0])
@@ -137,7 +151,10 @@ class HandleStages:
         slate, shown = self.copy.choose(q)
         response = self.policy.remember.remote(q.request_id, shown)
         if len(self.background) >= MAX_PENDING_IMPRESSIONS:
-            await response  # the learner is behind: this request waits instead of queueing more
+            try:  # the learner is behind: this request waits instead of queueing more (not for ever)
+                await asyncio.wait_for(response, self.wait_s)
+            except Exception as exc:  # noqa: BLE001 -- the impression is in the feedback log all the same
+                log.warning("policy did not take an impression (%s)", str(exc)[:200] or type(exc).__name__)
         else:
             self._later(response)
         return slate
@@ -214,9 +231,14 @@ class Ingress:
         route_access_log(logging.getLogger("ray.serve"))  # the replica's log file
         copy = PolicyCopy(args, metrics=metrics) if args.policy_copy_s > 0 else None
         self.runtime = Runtime(RecommendService(args, Catalog.load(args.data_dir),
-                                                HandleStages(retriever, ranker, policy, registry, copy,
-                                                             args.singleton_wait_s),
+                                                self._stages(retriever, ranker, policy, registry, copy, args),
                                                 StateAccess(args, state), self.edge.append, metrics), self.edge)
+
+    @staticmethod
+    def _stages(retriever, ranker, policy, registry, copy: PolicyCopy | None, args: AppArgs) -> HandleStages:
+        stages = HandleStages(retriever, ranker, policy, registry, copy, args.singleton_wait_s)
+        stages.agree_s = args.request_timeout_s / 2  # a rollout's 503 comes before the Guard's 504
+        return stages
 
     def __serve_build_asgi_app__(self):
         """The HTTP edge, configured for this replica (called by Serve after ``__init__``, in the

@@ -15,7 +15,14 @@ import asyncio
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serving.messages import CandidateQuery, CandidateSet, ModelVersionMismatch, RankedList, RankQuery
+from serving.messages import (
+    CandidateQuery,
+    CandidateSet,
+    ModelVersionMismatch,
+    RankedList,
+    RankQuery,
+    StageUnavailable,
+)
 from serving.metrics import Metrics, RaySink
 from serving.netbind import bind_replica_grpc_to_node_address
 from serving.runtime_items import ItemStore
@@ -48,7 +55,10 @@ class _ServesModel:
         bind_replica_grpc_to_node_address()
 
         async def since(n: int) -> list[dict]:
-            return await registry.since.remote(n)
+            try:  # the single registry replica may be restarting: bounded, then a 503 to retry
+                return await asyncio.wait_for(registry.since.remote(n), args.singleton_wait_s)
+            except Exception as exc:  # noqa: BLE001 -- any failure to reach it: retry later
+                raise StageUnavailable(f"the item registry did not answer ({type(exc).__name__})") from None
 
         self.holder = ModelHolder(args, since, with_index=self.with_index, metrics=Metrics(RaySink()))
 

@@ -117,6 +117,7 @@ class FeedbackLog:
         _fsync_dir(self.dir)  # the segment's name survives a crash with its first fsynced line
         self.segment, self._fh = segment, fh
         self.pending, self.lines, self.opened = 0, 0, time.monotonic()  # records; records and acks
+        self.broken_tail = False  # the last write failed part-way (see _write)
 
     def append(self, table: str, record: dict) -> None:
         """Durably record one row of ``table`` (``impressions`` / ``events``); returns once on disk."""
@@ -146,9 +147,13 @@ class FeedbackLog:
         if not text:
             return
         try:
-            self._fh.write(text)
+            # after a failed write (disk full) the segment may end in part of a line: a newline
+            # first, so these lines are not glued onto the fragment and skipped with it
+            self._fh.write(("\n" if self.broken_tail else "") + text)
+            self.broken_tail = True
             self._fh.flush()
             os.fsync(self._fh.fileno())
+            self.broken_tail = False
         except BaseException:
             with self.ack_lock:
                 self.acks[:0] = acks

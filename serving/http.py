@@ -138,7 +138,7 @@ class Acknowledged:
                 pending.clear()
                 runtime = getattr(api.state, "runtime", None)
                 if 200 <= message["status"] < 300 and runtime is not None:
-                    runtime.edge.acknowledge(ids)  # queued, not awaited: nothing between here and the send
+                    await runtime.edge.acknowledged(ids)  # local WAL: on disk before the 2xx goes out
             await send(message)
 
         try:
@@ -200,6 +200,19 @@ class EdgeLog:
 
     def report_to(self, metrics: Metrics) -> None:
         self.metrics, self.quarantined = metrics, None  # reported afresh at the next tick
+
+    async def acknowledged(self, ack_ids: list[str]) -> None:
+        """Log the acks of a 2xx about to go out. The local WAL writes them (fsynced) before it
+        returns, so a crash after the client's 200 cannot leave its records uncounted; a failure
+        there, and the shared WAL (its next group commit: a replica lost within that commit's
+        time loses the count of those records, not the records), go through the ack thread."""
+        if isinstance(self.log, FeedbackLog):
+            try:
+                await asyncio.to_thread(self.log.ack, ack_ids)
+                return
+            except Exception as exc:  # noqa: BLE001 -- queued and retried by the ack thread
+                log.warning("feedback log: %d ack(s) not written at once (%s); retrying", len(ack_ids), exc)
+        self.acknowledge(ack_ids)
 
     def acknowledge(self, ack_ids: list[str]) -> None:
         """Queue acks for the ack thread; never blocks (called as a response starts)."""

@@ -45,6 +45,7 @@ VERSION = "v1"
 MIN_SECRET_BYTES = 32
 MAX_TOKEN_CHARS = 1024  # sub is at most 2 + 200 characters: a real token is far shorter
 SUBJECT = re.compile(r"[us]:.{1,200}", re.DOTALL)
+B64URL = re.compile(r"[A-Za-z0-9_-]+")  # a token's payload and signature (headers may hold any latin-1)
 
 
 class TokenSecretError(ValueError):
@@ -118,8 +119,9 @@ class ShopperTokens:
     def verify(self, token: str, now: float | None = None) -> str:
         """The token's ``sub``; :class:`IdentityRefused` (401) for a malformed, forged or expired one."""
         parts = token.strip().split(".") if len(token) <= MAX_TOKEN_CHARS else []
-        if len(parts) != 3 or parts[0] != VERSION:
-            raise IdentityRefused(401, f"invalid shopper token: expected '{VERSION}.<payload>.<signature>'")
+        if len(parts) != 3 or parts[0] != VERSION or not all(B64URL.fullmatch(p) for p in parts[1:]):
+            raise IdentityRefused(401, f"invalid shopper token: expected '{VERSION}.<payload>.<signature>' "
+                                       "(base64url)")
         _, payload, signature = parts
         if not hmac.compare_digest(self._sign(payload), signature):
             raise IdentityRefused(401, "invalid shopper token: bad signature")

@@ -84,6 +84,11 @@ class ModelVersionMismatch(RuntimeError):
         return f"model version {self.wanted!r} is not held here (held: {', '.join(self.held) or 'none'})"
 
 
+class StageUnavailable(RuntimeError):
+    """A model replica could not get what a request needs in time (the item registry did not
+    answer, say, while it restarts): the request may be retried (HTTP 503)."""
+
+
 @dataclass(frozen=True)
 class PolicyQuery:
     """The policy's input: the kept candidates (``scores``, ``retriever_rank`` of each), their

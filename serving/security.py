@@ -64,7 +64,11 @@ class ApiKeys:
         if not p.is_file():
             raise KeyFileError(f"api_keys_file: {path} is not a readable file")
         out: dict[str, set[str]] = {r: set() for r in ROLES}
-        for n, raw in enumerate(p.read_text().splitlines(), 1):
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:  # a reload must see a clear error, never a 500
+            raise KeyFileError(f"api_keys_file: {path} cannot be read ({type(exc).__name__})") from None
+        for n, raw in enumerate(text.splitlines(), 1):
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue

@@ -67,6 +67,7 @@ from serving.user_state import (
 from training.data.funnel import STAGES
 
 ITEMS_SYNC_S = 1.0  # how stale this service's view of items added elsewhere may get
+FORCED_SYNC_S = 0.2  # an id not known here asks the registry, at most this often
 # answers whose (model, policy) versions are kept for the metrics of their feedback; older ones'
 # feedback (and feedback for another replica's answers) counts under "unknown"
 VERSIONS_KEPT = 50_000
@@ -118,6 +119,7 @@ class RecommendService:
         self.metrics = metrics
         self.versions: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
         self.synced_at = 0.0  # when the runtime items were last pulled from the registry
+        self.sync_began = -1.0  # when the last pull began (concurrent callers share one)
         self.sync_lock = asyncio.Lock()
         self.per_user = buckets(args.rate_limit_user_per_s, args.rate_limit_user_burst, args.rate_limit_max_buckets)
         self.cap = RequestCap(args.feedback_per_request, args.rate_limit_max_buckets) \
@@ -138,9 +140,13 @@ class RecommendService:
     async def sync(self, force: bool = False) -> None:
         """Learn the items added at runtime (through any replica), in registry order: at most every
         ITEMS_SYNC_S, or at once when a request names an id not known here."""
-        if not force and time.monotonic() - self.synced_at < ITEMS_SYNC_S:
+        asked = time.monotonic()
+        if not force and asked - self.synced_at < ITEMS_SYNC_S:
             return
         async with self.sync_lock:
+            if self.sync_began >= asked:  # a sync that began after this call asked has just finished
+                return
+            self.sync_began = time.monotonic()
             try:
                 records = await self.stages.since(self.catalog.added)
             except ServiceError:  # the registry is restarting: a routine sync waits for the next one
@@ -155,7 +161,9 @@ class RecommendService:
 
     async def unknown(self, ids: list[str]) -> list[str]:
         missing = [x for x in ids if x not in self.catalog.item_index]
-        if missing:
+        # ask the registry, but not for every request: a stream of made-up ids (/shop/images/<random>,
+        # say) costs one registry call per FORCED_SYNC_S, not one each
+        if missing and time.monotonic() - self.synced_at >= FORCED_SYNC_S:
             await self.sync(force=True)
             missing = [x for x in missing if x not in self.catalog.item_index]
         return missing
@@ -294,8 +302,7 @@ class RecommendService:
         if rec.outcome is Outcome.NOT_SHOWN:
             raise ServiceError(400, f"item_id: request {req.request_id!r} did not show item {req.item_id!r}")
         if rec.outcome is Outcome.DUPLICATE:
-            self._count_feedback(req, "duplicate")
-            return {"status": "duplicate", "learned": False, "history": False}
+            return await self._duplicate(req)
         if self.cap is not None and not self.cap.reserve(req.request_id):
             self.metrics.rate_limited("feedback_cap")
             raise ServiceError(400, f"request_id: {req.request_id!r} has collected the most feedback events one "
@@ -311,13 +318,21 @@ class RecommendService:
             if self.cap is not None and rec.outcome is not Outcome.RECORDED:  # not recorded: not counted
                 self.cap.release(req.request_id)
         if rec.outcome is Outcome.DUPLICATE:  # a concurrent copy of this event got there first
-            self._count_feedback(req, "duplicate")
-            return {"status": "duplicate", "learned": False, "history": False}
+            return await self._duplicate(req)
         if rec.outcome is not Outcome.RECORDED:
             raise ServiceError(404, f"request_id: {req.request_id!r} has expired")
         self._count_feedback(req, "recorded")
         learned = self.args.policy_learning and await self.stages.learn(req.request_id, req.item_id, req.event)
         return {"status": "recorded", "learned": bool(learned), "history": req.event in HISTORY_EVENTS}
+
+    async def _duplicate(self, req: FeedbackRequest) -> dict:
+        """A repeat of a recorded event. It is logged again all the same: the first copy may never
+        have been acknowledged (its client got a 504 or gave up after the state recorded it), and
+        this copy is what this 200 acknowledges; readers keep one copy per (request, item, event)."""
+        await self.append("events", [{"request_id": req.request_id, "item_id": req.item_id, "event": req.event,
+                                      "timestamp": time.time()}])
+        self._count_feedback(req, "duplicate")
+        return {"status": "duplicate", "learned": False, "history": False}
 
     def _count_feedback(self, req: FeedbackRequest, outcome: str) -> None:
         model, policy = self.versions.get(req.request_id, ("unknown", "unknown"))

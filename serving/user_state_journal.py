@@ -98,14 +98,20 @@ class Journal:
                            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_DSYNC, 0o644)
         _fsync_dir(self.dir)
         self.lines = 0
+        self.broken_tail = False  # the last write failed part-way (see append)
         return self.seq
 
     def append(self, op: list | str) -> None:
         """One change (a JSON list, or its text), on disk when this returns."""
         assert self._fd is not None, "journal closed"
-        data = memoryview(((op if isinstance(op, str) else json.dumps(op)) + "\n").encode())
+        text = (op if isinstance(op, str) else json.dumps(op)) + "\n"
+        # after a failed write (disk full) the segment may end in part of a line: a newline first,
+        # so that this line is not glued onto the fragment and dropped with it at the next load
+        data = memoryview((("\n" if self.broken_tail else "") + text).encode())
+        self.broken_tail = True
         while data:  # acknowledged = on disk (O_DSYNC)
             data = data[os.write(self._fd, data):]
+        self.broken_tail = False
         self.lines += 1
 
     def write_snapshot(self, lines: Iterable[str], next_seq: int, header: dict | None = None) -> None:

@@ -94,3 +94,11 @@ def test_raycart_token_mints_what_the_app_verifies(tmp_path, capsys):
     args = parser.parse_args(["token", "--secret-file", str(tmp_path / "absent"), "--user", "1"])
     with pytest.raises(DataError, match="--secret-file"):
         args.func(args)
+
+
+@pytest.mark.parametrize("token", ["v1.\xe9.x", "v1.e30.\xe9\xe9", "v1..", "v1.a b.c", "v1.e30.sig\x00"])
+def test_a_token_with_characters_outside_base64url_is_a_401_not_a_crash(token):
+    """Headers arrive as latin-1: a token with other characters is refused like any bad token."""
+    with pytest.raises(IdentityRefused) as err:
+        ShopperTokens(SECRET).verify(token, now=NOW)
+    assert err.value.status == 401

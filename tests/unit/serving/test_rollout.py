@@ -109,3 +109,29 @@ def test_rollout_settings_are_validated(field, value):
 
     with pytest.raises(ValidationError, match=field):
         AppArgs(model_dir="m", data_dir="d", **{field: value})
+
+
+def test_a_write_that_failed_part_way_does_not_swallow_the_next_one(tmp_path, monkeypatch):
+    """Disk full half-way through a journal line: the next acknowledged write starts on a line of
+    its own, so a restart reads it (the fragment is counted, not glued onto it)."""
+    import os
+
+    from serving.user_state_journal import Journal
+
+    journal = Journal(tmp_path)
+    journal.open_next()
+    journal.append(["a", 1])
+    real = os.write
+
+    def half(fd, data):
+        real(fd, bytes(data[:5]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half)
+    with pytest.raises(OSError):
+        journal.append(["lost", 2])
+    monkeypatch.setattr(os, "write", real)
+    journal.append(["b", 3])
+    journal.close()
+    again = Journal(tmp_path)
+    assert list(again.replay(0)) == [["a", 1], ["b", 3]] and again.skipped == 1

@@ -423,3 +423,12 @@ def _keys_file(tmp_path):
     f = tmp_path / "keys"
     f.write_text(f"shopper {SHOP}\nadmin {ADMIN}\n")
     return f
+
+
+def test_a_key_file_that_cannot_be_decoded_is_a_key_file_error(tmp_path):
+    """Read at start and on every reload: an unreadable file is a clear KeyFileError (the reload
+    keeps the old keys), never an exception that turns a request into a 500."""
+    bad = tmp_path / "keys"
+    bad.write_bytes(b"shopper \xff\xfe-not-utf8-0123456789\n")
+    with pytest.raises(KeyFileError, match="cannot be read"):
+        ApiKeys.load(str(bad))

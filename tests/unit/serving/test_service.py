@@ -327,3 +327,19 @@ def test_user_state_bounds_are_validated_and_passed_on():
                 {"state_max_shown_bytes": 100}, {"state_compact_every": 0}):
         with pytest.raises(ValidationError):
             AppArgs(model_dir="m", data_dir="d", **bad)
+
+
+def test_a_duplicate_is_logged_again_so_its_200_acknowledges_a_copy(tmp_path):
+    """The first copy of an event may never be acknowledged (its client got a 504 after the state
+    recorded it); the retry's "duplicate" 200 must acknowledge a copy of its own."""
+    logged = []
+
+    async def append(table, records):
+        logged.extend((table, r["request_id"], r["item_id"], r.get("event")) for r in records)
+
+    app = App(tmp_path, append=append)
+    body = app.recommend(user_id="u1", k=3)
+    click = {"request_id": body["request_id"], "item_id": body["items"][0]["item_id"], "event": "click"}
+    assert app.feedback(**click)["status"] == "recorded"
+    assert app.feedback(**click)["status"] == "duplicate"
+    assert [x for x in logged if x[0] == "events"] == [("events", *click.values())] * 2

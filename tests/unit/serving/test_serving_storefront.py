@@ -135,16 +135,26 @@ def test_every_missing_picture_answers_the_same_404(pictured):
 
 def test_an_unknown_id_asked_again_costs_no_registry_call(pictured):
     app, window, calls = pictured
+
+    def later() -> None:  # past FORCED_SYNC_S since the last registry call
+        app.service.synced_at -= 1.0
+        app.service.sync_began -= 1.0
+
     for _ in range(5):
         assert _status(window, "no-such-id") == (404, NO_IMAGE)
     assert len(calls) == 1  # the first ask looked in the registry (an item of another replica?)
+    assert _status(window, "other-id") == (404, NO_IMAGE) and len(calls) == 1  # a new id at once: no call either
+    later()
     assert _status(window, "late") == (404, NO_IMAGE) and len(calls) == 2
     app.stages.registry.store.add({"item_id": "late", "image": "p.png", "attributes": ["a0"]})
+    later()
     assert _status(window, "late") == (404, NO_IMAGE) and len(calls) == 2  # remembered (until its ttl)
     asyncio.run(app.service.sync(force=True))  # the catalogue grows: what was unknown is asked again
     assert len(calls) == 3
-    assert _status(window, "late") == 200  # known now; its picture found (one call to learn its key)
+    assert _status(window, "late") == 200 and len(calls) == 4  # known now; one call to learn its picture's key
+    later()
     assert _status(window, "no-such-id") == (404, NO_IMAGE) and len(calls) == 5
+    later()
     assert _status(window, "no-such-id") == (404, NO_IMAGE) and len(calls) == 5
 
 
