@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from serving.metrics import NO_METRICS, Metrics
-from serving.security import GuardSettings, required_role, route_path
+from serving.security import GuardSettings, presented_key, required_role, route_path
 
 
 class TokenBuckets:
@@ -134,16 +134,6 @@ class KeyLimit:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"retry-after", retry_after(wait).encode())]})
         await send({"type": "http.response.body", "body": body})
-
-
-def presented_key(headers: dict[bytes, bytes]) -> str:
-    """The API key a request carries (``X-API-Key`` or ``Authorization: Bearer``), as the Guard reads it."""
-    key = headers.get(b"x-api-key", b"").decode("latin-1").strip()
-    if not key:
-        auth = headers.get(b"authorization", b"").decode("latin-1")
-        if auth[:7].lower() == "bearer ":
-            key = auth[7:].strip()
-    return key
 
 
 def limits_report(per_key: TokenBuckets | None, per_shopper: TokenBuckets | None, cap: RequestCap | None) -> dict:

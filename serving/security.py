@@ -115,6 +115,16 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def presented_key(headers: dict[bytes, bytes]) -> str:
+    """The API key a request carries (``X-API-Key`` or ``Authorization: Bearer``); "" for none."""
+    key = headers.get(b"x-api-key", b"").decode("latin-1").strip()
+    if not key:
+        auth = headers.get(b"authorization", b"").decode("latin-1")
+        if auth[:7].lower() == "bearer ":
+            key = auth[7:].strip()
+    return key
+
+
 def required_role(method: str, path: str) -> str | None:
     """The role a route needs; None for the open ones."""
     if path in OPEN_PATHS or path == "/shop" or path.startswith(OPEN_PREFIXES):
@@ -289,11 +299,7 @@ class Guard:
                 return 403, ("this app has no API keys configured and answers requests addressed to "
                              "localhost/127.0.0.1 only (Host header); set api_keys_file to serve other names")
             return None
-        key = headers.get(b"x-api-key", b"").decode("latin-1").strip()
-        if not key:
-            auth = headers.get(b"authorization", b"").decode("latin-1")
-            if auth[:7].lower() == "bearer ":
-                key = auth[7:].strip()
+        key = presented_key(headers)
         if not key:
             return 401, "missing API key: send X-API-Key or Authorization: Bearer"
         got = keys.role_of(key)
