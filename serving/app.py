@@ -93,10 +93,11 @@ class HandleStages:
     """:class:`serving.service.Stages` over the deployments' handles."""
 
     def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle | None, policy: DeploymentHandle,
-                 registry: DeploymentHandle, copy: PolicyCopy | None = None, wait_s: float = 5.0):
+                 registry: DeploymentHandle, copy: PolicyCopy | None = None, wait_s: float = 5.0,
+                 agree_s: float = VERSION_AGREE_S):
         self.retriever, self.ranker, self.policy, self.registry = retriever, ranker, policy, registry
         self.wait_s = wait_s  # how long a request waits for a single-replica deployment (AppArgs.singleton_wait_s)
-        self.agree_s = VERSION_AGREE_S  # set to half the request deadline by the Ingress
+        self.agree_s = min(agree_s, VERSION_AGREE_S)  # how long retrieval and ranking may take to agree on a version
         self.copy = copy  # choose here, from a copy of the policy's parameters (AppArgs.policy_copy_s)
         self.refreshing: asyncio.Task | None = None
         self.background: set[asyncio.Task] = set()  # impressions on their way to the learner
@@ -113,7 +114,7 @@ class HandleStages:
                 return await self.retriever.retrieve_and_rank.remote(q, user, live_stages)
             except Exception as exc:  # noqa: BLE001 -- re-raised (a 503 where it says retry)
                 raise _unavailable(exc) from None
-        deadline = time.monotonic() + min(VERSION_AGREE_S, self.agree_s)
+        deadline = time.monotonic() + self.agree_s
         for attempt in itertools.count():
             try:
                 cands = await self.retriever.candidates.remote(q)
@@ -231,14 +232,10 @@ class Ingress:
         route_access_log(logging.getLogger("ray.serve"))  # the replica's log file
         copy = PolicyCopy(args, metrics=metrics) if args.policy_copy_s > 0 else None
         self.runtime = Runtime(RecommendService(args, Catalog.load(args.data_dir),
-                                                self._stages(retriever, ranker, policy, registry, copy, args),
+                                                # a rollout's 503 comes before the Guard's 504
+                                                HandleStages(retriever, ranker, policy, registry, copy,
+                                                             args.singleton_wait_s, args.request_timeout_s / 2),
                                                 StateAccess(args, state), self.edge.append, metrics), self.edge)
-
-    @staticmethod
-    def _stages(retriever, ranker, policy, registry, copy: PolicyCopy | None, args: AppArgs) -> HandleStages:
-        stages = HandleStages(retriever, ranker, policy, registry, copy, args.singleton_wait_s)
-        stages.agree_s = args.request_timeout_s / 2  # a rollout's 503 comes before the Guard's 504
-        return stages
 
     def __serve_build_asgi_app__(self):
         """The HTTP edge, configured for this replica (called by Serve after ``__init__``, in the
