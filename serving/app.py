@@ -22,6 +22,7 @@ import itertools
 import logging
 import time
 import uuid
+from typing import TypeVar
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -61,22 +62,23 @@ COPY_FETCH_TIMEOUT_S = 5.0
 VERSION_AGREE_S = 10.0
 
 
+E = TypeVar("E", bound=BaseException)
+
+
+def _raised(exc: BaseException, kind: type[E]) -> E | None:
+    """The ``kind`` error a replica raised: Ray delivers it as itself or as a task error whose
+    cause it is; None for any other error."""
+    for err in (exc, getattr(exc, "cause", None)):
+        if isinstance(err, kind):
+            return err
+    return None
+
+
 def _unavailable(exc: BaseException) -> BaseException:
     """A model replica's :class:`~serving.messages.StageUnavailable` (it could not reach the item
     registry in time) as a 503 to retry; any other error as it is."""
-    cause = exc if isinstance(exc, StageUnavailable) else getattr(exc, "cause", None)
-    if isinstance(cause, StageUnavailable):
-        return ServiceError(503, f"{cause}; retry")
-    return exc
-
-
-def _mismatch(exc: BaseException) -> ModelVersionMismatch | None:
-    """The :class:`ModelVersionMismatch` a replica raised (Ray delivers it as itself or as a
-    task error whose cause it is), else None."""
-    if isinstance(exc, ModelVersionMismatch):
-        return exc
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, ModelVersionMismatch) else None
+    cause = _raised(exc, StageUnavailable)
+    return ServiceError(503, f"{cause}; retry") if cause is not None else exc
 
 
 # per-deployment autoscaling with AppArgs.autoscaling (target ongoing requests per replica; the
@@ -122,7 +124,7 @@ class HandleStages:
                     q.history, cands.items, cands.dense, user, q.items_version, live_stages,
                     model_version=cands.model_version))
             except Exception as exc:  # noqa: BLE001 -- re-raised unless a version mismatch
-                mismatch = _mismatch(exc)
+                mismatch = _raised(exc, ModelVersionMismatch)
                 if mismatch is None:
                     raise _unavailable(exc) from None
                 if time.monotonic() >= deadline:
