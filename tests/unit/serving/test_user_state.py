@@ -212,11 +212,16 @@ def test_embedded_state_survives_sigkill_of_its_process(tmp_path):
     assert s.view("u:a").history() == acked  # snapshots and journal together hold every one
 
 
-def test_a_corrupt_journal_line_is_skipped_and_counted(tmp_path):
-    s = MemoryUserState(UserStateConfig(), str(tmp_path))
+def _one_click_then_crash(directory) -> None:
+    """An embedded store that showed a, b to u:a, recorded a click on a, and stopped without a snapshot."""
+    s = MemoryUserState(UserStateConfig(), str(directory))
     s.issue("r1", "u:a", ["a", "b"])
     s.record("r1", "a", "click")
     s.close(compact=False)
+
+
+def test_a_corrupt_journal_line_is_skipped_and_counted(tmp_path):
+    _one_click_then_crash(tmp_path)
     with open(_newest_segment(tmp_path), "a") as fh:
         fh.write("{not json\n")
         fh.write(json.dumps(["r", "r1", "b", "click", time.time()]) + "\n")
@@ -225,10 +230,7 @@ def test_a_corrupt_journal_line_is_skipped_and_counted(tmp_path):
 
 
 def test_a_torn_last_line_does_not_swallow_the_next_write(tmp_path):
-    s = MemoryUserState(UserStateConfig(), str(tmp_path))
-    s.issue("r1", "u:a", ["a", "b"])
-    s.record("r1", "a", "click")
-    s.close(compact=False)
+    _one_click_then_crash(tmp_path)
     with open(_newest_segment(tmp_path), "a") as fh:
         fh.write('["r", "r1", "b", "cl')  # a write cut by a crash: never acknowledged
     again = MemoryUserState(UserStateConfig(), str(tmp_path))
