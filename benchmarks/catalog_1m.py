@@ -21,7 +21,7 @@ Needs the synthetic shop at 1M items and a retriever trained on it (README "A 1M
 * ``models``: what the training commands (BENCHMARKS.md "A 1M-item catalogue") wrote into their
   model directories -- test metrics, run seconds, per-epoch history -- copied here so the numbers
   quoted have a results file.
-* ``request``: one ``/recommend`` through :class:`~serving.service.RecommendService` in one process
+* ``request``: one ``/recommend`` through :class:`~serving.core.service.RecommendService` in one process
   (stages inline, IVF nprobe 256) on the 1M-item served model: p50 over 30 known users, each
   variant in its own process; the baseline is the ranker as it was before (every item's vector
   computed on each forward pass), measured in the same run.
@@ -88,7 +88,7 @@ def _qps(index, queries: np.ndarray, clients: int, budget_s: float, max_queries:
 def phase_index(a: argparse.Namespace) -> list[dict]:
     import faiss
 
-    from serving.index import IndexConfig, VectorIndex
+    from serving.core.index import IndexConfig, VectorIndex
 
     items, users = _queries(a.model, a.data, a.queries)
     print(f"index: {len(items):,} items x {items.shape[1]} dims, {len(users):,} query users", flush=True)
@@ -213,10 +213,10 @@ def phase_models(a: argparse.Namespace) -> list[dict]:
 REQUEST_CHILD = r"""
 import asyncio, json, sys, time
 import numpy as np
-from serving.catalog import Catalog
-from serving.schemas import AppArgs, RecommendRequest
-from serving.service import LocalStages, LocalState, RecommendService, user_state_config
-from serving.user_state import MemoryUserState
+from serving.core.catalog import Catalog
+from serving.core.schemas import AppArgs, RecommendRequest
+from serving.core.service import LocalStages, LocalState, RecommendService, user_state_config
+from serving.state.user_state import MemoryUserState
 from training.models.retriever import ItemTower
 variant, model, data, work = sys.argv[1:5]
 if variant == "whole table":  # the ranker before ItemTower.rows: every item's vector per forward pass

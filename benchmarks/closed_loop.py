@@ -1,4 +1,4 @@
-"""Closed-loop benchmark: simulated shoppers (:mod:`serving.simulator`) against the live Serve app.
+"""Closed-loop benchmark: simulated shoppers (:mod:`serving.commands.simulator`) against the live Serve app.
 
 Arms, each a fresh app (own feedback log, policy and user state) on the same trained models,
 run one after the other in this one process on 127.0.0.1:
@@ -57,13 +57,13 @@ def main() -> None:
     from shop_app import deploy as shop_deploy
     from shop_app import shop_models, start_serve
 
-    from serving.redis_server import LocalRedis
-    from serving.simulator import Shop, SimConfig, simulate
+    from serving.commands.simulator import Shop, SimConfig, simulate
+    from serving.state.redis_server import LocalRedis
 
     data, ranker, metrics = shop_models(a.workdir)
     from ray import serve
 
-    from serving.catalog import Catalog
+    from serving.core.catalog import Catalog
 
     shop = Shop.load(str(data))
     work = Path(tempfile.mkdtemp(prefix="raycart-loop-"))

@@ -1,7 +1,7 @@
 """Vector index: recall of HNSW against exact search, and query latency of both, on real vectors.
 
 Item vectors and user vectors (real test histories) come from a trained retriever directory;
-the search is what the Serve retriever runs (``serving/index.py``), top ``--k`` per query.
+the search is what the Serve retriever runs (``serving/core/index.py``), top ``--k`` per query.
 
     .venv/bin/python benchmarks/index_recall.py --model raycart-work/models/beauty-retriever \\
         --data raycart-work/data/beauty
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serving.index import IndexConfig, VectorIndex
+from serving.core.index import IndexConfig, VectorIndex
 from training.data.dataset import load_dataset
 from training.data.splits import build_split, split_from_manifest
 from training.modeldir import load_model

@@ -52,8 +52,8 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def ack_phase(s3: LocalS3, work: Path, appends: int) -> list[dict]:
-    from serving.feedback_log import FeedbackLog, FeedbackLogConfig
-    from serving.feedback_shared import SharedFeedbackLog, SharedLogConfig
+    from serving.feedback.log import FeedbackLog, FeedbackLogConfig
+    from serving.feedback.shared import SharedFeedbackLog, SharedLogConfig
 
     rows = []
     for mode in ("local", "shared"):
@@ -100,7 +100,7 @@ def app_cluster(s3: LocalS3, work: Path, a: argparse.Namespace, tag: str, gcs_ft
     from multinode_app import deploy_app, replicas
     from ray_nodes import head_and_two_nodes
 
-    from serving.redis_server import LocalRedis
+    from serving.state.redis_server import LocalRedis
 
     s3_info = {"env": s3.env, "bucket": s3.bucket, "client": s3.client}
     redis = LocalRedis(work / "redis").start()

@@ -1,7 +1,7 @@
 """Baseline for the Serve benchmark: the **same** ``RecommendService`` and HTTP edge as the Serve
-app (:mod:`serving.service`, :mod:`serving.http`) in ONE plain uvicorn process, no Ray: its stages
-are called in-process (:class:`~serving.service.LocalStages`), the user state is an in-process
-:class:`~serving.user_state.MemoryUserState` (journaled like the embedded store), the feedback log
+app (:mod:`serving.core.service`, :mod:`serving.edge.http`) in ONE plain uvicorn process, no Ray: its stages
+are called in-process (:class:`~serving.core.service.LocalStages`), the user state is an in-process
+:class:`~serving.state.user_state.MemoryUserState` (journaled like the embedded store), the feedback log
 the same durable WAL. Only the process layout differs, so ``benchmarks/serve_load.py`` states
 Ray Serve's overhead as a ratio of like with like.
 
@@ -18,11 +18,11 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving.catalog import Catalog
-from serving.http import EdgeLog, Runtime, configure, open_feedback_log
-from serving.schemas import AppArgs
-from serving.service import LocalStages, LocalState, RecommendService, user_state_config
-from serving.user_state import MemoryUserState
+from serving.core.catalog import Catalog
+from serving.core.schemas import AppArgs
+from serving.core.service import LocalStages, LocalState, RecommendService, user_state_config
+from serving.edge.http import EdgeLog, Runtime, configure, open_feedback_log
+from serving.state.user_state import MemoryUserState
 
 
 def make_app(args: AppArgs):

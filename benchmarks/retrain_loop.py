@@ -1,10 +1,10 @@
 """Retraining from the log, closed: a simulated day of traffic, `raycart retrain`, then the next day
 with the retrained model vs the serving one.
 
-1. **Day 1**: simulated shoppers (:mod:`serving.simulator`) against the live app serving the synthetic
+1. **Day 1**: simulated shoppers (:mod:`serving.commands.simulator`) against the live app serving the synthetic
    shop's models (``raycart demo --dataset shop``'s, trained or reused); their tastes drift after
    ``--drift-after`` rounds, so the log holds what they want now.
-2. **Retrain** (:func:`serving.retrain.retrain`): merge the log, warm-start the ranker, gate; its
+2. **Retrain** (:func:`serving.jobs.retrain.retrain`): merge the log, warm-start the ranker, gate; its
    wall time is the "decision in under 10 minutes" target.
 3. **Promotion under load**: the serving app with clients streaming ``/recommend`` while
    ``retrain``'s promotion redeploys it with the candidate and the merged data: failed requests,
@@ -58,7 +58,7 @@ def main() -> None:
     from ray import serve
     from shop_app import shop_models, start_serve
 
-    from serving.simulator import Shop
+    from serving.commands.simulator import Shop
 
     data, ranker, _ = shop_models(a.workdir)
     shop = Shop.load(str(data))
@@ -87,8 +87,8 @@ def one_loop(a: argparse.Namespace, seed: int, url: str, shop, data: Path, ranke
     from shop_app import app_args
     from shop_app import deploy as shop_deploy
 
-    from serving.retrain import RetrainJob, retrain
-    from serving.simulator import SimConfig, simulate
+    from serving.commands.simulator import SimConfig, simulate
+    from serving.jobs.retrain import RetrainJob, retrain
 
     work = Path(tempfile.mkdtemp(prefix="raycart-retrain-loop-"))
 
@@ -147,7 +147,7 @@ def promotion_under_load(url: str, served: dict, work: Path, candidate: str, rep
     import numpy as np
     import requests
 
-    from serving.retrain import promote
+    from serving.jobs.retrain import promote
 
     users = users[:clients]
     app_args = work / "promotion-app-args.json"

@@ -146,7 +146,7 @@ def main() -> None:
     if unknown:
         p.error(f"--setups: unknown {unknown}; known: {list(SETUPS)}")
 
-    from serving.catalog import Catalog
+    from serving.core.catalog import Catalog
 
     users = list(Catalog.load(a.data).user_index)
     work = Path(tempfile.mkdtemp(prefix="raycart-load-"))
@@ -207,11 +207,11 @@ def main() -> None:
                 "wal_dir": str(root / "wal"), "policy_state": str(root / "policy.npz"),
                 "items_root": str(root / "items"), "state_dir": str(root / "state"),
                 "trust_loopback": True, **overrides, **extra}  # no keys: the load comes from this machine
-        from serving.app import build_app
+        from serving.deploy.app import build_app
 
         redis = None
         if base.get("user_state") == "redis":  # a real server on 127.0.0.1, fresh per setup
-            from serving.redis_server import LocalRedis
+            from serving.state.redis_server import LocalRedis
 
             redis = LocalRedis(root / "redis").start()
             base["redis_url"] = redis.url

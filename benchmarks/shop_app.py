@@ -9,7 +9,7 @@ from pathlib import Path
 def shop_models(workdir: str) -> tuple[Path, str, dict]:
     """``(data dir, ranker dir, model metrics)`` of ``raycart demo --dataset shop`` (prepared and
     trained here, or reused); starts the local Ray."""
-    from serving.demo import SHOP, DemoConfig, train_models
+    from serving.commands.demo import SHOP, DemoConfig, train_models
     from training.data.cli import prepare
     from training.ray_env import init_ray
 
@@ -25,7 +25,7 @@ def start_serve() -> str:
     """Start Serve on a free port of 127.0.0.1; its URL."""
     from ray import serve
 
-    from serving.redis_server import free_port
+    from serving.state.redis_server import free_port
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -46,8 +46,8 @@ def deploy(url: str, args: dict) -> None:
     """(Re)deploy the app with ``args`` and wait until it answers ``/readyz``."""
     from ray import serve
 
-    from serving.app import build_app
-    from serving.demo import _wait_ready
+    from serving.commands.demo import _wait_ready
+    from serving.deploy.app import build_app
 
     serve.run(build_app(args), name="raycart", route_prefix="/")
     _wait_ready(url)

@@ -1,7 +1,7 @@
 """The model kinds that Ray Train trains, behind one interface.
 
 ``raycart train KIND`` (:mod:`training.train_cli`), the Tune sweep (:mod:`tuning.sweep`) and the
-retrain job (:mod:`serving.retrain`) dispatch through :data:`TRAINERS`; a new kind is one module
+retrain job (:mod:`serving.jobs.retrain`) dispatch through :data:`TRAINERS`; a new kind is one module
 with a job class, a config class and ``train``/``export`` functions, plus one entry here.
 
 Everything is named as ``"module:attribute"`` and imported on use, so the CLI starts without

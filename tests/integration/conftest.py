@@ -8,7 +8,7 @@ import os
 import pytest
 from local_s3 import LocalS3
 
-from serving.redis_server import free_port
+from serving.state.redis_server import free_port
 
 METRICS_PORT = 0  # Ray's Prometheus export port for the session cluster (chosen by ray_cluster)
 

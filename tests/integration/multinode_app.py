@@ -16,7 +16,7 @@ from local_s3 import keys
 from ray_nodes import RayNodes, http
 from streams import ShopperStream
 
-from serving.redis_server import free_port
+from serving.state.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SPREAD = ("Ingress", "Retriever", "Ranker")  # two replicas each: one per worker node
@@ -46,7 +46,7 @@ def serve_config(port: int, app_args: dict, project: str, env: dict, deployments
     return {"proxy_location": "HeadOnly",  # one HTTP proxy (the nodes share 127.0.0.1; on a real cluster: EveryNode)
             "http_options": {"host": "127.0.0.1", "port": port, "request_timeout_s": 30},
             "applications": [{
-                "name": "raycart", "route_prefix": "/", "import_path": "serving.app:build_app",
+                "name": "raycart", "route_prefix": "/", "import_path": "serving.deploy.app:build_app",
                 "runtime_env": {"working_dir": project, "env_vars": env},
                 "args": app_args,
                 "deployments": deployments or [{"name": d, "num_replicas": 2} for d in SPREAD]}]}

@@ -369,7 +369,7 @@ def head_and_two_nodes(work: Path, node_env: dict[str, str], cpus: float, gcs_ft
     """A head without CPUs (job drivers, Ray's and Serve's own actors) and worker nodes ``a`` and
     ``b`` with ``cpus`` each; ``gcs_ft``: the head's GCS keeps its tables in a Redis server started
     here (in ``work``). Everything is stopped on exit."""
-    from serving.redis_server import LocalRedis
+    from serving.state.redis_server import LocalRedis
 
     gcs_redis = LocalRedis(work / "gcs-redis").start() if gcs_ft else None
     nodes = RayNodes(node_env=node_env)

@@ -22,7 +22,7 @@ from hypothesis.errors import Unsatisfiable
 from PIL import Image
 from schemathesis.generation import GenerationMode
 
-from serving.redis_server import free_port
+from serving.state.redis_server import free_port
 from training.data.feedback import read_feedback
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ FUZZ_EXAMPLES = 30  # per endpoint and method
 def secure(tiny_shop, tmp_path_factory):
     from ray import serve
 
-    from serving.app import build_app
+    from serving.deploy.app import build_app
     from training.data.dataset import load_dataset
 
     root = tmp_path_factory.mktemp("secure")
@@ -257,7 +257,7 @@ def test_fuzz_every_endpoint_never_5xx(secure, role):
     queries, valid and not) for every operation, the shop window's helpers included, once per
     role: none may answer 5xx, and none may answer 2xx to a role that the route does not allow
     (authorisation fuzzed too). Then the app still answers; a report is written per role."""
-    from serving.security import required_role
+    from serving.edge.security import required_role
 
     key = ROLES[role]
     headers = {"X-API-Key": key} if key else {}
@@ -315,7 +315,7 @@ def test_poison_and_missing_records_on_restart_never_block_the_app(secure):
     quarantined (never recommended)."""
     from ray import serve
 
-    from serving.app import build_app
+    from serving.deploy.app import build_app
 
     items_root = Path(secure["args"]["items_root"])
     later = "restart-later"

@@ -18,7 +18,7 @@ from multinode_app import SPREAD, deploy_app, lose_a_node, replicas, restart_gcs
 from ray_nodes import head_and_two_nodes
 from streams import ShopperStream
 
-from serving.redis_server import LocalRedis
+from serving.state.redis_server import LocalRedis
 
 pytestmark = [pytest.mark.integration, pytest.mark.multinode]
 # cluster/serve.yaml's autoscaling, scaled down: one replica each at rest, quick to react; at most

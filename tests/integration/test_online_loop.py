@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import requests
 
-from serving.redis_server import LocalRedis, free_port
-from serving.simulator import Shop, SimConfig, simulate
+from serving.commands.simulator import Shop, SimConfig, simulate
+from serving.state.redis_server import LocalRedis, free_port
 from training.models.ranker_config import RankerConfig
 from training.models.retriever_config import RetrieverConfig
 from training.train_ranker import RankerJob, train_ranker
@@ -48,7 +48,7 @@ def loop(ray_cluster, tmp_path_factory):
 def _deploy(loop, name: str, **extra) -> dict:
     from ray import serve
 
-    from serving.app import build_app
+    from serving.deploy.app import build_app
 
     work = loop["root"] / name
     args = {"model_dir": loop["ranker"], "data_dir": loop["data"], "feedback_root": str(work / "feedback"),

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def logged(tiny_shop, tmp_path_factory):
     """Impressions and events as the serving app writes them (through the real FeedbackLog)."""
-    from serving.feedback_log import FeedbackLog, FeedbackLogConfig
+    from serving.feedback.log import FeedbackLog, FeedbackLogConfig
     from training.data.dataset import load_dataset
     from training.evaluation.slate_target import model_ranker
 
@@ -84,7 +84,7 @@ def test_retrain_killed_midway_then_resumed_merges_trains_warm_gates_and_reports
     """A retrain SIGKILLed after its first checkpoint leaves the serving model and the log as they
     were and publishes nothing; run again, it resumes from the checkpoint (no epoch repeated),
     trains on the shown slates too, gates and reports."""
-    from serving.retrain import RetrainJob, retrain
+    from serving.jobs.retrain import RetrainJob, retrain
 
     work = logged["root"] / "work"
     model_before, log_before = _digest(tiny_shop["ranker"]), _digest(logged["feedback"])
@@ -118,7 +118,7 @@ def test_retrain_killed_midway_then_resumed_merges_trains_warm_gates_and_reports
 
 
 def test_a_deliberately_worse_model_is_refused(tiny_shop, logged):
-    from serving.retrain import gate
+    from serving.jobs.retrain import gate
     from training.data.feedback import read_feedback
     from training.evaluation.run import evaluate_model_dir
     from training.evaluation.slate_target import compare_targets, model_ranker
@@ -148,9 +148,9 @@ def test_the_app_retrains_on_schedule_and_promotes_under_load(tiny_shop, logged,
     import requests
     from ray import serve
 
-    from serving.app import build_app
-    from serving.redis_server import free_port
-    from serving.retrain_schedule import RETRAINER
+    from serving.deploy.app import build_app
+    from serving.jobs.schedule import RETRAINER
+    from serving.state.redis_server import free_port
 
     root = logged["root"] / "scheduled"
     shutil.copytree(logged["feedback"], root / "feedback")  # yesterday's log, then today's traffic

@@ -14,7 +14,7 @@ import requests
 from netwatch import LOOPBACK, listeners
 from streams import RecommendStream
 
-from serving.redis_server import free_port
+from serving.state.redis_server import free_port
 from training.data.feedback import read_feedback
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 def app(tiny_shop, tmp_path_factory):
     from ray import serve
 
-    from serving.app import build_app
+    from serving.deploy.app import build_app
 
     root = tmp_path_factory.mktemp("serve")
     data = tiny_shop["data"]
@@ -243,7 +243,7 @@ def _deploy_config(args: dict, model: dict | None = None) -> None:
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    app: dict = {"name": "raycart", "route_prefix": "/", "import_path": "serving.app:build_app", "args": args}
+    app: dict = {"name": "raycart", "route_prefix": "/", "import_path": "serving.deploy.app:build_app", "args": args}
     if model is not None:
         app["deployments"] = [{"name": name, "user_config": model} for name in ("Retriever", "Ranker")]
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate({"applications": [app]}))
@@ -261,7 +261,7 @@ def test_model_rollouts_answer_every_request(app):
 
     from ray import serve
 
-    from serving.app import build_app
+    from serving.deploy.app import build_app
 
     url = app["url"]
     assert requests.post(url + "/items", json=_twin(app, 11, "before-rollout"), timeout=60).status_code == 201

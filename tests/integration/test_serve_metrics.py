@@ -13,8 +13,8 @@ import requests
 from netwatch import LOOPBACK, listeners
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.metrics import SPECS, exported, policy_family
-from serving.redis_server import free_port
+from serving.core.metrics import SPECS, exported, policy_family
+from serving.state.redis_server import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ K = 3
 def app(tiny_shop, tmp_path_factory):
     from ray import serve
 
-    from serving.app import build_app
+    from serving.deploy.app import build_app
 
     root = tmp_path_factory.mktemp("metrics")
     port = free_port()

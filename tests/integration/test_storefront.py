@@ -13,7 +13,7 @@ import pytest
 import requests
 from browser import PHONE, launched, screenshot, screenshots, shown, watched
 
-from serving.redis_server import free_port
+from serving.state.redis_server import free_port
 from training.data.feedback import read_feedback
 
 pytestmark = pytest.mark.integration
@@ -29,7 +29,7 @@ def shop_app(tiny_shop, tmp_path_factory):
     synthetic shop is seeded: the same items, users and events, plus ``images/``)."""
     from ray import serve
 
-    from serving.app import build_app
+    from serving.deploy.app import build_app
     from training.data.cli import prepare
     from training.data.dataset import load_dataset
 

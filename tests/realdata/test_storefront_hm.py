@@ -17,9 +17,9 @@ from fastapi import HTTPException
 from netwatch import LOOPBACK, listeners
 from PIL import Image
 
-from serving.browse import Browse, BrowseArgs
-from serving.redis_server import free_port
-from serving.storefront import Window
+from serving.commands.shop import Browse, BrowseArgs
+from serving.edge.shop import Window
+from serving.state.redis_server import free_port
 from training.data.cli import prepare
 
 pytestmark = pytest.mark.realdata

@@ -32,7 +32,7 @@ from test_cluster_security import (
     serve_configs,
 )
 
-from serving.schemas import AppArgs
+from serving.core.schemas import AppArgs
 
 RESTRICTED = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
               "seccompProfile": {"type": "RuntimeDefault"}}

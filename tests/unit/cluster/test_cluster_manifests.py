@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from serving.schemas import AppArgs
+from serving.core.schemas import AppArgs
 from training.cli import build_parser
 
 CLUSTER = Path(__file__).resolve().parents[3] / "cluster"

@@ -31,7 +31,7 @@ import pydantic
 import pytest
 import yaml
 
-from serving.schemas import AppArgs
+from serving.core.schemas import AppArgs
 
 ROOT = Path(__file__).resolve().parents[3]
 CLUSTER = ROOT / "cluster"

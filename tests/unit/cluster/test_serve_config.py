@@ -6,17 +6,17 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from serving.schemas import AppArgs, RecommendRequest
+from serving.core.schemas import AppArgs, RecommendRequest
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_serve_yaml_matches_the_application():
-    from serving import app
+    from serving.deploy import app
 
     config = yaml.safe_load((ROOT / "cluster/serve.yaml").read_text())
     (application,) = config["applications"]
-    assert application["import_path"] == "serving.app:build_app"
+    assert application["import_path"] == "serving.deploy.app:build_app"
     args = AppArgs(**application["args"])
     names = {d["name"] for d in application["deployments"]}
     # the embedded user state is a deployment of its own; with Redis there is none

@@ -140,7 +140,7 @@ def test_event_types_steer_attention_and_the_cart_purchase_heads_learn():
 
 
 def test_candidates_from_an_exact_index_match_the_full_scoring_path():
-    from serving.index import VectorIndex
+    from serving.core.index import VectorIndex
 
     train = _train()
     stage = _stage(train)

@@ -1,0 +1,1 @@
+"""The raycart sub-commands of serving: serve, token, shop, demo, simulate, retrain, republish."""

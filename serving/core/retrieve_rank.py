@@ -1,0 +1,535 @@
+"""The stages of the request path as plain objects: retrieval, ranking, the policy (no Ray).
+
+:class:`ModelHolder` holds the served model version and the items added at runtime it has
+applied; :class:`Retrieval` turns a :class:`~serving.core.messages.CandidateQuery` into a
+:class:`~serving.core.messages.CandidateSet` (user tower, vector index, exploration candidates, dense
+features, the policy's per-item columns); :class:`Ranking` ranks a batch of
+:class:`~serving.core.messages.RankQuery`; :class:`PolicyCore` is the learning bandit with its pending
+requests and checkpoints. :class:`~serving.core.service.RecommendService` calls them in one process
+(:class:`~serving.core.service.LocalStages`), and the Serve deployments (:mod:`serving.deploy.deployments`,
+:mod:`serving.deploy.policy`) are thin adapters that place them in replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+import torch
+
+from serving.core.images import ImageRefused, ImageSource
+from serving.core.index import IndexConfig, VectorIndex
+from serving.core.messages import (
+    CandidateQuery,
+    CandidateSet,
+    ModelVersionMismatch,
+    PolicyParams,
+    PolicyQuery,
+    RankedList,
+    RankQuery,
+    Slate,
+    SlotChoice,
+)
+from serving.core.metrics import NO_METRICS, Metrics
+from serving.core.runtime_items import ServedModel
+from serving.core.schemas import AppArgs, ModelSpec
+from training import storage
+from training.candidates import Candidates
+from training.data.funnel import lookup
+from training.data.interactions import Interactions
+from training.models.bandit import (
+    POLICY_COLUMNS,
+    LinUCBPolicy,
+    PolicyConfig,
+    user_item_features,
+)
+from training.models.retriever import left_pad
+from training.new_items import rows_table
+
+log = logging.getLogger(__name__)
+
+Since = Callable[[int], Awaitable[list[dict]]]  # runtime item records from position n on
+# how long a replica keeps the model version a rollout replaced: a request whose candidates the
+# old version retrieved is still ranked by it (a request takes well under a second; the margin
+# covers a slow replica and the other stage's rollout)
+ROLLOUT_GRACE_S = 120.0
+
+
+def history_row(items: np.ndarray, times: np.ndarray | None, num_items: int, default_us: int = 0) -> Interactions:
+    """One history row; without ``times`` every item is dated ``default_us``."""
+    arr = np.asarray(items, dtype=np.int64)
+    t = np.asarray(times, dtype=np.int64) if times is not None else np.full(len(arr), default_us, np.int64)
+    return Interactions(np.array([0, len(arr)], dtype=np.int64), arr, t, num_items)
+
+
+def spread(vecs: np.ndarray, pool: np.ndarray, avoid: np.ndarray, n: int) -> np.ndarray:
+    """``n`` items of ``pool`` chosen by farthest-point sampling: each the least similar (cosine)
+    to ``avoid`` and to those chosen before it -- exploration that covers the catalogue instead of
+    drawing the same popular region twice (Gonzalez, "Clustering to minimize the maximum
+    intercluster distance", 1985)."""
+    if len(pool) <= n:
+        return pool
+
+    def unit(v: np.ndarray) -> np.ndarray:  # only the rows needed, not the whole catalogue
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
+
+    cand = unit(vecs[pool])
+    closest = (cand @ unit(vecs[avoid]).T).max(axis=1) if len(avoid) else np.full(len(pool), -1.0)
+    out = []
+    for _ in range(n):
+        j = int(np.argmin(closest))
+        out.append(pool[j])
+        closest = np.maximum(closest, cand @ cand[j])
+        closest[j] = np.inf
+    return np.asarray(out, dtype=np.int64)
+
+
+def _index_of(s: ServedModel) -> VectorIndex:
+    if s.index is None:
+        raise RuntimeError(f"model {s.version} has no vector index here (a ModelHolder with with_index=False)")
+    return s.index
+
+
+class ModelHolder:
+    """The served model version plus the runtime items it has applied. :meth:`load` builds a new
+    version next to the old one and swaps it in once ready, so requests keep being answered during
+    a rollout; runtime items are applied lazily (:meth:`current`), with this model's own towers.
+    The replaced version stays held for ``grace_s`` (a request whose candidates it retrieved is
+    ranked by it: one request, one model version). ``metrics`` (:mod:`serving.core.metrics`) gets the
+    index size and the stages' latencies."""
+
+    def __init__(self, args: AppArgs, since: Since, with_index: bool, metrics: Metrics = NO_METRICS,
+                 grace_s: float = ROLLOUT_GRACE_S):
+        self.images = ImageSource(args.image_root, args.image_max_bytes, args.image_max_pixels)
+        self.since, self.with_index = since, with_index
+        self.index_config = IndexConfig(kind=args.index_kind, ef_search=args.index_ef_search,
+                                        ivf_nprobe=args.index_nprobe)
+        self.served: ServedModel | None = None
+        self.previous: ServedModel | None = None  # the version :meth:`install` replaced ...
+        self.previous_until = 0.0  # ... held until then (time.monotonic())
+        self.grace_s = grace_s
+        self.lock = asyncio.Lock()
+        self.metrics = metrics
+
+    def build(self, spec: ModelSpec) -> ServedModel:
+        """The model of ``spec``, loaded (and indexed) but not yet served: the heavy half of a
+        rollout, safe to run in a worker thread while the current version keeps serving."""
+        served = ServedModel(spec, self.images)
+        if self.with_index:
+            served.index = VectorIndex(served.pipe.stage.retriever.item_vecs.numpy(), self.index_config)
+        return served
+
+    def install(self, served: ServedModel) -> None:
+        """Serve ``served`` from now on; the version it replaces stays held for ``grace_s``."""
+        old = self.served
+        if old is not None and old.version != served.version:
+            self.previous, self.previous_until = old, time.monotonic() + self.grace_s
+        self.served = served
+        if served.index is not None:
+            self.metrics.index_items(len(served.index))
+
+    def load(self, spec: ModelSpec) -> None:
+        self.install(self.build(spec))
+
+    async def catch_up(self) -> None:
+        """Apply every runtime item the registry has to the current model (a replica calls it
+        before it takes traffic, so its first requests do not wait for the registry)."""
+        served = self._loaded()
+        async with self.lock:
+            served.apply(await self.since(served.applied))
+        if self.with_index and served.index is not None:
+            self.metrics.index_items(len(served.index))
+
+    def _loaded(self) -> ServedModel:
+        if self.served is None:
+            raise RuntimeError("no model loaded yet: ModelHolder.load(spec) comes first")
+        return self.served
+
+    def held(self) -> tuple[str, ...]:
+        """The versions this holder can answer with, newest first."""
+        current = self._loaded()
+        prev = self.previous
+        if prev is not None and time.monotonic() >= self.previous_until:
+            self.previous = prev = None  # past its grace: its memory goes
+        return (current.version,) if prev is None else (current.version, prev.version)
+
+    def pick(self, version: str | None, strict: bool) -> ServedModel:
+        """The held model of ``version`` (None: the current one). Not held: the current one, or
+        with ``strict`` a :class:`~serving.core.messages.ModelVersionMismatch`."""
+        served = self._loaded()
+        if version is None or version == served.version:
+            return served
+        held = self.held()
+        if version in held and self.previous is not None:
+            return self.previous
+        if strict:
+            raise ModelVersionMismatch(version, held)
+        return served
+
+    async def current(self, items_version: int, version: str | None = None, strict: bool = False) -> ServedModel:
+        """The model of ``version`` (see :meth:`pick`) with at least ``items_version`` runtime
+        items applied."""
+        served = self.pick(version, strict)
+        if served.applied < items_version:
+            async with self.lock:
+                if served.applied < items_version:
+                    served.apply(await self.since(served.applied))
+                    if self.with_index and served is self.served:
+                        self.metrics.index_items(len(_index_of(served)))
+        return served
+
+    def version(self) -> str:
+        return self._loaded().version
+
+    def check_content(self, record: dict) -> str | None:
+        """Why this model could not place a new item, or None. The item is embedded here (its
+        image read through the capped, rooted reader), before anything is stored, so an item the
+        replicas could not embed is never stored; its image stays a key under the image root."""
+        served = self._loaded()
+        enc = served.encoder
+        try:
+            if record.get("image") and not enc.uses_image:
+                self.images.read(record["image"])  # checked all the same: the next model may read it
+            if not enc.usable(rows_table([record])):
+                return ("the item has no content this model reads: give attributes it was trained on"
+                        + (", a title/description" if enc.uses_text else "")
+                        + (", an image" if enc.uses_image else ""))
+            served.embed([record])
+        except ImageRefused as exc:
+            return str(exc)
+        except Exception as exc:  # noqa: BLE001 -- an encoder failure on this content
+            return f"the item's content could not be embedded ({type(exc).__name__})"
+        return None
+
+
+class Retrieval:
+    """User tower + the vector index over the item-embedding table (:mod:`serving.core.index`)."""
+
+    def __init__(self, holder: ModelHolder, rng: np.random.Generator | None = None):
+        self.holder = holder
+        self.rng = rng or np.random.default_rng()  # exploration candidates: independent per replica
+
+    async def candidates(self, q: CandidateQuery) -> CandidateSet:
+        return self.compute(await self.holder.current(q.items_version, q.model_version), q)
+
+    def compute(self, s: ServedModel, q: CandidateQuery) -> CandidateSet:
+        """The top ``pipe.k`` unseen items, plus ``q.live.explore`` exploration candidates (a random
+        sample of the rest of the catalogue thinned by :func:`spread`), with the ranker's dense
+        features, the item vectors and the policy's per-item columns
+        (:func:`~training.models.bandit.user_item_features`).
+
+        ``q.times`` (microseconds) date the history for the recent-popularity feature: -1 (items
+        engaged with since training, a session's items) means "now": the end of the training
+        data or the last dated item; without ``times`` everything is dated at the end. ``s``: the
+        model with the query's runtime items applied (:meth:`ModelHolder.current`)."""
+        started = time.perf_counter()
+        pipe = s.pipe
+        live = q.live
+        times = q.times
+        if times is not None:
+            t = np.asarray(times, dtype=np.int64)
+            now = max(pipe.stage.end_us, int(t.max(initial=0)))
+            times = np.where(t < 0, now, t)
+        hist = history_row(q.history, times, pipe.num_items, pipe.stage.end_us)
+        user, never, items, scores = self._search(s, hist, pipe.k)
+        vecs = pipe.stage.retriever.item_vecs.numpy()
+        retrieved = items[0][items[0] >= 0]
+        if live.explore:
+            taken = np.zeros(len(vecs), dtype=bool)
+            taken[never] = True
+            taken[hist.row(0)] = True
+            taken[retrieved] = True
+            pool = np.flatnonzero(~taken)
+            pool = self.rng.choice(pool, min(10 * live.explore, len(pool)), replace=False) if len(pool) else pool
+            extra = spread(vecs, pool, np.r_[hist.row(0)[-20:], live.shown].astype(np.int64), live.explore)
+            items = np.r_[retrieved, extra][None, :].astype(np.int64)
+            scores = (vecs[items[0]] @ user[0])[None, :]
+        c = pipe.stage.from_search(hist, items, scores)
+        found = c.items[0]
+        safe = np.maximum(found, 0)
+        policy = user_item_features(user[0], vecs[safe], vecs[live.recent] if live.recent else None, live.dim,
+                                    vecs[live.shown] if live.shown else None, np.asarray(live.clicked, bool),
+                                    bandwidth=live.bandwidth)
+        self.holder.metrics.stage("retrieval", time.perf_counter() - started)
+        return CandidateSet(found, c.dense[0], policy, vecs[safe],
+                            explore_from=len(retrieved) if live.explore else len(found), model_version=s.version)
+
+    @staticmethod
+    def _search(s: ServedModel, hist: Interactions, k: int):
+        """The user vector of ``hist``, the quarantined items, and the index's top ``k`` for it,
+        neither the history nor the quarantined items among them."""
+        user = s.pipe.stage.retriever.user_vectors(hist).numpy()
+        never = np.fromiter(s.quarantined, np.int64, len(s.quarantined))
+        items, scores = _index_of(s).search(user, k, [np.r_[hist.row(0), never]])
+        return user, never, items, scores
+
+    async def similar(self, item: int, k: int, items_version: int) -> list[int]:
+        """The ``k`` items nearest to ``item`` (the user tower over a one-item history; the
+        index alone, no candidate features)."""
+        s = await self.holder.current(items_version)
+        hist = history_row(np.array([item], np.int64), None, s.pipe.num_items, s.pipe.stage.end_us)
+        items = self._search(s, hist, k)[2][0]
+        return [int(i) for i in items if i >= 0]
+
+
+class Ranking:
+    """The multimodal ranker over each request's candidates, a batch of requests at a time."""
+
+    def __init__(self, holder: ModelHolder):
+        self.holder = holder
+
+    async def rank(self, queries: list[RankQuery]) -> list[RankedList | ModelVersionMismatch]:
+        """Each query ranked by the model version that retrieved its candidates
+        (``RankQuery.model_version``); a query whose version is no longer (or not yet) held here
+        gets a :class:`~serving.core.messages.ModelVersionMismatch` in its place, not a ranking by
+        another model."""
+        out: list[RankedList | ModelVersionMismatch | None] = [None] * len(queries)
+        groups: dict[str | None, list[int]] = {}
+        for i, q in enumerate(queries):
+            groups.setdefault(q.model_version, []).append(i)
+        for version, idx in groups.items():
+            try:
+                served = await self.holder.current(max(queries[i].items_version for i in idx), version, strict=True)
+            except ModelVersionMismatch as exc:
+                for i in idx:
+                    out[i] = exc
+                continue
+            for i, ranked in zip(idx, self.compute(served, [queries[i] for i in idx])):
+                out[i] = ranked
+        return [r for r in out if r is not None]
+
+    def compute(self, s: ServedModel, queries: list[RankQuery]) -> list[RankedList]:
+        started = time.perf_counter()
+        pipe = s.pipe
+        hist = Interactions.from_lists([q.history.tolist() for q in queries], pipe.num_items)
+        rows = [hist.row(i) for i in range(len(queries))]
+        k = max(len(q.items) for q in queries)
+        width = queries[0].dense.shape[-1]
+        items = np.full((len(queries), k), -1, dtype=np.int64)
+        dense = np.zeros((len(queries), k, width), dtype=np.float32)
+        for i, q in enumerate(queries):
+            items[i, :len(q.items)], dense[i, :len(q.items)] = q.items, q.dense
+        cands = Candidates(np.arange(len(queries)), items, dense, np.zeros(items.shape, bool))
+        stage: torch.Tensor | None = None
+        if pipe.stages is not None:
+            padded = left_pad(rows, pipe.ranker.config.max_len)
+            codes = np.zeros(padded.shape, np.int64)
+            for i, q in enumerate(queries):
+                if q.user is not None:
+                    codes[i] = lookup(pipe.stages, np.array([q.user]), padded[i:i + 1])[0]
+                for item, code in q.live_stages.items():  # events since training
+                    codes[i] = np.where(padded[i] == item, np.maximum(codes[i], code), codes[i])
+            stage = torch.from_numpy(codes)
+        out = []
+        for ranked in pipe.ranked_lists(hist, cands, stage):
+            has = bool(ranked) and "p_cart" in ranked[0]
+            out.append(RankedList(
+                s.version, np.array([r["retriever_rank"] for r in ranked], np.int64),
+                np.array([r["score"] for r in ranked], np.float64), [r["reason"] for r in ranked],
+                np.array([r["p_cart"] for r in ranked]) if has else None,
+                np.array([r["p_purchase"] for r in ranked]) if has else None))
+        self.holder.metrics.stage("ranking", time.perf_counter() - started, count=len(queries))
+        return out
+
+
+def policy_config(args: AppArgs) -> PolicyConfig:
+    return PolicyConfig(epsilon=args.policy_epsilon, alpha=args.policy_alpha, seed=args.policy_seed,
+                        item_features=POLICY_COLUMNS + args.policy_item_dim, diversity=args.policy_diversity,
+                        prior_item=tuple(args.policy_prior_item), prior_score=args.policy_prior_score,
+                        ridge=args.policy_ridge)
+
+
+class PolicyCore:
+    """The contextual bandit (:mod:`training.models.bandit`) that orders the final slate, logs
+    exact propensities and learns from feedback; its state is the model, so one copy serves.
+
+    It keeps, for each of the last ``policy_pending`` requests, the feature rows of the items it
+    showed (float32 copies, ``k x dim`` each), so feedback can update with exactly what the policy
+    saw; older requests' feedback is still logged, not learned from. Memory is therefore bounded
+    by ``policy_pending * k * dim * 4`` bytes (:meth:`memory`). With ``background`` a thread
+    checkpoints (at most every ``checkpoint_interval_s``, only when it changed: never on the
+    request path, however slow the store); :meth:`close` writes a last one. Restored on start."""
+
+    def __init__(self, args: AppArgs, background: bool = True, metrics: Metrics = NO_METRICS):
+        self.args, self.metrics = args, metrics
+        self.config = policy_config(args)
+        self.fs, self.state_path = storage.resolve(args.policy_state)
+        self.fs.create_dir(self.state_path.rsplit("/", 1)[0], recursive=True)
+        self.policy = self._restore()
+        self.shown: collections.OrderedDict[str, dict[str, np.ndarray]] = collections.OrderedDict()
+        self.early: collections.OrderedDict[str, list[tuple[str, str]]] = collections.OrderedDict()
+        self.changed = 0  # updates since the last checkpoint
+        self.lock = threading.RLock()  # one request at a time changes the state
+        self.write_lock = threading.Lock()  # one checkpoint write at a time
+        self.stop = threading.Event()
+        if background:
+            threading.Thread(target=self._save_loop, name="policy-checkpoint", daemon=True).start()
+
+    def _restore(self) -> LinUCBPolicy:
+        """The checkpointed policy; a checkpoint of another configuration (other features, say,
+        after an upgrade) cannot be reused: it is moved aside, loudly, and learning starts afresh
+        -- rather than a replica that fails to start, again and again."""
+        fresh = LinUCBPolicy(self.config, np.random.default_rng(self.args.policy_seed))
+        if not storage.exists(self.args.policy_state):
+            return fresh
+        try:
+            return LinUCBPolicy.from_bytes(storage.read_bytes(self.args.policy_state), self.config)
+        except ValueError as exc:
+            aside = f"{self.state_path}.incompatible-{int(time.time())}"
+            self.fs.move(self.state_path, aside)
+            log.warning("policy checkpoint %s does not fit this configuration (%s); moved to %s, starting "
+                        "a fresh policy", self.args.policy_state, str(exc)[:300], aside)
+            return fresh
+
+    def version(self) -> str:
+        learning = "" if self.args.policy_learning else "-frozen"
+        return f"linucb-eps{self.config.epsilon}{learning}-u{self.policy.updates}"
+
+    def choose(self, q: PolicyQuery) -> Slate:
+        """The slate (see :meth:`~training.models.bandit.LinUCBPolicy.choose`) and the policy
+        version that chose it."""
+        started = time.perf_counter()
+        with self.lock:
+            slate, shown = choose_slate(self.policy, q, self.version())
+            self._remember(q.request_id, shown)
+        self.metrics.stage("policy_choose", time.perf_counter() - started)
+        return slate
+
+    def remember(self, request_id: str, shown: dict[str, np.ndarray]) -> None:
+        """An impression chosen elsewhere (a :class:`PolicyCopy` in an Ingress replica): learn
+        from it and keep its features for the request's feedback, as :meth:`choose` does."""
+        with self.lock:
+            self._remember(request_id, shown)
+
+    def _remember(self, request_id: str, shown: dict[str, np.ndarray]) -> None:
+        if not self.args.policy_learning:
+            return
+        for features in shown.values():
+            self.policy.update(features, 0.0)
+        self.shown[request_id] = shown
+        while len(self.shown) > self.args.policy_pending:  # older feedback is only logged
+            self.shown.popitem(last=False)
+        self.changed += len(shown)
+        for item_id, event in self.early.pop(request_id, []):  # feedback that overtook the impression
+            if item_id in shown:
+                self.policy.observe_feedback(shown[item_id], event)
+                self.changed += 1
+
+    def parameters(self) -> PolicyParams:
+        """What a :class:`PolicyCopy` chooses with, and the version it logs."""
+        with self.lock:
+            inverse, theta = self.policy.solution()
+            return PolicyParams(self.version(), inverse, theta)
+
+    def feedback(self, request_id: str, item_id: str, event: str) -> bool:
+        """Learn from one event; False when the (request, item) pair is not pending here. With
+        policy copies an impression reaches this replica just after its answer, so an event for a
+        request not seen yet is parked (the last ``policy_pending`` such requests) and learned
+        when its impression arrives (:meth:`remember`)."""
+        with self.lock:
+            features = self.shown.get(request_id, {}).get(item_id)
+            if features is None:
+                if self.args.policy_copy_s > 0 and self.args.policy_learning and request_id not in self.shown:
+                    self.early.setdefault(request_id, []).append((item_id, event))
+                    while len(self.early) > self.args.policy_pending:
+                        self.early.popitem(last=False)
+                return False
+            self.policy.observe_feedback(features, event)
+            self.changed += 1
+        return True
+
+    def memory(self) -> dict:
+        """What bounds memory: pending requests and the bytes of their features."""
+        with self.lock:
+            rows = sum(len(v) for v in self.shown.values())
+            return {"pending_requests": len(self.shown), "feature_rows": rows,
+                    "feature_bytes": sum(f.nbytes for v in self.shown.values() for f in v.values()),
+                    "bound_requests": self.args.policy_pending, "dim": self.config.dim}
+
+    def _save_loop(self) -> None:
+        """Coalesced background checkpoints; a failed write is retried at the next tick."""
+        while not self.stop.wait(self.args.checkpoint_interval_s):
+            try:
+                self.checkpoint(only_if_changed=True)
+            except Exception as exc:  # noqa: BLE001 -- the store may be down; learning goes on
+                log.warning("policy checkpoint to %s failed (%s); retrying in %.0f s", self.args.policy_state,
+                            str(exc)[:200], self.args.checkpoint_interval_s)
+
+    def checkpoint(self, only_if_changed: bool = False) -> bool:
+        """Write the state (a snapshot taken under the lock, written outside it); whether it wrote."""
+        with self.write_lock:
+            with self.lock:
+                if only_if_changed and not self.changed:
+                    return False
+                data, changed = self.policy.state_bytes(), self.changed
+            # a private temporary name: during a rolling update the old and the new replica both write
+            tmp = f"{self.state_path}.tmp-{os.getpid()}-{threading.get_ident()}"
+            storage.write_durably(self.fs, tmp, self.state_path, data)
+            with self.lock:
+                self.changed -= changed
+            return True
+
+    def close(self) -> None:
+        self.stop.set()
+        self.checkpoint(only_if_changed=True)
+
+
+FALLBACK_POLICY = "ranker-order"  # the policy_version of answers given while the policy was unreachable
+
+
+def ranker_order(q: PolicyQuery) -> Slate:
+    """The slate without the policy: the first ``k`` candidates in the ranker's order, each
+    chosen with certainty (propensity 1, greedy) -- what the Ingress answers while the single
+    Policy replica restarts. Its ``policy_version`` says so in the answer and the log."""
+    n = min(q.k, len(q.item_ids))
+    return Slate(FALLBACK_POLICY, [SlotChoice(j, j, 1.0, True) for j in range(n)])
+
+
+def choose_slate(policy: LinUCBPolicy, q: PolicyQuery, version: str) -> tuple[Slate, dict[str, np.ndarray]]:
+    """``policy``'s slate for ``q`` (see :meth:`~training.models.bandit.LinUCBPolicy.choose`),
+    labelled ``version``, and the feature rows of what it shows, by item id (what learning from
+    the request's feedback needs)."""
+    shown = policy.choose(q.items(), q.context, q.k, q.features, q.vectors, q.epsilon, q.explore_pool)
+    return (Slate(version, [SlotChoice(s.index, s.position, s.propensity, s.greedy) for s in shown]),
+            {q.item_ids[s.index]: s.features for s in shown})
+
+
+class PolicyCopy:
+    """The policy's choice from a copy of its parameters (``AppArgs.policy_copy_s`` > 0): an
+    Ingress replica chooses without a round trip to the single Policy replica, which keeps
+    learning and is told of each impression afterwards (:meth:`PolicyCore.remember`).
+
+    Staleness: the copy is due for a refresh once it is ``policy_copy_s`` old (:meth:`stale`),
+    and the new one arrives one fetch later; feedback between refreshes changes the next copy,
+    not this one. The logged propensities stay exact: they are computed from the very parameters
+    that chose (whose version is logged), with this copy's own random draws."""
+
+    def __init__(self, args: AppArgs, rng: np.random.Generator | None = None, metrics: Metrics = NO_METRICS):
+        self.policy = LinUCBPolicy(policy_config(args), rng or np.random.default_rng())
+        self.metrics = metrics
+        self.max_age_s = args.policy_copy_s
+        self.params: PolicyParams | None = None
+        self.fetched_at = -float("inf")  # time.monotonic() when the installed copy was asked for
+
+    def install(self, params: PolicyParams, fetched_at: float) -> None:
+        self.policy.use_solution(params.inverse, params.theta)
+        self.params, self.fetched_at = params, fetched_at
+
+    def stale(self) -> bool:
+        return time.monotonic() - self.fetched_at > self.max_age_s
+
+    def choose(self, q: PolicyQuery) -> tuple[Slate, dict[str, np.ndarray]]:
+        """The slate and the features of what it shows (for :meth:`PolicyCore.remember`)."""
+        if self.params is None:
+            raise RuntimeError("no policy parameters installed yet")
+        started = time.perf_counter()
+        chosen = choose_slate(self.policy, q, self.params.version)
+        self.metrics.stage("policy_choose", time.perf_counter() - started)
+        return chosen
+

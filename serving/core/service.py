@@ -1,0 +1,477 @@
+"""``RecommendService``: the whole request path as one Ray-free object.
+
+History and real-time state lookup, candidate retrieval through the vector index, features,
+ranking, filters, the policy's choice and the feedback-log records -- for ``/recommend``,
+``/feedback``, ``POST /items`` and similar items -- with typed messages between the parts
+(:mod:`serving.core.messages`). What it talks to comes in through small interfaces (ports):
+
+* :class:`Stages` -- retrieval + ranking, the policy, the registry of runtime items. In one process
+  :class:`LocalStages` calls :mod:`serving.core.retrieve_rank` directly; in the Serve app
+  (:mod:`serving.deploy.app`) the same calls go through ``DeploymentHandle``s to the replicas holding them.
+* the user state (``view/issue/check/record/ping``): :class:`LocalState` over
+  :class:`~serving.state.user_state.MemoryUserState` here, :class:`serving.deploy.state_store.StateAccess`
+  (the embedded-store deployment or Redis) in the Serve app;
+* ``append(table, records)``: the durable feedback log (:mod:`serving.feedback.log`);
+* ``metrics``: what it counts (impressions, feedback, clicks and reward by the versions that
+  answered, runtime items), :class:`~serving.core.metrics.Metrics`; records nothing by default.
+
+Per-shopper rate limits and the cap on feedback events per answer (``AppArgs.rate_limit_user_*``,
+``feedback_per_request``; :mod:`serving.core.ratelimit`) are kept here, in this process: whom a
+``/feedback`` acts for is known only once its request is looked up.
+
+Errors the client caused or should retry are :class:`ServiceError` (an HTTP status and a
+message); the HTTP layer (:mod:`serving.edge.http`) turns them into responses. Unit-tested without
+Ray (``tests/unit/serving/core/test_service.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from serving.core.catalog import Catalog
+from serving.core.messages import (
+    CandidateQuery,
+    CandidateSet,
+    PolicyQuery,
+    RankedList,
+    RankQuery,
+    Slate,
+)
+from serving.core.metrics import NO_METRICS, Metrics
+from serving.core.ratelimit import RequestCap, buckets, retry_after
+from serving.core.schemas import (
+    AppArgs,
+    FeedbackRequest,
+    NewItem,
+    PolicyInputs,
+    RecommendRequest,
+)
+from serving.state.user_state import (
+    HISTORY_EVENTS,
+    MemoryUserState,
+    Outcome,
+    Recorded,
+    StateUnavailable,
+    UserStateConfig,
+    UserView,
+)
+from training.data.funnel import STAGES
+
+ITEMS_SYNC_S = 1.0  # how stale this service's view of items added elsewhere may get
+FORCED_SYNC_S = 0.2  # an id not known here asks the registry, at most this often
+# answers whose (model, policy) versions are kept for the metrics of their feedback; older ones'
+# feedback (and feedback for another replica's answers) counts under "unknown"
+VERSIONS_KEPT = 50_000
+
+
+def shopper_of(key: str | None) -> str | None:
+    """The shopper a user-state key belongs to, as a shopper token names it: a user id the
+    catalogue does not know is held under ``a:<id>`` (like a session) but is the token's ``u:<id>``."""
+    return f"u:{key[2:]}" if key is not None and key.startswith("a:") else key
+
+
+class ServiceError(Exception):
+    """A request the service refuses (4xx) or cannot serve now (503); ``detail`` says why."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, headers
+
+
+class Stages(Protocol):
+    async def retrieve_and_rank(self, q: CandidateQuery, user: int | None,
+                                live_stages: dict[int, int]) -> tuple[CandidateSet, RankedList]: ...
+    async def similar(self, item: int, k: int, items_version: int) -> list[int]: ...
+    async def choose(self, q: PolicyQuery) -> Slate: ...
+    async def learn(self, request_id: str, item_id: str, event: str) -> bool: ...
+    async def since(self, n: int) -> list[dict]: ...
+    async def add_item(self, record: dict) -> int: ...
+    async def check_content(self, record: dict) -> str | None: ...
+    async def ready(self) -> str: ...
+
+
+class StatePort(Protocol):
+    async def view(self, key: str) -> UserView: ...
+    async def issue(self, request_id: str, key: str, items: list[str]) -> None: ...
+    async def check(self, request_id: str, item_id: str, event: str) -> Recorded: ...
+    async def record(self, request_id: str, item_id: str, event: str) -> Recorded: ...
+    async def ping(self) -> bool: ...
+
+
+# durably log records of a table, or raise ServiceError(503); the HTTP edge's append logs them
+# pending, acknowledged only if the request's response is a 2xx (serving.edge.http.Acknowledged)
+Append = Callable[[str, list[dict]], Awaitable[None]]
+
+
+class RecommendService:
+    def __init__(self, args: AppArgs, catalog: Catalog, stages: Stages, state: StatePort, append: Append,
+                 metrics: Metrics = NO_METRICS):
+        self.args, self.catalog, self.stages, self.state, self.append = args, catalog, stages, state, append
+        self.metrics = metrics
+        self.versions: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
+        self.synced_at = 0.0  # when the runtime items were last pulled from the registry
+        self.sync_began = -1.0  # when the last pull began (concurrent callers share one)
+        self.sync_lock = asyncio.Lock()
+        self.per_user = buckets(args.rate_limit_user_per_s, args.rate_limit_user_burst, args.rate_limit_max_buckets)
+        self.cap = RequestCap(args.feedback_per_request, args.rate_limit_max_buckets) \
+            if args.feedback_per_request else None
+
+    def admit(self, key: str) -> None:
+        """Take a request of shopper ``key`` (``u:``/``s:``) from its bucket; 429 when it is empty."""
+        if self.per_user is None:
+            return
+        wait = self.per_user.take(key)
+        if wait > 0:
+            self.metrics.rate_limited("user")
+            raise ServiceError(429, f"rate limit of this shopper ({self.per_user.describe()}) reached; retry after "
+                                    f"{retry_after(wait)} s", {"Retry-After": retry_after(wait)})
+
+    # -- runtime items --------------------------------------------------------------------------
+
+    async def sync(self, force: bool = False) -> None:
+        """Learn the items added at runtime (through any replica), in registry order: at most every
+        ITEMS_SYNC_S, or at once when a request names an id not known here."""
+        asked = time.monotonic()
+        if not force and asked - self.synced_at < ITEMS_SYNC_S:
+            return
+        async with self.sync_lock:
+            if self.sync_began >= asked:  # a sync that began after this call asked has just finished
+                return
+            self.sync_began = time.monotonic()
+            try:
+                records = await self.stages.since(self.catalog.added)
+            except ServiceError:  # the registry is restarting: a routine sync waits for the next one
+                if force:
+                    raise
+                self.synced_at = time.monotonic()
+                return
+            for record in records:
+                self.catalog.add(record)
+            self.synced_at = time.monotonic()
+        self.metrics.runtime_items(self.catalog.added)
+
+    async def unknown(self, ids: list[str]) -> list[str]:
+        missing = [x for x in ids if x not in self.catalog.item_index]
+        # ask the registry, but not for every request: a stream of made-up ids (/shop/images/<random>,
+        # say) costs one registry call per FORCED_SYNC_S, not one each
+        if missing and time.monotonic() - self.synced_at >= FORCED_SYNC_S:
+            await self.sync(force=True)
+            missing = [x for x in missing if x not in self.catalog.item_index]
+        return missing
+
+    # -- /recommend ------------------------------------------------------------------------------
+
+    async def view(self, key: str) -> tuple[UserView, str]:
+        """The key's real-time state and how it was read: ``live``, ``off`` (realtime_state is
+        off) or ``unavailable`` (backend down: the stored history alone is used)."""
+        if not self.args.realtime_state:
+            return UserView(), "off"
+        try:
+            return await self.state.view(key), "live"
+        except StateUnavailable:
+            return UserView(), "unavailable"
+
+    async def recommend(self, req: RecommendRequest) -> dict:
+        cat, args = self.catalog, self.args
+        session = None if req.user_id else (req.session_id or uuid.uuid4().hex)
+        user, history, times = cat.history_of(req.user_id)
+        # a user id the catalogue does not know could be made up: kept like a session (TTL, LRU cap)
+        key = (f"u:{req.user_id}" if user is not None else f"a:{req.user_id}") if req.user_id else f"s:{session}"
+        if req.user_id or req.session_id:  # a new session is no one's yet (the per-key limit holds it)
+            self.admit(key)
+        await self.sync()
+        view, state = await self.view(key)
+        if req.history:
+            unknown = await self.unknown(req.history)
+            if unknown:
+                raise ServiceError(400, f"history: unknown item id(s) {unknown[:5]}")
+            history = np.r_[history, [cat.item_index[x] for x in req.history]].astype(np.int64)
+            times = np.r_[times, np.full(len(req.history), -1)].astype(np.int64)  # undated: "now"
+        await self.unknown([x for answer in view.shown for x in answer])  # learn runtime items it names
+        known = cat.item_index
+        live = [known[x] for x in view.history() if x in known]
+        if live:  # engaged with since training: the newest part of the history, dated "now"
+            history = np.r_[history, live].astype(np.int64)
+            times = np.r_[times, np.full(len(live), -1)].astype(np.int64)
+        first = np.sort(np.unique(history, return_index=True)[1])  # first occurrence each
+        history, times = history[first], times[first]
+        bad = await self.unknown(req.filters.exclude)
+        if bad:
+            raise ServiceError(400, f"filters.exclude: unknown item id(s) {bad[:5]}")
+        exclude = {cat.item_index[x] for x in req.filters.exclude}
+        exclude |= {known[x] for x in view.ignored(args.exclude_shown) if x in known}
+        added = cat.added  # every stage answers with at least these runtime items applied
+        seen = [(known[x], c) for x, c in view.impressions() if x in known]
+        inputs = PolicyInputs(recent=live[-5:], shown=[i for i, _ in seen], clicked=[c for _, c in seen],
+                              explore=args.explore_candidates, dim=args.policy_item_dim,
+                              bandwidth=args.policy_bandwidth)
+        live_stages = {known[x]: STAGES[e] for x, e in view.deepest().items() if x in known}
+        cands, ranked = await self.stages.retrieve_and_rank(CandidateQuery(history, times, added, inputs), user,
+                                                            live_stages)
+        if cands.model_version and cands.model_version != ranked.model_version:  # never answer a mixed pair
+            raise ServiceError(503, f"retrieved by model {cands.model_version!r} but ranked by "
+                                    f"{ranked.model_version!r} (a rollout is under way); retry")
+        f = req.filters
+        items = cands.items[ranked.order]
+        keep = np.array([int(i) not in exclude and cat.allowed(int(i), f.category, f.price_min, f.price_max)
+                         for i in items], dtype=bool)
+        rows = ranked.order[keep]  # into the candidate set
+        kept_items = items[keep]
+        request_id = uuid.uuid4().hex
+        item_ids = [cat.item_ids[int(i)] for i in kept_items]
+        stale = view.stale(args.stale_alpha)
+        query = PolicyQuery(request_id, item_ids, ranked.scores[keep], rows, req.context, req.k,
+                            cands.policy[rows] if len(rows) else None, cands.vectors[rows] if len(rows) else None,
+                            ranked.p_cart[keep] if ranked.p_cart is not None else None,
+                            ranked.p_purchase[keep] if ranked.p_purchase is not None else None,
+                            args.stale_epsilon if stale else None, (rows >= cands.explore_from) if stale else None)
+        slate = await self.stages.choose(query)
+        reasons = [r for r, k in zip(ranked.reasons, keep) if k]
+        now = time.time()
+        context_hash = hashlib.sha256(json.dumps(req.context, sort_keys=True).encode()).hexdigest()[:16]
+        out: list[dict[str, Any]] = []
+        for s in slate.slots:
+            j = s.index
+            entry = {"item_id": item_ids[j], "title": cat.titles[int(kept_items[j])], "position": s.position,
+                     "score": round(float(query.scores[j]), 5), "propensity": round(s.propensity, 6),
+                     "greedy": s.greedy, "reason": self._reason(reasons[j])}
+            if query.p_cart is not None and query.p_purchase is not None:  # the ranker gives both or neither
+                entry["p_cart"] = float(query.p_cart[j])
+                entry["p_purchase"] = float(query.p_purchase[j])
+            out.append(entry)
+        await self.append("impressions", [
+            {"request_id": request_id, "user_id": req.user_id, "context_hash": context_hash,
+             "num_candidates": len(item_ids), "item_id": o["item_id"], "position": o["position"],
+             "propensity": o["propensity"], "greedy": o["greedy"], "score": o["score"],
+             "model_version": ranked.model_version, "retriever_version": cands.model_version or None,
+             "policy_version": slate.policy_version, "timestamp": now} for o in out])
+        self.metrics.impressions(len(out), ranked.model_version, slate.policy_version)
+        self.versions[request_id] = (ranked.model_version, slate.policy_version)
+        while len(self.versions) > VERSIONS_KEPT:
+            self.versions.popitem(last=False)
+        if state != "unavailable":
+            try:  # register what was shown: feedback is accepted for exactly these items
+                await self.state.issue(request_id, key, [o["item_id"] for o in out])
+            except StateUnavailable:
+                state = "unavailable"
+        body = {"request_id": request_id, "user_known": user is not None, "items": out,
+                "model_version": ranked.model_version, "policy_version": slate.policy_version, "state": state,
+                "live_history": len(live), "explore_harder": stale}
+        if session is not None:
+            body["session_id"] = session
+        return body
+
+    def _reason(self, reason: dict) -> dict:
+        src = reason.get("because_of")
+        return {"because_you_saw": self.catalog.item_ids[src] if src is not None else None,
+                "shared": reason.get("shared", [])}
+
+    # -- /feedback -------------------------------------------------------------------------------
+
+    async def feedback(self, req: FeedbackRequest, identity: str | None = None) -> dict:
+        """Accepted only for an item that the request showed; the same (request, item, event)
+        counts once (a repeat answers ``duplicate`` and records nothing). ``identity`` (a verified
+        shopper token's ``u:``/``s:`` subject; None: not checked): a request issued for another
+        shopper is refused (403)."""
+        if await self.unknown([req.item_id]):
+            raise ServiceError(400, f"item_id: unknown item {req.item_id!r}")
+        # checked, then logged durably, then recorded: an event whose log write failed (503) or
+        # was cut off is not yet "recorded", so the client's retry is not taken for a duplicate
+        # (a retry after a cut between log and record logs it twice: the HTTP edge acknowledges
+        # only the copy whose 200 went out, and read_feedback counts acknowledged rows once)
+        try:
+            rec = await self.state.check(req.request_id, req.item_id, req.event)
+        except StateUnavailable as exc:
+            raise ServiceError(503, f"feedback not recorded, retry later: {exc}") from None
+        if rec.outcome is Outcome.UNKNOWN_REQUEST:
+            raise ServiceError(404, f"request_id: {req.request_id!r} was not issued by this app (or has expired)")
+        if identity is not None and shopper_of(rec.key) != identity:
+            raise ServiceError(403, f"request_id: {req.request_id!r} was issued for another shopper than this "
+                                    "shopper token's")
+        if rec.key is not None:
+            self.admit(rec.key)
+        if rec.outcome is Outcome.NOT_SHOWN:
+            raise ServiceError(400, f"item_id: request {req.request_id!r} did not show item {req.item_id!r}")
+        if rec.outcome is Outcome.DUPLICATE:
+            return await self._duplicate(req)
+        if self.cap is not None and not self.cap.reserve(req.request_id):
+            self.metrics.rate_limited("feedback_cap")
+            raise ServiceError(400, f"request_id: {req.request_id!r} has collected the most feedback events one "
+                                    f"answer may ({self.cap.limit}, feedback_per_request)")
+        rec = Recorded(Outcome.UNKNOWN_REQUEST)
+        try:
+            await self.append("events", [{"request_id": req.request_id, "item_id": req.item_id, "event": req.event,
+                                          "timestamp": time.time()}])
+            rec = await self.state.record(req.request_id, req.item_id, req.event)
+        except StateUnavailable as exc:
+            raise ServiceError(503, f"feedback logged but not applied, retry: {exc}") from None
+        finally:
+            if self.cap is not None and rec.outcome is not Outcome.RECORDED:  # not recorded: not counted
+                self.cap.release(req.request_id)
+        if rec.outcome is Outcome.DUPLICATE:  # a concurrent copy of this event got there first
+            return await self._duplicate(req)
+        if rec.outcome is not Outcome.RECORDED:
+            raise ServiceError(404, f"request_id: {req.request_id!r} has expired")
+        self._count_feedback(req, "recorded")
+        learned = self.args.policy_learning and await self.stages.learn(req.request_id, req.item_id, req.event)
+        return {"status": "recorded", "learned": bool(learned), "history": req.event in HISTORY_EVENTS}
+
+    async def _duplicate(self, req: FeedbackRequest) -> dict:
+        """A repeat of a recorded event. It is logged again all the same: the first copy may never
+        have been acknowledged (its client got a 504 or gave up after the state recorded it), and
+        this copy is what this 200 acknowledges; readers keep one copy per (request, item, event)."""
+        await self.append("events", [{"request_id": req.request_id, "item_id": req.item_id, "event": req.event,
+                                      "timestamp": time.time()}])
+        self._count_feedback(req, "duplicate")
+        return {"status": "duplicate", "learned": False, "history": False}
+
+    def _count_feedback(self, req: FeedbackRequest, outcome: str) -> None:
+        model, policy = self.versions.get(req.request_id, ("unknown", "unknown"))
+        self.metrics.feedback(req.event, outcome, model, policy)
+
+    # -- items -----------------------------------------------------------------------------------
+
+    async def add_item(self, item: NewItem) -> dict:
+        """Add a catalogue item at runtime: stored durably, given a content vector by the models'
+        item towers and put into the vector index, recommendable at once -- no retrain."""
+        record = item.model_dump()
+        if not await self.unknown([item.item_id]):
+            raise ServiceError(409, f"item_id: {item.item_id!r} is already in the catalogue")
+        problem = await self.stages.check_content(record)  # embedded there first
+        if problem:
+            raise ServiceError(400, problem)
+        if await self.stages.add_item(record) < 0:
+            raise ServiceError(409, f"item_id: {item.item_id!r} is already in the catalogue")
+        await self.sync(force=True)
+        return {"item_id": item.item_id, "status": "added", "items_added": self.catalog.added}
+
+    async def similar(self, item_id: str, k: int = 10) -> dict:
+        if not 1 <= k <= 100:
+            raise ServiceError(422, "k must be between 1 and 100")
+        if await self.unknown([item_id]):
+            raise ServiceError(404, f"unknown item {item_id!r}")
+        items = await self.stages.similar(self.catalog.item_index[item_id], k, self.catalog.added)
+        return {"item_id": item_id, "similar": [{"item_id": self.catalog.item_ids[i],
+                                                 "title": self.catalog.titles[i]} for i in items]}
+
+    async def readiness(self) -> tuple[str, bool]:
+        """``(model version, whether the user state answers)``, with the runtime items synced."""
+        version, state_ok = await asyncio.gather(self.stages.ready(), self.state.ping())
+        await self.sync()
+        return version, state_ok
+
+
+# -- in one process ------------------------------------------------------------------------------
+
+
+def user_state_config(args: AppArgs) -> UserStateConfig:
+    return UserStateConfig(max_events=args.state_max_events, exclude_shown=args.exclude_shown,
+                           shown_window=args.shown_window, session_ttl_s=args.session_ttl_s,
+                           user_ttl_s=args.state_user_ttl_s, max_ephemeral_keys=args.state_max_ephemeral_keys,
+                           max_answer_ids=args.state_max_answer_ids, max_shown_bytes=args.state_max_shown_bytes,
+                           compact_every=args.state_compact_every)
+
+
+class LocalState:
+    """:class:`StatePort` over an in-process :class:`~serving.state.user_state.MemoryUserState`."""
+
+    def __init__(self, state: MemoryUserState):
+        self.state = state
+
+    async def view(self, key: str) -> UserView:
+        return self.state.view(key)
+
+    async def issue(self, request_id: str, key: str, items: list[str]) -> None:
+        self.state.issue(request_id, key, items)
+
+    async def check(self, request_id: str, item_id: str, event: str) -> Recorded:
+        return self.state.check(request_id, item_id, event)
+
+    async def record(self, request_id: str, item_id: str, event: str) -> Recorded:
+        return self.state.record(request_id, item_id, event)
+
+    async def ping(self) -> bool:
+        return self.state.ping()
+
+
+class LocalRegistry:
+    """:class:`~serving.core.runtime_items.ItemStore` behind the async calls of :class:`Stages`."""
+
+    def __init__(self, root: str):
+        from serving.core.runtime_items import ItemStore
+
+        self.store = ItemStore(root)
+
+    async def since(self, n: int) -> list[dict]:
+        return self.store.since(n)
+
+    async def add(self, record: dict) -> int:
+        return self.store.add(record)
+
+
+class LocalStages:
+    """:class:`Stages` in one process: retrieval, ranking and the policy as plain objects; the
+    model work runs in a worker thread (``offload``) so an event loop keeps serving meanwhile."""
+
+    def __init__(self, args: AppArgs, registry: LocalRegistry | None = None, offload: bool = True,
+                 served=None, metrics: Metrics = NO_METRICS):
+        """``served``: a :class:`~serving.core.runtime_items.ServedModel` already loaded (else
+        ``args.model_dir`` is loaded); ``metrics``: where the stages' latencies go."""
+        from serving.core.retrieve_rank import ModelHolder, PolicyCore, Ranking, Retrieval
+        from serving.core.schemas import ModelSpec
+
+        self.registry = registry or LocalRegistry(args.items_root)
+        self.holder = ModelHolder(args, self.registry.since, with_index=True, metrics=metrics)
+        if served is None:
+            self.holder.load(ModelSpec(model_dir=args.model_dir, model_version=args.model_version))
+        else:
+            self.holder.served = served
+            if served.index is not None:
+                metrics.index_items(len(served.index))
+        self.retrieval, self.ranking = Retrieval(self.holder), Ranking(self.holder)
+        self.policy = PolicyCore(args, background=False, metrics=metrics)
+        self.offload = offload
+
+    async def _run(self, fn, *a):
+        return await asyncio.to_thread(fn, *a) if self.offload else fn(*a)
+
+    async def retrieve_and_rank(self, q: CandidateQuery, user: int | None,
+                                live_stages: dict[int, int]) -> tuple[CandidateSet, RankedList]:
+        served = await self.holder.current(q.items_version)  # runtime items applied on the loop
+
+        def work() -> tuple[CandidateSet, RankedList]:
+            cands = self.retrieval.compute(served, q)
+            return cands, self.ranking.compute(served, [RankQuery(q.history, cands.items, cands.dense, user,
+                                                                  q.items_version, live_stages, served.version)])[0]
+
+        return await self._run(work)
+
+    async def similar(self, item: int, k: int, items_version: int) -> list[int]:
+        return await self.retrieval.similar(item, k, items_version)
+
+    async def choose(self, q: PolicyQuery) -> Slate:
+        return self.policy.choose(q)
+
+    async def learn(self, request_id: str, item_id: str, event: str) -> bool:
+        return self.policy.feedback(request_id, item_id, event)
+
+    async def since(self, n: int) -> list[dict]:
+        return await self.registry.since(n)
+
+    async def add_item(self, record: dict) -> int:
+        return await self.registry.add(record)
+
+    async def check_content(self, record: dict) -> str | None:
+        return self.holder.check_content(record)
+
+    async def ready(self) -> str:
+        return self.holder.version()

@@ -1,0 +1,1 @@
+"""Retraining from the feedback log, and its schedule."""

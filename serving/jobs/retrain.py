@@ -1,0 +1,213 @@
+"""``raycart retrain``: retrain the ranker from the feedback log, gate it, and promote it or keep the old one.
+
+1. **Data**: the base dataset plus the log's engagement (:func:`training.data.from_feedback.merge_feedback`),
+   and the shown slates as extra ranker lists -- engaged items against shown-and-skipped ones,
+   each list weighted by the inverse examination probability of its engaged slot, estimated from
+   the log's exploration draws (:mod:`training.data.exposure`).
+2. **Train**: the serving ranker's configuration, warm-started from its weights
+   (``RankerJob.init_from``), with Ray Train; the run is named after the inputs, so a retrain killed
+   midway resumes from its checkpoint when run again, and nothing of the serving model or the log
+   is touched before the decision.
+3. **Gate** (:func:`gate`), both must pass:
+   - *holdout*: the candidate's NDCG@10 on the merged data's ``loo`` test split (each user's newest
+     event -- for users with feedback, what they did after the serving model was trained) must not
+     fall more than ``ndcg_margin`` below the serving model's on the same split;
+   - *off-policy*: on the logged traffic, the slate IPS of epsilon-greedy over each model's ranking
+     (:func:`training.evaluation.slate_target.compare_targets`); the candidate is refused when it is
+     worse with 95 % confidence (the paired bootstrap interval of new - old lies below 0). Where the
+     logs barely overlap either model's rankings (effective sample size < ``min_ess``) this check
+     is reported as inconclusive and the holdout decides.
+4. **Promote**: with ``app_args`` (the running app's ``AppArgs`` as YAML/JSON), the app is
+   redeployed with the candidate ``work/candidates/<version>`` and the merged data (``serve.run``:
+   Serve replaces the replicas one at a time, no request is dropped -- ``tests/integration/test_serve.py``).
+   Without it the decision report names the model directory to roll out.
+
+Every run writes ``work/decisions/<version>.json``: inputs, data counts, both models' metrics, the
+OPE comparison, the rules and the decision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+from dataclasses import dataclass, replace
+
+from training import storage
+
+
+@dataclass(frozen=True)
+class RetrainJob:
+    feedback: str  # the serving feedback log root
+    data: str  # the base dataset the serving model was trained on
+    model: str  # the serving ranker directory
+    work: str  # where the merged data, the run, the candidate and the decisions go
+    epochs: int | None = None  # None: the serving model's configuration
+    workers: int = 1
+    ndcg_margin: float = 0.01  # the candidate's NDCG@10 may be at most this much lower (absolute)
+    epsilon: float = 0.05  # the serving policy's exploration (the OPE targets explore like it)
+    min_ess: float = 10.0
+    exposure: bool = True  # the shown slates as position-debiased ranker lists
+    max_weight: float = 10.0  # cap of a list's position weight
+    app_args: str | None = None  # promote into the running app described by these AppArgs
+    bootstrap: int = 1000
+
+
+def gate(old: dict, new: dict, ope: dict, ndcg_margin: float, min_ess: float) -> dict:
+    """The decision from the two models' holdout metrics and the OPE comparison (rules in the module doc)."""
+    holdout_ok = new["NDCG@10"] >= old["NDCG@10"] - ndcg_margin
+    ess = min(ope["old_effective_sample_size"], ope["new_effective_sample_size"])
+    if ess < min_ess or "difference_ci95" not in ope:
+        ope_verdict = "inconclusive"
+    else:
+        ope_verdict = "worse" if ope["difference_ci95"][1] < 0 else "not worse"
+    promote = holdout_ok and ope_verdict != "worse"
+    reasons = [f"holdout NDCG@10 {new['NDCG@10']:.4f} vs serving {old['NDCG@10']:.4f} (margin {ndcg_margin}): "
+               + ("ok" if holdout_ok else "refused"),
+               f"off-policy (slate IPS, new - old): {ope.get('difference', float('nan')):+.4f}"
+               + (f", 95% CI {ope['difference_ci95'][0]:+.4f}..{ope['difference_ci95'][1]:+.4f}"
+                  if "difference_ci95" in ope else "") + f", ESS {ess:.1f}: {ope_verdict}"]
+    return {"promote": promote, "holdout_ok": holdout_ok, "ope": ope_verdict, "reasons": reasons}
+
+
+def retrain(job: RetrainJob) -> dict:
+    from training.data.dataset import load_dataset, save_dataset
+    from training.data.feedback import read_feedback
+    from training.data.from_feedback import merge_feedback
+    from training.evaluation.run import evaluate_model_dir
+    from training.evaluation.slate_target import compare_targets, model_ranker
+    from training.modeldir import read_card
+    from training.models.ranker_config import RankerConfig
+    from training.train_ranker import RankerJob
+    from training.trainers import trainer
+
+    t0 = time.time()
+    doc = read_card(job.model)
+    if doc.kind != "ranker":
+        from training.errors import DataError
+
+        raise DataError(f"{job.model}: retrain needs the serving ranker directory; this one holds a {doc.kind!r}")
+    if doc.reranks is None:
+        from training.errors import DataError
+
+        raise DataError(f"{job.model}: its model card names no retriever (reranks)")
+    impressions, events = read_feedback(job.feedback, "impressions"), read_feedback(job.feedback, "events")
+    digest = hashlib.sha256(f"{storage.absolute(job.model)}|{impressions.num_rows}|{events.num_rows}".encode())
+    version = f"retrain-{time.strftime('%Y%m%d')}-{digest.hexdigest()[:8]}"
+    print(f"[retrain] {version}: {impressions.num_rows:,} impressions, {events.num_rows:,} events from {job.feedback}",
+          flush=True)
+    base = load_dataset(job.data)  # read once: merged into, and the histories the OPE replays
+    merged, counts = merge_feedback(base, impressions, events)
+    report: dict = {"version": version, "inputs": {"feedback": job.feedback, "data": job.data, "model": job.model},
+                    "feedback": counts}
+    if counts["kept"] == 0:
+        report["decision"] = {"promote": False, "reasons": ["no engagement of known users in the log: nothing to learn"]}
+        return _finish(job, report, t0)
+    data = storage.join(job.work, "data", version)
+    if not storage.exists(storage.join(data, "dataset.json")):
+        save_dataset(merged, data, overwrite=True)
+    print(f"[retrain] data: {counts['kept']:,} new events appended ({data})", flush=True)
+    exposure = None
+    if job.exposure:
+        from training.data.exposure import exposure_lists
+
+        lists = exposure_lists(merged, impressions, events, max_weight=job.max_weight)
+        report["exposure"] = lists.report
+        if len(lists):
+            exposure = storage.join(job.work, "exposure", f"{version}.parquet")
+            lists.save(exposure)
+        theta = lists.report["examination"].get("theta")
+        print(f"[retrain] shown slates: {len(lists):,} lists of engaged vs shown-and-skipped items; examination by "
+              f"slot {theta if theta else lists.report['examination'].get('note')}", flush=True)
+    cfg = RankerConfig(**doc.config["ranker"])
+    if job.epochs is not None:
+        cfg = replace(cfg, epochs=job.epochs)
+    candidate = storage.join(job.work, "candidates", version)
+    new_metrics = trainer("ranker").run_train(RankerJob(data=data, retriever=doc.reranks.path, out=candidate, model=cfg,
+                                         workers=job.workers, storage=storage.join(job.work, "runs"), name=version,
+                                         init_from=job.model, exposure=exposure, overwrite=True))
+    old_metrics = evaluate_model_dir(data, job.model)
+    print(f"[retrain] holdout NDCG@10: candidate {new_metrics['NDCG@10']:.4f}, serving {old_metrics['NDCG@10']:.4f}",
+          flush=True)
+    # the logged requests are replayed with the histories of *their* time: the base data (the merged
+    # data holds the very clicks being evaluated, and a model never shows what a history holds)
+    ope = compare_targets(impressions, events, model_ranker(job.model, base), model_ranker(candidate, base),
+                          job.epsilon, bootstrap=job.bootstrap)
+    decision = gate(old_metrics, new_metrics, ope, job.ndcg_margin, job.min_ess)
+    run = new_metrics["run"]
+    report["training"] = {"run": version, "epochs": run["epoch_numbers"],
+                          "resumes": run["resumes"], "seconds": run["seconds"]}
+    report.update({"candidate": candidate, "data": data, "metrics": {"serving": _brief(old_metrics), "candidate": _brief(new_metrics)},
+                   "ope": ope, "rules": {"ndcg_margin": job.ndcg_margin, "min_ess": job.min_ess,
+                                         "ope": "refuse when the paired 95% interval of new - old is below 0"},
+                   "decision": decision})
+    if decision["promote"] and job.app_args:
+        report["promoted"] = promote(job.app_args, candidate, version, data)
+    return _finish(job, report, t0)
+
+
+def _brief(metrics: dict) -> dict:
+    return {k: metrics[k] for k in ("HR@10", "NDCG@10", "HR@20", "NDCG@20") if k in metrics}
+
+
+def promote(app_args: str, candidate: str, version: str, data: str) -> dict:
+    """Redeploy the app running with ``app_args`` (its AppArgs as YAML/JSON) with the candidate (a complete model directory, published atomically by
+    training under its version's name) and the merged data ``data``."""
+    import yaml
+    from ray import serve
+
+    from serving.core.schemas import AppArgs
+    from serving.deploy.app import build_app
+
+    serving = AppArgs(**yaml.safe_load(storage.read_bytes(app_args)))
+    # the merged data too: its histories hold the engagement the candidate learned from; the next
+    # retrain merges the log into the base data again, not into this merge
+    args = serving.model_copy(update={"model_dir": storage.absolute(candidate), "model_version": version,
+                                      "data_dir": storage.absolute(data), "base_data_dir": serving.base_data})
+    serve.run(build_app(args), name="raycart", route_prefix="/")
+    print(f"[retrain] promoted {version}: the app now serves {candidate}", flush=True)
+    return {"model_dir": candidate, "model_version": version, "data_dir": data}
+
+
+def _finish(job: RetrainJob, report: dict, t0: float) -> dict:
+    from training.evaluation.run import write_json
+
+    report["seconds"] = round(time.time() - t0, 1)
+    path = storage.join(job.work, "decisions", f"{report['version']}.json")
+    write_json(report, path)
+    d = report["decision"]
+    print(f"[retrain] decision: {'PROMOTE' if d['promote'] else 'KEEP the serving model'} ({report['seconds']} s)")
+    for reason in d["reasons"]:
+        print(f"  - {reason}")
+    print(f"[retrain] report: {path}", flush=True)
+    report["report"] = path
+    return report
+
+
+def _cmd(a: argparse.Namespace) -> int:
+    from training.ray_env import init_ray
+
+    init_ray()
+    retrain(RetrainJob(feedback=a.feedback, data=a.data, model=a.model, work=a.work, epochs=a.epochs,
+                       workers=a.workers, ndcg_margin=a.ndcg_margin, epsilon=a.epsilon, app_args=a.app_args,
+                       exposure=a.exposure))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("retrain", help="retrain the ranker from the feedback log behind a gate",
+                       description="Merge the feedback log into the dataset, retrain the serving ranker "
+                                   "(warm start, Ray Train), gate it on holdout NDCG@10 and off-policy "
+                                   "evaluation of the logged traffic, and promote it or keep the old one.")
+    p.add_argument("--feedback", required=True, help="feedback log root (local or s3://)")
+    p.add_argument("--data", required=True, help="the dataset the serving model was trained on")
+    p.add_argument("--model", required=True, help="the serving ranker directory")
+    p.add_argument("--work", default="raycart-work/retrain", help="merged data, runs, candidates, decisions")
+    p.add_argument("--epochs", type=int, help="epochs of the retrain (default: the serving model's)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--ndcg-margin", type=float, default=0.01)
+    p.add_argument("--epsilon", type=float, default=0.05, help="the serving policy's exploration")
+    p.add_argument("--app-args", help="promote into the running app with these AppArgs (YAML/JSON)")
+    p.add_argument("--no-exposure", dest="exposure", action="store_false",
+                   help="do not train on the shown slates (engaged vs shown-and-skipped, position-weighted)")
+    p.set_defaults(func=_cmd)

@@ -1,0 +1,1 @@
+"""Real-time user state and its backends (memory with a journal, Redis); no Ray."""

@@ -1,0 +1,76 @@
+"""``PolicyCopy``: the policy's choice from a copy of the learner's parameters (AppArgs.policy_copy_s),
+without Ray: same choice as the learner, exact propensities, impressions and feedback still learned."""
+
+import collections
+
+import numpy as np
+
+from serving.core.messages import PolicyQuery
+from serving.core.retrieve_rank import PolicyCopy, PolicyCore
+from serving.core.schemas import AppArgs
+
+
+def _args(tmp_path, **extra) -> AppArgs:
+    return AppArgs(model_dir="(in memory)", data_dir="(in memory)", policy_state=str(tmp_path / "policy.npz"),
+                   policy_item_dim=0, policy_diversity=0.0, **extra)
+
+
+def _query(request_id: str, n: int = 6, seed: int = 0) -> PolicyQuery:
+    rng = np.random.default_rng(seed)
+    return PolicyQuery(request_id, [f"i{j}" for j in range(n)], rng.normal(size=n), np.arange(n), {}, 3)
+
+
+def test_a_fresh_copy_chooses_what_the_learner_would(tmp_path):
+    learner = PolicyCore(_args(tmp_path, policy_epsilon=0.0), background=False)
+    for r in range(30):  # some learning first: clicks on the lowest-scored item of each request
+        q = _query(f"r{r}", seed=r)
+        learner.choose(q)
+        learner.feedback(f"r{r}", q.item_ids[int(np.argmin(q.scores))], "purchase")
+    copy = PolicyCopy(_args(tmp_path, policy_epsilon=0.0), np.random.default_rng(1))
+    copy.install(learner.parameters(), 0.0)
+    q = _query("next", seed=99)
+    want = learner.parameters()
+    slate, shown = copy.choose(q)
+    assert slate.policy_version == want.version  # the log names the parameters that chose
+    again = learner.choose(_query("same", seed=99))
+    assert [s.index for s in slate.slots] == [s.index for s in again.slots]
+    assert all(s.propensity == 1.0 for s in slate.slots)
+    assert set(shown) == {q.item_ids[s.index] for s in slate.slots}
+
+
+def test_impressions_chosen_by_a_copy_are_learned_and_take_feedback(tmp_path):
+    learner = PolicyCore(_args(tmp_path, policy_copy_s=1.0), background=False)
+    copy = PolicyCopy(_args(tmp_path), np.random.default_rng(0))
+    copy.install(learner.parameters(), 0.0)
+    before = learner.policy.updates
+    slate, shown = copy.choose(_query("r1"))
+    first, second = list(shown)[:2]
+    assert not learner.feedback("r1", first, "click")  # the click overtook the impression: parked
+    learner.remember("r1", shown)
+    assert learner.policy.updates == before + len(shown) + 1  # the impression, then the parked click
+    b_before = learner.policy.b.copy()
+    assert learner.feedback("r1", second, "click")
+    assert not np.allclose(learner.policy.b, b_before)
+    assert learner.parameters().version != slate.policy_version  # the copy is now stale, and says so
+    frozen = PolicyCore(_args(tmp_path / "f", policy_learning=False), background=False)
+    frozen.remember("r2", shown)
+    assert frozen.policy.updates == 0 and not frozen.feedback("r2", next(iter(shown)), "click")
+
+
+def test_the_copy_logs_exact_propensities(tmp_path):
+    """Each logged propensity is the probability the copy's own draws give that item at that slot."""
+    learner = PolicyCore(_args(tmp_path, policy_epsilon=0.3), background=False)
+    copy = PolicyCopy(_args(tmp_path, policy_epsilon=0.3), np.random.default_rng(5))
+    copy.install(learner.parameters(), 0.0)
+    q = _query("r", n=5, seed=3)
+    first = collections.Counter()
+    logged = {}
+    n = 4000
+    for _ in range(n):
+        slate, _ = copy.choose(q)
+        top = slate.slots[0]
+        first[top.index] += 1
+        logged[top.index] = top.propensity
+    for item, count in first.items():
+        assert abs(count / n - logged[item]) < 0.03, (item, count / n, logged[item])
+    assert abs(sum(logged.values()) - 1.0) < 1e-9  # every item seen at the top; propensities sum to 1
