@@ -4,7 +4,7 @@
 the stages in :mod:`serving.core.retrieve_rank`, the HTTP edge) call: ``metrics.request("/recommend", 200,
 0.012)``. It hands each number to a :class:`Sink`; without one (``NO_METRICS``, the default
 everywhere) nothing is recorded, so the service, its unit tests and the one-process run need no
-metrics backend. The Serve app gives each replica a :class:`RaySink`: Ray Serve's metrics
+metrics backend. The Serve app gives each replica a :class:`~serving.deploy.ray_metrics.RaySink`: Ray Serve's metrics
 (``ray.serve.metrics``, which add the ``deployment``, ``replica`` and ``application`` tags),
 exported in Prometheus format on each node's metrics export port.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -116,7 +115,7 @@ class Metrics:
 
     Example::
 
-        metrics = Metrics(RaySink())            # in a Serve replica
+        metrics = Metrics(RaySink())            # in a Serve replica (serving.deploy.ray_metrics)
         metrics.stage("ranking", 0.004)
         NO_METRICS.stage("ranking", 0.004)      # records nothing
     """
@@ -172,40 +171,6 @@ class Metrics:
 
 
 NO_METRICS = Metrics()
-
-
-class RaySink:
-    """:class:`Sink` on Ray Serve's metrics; create it in the replica (the tags come from the
-    replica's context). The Ray metric objects are made on first use, one per name."""
-
-    def __init__(self):
-        # the one Ray import of this module, made in the replica
-        from ray.serve import metrics as serve_metrics
-
-        self.kinds = {"counter": serve_metrics.Counter, "gauge": serve_metrics.Gauge,
-                      "histogram": serve_metrics.Histogram}
-        self.made: dict[str, object] = {}
-        self.lock = threading.Lock()  # stages record from worker threads too
-
-    def _metric(self, spec: MetricSpec):
-        with self.lock:
-            metric = self.made.get(spec.name)
-            if metric is None:
-                extra = {"boundaries": list(spec.buckets)} if spec.kind == "histogram" else {}
-                metric = self.kinds[spec.kind](spec.name, description=spec.description, tag_keys=spec.labels,
-                                               **extra)
-                self.made[spec.name] = metric
-            return metric
-
-    def record(self, spec: MetricSpec, value: float, labels: dict[str, str]) -> None:
-        metric = self._metric(spec)
-        tags = labels or None
-        if spec.kind == "counter":
-            metric.inc(value, tags=tags)
-        elif spec.kind == "gauge":
-            metric.set(value, tags=tags)
-        else:
-            metric.observe(value, tags=tags)
 
 
 def access_line(request_id: str, method: str, endpoint: str, status: int, seconds: float, **extra) -> str:

@@ -8,8 +8,9 @@ a dropped bucket comes back full, which errs towards serving.
 
 * :class:`TokenBuckets` -- ``rate`` tokens a second up to ``burst``; ``take(name)`` answers 0
   (served) or the seconds until a token is there (429 with ``Retry-After``).
-* :class:`KeyLimit` -- ASGI middleware inside the :class:`~serving.edge.security.Guard`: one bucket
-  per API key (by its SHA-256) for every route that needs a key, when keys are configured.
+* :class:`~serving.edge.keylimit.KeyLimit` -- ASGI middleware inside the
+  :class:`~serving.edge.security.Guard`: one bucket per API key (by its SHA-256) for every route
+  that needs a key, when keys are configured (the edge's part, over these buckets).
 * per shopper (``u:<user_id>``/``s:<session_id>``) and the per-answer feedback cap
   (:class:`RequestCap`): in :class:`~serving.core.service.RecommendService`, which knows whom a
   ``/feedback`` acts for only once it has looked its request up.
@@ -20,16 +21,10 @@ Plain Python, no Ray.
 from __future__ import annotations
 
 import collections
-import hashlib
-import json
 import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-
-from serving.core.metrics import NO_METRICS, Metrics
-from serving.edge.security import GuardSettings, presented_key, required_role, route_path
 
 
 class TokenBuckets:
@@ -100,40 +95,6 @@ class RequestCap:
         with self.lock:
             if self.counts.get(request_id, 0) > 0:
                 self.counts[request_id] -= 1
-
-
-@dataclass
-class KeyLimitSettings:
-    """Filled in by :func:`serving.edge.http.configure`; ``buckets`` None: no per-key limit."""
-
-    guard: GuardSettings = field(default_factory=GuardSettings)
-    buckets: TokenBuckets | None = None
-    metrics: Metrics = NO_METRICS
-
-
-class KeyLimit:
-    """ASGI middleware, placed inside the Guard (so only keys it accepted reach a bucket): 429
-    with ``Retry-After`` once a key has used its burst."""
-
-    def __init__(self, app, settings: KeyLimitSettings):
-        self.app, self.settings = app, settings
-
-    async def __call__(self, scope, receive, send):
-        s = self.settings
-        if scope["type"] != "http" or s.buckets is None or not s.guard.keys.configured \
-                or required_role(scope.get("method", "GET"), route_path(scope)) is None:
-            return await self.app(scope, receive, send)
-        key = presented_key(dict(scope.get("headers") or []))
-        wait = s.buckets.take(hashlib.sha256(key.encode()).hexdigest())
-        if wait == 0.0:
-            return await self.app(scope, receive, send)
-        s.metrics.rate_limited("key")
-        body = json.dumps({"detail": f"rate limit of this API key ({s.buckets.describe()}) reached; "
-                                     f"retry after {retry_after(wait)} s"}).encode()
-        await send({"type": "http.response.start", "status": 429,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"retry-after", retry_after(wait).encode())]})
-        await send({"type": "http.response.body", "body": body})
 
 
 def limits_report(per_key: TokenBuckets | None, per_shopper: TokenBuckets | None, cap: RequestCap | None) -> dict:

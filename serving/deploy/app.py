@@ -9,7 +9,7 @@ scaling) --, the single ``Policy`` replica, the ``ItemRegistry`` of runtime item
 state (:mod:`serving.deploy.state_store`). ``build_app(args)`` is the entry point for ``serve run
 serving.deploy.app:build_app`` / ``serve deploy cluster/serve.yaml`` and for ``raycart serve``.
 
-Each replica records its metrics through Ray Serve's metrics (:class:`~serving.core.metrics.RaySink`),
+Each replica records its metrics through Ray Serve's metrics (:class:`~serving.deploy.ray_metrics.RaySink`),
 exported on every node's Ray metrics export port; the Ingress writes its per-request access lines
 to its Serve replica log file (not the console).
 """
@@ -38,13 +38,14 @@ from serving.core.messages import (
     Slate,
     StageUnavailable,
 )
-from serving.core.metrics import Metrics, RaySink, route_access_log
+from serving.core.metrics import Metrics, route_access_log
 from serving.core.retrieve_rank import PolicyCopy, ranker_order
 from serving.core.schemas import AppArgs, ModelSpec
 from serving.core.service import RecommendService, ServiceError
 from serving.deploy.deployments import ItemRegistry, Ranker, Retriever, RetrieveRank
 from serving.deploy.netbind import bind_replica_grpc_to_node_address
 from serving.deploy.policy import Policy
+from serving.deploy.ray_metrics import RaySink
 from serving.deploy.state_store import StateAccess, UserStateStore
 from serving.edge.http import EdgeLog, Runtime, configure, open_feedback_log
 from serving.edge.security import ApiKeys

@@ -23,11 +23,12 @@ from serving.core.messages import (
     RankQuery,
     StageUnavailable,
 )
-from serving.core.metrics import Metrics, RaySink
+from serving.core.metrics import Metrics
 from serving.core.retrieve_rank import ModelHolder, Ranking, Retrieval
 from serving.core.runtime_items import ItemStore
 from serving.core.schemas import AppArgs, ModelSpec
 from serving.deploy.netbind import bind_replica_grpc_to_node_address
+from serving.deploy.ray_metrics import RaySink
 
 
 @serve.deployment(num_replicas=1)

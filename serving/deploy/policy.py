@@ -8,10 +8,11 @@ from __future__ import annotations
 from ray import serve
 
 from serving.core.messages import PolicyParams, PolicyQuery, Slate
-from serving.core.metrics import Metrics, RaySink
+from serving.core.metrics import Metrics
 from serving.core.retrieve_rank import PolicyCore
 from serving.core.schemas import AppArgs
 from serving.deploy.netbind import bind_replica_grpc_to_node_address
+from serving.deploy.ray_metrics import RaySink
 
 
 @serve.deployment(num_replicas=1)

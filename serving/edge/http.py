@@ -39,10 +39,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from serving.core.metrics import ACCESS_LOGGER, NO_METRICS, Metrics, access_line, endpoint_of
-from serving.core.ratelimit import KeyLimit, KeyLimitSettings, limits_report
+from serving.core.ratelimit import limits_report
 from serving.core.schemas import FeedbackRequest, NewItem, RecommendRequest
 from serving.core.service import RecommendService, ServiceError
 from serving.edge.identity import TOKEN_HEADER, IdentityRefused, ShopperGate
+from serving.edge.keylimit import KeyLimit, KeyLimitSettings
 from serving.edge.security import Guard, GuardSettings, route_path
 from serving.edge.shop import router as shop_window
 from serving.feedback.log import FeedbackLog, FeedbackLogConfig
