@@ -171,7 +171,7 @@ class AppArgs(BaseModel):
     # 0: every choice at the single Policy replica (one hop per request); > 0: Ingress replicas
     # choose from a copy of its parameters at most this many seconds old (plus one fetch) and tell
     # it the impression afterwards -- one hop fewer, exact propensities for the copy used
-    # (serving.core.retrieve_rank.PolicyCopy)
+    # (serving.core.policy.PolicyCopy)
     policy_copy_s: float = Field(0.0, ge=0)
     policy_item_dim: int = Field(16, ge=0)  # user x item product coordinates the policy learns over
     policy_bandwidth: float = Field(0.25, gt=0)  # kernel width of the shopper's recent click rate near an item

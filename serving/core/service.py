@@ -426,7 +426,8 @@ class LocalStages:
                  served=None, metrics: Metrics = NO_METRICS):
         """``served``: a :class:`~serving.core.runtime_items.ServedModel` already loaded (else
         ``args.model_dir`` is loaded); ``metrics``: where the stages' latencies go."""
-        from serving.core.retrieve_rank import ModelHolder, PolicyCore, Ranking, Retrieval
+        from serving.core.policy import PolicyCore
+        from serving.core.retrieve_rank import ModelHolder, Ranking, Retrieval
         from serving.core.schemas import ModelSpec
 
         self.registry = registry or LocalRegistry(args.items_root)

@@ -39,7 +39,7 @@ from serving.core.messages import (
     StageUnavailable,
 )
 from serving.core.metrics import Metrics, route_access_log
-from serving.core.retrieve_rank import PolicyCopy, ranker_order
+from serving.core.policy import PolicyCopy, ranker_order
 from serving.core.schemas import AppArgs, ModelSpec
 from serving.core.service import RecommendService, ServiceError
 from serving.deploy.deployments import ItemRegistry, Ranker, Retriever, RetrieveRank

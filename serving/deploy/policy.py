@@ -1,5 +1,5 @@
 """The Policy deployment: one replica (the bandit's state is the model) holding
-:class:`~serving.core.retrieve_rank.PolicyCore` -- the contextual bandit that orders the final slate, logs
+:class:`~serving.core.policy.PolicyCore` -- the contextual bandit that orders the final slate, logs
 exact propensities and learns from ``/feedback``, checkpointed in the background and on shutdown.
 """
 
@@ -9,7 +9,7 @@ from ray import serve
 
 from serving.core.messages import PolicyParams, PolicyQuery, Slate
 from serving.core.metrics import Metrics
-from serving.core.retrieve_rank import PolicyCore
+from serving.core.policy import PolicyCore
 from serving.core.schemas import AppArgs
 from serving.deploy.netbind import bind_replica_grpc_to_node_address
 from serving.deploy.ray_metrics import RaySink

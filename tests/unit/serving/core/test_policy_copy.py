@@ -6,7 +6,7 @@ import collections
 import numpy as np
 
 from serving.core.messages import PolicyQuery
-from serving.core.retrieve_rank import PolicyCopy, PolicyCore
+from serving.core.policy import PolicyCopy, PolicyCore
 from serving.core.schemas import AppArgs
 
 

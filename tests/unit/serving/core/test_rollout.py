@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from serving.core.messages import ModelVersionMismatch, PolicyQuery, RankedList, RankQuery
-from serving.core.retrieve_rank import FALLBACK_POLICY, ModelHolder, Ranking, ranker_order
+from serving.core.policy import FALLBACK_POLICY, ranker_order
+from serving.core.retrieve_rank import ModelHolder, Ranking
 from serving.core.schemas import AppArgs
 
 
