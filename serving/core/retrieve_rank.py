@@ -325,3 +325,15 @@ class Ranking:
                 np.array([r["p_purchase"] for r in ranked]) if has else None))
         self.holder.metrics.stage("ranking", time.perf_counter() - started, count=len(queries))
         return out
+
+
+async def retrieve_then_rank(candidates: Callable[[CandidateQuery], Awaitable[CandidateSet]],
+                             rank: Callable[[RankQuery], Awaitable[RankedList]], q: CandidateQuery,
+                             user: int | None, live_stages: dict[int, int]) -> tuple[CandidateSet, RankedList]:
+    """The one retrieve -> rank step of a request, wherever its two halves run (one process, one
+    fused replica, or two deployments): the candidates, then their ranking by the model version
+    that retrieved them (``RankQuery.model_version``), so one request never mixes two versions."""
+    cands = await candidates(q)
+    ranked = await rank(RankQuery(q.history, cands.items, cands.dense, user, q.items_version, live_stages,
+                                  model_version=cands.model_version))
+    return cands, ranked

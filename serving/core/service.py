@@ -447,14 +447,17 @@ class LocalStages:
 
     async def retrieve_and_rank(self, q: CandidateQuery, user: int | None,
                                 live_stages: dict[int, int]) -> tuple[CandidateSet, RankedList]:
+        from serving.core.retrieve_rank import retrieve_then_rank  # torch: loaded with the models
+
         served = await self.holder.current(q.items_version)  # runtime items applied on the loop
 
-        def work() -> tuple[CandidateSet, RankedList]:
-            cands = self.retrieval.compute(served, q)
-            return cands, self.ranking.compute(served, [RankQuery(q.history, cands.items, cands.dense, user,
-                                                                  q.items_version, live_stages, served.version)])[0]
+        async def candidates(cq: CandidateQuery) -> CandidateSet:
+            return await self._run(self.retrieval.compute, served, cq)
 
-        return await self._run(work)
+        async def rank(rq: RankQuery) -> RankedList:
+            return (await self._run(self.ranking.compute, served, [rq]))[0]
+
+        return await retrieve_then_rank(candidates, rank, q, user, live_stages)
 
     async def similar(self, item: int, k: int, items_version: int) -> list[int]:
         return await self.retrieval.similar(item, k, items_version)

@@ -24,7 +24,7 @@ from serving.core.messages import (
     StageUnavailable,
 )
 from serving.core.metrics import Metrics
-from serving.core.retrieve_rank import ModelHolder, Ranking, Retrieval
+from serving.core.retrieve_rank import ModelHolder, Ranking, Retrieval, retrieve_then_rank
 from serving.core.runtime_items import ItemStore
 from serving.core.schemas import AppArgs, ModelSpec
 from serving.deploy.netbind import bind_replica_grpc_to_node_address
@@ -114,8 +114,20 @@ class _Batched:
         return ranked
 
 
+class _Retrieves:
+    """What the retrieving deployments share: candidates and similar items from the held model."""
+
+    retrieval: Retrieval  # set by the deployment that mixes this in
+
+    async def candidates(self, q: CandidateQuery) -> CandidateSet:
+        return await self.retrieval.candidates(q)
+
+    async def similar(self, item: int, k: int, items_version: int) -> list[int]:
+        return await self.retrieval.similar(item, k, items_version)
+
+
 @serve.deployment(max_ongoing_requests=16)
-class Retriever(_ServesModel):
+class Retriever(_ServesModel, _Retrieves):
     """User tower + the vector index -> candidates (:class:`~serving.core.retrieve_rank.Retrieval`)."""
 
     with_index = True
@@ -123,12 +135,6 @@ class Retriever(_ServesModel):
     def __init__(self, args: AppArgs, registry: DeploymentHandle):
         self._init(args, registry)
         self.retrieval = Retrieval(self.holder)
-
-    async def candidates(self, q: CandidateQuery) -> CandidateSet:
-        return await self.retrieval.candidates(q)
-
-    async def similar(self, item: int, k: int, items_version: int) -> list[int]:
-        return await self.retrieval.similar(item, k, items_version)
 
 
 @serve.deployment(max_ongoing_requests=64)  # lets @serve.batch fill batches of 32
@@ -145,7 +151,7 @@ class Ranker(_ServesModel, _Batched):
 
 
 @serve.deployment(max_ongoing_requests=64)
-class RetrieveRank(_ServesModel, _Batched):
+class RetrieveRank(_ServesModel, _Batched, _Retrieves):
     """Retrieval and ranking in one replica (``topology: fused``): one model copy, one hop less."""
 
     with_index = True
@@ -157,10 +163,4 @@ class RetrieveRank(_ServesModel, _Batched):
 
     async def retrieve_and_rank(self, q: CandidateQuery, user: int | None,
                                 live_stages: dict[int, int]) -> tuple[CandidateSet, RankedList]:
-        cands = await self.retrieval.candidates(q)  # the ranking below uses the same model version
-        ranked = await self._rank(RankQuery(q.history, cands.items, cands.dense, user, q.items_version, live_stages,
-                                            model_version=cands.model_version))
-        return cands, ranked
-
-    async def similar(self, item: int, k: int, items_version: int) -> list[int]:
-        return await self.retrieval.similar(item, k, items_version)
+        return await retrieve_then_rank(self.retrieval.candidates, self._rank, q, user, live_stages)
