@@ -89,7 +89,7 @@ class StageUnavailable(RuntimeError):
     answer, say, while it restarts): the request may be retried (HTTP 503)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PolicyQuery:
     """The policy's input: the kept candidates (``scores``, ``retriever_rank`` of each), their
     per-item columns and vectors, the request context and the slate size; ``epsilon`` and

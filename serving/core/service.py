@@ -33,6 +33,7 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -77,6 +78,35 @@ def shopper_of(key: str | None) -> str | None:
     """The shopper a user-state key belongs to, as a shopper token names it: a user id the
     catalogue does not know is held under ``a:<id>`` (like a session) but is the token's ``u:<id>``."""
     return f"u:{key[2:]}" if key is not None and key.startswith("a:") else key
+
+
+@dataclass
+class _Shopper:
+    """Who a /recommend is for: the user-state key, the known user's internal id (None: not in the
+    catalogue), the session (None: a user) and the history the ranker reads, oldest first (``times``
+    -1: undated, "now")."""
+
+    key: str
+    user: int | None
+    session: str | None
+    history: np.ndarray
+    times: np.ndarray
+
+    def extend(self, items: list[int]) -> None:
+        self.history = np.r_[self.history, items].astype(np.int64)
+        self.times = np.r_[self.times, np.full(len(items), -1)].astype(np.int64)
+
+
+@dataclass(frozen=True)
+class _Ranked:
+    """The candidates, their ranking, and which ranked ones the filters ``keep`` (``rows``: into
+    the candidate set, ``items``: their internal ids, best first)."""
+
+    cands: CandidateSet
+    ranked: RankedList
+    keep: np.ndarray
+    rows: np.ndarray
+    items: np.ndarray
 
 
 class ServiceError(Exception):
@@ -181,42 +211,63 @@ class RecommendService:
             return UserView(), "unavailable"
 
     async def recommend(self, req: RecommendRequest) -> dict:
-        cat, args = self.catalog, self.args
+        """One answer, in named steps: who asks (:meth:`_shopper`), their history with what they
+        did since training (:meth:`_history`), the candidates retrieved, ranked and filtered by one
+        model version (:meth:`_ranked`), the policy's slate (:meth:`_policy_query`), then the answer
+        logged and its items registered for feedback (:meth:`_answer`)."""
+        who = self._shopper(req)
+        if req.user_id or req.session_id:  # a new session is no one's yet (the per-key limit holds it)
+            self.admit(who.key)
+        await self.sync()
+        view, state = await self.view(who.key)
+        live = await self._history(req, who, view)
+        ranked = await self._ranked(req, who, view, live)
+        query = self._policy_query(req, view, ranked)
+        slate = await self.stages.choose(query)
+        return await self._answer(req, who, state, ranked, query, slate, live)
+
+    def _shopper(self, req: RecommendRequest) -> _Shopper:
+        """The state key, the known user's internal id and stored history, or a new session."""
         session = None if req.user_id else (req.session_id or uuid.uuid4().hex)
-        user, history, times = cat.history_of(req.user_id)
+        user, history, times = self.catalog.history_of(req.user_id)
         # a user id the catalogue does not know could be made up: kept like a session (TTL, LRU cap)
         key = (f"u:{req.user_id}" if user is not None else f"a:{req.user_id}") if req.user_id else f"s:{session}"
-        if req.user_id or req.session_id:  # a new session is no one's yet (the per-key limit holds it)
-            self.admit(key)
-        await self.sync()
-        view, state = await self.view(key)
+        return _Shopper(key, user, session, history, times)
+
+    async def _history(self, req: RecommendRequest, who: _Shopper, view: UserView) -> list[int]:
+        """Extend ``who``'s history with the request's and the live items (engaged with since
+        training, dated "now"), first occurrence each; the live items' internal ids."""
+        cat = self.catalog
         if req.history:
             unknown = await self.unknown(req.history)
             if unknown:
                 raise ServiceError(400, f"history: unknown item id(s) {unknown[:5]}")
-            history = np.r_[history, [cat.item_index[x] for x in req.history]].astype(np.int64)
-            times = np.r_[times, np.full(len(req.history), -1)].astype(np.int64)  # undated: "now"
+            who.extend([cat.item_index[x] for x in req.history])
         await self.unknown([x for answer in view.shown for x in answer])  # learn runtime items it names
-        known = cat.item_index
-        live = [known[x] for x in view.history() if x in known]
-        if live:  # engaged with since training: the newest part of the history, dated "now"
-            history = np.r_[history, live].astype(np.int64)
-            times = np.r_[times, np.full(len(live), -1)].astype(np.int64)
-        first = np.sort(np.unique(history, return_index=True)[1])  # first occurrence each
-        history, times = history[first], times[first]
+        live = [cat.item_index[x] for x in view.history() if x in cat.item_index]
+        who.extend(live)
+        first = np.sort(np.unique(who.history, return_index=True)[1])
+        who.history, who.times = who.history[first], who.times[first]
+        return live
+
+    async def _ranked(self, req: RecommendRequest, who: _Shopper, view: UserView, live: list[int]) -> _Ranked:
+        """The candidates and their ranking by one model version, without the excluded items and
+        those outside the request's filters."""
+        cat, args = self.catalog, self.args
         bad = await self.unknown(req.filters.exclude)
         if bad:
             raise ServiceError(400, f"filters.exclude: unknown item id(s) {bad[:5]}")
-        exclude = {cat.item_index[x] for x in req.filters.exclude}
+        known = cat.item_index
+        exclude = {known[x] for x in req.filters.exclude}
         exclude |= {known[x] for x in view.ignored(args.exclude_shown) if x in known}
-        added = cat.added  # every stage answers with at least these runtime items applied
         seen = [(known[x], c) for x, c in view.impressions() if x in known]
         inputs = PolicyInputs(recent=live[-5:], shown=[i for i, _ in seen], clicked=[c for _, c in seen],
                               explore=args.explore_candidates, dim=args.policy_item_dim,
                               bandwidth=args.policy_bandwidth)
-        live_stages = {known[x]: STAGES[e] for x, e in view.deepest().items() if x in known}
-        cands, ranked = await self.stages.retrieve_and_rank(CandidateQuery(history, times, added, inputs), user,
-                                                            live_stages)
+        funnel = {known[x]: STAGES[e] for x, e in view.deepest().items() if x in known}
+        # cat.added: every step answers with at least these runtime items applied
+        cands, ranked = await self.stages.retrieve_and_rank(
+            CandidateQuery(who.history, who.times, cat.added, inputs), who.user, funnel)
         if cands.model_version and cands.model_version != ranked.model_version:  # never answer a mixed pair
             raise ServiceError(503, f"retrieved by model {cands.model_version!r} but ranked by "
                                     f"{ranked.model_version!r} (a rollout is under way); retry")
@@ -224,35 +275,45 @@ class RecommendService:
         items = cands.items[ranked.order]
         keep = np.array([int(i) not in exclude and cat.allowed(int(i), f.category, f.price_min, f.price_max)
                          for i in items], dtype=bool)
-        rows = ranked.order[keep]  # into the candidate set
-        kept_items = items[keep]
-        request_id = uuid.uuid4().hex
-        item_ids = [cat.item_ids[int(i)] for i in kept_items]
-        stale = view.stale(args.stale_alpha)
-        query = PolicyQuery(request_id, item_ids, ranked.scores[keep], rows, req.context, req.k,
-                            cands.policy[rows] if len(rows) else None, cands.vectors[rows] if len(rows) else None,
-                            ranked.p_cart[keep] if ranked.p_cart is not None else None,
-                            ranked.p_purchase[keep] if ranked.p_purchase is not None else None,
-                            args.stale_epsilon if stale else None, (rows >= cands.explore_from) if stale else None)
-        slate = await self.stages.choose(query)
-        reasons = [r for r, k in zip(ranked.reasons, keep) if k]
-        now = time.time()
-        context_hash = hashlib.sha256(json.dumps(req.context, sort_keys=True).encode()).hexdigest()[:16]
+        return _Ranked(cands, ranked, keep, rows=ranked.order[keep], items=items[keep])
+
+    def _policy_query(self, req: RecommendRequest, view: UserView, r: _Ranked) -> PolicyQuery:
+        rows, stale = r.rows, view.stale(self.args.stale_alpha)
+        some = len(rows) > 0
+        return PolicyQuery(
+            request_id=uuid.uuid4().hex, item_ids=[self.catalog.item_ids[int(i)] for i in r.items],
+            scores=r.ranked.scores[r.keep], retriever_rank=rows, context=req.context, k=req.k,
+            features=r.cands.policy[rows] if some else None, vectors=r.cands.vectors[rows] if some else None,
+            p_cart=r.ranked.p_cart[r.keep] if r.ranked.p_cart is not None else None,
+            p_purchase=r.ranked.p_purchase[r.keep] if r.ranked.p_purchase is not None else None,
+            epsilon=self.args.stale_epsilon if stale else None,
+            explore_pool=(rows >= r.cands.explore_from) if stale else None)
+
+    async def _answer(self, req: RecommendRequest, who: _Shopper, state: str, r: _Ranked, query: PolicyQuery,
+                      slate: Slate, live: list[int]) -> dict:
+        """The slate as the answer's items; its impressions logged, then registered with the user
+        state (feedback is accepted for exactly these items)."""
+        cat, ranked = self.catalog, r.ranked
+        request_id, item_ids, scores = query.request_id, query.item_ids, query.scores
+        p_cart, p_purchase = query.p_cart, query.p_purchase
+        reasons = [reason for reason, k in zip(ranked.reasons, r.keep) if k]
         out: list[dict[str, Any]] = []
         for s in slate.slots:
             j = s.index
-            entry = {"item_id": item_ids[j], "title": cat.titles[int(kept_items[j])], "position": s.position,
-                     "score": round(float(query.scores[j]), 5), "propensity": round(s.propensity, 6),
+            entry = {"item_id": item_ids[j], "title": cat.titles[int(r.items[j])], "position": s.position,
+                     "score": round(float(scores[j]), 5), "propensity": round(s.propensity, 6),
                      "greedy": s.greedy, "reason": self._reason(reasons[j])}
-            if query.p_cart is not None and query.p_purchase is not None:  # the ranker gives both or neither
-                entry["p_cart"] = float(query.p_cart[j])
-                entry["p_purchase"] = float(query.p_purchase[j])
+            if p_cart is not None and p_purchase is not None:  # the ranker gives both or neither
+                entry["p_cart"] = float(p_cart[j])
+                entry["p_purchase"] = float(p_purchase[j])
             out.append(entry)
+        now = time.time()
+        context_hash = hashlib.sha256(json.dumps(req.context, sort_keys=True).encode()).hexdigest()[:16]
         await self.append("impressions", [
             {"request_id": request_id, "user_id": req.user_id, "context_hash": context_hash,
              "num_candidates": len(item_ids), "item_id": o["item_id"], "position": o["position"],
              "propensity": o["propensity"], "greedy": o["greedy"], "score": o["score"],
-             "model_version": ranked.model_version, "retriever_version": cands.model_version or None,
+             "model_version": ranked.model_version, "retriever_version": r.cands.model_version or None,
              "policy_version": slate.policy_version, "timestamp": now} for o in out])
         self.metrics.impressions(len(out), ranked.model_version, slate.policy_version)
         self.versions[request_id] = (ranked.model_version, slate.policy_version)
@@ -260,14 +321,14 @@ class RecommendService:
             self.versions.popitem(last=False)
         if state != "unavailable":
             try:  # register what was shown: feedback is accepted for exactly these items
-                await self.state.issue(request_id, key, [o["item_id"] for o in out])
+                await self.state.issue(request_id, who.key, [o["item_id"] for o in out])
             except StateUnavailable:
                 state = "unavailable"
-        body = {"request_id": request_id, "user_known": user is not None, "items": out,
+        body = {"request_id": request_id, "user_known": who.user is not None, "items": out,
                 "model_version": ranked.model_version, "policy_version": slate.policy_version, "state": state,
-                "live_history": len(live), "explore_harder": stale}
-        if session is not None:
-            body["session_id"] = session
+                "live_history": len(live), "explore_harder": query.epsilon is not None}
+        if who.session is not None:
+            body["session_id"] = who.session
         return body
 
     def _reason(self, reason: dict) -> dict:

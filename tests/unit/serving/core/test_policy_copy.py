@@ -17,7 +17,8 @@ def _args(tmp_path, **extra) -> AppArgs:
 
 def _query(request_id: str, n: int = 6, seed: int = 0) -> PolicyQuery:
     rng = np.random.default_rng(seed)
-    return PolicyQuery(request_id, [f"i{j}" for j in range(n)], rng.normal(size=n), np.arange(n), {}, 3)
+    return PolicyQuery(request_id=request_id, item_ids=[f"i{j}" for j in range(n)], scores=rng.normal(size=n),
+                       retriever_rank=np.arange(n), context={}, k=3)
 
 
 def test_a_fresh_copy_chooses_what_the_learner_would(tmp_path):

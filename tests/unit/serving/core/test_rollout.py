@@ -95,12 +95,14 @@ def test_the_mismatch_survives_pickling_with_its_type():
 
 
 def test_without_the_policy_the_slate_is_the_rankers_order_with_certainty():
-    q = PolicyQuery("r1", ["a", "b", "c"], np.array([3.0, 2.0, 1.0]), np.arange(3), {}, k=2)
+    q = PolicyQuery(request_id="r1", item_ids=["a", "b", "c"], scores=np.array([3.0, 2.0, 1.0]),
+                    retriever_rank=np.arange(3), context={}, k=2)
     slate = ranker_order(q)
     assert slate.policy_version == FALLBACK_POLICY
     assert [(s.index, s.position, s.propensity, s.greedy) for s in slate.slots] == [(0, 0, 1.0, True),
                                                                                     (1, 1, 1.0, True)]
-    assert len(ranker_order(PolicyQuery("r2", ["a"], np.array([1.0]), np.arange(1), {}, k=5)).slots) == 1
+    assert len(ranker_order(PolicyQuery(request_id="r2", item_ids=["a"], scores=np.array([1.0]),
+                                             retriever_rank=np.arange(1), context={}, k=5)).slots) == 1
 
 
 @pytest.mark.parametrize("field,value", [("rollout_surge_percent", 101), ("rollout_surge_percent", -1),
