@@ -38,6 +38,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from serving.core.answers import (
+    FeedbackAnswer,
+    Health,
+    ItemAdded,
+    Readiness,
+    RecommendAnswer,
+    SimilarAnswer,
+)
 from serving.core.metrics import ACCESS_LOGGER, NO_METRICS, Metrics, access_line, endpoint_of
 from serving.core.ratelimit import limits_report
 from serving.core.schemas import FeedbackRequest, NewItem, RecommendRequest
@@ -318,12 +326,13 @@ async def _not_this_shopper(request: Request, exc: IdentityRefused) -> JSONRespo
                         headers={"WWW-Authenticate": 'ShopperToken realm="raycart"'} if exc.status == 401 else None)
 
 
-@api.get("/healthz")
+@api.get("/healthz", response_model=Health)
 def healthz() -> dict:
     return {"status": "ok"}
 
 
-@api.get("/readyz")
+@api.get("/readyz", response_model=Readiness, response_model_exclude_unset=True,
+         responses={503: {"model": Readiness, "description": "this process cannot persist feedback"}})
 async def readyz(request: Request) -> JSONResponse:
     """503 while this process cannot persist (its WAL cannot be written, or sealed segments cannot
     be published: they are kept and retried); ``degraded`` while the user state is down.
@@ -347,7 +356,7 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(status_code=200 if persisting else 503, content=body)
 
 
-@api.post("/recommend")
+@api.post("/recommend", response_model=RecommendAnswer, response_model_exclude_unset=True)
 async def recommend(req: RecommendRequest, request: Request) -> dict:
     """With shopper tokens on, ``user_id``/``session_id`` must be the token's shopper; a request
     naming neither starts a session and its answer carries ``session_token`` for it."""
@@ -360,7 +369,7 @@ async def recommend(req: RecommendRequest, request: Request) -> dict:
     return body
 
 
-@api.post("/feedback")
+@api.post("/feedback", response_model=FeedbackAnswer)
 async def feedback(req: FeedbackRequest, request: Request) -> dict:
     """Accepted only for an item that the request showed; the same (request, item, event)
     counts once (a repeat answers ``duplicate`` and records nothing). With shopper tokens on, only
@@ -370,13 +379,13 @@ async def feedback(req: FeedbackRequest, request: Request) -> dict:
     return await _runtime(request).service.feedback(req, identity)
 
 
-@api.post("/items", status_code=201)
+@api.post("/items", status_code=201, response_model=ItemAdded)
 async def add_item(item: NewItem, request: Request) -> dict:
     """Add a catalogue item at runtime: stored durably, given a content vector by the models'
     item towers and put into the vector index, recommendable at once -- no retrain."""
     return await _runtime(request).service.add_item(item)
 
 
-@api.get("/items/{item_id}/similar")
+@api.get("/items/{item_id}/similar", response_model=SimilarAnswer)
 async def similar(item_id: str, request: Request, k: int = 10) -> dict:
     return await _runtime(request).service.similar(item_id, k)

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from PIL import Image
 from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from serving.state.redis_server import free_port
 from training.data.feedback import read_feedback
@@ -255,7 +256,7 @@ ROLES = {"no key": None, "shopper": SHOP, "admin": ADMIN}
 def test_fuzz_every_endpoint_never_5xx(secure, role):
     """schemathesis draws requests from the live app's own OpenAPI schema (bodies, paths and
     queries, valid and not) for every operation, the shop window's helpers included, once per
-    role: none may answer 5xx, and none may answer 2xx to a role that the route does not allow
+    role: none may answer 5xx, every 2xx answer matches its documented response model, and none may answer 2xx to a role that the route does not allow
     (authorisation fuzzed too). Then the app still answers; a report is written per role."""
     from serving.edge.security import required_role
 
@@ -302,6 +303,8 @@ def _fuzz(url, op, mode, headers: dict, log: list, examples: int) -> None:
         response = case.call(base_url=url, headers=headers, timeout=60)
         log.append((name, case.formatted_path, response.status_code))
         assert response.status_code < 500, (name, case.body, response.text[:300])
+        if 200 <= response.status_code < 300:  # the answer is what /openapi.json documents (response_model)
+            case.validate_response(response, checks=[response_schema_conformance])
 
     try:
         fuzz()
