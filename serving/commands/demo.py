@@ -22,6 +22,7 @@ import argparse
 import collections
 import hashlib
 import json
+import logging
 import signal
 import threading
 import time
@@ -30,6 +31,8 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 SHOP = "shop"  # the synthetic shop of default size (planted tastes; see training.data.sources.synthetic)
 
@@ -86,7 +89,7 @@ def _reusable(model_dir: str) -> bool:
         read_card(model_dir)
         return True
     except DataError as exc:
-        print(f"[demo] not reusing {model_dir}: {exc}", flush=True)
+        log.info(f"[demo] not reusing {model_dir}: {exc}")
         return False
 
 
@@ -108,16 +111,16 @@ def train_models(cfg: DemoConfig, data: str) -> tuple[str, dict]:
     ranker = str(models / f"demo-{name}-ranker-{_key(data, r_cfg, k_cfg)}")
     runs = str(Path(cfg.workdir) / "ray-results")
     if _reusable(retriever):
-        print(f"[demo] retriever: reusing {retriever} (same data and configuration)", flush=True)
+        log.info(f"[demo] retriever: reusing {retriever} (same data and configuration)")
     else:
-        print(f"[demo] training the retriever ({r_cfg.epochs} epochs, {cfg.workers} Ray Train workers)", flush=True)
+        log.info(f"[demo] training the retriever ({r_cfg.epochs} epochs, {cfg.workers} Ray Train workers)")
         train_retriever(RetrieverJob(data=data, out=retriever, model=r_cfg, workers=cfg.workers, storage=runs,
                                      cache_dir=str(Path(cfg.workdir) / "cache"),
                                      valid_users=0 if cfg.smoke else 3000))
     if _reusable(ranker):
-        print(f"[demo] ranker: reusing {ranker}", flush=True)
+        log.info(f"[demo] ranker: reusing {ranker}")
     else:
-        print(f"[demo] training the ranker ({k_cfg.epochs} epochs)", flush=True)
+        log.info(f"[demo] training the ranker ({k_cfg.epochs} epochs)")
         train_ranker(RankerJob(data=data, retriever=retriever, out=ranker, model=k_cfg, workers=cfg.workers,
                                storage=runs))
     card = read_card(ranker)
@@ -158,14 +161,14 @@ def ask(url: str, data: str) -> list[dict]:
 
     def show(title: str, status: int, body: dict, items_key: str = "items") -> None:
         done.append({"request": title, "status": status})
-        print(f"\n[demo] {title} -> HTTP {status}")
+        log.info(f"\n[demo] {title} -> HTTP {status}")
         for it in body.get(items_key, [])[:5]:
             why = it.get("reason", {}).get("because_you_saw")
             extra = f"  score {it['score']:+.3f}  propensity {it['propensity']:.3g}" if "score" in it else ""
-            print(f"    {it['item_id']:<14} {str(it.get('title') or '')[:48]:<48}{extra}"
+            log.info(f"    {it['item_id']:<14} {str(it.get('title') or '')[:48]:<48}{extra}"
                   + (f"  because you saw {why}" if why else ""))
         if items_key not in body:
-            print(f"    {json.dumps(body)[:200]}")
+            log.info(f"    {json.dumps(body)[:200]}")
 
     status, rec = _http("POST", url + "/recommend", {"user_id": users[0], "k": 5, "context": {"device": "web"}})
     show(f"POST /recommend known user {users[0]} (model {rec.get('model_version')}, policy "
@@ -196,11 +199,9 @@ def warm_up(url: str, data: str) -> dict:
     what real traffic gives it -- clicks as well as impressions -- before the loop is shown."""
     from serving.commands.simulator import Shop, SimConfig, simulate
 
-    print("\n[demo] warming the policy up: 3 rounds of 60 simulated shoppers with the shop's planted tastes",
-          flush=True)
+    log.info("\n[demo] warming the policy up: 3 rounds of 60 simulated shoppers with the shop's planted tastes")
     result = simulate(url, Shop.load(data), SimConfig(rounds=3, drift_after=3, shoppers=60, k=10, seed=7),
-                      progress=lambda line: print("[demo]   " + line.removeprefix("[simulate] ").split("  /")[0],
-                                                  flush=True))
+                      progress=lambda line: log.info("[demo]   " + line.removeprefix("[simulate] ").split("  /")[0]))
     return result["summary"]
 
 
@@ -214,27 +215,27 @@ def loop_story(url: str, data: str) -> dict:
     user = ds.users["external_id"][0].as_py()
     status, first = _http("POST", url + "/recommend", {"user_id": user, "k": 6})
     if status != 200 or not first.get("items"):
-        print(f"\n[demo] the loop: /recommend answered {status}; skipped")
+        log.info(f"\n[demo] the loop: /recommend answered {status}; skipped")
         return {"request": "loop", "status": status}
     usual = collections.Counter(category.get(i["item_id"]) for i in first["items"]).most_common(1)[0][0]
     # an item off the usual path: outside the answer's main category where there are categories
     target = next((i for i in reversed(first["items"]) if category.get(i["item_id"]) != usual), first["items"][-1])
-    print(f"\n[demo] the loop: shopper {user} sees {_describe(first['items'], category)}")
+    log.info(f"\n[demo] the loop: shopper {user} sees {_describe(first['items'], category)}")
     for event in ("click", "cart"):
         _http("POST", url + "/feedback", {"request_id": first["request_id"], "item_id": target["item_id"],
                                            "event": event})
     what = f" ({category[target['item_id']]})" if category.get(target["item_id"]) else ""
-    print(f"[demo]   ... clicks and adds to cart {target['item_id']}{what}: {target.get('title') or ''}")
+    log.info(f"[demo]   ... clicks and adds to cart {target['item_id']}{what}: {target.get('title') or ''}")
     status, second = _http("POST", url + "/recommend", {"user_id": user, "k": 6})
     before = {i["item_id"] for i in first["items"]}
-    print(f"[demo]   next answer (real-time history: {second.get('live_history')} item(s), state "
+    log.info(f"[demo]   next answer (real-time history: {second.get('live_history')} item(s), state "
           f"{second.get('state')}): {_describe(second.get('items', []), category)}")
     for it in second.get("items", []):
         if it["item_id"] in before:
             continue
         why = it["reason"].get("because_you_saw")
         shared = ", ".join(it["reason"].get("shared", [])[:3])
-        print(f"[demo]     new: {it['item_id']:<12} {str(it.get('title') or '')[:40]:<40} because you saw {why}"
+        log.info(f"[demo]     new: {it['item_id']:<12} {str(it.get('title') or '')[:40]:<40} because you saw {why}"
               + (f" (shared: {shared})" if shared else ""))
     return {"request": "loop: click, cart, next answer", "status": status,
             "changed": len({i["item_id"] for i in second.get("items", [])} - before),
@@ -274,7 +275,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     for model in ("pop", "itemknn"):
         rows.append({"dataset": "smoke-shop" if cfg.smoke else cfg.dataset, "scheme": "loo", "model": model,
                      **run_baseline(data, model, "loo", "test")})
-    print(format_table(rows), flush=True)
+    log.info(format_table(rows))
     stages["baselines"] = time.time() - t
     t = time.time()
     init_ray()
@@ -306,7 +307,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         serve.run(build_app(args), name="raycart", route_prefix="/")
         ready = _wait_ready(url)
         stages["serve start"] = time.time() - t
-        print(f"\n[demo] serving {ranker} on {url} ({ready['items']:,} items)", flush=True)
+        log.info(f"\n[demo] serving {ranker} on {url} ({ready['items']:,} items)")
         t = time.time()
         answered = ask(url, data)
         if cfg.dataset == SHOP and not cfg.smoke:
@@ -317,12 +318,12 @@ def run_demo(cfg: DemoConfig) -> dict:
             stop = threading.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: stop.set())
-            print(f"\n[demo] --keep-serving: up on {url} until Ctrl-C / SIGTERM "
+            log.info(f"\n[demo] --keep-serving: up on {url} until Ctrl-C / SIGTERM "
                   f"(open {url}/shop in a browser, or: curl -s {url}/recommend -H 'content-type: application/json' "
-                  f"-d '{{\"k\": 3}}')", flush=True)
+                  f"-d '{{\"k\": 3}}')")
             stop.wait()
     finally:
-        print("\n[demo] shutting down: flushing the feedback log, checkpointing the policy", flush=True)
+        log.info("\n[demo] shutting down: flushing the feedback log, checkpointing the policy")
         serve.delete("raycart")
         serve.shutdown()
     impressions = read_feedback(args["feedback_root"], "impressions").num_rows
@@ -336,14 +337,14 @@ def run_demo(cfg: DemoConfig) -> dict:
                "seconds": {k: round(v, 1) for k, v in stages.items()}, "total_seconds": round(time.time() - start, 1)}
     out = Path(cfg.workdir) / ("demo-smoke.json" if cfg.smoke else "demo-summary.json")
     write_json(summary, str(out))
-    print("\n[demo] summary")
+    log.info("\n[demo] summary")
     for name, m in [*summary["baselines"].items(), ("retriever", summary["retriever"]),
                     ("ranker (two-stage)", summary["ranker (two-stage)"])]:
-        print(f"    {name:<20} NDCG@10 {m['NDCG@10']:.4f}  HR@10 {m['HR@10']:.4f}   (test, leave-one-out)")
+        log.info(f"    {name:<20} NDCG@10 {m['NDCG@10']:.4f}  HR@10 {m['HR@10']:.4f}   (test, leave-one-out)")
     ok = sum(1 for r in answered if r["status"] < 300)
-    print(f"    requests: {ok} answered, {len(answered) - ok} refused as intended (bad input)")
-    print(f"    feedback log: {impressions} impressions, {events} events in {args['feedback_root']}")
-    print("    time: " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["seconds"].items())
+    log.info(f"    requests: {ok} answered, {len(answered) - ok} refused as intended (bad input)")
+    log.info(f"    feedback log: {impressions} impressions, {events} events in {args['feedback_root']}")
+    log.info("    time: " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["seconds"].items())
           + f"; total {summary['total_seconds']:.0f}s -> {out}")
     return summary
 

@@ -11,6 +11,9 @@ those the writer would have used: publishing twice overwrites). No Ray.
 from __future__ import annotations
 
 import argparse
+import logging
+
+log = logging.getLogger(__name__)
 
 
 def republish(args: argparse.Namespace) -> int:
@@ -22,10 +25,9 @@ def republish(args: argparse.Namespace) -> int:
     if not Path(args.wal_dir).is_dir():
         raise DataError(f"--wal-dir {args.wal_dir}: no such folder (the replicas' wal_dir)")
     done = republish_quarantined(args.feedback, args.wal_dir)
-    print(f"raycart republish: {done.segments} segment(s), {done.rows} record(s) published to {args.feedback}",
-          flush=True)
+    log.info(f"raycart republish: {done.segments} segment(s), {done.rows} record(s) published to {args.feedback}")
     for segment, error in done.failed:
-        print(f"raycart republish: {segment} still fails ({error}); left in the quarantine", flush=True)
+        log.info(f"raycart republish: {segment} still fails ({error}); left in the quarantine")
     return 1 if done.failed else 0
 
 

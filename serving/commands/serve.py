@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import threading
 from typing import TYPE_CHECKING
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from serving.edge.security import ApiKeys
@@ -80,12 +83,12 @@ def serve_app(args: argparse.Namespace) -> int:
     serve.start(http_options={"host": args.host, "port": args.port,
                               "request_timeout_s": app_args.request_timeout_s + 5})
     serve.run(build_app(app_args), name="raycart", route_prefix="/")
-    print(f"raycart serving {args.models} on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
+    log.info(f"raycart serving {args.models} on http://{args.host}:{args.port} (Ctrl-C to stop)")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    print("raycart: shutting down (flushing the feedback log, checkpointing the policy)", flush=True)
+    log.info("raycart: shutting down (flushing the feedback log, checkpointing the policy)")
     serve.delete("raycart")
     serve.shutdown()
     return 0

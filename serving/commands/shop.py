@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import logging
 from dataclasses import dataclass
 
 from fastapi import FastAPI
@@ -30,6 +31,8 @@ from serving.core.schemas import AppArgs
 from serving.edge.security import ApiKeys, Guard, GuardSettings
 from serving.edge.shop import Window
 from serving.edge.shop import router as shop_window
+
+log = logging.getLogger(__name__)
 
 _DEFAULTS = AppArgs.model_fields
 
@@ -90,9 +93,8 @@ def shop(args: argparse.Namespace) -> int:
     # without keys, local use: loopback is trusted (listen_keys refused any other --host)
     app = browse_app(storage.absolute(args.data), keys, trust_loopback=not keys.configured)  # no dataset: a DataError
     info = app.state.shop_window.info()
-    print(f"raycart shop: browsing {args.data} ({info['items']:,} items, {info['with_picture']:,} with a picture, "
-          f"{info['shoppers']:,} customers; no model) on http://{args.host}:{args.port}/shop (Ctrl-C to stop)",
-          flush=True)
+    log.info(f"raycart shop: browsing {args.data} ({info['items']:,} items, {info['with_picture']:,} with a picture, "
+          f"{info['shoppers']:,} customers; no model) on http://{args.host}:{args.port}/shop (Ctrl-C to stop)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 REWARD = {"click": 1.0, "purchase": 5.0}
 
@@ -210,14 +213,14 @@ def _cmd(a: argparse.Namespace) -> int:
                     concurrency=a.concurrency)
     result = simulate(a.url.rstrip("/"), Shop.load(a.data), cfg)
     s = result["summary"]
-    print(f"[simulate] stationary taste share {s['stationary_share']:.3f} (chance {s['stationary_chance']:.3f}); "
+    log.info(f"[simulate] stationary taste share {s['stationary_share']:.3f} (chance {s['stationary_chance']:.3f}); "
           f"after the drift: {s['drift_share_last']:.3f} in the last round (chance {s['drift_chance']:.3f}), "
           f"back to 80 % of the stationary share after "
           f"{s['rounds_to_recover'] if s['rounds_to_recover'] else 'no'} round(s); CTR {s['ctr']:.3f}")
     if a.out:
         with open(a.out, "w") as fh:
             json.dump(result, fh, indent=1)
-        print(f"[simulate] -> {a.out}")
+        log.info(f"[simulate] -> {a.out}")
     return 0
 
 

@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import time
 from dataclasses import dataclass, replace
 
 from training import storage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,7 @@ def retrain(job: RetrainJob) -> dict:
     impressions, events = read_feedback(job.feedback, "impressions"), read_feedback(job.feedback, "events")
     digest = hashlib.sha256(f"{storage.absolute(job.model)}|{impressions.num_rows}|{events.num_rows}".encode())
     version = f"retrain-{time.strftime('%Y%m%d')}-{digest.hexdigest()[:8]}"
-    print(f"[retrain] {version}: {impressions.num_rows:,} impressions, {events.num_rows:,} events from {job.feedback}",
-          flush=True)
+    log.info(f"[retrain] {version}: {impressions.num_rows:,} impressions, {events.num_rows:,} events from {job.feedback}")
     base = load_dataset(job.data)  # read once: merged into, and the histories the OPE replays
     merged, counts = merge_feedback(base, impressions, events)
     report: dict = {"version": version, "inputs": {"feedback": job.feedback, "data": job.data, "model": job.model},
@@ -106,7 +108,7 @@ def retrain(job: RetrainJob) -> dict:
     data = storage.join(job.work, "data", version)
     if not storage.exists(storage.join(data, "dataset.json")):
         save_dataset(merged, data, overwrite=True)
-    print(f"[retrain] data: {counts['kept']:,} new events appended ({data})", flush=True)
+    log.info(f"[retrain] data: {counts['kept']:,} new events appended ({data})")
     exposure = None
     if job.exposure:
         from training.data.exposure import exposure_lists
@@ -117,8 +119,8 @@ def retrain(job: RetrainJob) -> dict:
             exposure = storage.join(job.work, "exposure", f"{version}.parquet")
             lists.save(exposure)
         theta = lists.report["examination"].get("theta")
-        print(f"[retrain] shown slates: {len(lists):,} lists of engaged vs shown-and-skipped items; examination by "
-              f"slot {theta if theta else lists.report['examination'].get('note')}", flush=True)
+        log.info(f"[retrain] shown slates: {len(lists):,} lists of engaged vs shown-and-skipped items; examination by "
+              f"slot {theta if theta else lists.report['examination'].get('note')}")
     cfg = RankerConfig(**doc.config["ranker"])
     if job.epochs is not None:
         cfg = replace(cfg, epochs=job.epochs)
@@ -127,8 +129,7 @@ def retrain(job: RetrainJob) -> dict:
                                          workers=job.workers, storage=storage.join(job.work, "runs"), name=version,
                                          init_from=job.model, exposure=exposure, overwrite=True))
     old_metrics = evaluate_model_dir(data, job.model)
-    print(f"[retrain] holdout NDCG@10: candidate {new_metrics['NDCG@10']:.4f}, serving {old_metrics['NDCG@10']:.4f}",
-          flush=True)
+    log.info(f"[retrain] holdout NDCG@10: candidate {new_metrics['NDCG@10']:.4f}, serving {old_metrics['NDCG@10']:.4f}")
     # the logged requests are replayed with the histories of *their* time: the base data (the merged
     # data holds the very clicks being evaluated, and a model never shows what a history holds)
     ope = compare_targets(impressions, events, model_ranker(job.model, base), model_ranker(candidate, base),
@@ -165,7 +166,7 @@ def promote(app_args: str, candidate: str, version: str, data: str) -> dict:
     args = serving.model_copy(update={"model_dir": storage.absolute(candidate), "model_version": version,
                                       "data_dir": storage.absolute(data), "base_data_dir": serving.base_data})
     serve.run(build_app(args), name="raycart", route_prefix="/")
-    print(f"[retrain] promoted {version}: the app now serves {candidate}", flush=True)
+    log.info(f"[retrain] promoted {version}: the app now serves {candidate}")
     return {"model_dir": candidate, "model_version": version, "data_dir": data}
 
 
@@ -176,10 +177,10 @@ def _finish(job: RetrainJob, report: dict, t0: float) -> dict:
     path = storage.join(job.work, "decisions", f"{report['version']}.json")
     write_json(report, path)
     d = report["decision"]
-    print(f"[retrain] decision: {'PROMOTE' if d['promote'] else 'KEEP the serving model'} ({report['seconds']} s)")
+    log.info(f"[retrain] decision: {'PROMOTE' if d['promote'] else 'KEEP the serving model'} ({report['seconds']} s)")
     for reason in d["reasons"]:
-        print(f"  - {reason}")
-    print(f"[retrain] report: {path}", flush=True)
+        log.info(f"  - {reason}")
+    log.info(f"[retrain] report: {path}")
     report["report"] = path
     return report
 

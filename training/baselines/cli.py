@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from training.evaluation.cli import add_split_args
+
+log = logging.getLogger(__name__)
 
 
 def _cmd(args: argparse.Namespace) -> int:
@@ -18,7 +21,7 @@ def _cmd(args: argparse.Namespace) -> int:
     knn = ItemKNNConfig(**given)
     result = run_baseline(args.data, args.model, args.scheme, args.split, args.out, args.save,
                           args.pop_scope, knn, EvalConfig(ks=tuple(args.k), progress=args.progress))
-    print(f"{args.model} on {args.data} [{args.scheme}/{args.split}, {result['users']:,} users, "
+    log.info(f"{args.model} on {args.data} [{args.scheme}/{args.split}, {result['users']:,} users, "
           f"{result['run']['seconds']:.1f}s]: {format_metrics(result)}")
     return 0
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 
 from training.data.dataset import read_manifest, save_dataset
 from training.data.sources import SOURCES, get_source
 from training.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def prepare(source: str, input: str | None, output: str, overwrite: bool = False, **options) -> dict:
@@ -18,13 +21,13 @@ def prepare(source: str, input: str | None, output: str, overwrite: bool = False
     if source != "synthetic" and not input:
         raise DataError(f"--input is required for source '{source}'")
     start = time.time()
-    print(f"preparing {source} dataset" + (f" from {input}" if input else "") + f" -> {output}", flush=True)
+    log.info(f"preparing {source} dataset" + (f" from {input}" if input else "") + f" -> {output}")
     prepared = fn(input, **options)
     for line in prepared.report:
-        print(f"  {line}", flush=True)
+        log.info(f"  {line}")
     manifest = save_dataset(prepared.dataset, output, overwrite=overwrite, extra=prepared.extra)
     counts = ", ".join(f"{k}={v:,}" for k, v in manifest["counts"].items())
-    print(f"wrote {output} ({counts}) in {time.time() - start:.1f}s", flush=True)
+    log.info(f"wrote {output} ({counts}) in {time.time() - start:.1f}s")
     return manifest
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
+
+log = logging.getLogger(__name__)
 
 
 def add_split_args(p: argparse.ArgumentParser) -> None:
@@ -21,7 +24,7 @@ def _cmd(args: argparse.Namespace) -> int:
 
     result = evaluate_model_dir(args.data, args.model, args.scheme, args.split, args.out,
                                 EvalConfig(ks=tuple(args.k), progress=args.progress))
-    print(f"{result['run']['model']} on {args.data} [{args.scheme}/{args.split}, "
+    log.info(f"{result['run']['model']} on {args.data} [{args.scheme}/{args.split}, "
           f"{result['users']:,} users]: {format_metrics(result)}")
     return 0
 
