@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 STAMP=.venv/.raycart-setup
 
-# Chromium (Debian's package) for the shop window's browser test, driven by Playwright without
+# Chromium (Debian's package) for the shop page's browser test, driven by Playwright without
 # downloading a browser; installed when missing and we are root (CI), else a loud note
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -15,10 +15,10 @@ if ! command -v chromium >/dev/null 2>&1; then
     if ! { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
         > .venv/apt-chromium.log 2>&1; then
       tail -20 .venv/apt-chromium.log
-      echo "setup: !!! apt-get install chromium failed: the browser test (tests/integration/test_storefront.py) will skip, and fail under CI=true !!!" >&2
+      echo "setup: !!! apt-get install chromium failed: the browser test (tests/integration/test_shop_page.py) will skip, and fail under CI=true !!!" >&2
     fi
   else
-    echo "setup: !!! chromium is missing and this is not root: run 'sudo apt-get install -y chromium', or the browser test (tests/integration/test_storefront.py) skips (and fails under CI=true) !!!" >&2
+    echo "setup: !!! chromium is missing and this is not root: run 'sudo apt-get install -y chromium', or the browser test (tests/integration/test_shop_page.py) skips (and fails under CI=true) !!!" >&2
   fi
 fi
 WANT="$(sha256sum pyproject.toml | cut -d' ' -f1) $("$PY" --version 2>&1)"

@@ -298,7 +298,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             "feedback_root": str(work / "feedback"),
             "wal_dir": str(work / "wal"), "policy_state": str(work / "policy.npz"), "items_root": str(work / "items"),
             "state_dir": str(work / "user-state"),
-            # the dataset's own folder: the shop window's admin form adds items with its pictures
+            # the dataset's own folder: the shop page's admin form adds items with its pictures
             "image_root": storage.absolute(data),
             "trust_loopback": True}  # a local demo without keys: the requests below and the browser are on loopback
     url = f"http://{cfg.host}:{cfg.port}"

@@ -231,7 +231,7 @@ class Ingress:
         except Exception:  # noqa: BLE001 -- outside a replica (local testing mode)
             writer = uuid.uuid4().hex[:12]
         self.edge = EdgeLog(open_feedback_log(args, f"ingress-{writer}"))
-        metrics = Metrics(Tally(RaySink()))  # Tally: the shop window's live panel (this replica's counts)
+        metrics = Metrics(Tally(RaySink()))  # Tally: the shop page's live panel (this replica's counts)
         route_access_log(logging.getLogger("ray.serve"))  # the replica's log file
         copy = PolicyCopy(args, metrics=metrics) if args.policy_copy_s > 0 else None
         self.runtime = Runtime(RecommendService(args, Catalog.load(args.data_dir),

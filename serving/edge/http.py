@@ -53,7 +53,7 @@ from serving.core.service import RecommendService, ServiceError
 from serving.edge.identity import TOKEN_HEADER, IdentityRefused, ShopperGate
 from serving.edge.keylimit import KeyLimit, KeyLimitSettings
 from serving.edge.security import Guard, GuardSettings, route_path
-from serving.edge.shop import router as shop_window
+from serving.edge.shop import router as shop_page
 from serving.feedback.log import FeedbackLog, FeedbackLogConfig
 from serving.feedback.shared import SharedFeedbackLog, SharedLogConfig
 
@@ -73,7 +73,7 @@ LIMITS = KeyLimitSettings(GUARD)  # per API key; added first: inside the Guard, 
 SHOPPERS = ShopperGate()  # signed shopper tokens (off until configured)
 api.add_middleware(KeyLimit, settings=LIMITS)
 api.add_middleware(Guard, settings=GUARD)
-# the shop window lists shoppers and reads their histories only where anyone may act for anyone
+# the shop page lists shoppers and reads their histories only where anyone may act for anyone
 api.state.shoppers_private = lambda: GUARD.current_keys().configured or SHOPPERS.on
 
 
@@ -158,7 +158,7 @@ class Acknowledged:
 
 api.add_middleware(Acknowledged)  # outside the Guard: sees its 504s
 api.add_middleware(Measured)  # added last: the outermost
-api.include_router(shop_window)  # GET /shop: the shop window page and its helpers (serving.edge.shop)
+api.include_router(shop_page)  # GET /shop: the shop page page and its helpers (serving.edge.shop)
 
 
 def open_feedback_log(args, writer: str) -> FeedbackLog | SharedFeedbackLog:

@@ -1,4 +1,4 @@
-"""The shop window's two memories of ``GET /shop/images/{id}``, per replica (plain Python, no Ray).
+"""The shop page's two memories of ``GET /shop/images/{id}``, per replica (plain Python, no Ray).
 
 - :class:`ImageCache`: the pictures served, least recently used first out, bounded by their total
   bytes (a count of entries is no bound when one picture may be 5 MiB and another 2 KB).

@@ -37,7 +37,7 @@ from pathlib import Path
 
 ROLES = ("shopper", "admin")
 OPEN_PATHS = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
-# the shop window page, its assets and product pictures (its /shop/api helpers need a shopper key)
+# the shop page page, its assets and product pictures (its /shop/api helpers need a shopper key)
 OPEN_PREFIXES = ("/shop/static/", "/shop/images/")
 NO_KEYS = ("this app has no API keys configured: set api_keys_file (lines '<shopper|admin> <key>'; raycart serve "
            "--api-keys-file FILE), or trust_loopback: true (raycart serve --trust-loopback) to serve clients on "

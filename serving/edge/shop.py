@@ -1,4 +1,4 @@
-"""The shop window: a web page over the live app (``GET /shop``), for people who want to *see* it.
+"""The shop page: a web page over the live app (``GET /shop``), for people who want to *see* it.
 
 A static page (``serving/edge/shop_page/``: HTML, CSS, vanilla JS; no build step, no CDN, no external
 font) that is a client of the public API: it asks ``POST /recommend``, sends ``POST /feedback``
@@ -20,14 +20,14 @@ with the keys the person types in. This router adds only what the page needs bes
   picture) and ``GET /shop/api/stats`` (the live panel: requests, p50 latency, impressions, CTR and
   reward by model and policy version, as counted by *this* Ingress replica through :class:`Tally`).
 
-The same router serves the browse-only window of :mod:`serving.commands.shop` (``raycart shop``: a
+The same router serves the catalogue-only shop page of :mod:`serving.commands.shop` (``raycart shop``: a
 prepared dataset's catalogue, customers and pictures without a model); the page asks
 ``/shop/api/info`` which it is and shows recommendations only over the live app.
 
 The page, its assets and the images are open (the Guard lets them through: product pictures are
 public); the ``/shop/api`` helpers need a shopper key like the API itself when keys are on. The
 shopper picker (``/shop/api/users`` and a user's history) is for the keyless demo and the
-browse-only window: over a live app with API keys or shopper tokens (the app's
+catalogue-only shop page: over a live app with API keys or shopper tokens (the app's
 ``shoppers_private()``) it answers 403, since a shopper key would otherwise list the shop's
 customers and read their histories; ``/shop/api/info`` says ``shopper_picker: false`` and the
 page then shows an anonymous session only.
@@ -64,7 +64,7 @@ IMAGE_CACHE_BYTES = 64 * 1024 * 1024  # pictures kept per replica unless configu
 MAX_CARDS = 100
 NO_IMAGE = "no image for this id"  # the one 404 of /shop/images: unknown id, no picture, unreadable file
 
-router = APIRouter(prefix="/shop", tags=["shop window"])  # its helpers are documented (and fuzzed); the page is not
+router = APIRouter(prefix="/shop", tags=["shop page"])  # its helpers are documented (and fuzzed); the page is not
 MAX_SHOPPERS = 100  # the most shoppers the picker may list (GET /shop/api/users?limit=)
 MAX_CATEGORIES = 200  # the most categories GET /shop/api/info lists (the largest first)
 
@@ -90,7 +90,7 @@ class RuntimeRecords(Protocol):
 
 class ShopSource(Protocol):
     """What the window reads from what it shows: the live app's
-    :class:`~serving.core.service.RecommendService`, or :class:`serving.commands.shop.Browse` (no model)."""
+    :class:`~serving.core.service.RecommendService`, or :class:`serving.commands.shop.CatalogueOnly` (no model)."""
 
     @property
     def args(self) -> PictureArgs: ...
@@ -152,7 +152,7 @@ class Tally:
 
 
 @dataclass
-class Window:
+class ShopPage:
     """What one process needs to answer the page's helpers, built on first use from its service
     (``live``: the app's; else a browse-only catalogue, :mod:`serving.commands.shop`)."""
 
@@ -169,7 +169,7 @@ class Window:
     _shelf: tuple[tuple[int, int], np.ndarray, np.ndarray, dict[str, int]] | None = None  # see _columns()
 
     @classmethod
-    def build(cls, service: ShopSource, live: bool = True) -> Window:
+    def build(cls, service: ShopSource, live: bool = True) -> ShopPage:
         from training.data.dataset import read_table
 
         args = service.args
@@ -290,9 +290,9 @@ class Window:
 def _lists_shoppers(request: Request) -> bool:
     """Whether this window may list shoppers and show their histories (see the module's docstring)."""
     state = request.app.state
-    window = getattr(state, "shop_window", None)
+    window = getattr(state, "shop_page", None)
     if window is not None and not window.live:
-        return True  # a browse-only window: a dataset's customers, no app to act on
+        return True  # a catalogue-only shop page: a dataset's customers, no app to act on
     private = getattr(state, "shoppers_private", None)
     return private is None or not private()
 
@@ -309,16 +309,16 @@ def _quote(item_id: str) -> str:
     return quote(item_id, safe="")
 
 
-def _window(request: Request) -> Window:
+def _page(request: Request) -> ShopPage:
     state = request.app.state
-    window = getattr(state, "shop_window", None)
+    window = getattr(state, "shop_page", None)
     if window is not None and not window.live:
-        return window  # a browse-only window, set once by serving.commands.shop
+        return window  # a catalogue-only shop page, set once by serving.commands.shop
     runtime = getattr(state, "runtime", None)
     if runtime is None:
         raise HTTPException(503, "the app is not configured yet")
     if window is None or window.service is not runtime.service:
-        window = state.shop_window = Window.build(runtime.service)
+        window = state.shop_page = ShopPage.build(runtime.service)
     return window
 
 
@@ -337,7 +337,7 @@ def asset(name: str) -> FileResponse:
 
 @router.get("/images/{item_id}")
 async def image(item_id: str, request: Request) -> Response:
-    data, kind = await _window(request).image(item_id)
+    data, kind = await _page(request).image(item_id)
     return Response(data, media_type=kind, headers={"Cache-Control": "public, max-age=3600",
                                                     "X-Content-Type-Options": "nosniff"})
 
@@ -346,7 +346,7 @@ async def image(item_id: str, request: Request) -> Response:
 async def info(request: Request) -> dict:
     """``mode`` (``live``: the app with its model; ``browse``: a catalogue only), the number of
     items, of items with a picture and of known shoppers, and the categories, largest first."""
-    window = _window(request)
+    window = _page(request)
     await window.learn_runtime_images()
     return {**window.info(), "shopper_picker": _lists_shoppers(request)}
 
@@ -358,7 +358,7 @@ async def catalogue(request: Request, offset: int = Query(0, ge=0, le=100_000_00
     """A page of the catalogue in its own order: ``limit`` cards from ``offset``, of one
     ``category`` and, with ``pictured=true``, only items that have a picture; ``total`` counts
     what matches."""
-    window = _window(request)
+    window = _page(request)
     await window.learn_runtime_images()
     picked = window.shelf(category, pictured)
     return {"total": int(len(picked)), "offset": offset,
@@ -369,14 +369,14 @@ async def catalogue(request: Request, offset: int = Query(0, ge=0, le=100_000_00
 async def users(request: Request, limit: int = Query(12, ge=1, le=MAX_SHOPPERS)) -> dict:
     """Known shoppers with a history, the longest histories first (the page's picker)."""
     _picker(request)
-    return {"users": _window(request).shoppers()[:limit]}
+    return {"users": _page(request).shoppers()[:limit]}
 
 
 @router.get("/api/users/{user_id}/history")
 async def history(user_id: str, request: Request, limit: int = Query(6, ge=1, le=50)) -> dict:
     """The user's newest dataset items (what "because you saw ..." points at), newest first."""
     _picker(request)
-    window = _window(request)
+    window = _page(request)
     user, items, _ = window.service.catalog.history_of(user_id)
     if user is None:
         raise HTTPException(404, "unknown user")
@@ -386,7 +386,7 @@ async def history(user_id: str, request: Request, limit: int = Query(6, ge=1, le
 @router.get("/api/items")
 async def cards(request: Request, ids: str = Query(..., min_length=1, max_length=20_000)) -> dict:
     """Cards for comma-separated item ids (at most 100); unknown ids are listed, not carded."""
-    window = _window(request)
+    window = _page(request)
     wanted = [x for x in ids.split(",") if x][:MAX_CARDS]
     unknown = await window.service.unknown(wanted)
     await window.learn_runtime_images()
@@ -397,7 +397,7 @@ async def cards(request: Request, ids: str = Query(..., min_length=1, max_length
 @router.get("/api/stats")
 async def stats(request: Request) -> JSONResponse:
     """The live panel's numbers (this replica's; ``kept: false`` where no :class:`Tally` counts)."""
-    window = _window(request)
+    window = _page(request)
     sink = window.service.metrics.sink
     body = sink.summary() if isinstance(sink, Tally) else {"kept": False}
     body["items"] = window.service.catalog.num_items

@@ -18,7 +18,7 @@ def chromium() -> str:
     """The Chromium executable; missing: a loud skip here, a failure in CI (``CI=true``)."""
     path = shutil.which("chromium")
     if path is None:
-        message = ("!!! Chromium is not installed: the shop window's browser test cannot run. "
+        message = ("!!! Chromium is not installed: the shop page's browser test cannot run. "
                    "Install it with `apt-get install -y chromium` (.ci/setup.sh does it as root). !!!")
         if os.environ.get("CI") == "true":
             pytest.fail(message)

@@ -93,7 +93,7 @@ def test_every_endpoint_needs_its_key(secure):
 
 
 def test_the_shop_page_works_with_keys_in_a_browser(secure):
-    """The shop window with API keys on, in Chromium: without a key the page says it was refused
+    """The shop page with API keys on, in Chromium: without a key the page says it was refused
     (and opens the key box); the shopper key entered, it shows an anonymous session's answer (a
     keyed app lists no shoppers: the picker is hidden);
     adding an item needs the admin key (refused with the shopper key, accepted with the admin's)."""
@@ -255,7 +255,7 @@ ROLES = {"no key": None, "shopper": SHOP, "admin": ADMIN}
 @pytest.mark.parametrize("role", list(ROLES))
 def test_fuzz_every_endpoint_never_5xx(secure, role):
     """schemathesis draws requests from the live app's own OpenAPI schema (bodies, paths and
-    queries, valid and not) for every operation, the shop window's helpers included, once per
+    queries, valid and not) for every operation, the shop page's helpers included, once per
     role: none may answer 5xx, every 2xx answer matches its documented response model, and none may answer 2xx to a role that the route does not allow
     (authorisation fuzzed too). Then the app still answers; a report is written per role."""
     from serving.edge.security import required_role

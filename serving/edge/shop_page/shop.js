@@ -1,11 +1,11 @@
-// Raycart shop window: a client of the public API (POST /recommend, POST /feedback, POST /items,
+// Raycart shop page: a client of the public API (POST /recommend, POST /feedback, POST /items,
 // GET /items/{id}/similar) plus the page's helpers under /shop/api. Item text is only ever put
 // into the page with textContent (never parsed as HTML), so a title cannot inject markup.
 "use strict";
 
 const K = 8;
 const $ = (id) => document.getElementById(id);
-const SHELF = 24; // catalogue cards per page (browse-only window)
+const SHELF = 24; // catalogue cards per page (catalogue-only shop page)
 // sessionToken: the shopper token of this page's anonymous session (an app with shopper tokens on
 // mints one with each new session)
 const state = { requestId: null, items: [], cards: {}, sessionId: null, sessionToken: null, user: "", seq: 0,
@@ -297,7 +297,7 @@ async function pickShopper() {
   }
 }
 
-// Browse-only window (raycart shop: a catalogue without a model): a page of the catalogue, by
+// Catalogue-only shop page (raycart shop: a catalogue without a model): a page of the catalogue, by
 // category, optionally only the items with a picture; no buttons that need a model.
 
 async function shelf(offset) {

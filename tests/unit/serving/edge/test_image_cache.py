@@ -1,4 +1,4 @@
-"""The shop window's picture cache (bounded in bytes) and its memory of unknown ids (bounded, with a
+"""The shop page's picture cache (bounded in bytes) and its memory of unknown ids (bounded, with a
 time to live, forgotten when the catalogue grows); no Ray."""
 
 import pytest

@@ -1,7 +1,7 @@
-"""The shop window's Ray-free parts: the live panel's :class:`Tally`, the open routes of the Guard,
+"""The shop page's Ray-free parts: the live panel's :class:`Tally`, the open routes of the Guard,
 the page and its fixed list of assets, pictures by id over the live service (one 404 for every
 miss, no registry call for an id known to be unknown) (the browser test is
-tests/integration/test_storefront.py; one basename for both would make pytest refuse to collect
+tests/integration/test_shop_page.py; one basename for both would make pytest refuse to collect
 them in one session: no __init__.py)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from test_serving_metrics import Recorded
 from serving.core.images import ImageSource
 from serving.core.metrics import Metrics, policy_family
 from serving.edge.security import required_role
-from serving.edge.shop import NO_IMAGE, STATIC, Tally, Window, router
+from serving.edge.shop import NO_IMAGE, STATIC, ShopPage, Tally, router
 
 
 def test_tally_counts_what_the_panel_shows_and_forwards_everything(tmp_path):
@@ -97,7 +97,7 @@ def pictured(tmp_path):
     (data / "bad.png").write_text("not a picture")
     n = app.service.catalog.num_items
     keys = ["p.png", "gone.png", None, "bad.png"] + [None] * (n - 4)
-    window = Window(app.service, ImageSource(str(data)), ImageSource(str(runtime)), keys,
+    window = ShopPage(app.service, ImageSource(str(data)), ImageSource(str(runtime)), keys,
                     np.array([k is not None for k in keys]), live=False)
     calls = []
     since = app.stages.since
@@ -110,7 +110,7 @@ def pictured(tmp_path):
     return app, window, calls
 
 
-def _status(window: Window, item_id: str) -> int | tuple[int, str]:
+def _status(window: ShopPage, item_id: str) -> int | tuple[int, str]:
     try:
         asyncio.run(window.image(item_id))
     except HTTPException as exc:
@@ -124,7 +124,7 @@ def test_every_missing_picture_answers_the_same_404(pictured):
     _, window, _ = pictured
     app = FastAPI()
     app.include_router(router)
-    app.state.shop_window = window
+    app.state.shop_page = window
     with TestClient(app) as client:
         ok = client.get("/shop/images/i0")
         assert ok.status_code == 200 and ok.headers["content-type"] == "image/png"
@@ -164,7 +164,7 @@ def test_a_keyed_live_shop_does_not_list_shoppers_or_read_their_histories(tmp_pa
     from serving.core.images import ImageSource
     from serving.edge import http
     from serving.edge.security import ApiKeys
-    from serving.edge.shop import Window
+    from serving.edge.shop import ShopPage
 
     keys = tmp_path / "keys"
     keys.write_text("shopper shopper-key-0123456789\n")
@@ -176,7 +176,7 @@ def test_a_keyed_live_shop_does_not_list_shoppers_or_read_their_histories(tmp_pa
             api = http.configure(http.Runtime(app.service, edge),
                                  app.args.model_copy(update={"api_keys_file": str(keys) if keyed else None,
                                                              "trust_loopback": True}))
-            api.state.shop_window = Window(app.service, ImageSource(None), ImageSource(None), [None] * n,
+            api.state.shop_page = ShopPage(app.service, ImageSource(None), ImageSource(None), [None] * n,
                                            np.zeros(n, dtype=bool))  # no dataset folder to build one from
             client = TestClient(api, base_url="http://127.0.0.1", client=("127.0.0.1", 5000),
                                 headers={"X-API-Key": "shopper-key-0123456789"})

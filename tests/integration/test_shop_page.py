@@ -1,4 +1,4 @@
-"""The shop window (``GET /shop``) in a real browser against the live Serve app: Debian's Chromium
+"""The shop page (``GET /shop``) in a real browser against the live Serve app: Debian's Chromium
 driven by Playwright (``executable_path``; nothing is downloaded). The page loads a known shopper's
 recommendations with their pictures (none broken, no console error), a click on "buy" changes the
 next answer and lands in the feedback log, and the page fits a phone-sized viewport.
@@ -33,7 +33,7 @@ def shop_app(tiny_shop, tmp_path_factory):
     from training.data.cli import prepare
     from training.data.dataset import load_dataset
 
-    root = tmp_path_factory.mktemp("storefront")
+    root = tmp_path_factory.mktemp("shop page")
     data = str(root / "shop")
     prepare("synthetic", None, data, num_users=300, num_items=200, num_events=12_000, images=True)
     assert load_dataset(data).items.drop_columns(["image"]).equals(
@@ -116,7 +116,7 @@ def test_page_in_chromium_shows_cards_and_buy_changes_the_answer(shop_app, tmp_p
                                "[...document.images].every(i => i.complete)", timeout=30_000)
         assert shown(page)["broken"] == []
         # the admin form: a new item with a picture from the dataset's folder, recommendable at once
-        page.fill("#add-form [name=item_id]", "shop-window-new")
+        page.fill("#add-form [name=item_id]", "shop page-new")
         page.fill("#add-form [name=title]", "Window <b>test</b> mug")
         page.fill("#add-form [name=category]", "mug")
         page.fill("#add-form [name=price]", "9.5")
@@ -147,7 +147,7 @@ def test_page_in_chromium_shows_cards_and_buy_changes_the_answer(shop_app, tmp_p
             break
         time.sleep(0.5)
     assert (before["request_id"], bought, "purchase") in rows, sorted(rows)[:5]
-    picture = requests.get(url + "/shop/images/shop-window-new", timeout=10)
+    picture = requests.get(url + "/shop/images/shop page-new", timeout=10)
     original = requests.get(url + "/shop/images/SKU0000005", timeout=10)
     assert picture.status_code == 200 and picture.content == original.content
 

@@ -1,9 +1,9 @@
-"""The browse-only shop window (``raycart shop``, :mod:`serving.commands.shop`) over a small prepared shop,
+"""The catalogue-only shop page (``raycart shop``, :mod:`serving.commands.shop`) over a small prepared shop,
 Ray-free through Starlette's test client: what the page asks (mode, categories, catalogue pages,
 customers, pictures), what it refuses (bad paging, paths, the API it does not serve), and the
 same guard as the app (without keys nothing unless loopback is trusted, as ``raycart shop`` does; a
 shopper key with them). The real-browser test
-on the H&M sample is tests/realdata/test_storefront_hm.py."""
+on the H&M sample is tests/realdata/test_shop_page_hm.py."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from serving.commands.serve import listen_keys
-from serving.commands.shop import Browse, BrowseArgs, browse_app
+from serving.commands.shop import CatalogueArgs, CatalogueOnly, catalogue_app
 from serving.edge.security import ApiKeys
-from serving.edge.shop import Window
+from serving.edge.shop import ShopPage
 from training.data.cli import prepare
 from training.data.dataset import load_dataset, save_dataset
 from training.errors import DataError
@@ -48,7 +48,7 @@ def shop(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def client(shop):
-    with TestClient(browse_app(shop, trust_loopback=True), base_url="http://127.0.0.1", client=("127.0.0.1", 5000)) as c:
+    with TestClient(catalogue_app(shop, trust_loopback=True), base_url="http://127.0.0.1", client=("127.0.0.1", 5000)) as c:
         yield c
 
 
@@ -125,17 +125,17 @@ def test_the_page_is_served_and_the_api_it_does_not_have_is_absent(client):
 
 
 def test_the_same_guard_as_the_app(shop, tmp_path):
-    with TestClient(browse_app(shop, trust_loopback=True), client=("203.0.113.7", 5000)) as remote:
+    with TestClient(catalogue_app(shop, trust_loopback=True), client=("203.0.113.7", 5000)) as remote:
         assert remote.get("/shop").status_code == 200  # the page and pictures are open
         refused = remote.get("/shop/api/catalogue")
         assert refused.status_code == 401 and "loopback" in refused.json()["detail"]
-    with TestClient(browse_app(shop), base_url="http://127.0.0.1", client=("127.0.0.1", 5000)) as untrusted:
+    with TestClient(catalogue_app(shop), base_url="http://127.0.0.1", client=("127.0.0.1", 5000)) as untrusted:
         assert untrusted.get("/shop").status_code == 200
         refused = untrusted.get("/shop/api/catalogue")  # no keys, loopback not trusted: nothing
         assert refused.status_code == 401 and "trust_loopback" in refused.json()["detail"]
     keys_file = tmp_path / "keys"
     keys_file.write_text(f"shopper {SHOP}\n")
-    with TestClient(browse_app(shop, ApiKeys.load(str(keys_file))), client=("203.0.113.7", 5000)) as keyed:
+    with TestClient(catalogue_app(shop, ApiKeys.load(str(keys_file))), client=("203.0.113.7", 5000)) as keyed:
         assert keyed.get("/shop/api/info").status_code == 401
         assert keyed.get("/shop/api/info", headers={"x-api-key": "wrong"}).status_code == 401
         assert keyed.get("/shop/api/info", headers={"x-api-key": SHOP}).json()["mode"] == "browse"
@@ -147,14 +147,14 @@ def test_the_same_guard_as_the_app(shop, tmp_path):
     with pytest.raises(DataError, match=f"--api-keys-file: api_keys_file: {empty} holds no keys"):
         listen_keys("127.0.0.1", str(empty))
     with pytest.raises(DataError, match="no such dataset directory"):
-        browse_app(str(tmp_path / "missing"))
+        catalogue_app(str(tmp_path / "missing"))
 
 
-class _Grown(Browse):
+class _Grown(CatalogueOnly):
     """The shop as a live app sees it: items added at runtime, each learnt from the registry."""
 
     def __init__(self, data: str):
-        super().__init__(BrowseArgs(data, image_root=data))
+        super().__init__(CatalogueArgs(data, image_root=data))
         self.records: list[dict] = []
 
     def add(self, record: dict) -> None:
@@ -167,7 +167,7 @@ class _Grown(Browse):
 
 def test_items_added_at_runtime_are_shelved_with_their_pictures(shop):
     grown = _Grown(shop)
-    window = Window.build(grown)  # live
+    window = ShopPage.build(grown)  # live
     grown.add({"item_id": "new-lamp", "category": "lamp", "image": "images/1.jpg", "price": 0.0305})
     asyncio.run(window.learn_runtime_images())
     info = window.info()
@@ -187,8 +187,8 @@ def test_info_lists_the_largest_categories_and_says_how_many_more(shop, monkeypa
     import serving.edge.shop
 
     monkeypatch.setattr(serving.edge.shop, "MAX_CATEGORIES", 3)
-    info = Window.build(Browse(BrowseArgs(shop)), live=False).info()
-    full = Window.build(Browse(BrowseArgs(shop)), live=False)
+    info = ShopPage.build(CatalogueOnly(CatalogueArgs(shop)), live=False).info()
+    full = ShopPage.build(CatalogueOnly(CatalogueArgs(shop)), live=False)
     counts = sorted((-int((full._columns()[1] == code).sum()), name) for name, code in full._columns()[2].items())
     assert [c["name"] for c in info["categories"]] == [name for _, name in counts[:3]]
     assert info["categories_total"] == 12
@@ -199,7 +199,7 @@ def test_every_route_of_the_browse_app_but_the_open_ones_needs_a_key(shop, tmp_p
 
     keys_file = tmp_path / "keys"
     keys_file.write_text(f"shopper {SHOP}\n")
-    app = browse_app(shop, ApiKeys.load(str(keys_file)), trust_loopback=True)  # keys win over the trust
+    app = catalogue_app(shop, ApiKeys.load(str(keys_file)), trust_loopback=True)  # keys win over the trust
     with TestClient(app, base_url="http://127.0.0.1", client=("127.0.0.1", 5000)) as client:
         seen = check_route_table(client, app.routes, SHOP, None)
     assert {"/shop", "/shop/images/{item_id}", "/healthz", "/shop/api/catalogue"} <= seen
@@ -207,7 +207,7 @@ def test_every_route_of_the_browse_app_but_the_open_ones_needs_a_key(shop, tmp_p
 
 
 def test_the_picture_cache_holds_at_most_its_bytes(shop):
-    window = Window.build(Browse(BrowseArgs(shop, image_cache_bytes=6000)), live=False)
+    window = ShopPage.build(CatalogueOnly(CatalogueArgs(shop, image_cache_bytes=6000)), live=False)
     ids = [window.service.catalog.item_ids[i] for i in np.flatnonzero(window.pictured)[:20]]
     sizes = [len(asyncio.run(window.image(x))[0]) for x in ids]
     assert sum(sizes) > 3 * 6000  # more than the cap passed through it

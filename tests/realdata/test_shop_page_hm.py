@@ -1,6 +1,6 @@
-"""The shop window on the real H&M sample. Every article with a photo is served by its item id from
+"""The shop page on the real H&M sample. Every article with a photo is served by its item id from
 the prepared dataset's own folder (the real JPEG, byte for byte), an article without one is a 404,
-and no id reaches a path. The browse-only window (``raycart shop``: no model, since the sample
+and no id reaches a path. The catalogue-only shop page (``raycart shop``: no model, since the sample
 holds about one purchase per customer) shows all 100 photos in Chromium, by category, with a
 customer's purchases, on a desktop and a phone viewport. Screenshots go to
 ``$RAYCART_SHOP_SCREENSHOTS`` when set (README's pictures), else to the test's tmp folder."""
@@ -17,8 +17,8 @@ from fastapi import HTTPException
 from netwatch import LOOPBACK, listeners
 from PIL import Image
 
-from serving.commands.shop import Browse, BrowseArgs
-from serving.edge.shop import Window
+from serving.commands.shop import CatalogueArgs, CatalogueOnly
+from serving.edge.shop import ShopPage
 from serving.state.redis_server import free_port
 from training.data.cli import prepare
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.realdata
 def test_hm_photos_are_served_by_item_id(shared, tmp_path):
     data = str(tmp_path / "hm")
     prepare("hm", str(shared / "data/hm"), data)
-    window = Window.build(Browse(BrowseArgs(data)), live=False)
+    window = ShopPage.build(CatalogueOnly(CatalogueArgs(data)), live=False)
     with_photo = [(i, k) for i, k in enumerate(window.keys) if k is not None]
     assert len(with_photo) == 100
     for item, key in with_photo:
