@@ -32,13 +32,13 @@ sys.path.insert(0, str(ROOT))
 
 from training.data.dataset import save_dataset  # noqa: E402
 from training.data.sources.obd import prepare  # noqa: E402
-from training.evaluation.estimators import ESTIMATORS, estimate  # noqa: E402
-from training.evaluation.ope_data import (  # noqa: E402
+from training.evaluation.ope.data import (  # noqa: E402
     bandit_log,
     read_target_policy,
     write_target_policy,
 )
-from training.evaluation.reward_model import cross_fitted_rewards  # noqa: E402
+from training.evaluation.ope.estimators import ESTIMATORS, estimate  # noqa: E402
+from training.evaluation.ope.reward_model import cross_fitted_rewards  # noqa: E402
 
 CAMPAIGNS = ("all", "men", "women")
 

@@ -1,15 +1,15 @@
 """Slate IPS vs per-slot (independent-item) IPS on the serving log's greedy target, with a known truth.
 
-The setting of ``tests/unit/training/evaluation/test_ope.py`` (its simulator is reused, so the numbers are the test's):
-a real epsilon-greedy LinUCB (frozen) fills 3 slots from 10 items; the shopper scans the slots and
+The setting of ``tests/unit/training/evaluation/ope/test_serving_log.py`` (its simulator is reused, so the
+numbers are the test's): a real epsilon-greedy LinUCB (frozen) fills 3 slots from 10 items; the shopper scans the slots and
 clicks the first item that attracts them, then stops (at most one click). The greedy slate's
 value is known in closed form. Over ``--seeds`` logs per epsilon: each estimator's mean, its
 standard error, and how often the slate estimator's bootstrap 95 % interval holds the truth. The
-pseudo-inverse estimator (:mod:`training.evaluation.slate_pi`, the logger's slate distribution
+pseudo-inverse estimator (:mod:`training.evaluation.ope.slate_pi`, the logger's slate distribution
 enumerated) is shown too. A cascade is not additive over slots, PI's assumption; its bias is the
 part of the reward that no additive function captures, evaluated at the target: small for this
 target (the logger's own greedy slate), +8.9 % for a target that reorders the candidates
-(:func:`reordered_target`, the setting of ``tests/unit/training/evaluation/test_slate_pi.py``).
+(:func:`reordered_target`, the setting of ``tests/unit/training/evaluation/ope/test_slate_pi.py``).
 
     .venv/bin/python benchmarks/ope_slates.py
 
@@ -30,13 +30,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "unit"))
+sys.path.insert(0, str(ROOT / "tests" / "unit" / "training" / "evaluation" / "ope"))  # the tests' simulators
 
-from test_ope import GREEDY_TRUTH, _cascade  # noqa: E402
+from test_serving_log import GREEDY_TRUTH, _cascade  # noqa: E402
 
-from training.evaluation.estimators import effective_sample_size  # noqa: E402
-from training.evaluation.ope import off_policy_value  # noqa: E402
-from training.evaluation.slate_pi import (  # noqa: E402
+from training.evaluation.ope.estimators import effective_sample_size  # noqa: E402
+from training.evaluation.ope.serving_log import off_policy_value  # noqa: E402
+from training.evaluation.ope.slate_pi import (  # noqa: E402
     epsilon_greedy_slates,
     moment_matrix,
     pseudo_inverse_value,
@@ -57,8 +57,8 @@ def _pi(imp, events, epsilon: float, seed: int) -> dict:
 
 
 def reordered_target(seeds: int, requests: int) -> list[dict]:
-    """PI vs slate IPS for a target that reorders the candidates (``tests/unit/training/evaluation/test_slate_pi.py``'s
-    setting: 6 candidates, 3 slots, logger epsilon 0.5, greedy target by true attraction), with an
+    """PI vs slate IPS for a target that reorders the candidates
+    (``tests/unit/training/evaluation/ope/test_slate_pi.py``'s setting: 6 candidates, 3 slots, logger epsilon 0.5, greedy target by true attraction), with an
     additive reward (independent clicks, position factor) and with a cascade (one click at most)."""
     import test_slate_pi as t
 

@@ -13,7 +13,7 @@
      event -- for users with feedback, what they did after the serving model was trained) must not
      fall more than ``ndcg_margin`` below the serving model's on the same split;
    - *off-policy*: on the logged traffic, the slate IPS of epsilon-greedy over each model's ranking
-     (:func:`training.evaluation.slate_target.compare_targets`); the candidate is refused when it is
+     (:func:`training.evaluation.ope.slate_target.compare_targets`); the candidate is refused when it is
      worse with 95 % confidence (the paired bootstrap interval of new - old lies below 0). Where the
      logs barely overlap either model's rankings (effective sample size < ``min_ess``) this check
      is reported as inconclusive and the holdout decides.
@@ -77,8 +77,8 @@ def retrain(job: RetrainJob) -> dict:
     from training.data.dataset import load_dataset, save_dataset
     from training.data.feedback import read_feedback
     from training.data.from_feedback import merge_feedback
+    from training.evaluation.ope.slate_target import compare_targets, model_ranker
     from training.evaluation.run import evaluate_model_dir
-    from training.evaluation.slate_target import compare_targets, model_ranker
     from training.modeldir import read_card
     from training.models.ranker_config import RankerConfig
     from training.train_ranker import RankerJob

@@ -28,7 +28,7 @@ def logged(tiny_shop, tmp_path_factory):
     """Impressions and events as the serving app writes them (through the real FeedbackLog)."""
     from serving.feedback.log import FeedbackLog, FeedbackLogConfig
     from training.data.dataset import load_dataset
-    from training.evaluation.slate_target import model_ranker
+    from training.evaluation.ope.slate_target import model_ranker
 
     root = tmp_path_factory.mktemp("retrain-log")
     ds = load_dataset(tiny_shop["data"])
@@ -120,8 +120,8 @@ def test_retrain_killed_midway_then_resumed_merges_trains_warm_gates_and_reports
 def test_a_deliberately_worse_model_is_refused(tiny_shop, logged):
     from serving.jobs.retrain import gate
     from training.data.feedback import read_feedback
+    from training.evaluation.ope.slate_target import compare_targets, model_ranker
     from training.evaluation.run import evaluate_model_dir
-    from training.evaluation.slate_target import compare_targets, model_ranker
 
     worse = logged["root"] / "worse-model"
     shutil.copytree(tiny_shop["ranker"], worse)

@@ -363,7 +363,7 @@ def test_feedback_log_holds_every_acknowledged_record_after_shutdown(app):
     # one model version per answer: retrieved and ranked by the same one, rollouts included
     assert impressions["retriever_version"].to_pylist() == impressions["model_version"].to_pylist()
     # the log feeds off-policy evaluation: every impression carries the policy's greedy flag
-    from training.evaluation.ope import off_policy_value
+    from training.evaluation.ope.serving_log import off_policy_value
 
     assert None not in impressions["greedy"].to_pylist()
     value = off_policy_value(impressions, events, bootstrap=0)

@@ -12,8 +12,8 @@ and ``V_PI = mean(w_i r_i)``. **Assumption: the slate's expected reward is addit
 ``E[r | s] = sum_j phi(j, s_j)`` (any slot- and item-dependent terms). Then PI is unbiased, and
 its weights are far smaller than the slate IPS weight ``pi(s) / mu(s)`` (exponentially in ``L``):
 it needs much less data. When clicks interact (a shopper who stops after the first click: the
-cascade), additivity fails and PI is biased -- the slate IPS of :mod:`training.evaluation.slate_target`
-needs no such assumption. ``tests/unit/training/evaluation/test_slate_pi.py`` shows both.
+cascade), additivity fails and PI is biased -- the slate IPS of :mod:`training.evaluation.ope.slate_target`
+needs no such assumption. ``tests/unit/training/evaluation/ope/test_slate_pi.py`` shows both.
 
 **What "known logger" means here**: ``Gamma`` needs the logger's *joint* slot distribution, not
 just the per-slot propensity of what it showed. :func:`epsilon_greedy_slates` enumerates it for the
@@ -32,7 +32,7 @@ from itertools import permutations
 
 import numpy as np
 
-from training.evaluation.estimators import OPEError, ci95, effective_sample_size
+from training.evaluation.ope.estimators import OPEError, ci95, effective_sample_size
 
 MAX_SLATES = 200_000  # the enumeration's size limit: m! / (m - L)! ordered slates
 

@@ -9,8 +9,8 @@ shopper who clicks at most once, in a cascade) PI is biased and the slate IPS is
 import numpy as np
 import pytest
 
-from training.evaluation.estimators import OPEError
-from training.evaluation.slate_pi import (
+from training.evaluation.ope.estimators import OPEError
+from training.evaluation.ope.slate_pi import (
     epsilon_greedy_slates,
     marginals,
     moment_matrix,

@@ -3,7 +3,7 @@
 import numpy as np
 import pyarrow as pa
 
-from training.evaluation.slate_target import slate_log_prob, target_slate_value
+from training.evaluation.ope.slate_target import slate_log_prob, target_slate_value
 
 ITEMS = [f"i{j}" for j in range(8)]
 ATTRACT = dict(zip(ITEMS, [0.35, 0.2, 0.15, 0.1, 0.05, 0.05, 0.03, 0.02]))

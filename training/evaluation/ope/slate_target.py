@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from training.evaluation.estimators import (
+from training.evaluation.ope.estimators import (
     OPEError,
     ci95,
     effective_sample_size,
     ratio_samples,
 )
-from training.evaluation.ope import rewards_per_impression
+from training.evaluation.ope.serving_log import rewards_per_impression
 
 if TYPE_CHECKING:
     from training.data.dataset import Dataset

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.evaluation.estimators import LoggedFeedback, OPEError
+from training.evaluation.ope.estimators import LoggedFeedback, OPEError
 
 
 @dataclass(frozen=True)

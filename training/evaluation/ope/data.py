@@ -1,4 +1,4 @@
-"""Logged feedback and target policies for the off-policy estimators (:mod:`training.evaluation.estimators`).
+"""Logged feedback and target policies for the off-policy estimators (:mod:`training.evaluation.ope.estimators`).
 
 * :func:`bandit_log`: one action per round at a position -- the ``bandit`` table of a prepared Open
   Bandit Dataset (``raycart data prepare --source obd``). Actions are the dataset's item ids,
@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from training.data.tabular import read_tabular
-from training.evaluation.estimators import LoggedFeedback, OPEError
-from training.evaluation.reward_model import RewardFeatures
+from training.evaluation.ope.estimators import LoggedFeedback, OPEError
+from training.evaluation.ope.reward_model import RewardFeatures
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 import numpy as np
 import pyarrow as pa
 
-from training.evaluation.ope import off_policy_value
+from training.evaluation.ope.serving_log import off_policy_value
 from training.models.bandit import LinUCBPolicy, PolicyConfig
 
 

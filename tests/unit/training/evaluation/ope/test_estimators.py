@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from training.evaluation.estimators import LoggedFeedback, OPEError, estimate
-from training.evaluation.reward_model import RewardFeatures, cross_fitted_rewards
+from training.evaluation.ope.estimators import LoggedFeedback, OPEError, estimate
+from training.evaluation.ope.reward_model import RewardFeatures, cross_fitted_rewards
 
 A, K = 8, 3
 
