@@ -53,7 +53,7 @@ def _queries(model: str, data: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 
     from training.data.dataset import load_dataset
     from training.data.splits import build_split, split_from_manifest
-    from training.modeldir import load_model
+    from training.inference.modeldir import load_model
 
     torch.set_num_threads(2)
     scorer = load_model(model)
@@ -142,7 +142,7 @@ TRAIN_CHILD = r"""
 import json, resource, sys, time
 import numpy as np, torch
 from training.models.retriever import ItemTower, TwoTower, TwoTowerTrain
-from training.train_retriever import RetrieverJob, prepare_inputs
+from training.jobs.train_retriever import RetrieverJob, prepare_inputs
 from training.models.retriever_config import RetrieverConfig
 variant, data, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 torch.set_num_threads(1)

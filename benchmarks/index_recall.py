@@ -22,7 +22,7 @@ import torch
 from serving.core.index import IndexConfig, VectorIndex
 from training.data.dataset import load_dataset
 from training.data.splits import build_split, split_from_manifest
-from training.modeldir import load_model
+from training.inference.modeldir import load_model
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ import torch
 from training.data.dataset import load_dataset
 from training.data.splits import build_split, split_from_manifest
 from training.evaluation.metrics import top_k
-from training.modeldir import load_model, read_card
+from training.inference.modeldir import load_model, read_card
 
 
 def _timed(fn, calls: int, warmup: int = 3) -> np.ndarray:
@@ -75,7 +75,7 @@ def main() -> None:
             def rank_only(i, b=b):
                 idx = batch(i, b)
                 sub = hist_all.take_users(idx)
-                from training.candidates import Candidates
+                from training.inference.candidates import Candidates
                 pipe.rank(sub, Candidates(idx, cands.items[idx], cands.dense[idx], cands.label[idx]))
 
             def two_stage(i, b=b):

@@ -20,12 +20,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from training.baselines.run import run_baseline
-from training.data.cli import prepare
+from training.commands.data import prepare
+from training.common.paths import shared_path
+from training.common.ray_env import init_ray
+from training.jobs.train_retriever import RetrieverJob, train_retriever
 from training.models.encoders import ImageEncoderConfig, TextEncoderConfig
 from training.models.retriever_config import RetrieverConfig
-from training.paths import shared_path
-from training.ray_env import init_ray
-from training.train_retriever import RetrieverJob, train_retriever
 
 VARIANTS = [
     # ids alone learn far more slowly (every item is its own parameter; one sequence per user is

@@ -176,7 +176,7 @@ def main() -> None:
         plain.wait(30)
 
     # 2. the Serve setups: one replica per deployment; those with their own environment in a fresh Ray
-    from training.ray_env import init_ray
+    from training.common.ray_env import init_ray
 
     timeline: list[dict] = []
     phases: list[dict] = []

@@ -10,8 +10,8 @@ def shop_models(workdir: str) -> tuple[Path, str, dict]:
     """``(data dir, ranker dir, model metrics)`` of ``raycart demo --dataset shop`` (prepared and
     trained here, or reused); starts the local Ray."""
     from serving.commands.demo import SHOP, DemoConfig, train_models
-    from training.data.cli import prepare
-    from training.ray_env import init_ray
+    from training.commands.data import prepare
+    from training.common.ray_env import init_ray
 
     data = Path(workdir) / "data" / SHOP
     if not (data / "dataset.json").exists():
@@ -34,8 +34,7 @@ def start_serve() -> str:
 
 def app_args(root: Path, model: str, data: Path | str, **extra) -> dict:
     """The app's arguments with every piece of state (log, WAL, policy, items, user state) under ``root``."""
-    from training import storage
-
+    from training.common import storage
     return {"model_dir": storage.absolute(model), "data_dir": storage.absolute(str(data)),
             "feedback_root": str(root / "feedback"), "wal_dir": str(root / "wal"),
             "policy_state": str(root / "policy.npz"), "items_root": str(root / "items"),

@@ -30,14 +30,14 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from training.data.cli import prepare
+from training.commands.data import prepare
+from training.common.paths import shared_path
+from training.common.ray_env import init_ray
+from training.jobs.train_ranker import RankerJob, train_ranker
+from training.jobs.train_retriever import RetrieverJob, train_retriever
 from training.models.encoders import TextEncoderConfig
 from training.models.ranker_config import RankerConfig
 from training.models.retriever_config import RetrieverConfig
-from training.paths import shared_path
-from training.ray_env import init_ray
-from training.train_ranker import RankerJob, train_ranker
-from training.train_retriever import RetrieverJob, train_retriever
 
 RETRIEVER = RetrieverConfig(dim=32, layers=1, heads=1, dropout=0.2, max_len=20, use_image=False, lr=2e-3,
                             batch_size=128, epochs=8, patience=8)

@@ -20,12 +20,12 @@ INTERVALS = ("2.0", "0.25")
 CHILD = r"""
 import json, shutil, tempfile, time
 import ray
-import training.loop as loop, training.train_ranker as tk, training.train_retriever as tr
+import training.jobs.loop as loop, training.jobs.train_ranker as tk, training.jobs.train_retriever as tr
 fits = []
 def timed(*a, **k):
     t = time.time(); out = loop.fit(*a, **k); fits.append(round(time.time() - t, 1)); return out
 tr.fit = tk.fit = timed
-from training.data.cli import prepare
+from training.commands.data import prepare
 from training.models.ranker_config import RankerConfig
 from training.models.retriever_config import RetrieverConfig
 ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False,

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.common.ray_env import init_ray
+from training.jobs.train_retriever import RetrieverJob, prepare_inputs, train_retriever
 from training.models.retriever import TwoTower, TwoTowerTrain
 from training.models.retriever_config import RetrieverConfig
-from training.ray_env import init_ray
-from training.train_retriever import RetrieverJob, prepare_inputs, train_retriever
 
 CONFIG = RetrieverConfig(dim=64, layers=2, heads=1, dropout=0.3, max_len=30, batch_size=256, lr=2e-3,
                          patience=1000)

@@ -12,8 +12,8 @@ import sys
 from importlib.metadata import entry_points
 
 from training import __version__
-from training.errors import RaycartError
-from training.ray_env import loopback_before_import
+from training.common.errors import RaycartError
+from training.common.ray_env import loopback_before_import
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     loopback_before_import()  # before any plugin imports Ray (a local Ray then binds 127.0.0.1 only)
     parser = build_parser()
     args = parser.parse_args(argv)
-    from training import console
-
+    from training.common import console
     console.setup(verbose=args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -15,7 +15,7 @@ def _cmd(a: argparse.Namespace) -> int:
             "storage": a.storage, "name": a.name, "workers_per_trial": a.workers_per_trial}
     if a.smoke:
         if a.kind != "retriever":
-            from training.errors import DataError
+            from training.common.errors import DataError
             raise DataError("--smoke: the smoke sweep tunes the retriever")
         job = SweepJob.tiny(a.data, a.out, a.storage, **{k: v for k, v in opts.items()
                                                           if k != "storage" and v is not None},
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="hyperparameter sweep with Ray Tune (ASHA)",
                        description="Sweep the retriever or the ranker over a YAML search space; ASHA stops weak "
                                    "trials; the best trial's model directory is exported to --out.")
-    from training.trainers import TRAINERS
+    from training.jobs.trainers import TRAINERS
 
     p.add_argument("kind", choices=list(TRAINERS))
     p.add_argument("--data", required=True, help="prepared dataset directory")

@@ -19,7 +19,7 @@ import os
 
 from ray import tune
 
-from training.ray_env import verbose
+from training.common.ray_env import verbose
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ models the results after that, so a sweep of a few trials gains little from it o
 
 from __future__ import annotations
 
-from training.errors import DataError
+from training.common.errors import DataError
 
 SEARCHES = ("random", "optuna")
 

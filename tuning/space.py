@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from training.config_file import read_yaml_mapping
-from training.errors import DataError
+from training.common.errors import DataError
+from training.jobs.config_file import read_yaml_mapping
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint", "quniform")
 

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from training import storage
-from training.config_file import write_config
-from training.errors import DataError
+from training.common import storage
+from training.common.errors import DataError
+from training.jobs.config_file import write_config
+from training.jobs.trainers import trainer
 from training.models.retriever_config import RetrieverConfig
-from training.trainers import trainer
 from tuning.search import check_search, first_points, make_search
 from tuning.space import grid_size, read_space, to_tune
 
@@ -171,7 +171,7 @@ def run_sweep(job: SweepJob) -> dict:
                               out=storage.absolute(job.out), storage=storage.absolute(job.storage),
                               retriever=job.retriever and storage.absolute(job.retriever))
     spec, defaults = check_job(job)
-    from training.ray_env import init_ray
+    from training.common.ray_env import init_ray
 
     init_ray(dashboard=True)  # see init_ray: ASHA-stopped trials release their workers
     start = time.time()
@@ -207,7 +207,7 @@ def best_config(job: SweepJob, best: dict):
     """The best trial as a training configuration file's section (``best.yaml``, read by
     ``raycart train KIND --config`` and ``raycart demo --config``): the sweep's fixed values, the
     trial's, the sweep's epoch budget and a patience to go with it."""
-    from training.config_file import KindConfig
+    from training.jobs.config_file import KindConfig
 
     model = {**job.base, **best["config"], "epochs": job.epochs, "patience": max(2, job.epochs // 4)}
     run = {"scheme": job.scheme, **({"valid_users": job.valid_users}
@@ -216,7 +216,7 @@ def best_config(job: SweepJob, best: dict):
 
 
 def _trials(job: SweepJob, grid, spec: dict, defaults: dict) -> tuple[list[dict], dict]:
-    from training.modeldir import read_card
+    from training.inference.modeldir import read_card
 
     rows, curves = [], {}
     keys = list(spec)
@@ -250,8 +250,8 @@ def _export_best(job: SweepJob, best: dict) -> None:
     checkpoint (which holds its best state) with the same export code as ``raycart train``."""
     import pyarrow.fs as pafs
 
-    from training.loop import load_checkpoint_state
-    from training.modeldir import read_card
+    from training.inference.modeldir import read_card
+    from training.jobs.loop import load_checkpoint_state
 
     if best["model_dir"] is None:
         if not best.get("checkpoint"):

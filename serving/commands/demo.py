@@ -65,8 +65,8 @@ def _models(cfg: DemoConfig):
         k_epochs = tiny["epochs"] if cfg.ranker_epochs is None else cfg.ranker_epochs
         return (RetrieverConfig(dim=16, layers=1, heads=1, max_len=10, epochs=r_epochs, patience=3),
                 RankerConfig(**{**tiny, "epochs": k_epochs, "eval_candidates": 50}))
-    from training.config_file import dataset_config, read_config
-    from training.errors import DataError
+    from training.common.errors import DataError
+    from training.jobs.config_file import dataset_config, read_config
 
     path = cfg.config or dataset_config(cfg.dataset)
     if path is None:
@@ -80,8 +80,8 @@ def _models(cfg: DemoConfig):
 
 def _reusable(model_dir: str) -> bool:
     """A model directory this version can load (one of an older model format is retrained)."""
-    from training.errors import DataError
-    from training.modeldir import read_card
+    from training.common.errors import DataError
+    from training.inference.modeldir import read_card
 
     if not (Path(model_dir) / "model.json").exists():
         return False
@@ -100,9 +100,9 @@ def _key(*parts) -> str:
 
 def train_models(cfg: DemoConfig, data: str) -> tuple[str, dict]:
     """Train (or reuse, when the same configuration was trained before) retriever and ranker."""
-    from training.modeldir import read_card
-    from training.train_ranker import RankerJob, train_ranker
-    from training.train_retriever import RetrieverJob, train_retriever
+    from training.inference.modeldir import read_card
+    from training.jobs.train_ranker import RankerJob, train_ranker
+    from training.jobs.train_retriever import RetrieverJob, train_retriever
 
     r_cfg, k_cfg = _models(cfg)
     name = "smoke" if cfg.smoke else cfg.dataset
@@ -252,10 +252,10 @@ def _describe(items: list[dict], category: dict) -> str:
 
 def run_demo(cfg: DemoConfig) -> dict:
     from training.baselines.run import run_baseline
-    from training.data.cli import prepare
+    from training.commands.data import prepare
+    from training.common.ray_env import init_ray
     from training.data.known import KnownData, format_table, prepare_cached
     from training.evaluation.run import write_json
-    from training.ray_env import init_ray
 
     start = time.time()
     stages: dict[str, float] = {}
@@ -284,12 +284,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     t = time.time()
     from ray import serve
 
-    from training.ray_env import quiet_ray
+    from training.common.ray_env import quiet_ray
 
     quiet_ray()  # importing Serve set its driver logger back to INFO
 
     from serving.deploy.app import build_app
-    from training import storage
+    from training.common import storage
     from training.data.feedback import read_feedback
 
     # absolute: Serve replicas need not share this process's working directory

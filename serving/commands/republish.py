@@ -20,7 +20,7 @@ def republish(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from serving.feedback.log import republish_quarantined
-    from training.errors import DataError
+    from training.common.errors import DataError
 
     if not Path(args.wal_dir).is_dir():
         raise DataError(f"--wal-dir {args.wal_dir}: no such folder (the replicas' wal_dir)")

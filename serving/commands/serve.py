@@ -18,7 +18,7 @@ def listen_keys(host: str, api_keys_file: str | None) -> ApiKeys:
     """The keys to serve with; a clear error naming the file for a bad or empty key file, or for
     ``host`` beyond loopback without keys (``raycart serve`` and ``raycart shop``)."""
     from serving.edge.security import ApiKeys, KeyFileError, is_loopback
-    from training.errors import DataError
+    from training.common.errors import DataError
 
     try:
         keys = ApiKeys.load(api_keys_file)
@@ -38,10 +38,10 @@ def add_listen_args(p: argparse.ArgumentParser) -> None:
 
 
 def serve_app(args: argparse.Namespace) -> int:
-    from training import storage
-    from training.errors import DataError
-    from training.modeldir import read_card
-    from training.ray_env import init_ray
+    from training.common import storage
+    from training.common.errors import DataError
+    from training.common.ray_env import init_ray
+    from training.inference.modeldir import read_card
 
     keys = listen_keys(args.host, args.api_keys_file)
     if not keys.configured and not args.trust_loopback:
@@ -62,7 +62,7 @@ def serve_app(args: argparse.Namespace) -> int:
     init_ray()  # before serving.deploy.app imports Ray: binds 127.0.0.1 locally
     from ray import serve
 
-    from training.ray_env import quiet_ray
+    from training.common.ray_env import quiet_ray
 
     quiet_ray()  # importing Serve set its driver logger back to INFO
 
@@ -120,7 +120,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def mint_token(args: argparse.Namespace) -> int:
     from serving.edge.identity import ShopperTokens, TokenSecretError, subject
-    from training.errors import DataError
+    from training.common.errors import DataError
 
     try:
         tokens = ShopperTokens.load(args.secret_file)

@@ -87,8 +87,7 @@ def shop(args: argparse.Namespace) -> int:
     import uvicorn
 
     from serving.commands.serve import listen_keys
-    from training import storage
-
+    from training.common import storage
     keys = listen_keys(args.host, args.api_keys_file)
     # without keys, local use: loopback is trusted (listen_keys refused any other --host)
     app = catalogue_app(storage.absolute(args.data), keys, trust_loopback=not keys.configured)  # no dataset: a DataError

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pyarrow.fs as pafs
 from PIL import Image
 
-from training import storage
+from training.common import storage
 
 KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,499}")
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")  # decoders PIL may use (not e.g. EPS, which runs Ghostscript)

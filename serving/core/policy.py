@@ -34,7 +34,7 @@ from serving.core.messages import (
 )
 from serving.core.metrics import NO_METRICS, Metrics
 from serving.core.schemas import AppArgs
-from training import storage
+from training.common import storage
 from training.models.bandit import (
     POLICY_COLUMNS,
     LinUCBPolicy,

@@ -32,14 +32,14 @@ from serving.core.messages import (
 from serving.core.metrics import NO_METRICS, Metrics
 from serving.core.runtime_items import ServedModel
 from serving.core.schemas import AppArgs, ModelSpec
-from training.candidates import Candidates
 from training.data.funnel import lookup
 from training.data.interactions import Interactions
+from training.inference.candidates import Candidates
+from training.inference.new_items import rows_table
 from training.models.bandit import (
     user_item_features,
 )
 from training.models.retriever import left_pad
-from training.new_items import rows_table
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ import pyarrow.fs as pafs
 from serving.core.images import ImageRefused, ImageSource
 from serving.core.index import VectorIndex
 from serving.core.schemas import ModelSpec
-from training import storage
-from training.modeldir import load_model, read_card
-from training.new_items import ContentEncoder, rows_table
+from training.common import storage
+from training.inference.modeldir import load_model, read_card
+from training.inference.new_items import ContentEncoder, rows_table
 
 log = logging.getLogger(__name__)
 

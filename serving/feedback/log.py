@@ -50,7 +50,7 @@ from typing import IO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from training import storage
+from training.common import storage
 from training.data.feedback import ACK_ID, STORED, TABLES
 
 log = logging.getLogger(__name__)

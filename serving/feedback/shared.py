@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 
 from serving.feedback.log import encode, encode_acks, parse_lines, resolve_acks, rows_of, write_parts
-from training import storage
+from training.common import storage
 
 log = logging.getLogger(__name__)
 

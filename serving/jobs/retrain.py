@@ -34,7 +34,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-from training import storage
+from training.common import storage
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +79,19 @@ def retrain(job: RetrainJob) -> dict:
     from training.data.from_feedback import merge_feedback
     from training.evaluation.ope.slate_target import compare_targets, model_ranker
     from training.evaluation.run import evaluate_model_dir
-    from training.modeldir import read_card
+    from training.inference.modeldir import read_card
+    from training.jobs.train_ranker import RankerJob
+    from training.jobs.trainers import trainer
     from training.models.ranker_config import RankerConfig
-    from training.train_ranker import RankerJob
-    from training.trainers import trainer
 
     t0 = time.time()
     doc = read_card(job.model)
     if doc.kind != "ranker":
-        from training.errors import DataError
+        from training.common.errors import DataError
 
         raise DataError(f"{job.model}: retrain needs the serving ranker directory; this one holds a {doc.kind!r}")
     if doc.reranks is None:
-        from training.errors import DataError
+        from training.common.errors import DataError
 
         raise DataError(f"{job.model}: its model card names no retriever (reranks)")
     impressions, events = read_feedback(job.feedback, "impressions"), read_feedback(job.feedback, "events")
@@ -186,7 +186,7 @@ def _finish(job: RetrainJob, report: dict, t0: float) -> dict:
 
 
 def _cmd(a: argparse.Namespace) -> int:
-    from training.ray_env import init_ray
+    from training.common.ray_env import init_ray
 
     init_ray()
     retrain(RetrainJob(feedback=a.feedback, data=a.data, model=a.model, work=a.work, epochs=a.epochs,

@@ -130,8 +130,7 @@ class RetrainTrigger:
 
     def _write_app_args(self) -> str:
         """The app's arguments, for the job's promotion."""
-        from training import storage
-
+        from training.common import storage
         path = storage.join(self.args.retrain_work, "app-args.json")
         storage.atomic_write(path, self.args.model_dump_json(indent=2).encode())
         return path

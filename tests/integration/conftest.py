@@ -62,11 +62,11 @@ def ray_metrics_url(ray_cluster) -> str:
 def tiny_shop(ray_cluster, tmp_path_factory):
     """A small synthetic shop and a tiny retriever + ranker trained on it with Ray Train (once
     per session; the Serve tests deploy it under their own settings)."""
-    from training.data.cli import prepare
+    from training.commands.data import prepare
+    from training.jobs.train_ranker import RankerJob, train_ranker
+    from training.jobs.train_retriever import RetrieverJob, train_retriever
     from training.models.ranker_config import RankerConfig
     from training.models.retriever_config import RetrieverConfig
-    from training.train_ranker import RankerJob, train_ranker
-    from training.train_retriever import RetrieverJob, train_retriever
 
     root = tmp_path_factory.mktemp("tiny-shop")
     data = str(root / "shop")
@@ -82,7 +82,7 @@ def tiny_shop(ray_cluster, tmp_path_factory):
 @pytest.fixture(scope="session")
 def planted_shop(tmp_path_factory) -> str:
     """A synthetic shop whose users have planted tastes (400 users, 300 items, 20,000 events)."""
-    from training.data.cli import prepare
+    from training.commands.data import prepare
 
     out = tmp_path_factory.mktemp("planted") / "synthetic"
     prepare("synthetic", None, str(out), num_users=400, num_items=300, num_events=20_000, images=False)
@@ -96,8 +96,8 @@ def planted_retriever(ray_cluster, s3_server, planted_shop, tmp_path_factory) ->
     run, the ranker tests rerank it."""
     from netwatch import ListenerWatch
 
+    from training.jobs.train_retriever import RetrieverJob, train_retriever
     from training.models.retriever_config import RetrieverConfig
-    from training.train_retriever import RetrieverJob, train_retriever
 
     root = tmp_path_factory.mktemp("planted-retriever")
     config = RetrieverConfig(dim=32, layers=1, heads=1, dropout=0.1, max_len=20, batch_size=64, epochs=20,

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from training.common.errors import DataError
 from training.data.dataset import load_dataset
-from training.embed import embed_items
-from training.errors import DataError
+from training.inference.embed import embed_items
 from training.models.encoders import (
     ImageEncoder,
     ImageEncoderConfig,
@@ -23,7 +23,7 @@ def test_text_and_image_embeddings_are_computed_once_and_cached(ray_cluster, sha
     assert text.shape == (ds.num_items, 384)
     np.testing.assert_allclose(np.linalg.norm(text, axis=1), 1.0, atol=1e-4)
     # same as the encoder run directly, item by item
-    from training.features import item_text
+    from training.inference.features import item_text
     direct = TextEncoder(text_cfg).encode(item_text(ds.items)[:5])
     np.testing.assert_allclose(text[:5], direct, atol=1e-4)
     cached = list((tmp_path / "cache").glob("text-*.parquet"))

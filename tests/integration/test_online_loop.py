@@ -13,10 +13,10 @@ import requests
 
 from serving.commands.simulator import Shop, SimConfig, simulate
 from serving.state.redis_server import LocalRedis, free_port
+from training.jobs.train_ranker import RankerJob, train_ranker
+from training.jobs.train_retriever import RetrieverJob, train_retriever
 from training.models.ranker_config import RankerConfig
 from training.models.retriever_config import RetrieverConfig
-from training.train_ranker import RankerJob, train_ranker
-from training.train_retriever import RetrieverJob, train_retriever
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ def loop(ray_cluster, tmp_path_factory):
     """A small shop with strong planted tastes and models trained well enough to follow them."""
     from ray import serve
 
-    from training.data.cli import prepare
+    from training.commands.data import prepare
 
     root = tmp_path_factory.mktemp("loop")
     data = str(root / "shop")

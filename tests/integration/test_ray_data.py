@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from netwatch import LOOPBACK, listeners
 
+from training.common.errors import DataError
 from training.data.dataset import load_dataset, save_dataset
 from training.data.ray_io import read_events, read_items, read_table
-from training.errors import DataError
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from training.common.errors import StorageError
 from training.data.dataset import load_dataset, save_dataset
 from training.data.sources.synthetic import SyntheticConfig, prepare
-from training.errors import StorageError
 
 pytestmark = pytest.mark.integration
 RAYCART = str(Path(sys.executable).with_name("raycart"))
@@ -97,8 +97,8 @@ class _FailsAfter:
 def test_an_s3_overwrite_never_deletes_the_live_copy_first(s3_env, tmp_path):
     """A publish that fails half-way through leaves every live file readable (the old code
     deleted the live directory before copying the new one in)."""
-    from training import storage
-    from training.storage import _publish_s3
+    from training.common import storage
+    from training.common.storage import _publish_s3
 
     uri = f"s3://{s3_env['bucket']}/live-model"
     with storage.atomic_output_dir(uri) as out:

@@ -30,7 +30,7 @@ def shop_app(tiny_shop, tmp_path_factory):
     from ray import serve
 
     from serving.deploy.app import build_app
-    from training.data.cli import prepare
+    from training.commands.data import prepare
     from training.data.dataset import load_dataset
 
     root = tmp_path_factory.mktemp("shop page")

@@ -16,9 +16,9 @@ from netwatch import ListenerWatch
 
 from training.data.dataset import load_dataset
 from training.data.splits import build_split, split_from_manifest
-from training.modeldir import load_model
+from training.inference.modeldir import load_model
+from training.jobs.train_ranker import RankerJob, train_ranker
 from training.models.ranker_config import RankerConfig
-from training.train_ranker import RankerJob, train_ranker
 
 pytestmark = pytest.mark.integration
 RAYCART = str(Path(sys.executable).with_name("raycart"))

@@ -20,8 +20,8 @@ import pyarrow.fs as pafs
 import pytest
 from netwatch import ListenerWatch
 
-from training import storage
-from training.data.cli import prepare
+from training.commands.data import prepare
+from training.common import storage
 from training.evaluation.run import evaluate_model_dir
 
 pytestmark = pytest.mark.integration
@@ -105,7 +105,7 @@ def test_optuna_sweep_on_s3_resumes_after_its_driver_dies_and_exports_the_best(t
     # best.yaml: the best trial's configuration, in the format `raycart train --config` reads
     best_yaml = tmp_path / "best.yaml"
     best_yaml.write_bytes(storage.read_bytes(f"{store}/smoke/best.yaml"))
-    from training.config_file import read_config
+    from training.jobs.config_file import read_config
 
     section = read_config(best_yaml, "retriever")
     assert {k: section.model[k] for k in summary["best"]["config"]} == summary["best"]["config"]

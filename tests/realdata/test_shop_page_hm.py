@@ -20,7 +20,7 @@ from PIL import Image
 from serving.commands.shop import CatalogueArgs, CatalogueOnly
 from serving.edge.shop import ShopPage
 from serving.state.redis_server import free_port
-from training.data.cli import prepare
+from training.commands.data import prepare
 
 pytestmark = pytest.mark.realdata
 

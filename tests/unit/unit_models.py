@@ -5,11 +5,11 @@ import numpy as np
 import torch
 
 from training.baselines.itemknn import ItemKNN, ItemKNNConfig
-from training.candidates import CandidateStage
 from training.data.interactions import Interactions
+from training.inference.candidates import CandidateStage
+from training.inference.pipeline import TwoStageScorer
 from training.models.ranker import Ranker, RankerConfig
 from training.models.retriever import ItemFeatures, RetrieverConfig, RetrieverScorer, TwoTower
-from training.pipeline import TwoStageScorer
 
 N_ITEMS = 30
 VOCAB = [f"a{i}" for i in range(5)]  # the attribute vocabulary of _feats

@@ -7,10 +7,10 @@ import time
 
 from training.baselines.itemknn import ItemKNN, ItemKNNConfig
 from training.baselines.popularity import Popularity
-from training.errors import DataError
+from training.common.errors import DataError
 from training.evaluation.metrics import EvalConfig, evaluate
 from training.evaluation.run import split_task, write_json
-from training.modeldir import ModelCard, TrainedOn, dataset_fingerprint, save_model_dir
+from training.inference.modeldir import ModelCard, TrainedOn, dataset_fingerprint, save_model_dir
 
 BASELINES = ("pop", "itemknn")
 

@@ -27,10 +27,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from training import storage
+from training.common import storage
+from training.common.errors import DataError
 from training.data import schema
 from training.data.interactions import Interactions
-from training.errors import DataError
 
 FORMAT_VERSION = 1
 MANIFEST = "dataset.json"

@@ -3,7 +3,7 @@
 Each logged request of a **known user** (``user_id`` of the dataset) that led to a click, cart or
 purchase of a catalogue item becomes one list: the slate as it was shown (slot order), labelled
 with the items the shopper engaged with; the others were seen and passed over -- explicit
-negatives the sampled candidate lists of :mod:`training.train_ranker` never have.
+negatives the sampled candidate lists of :mod:`training.jobs.train_ranker` never have.
 
 **Position debiasing.** A shopper examines lower slots less often, so a skip at slot 9 says less
 than a skip at slot 0, and a click at slot 9 means more. Under the position-based examination
@@ -35,11 +35,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from training import storage
+from training.common import storage
+from training.common.errors import DataError
 from training.data.dataset import Dataset
 from training.data.from_feedback import KEPT as ENGAGED
 from training.data.interactions import Interactions
-from training.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from training import storage
-from training.errors import DataError
+from training.common import storage
+from training.common.errors import DataError
 
 IMPRESSIONS = pa.schema([
     pa.field("request_id", pa.string(), nullable=False),

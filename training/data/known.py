@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training import __version__
+from training.common.paths import shared_path
 from training.data.sources import SOURCES
-from training.paths import shared_path
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class KnownData:
 
 def prepare_cached(name: str, cfg: KnownData) -> str:
     """Prepare dataset ``name`` unless the work directory already holds it for the same input."""
-    from training.data.cli import prepare
+    from training.commands.data import prepare
 
     source, rel, _ = DATASETS[name]
     src = shared_path(rel, cfg.shared)

@@ -6,10 +6,10 @@ Example: ``read_events("s3://bucket/shop").map_batches(fn)`` streams the events 
 
 from __future__ import annotations
 
-from training import storage
+from training.common import storage
+from training.common.errors import DataError
 from training.data import schema
 from training.data.dataset import read_manifest
-from training.errors import DataError
 
 
 def read_table(dataset_uri: str, table: str, columns: list[str] | None = None, **read_kwargs):

@@ -20,7 +20,7 @@ from typing import Literal, get_args
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from training.errors import DataError
+from training.common.errors import DataError
 
 EVENT_TYPES = ("view", "click", "cart", "purchase")
 

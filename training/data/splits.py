@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from training.common.errors import DataError
 from training.data.interactions import Interactions
-from training.errors import DataError
 
 KINDS = ("loo", "time", "cold")
 

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from training import storage
-from training.errors import DataError
+from training.common import storage
+from training.common.errors import DataError
 
 
 def read_tabular(uri: str, column_types: dict[str, pa.DataType] | None = None,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import time
 
-from training import storage
+from training.common import storage
+from training.common.errors import DataError
 from training.data.dataset import load_dataset
 from training.data.splits import build_split, split_from_manifest
-from training.errors import DataError
 from training.evaluation.metrics import EvalConfig, evaluate
-from training.modeldir import load_model, read_card
+from training.inference.modeldir import load_model, read_card
 
 
 def write_json(obj: dict, uri: str) -> None:

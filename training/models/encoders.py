@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.errors import DataError
+from training.common.errors import DataError
 
 
 def _looks_like_path(name: str) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from training.errors import DataError
+from training.common.errors import DataError
 from training.models.retriever_config import RetrieverConfig
 from tuning.search import check_search, first_points, make_search
 from tuning.space import read_space, to_tune
@@ -92,7 +92,7 @@ def test_unknown_search_and_missing_optuna_are_clear_errors(monkeypatch):
 
 
 def test_tune_cli_without_optuna_says_how_to_get_it(tmp_path):
-    from training.data.cli import prepare
+    from training.commands.data import prepare
 
     shop = tmp_path / "shop"
     prepare("synthetic", None, str(shop), num_users=30, num_items=100, num_events=600, images=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from training.errors import DataError
+from training.common.errors import DataError
 from training.models.ranker_config import RankerConfig
 from training.models.retriever_config import RetrieverConfig
 from tuning.space import grid_size, read_space, to_tune
@@ -47,7 +47,7 @@ def test_grid_size_counts_only_discrete_spaces():
 
 
 def test_tune_cli_refuses_bad_input_before_ray_starts(tmp_path):
-    from training.data.cli import prepare
+    from training.commands.data import prepare
 
     shop = tmp_path / "shop"
     prepare("synthetic", None, str(shop), num_users=30, num_items=100, num_events=600, images=False)

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training.common.errors import DataError
 from training.data.dataset import Dataset
-from training.errors import DataError
 
 
 @dataclass

@@ -16,10 +16,10 @@ from pathlib import PurePosixPath
 import numpy as np
 import pyarrow as pa
 
-from training import storage
+from training.common import storage
+from training.common.errors import DataError
 from training.data.dataset import Dataset
 from training.data.sources import Prepared
-from training.errors import DataError
 
 
 def _attributes_path(input_uri: str) -> str:

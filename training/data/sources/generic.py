@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from training import storage
+from training.common import storage
+from training.common.errors import DataError
 from training.data.dataset import Dataset
 from training.data.schema import EVENT_TYPES
 from training.data.sources import Prepared
 from training.data.tabular import read_tabular, require_columns
-from training.errors import DataError
 
 ITEM_FIELDS = ("title", "description", "category", "brand", "price", "image")
 

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from training import storage
+from training.common import storage
+from training.common.errors import DataError
 from training.data.dataset import Dataset
 from training.data.sources import Prepared
 from training.data.tabular import read_tabular, require_columns
-from training.errors import DataError
 
 ATTRIBUTES = ["product_type_name", "product_group_name", "colour_group_name",
               "graphical_appearance_name", "department_name", "section_name", "garment_group_name",

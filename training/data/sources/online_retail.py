@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from training.common.errors import DataError
 from training.data.dataset import Dataset
 from training.data.sources import Prepared
 from training.data.tabular import read_tabular, require_columns
-from training.errors import DataError
 
 COLUMNS = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice",
            "CustomerID", "Country"]

@@ -32,9 +32,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw
 
+from training.common.errors import DataError
 from training.data.dataset import Dataset
 from training.data.sources import Prepared
-from training.errors import DataError
 
 CATEGORIES = ["dress", "sneakers", "backpack", "watch", "mug", "lamp", "headphones", "scarf",
               "jacket", "vase", "notebook", "sunglasses", "cushion", "bottle", "hat", "wallet"]

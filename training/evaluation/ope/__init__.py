@@ -8,7 +8,7 @@
   feedback with positions (Open Bandit Dataset), with :mod:`~training.evaluation.ope.data` (the
   logged rounds and the target policy) and :mod:`~training.evaluation.ope.reward_model` (the
   cross-fitted reward model of DM and DR);
-* :mod:`~training.evaluation.ope.cli`: the ``raycart ope`` command (no library module imports it).
+* :mod:`~training.commands.ope`: the ``raycart ope`` command (no library module imports it).
 
 Import from the modules; this package imports nothing, so the CLI starts without numpy or pyarrow.
 """

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.errors import DataError
+from training.common.errors import DataError
 
 ESTIMATORS = ("ips", "snips", "dm", "dr", "switch-dr")
 

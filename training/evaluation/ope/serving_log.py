@@ -28,7 +28,7 @@ the best event per shown item counts); a request's reward is the sum over its sl
 95 % intervals by bootstrap over requests; effective sample size and the largest weight with each.
 Plain pyarrow/numpy, no Ray. Logged bandit feedback with one action per round (Open Bandit
 Dataset) is evaluated by :mod:`training.evaluation.ope.estimators`; the ``raycart ope`` command
-is :mod:`training.evaluation.ope.cli`.
+is :mod:`training.commands.ope`.
 
 >>> import pyarrow as pa
 >>> imp = pa.table({"request_id": ["a", "a", "b", "b"], "item_id": ["x", "y", "x", "z"],

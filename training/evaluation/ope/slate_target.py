@@ -63,7 +63,7 @@ def model_ranker(model_dir: str, data: str | Dataset, candidates: int | None = N
     directory; their stored histories; unknown users get the cold-start answer)."""
     from training.data.dataset import load_dataset
     from training.data.interactions import Interactions
-    from training.modeldir import load_model
+    from training.inference.modeldir import load_model
 
     pipe = load_model(model_dir)
     ds = load_dataset(data) if isinstance(data, str) else data

@@ -10,7 +10,7 @@ from unit_models import N_ITEMS, VOCAB, _pipe
 from serving.core.images import ImageSource
 from serving.core.index import VectorIndex
 from serving.core.runtime_items import ServedModel, load_registry
-from training.new_items import ContentEncoder
+from training.inference.new_items import ContentEncoder
 
 
 def _store(root, n, record):

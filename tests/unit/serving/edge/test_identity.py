@@ -9,7 +9,7 @@ import json
 import pytest
 
 from serving.edge.identity import IdentityRefused, ShopperGate, ShopperTokens, TokenSecretError
-from training.errors import DataError
+from training.common.errors import DataError
 
 SECRET = b"s3cret-s3cret-s3cret-s3cret-0123456789"
 NOW = 1_700_000_000.0

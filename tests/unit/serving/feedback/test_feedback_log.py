@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from serving.feedback.log import FeedbackLog, FeedbackLogConfig
+from training.common.errors import DataError
 from training.data.feedback import count_rows, read_feedback
-from training.errors import DataError
 
 
 def _event(i: int) -> dict:

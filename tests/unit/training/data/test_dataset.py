@@ -4,8 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from training.common.errors import DataError, StorageError
 from training.data.dataset import load_dataset, save_dataset
-from training.errors import DataError, StorageError
 
 
 def test_round_trip(tiny_dataset, tmp_path):

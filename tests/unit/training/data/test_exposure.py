@@ -5,9 +5,9 @@ import pyarrow as pa
 import pytest
 import torch
 
+from training.common.errors import DataError
 from training.data.exposure import ExposureLists, decreasing_fit, examination, exposure_lists
 from training.data.from_feedback import merge_feedback
-from training.errors import DataError
 from training.models.ranker import listwise_loss
 
 T0 = 2_000_000_000_000_000  # microseconds: after every synthetic event

@@ -2,10 +2,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from training.common.errors import DataError
 from training.data.dataset import Dataset
 from training.data.interactions import Interactions
 from training.data.splits import SplitSpec, build_split
-from training.errors import DataError
 
 
 def _dataset(rows):

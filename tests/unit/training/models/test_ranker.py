@@ -6,9 +6,9 @@ import torch
 from unit_models import N_ITEMS, _feats, _stage, _train
 
 from training.data.interactions import Interactions
+from training.inference.pipeline import TwoStageScorer
 from training.models.ranker import Ranker, RankerConfig, listwise_loss
 from training.models.retriever import RetrieverConfig, RetrieverScorer
-from training.pipeline import TwoStageScorer
 
 
 def _planted_lists(rng, cats: np.ndarray, k: int):

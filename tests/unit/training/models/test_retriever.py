@@ -87,7 +87,7 @@ def test_full_and_sampled_losses_train():
 
 def test_training_sequences_shift_targets_by_one():
     from training.data.interactions import Interactions
-    from training.train_retriever import training_sequences
+    from training.jobs.train_retriever import training_sequences
 
     seqs = training_sequences(Interactions.from_lists([[5, 6, 7], [8], [1, 2]], 10), max_len=3)
     assert len(seqs) == 2 and seqs.inputs.shape == seqs.targets.shape == (2, 3)  # one item: no training pair
@@ -98,7 +98,7 @@ def test_training_sequences_shift_targets_by_one():
 
 def test_basket_targets_skip_basket_mates_and_cover_the_next_basket():
     from training.data.interactions import Interactions
-    from training.train_retriever import sequence_targets, training_sequences
+    from training.jobs.train_retriever import sequence_targets, training_sequences
 
     items, times = np.array([1, 2, 3, 4, 5, 6, 7]), np.array([0, 0, 5, 5, 5, 9, 9])
     x, y = sequence_targets(items, times, "basket")
@@ -116,7 +116,7 @@ def test_basket_targets_skip_basket_mates_and_cover_the_next_basket():
 
 def test_training_windows_cover_long_histories_newest_first():
     from training.data.interactions import Interactions
-    from training.train_retriever import training_sequences
+    from training.jobs.train_retriever import training_sequences
 
     seqs = Interactions.from_lists([list(range(1, 11)), [1, 2]], 20)
     out = training_sequences(seqs, max_len=4, windows=3)
@@ -129,7 +129,7 @@ def test_training_windows_cover_long_histories_newest_first():
 def test_run_name_changes_with_the_config():
     from dataclasses import replace
 
-    from training.train_retriever import RetrieverJob, run_name
+    from training.jobs.train_retriever import RetrieverJob, run_name
 
     job = RetrieverJob(data="d", out="o", model=RetrieverConfig.tiny())
     assert run_name(job) == run_name(replace(job, out="elsewhere"))

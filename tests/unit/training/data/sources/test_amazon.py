@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from training.common.errors import DataError
 from training.data.dataset import load_dataset, save_dataset
 from training.data.sources import get_source
-from training.errors import DataError
 
 
 def _amazon(tmp_path):

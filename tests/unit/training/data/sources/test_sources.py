@@ -6,9 +6,9 @@ import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
+from training.common.errors import DataError
 from training.data.sources import get_source
 from training.data.sources.synthetic import COLOURS, SyntheticConfig, generate
-from training.errors import DataError
 
 RETAIL_HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
 RETAIL_ROWS = [

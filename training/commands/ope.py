@@ -17,7 +17,7 @@ import argparse
 import logging
 from typing import TYPE_CHECKING
 
-from training.errors import DataError
+from training.common.errors import DataError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -67,7 +67,7 @@ def _serving_log(a: argparse.Namespace) -> dict:
 
 
 def _model_target(a: argparse.Namespace, impressions: pa.Table, events: pa.Table) -> dict:
-    from training import storage
+    from training.common import storage
     from training.evaluation.ope.slate_target import model_ranker, target_slate_value
 
     if not storage.exists(storage.join(a.target_policy, "model.json")):

@@ -6,7 +6,7 @@
   progress line. A replaced worker (``FailureConfig``) or a rerun of the same run name continues
   from the checkpoint: no epoch is lost or repeated.
 * :func:`fit` builds the ``TorchTrainer`` (DDP; rendezvous bound to the node address, see
-  :mod:`training.distributed`), runs it on local or S3 storage and returns the last checkpoint's
+  :mod:`training.jobs.distributed`), runs it on local or S3 storage and returns the last checkpoint's
   state (``best_model``, ``history``, ``best``, ``resumes``).
 """
 
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training import storage
-from training.progress import printing, say
+from training.common import storage
+from training.jobs.progress import printing, say
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ def fit(train_loop: Callable[[dict], None], inputs: object, *, name: str, storag
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from training.distributed import BoundTorchConfig
+    from training.jobs.distributed import BoundTorchConfig
 
     fs, path = storage.resolve(storage_path)
     trainer = TorchTrainer(

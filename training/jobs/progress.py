@@ -1,6 +1,6 @@
 """Progress lines from Ray Train workers to the console of the process that started the run.
 
-Raycart starts Ray with ``log_to_driver`` off (:func:`training.ray_env.init_ray`; ``--verbose``
+Raycart starts Ray with ``log_to_driver`` off (:func:`training.common.ray_env.init_ray`; ``--verbose``
 turns it on), so the workers' and Ray's own output stays in Ray's log files and the console shows
 only Raycart's lines. A worker's line (an epoch's loss, validation metric and ETA) reaches the
 driver through a small actor, :class:`ProgressSink`, that :func:`printing` starts on the driver's

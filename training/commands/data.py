@@ -7,9 +7,9 @@ import json
 import logging
 import time
 
+from training.common.errors import DataError
 from training.data.dataset import read_manifest, save_dataset
 from training.data.sources import SOURCES, get_source
-from training.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from training.errors import RaycartError
+from training.common.errors import RaycartError
 
 
 def loopback_before_import() -> None:
@@ -53,7 +53,7 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None, dashboard
     stopped; without it those CPUs stay reserved and the next trials never start.
 
     The workers' output is not streamed to this console (``log_to_driver``) unless
-    :func:`verbose`: Raycart's own progress lines come through :mod:`training.progress`."""
+    :func:`verbose`: Raycart's own progress lines come through :mod:`training.jobs.progress`."""
     imported_before = "ray" in sys.modules and "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
     loopback_before_import()
     import ray
@@ -66,7 +66,7 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None, dashboard
         if imported_before:
             raise RaycartError("Ray was imported before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set, so a "
                                "local Ray would listen on every interface; call "
-                               "training.ray_env.loopback_before_import() first (the raycart CLI does)")
+                               "training.common.ray_env.loopback_before_import() first (the raycart CLI does)")
         runtime_env = None
         if dashboard:
             # Ray's own processes that use the State API (Ray Train's placement-group cleaner) find

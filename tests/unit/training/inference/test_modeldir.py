@@ -1,4 +1,4 @@
-"""The model card and per-component state of a model directory (training.modeldir), without Ray."""
+"""The model card and per-component state of a model directory (training.inference.modeldir), without Ray."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from training.baselines.popularity import Popularity
+from training.common.errors import DataError
 from training.data.interactions import Interactions
-from training.errors import DataError
-from training.modeldir import (
+from training.inference.modeldir import (
     FORMAT_VERSION,
     ModelCard,
     Reranks,

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from training.data.schema import ITEMS
-from training.features import attribute_ids, item_tags, item_text
+from training.inference.features import attribute_ids, item_tags, item_text
 from training.models.retriever import ItemFeatures
 
 NEW_ITEM_FIELDS = pa.schema([(f.name, f.type) for f in ITEMS if f.name not in ("item_id",)])
@@ -26,7 +26,7 @@ def rows_table(records: list[dict]) -> pa.Table:
 
 class ContentEncoder:
     """Embeds new catalogue rows with the model's frozen encoders -- the same embedders that
-    computed the catalogue's features (:mod:`training.embed`), loaded on first use."""
+    computed the catalogue's features (:mod:`training.inference.embed`), loaded on first use."""
 
     def __init__(self, attribute_vocab: list[str], encoders: dict, text_dim: int | None, image_dim: int | None,
                  read_image=None):
@@ -44,7 +44,7 @@ class ContentEncoder:
         return bool(self.image_dim and self.encoders.get("image"))
 
     def _embed(self, kind: str, column: str, values: list) -> np.ndarray:
-        from training.embed import ImageEmbedder, TextEmbedder
+        from training.inference.embed import ImageEmbedder, TextEmbedder
         from training.models.encoders import ImageEncoderConfig, TextEncoderConfig
 
         if kind == "text" and self._text is None:

@@ -31,9 +31,9 @@ from training.data.dataset import Dataset, load_dataset
 from training.data.interactions import Interactions
 from training.data.splits import EvalTask, build_split, split_from_manifest
 from training.evaluation.metrics import EvalConfig, evaluate
-from training.features import build_item_features
-from training.loop import LoopSpec, driver_dataset, fit, plot_learning_curve, run_epochs
-from training.modeldir import ModelCard, TrainedOn, dataset_fingerprint, save_model_dir
+from training.inference.features import build_item_features
+from training.inference.modeldir import ModelCard, TrainedOn, dataset_fingerprint, save_model_dir
+from training.jobs.loop import LoopSpec, driver_dataset, fit, plot_learning_curve, run_epochs
 from training.models.encoders import ImageEncoderConfig, TextEncoderConfig
 from training.models.retriever import ItemFeatures, RetrieverConfig, RetrieverScorer, TwoTower, TwoTowerTrain, left_pad
 
@@ -105,7 +105,7 @@ class Sequences:
         return len(self.inputs)
 
     def columns(self) -> dict[str, np.ndarray]:
-        """The Ray Dataset's columns (see :func:`training.loop.driver_dataset`)."""
+        """The Ray Dataset's columns (see :func:`training.jobs.loop.driver_dataset`)."""
         return {"inputs": self.inputs, "targets": self.targets}
 
 
@@ -204,7 +204,7 @@ def run_name(job: RetrieverJob) -> str:
 
 def prepare_inputs(job: RetrieverJob) -> RetrieverInputs:
     """Dataset, splits, item features and training sequences (on the driver; no Ray Train)."""
-    from training.embed import embed_items
+    from training.inference.embed import embed_items
 
     ds = load_dataset(job.data)
     spec = split_from_manifest(ds, job.scheme)

@@ -1,14 +1,14 @@
-"""Training configuration files (training.config_file) and how `raycart train` layers them:
+"""Training configuration files (training.jobs.config_file) and how `raycart train` layers them:
 library defaults < the file < flags. No Ray: the CLI's parsing only."""
 
 from __future__ import annotations
 
 import pytest
 
-from training import train_cli
 from training.cli import build_parser
-from training.config_file import REPO_CONFIGS, KindConfig, read_config, write_config
-from training.errors import DataError
+from training.commands import train as train_cli
+from training.common.errors import DataError
+from training.jobs.config_file import REPO_CONFIGS, KindConfig, read_config, write_config
 from training.models.ranker_config import RankerConfig
 from training.models.retriever_config import RetrieverConfig
 

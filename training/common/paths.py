@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from training.errors import DataError
+from training.common.errors import DataError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 PUBLIC_SOURCES = {
     "data/amazon": "the S3-Rec repository (aHuiWang/CIKM2020-S3Rec, data/*.txt and *_item2attributes.json)",

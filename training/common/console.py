@@ -2,7 +2,7 @@
 
 Library code logs (``logging.getLogger(__name__)`` in ``training``, ``tuning`` and ``serving``);
 :func:`setup` shows those loggers' INFO lines on stdout as plain text, and with ``--verbose``
-their DEBUG lines and Ray's own output too (:func:`training.ray_env.verbose`).
+their DEBUG lines and Ray's own output too (:func:`training.common.ray_env.verbose`).
 """
 
 from __future__ import annotations

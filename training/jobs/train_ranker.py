@@ -14,7 +14,7 @@
    and for encoder fine-tuning, the frozen bottom of each encoder over every item, once;
 3. Ray Train ``TorchTrainer`` (DDP over ``workers``; example indices sharded per worker by Ray
    Data, the arrays shared through the object store), a checkpoint every epoch, resume after a
-   worker dies or on a rerun (:mod:`training.loop`);
+   worker dies or on a rerun (:mod:`training.jobs.loop`);
 4. evaluate the two-stage pipeline (retrieve ``eval_candidates`` -> rank) on the test part next to
    the retriever alone, with the same harness as ``raycart evaluate``, and export a ranker
    directory that embeds its retriever and loads without Ray.
@@ -36,22 +36,21 @@ import scipy.sparse as sp
 import torch
 
 from training.baselines.itemknn import ItemKNN, ItemKNNConfig
-from training.candidates import (
-    Candidates,
-    CandidateStage,
-    catalogue_scores,
-    generate_candidates,
-)
+from training.common.errors import DataError
 from training.data.dataset import Dataset, load_dataset, read_manifest
 from training.data.exposure import ExposureLists
 from training.data.funnel import dataset_stage_map, lookup
 from training.data.interactions import Interactions
 from training.data.splits import EvalTask, build_split, split_from_manifest
-from training.errors import DataError
 from training.evaluation.metrics import EvalConfig, evaluate
-from training.features import attribute_vocabulary, item_text
-from training.loop import LoopSpec, driver_dataset, fit, plot_learning_curve, run_epochs
-from training.modeldir import (
+from training.inference.candidates import (
+    Candidates,
+    CandidateStage,
+    catalogue_scores,
+    generate_candidates,
+)
+from training.inference.features import attribute_vocabulary, item_text
+from training.inference.modeldir import (
     ModelCard,
     Reranks,
     TrainedOn,
@@ -61,6 +60,8 @@ from training.modeldir import (
     read_state,
     save_model_dir,
 )
+from training.inference.pipeline import TwoStageScorer
+from training.jobs.loop import LoopSpec, driver_dataset, fit, plot_learning_curve, run_epochs
 from training.models.encoders import (
     ImageEncoder,
     ImageEncoderConfig,
@@ -77,7 +78,6 @@ from training.models.text_tuning import (
     require_peft,
     trainable_params,
 )
-from training.pipeline import TwoStageScorer
 
 if TYPE_CHECKING:
     from ray import ObjectRef
@@ -230,7 +230,7 @@ def _tuned_modules(job: RankerJob, tuning: dict | None) -> dict:
 
 def _bottom_states(job: RankerJob, ds) -> dict:
     """Run the frozen bottoms of the encoders being fine-tuned once over every item."""
-    from training.embed import image_uris
+    from training.inference.embed import image_uris
 
     cfg, out = job.model, {}
     if cfg.text_tune_layers > 0:
@@ -244,8 +244,7 @@ def _bottom_states(job: RankerJob, ds) -> dict:
 
         from PIL import Image
 
-        from training import storage
-
+        from training.common import storage
         t0 = time.time()
         uris = image_uris(ds)
         images = [Image.open(io.BytesIO(storage.read_bytes(u))) if u else None for u in uris]

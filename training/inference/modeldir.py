@@ -8,7 +8,7 @@ files (an item-embedding table, plots). ``load_model(dir)`` returns an object wi
 loader in :data:`LOADERS` as ``"module:function"``; a loader takes ``(config, state)``.
 
 Loading is strict: a card of another format version, with unknown or missing fields, or a state
-missing a component, is a :class:`~training.errors.DataError` that says what to do.
+missing a component, is a :class:`~training.common.errors.DataError` that says what to do.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from training import storage
-from training.errors import DataError
+from training.common import storage
+from training.common.errors import DataError
 
 FORMAT_VERSION = 2
 MODEL_JSON = "model.json"
@@ -34,7 +34,7 @@ LOADERS = {
     "popularity": "training.baselines.popularity:Popularity.from_state",
     "itemknn": "training.baselines.itemknn:ItemKNN.from_state",
     "retriever": "training.models.retriever:RetrieverScorer.from_state",
-    "ranker": "training.pipeline:TwoStageScorer.from_state",
+    "ranker": "training.inference.pipeline:TwoStageScorer.from_state",
 }
 
 # A model's state: named components (the retriever's weights, its item features, the kNN table,

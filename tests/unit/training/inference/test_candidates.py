@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from training.baselines.itemknn import ItemKNN, ItemKNNConfig
-from training.candidates import CandidateStage
 from training.data.interactions import Interactions
 from training.data.sources import get_source
+from training.inference.candidates import CandidateStage
 from training.models.ranker import DENSE_FEATURES
 from training.models.retriever import (
     ItemFeatures,

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.loop import driver_dataset
-from training.train_ranker import RankerExamples
+from training.jobs.loop import driver_dataset
+from training.jobs.train_ranker import RankerExamples
 
 
 def _examples(n: int = 5, c: int = 3, stages: bool = False) -> RankerExamples:

@@ -1,6 +1,6 @@
 """Retrieve-then-rank as one object: what ``raycart evaluate`` scores and what serving calls.
 
-:class:`TwoStageScorer` = :class:`~training.candidates.CandidateStage` (retriever top-K + dense
+:class:`TwoStageScorer` = :class:`~training.inference.candidates.CandidateStage` (retriever top-K + dense
 features) followed by the :class:`~training.models.ranker.Ranker`. A ranker model directory
 embeds the retriever it reranks (its weights and item features), the item-kNN model and the
 item statistics, so it loads on its own, without Ray; ``model.json`` records the retriever's
@@ -14,10 +14,10 @@ import scipy.sparse as sp
 import torch
 
 from training.baselines.itemknn import ItemKNN
-from training.candidates import Candidates, CandidateStage, catalogue_scores
 from training.data.funnel import lookup
 from training.data.interactions import Interactions
-from training.modeldir import ModelState, component
+from training.inference.candidates import Candidates, CandidateStage, catalogue_scores
+from training.inference.modeldir import ModelState, component
 from training.models.ranker import AUX_HEADS, Ranker, RankerConfig, history_tensor
 from training.models.retriever import ItemFeatures, RetrieverScorer, left_pad
 

@@ -1,6 +1,6 @@
 """The model kinds that Ray Train trains, behind one interface.
 
-``raycart train KIND`` (:mod:`training.train_cli`), the Tune sweep (:mod:`tuning.sweep`) and the
+``raycart train KIND`` (:mod:`training.commands.train`), the Tune sweep (:mod:`tuning.sweep`) and the
 retrain job (:mod:`serving.jobs.retrain`) dispatch through :data:`TRAINERS`; a new kind is one module
 with a job class, a config class and ``train``/``export`` functions, plus one entry here.
 
@@ -68,22 +68,22 @@ TRAINERS: dict[str, Trainer] = {
     "retriever": Trainer(
         kind="retriever", summary="the multimodal two-tower retriever",
         config="training.models.retriever_config:RetrieverConfig",
-        job="training.train_retriever:RetrieverJob",
-        train="training.train_retriever:train_retriever", export="training.train_retriever:export_retriever",
+        job="training.jobs.train_retriever:RetrieverJob",
+        train="training.jobs.train_retriever:train_retriever", export="training.jobs.train_retriever:export_retriever",
         run_settings=(("cache_dir", "raycart-work/cache"), ("valid_users", 0))),
     "ranker": Trainer(
         kind="ranker", summary="the multimodal ranker over the retriever's candidates",
         config="training.models.ranker_config:RankerConfig",
-        job="training.train_ranker:RankerJob",
-        train="training.train_ranker:train_ranker", export="training.train_ranker:export_ranker",
-        check="training.train_ranker:check_job",
+        job="training.jobs.train_ranker:RankerJob",
+        train="training.jobs.train_ranker:train_ranker", export="training.jobs.train_ranker:export_ranker",
+        check="training.jobs.train_ranker:check_job",
         run_settings=(("valid_fraction", 0.1),),
         inputs=(("retriever", "trained retriever model directory (local or s3://)"),)),
 }
 
 
 def trainer(kind: str) -> Trainer:
-    from training.errors import DataError
+    from training.common.errors import DataError
 
     if kind not in TRAINERS:
         raise DataError(f"unknown model kind {kind!r} (trainable: {', '.join(TRAINERS)})")

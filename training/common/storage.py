@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from training.errors import StorageError
+from training.common.errors import StorageError
 
 S3_SCHEME = "s3://"
 

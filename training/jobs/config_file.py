@@ -25,11 +25,11 @@ from typing import Any
 
 import yaml
 
-from training.errors import DataError
-from training.trainers import TRAINERS, trainer
+from training.common.errors import DataError
+from training.jobs.trainers import TRAINERS, trainer
 
 KINDS = tuple(TRAINERS)
-REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from training.evaluation.cli import add_split_args
+from training.commands.evaluate import add_split_args
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from training.loop import load_state
+from training.jobs.loop import load_state
 
 
 def _saved_like_the_train_loop() -> dict:

@@ -1,15 +1,15 @@
-"""``raycart train KIND``: one thin CLI over every kind of :data:`training.trainers.TRAINERS`.
+"""``raycart train KIND``: one thin CLI over every kind of :data:`training.jobs.trainers.TRAINERS`.
 
 Settings come from, in order of precedence: the flags, the ``--config`` YAML file
-(:mod:`training.config_file`), the library defaults (``tiny()`` with ``--smoke``)."""
+(:mod:`training.jobs.config_file`), the library defaults (``tiny()`` with ``--smoke``)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 
-from training.config_file import KindConfig
-from training.trainers import TRAINERS, Trainer
+from training.jobs.config_file import KindConfig
+from training.jobs.trainers import TRAINERS, Trainer
 
 # The run settings every kind takes (a config file's ``run`` section), with their defaults;
 # each kind adds its own (Trainer.run_settings).
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run_flags(p: argparse.ArgumentParser, t: Trainer) -> None:
     """What every Ray Train job takes: data, output, split and where and how it runs. Defaults are
     None here: a flag not given falls back to the config file, then to :data:`COMMON_RUN`."""
-    p.add_argument("--config", help="YAML configuration (training.config_file; e.g. configs/beauty.yaml); "
+    p.add_argument("--config", help="YAML configuration (training.jobs.config_file; e.g. configs/beauty.yaml); "
                                     "flags given here override it")
     p.add_argument("--data", required=True, help="dataset directory (local or s3://)")
     p.add_argument("--out", required=True, help="model directory to write (local or s3://)")
@@ -76,7 +76,7 @@ def _config_flags(p: argparse.ArgumentParser, config_cls) -> None:
 
 
 def _read_file(args: argparse.Namespace, kind: str):
-    from training.config_file import read_config
+    from training.jobs.config_file import read_config
 
     if not args.config:
         return KindConfig()
@@ -124,8 +124,8 @@ def build_job(args: argparse.Namespace):
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    from training.common.ray_env import init_ray
     from training.data.dataset import load_dataset
-    from training.ray_env import init_ray
 
     t = TRAINERS[args.trainer]
     job = build_job(args)

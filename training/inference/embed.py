@@ -23,9 +23,9 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from training import storage
+from training.common import storage
 from training.data.dataset import Dataset
-from training.features import item_text
+from training.inference.features import item_text
 from training.models.encoders import ImageEncoder, TextEncoder
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import torch
 from unit_models import N_ITEMS, VOCAB, _pipe, _train
 
 from training.data.interactions import Interactions
-from training.new_items import ContentEncoder, rows_table
+from training.inference.new_items import ContentEncoder, rows_table
 
 
 def test_new_items_get_content_vectors_and_are_retrieved_and_ranked():
