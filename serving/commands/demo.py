@@ -282,13 +282,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     ranker, metrics = train_models(cfg, data)
     stages["train"] = time.time() - t
     t = time.time()
-    from ray import serve
-
+    from serving.deploy.run import start_app, stop_app
     from training.common.ray_env import quiet_ray
 
     quiet_ray()  # importing Serve set its driver logger back to INFO
 
-    from serving.deploy.app import build_app
     from training.common import storage
     from training.data.feedback import read_feedback
 
@@ -302,9 +300,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             "image_root": storage.absolute(data),
             "trust_loopback": True}  # a local demo without keys: the requests below and the browser are on loopback
     url = f"http://{cfg.host}:{cfg.port}"
-    serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": 30})
     try:
-        serve.run(build_app(args), name="raycart", route_prefix="/")
+        start_app(args, cfg.host, cfg.port, http_timeout_s=30)
         ready = _wait_ready(url)
         stages["serve start"] = time.time() - t
         log.info(f"\n[demo] serving {ranker} on {url} ({ready['items']:,} items)")
@@ -324,8 +321,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             stop.wait()
     finally:
         log.info("\n[demo] shutting down: flushing the feedback log, checkpointing the policy")
-        serve.delete("raycart")
-        serve.shutdown()
+        stop_app()
     impressions = read_feedback(args["feedback_root"], "impressions").num_rows
     events = read_feedback(args["feedback_root"], "events").num_rows
     summary: dict[str, Any]

@@ -59,15 +59,13 @@ def serve_app(args: argparse.Namespace) -> int:
     if card.kind != "ranker":
         raise DataError(f"{args.models}: serving needs a ranker directory (raycart train ranker); "
                         f"this one holds a {card.kind!r} model")
-    init_ray()  # before serving.deploy.app imports Ray: binds 127.0.0.1 locally
-    from ray import serve
-
+    init_ray()  # before serving.deploy imports Ray: binds 127.0.0.1 locally
+    from serving.deploy.run import start_app, stop_app
     from training.common.ray_env import quiet_ray
 
     quiet_ray()  # importing Serve set its driver logger back to INFO
 
     from serving.core.schemas import AppArgs
-    from serving.deploy.app import build_app
 
     absolute = storage.absolute  # Serve replicas need not share this process's working directory
     app_args = AppArgs(model_dir=absolute(args.models), data_dir=absolute(args.data),
@@ -80,17 +78,14 @@ def serve_app(args: argparse.Namespace) -> int:
                        image_root=absolute(args.image_root) if args.image_root else None,
                        trust_loopback=args.trust_loopback)
 
-    serve.start(http_options={"host": args.host, "port": args.port,
-                              "request_timeout_s": app_args.request_timeout_s + 5})
-    serve.run(build_app(app_args), name="raycart", route_prefix="/")
+    start_app(app_args, args.host, args.port)
     log.info(f"raycart serving {args.models} on http://{args.host}:{args.port} (Ctrl-C to stop)")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     log.info("raycart: shutting down (flushing the feedback log, checkpointing the policy)")
-    serve.delete("raycart")
-    serve.shutdown()
+    stop_app()
     return 0
 
 

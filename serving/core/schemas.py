@@ -196,7 +196,7 @@ class AppArgs(BaseModel):
     image_max_bytes: int = Field(5 * 1024 * 1024, ge=1)  # an image file larger than this is refused
     image_max_pixels: int = Field(40_000_000, ge=1)  # ... and an image with more pixels (decompression bombs)
     wal_retry_max_s: float = Field(30.0, gt=0)  # longest wait between retries of a failed feedback-log publish
-    # -- retraining from the log on a schedule (serving.jobs.schedule); off unless one is set --
+    # -- retraining from the log on a schedule (serving.deploy.retrain_trigger); off unless one is set --
     retrain_every_events: int | None = Field(None, ge=1)  # feedback events published since the last retrain
     retrain_every_minutes: float | None = Field(None, gt=0)  # ... or this long, with at least one new event
     retrain_poll_s: float = Field(30.0, gt=0)  # how often the schedule counts the log
@@ -204,6 +204,10 @@ class AppArgs(BaseModel):
     retrain_epochs: int | None = Field(None, ge=1)  # None: the serving model's configuration
     retrain_workers: int = Field(1, ge=1)
     retrain_ndcg_margin: float = Field(0.01, ge=0)  # the gate: how far holdout NDCG@10 may fall
+    # the declarative hook to the job runner: the import path ("module:function") of a function that
+    # returns the handle of the detached actor running the retrain jobs (resolved with importlib by
+    # the schedule, which does not import serving.jobs)
+    retrainer: str = Field("serving.jobs.retrainer:retrainer", pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
     # the dataset the first model was trained on: a promoted app serves the merged data (data_dir),
     # the log is merged into this one (None: data_dir)
     base_data_dir: str | None = None

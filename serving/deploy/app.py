@@ -46,6 +46,7 @@ from serving.deploy.deployments import ItemRegistry, Ranker, Retriever, Retrieve
 from serving.deploy.netbind import bind_replica_grpc_to_node_address
 from serving.deploy.policy import Policy
 from serving.deploy.ray_metrics import RaySink
+from serving.deploy.retrain_trigger import RetrainTrigger
 from serving.deploy.state_store import StateAccess, UserStateStore
 from serving.edge.http import EdgeLog, Runtime, configure, open_feedback_log
 from serving.edge.security import ApiKeys
@@ -225,7 +226,7 @@ class Ingress:
         # the file's name, instead of serving without keys
         ApiKeys.load(args.api_keys_file)
         self.args = args
-        self.retrain = retrain  # the schedule (serving.jobs.schedule), if on
+        self.retrain = retrain  # the schedule (serving.deploy.retrain_trigger), if on
         try:
             writer = serve.get_replica_context().replica_id.unique_id
         except Exception:  # noqa: BLE001 -- outside a replica (local testing mode)
@@ -292,8 +293,6 @@ def build_app(args: dict | AppArgs) -> serve.Application:
         ranker = Ranker.options(**scaled("Ranker"), **model).bind(fixed, registry)  # type: ignore[attr-defined]
     retrain = None
     if a.retrain_every_events is not None or a.retrain_every_minutes is not None:
-        from serving.jobs.schedule import RetrainTrigger
-
         retrain = RetrainTrigger.options(ray_actor_options={"num_cpus": 0}).bind(a)  # type: ignore[attr-defined]
     return Ingress.options(**scaled("Ingress")).bind(retriever, ranker, Policy.options(**cpus).bind(fixed), registry,  # type: ignore[attr-defined]
                                                      state, fixed, retrain)

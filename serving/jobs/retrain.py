@@ -18,7 +18,8 @@
      logs barely overlap either model's rankings (effective sample size < ``min_ess``) this check
      is reported as inconclusive and the holdout decides.
 4. **Promote**: with ``app_args`` (the running app's ``AppArgs`` as YAML/JSON), the app is
-   redeployed with the candidate ``work/candidates/<version>`` and the merged data (``serve.run``:
+   redeployed with the candidate ``work/candidates/<version>`` and the merged data, named by its
+   builder's import path and arguments as ``serve deploy`` names it (:func:`serving.deploy.run.run_app`:
    Serve replaces the replicas one at a time, no request is dropped -- ``tests/integration/test_serve.py``).
    Without it the decision report names the model directory to roll out.
 
@@ -155,17 +156,16 @@ def promote(app_args: str, candidate: str, version: str, data: str) -> dict:
     """Redeploy the app running with ``app_args`` (its AppArgs as YAML/JSON) with the candidate (a complete model directory, published atomically by
     training under its version's name) and the merged data ``data``."""
     import yaml
-    from ray import serve
 
     from serving.core.schemas import AppArgs
-    from serving.deploy.app import build_app
+    from serving.deploy.run import APP_BUILDER, run_app
 
     serving = AppArgs(**yaml.safe_load(storage.read_bytes(app_args)))
     # the merged data too: its histories hold the engagement the candidate learned from; the next
     # retrain merges the log into the base data again, not into this merge
     args = serving.model_copy(update={"model_dir": storage.absolute(candidate), "model_version": version,
                                       "data_dir": storage.absolute(data), "base_data_dir": serving.base_data})
-    serve.run(build_app(args), name="raycart", route_prefix="/")
+    run_app(APP_BUILDER, args)  # declarative, as `serve deploy`: the builder's import path and its args
     log.info(f"[retrain] promoted {version}: the app now serves {candidate}")
     return {"model_dir": candidate, "model_version": version, "data_dir": data}
 

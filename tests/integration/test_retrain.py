@@ -149,7 +149,7 @@ def test_the_app_retrains_on_schedule_and_promotes_under_load(tiny_shop, logged,
     from ray import serve
 
     from serving.deploy.app import build_app
-    from serving.jobs.schedule import RETRAINER
+    from serving.jobs.retrainer import RETRAINER
     from serving.state.redis_server import free_port
 
     root = logged["root"] / "scheduled"

@@ -1,15 +1,22 @@
-"""Retraining on a schedule from the running app (off by default).
+"""Retraining on a schedule from the running app (off by default): the :class:`RetrainTrigger`
+deployment.
 
 With ``AppArgs.retrain_every_events`` (feedback events published to the log since the last
-retrain) and/or ``retrain_every_minutes`` (and at least one new event), the :class:`RetrainTrigger`
-deployment (one replica, no request traffic) checks the feedback log every ``retrain_poll_s`` --
-it counts rows from the Parquet footers, reading no data -- and, when due, hands a
-:class:`serving.jobs.retrain.RetrainJob` to the **retrainer**: a detached Ray actor, so the job
-survives the redeploy it may end with. The job is the same as ``raycart retrain`` (merge, warm
-retrain with Ray Train, gate, promote with ``serve.run`` -- rolling, no request dropped) against
-the app's own arguments: its serving model, the *base* dataset (``base_data_dir``: a promoted app
-serves the merged data, and the log is merged into the base again, never twice) and its log.
-One job at a time; a job that fails is logged and the schedule goes on.
+retrain) and/or ``retrain_every_minutes`` (and at least one new event), the trigger (one replica, no
+request traffic) checks the feedback log every ``retrain_poll_s`` -- it counts rows from the
+Parquet footers, reading no data -- and, when due, hands a :class:`serving.jobs.retrain.RetrainJob`
+(as its fields) to the **retrainer**: a detached Ray actor (:mod:`serving.jobs.retrainer`), so the
+job survives the redeploy it may end with. The job is the same as ``raycart retrain`` (merge, warm
+retrain with Ray Train, gate, promote through :func:`serving.deploy.run.run_app` -- rolling, no
+request dropped) against the app's own arguments: its serving model, the *base* dataset
+(``base_data_dir``: a promoted app serves the merged data, and the log is merged into the base
+again, never twice) and its log. One job at a time; a job that fails is logged and the schedule
+goes on.
+
+The trigger reaches the retrainer through the import path ``AppArgs.retrainer`` (a function that
+returns the actor's handle), resolved with importlib when the replica starts: the declarative hook by
+which the Serve graph starts a job without importing ``serving.jobs`` (the jobs layer sits above
+this one: its promotion redeploys the graph).
 
 :class:`RetrainSchedule` is the Ray-free rule, unit-tested on its own.
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -27,9 +35,9 @@ from ray import serve
 
 from serving.core.schemas import AppArgs
 from serving.deploy.netbind import bind_replica_grpc_to_node_address
+from serving.deploy.run import resolve
 
 log = logging.getLogger(__name__)
-RETRAINER = "raycart-retrainer"  # the detached actor's name (namespace "raycart")
 
 
 @dataclass
@@ -58,51 +66,18 @@ class RetrainSchedule:
         self.events_at_start, self.started_at = events, now
 
 
-@ray.remote(num_cpus=0, max_concurrency=2)  # type: ignore[call-overload]  # actor options: not in remote()'s stubs
-class Retrainer:
-    """Runs one :func:`serving.jobs.retrain.retrain` at a time in this detached actor."""
-
-    def __init__(self):
-        self.running: str | None = None
-        self.last: dict | None = None
-        self.lock = threading.Lock()
-
-    def busy(self) -> bool:
-        return self.running is not None
-
-    def status(self) -> dict:
-        return {"running": self.running, "last": self.last}
-
-    def run(self, job_fields: dict) -> dict:
-        from serving.jobs.retrain import RetrainJob, retrain
-
-        with self.lock:
-            if self.running:
-                return {"skipped": f"a retrain is running ({self.running})"}
-            self.running = time.strftime("%Y-%m-%dT%H:%M:%S")
-        try:
-            report = retrain(RetrainJob(**job_fields))
-            self.last = {"version": report["version"], "decision": report["decision"],
-                         "promoted": report.get("promoted"), "report": report.get("report")}
-        except Exception as exc:
-            log.exception("scheduled retrain failed")
-            self.last = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
-        finally:
-            self.running = None
-        return self.last
-
-
-def retrainer() -> ray.actor.ActorHandle:
-    # .options is added by @ray.remote; the stubs do not show it on the class
-    return Retrainer.options(name=RETRAINER, namespace="raycart", lifetime="detached",  # type: ignore[attr-defined]
-                             get_if_exists=True).remote()
-
-
 @serve.deployment(num_replicas=1)
 class RetrainTrigger:
+    """Starts a retrain in the retrainer actor when :class:`RetrainSchedule` says it is due;
+    :meth:`status` reports the schedule and the retrainer's running and last job."""
+
     def __init__(self, args: AppArgs):
         bind_replica_grpc_to_node_address()
         self.args = args
+        # the hook: the function AppArgs.retrainer names returns the detached actor's handle (and
+        # starts the actor if none runs); resolved here, so a wrong import path stops the
+        # deployment with its error instead of failing every tick
+        self.retrainer: Callable[[], ray.actor.ActorHandle] = resolve(args.retrainer)
         self.schedule = RetrainSchedule(args.retrain_every_events, args.retrain_every_minutes)
         # a new replica (after a promotion, say) starts counting from the log as it is at its first
         # successful count (a log it cannot read yet must not count as all new later)
@@ -153,7 +128,7 @@ class RetrainTrigger:
             return False
         if not self.schedule.due(events, now):
             return False
-        actor = retrainer()
+        actor = self.retrainer()
         if ray.get(actor.busy.remote()):
             return False
         self.schedule.start(events, now)
@@ -165,7 +140,7 @@ class RetrainTrigger:
         return {"schedule": {"every_events": self.schedule.every_events,
                              "every_minutes": self.schedule.every_minutes,
                              "events_at_last_start": self.schedule.events_at_start},
-                **cast(dict, ray.get(retrainer().status.remote()))}
+                **cast(dict, ray.get(self.retrainer().status.remote()))}
 
     def __del__(self):
         self.stop.set()

@@ -3,7 +3,7 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from serving.jobs.schedule import RetrainSchedule
+from serving.deploy.retrain_trigger import RetrainSchedule
 from training.data.feedback import count_rows
 
 
