@@ -25,6 +25,9 @@ class Retrainer:
     """Runs one :func:`serving.jobs.retrain.retrain` at a time in this detached actor."""
 
     def __init__(self):
+        from training.common import console
+
+        console.setup()  # the job's progress lines in this actor's log, as `raycart retrain` prints them
         self.running: str | None = None
         self.last: dict | None = None
         self.lock = threading.Lock()
