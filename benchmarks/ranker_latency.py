@@ -5,7 +5,7 @@ thread (what a 1-CPU Serve replica gets) and with every core:
 
 * ``rank only``: the ranker's forward pass over precomputed 200-candidate lists (the part that
   grows with the candidate count);
-* ``retrieve + features + rank``: :meth:`TwoStageScorer.recommend`, i.e. retriever user tower +
+* ``retrieve + features + rank``: :meth:`Pipeline.recommend`, i.e. retriever user tower +
   exact dot-product search over the catalogue + item-kNN and popularity features + ranker + reasons;
 * ``retrieve only``: the retriever's top 200 (the baseline the ranker is added to).
 
@@ -53,14 +53,14 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/ranker_latency.json")
     args = ap.parse_args()
     card = read_card(args.model)
-    pipe = load_model(args.model, card)
+    pipeline = load_model(args.model, card)
     ds = load_dataset(args.data)
     test = build_split(ds, split_from_manifest(ds, card.trained_on.scheme), "test")
-    k = pipe.k
+    k = pipeline.k
     rng = np.random.default_rng(0)
     rows = rng.choice(len(test.users), size=32 * 8, replace=False)
     hist_all = test.history.take_users(rows)
-    cands = pipe.stage.generate(hist_all, k)
+    cands = pipeline.generator.generate(hist_all, k)
 
     def batch(i: int, b: int) -> np.ndarray:
         lo = (i * b) % (len(rows) - b + 1)
@@ -76,14 +76,14 @@ def main() -> None:
                 idx = batch(i, b)
                 sub = hist_all.take_users(idx)
                 from training.inference.candidates import Candidates
-                pipe.rank(sub, Candidates(idx, cands.items[idx], cands.dense[idx], cands.label[idx]))
+                pipeline.rank(sub, Candidates(idx, cands.items[idx], cands.dense[idx], cands.label[idx]))
 
             def two_stage(i, b=b):
-                pipe.recommend(hist_all.take_users(batch(i, b)), n=10)
+                pipeline.recommend(hist_all.take_users(batch(i, b)), n=10)
 
             def retrieve_only(i, b=b):
                 with torch.no_grad():
-                    s = pipe.stage.retriever.score(None, hist_all.take_users(batch(i, b)))
+                    s = pipeline.generator.retriever.score(None, hist_all.take_users(batch(i, b)))
                     top_k(s, k)
 
             for name, fn in (("rank only", rank_only), ("retrieve + features + rank", two_stage),

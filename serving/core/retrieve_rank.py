@@ -111,7 +111,7 @@ class ModelHolder:
         rollout, safe to run in a worker thread while the current version keeps serving."""
         served = ServedModel(spec, self.images)
         if self.with_index:
-            served.index = VectorIndex(served.pipe.stage.retriever.item_vecs.numpy(), self.index_config)
+            served.index = VectorIndex(served.pipeline.generator.retriever.item_vecs.numpy(), self.index_config)
         return served
 
     def install(self, served: ServedModel) -> None:
@@ -208,7 +208,7 @@ class Retrieval:
         return self.compute(await self.holder.current(q.items_version, q.model_version), q)
 
     def compute(self, s: ServedModel, q: CandidateQuery) -> CandidateSet:
-        """The top ``pipe.k`` unseen items, plus ``q.live.explore`` exploration candidates (a random
+        """The top ``pipeline.k`` unseen items, plus ``q.live.explore`` exploration candidates (a random
         sample of the rest of the catalogue thinned by :func:`spread`), with the ranker's dense
         features, the item vectors and the policy's per-item columns
         (:func:`~training.models.bandit.user_item_features`).
@@ -218,16 +218,16 @@ class Retrieval:
         data or the last dated item; without ``times`` everything is dated at the end. ``s``: the
         model with the query's runtime items applied (:meth:`ModelHolder.current`)."""
         started = time.perf_counter()
-        pipe = s.pipe
+        pipeline = s.pipeline
         live = q.live
         times = q.times
         if times is not None:
             t = np.asarray(times, dtype=np.int64)
-            now = max(pipe.stage.end_us, int(t.max(initial=0)))
+            now = max(pipeline.generator.end_us, int(t.max(initial=0)))
             times = np.where(t < 0, now, t)
-        hist = history_row(q.history, times, pipe.num_items, pipe.stage.end_us)
-        user, never, items, scores = self._search(s, hist, pipe.k)
-        vecs = pipe.stage.retriever.item_vecs.numpy()
+        hist = history_row(q.history, times, pipeline.num_items, pipeline.generator.end_us)
+        user, never, items, scores = self._search(s, hist, pipeline.k)
+        vecs = pipeline.generator.retriever.item_vecs.numpy()
         retrieved = items[0][items[0] >= 0]
         if live.explore:
             taken = np.zeros(len(vecs), dtype=bool)
@@ -239,7 +239,7 @@ class Retrieval:
             extra = spread(vecs, pool, np.r_[hist.row(0)[-20:], live.shown].astype(np.int64), live.explore)
             items = np.r_[retrieved, extra][None, :].astype(np.int64)
             scores = (vecs[items[0]] @ user[0])[None, :]
-        c = pipe.stage.from_search(hist, items, scores)
+        c = pipeline.generator.from_search(hist, items, scores)
         found = c.items[0]
         safe = np.maximum(found, 0)
         policy = user_item_features(user[0], vecs[safe], vecs[live.recent] if live.recent else None, live.dim,
@@ -253,7 +253,7 @@ class Retrieval:
     def _search(s: ServedModel, hist: Interactions, k: int):
         """The user vector of ``hist``, the quarantined items, and the index's top ``k`` for it,
         neither the history nor the quarantined items among them."""
-        user = s.pipe.stage.retriever.user_vectors(hist).numpy()
+        user = s.pipeline.generator.retriever.user_vectors(hist).numpy()
         never = np.fromiter(s.quarantined, np.int64, len(s.quarantined))
         items, scores = _index_of(s).search(user, k, [np.r_[hist.row(0), never]])
         return user, never, items, scores
@@ -262,7 +262,7 @@ class Retrieval:
         """The ``k`` items nearest to ``item`` (the user tower over a one-item history; the
         index alone, no candidate features)."""
         s = await self.holder.current(items_version)
-        hist = history_row(np.array([item], np.int64), None, s.pipe.num_items, s.pipe.stage.end_us)
+        hist = history_row(np.array([item], np.int64), None, s.pipeline.num_items, s.pipeline.generator.end_us)
         items = self._search(s, hist, k)[2][0]
         return [int(i) for i in items if i >= 0]
 
@@ -295,8 +295,8 @@ class Ranking:
 
     def compute(self, s: ServedModel, queries: list[RankQuery]) -> list[RankedList]:
         started = time.perf_counter()
-        pipe = s.pipe
-        hist = Interactions.from_lists([q.history.tolist() for q in queries], pipe.num_items)
+        pipeline = s.pipeline
+        hist = Interactions.from_lists([q.history.tolist() for q in queries], pipeline.num_items)
         rows = [hist.row(i) for i in range(len(queries))]
         k = max(len(q.items) for q in queries)
         width = queries[0].dense.shape[-1]
@@ -306,17 +306,17 @@ class Ranking:
             items[i, :len(q.items)], dense[i, :len(q.items)] = q.items, q.dense
         cands = Candidates(np.arange(len(queries)), items, dense, np.zeros(items.shape, bool))
         stage: torch.Tensor | None = None
-        if pipe.stages is not None:
-            padded = left_pad(rows, pipe.ranker.config.max_len)
+        if pipeline.stages is not None:
+            padded = left_pad(rows, pipeline.ranker.config.max_len)
             codes = np.zeros(padded.shape, np.int64)
             for i, q in enumerate(queries):
                 if q.user is not None:
-                    codes[i] = lookup(pipe.stages, np.array([q.user]), padded[i:i + 1])[0]
+                    codes[i] = lookup(pipeline.stages, np.array([q.user]), padded[i:i + 1])[0]
                 for item, code in q.live_stages.items():  # events since training
                     codes[i] = np.where(padded[i] == item, np.maximum(codes[i], code), codes[i])
             stage = torch.from_numpy(codes)
         out = []
-        for ranked in pipe.ranked_lists(hist, cands, stage):
+        for ranked in pipeline.ranked_lists(hist, cands, stage):
             has = bool(ranked) and "p_cart" in ranked[0]
             out.append(RankedList(
                 s.version, np.array([r["retriever_rank"] for r in ranked], np.int64),

@@ -70,10 +70,10 @@ class ServedModel:
 
     def __init__(self, spec: ModelSpec, images: ImageSource):
         card = read_card(spec.model_dir)
-        self.pipe = load_model(spec.model_dir, card)
+        self.pipeline = load_model(spec.model_dir, card)
         self.version = spec.model_version
-        text_dim, image_dim = self.pipe.content_dims()
-        self.encoder = ContentEncoder(self.pipe.vocab, card.encoders, text_dim, image_dim, read_image=images.read)
+        text_dim, image_dim = self.pipeline.content_dims()
+        self.encoder = ContentEncoder(self.pipeline.vocab, card.encoders, text_dim, image_dim, read_image=images.read)
         self.applied = 0  # registry records applied
         self.images = images
         self.quarantined: set[int] = set()  # internal ids never recommended (see apply)
@@ -125,9 +125,9 @@ class ServedModel:
                 for i in range(len(records)):
                     bad.setdefault(i, f"embedding the batch failed ({type(exc).__name__})")
                 feats = self.embed(content())  # ids only: nothing left to fail on
-        start = self.pipe.num_items
+        start = self.pipeline.num_items
         rows = rows_table(content())
-        vecs = self.pipe.add_items(feats, rows["price"].to_numpy(zero_copy_only=False))
+        vecs = self.pipeline.add_items(feats, rows["price"].to_numpy(zero_copy_only=False))
         for i, why in bad.items():
             self.quarantined.add(start + i)
             log.warning("runtime item %r (position %s) quarantined: %s", records[i]["item_id"],

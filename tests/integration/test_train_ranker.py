@@ -61,13 +61,13 @@ def test_reasons_name_the_planted_tastes(shop_and_retriever, tmp_path):
     data, retriever = shop_and_retriever
     train_ranker(RankerJob(data=data, retriever=retriever, out=str(tmp_path / "ranker"),
                            model=replace(RANKER, epochs=6, patience=3), workers=2, storage=str(tmp_path / "runs")))
-    pipe = load_model(str(tmp_path / "ranker"))
+    pipeline = load_model(str(tmp_path / "ranker"))
     ds = load_dataset(data)
     test = build_split(ds, split_from_manifest(ds, "loo"), "test")
     users = test.users[:150]
-    recs = pipe.recommend(test.history.take_users(np.arange(150)), n=5, users=users)
+    recs = pipeline.recommend(test.history.take_users(np.arange(150)), n=5, users=users)
     # the shop has view/click/cart/purchase events: the multi-task heads come with every item
-    assert pipe.ranker.config.use_stage and pipe.stages is not None
+    assert pipeline.ranker.config.use_stage and pipeline.stages is not None
     assert all(0 <= r["p_cart"] <= 1 and 0 <= r["p_purchase"] <= 1 for rec in recs for r in rec)
     tastes = [{a.replace("taste_", "") for a in attrs} for attrs in ds.users["attributes"].to_pylist()]
     item_attrs = [set(a) for a in ds.items["attributes"].to_pylist()]

@@ -6,8 +6,8 @@ import torch
 
 from training.baselines.itemknn import ItemKNN, ItemKNNConfig
 from training.data.interactions import Interactions
-from training.inference.candidates import CandidateStage
-from training.inference.pipeline import TwoStageScorer
+from training.inference.candidates import CandidateGenerator
+from training.inference.pipeline import Pipeline
 from training.models.ranker import Ranker, RankerConfig
 from training.models.retriever import ItemFeatures, RetrieverConfig, RetrieverScorer, TwoTower
 
@@ -21,11 +21,11 @@ def _feats(n=N_ITEMS):
     return ItemFeatures(n, np.ones(n, bool), indptr, np.concatenate(attrs), 5)
 
 
-def _stage(train: Interactions, seed=0) -> CandidateStage:
+def _stage(train: Interactions, seed=0) -> CandidateGenerator:
     torch.manual_seed(seed)
     retriever = RetrieverScorer(TwoTower(RetrieverConfig.tiny(), _feats()))
     knn = ItemKNN(ItemKNNConfig.tiny()).fit(train)
-    return CandidateStage.fit(retriever, knn, train, np.linspace(1, 30, N_ITEMS))
+    return CandidateGenerator.fit(retriever, knn, train, np.linspace(1, 30, N_ITEMS))
 
 
 def _train() -> Interactions:
@@ -33,8 +33,8 @@ def _train() -> Interactions:
     return Interactions.from_lists([list(rng.choice(N_ITEMS, 6, replace=False)) for _ in range(40)], N_ITEMS)
 
 
-def _pipe() -> TwoStageScorer:
+def _pipeline() -> Pipeline:
     train = _train()
     stage = _stage(train)
     torch.manual_seed(0)
-    return TwoStageScorer(stage, Ranker(RankerConfig.tiny(), _feats()), VOCAB)
+    return Pipeline(stage, Ranker(RankerConfig.tiny(), _feats()), VOCAB)

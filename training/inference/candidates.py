@@ -1,6 +1,6 @@
 """Stage one of retrieve-then-rank: the retriever's top-K candidates and their dense features.
 
-:class:`CandidateStage` holds what a candidate's features come from -- the trained retriever, an
+:class:`CandidateGenerator` holds what a candidate's features come from -- the trained retriever, an
 item-kNN model over the same interactions, item popularity and price -- and turns a batch of user
 histories into ``(candidates, dense features)``; with ``targets`` it also makes sure the true next
 items are marked in each list (for training the ranker). Plain numpy/torch: the same object
@@ -31,7 +31,7 @@ class Candidates:
     label: np.ndarray  # (N, K) bool: which candidates are targets (all False without targets)
 
 
-class CandidateStage:
+class CandidateGenerator:
     """``log_pop``/``log_price`` per item; ``event_keys``: the training events as sorted
     ``item << 32 | seconds since time_origin`` keys, for each candidate's recent popularity (its
     interactions in the ``recent_days`` before the user's last event: what is selling *now*).
@@ -59,7 +59,7 @@ class CandidateStage:
 
     @classmethod
     def fit(cls, retriever: RetrieverScorer, knn: ItemKNN, train: Interactions, prices: np.ndarray,
-            timestamps: TimestampKind = "time") -> CandidateStage:
+            timestamps: TimestampKind = "time") -> CandidateGenerator:
         """Item statistics from ``train`` (what the models were fitted on) and the catalogue prices;
         ``timestamps``: what ``train.times`` are (the dataset's ``timestamps``) -- ``"position"``
         turns recent popularity off (see the class)."""
@@ -94,7 +94,7 @@ class CandidateStage:
     def recent_days_of(arrays) -> int | None:
         """The ``recent_days`` stored by :meth:`arrays` (0: off); a state saved before it was stored
         had the feature on with :attr:`RECENT_DAYS`."""
-        days = int(arrays["recent_days"]) if "recent_days" in arrays else CandidateStage.RECENT_DAYS
+        days = int(arrays["recent_days"]) if "recent_days" in arrays else CandidateGenerator.RECENT_DAYS
         return days or None
 
     def _now(self, history: Interactions) -> np.ndarray:
@@ -198,22 +198,22 @@ def catalogue_scores(items: np.ndarray, logits: torch.Tensor, num_items: int) ->
     return out
 
 
-def generate_candidates(stage_ref, history: Interactions, k: int, targets: Interactions | None = None,
+def generate_candidates(generator_ref, history: Interactions, k: int, targets: Interactions | None = None,
                         concurrency: int = 1, batch_size: int = 256) -> Candidates:
-    """:meth:`CandidateStage.generate` over every history row as Ray Data batch inference: rows go
-    out in batches to an actor pool that holds the stage (``stage_ref``: an object ref of it)."""
+    """:meth:`CandidateGenerator.generate` over every history row as Ray Data batch inference: rows go
+    out in batches to an actor pool that holds the stage (``generator_ref``: an object ref of it)."""
     import ray
     import ray.data
 
     class _Actor:
         def __init__(self):
-            self.stage = ray.get(stage_ref)
+            self.generator = ray.get(generator_ref)
             self.history, self.targets = ray.get(hist_ref), ray.get(tgt_ref)
 
         def __call__(self, batch: dict) -> dict:
             rows = batch["row"]
             tg = self.targets.take_users(rows) if self.targets is not None else None
-            c = self.stage.generate(self.history.take_users(rows), k, tg)
+            c = self.generator.generate(self.history.take_users(rows), k, tg)
             return {"row": rows, "items": c.items, "dense": c.dense, "label": c.label}
 
     import pyarrow as pa

@@ -34,7 +34,7 @@ LOADERS = {
     "popularity": "training.baselines.popularity:Popularity.from_state",
     "itemknn": "training.baselines.itemknn:ItemKNN.from_state",
     "retriever": "training.models.retriever:RetrieverScorer.from_state",
-    "ranker": "training.inference.pipeline:TwoStageScorer.from_state",
+    "ranker": "training.inference.pipeline:Pipeline.from_state",
 }
 
 # A model's state: named components (the retriever's weights, its item features, the kNN table,

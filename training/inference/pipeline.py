@@ -1,6 +1,6 @@
 """Retrieve-then-rank as one object: what ``raycart evaluate`` scores and what serving calls.
 
-:class:`TwoStageScorer` = :class:`~training.inference.candidates.CandidateStage` (retriever top-K + dense
+:class:`Pipeline` = :class:`~training.inference.candidates.CandidateGenerator` (retriever top-K + dense
 features) followed by the :class:`~training.models.ranker.Ranker`. A ranker model directory
 embeds the retriever it reranks (its weights and item features), the item-kNN model and the
 item statistics, so it loads on its own, without Ray; ``model.json`` records the retriever's
@@ -16,19 +16,19 @@ import torch
 from training.baselines.itemknn import ItemKNN
 from training.data.funnel import lookup
 from training.data.interactions import Interactions
-from training.inference.candidates import Candidates, CandidateStage, catalogue_scores
+from training.inference.candidates import CandidateGenerator, Candidates, catalogue_scores
 from training.inference.modeldir import ModelState, component
 from training.models.ranker import AUX_HEADS, Ranker, RankerConfig, history_tensor
 from training.models.retriever import ItemFeatures, RetrieverScorer, left_pad
 
 
-class TwoStageScorer:
+class Pipeline:
     """``stages``: the funnel-stage map (:mod:`training.data.funnel`) that gives the event-type
     feature of a known user's history items, for rankers trained with ``use_stage``."""
 
-    def __init__(self, stage: CandidateStage, ranker: Ranker, attribute_vocab: list[str] | None = None,
+    def __init__(self, generator: CandidateGenerator, ranker: Ranker, attribute_vocab: list[str] | None = None,
                  stages: sp.csr_matrix | None = None):
-        self.stage, self.ranker = stage, ranker.eval()
+        self.generator, self.ranker = generator, ranker.eval()
         self.stages = stages if ranker.config.use_stage else None
         self.k = ranker.config.eval_candidates
         self.vocab = attribute_vocab or []
@@ -45,7 +45,7 @@ class TwoStageScorer:
         """Items added at runtime (ids ``num_items..``, content only): both stages learn their
         content vectors from their trained item towers, so they can be retrieved and ranked
         without a retrain. Returns their retriever vectors (for a vector index)."""
-        vecs = self.stage.add_items(new, prices)
+        vecs = self.generator.add_items(new, prices)
         self.ranker.items.extend(new)
         for name in ("tuned_table", "tuned_image_table"):  # fine-tuned content: unknown -> zeros
             table = getattr(self.ranker, name)
@@ -58,11 +58,11 @@ class TwoStageScorer:
 
     @property
     def num_items(self) -> int:
-        return self.stage.retriever.item_vecs.shape[0]
+        return self.generator.retriever.item_vecs.shape[0]
 
     def content_dims(self) -> tuple[int | None, int | None]:
         """Widths of the text and image features the item towers read (None: not used)."""
-        towers = (self.stage.retriever.model.items, self.ranker.items)
+        towers = (self.generator.retriever.model.items, self.ranker.items)
         dims = []
         for name in ("text", "image"):
             used = [getattr(t, name).shape[1] for t in towers if getattr(t, f"{name}_proj") is not None]
@@ -88,9 +88,9 @@ class TwoStageScorer:
     def score(self, users, history: Interactions) -> torch.Tensor:
         """Full-catalogue scores for the evaluation harness: ranker logits on the retriever's top K,
         -inf elsewhere (so the two-stage pipeline is evaluated exactly like any other model)."""
-        cands = self.stage.generate(history, self.k)
+        cands = self.generator.generate(history, self.k)
         logits, _, _ = self.rank(history, cands, self.history_stages(users, history))
-        return catalogue_scores(cands.items, logits, self.stage.retriever.item_vecs.shape[0])
+        return catalogue_scores(cands.items, logits, self.generator.retriever.item_vecs.shape[0])
 
     def recommend(self, history: Interactions, n: int = 10, users=None,
                   hist_stage: torch.Tensor | None = None) -> list[list[dict]]:
@@ -98,7 +98,7 @@ class TwoStageScorer:
         ``p_cart``/``p_purchase`` from the multi-task heads); the reason names the history item the
         candidate attended to most and the attributes they share. ``users`` (known user ids) look
         the history's event types up in the stage map; ``hist_stage`` passes them directly."""
-        cands = self.stage.generate(history, self.k)
+        cands = self.generator.generate(history, self.k)
         if hist_stage is None:
             hist_stage = self.history_stages(users, history)
         return self.ranked_lists(history, cands, hist_stage, n)
@@ -144,28 +144,28 @@ class TwoStageScorer:
     # -- model directory -------------------------------------------------------------------------
 
     @staticmethod
-    def state(stage: CandidateStage, ranker: Ranker, retriever_state: dict[str, np.ndarray],
+    def state(generator: CandidateGenerator, ranker: Ranker, retriever_state: dict[str, np.ndarray],
               stages: sp.csr_matrix | None = None) -> dict[str, np.ndarray]:
         """Everything :meth:`from_state` needs; ``retriever_state`` is the retriever directory's
         ``state.npz`` content, embedded as is (the ranker reads the same item features from it)."""
         out = {"retriever_weights": retriever_state["weights"], "item_features": retriever_state["features"],
-               "knn": stage.knn.arrays(),
+               "knn": generator.knn.arrays(),
                "ranker_weights": {k: v.detach().cpu().numpy() for k, v in ranker.state_dict().items()},
-               "candidate_stage": stage.arrays()}
+               "candidate_stage": generator.arrays()}
         if stages is not None and ranker.config.use_stage:
             out["funnel_stages"] = {"data": stages.data, "indices": stages.indices, "indptr": stages.indptr,
                                     "shape": np.asarray(stages.shape, dtype=np.int64)}
         return out
 
     @classmethod
-    def from_state(cls, config: dict, state: ModelState) -> TwoStageScorer:
+    def from_state(cls, config: dict, state: ModelState) -> Pipeline:
         features = component(state, "item_features")
         retriever = RetrieverScorer.from_state(config["retriever"], {"weights": component(state, "retriever_weights"),
                                                                      "features": features})
         knn = ItemKNN.from_arrays(config["knn"], component(state, "knn"))
         x = component(state, "candidate_stage")
-        stage = CandidateStage(retriever, knn, x["log_pop"], x["log_price"], x["event_keys"], int(x["time_origin"]),
-                               CandidateStage.recent_days_of(x))
+        generator = CandidateGenerator(retriever, knn, x["log_pop"], x["log_price"], x["event_keys"], int(x["time_origin"]),
+                               CandidateGenerator.recent_days_of(x))
         weights = component(state, "ranker_weights")
         ranker = Ranker(RankerConfig(**config["ranker"]), ItemFeatures.from_arrays(features),
                         tuned_table=weights.get("tuned_table"), tuned_image_table=weights.get("tuned_image_table"))
@@ -174,4 +174,4 @@ class TwoStageScorer:
         if "funnel_stages" in state:
             s = state["funnel_stages"]
             stages = sp.csr_matrix((s["data"], s["indices"], s["indptr"]), shape=tuple(s["shape"]))
-        return cls(stage, ranker, config.get("attribute_vocab"), stages)
+        return cls(generator, ranker, config.get("attribute_vocab"), stages)

@@ -7,7 +7,7 @@
    the retriever never trained on -- the retriever's top ``train_candidates`` unseen items (hard
    negatives) plus their dense features (retriever score and rank, item-kNN score, popularity,
    price, recent popularity -- 0 where the timestamps are sequence positions); lists that miss
-   their target are left out (see :meth:`CandidateStage.generate`); a seeded ``valid_fraction``
+   their target are left out (see :meth:`CandidateGenerator.generate`); a seeded ``valid_fraction``
    of those users is held out, with the plain top ``eval_candidates`` lists, to early-stop on
    two-stage NDCG@10; where the events have types, the funnel stage of every history item and
    target (:mod:`training.data.funnel`);
@@ -44,8 +44,8 @@ from training.data.interactions import Interactions
 from training.data.splits import EvalTask, build_split, split_from_manifest
 from training.evaluation.metrics import EvalConfig, evaluate
 from training.inference.candidates import (
+    CandidateGenerator,
     Candidates,
-    CandidateStage,
     catalogue_scores,
     generate_candidates,
 )
@@ -60,7 +60,7 @@ from training.inference.modeldir import (
     read_state,
     save_model_dir,
 )
-from training.inference.pipeline import TwoStageScorer
+from training.inference.pipeline import Pipeline
 from training.jobs.loop import LoopSpec, driver_dataset, fit, plot_learning_curve, run_epochs
 from training.models.encoders import (
     ImageEncoder,
@@ -264,8 +264,8 @@ def run_name(job: RankerJob) -> str:
     return "ranker-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def _stage(retriever: RetrieverScorer, knn: ItemKNNConfig, train, prices: np.ndarray, timestamps) -> CandidateStage:
-    return CandidateStage.fit(retriever, ItemKNN(knn).fit(train), train, prices, timestamps)
+def _stage(retriever: RetrieverScorer, knn: ItemKNNConfig, train, prices: np.ndarray, timestamps) -> CandidateGenerator:
+    return CandidateGenerator.fit(retriever, ItemKNN(knn).fit(train), train, prices, timestamps)
 
 
 def list_scorer(cands: Candidates, users: np.ndarray, rank_fn, num_items: int):
@@ -385,13 +385,13 @@ def prepare_examples(job: RankerJob) -> RankerInputs:
     held_mask = np.zeros(n, bool)
     held_mask[rng.choice(n, max(1, int(round(job.valid_fraction * n))), replace=False)] = True
     train_rows, held_rows = np.flatnonzero(~held_mask), np.flatnonzero(held_mask)
-    stage_ref = ray.put(stage)
+    generator_ref = ray.put(stage)
     train_task, held_task = valid.take(train_rows), valid.take(held_rows)
-    tr = generate_candidates(stage_ref, train_task.history, cfg.train_candidates, train_task.targets,
+    tr = generate_candidates(generator_ref, train_task.history, cfg.train_candidates, train_task.targets,
                              concurrency=job.candidate_actors)
-    he = generate_candidates(stage_ref, held_task.history, cfg.eval_candidates, None,
+    he = generate_candidates(generator_ref, held_task.history, cfg.eval_candidates, None,
                              concurrency=job.candidate_actors)
-    has_pos = tr.label.any(1)  # lists without their target teach nothing (see CandidateStage.generate)
+    has_pos = tr.label.any(1)  # lists without their target teach nothing (see CandidateGenerator.generate)
     log.info(f"[ranker] candidates for {len(train_rows):,} training + {len(held_rows):,} held-out users by Ray Data "
           f"in {time.time() - t0:.0f}s; target in the retriever's top {cfg.train_candidates}: {has_pos.mean():.1%} "
           f"-> {int(has_pos.sum()):,} training lists")
@@ -421,7 +421,7 @@ def prepare_examples(job: RankerJob) -> RankerInputs:
 
 
 def _with_exposure(examples: RankerExamples, lists: ExposureLists, interactions: Interactions,
-                   stage: CandidateStage, stages: sp.csr_matrix | None, max_len: int) -> RankerExamples:
+                   stage: CandidateGenerator, stages: sp.csr_matrix | None, max_len: int) -> RankerExamples:
     """``examples`` plus the shown-slate lists (weighted; the sampled lists weigh 1), padded to one
     width; their histories from ``interactions`` (the split's sequences)."""
     if not len(lists):
@@ -510,7 +510,7 @@ def export_ranker(job: RankerJob, ex: RankerInputs | None, saved: dict, start: f
     test = ex.test
     stage = _stage(ex.retriever, job.knn, test.train, ex.prices, ex.dataset.timestamps)
     vocab = attribute_vocabulary(ex.dataset.items)[2]
-    pipeline = TwoStageScorer(stage, ranker, vocab, ex.stages)
+    pipeline = Pipeline(stage, ranker, vocab, ex.stages)
     t0 = time.time()
     two_stage = evaluate(pipeline.score, test)
     seconds_two_stage = time.time() - t0
@@ -540,7 +540,7 @@ def export_ranker(job: RankerJob, ex: RankerInputs | None, saved: dict, start: f
                      reranks=Reranks(path=job.retriever, metrics=r_doc.metrics, trained_on=r_doc.trained_on),
                      trained_on=TrainedOn(data=job.data, source=ex.dataset.source, scheme=job.scheme,
                                           fingerprint=dataset_fingerprint(job.data)))
-    save_model_dir(job.out, card, TwoStageScorer.state(stage, ranker, ex.retriever_state, ex.stages),
+    save_model_dir(job.out, card, Pipeline.state(stage, ranker, ex.retriever_state, ex.stages),
                    overwrite=job.overwrite, extra=extra)
     log.info(f"[ranker] done in {summary['run']['seconds']:.0f}s: test NDCG@10 {two_stage['NDCG@10']:.4f} "
           f"HR@10 {two_stage['HR@10']:.4f} (retriever alone {retrieval['NDCG@10']:.4f} / {retrieval['HR@10']:.4f}, "

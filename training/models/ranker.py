@@ -11,7 +11,7 @@ product of one user vector with one item vector:
   features are the retriever's score and rank, the item-kNN co-occurrence score, the candidate's
   log popularity, its price and its recent popularity (interactions in the 30 days before the
   user's last event; 0 where the timestamps are sequence positions, e.g. Amazon: see
-  :class:`~training.inference.candidates.CandidateStage`) (see :data:`DENSE_FEATURES`);
+  :class:`~training.inference.candidates.CandidateGenerator`) (see :data:`DENSE_FEATURES`);
 * the candidate's content -- id, attributes, projected text and image embeddings -- through the
   same :class:`~training.models.retriever.ItemTower` as the retriever (its own weights).
 

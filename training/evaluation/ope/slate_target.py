@@ -65,12 +65,12 @@ def model_ranker(model_dir: str, data: str | Dataset, candidates: int | None = N
     from training.data.interactions import Interactions
     from training.inference.modeldir import load_model
 
-    pipe = load_model(model_dir)
+    pipeline = load_model(model_dir)
     ds = load_dataset(data) if isinstance(data, str) else data
     hist = ds.interactions(dedupe=True)
     users = {u: i for i, u in enumerate(ds.users["external_id"].to_pylist())}
     ids = ds.items["external_id"].to_pylist()
-    n = candidates or getattr(pipe, "k", 200)
+    n = candidates or getattr(pipeline, "k", 200)
 
     def rank(user_ids: list[str | None]) -> list[list[str]]:
         rows = [hist.row(users[u]).tolist() if u in users else [] for u in user_ids]
@@ -78,7 +78,7 @@ def model_ranker(model_dir: str, data: str | Dataset, candidates: int | None = N
         for lo in range(0, len(rows), 256):
             batch = Interactions.from_lists(rows[lo:lo + 256], hist.num_items)
             known = np.array([users.get(u, -1) for u in user_ids[lo:lo + 256]])
-            recs = pipe.recommend(batch, n=n, users=known if (known >= 0).all() else None)
+            recs = pipeline.recommend(batch, n=n, users=known if (known >= 0).all() else None)
             out.extend([[ids[r["item"]] for r in rec] for rec in recs])
         return out
 

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pyarrow.fs as pafs
-from unit_models import N_ITEMS, VOCAB, _pipe
+from unit_models import N_ITEMS, VOCAB, _pipeline
 
 from serving.core.images import ImageSource
 from serving.core.index import VectorIndex
@@ -33,9 +33,9 @@ def test_positions_come_from_the_records_not_the_listing(tmp_path):
 
 def _served() -> ServedModel:
     s = object.__new__(ServedModel)  # a ServedModel over an in-memory model (no model directory)
-    s.pipe, s.version, s.applied, s.quarantined, s.images = _pipe(), "t1", 0, set(), ImageSource(None)
+    s.pipeline, s.version, s.applied, s.quarantined, s.images = _pipeline(), "t1", 0, set(), ImageSource(None)
     s.encoder = ContentEncoder(VOCAB, {}, None, None, read_image=ImageSource(None).read)
-    s.index = VectorIndex(s.pipe.stage.retriever.item_vecs.numpy())
+    s.index = VectorIndex(s.pipeline.generator.retriever.item_vecs.numpy())
     return s
 
 
@@ -46,9 +46,9 @@ def test_a_poison_record_is_quarantined_and_the_others_are_served():
                {"item_id": "(quarantined-2)", "position": 2, "quarantined": "missing record"},
                {"item_id": "good-2", "attributes": ["a3"], "price": 4.5, "position": 3}]
     s.apply(records)
-    assert s.applied == 4 and s.pipe.num_items == N_ITEMS + 4 and len(s.index) == N_ITEMS + 4  # ids aligned
+    assert s.applied == 4 and s.pipeline.num_items == N_ITEMS + 4 and len(s.index) == N_ITEMS + 4  # ids aligned
     assert s.quarantined == {N_ITEMS + 1, N_ITEMS + 2}
-    vecs = s.pipe.stage.retriever.item_vecs.numpy()
+    vecs = s.pipeline.generator.retriever.item_vecs.numpy()
     assert np.isfinite(vecs).all()
     s.apply([{"item_id": "good-3", "attributes": ["a4"], "position": 4}])  # and it goes on
-    assert s.pipe.num_items == N_ITEMS + 5 and s.quarantined == {N_ITEMS + 1, N_ITEMS + 2}
+    assert s.pipeline.num_items == N_ITEMS + 5 and s.quarantined == {N_ITEMS + 1, N_ITEMS + 2}

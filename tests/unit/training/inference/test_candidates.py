@@ -8,7 +8,7 @@ import torch
 from training.baselines.itemknn import ItemKNN, ItemKNNConfig
 from training.data.interactions import Interactions
 from training.data.sources import get_source
-from training.inference.candidates import CandidateStage
+from training.inference.candidates import CandidateGenerator
 from training.models.ranker import DENSE_FEATURES
 from training.models.retriever import (
     ItemFeatures,
@@ -21,12 +21,12 @@ DAY = 86_400 * 1_000_000
 RECENT = DENSE_FEATURES.index("log_recent_popularity")
 
 
-def _stage(train: Interactions, timestamps: str) -> CandidateStage:
+def _stage(train: Interactions, timestamps: str) -> CandidateGenerator:
     torch.manual_seed(0)
     n = train.num_items
     feats = ItemFeatures(n, np.ones(n, bool), np.arange(n + 1), np.zeros(n, np.int64), 1)
     retriever = RetrieverScorer(TwoTower(RetrieverConfig.tiny(), feats))
-    return CandidateStage.fit(retriever, ItemKNN(ItemKNNConfig.tiny()).fit(train), train, np.ones(n), timestamps)
+    return CandidateGenerator.fit(retriever, ItemKNN(ItemKNNConfig.tiny()).fit(train), train, np.ones(n), timestamps)
 
 
 def _positions(rows: list[list[int]], num_items: int) -> Interactions:
@@ -44,7 +44,7 @@ def test_real_times_count_the_window_before_the_users_last_event():
     # item 1: on days 0, 1 and 40; item 2: on day 39
     train = Interactions(np.array([0, 3, 4]), np.array([1, 1, 1, 2]), np.array([0, DAY, 40 * DAY, 39 * DAY]), 5)
     stage = _stage(train, "time")
-    assert stage.recent_days == CandidateStage.RECENT_DAYS
+    assert stage.recent_days == CandidateGenerator.RECENT_DAYS
     assert stage.recent_counts(np.array([[1, 2, 3], [1, 2, 3]]), np.array([41 * DAY, 2 * DAY])).tolist() == \
         [[1, 1, 0], [2, 0, 0]]
     # row 0: one event on day 1 ("now"); row 1: empty ("now" = the last training event, day 40)
@@ -82,13 +82,13 @@ def test_positions_turn_the_feature_off():
 def test_the_setting_survives_the_stage_arrays():
     train = _positions(ROWS, 5)
     off, on = _stage(train, "position"), _stage(train, "time")
-    assert CandidateStage.recent_days_of(off.arrays()) is None
-    assert CandidateStage.recent_days_of(on.arrays()) == CandidateStage.RECENT_DAYS
+    assert CandidateGenerator.recent_days_of(off.arrays()) is None
+    assert CandidateGenerator.recent_days_of(on.arrays()) == CandidateGenerator.RECENT_DAYS
     old = {k: v for k, v in on.arrays().items() if k != "recent_days"}  # a model saved before the field
-    assert CandidateStage.recent_days_of(old) == CandidateStage.RECENT_DAYS
+    assert CandidateGenerator.recent_days_of(old) == CandidateGenerator.RECENT_DAYS
     x = off.arrays()
-    back = CandidateStage(off.retriever, off.knn, x["log_pop"], x["log_price"], x["event_keys"],
-                          int(x["time_origin"]), CandidateStage.recent_days_of(x))
+    back = CandidateGenerator(off.retriever, off.knn, x["log_pop"], x["log_price"], x["event_keys"],
+                          int(x["time_origin"]), CandidateGenerator.recent_days_of(x))
     assert back.recent_days is None
     assert not back.recent_counts(np.array([[1, 2]]), np.array([10**12])).any()
 
@@ -99,7 +99,7 @@ def test_bad_settings_are_refused():
         _stage(train, "order")
     stage = _stage(train, "time")
     with pytest.raises(ValueError, match="recent_days must be positive or None"):
-        CandidateStage(stage.retriever, stage.knn, stage.log_pop, stage.log_price, stage.event_keys, 0, 0)
+        CandidateGenerator(stage.retriever, stage.knn, stage.log_pop, stage.log_price, stage.event_keys, 0, 0)
 
 
 def test_an_amazon_dataset_gets_no_recent_popularity(tmp_path):

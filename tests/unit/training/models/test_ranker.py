@@ -6,7 +6,7 @@ import torch
 from unit_models import N_ITEMS, _feats, _stage, _train
 
 from training.data.interactions import Interactions
-from training.inference.pipeline import TwoStageScorer
+from training.inference.pipeline import Pipeline
 from training.models.ranker import Ranker, RankerConfig, listwise_loss
 from training.models.retriever import RetrieverConfig, RetrieverScorer
 
@@ -86,15 +86,15 @@ def test_two_stage_round_trip_scores_and_reasons():
     cfg = RankerConfig.tiny()
     ranker = Ranker(cfg, _feats())
     retriever_state = RetrieverScorer.state(stage.retriever.model, _feats())
-    pipe = TwoStageScorer(stage, ranker, [f"a{i}" for i in range(5)])
+    pipeline = Pipeline(stage, ranker, [f"a{i}" for i in range(5)])
     hist = train.take_users(np.arange(4))
-    scores = pipe.score(None, hist)
+    scores = pipeline.score(None, hist)
     assert scores.shape == (4, N_ITEMS)
     assert (torch.isfinite(scores).sum(1) == cfg.eval_candidates if cfg.eval_candidates < N_ITEMS - 6
             else torch.isfinite(scores).sum(1) == N_ITEMS - 6).all()
     config = {"ranker": cfg.to_dict(), "retriever": RetrieverConfig.tiny().to_dict(), "knn": stage.knn.state()[0],
               "attribute_vocab": [f"a{i}" for i in range(5)]}
-    again = TwoStageScorer.from_state(config, TwoStageScorer.state(stage, ranker, retriever_state))
+    again = Pipeline.from_state(config, Pipeline.state(stage, ranker, retriever_state))
     torch.testing.assert_close(again.score(None, hist), scores)
     recs = again.recommend(hist, n=3)
     assert [len(r) for r in recs] == [3, 3, 3, 3]
