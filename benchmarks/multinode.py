@@ -163,7 +163,7 @@ def train_loss_phase(s3: LocalS3, work: Path, a: argparse.Namespace) -> dict:
     joins 5 s later). Training time lost = the difference in wall time."""
     from ray_nodes import head_and_two_nodes
 
-    from training.commands.data import prepare
+    from training.data.prepare import prepare
 
     data = str(work / "shop")
     prepare("synthetic", None, data, num_users=a.train_users, num_items=300, num_events=a.train_users * 20,

@@ -20,9 +20,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from training.baselines.run import run_baseline
-from training.commands.data import prepare
 from training.common.paths import shared_path
 from training.common.ray_env import init_ray
+from training.data.prepare import prepare
 from training.jobs.train_retriever import RetrieverJob, train_retriever
 from training.models.encoders import ImageEncoderConfig, TextEncoderConfig
 from training.models.retriever_config import RetrieverConfig

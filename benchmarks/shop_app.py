@@ -10,8 +10,8 @@ def shop_models(workdir: str) -> tuple[Path, str, dict]:
     """``(data dir, ranker dir, model metrics)`` of ``raycart demo --dataset shop`` (prepared and
     trained here, or reused); starts the local Ray."""
     from serving.commands.demo import SHOP, DemoConfig, train_models
-    from training.commands.data import prepare
     from training.common.ray_env import init_ray
+    from training.data.prepare import prepare
 
     data = Path(workdir) / "data" / SHOP
     if not (data / "dataset.json").exists():

@@ -25,7 +25,7 @@ fits = []
 def timed(*a, **k):
     t = time.time(); out = loop.fit(*a, **k); fits.append(round(time.time() - t, 1)); return out
 tr.fit = tk.fit = timed
-from training.commands.data import prepare
+from training.data.prepare import prepare
 from training.models.ranker_config import RankerConfig
 from training.models.retriever_config import RetrieverConfig
 ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False,

@@ -252,9 +252,9 @@ def _describe(items: list[dict], category: dict) -> str:
 
 def run_demo(cfg: DemoConfig) -> dict:
     from training.baselines.run import run_baseline
-    from training.commands.data import prepare
     from training.common.ray_env import init_ray
     from training.data.known import KnownData, format_table, prepare_cached
+    from training.data.prepare import prepare
     from training.evaluation.run import write_json
 
     start = time.time()

@@ -62,7 +62,7 @@ def ray_metrics_url(ray_cluster) -> str:
 def tiny_shop(ray_cluster, tmp_path_factory):
     """A small synthetic shop and a tiny retriever + ranker trained on it with Ray Train (once
     per session; the Serve tests deploy it under their own settings)."""
-    from training.commands.data import prepare
+    from training.data.prepare import prepare
     from training.jobs.train_ranker import RankerJob, train_ranker
     from training.jobs.train_retriever import RetrieverJob, train_retriever
     from training.models.ranker_config import RankerConfig
@@ -82,7 +82,7 @@ def tiny_shop(ray_cluster, tmp_path_factory):
 @pytest.fixture(scope="session")
 def planted_shop(tmp_path_factory) -> str:
     """A synthetic shop whose users have planted tastes (400 users, 300 items, 20,000 events)."""
-    from training.commands.data import prepare
+    from training.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("planted") / "synthetic"
     prepare("synthetic", None, str(out), num_users=400, num_items=300, num_events=20_000, images=False)

@@ -48,7 +48,7 @@ def cluster(s3_server, tmp_path, request):
 
 @pytest.mark.multinode
 def test_training_spreads_over_nodes_and_resumes_after_losing_one(cluster, s3_server, tmp_path):
-    from training.commands.data import prepare
+    from training.data.prepare import prepare
 
     nodes, bucket = cluster, s3_server["bucket"]
     data = str(tmp_path / "shop")
@@ -93,7 +93,7 @@ def test_training_spreads_over_nodes_and_resumes_after_losing_one(cluster, s3_se
 def test_tune_sweep_and_a_stopped_job_through_job_submission(cluster, s3_server, tmp_path):
     """`raycart tune` submitted as a job: its trials run on both worker nodes and the best model
     lands on S3; a training job stopped with `ray job stop` mid-run leaves nothing at its output."""
-    from training.commands.data import prepare
+    from training.data.prepare import prepare
 
     nodes, bucket, client = cluster, s3_server["bucket"], s3_server["client"]
     data = str(tmp_path / "shop")
@@ -131,7 +131,7 @@ def test_tune_sweep_and_a_stopped_job_through_job_submission(cluster, s3_server,
 def test_training_goes_on_while_the_gcs_restarts(cluster, s3_server, tmp_path):
     """A 2-worker training job across a GCS kill and restart (tables from Redis): it finishes,
     every epoch once."""
-    from training.commands.data import prepare
+    from training.data.prepare import prepare
 
     nodes, s3 = cluster, s3_server
     data = str(tmp_path / "shop")

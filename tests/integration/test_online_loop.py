@@ -26,7 +26,7 @@ def loop(ray_cluster, tmp_path_factory):
     """A small shop with strong planted tastes and models trained well enough to follow them."""
     from ray import serve
 
-    from training.commands.data import prepare
+    from training.data.prepare import prepare
 
     root = tmp_path_factory.mktemp("loop")
     data = str(root / "shop")

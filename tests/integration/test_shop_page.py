@@ -30,8 +30,8 @@ def shop_app(tiny_shop, tmp_path_factory):
     from ray import serve
 
     from serving.deploy.app import build_app
-    from training.commands.data import prepare
     from training.data.dataset import load_dataset
+    from training.data.prepare import prepare
 
     root = tmp_path_factory.mktemp("shop page")
     data = str(root / "shop")

@@ -20,8 +20,8 @@ import pyarrow.fs as pafs
 import pytest
 from netwatch import ListenerWatch
 
-from training.commands.data import prepare
 from training.common import storage
+from training.data.prepare import prepare
 from training.evaluation.run import evaluate_model_dir
 
 pytestmark = pytest.mark.integration

@@ -20,7 +20,7 @@ from PIL import Image
 from serving.commands.shop import CatalogueArgs, CatalogueOnly
 from serving.edge.shop import ShopPage
 from serving.state.redis_server import free_port
-from training.commands.data import prepare
+from training.data.prepare import prepare
 
 pytestmark = pytest.mark.realdata
 

@@ -7,7 +7,10 @@ blocks included, so a cycle cannot hide behind a late import.
   ``training/models``;
 - ``ray.serve`` only in ``serving/deploy``;
 - serving's layers import downwards only (:data:`SERVING_LAYERS`);
-- ``training`` imports neither ``serving`` nor ``tuning``; ``tuning`` does not import ``serving``.
+- ``training`` imports neither ``serving`` nor ``tuning``; ``tuning`` does not import ``serving``;
+- training's base layers import only what is under them (:data:`TRAINING_BASE`: ``common`` nothing,
+  ``data`` only ``common``, ``models`` only ``common`` and ``data``), and no module imports a
+  command module (``training/commands``, ``serving/commands``: entry points only).
 
 ``docs/architecture.md`` draws the same rules.
 """
@@ -34,6 +37,9 @@ SERVING_LAYERS = {
 
 def _top(name: str) -> str:
     return name.split(".")[0]
+
+# training's base layers and what each may import of training (besides itself)
+TRAINING_BASE = {"common": set(), "data": {"common"}, "models": {"common", "data"}}
 
 
 def _module_name(path: Path) -> str:
@@ -142,6 +148,27 @@ def test_arrows_between_packages_point_one_way():
            if (_top(m) in ("training", "tuning") and _top(i) == "serving")
            or (_top(m) == "training" and _top(i) == "tuning")
            or (m.startswith("training.models") and _top(i) in ("serving", "tuning"))]
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_training_base_layers_import_only_what_is_under_them():
+    bad = []
+    for module, imps in GRAPH.items():
+        parts = module.split(".")
+        if parts[0] != "training" or len(parts) < 3 or parts[1] not in TRAINING_BASE:
+            continue
+        for i in imps:
+            other = i.split(".")
+            if other[0] == "training" and len(other) > 1 and i in MODULES and other[1] != parts[1] \
+                    and other[1] not in TRAINING_BASE[parts[1]]:
+                bad.append(f"{module} imports {i}")
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_nothing_imports_a_command_module():
+    commands = ("training.commands", "serving.commands")
+    bad = [f"{m} imports {i}" for m, imps in GRAPH.items() for i in imps
+           if i.startswith(commands) and not m.startswith(commands)]
     assert not bad, "\n".join(sorted(bad))
 
 

@@ -105,7 +105,7 @@ class ItemKNN:
 
     @classmethod
     def from_state(cls, config: dict, state: dict[str, dict[str, np.ndarray]]) -> ItemKNN:
-        from training.inference.modeldir import component
+        from training.models.state import component
 
         return cls.from_arrays(config, component(state, "knn"))
 

@@ -27,7 +27,7 @@ class Popularity:
 
     @classmethod
     def from_state(cls, config: dict, state: dict[str, dict[str, np.ndarray]]) -> Popularity:
-        from training.inference.modeldir import component
+        from training.models.state import component
 
         model = cls()
         model.counts = component(state, "popularity")["counts"].astype(np.float32)

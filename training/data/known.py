@@ -36,7 +36,7 @@ class KnownData:
 
 def prepare_cached(name: str, cfg: KnownData) -> str:
     """Prepare dataset ``name`` unless the work directory already holds it for the same input."""
-    from training.commands.data import prepare
+    from training.data.prepare import prepare
 
     source, rel, _ = DATASETS[name]
     src = shared_path(rel, cfg.shared)

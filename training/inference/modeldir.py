@@ -2,7 +2,7 @@
 
 A model directory holds its card, ``model.json`` (:class:`ModelCard`: format version, kind, the
 kind's config, the data it was trained on with a fingerprint, its metrics and history), one
-``state/<component>.npz`` per component of its state (:data:`ModelState`) and the kind's own
+``state/<component>.npz`` per component of its state (:data:`training.models.state.ModelState`) and the kind's own
 files (an item-embedding table, plots). ``load_model(dir)`` returns an object with
 ``score(users, history) -> (len(users), num_items) scores`` and needs no Ray. Kinds register their
 loader in :data:`LOADERS` as ``"module:function"``; a loader takes ``(config, state)``.
@@ -26,6 +26,7 @@ import numpy as np
 
 from training.common import storage
 from training.common.errors import DataError
+from training.models.state import ModelState
 
 FORMAT_VERSION = 2
 MODEL_JSON = "model.json"
@@ -39,7 +40,6 @@ LOADERS = {
 
 # A model's state: named components (the retriever's weights, its item features, the kNN table,
 # ...), each a set of arrays; saved as one ``state/<component>.npz`` each.
-ModelState = dict[str, dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -183,10 +183,3 @@ def read_state(uri: str) -> ModelState:
         with np.load(io.BytesIO(storage.read_bytes(storage.join(root, f"{name}.npz")))) as npz:
             state[name] = {k: npz[k] for k in npz.files}
     return state
-
-
-def component(state: ModelState, name: str, where: str = "model state") -> dict[str, np.ndarray]:
-    """One component of a state; a clear error when it is missing."""
-    if name not in state:
-        raise DataError(f"{where}: no component {name!r} (has {', '.join(sorted(state)) or 'none'})")
-    return state[name]

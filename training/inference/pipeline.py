@@ -17,9 +17,9 @@ from training.baselines.itemknn import ItemKNN
 from training.data.funnel import lookup
 from training.data.interactions import Interactions
 from training.inference.candidates import CandidateGenerator, Candidates, catalogue_scores
-from training.inference.modeldir import ModelState, component
 from training.models.ranker import AUX_HEADS, Ranker, RankerConfig, history_tensor
 from training.models.retriever import ItemFeatures, RetrieverScorer, left_pad
+from training.models.state import ModelState, component
 
 
 class Pipeline:

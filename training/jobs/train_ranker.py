@@ -54,7 +54,6 @@ from training.inference.modeldir import (
     ModelCard,
     Reranks,
     TrainedOn,
-    component,
     dataset_fingerprint,
     read_card,
     read_state,
@@ -70,6 +69,7 @@ from training.models.encoders import (
 )
 from training.models.ranker import Ranker, RankerConfig, ranker_loss
 from training.models.retriever import ItemFeatures, RetrieverScorer, left_pad
+from training.models.state import component
 from training.models.text_tuning import (
     TunedImage,
     TunedText,

@@ -292,7 +292,7 @@ class RetrieverScorer:
     @classmethod
     def from_state(cls, config: dict, state: dict[str, dict[str, np.ndarray]]) -> RetrieverScorer:
         """From a model directory's state: components ``weights`` and ``features``."""
-        from training.inference.modeldir import component
+        from training.models.state import component
 
         feats = ItemFeatures.from_arrays(component(state, "features"))
         model = TwoTower(RetrieverConfig(**config), feats)

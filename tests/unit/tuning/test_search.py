@@ -92,7 +92,7 @@ def test_unknown_search_and_missing_optuna_are_clear_errors(monkeypatch):
 
 
 def test_tune_cli_without_optuna_says_how_to_get_it(tmp_path):
-    from training.commands.data import prepare
+    from training.data.prepare import prepare
 
     shop = tmp_path / "shop"
     prepare("synthetic", None, str(shop), num_users=30, num_items=100, num_events=600, images=False)

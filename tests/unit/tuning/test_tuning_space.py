@@ -47,7 +47,7 @@ def test_grid_size_counts_only_discrete_spaces():
 
 
 def test_tune_cli_refuses_bad_input_before_ray_starts(tmp_path):
-    from training.commands.data import prepare
+    from training.data.prepare import prepare
 
     shop = tmp_path / "shop"
     prepare("synthetic", None, str(shop), num_users=30, num_items=100, num_events=600, images=False)

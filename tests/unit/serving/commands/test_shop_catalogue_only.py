@@ -21,9 +21,9 @@ from serving.commands.serve import listen_keys
 from serving.commands.shop import CatalogueArgs, CatalogueOnly, catalogue_app
 from serving.edge.security import ApiKeys
 from serving.edge.shop import ShopPage
-from training.commands.data import prepare
 from training.common.errors import DataError
 from training.data.dataset import load_dataset, save_dataset
+from training.data.prepare import prepare
 
 SHOP = "shopper-key-0123456789"
 
