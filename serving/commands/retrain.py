@@ -1,0 +1,36 @@
+"""``raycart retrain``: the retrain job of :mod:`serving.jobs.retrain` from the command line (Ray
+started here, the job's lines on the console)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _cmd(a: argparse.Namespace) -> int:
+    from serving.jobs.retrain import RetrainJob, retrain
+    from training.common.ray_env import init_ray
+
+    init_ray()
+    retrain(RetrainJob(feedback=a.feedback, data=a.data, model=a.model, work=a.work, epochs=a.epochs,
+                       workers=a.workers, ndcg_margin=a.ndcg_margin, epsilon=a.epsilon, app_args=a.app_args,
+                       exposure=a.exposure))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("retrain", help="retrain the ranker from the feedback log behind a gate",
+                       description="Merge the feedback log into the dataset, retrain the serving ranker "
+                                   "(warm start, Ray Train), gate it on holdout NDCG@10 and off-policy "
+                                   "evaluation of the logged traffic, and promote it or keep the old one.")
+    p.add_argument("--feedback", required=True, help="feedback log root (local or s3://)")
+    p.add_argument("--data", required=True, help="the dataset the serving model was trained on")
+    p.add_argument("--model", required=True, help="the serving ranker directory")
+    p.add_argument("--work", default="raycart-work/retrain", help="merged data, runs, candidates, decisions")
+    p.add_argument("--epochs", type=int, help="epochs of the retrain (default: the serving model's)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--ndcg-margin", type=float, default=0.01)
+    p.add_argument("--epsilon", type=float, default=0.05, help="the serving policy's exploration")
+    p.add_argument("--app-args", help="promote into the running app with these AppArgs (YAML/JSON)")
+    p.add_argument("--no-exposure", dest="exposure", action="store_false",
+                   help="do not train on the shown slates (engaged vs shown-and-skipped, position-weighted)")
+    p.set_defaults(func=_cmd)
