@@ -17,6 +17,7 @@ its settings are the ``policy_*`` fields of :class:`~serving.core.schemas.AppArg
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import os
@@ -245,3 +246,77 @@ class PolicyCopy:
         self.metrics.stage("policy_choose", time.perf_counter() - started)
         return chosen
 
+
+MAX_PENDING_IMPRESSIONS = 256  # impressions on their way to the learner before requests wait for it
+COPY_FETCH_TIMEOUT_S = 5.0
+
+
+class CopyChooser:
+    """Choices from a :class:`PolicyCopy` in a replica that is not the learner (the Ingress), and
+    the coordination around it, without Ray:
+
+    * **one refresh at a time**: a stale copy starts one fetch of the learner's parameters
+      (``fetch``), shared by every request that needs it; until the first copy arrives requests
+      wait for it (and fail if none comes); later ones choose from the stale copy meanwhile;
+    * **backpressure**: each choice's impression is handed back to the learner (``remember``) in the
+      background; with ``max_pending`` of them still on their way, a request waits for its own (at
+      most ``wait_s``) instead of queueing more. A lost impression is logged, never raised: it is in
+      the feedback log all the same.
+
+    ``fetch`` and ``remember`` return awaitables (Serve's ``DeploymentResponse`` in the app; plain
+    coroutines in the tests)."""
+
+    def __init__(self, copy: PolicyCopy, fetch: Callable[[], Awaitable[PolicyParams]],
+                 remember: Callable[[str, dict[str, np.ndarray]], Awaitable[object]], wait_s: float = 5.0,
+                 max_pending: int = MAX_PENDING_IMPRESSIONS, fetch_timeout_s: float = COPY_FETCH_TIMEOUT_S):
+        self.copy, self.fetch, self.remember = copy, fetch, remember
+        self.wait_s, self.max_pending, self.fetch_timeout_s = wait_s, max_pending, fetch_timeout_s
+        self.refreshing: asyncio.Task | None = None
+        self.background: set[asyncio.Task] = set()  # impressions on their way to the learner
+
+    async def choose(self, q: PolicyQuery) -> Slate:
+        if self.copy.stale() and self.refreshing is None:  # one fetch at a time, shared by whoever waits for it
+            self.refreshing = asyncio.create_task(self._refresh())
+            self.refreshing.add_done_callback(lambda t: t.cancelled() or t.exception())  # logged in _refresh
+        if self.copy.params is None:  # the first requests wait for a copy (and fail if none comes)
+            if self.refreshing is None:  # cannot happen: a copy without parameters is stale
+                raise RuntimeError("no policy parameters and no fetch under way")
+            await asyncio.shield(self.refreshing)
+        slate, shown = self.copy.choose(q)
+        response = self.remember(q.request_id, shown)
+        if len(self.background) >= self.max_pending:
+            try:  # the learner is behind: this request waits instead of queueing more (not for ever)
+                await asyncio.wait_for(_awaited(response), self.wait_s)
+            except Exception as exc:  # noqa: BLE001 -- the impression is in the feedback log all the same
+                log.warning("policy did not take an impression (%s)", str(exc)[:200] or type(exc).__name__)
+        else:
+            self._later(response)
+        return slate
+
+    async def _refresh(self) -> None:
+        try:
+            started = time.monotonic()
+            params = await asyncio.wait_for(_awaited(self.fetch()), timeout=self.fetch_timeout_s)
+            self.copy.install(params, started)
+        except Exception as exc:
+            log.warning("policy parameters not refreshed (%s); the copy stays at %s", str(exc)[:200] or
+                        type(exc).__name__, self.copy.params.version if self.copy.params else "none")
+            raise
+        finally:
+            self.refreshing = None
+
+    def _later(self, response: Awaitable[object]) -> None:
+        async def wait() -> None:
+            try:
+                await response
+            except Exception as exc:  # noqa: BLE001 -- the impression is still in the feedback log
+                log.warning("policy did not receive an impression (%s)", str(exc)[:200] or type(exc).__name__)
+
+        task = asyncio.create_task(wait())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+
+async def _awaited(response: Awaitable[object]):
+    """``response`` as a coroutine (``asyncio.wait_for`` takes any awaitable only from 3.12 on)."""
+    return await response

@@ -39,7 +39,7 @@ from serving.core.messages import (
     StageUnavailable,
 )
 from serving.core.metrics import Metrics, route_access_log
-from serving.core.policy import PolicyCopy, ranker_order
+from serving.core.policy import CopyChooser, PolicyCopy, ranker_order
 from serving.core.schemas import AppArgs, ModelSpec
 from serving.core.service import RecommendService, ServiceError
 from serving.deploy.deployments import ItemRegistry, Ranker, Retriever, RetrieveRank
@@ -53,11 +53,6 @@ from serving.edge.security import ApiKeys
 from serving.edge.shop import Tally
 
 log = logging.getLogger(__name__)
-
-# policy copies (AppArgs.policy_copy_s): impressions on their way to the learner per Ingress replica
-# before a request waits for its own, and how long a parameter fetch may take
-MAX_PENDING_IMPRESSIONS = 256
-COPY_FETCH_TIMEOUT_S = 5.0
 
 # separate topology during a rollout: how long a request retries until its retriever and ranker
 # replicas agree on a model version (each keeps the version it replaced for ModelHolder.grace_s)
@@ -97,14 +92,12 @@ class HandleStages:
     """:class:`serving.core.service.Stages` over the deployments' handles."""
 
     def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle | None, policy: DeploymentHandle,
-                 registry: DeploymentHandle, copy: PolicyCopy | None = None, wait_s: float = 5.0,
+                 registry: DeploymentHandle, copy: CopyChooser | None = None, wait_s: float = 5.0,
                  agree_s: float = VERSION_AGREE_S):
         self.retriever, self.ranker, self.policy, self.registry = retriever, ranker, policy, registry
         self.wait_s = wait_s  # how long a request waits for a single-replica deployment (AppArgs.singleton_wait_s)
         self.agree_s = min(agree_s, VERSION_AGREE_S)  # how long retrieval and ranking may take to agree on a version
         self.copy = copy  # choose here, from a copy of the policy's parameters (AppArgs.policy_copy_s)
-        self.refreshing: asyncio.Task | None = None
-        self.background: set[asyncio.Task] = set()  # impressions on their way to the learner
 
     async def retrieve_and_rank(self, q: CandidateQuery, user: int | None,
                                 live_stages: dict[int, int]) -> tuple[CandidateSet, RankedList]:
@@ -146,49 +139,7 @@ class HandleStages:
                 log.warning("policy unavailable (%s): answering in the ranker's order", str(exc)[:200] or
                             type(exc).__name__)
                 return ranker_order(q)
-        if self.copy.stale() and self.refreshing is None:  # one fetch at a time, shared by whoever waits for it
-            self.refreshing = asyncio.create_task(self._refresh())
-            self.refreshing.add_done_callback(lambda t: t.cancelled() or t.exception())  # logged in _refresh
-        if self.copy.params is None:  # the first requests wait for a copy (and fail if none comes)
-            if self.refreshing is None:  # cannot happen: a copy without parameters is stale
-                raise RuntimeError("no policy parameters and no fetch under way")
-            await asyncio.shield(self.refreshing)
-        slate, shown = self.copy.choose(q)
-        response = self.policy.remember.remote(q.request_id, shown)
-        if len(self.background) >= MAX_PENDING_IMPRESSIONS:
-            try:  # the learner is behind: this request waits instead of queueing more (not for ever)
-                await asyncio.wait_for(response, self.wait_s)
-            except Exception as exc:  # noqa: BLE001 -- the impression is in the feedback log all the same
-                log.warning("policy did not take an impression (%s)", str(exc)[:200] or type(exc).__name__)
-        else:
-            self._later(response)
-        return slate
-
-    async def _refresh(self) -> None:
-        copy = self.copy
-        if copy is None:
-            raise RuntimeError("no policy copy to refresh (policy_copy_s is 0)")
-        try:
-            started = time.monotonic()
-            params = await asyncio.wait_for(self.policy.parameters.remote(), timeout=COPY_FETCH_TIMEOUT_S)
-            copy.install(params, started)
-        except Exception as exc:
-            log.warning("policy parameters not refreshed (%s); the copy stays at %s", str(exc)[:200],
-                        copy.params.version if copy.params else "none")
-            raise
-        finally:
-            self.refreshing = None
-
-    def _later(self, response) -> None:
-        async def wait() -> None:
-            try:
-                await response
-            except Exception as exc:  # noqa: BLE001 -- the impression is still in the feedback log
-                log.warning("policy did not receive an impression (%s)", str(exc)[:200])
-
-        task = asyncio.create_task(wait())
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
+        return await self.copy.choose(q)
 
     async def learn(self, request_id: str, item_id: str, event: str) -> bool:
         try:  # the event is in the feedback log already: a policy that is restarting just misses it
@@ -234,7 +185,8 @@ class Ingress:
         self.edge = EdgeLog(open_feedback_log(args, f"ingress-{writer}"))
         metrics = Metrics(Tally(RaySink()))  # Tally: the shop page's live panel (this replica's counts)
         route_access_log(logging.getLogger("ray.serve"))  # the replica's log file
-        copy = PolicyCopy(args, metrics=metrics) if args.policy_copy_s > 0 else None
+        copy = CopyChooser(PolicyCopy(args, metrics=metrics), policy.parameters.remote, policy.remember.remote,
+                           args.singleton_wait_s) if args.policy_copy_s > 0 else None
         self.runtime = Runtime(RecommendService(args, Catalog.load(args.data_dir),
                                                 # a rollout's 503 comes before the Guard's 504
                                                 HandleStages(retriever, ranker, policy, registry, copy,

@@ -1,12 +1,15 @@
 """``PolicyCopy``: the policy's choice from a copy of the learner's parameters (AppArgs.policy_copy_s),
-without Ray: same choice as the learner, exact propensities, impressions and feedback still learned."""
+without Ray: same choice as the learner, exact propensities, impressions and feedback still learned;
+``CopyChooser``: one refresh at a time, and backpressure when the learner falls behind."""
 
+import asyncio
 import collections
+import time
 
 import numpy as np
 
 from serving.core.messages import PolicyQuery
-from serving.core.policy import PolicyCopy, PolicyCore
+from serving.core.policy import CopyChooser, PolicyCopy, PolicyCore
 from serving.core.schemas import AppArgs
 
 
@@ -75,3 +78,80 @@ def test_the_copy_logs_exact_propensities(tmp_path):
     for item, count in first.items():
         assert abs(count / n - logged[item]) < 0.03, (item, count / n, logged[item])
     assert abs(sum(logged.values()) - 1.0) < 1e-9  # every item seen at the top; propensities sum to 1
+
+
+# -- CopyChooser: one refresh at a time, backpressure towards the learner (no Ray) --------------
+
+
+class _Learner:
+    """The learner's two remote calls, as coroutines: ``parameters`` (slow on request) and
+    ``remember`` (held until released)."""
+
+    def __init__(self, tmp_path, fetch_delay_s: float = 0.0):
+        self.core = PolicyCore(_args(tmp_path, policy_epsilon=0.0), background=False)
+        self.fetches, self.remembered = 0, []
+        self.fetch_delay_s = fetch_delay_s
+        self.release = asyncio.Event()
+
+    async def parameters(self):
+        self.fetches += 1
+        await asyncio.sleep(self.fetch_delay_s)
+        return self.core.parameters()
+
+    async def remember(self, request_id, shown):
+        await self.release.wait()
+        self.remembered.append(request_id)
+
+
+def test_the_chooser_fetches_once_for_many_waiting_requests_and_hands_every_impression_back(tmp_path):
+    async def run():
+        learner = _Learner(tmp_path, fetch_delay_s=0.05)
+        learner.release.set()
+        chooser = CopyChooser(PolicyCopy(_args(tmp_path, policy_copy_s=60.0)), learner.parameters, learner.remember)
+        slates = await asyncio.gather(*(chooser.choose(_query(f"r{i}", seed=i)) for i in range(20)))
+        await asyncio.gather(*list(chooser.background))
+        return learner, slates
+
+    learner, slates = asyncio.run(run())
+    assert learner.fetches == 1  # twenty requests waited for the same first copy
+    assert all(s.policy_version == slates[0].policy_version for s in slates)
+    assert sorted(learner.remembered) == sorted(f"r{i}" for i in range(20))
+
+
+def test_a_learner_that_falls_behind_slows_requests_down_instead_of_queueing_without_end(tmp_path):
+    async def run():
+        learner = _Learner(tmp_path)  # remember() never returns until released
+        chooser = CopyChooser(PolicyCopy(_args(tmp_path, policy_copy_s=60.0)), learner.parameters, learner.remember,
+                              wait_s=0.2, max_pending=3)
+        for i in range(3):
+            await chooser.choose(_query(f"r{i}", seed=i))
+        pending = len(chooser.background)
+        started = time.monotonic()
+        slate = await chooser.choose(_query("r3", seed=3))  # the fourth waits for its own impression
+        waited = time.monotonic() - started
+        learner.release.set()
+        await asyncio.gather(*list(chooser.background))
+        return pending, waited, slate, learner, chooser
+
+    pending, waited, slate, learner, chooser = asyncio.run(run())
+    assert pending == 3 and len(chooser.background) == 0
+    assert 0.15 <= waited < 2.0 and slate.slots  # bounded wait, then answered all the same
+    assert sorted(learner.remembered) == ["r0", "r1", "r2"]  # the fourth's was given up, not queued
+
+
+def test_a_failed_first_fetch_fails_the_waiting_requests_and_the_next_one_fetches_again(tmp_path):
+    calls = []
+
+    async def broken():
+        calls.append(1)
+        raise ConnectionError("learner restarting")
+
+    async def run():
+        chooser = CopyChooser(PolicyCopy(_args(tmp_path, policy_copy_s=60.0)), broken, lambda *_: asyncio.sleep(0))
+        results = await asyncio.gather(*(chooser.choose(_query(f"r{i}")) for i in range(5)), return_exceptions=True)
+        again = await asyncio.gather(chooser.choose(_query("r9")), return_exceptions=True)
+        return results, again
+
+    results, again = asyncio.run(run())
+    assert all(isinstance(r, ConnectionError) for r in results) and isinstance(again[0], ConnectionError)
+    assert len(calls) == 2  # one shared fetch for the five, a new one for the next request
