@@ -89,6 +89,8 @@ class ItemKNN:
     def arrays(self) -> dict[str, np.ndarray]:
         """The similarity table (CSR arrays)."""
         sim = self.sim
+        if sim is None:
+            raise RuntimeError("ItemKNN.arrays called before fit")
         return {"data": sim.data, "indices": sim.indices, "indptr": sim.indptr,
                 "shape": np.asarray(sim.shape, dtype=np.int64)}
 

@@ -23,6 +23,8 @@ class Popularity:
 
     def state(self) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
         """``(config, model state)`` for a model directory (one component, ``popularity``)."""
+        if self.counts is None:
+            raise RuntimeError("Popularity.state called before fit")
         return {}, {"popularity": {"counts": self.counts}}
 
     @classmethod

@@ -30,6 +30,7 @@ def run_baseline(data: str, model: str, scheme: str = "loo", part: str = "test",
         raise DataError(f"--pop-scope: expected 'train' or 'all', got '{pop_scope}'")
     ds, task = split_task(data, scheme, part)
     start = time.time()
+    fitted: Popularity | ItemKNN
     if model == "pop":
         fitted = Popularity().fit(task.full if pop_scope == "all" else task.train)
     else:

@@ -95,7 +95,8 @@ def examination(positions: np.ndarray, greedy: np.ndarray, engaged: np.ndarray, 
     explored = ~greedy
     shown = np.bincount(positions[explored], minlength=slots)[:slots].astype(float)
     hits = np.bincount(positions[explored & engaged], minlength=slots)[:slots].astype(float)
-    info = {"exploration_impressions": int(shown.sum()), "exploration_engagements": int(hits.sum())}
+    info: dict[str, int | str | list[float]] = {"exploration_impressions": int(shown.sum()),
+                                                "exploration_engagements": int(hits.sum())}
     if hits.sum() < min_clicks:
         info["note"] = f"fewer than {min_clicks} engagements with explored items: no position reweighting"
         return np.ones(slots), info
@@ -145,8 +146,7 @@ def exposure_lists(ds: Dataset, impressions: pa.Table, events: pa.Table, max_wei
     cutoff = np.full(ds.num_users, np.iinfo(np.int64).max)
     ok = inter.lengths() >= 2
     cutoff[ok] = inter.times[inter.indptr[1:][ok] - 2]
-    report = {"requests_with_engagement": 0, "lists": 0, "anonymous_or_unknown_user": 0, "after_validation": 0,
-              "examination": info}
+    counts = {"requests_with_engagement": 0, "lists": 0, "anonymous_or_unknown_user": 0, "after_validation": 0}
     order = np.lexsort((pos, rid.astype(str)))
     t_shown = impressions["timestamp"].cast(pa.int64()).to_numpy()
     user_col = impressions["user_id"].to_pylist()
@@ -156,14 +156,14 @@ def exposure_lists(ds: Dataset, impressions: pa.Table, events: pa.Table, max_wei
         rows = order[lo:hi]
         if not engaged[rows].any():
             continue
-        report["requests_with_engagement"] += 1
+        counts["requests_with_engagement"] += 1
         user = users.get(user_col[rows[0]])
         if user is None:
-            report["anonymous_or_unknown_user"] += 1
+            counts["anonymous_or_unknown_user"] += 1
             continue
         last = max(engaged_at[(rid[r], shown_items[r])] for r in rows[engaged[rows]])
         if last >= cutoff[user]:  # any of its engagements: a held-out event may be among them
-            report["after_validation"] += 1
+            counts["after_validation"] += 1
             continue
         slate = [items.get(shown_items[r], -1) for r in rows]
         label = engaged[rows] & (np.array(slate) >= 0)
@@ -174,9 +174,10 @@ def exposure_lists(ds: Dataset, impressions: pa.Table, events: pa.Table, max_wei
         out_items.append(slate)
         out_label.append(label)
         out_w.append(min(max_weight, float(np.mean(1.0 / theta[pos[rows][label]]))))
-    report["lists"] = len(out_u)
+    counts["lists"] = len(out_u)
     k = max((len(s) for s in out_items), default=0)
     w = np.array(out_w, np.float64)
+    report: dict[str, object] = {**counts, "examination": info}
     report["mean_weight"] = round(float(w.mean()), 4) if len(w) else None
     return ExposureLists(np.array(out_u, np.int64), np.array(out_t, np.int64), _pad(out_items, k, -1, np.int64),
                          _pad([lbl.tolist() for lbl in out_label], k, False, bool), w, report)

@@ -77,6 +77,7 @@ class CandidateGenerator:
         """Items added at runtime: content vectors from the retriever's item tower (returned, for
         the vector index), no interactions yet (popularity, kNN and recent counts 0)."""
         vecs = self.retriever.add_items(new)
+        assert self.knn.sim is not None, "the stage's kNN is fitted"
         n = self.knn.sim.shape[0] + new.num_items
         self.knn.sim = sp.csr_matrix((self.knn.sim.data, self.knn.sim.indices,
                                       np.r_[self.knn.sim.indptr, np.full(new.num_items, self.knn.sim.nnz)]),

@@ -73,7 +73,7 @@ class ImageEmbedder(_EncoderActor):
 
 def image_uris(dataset: Dataset) -> list[str | None]:
     root = str(dataset.root) if dataset.root else ""
-    out = []
+    out: list[str | None] = []
     for rel in dataset.items["image"].to_pylist():
         if not rel:
             out.append(None)
@@ -122,6 +122,8 @@ def _run(kind: str, actor, config, rows: pa.Table, concurrency: int, batch_size:
 def embed_items(dataset: Dataset, kind: str, config, cache_dir: str, concurrency: int = 2,
                 batch_size: int = 64, use_gpu: bool = False) -> np.ndarray:
     """``(num_items, dim)`` content embeddings of ``kind`` ``'text'`` or ``'image'``, cached."""
+    inputs: list[str] | list[str | None]
+    actor: type[_EncoderActor]
     if kind == "text":
         inputs, actor, column = item_text(dataset.items), TextEmbedder, "text"
     else:

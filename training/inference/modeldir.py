@@ -137,7 +137,8 @@ def save_model_dir(uri: str, card: ModelCard, state: ModelState, overwrite: bool
     with storage.atomic_output_dir(uri, overwrite=overwrite, publish_last=MODEL_JSON) as tmp:
         (tmp / STATE_DIR).mkdir()
         for component, arrays in state.items():
-            np.savez(tmp / STATE_DIR / f"{component}.npz", **arrays)
+            # allow_pickle named (numpy's default) so that **arrays cannot fill it, as the stub requires
+            np.savez(tmp / STATE_DIR / f"{component}.npz", allow_pickle=True, **arrays)
         if extra is not None:
             extra(tmp)
         (tmp / MODEL_JSON).write_text(json.dumps(card.to_dict(), indent=2) + "\n")

@@ -8,12 +8,17 @@ the model was trained with (recorded in its ``model.json``). Plain PyTorch, no R
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
 
 from training.data.schema import ITEMS
 from training.inference.features import attribute_ids, item_tags, item_text
 from training.models.retriever import ItemFeatures
+
+if TYPE_CHECKING:  # the embedders (PIL, the encoder libraries) are imported on first use
+    from training.inference.embed import ImageEmbedder, TextEmbedder
 
 NEW_ITEM_FIELDS = pa.schema([(f.name, f.type) for f in ITEMS if f.name not in ("item_id",)])
 
@@ -33,7 +38,8 @@ class ContentEncoder:
         self.vocab, self.encoders = attribute_vocab, encoders or {}
         self.read_image = read_image  # bytes of an image reference (default: storage.read_bytes)
         self.text_dim, self.image_dim = text_dim, image_dim
-        self._text = self._image = None
+        self._text: TextEmbedder | None = None
+        self._image: ImageEmbedder | None = None
 
     @property
     def uses_text(self) -> bool:
@@ -55,6 +61,8 @@ class ContentEncoder:
                 image.read = self.read_image
             self._image = image
         embedder = self._text if kind == "text" else self._image
+        if embedder is None:
+            raise ValueError(f"unknown content kind {kind!r} (expected 'text' or 'image')")
         out = embedder({"item_id": np.arange(len(values)), column: values})["embedding"]
         return np.stack(out).astype(np.float32)
 

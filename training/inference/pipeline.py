@@ -144,8 +144,8 @@ class Pipeline:
     # -- model directory -------------------------------------------------------------------------
 
     @staticmethod
-    def state(generator: CandidateGenerator, ranker: Ranker, retriever_state: dict[str, np.ndarray],
-              stages: sp.csr_matrix | None = None) -> dict[str, np.ndarray]:
+    def state(generator: CandidateGenerator, ranker: Ranker, retriever_state: ModelState,
+              stages: sp.csr_matrix | None = None) -> ModelState:
         """Everything :meth:`from_state` needs; ``retriever_state`` is the retriever directory's
         ``state.npz`` content, embedded as is (the ranker reads the same item features from it)."""
         out = {"retriever_weights": retriever_state["weights"], "item_features": retriever_state["features"],

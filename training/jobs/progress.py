@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from typing import cast
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +40,21 @@ def printing(run: str, poll_s: float = 0.5):
     """While the block runs, log the lines the run's workers :func:`say` (the sink is pinned to
     this node, so it lives as long as the driver; a lost worker node loses no line)."""
     import ray
+    from ray.actor import ActorHandle
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    sink = ray.remote(num_cpus=0)(ProgressSink).options(
+    # .remote() is typed ActorHandle | type[ProgressSink] (Ray's ActorProxy, for classes whose methods
+    # carry @ray.method); what it returns is the handle
+    sink = cast(ActorHandle[ProgressSink], ray.remote(num_cpus=0)(ProgressSink).options(
         name=_sink_name(run), get_if_exists=True, lifetime=None,
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
-    ).remote()
+    ).remote())
     shown, stop = 0, threading.Event()
 
     def drain() -> None:
         nonlocal shown
         try:
-            lines = ray.get(sink.since.remote(shown), timeout=10)
+            lines: list[str] = ray.get(sink.since.remote(shown), timeout=10)
         except Exception:  # noqa: BLE001 -- a slow or restarting cluster: the next poll catches up
             return
         for line in lines:

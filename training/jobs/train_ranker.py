@@ -29,11 +29,12 @@ import logging
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from training.baselines.itemknn import ItemKNN, ItemKNNConfig
 from training.common.errors import DataError
@@ -214,16 +215,25 @@ def check_job(job: RankerJob) -> ModelCard:
     return doc
 
 
-def _tuned_modules(job: RankerJob, tuning: dict | None) -> dict:
+class TunedModules(TypedDict, total=False):
+    """The ``Ranker`` keyword arguments of the encoders being fine-tuned."""
+
+    tuned_text: TunedText
+    tuned_image: TunedImage
+
+
+def _tuned_modules(job: RankerJob, tuning: dict | None) -> TunedModules:
     """``Ranker`` keyword arguments for the encoders being fine-tuned, from their bottom states."""
-    out = {}
+    out: TunedModules = {}
     if tuning and "text" in tuning:
         hidden, mask = tuning["text"]
         cfg = job.model
+        assert job.text is not None, "check_job: text fine-tuning needs the text encoder"
         out["tuned_text"] = TunedText(TextEncoder(job.text), hidden, mask, cfg.text_tune_layers, cfg.text_tune_mode,
                                       cfg.text_lora_rank, cfg.text_lora_alpha)
     if tuning and "image" in tuning:
         states, has_image = tuning["image"]
+        assert job.image is not None, "check_job: image fine-tuning needs the image encoder"
         out["tuned_image"] = TunedImage(ImageEncoder(job.image), states, job.model.image_tune_layers, has_image)
     return out
 
@@ -234,6 +244,7 @@ def _bottom_states(job: RankerJob, ds) -> dict:
 
     cfg, out = job.model, {}
     if cfg.text_tune_layers > 0:
+        assert job.text is not None, "check_job: --text-tune-layers needs --text-encoder"
         t0 = time.time()
         out["text"] = bottom_states(TextEncoder(job.text), item_text(ds.items), cfg.text_tune_layers)
         how = f"LoRA r={cfg.text_lora_rank} on" if cfg.text_tune_mode == "lora" else "fine-tuning"
@@ -245,6 +256,7 @@ def _bottom_states(job: RankerJob, ds) -> dict:
         from PIL import Image
 
         from training.common import storage
+        assert job.image is not None, "check_job: --image-tune-layers needs --image-encoder"
         t0 = time.time()
         uris = image_uris(ds)
         images = [Image.open(io.BytesIO(storage.read_bytes(u))) if u else None for u in uris]
@@ -325,7 +337,8 @@ def train_loop(loop_config: dict) -> None:
             # gradient accumulation: an optimiser step every `grad_accum` batches; DDP all-reduces
             # only on that last one (no_sync on the others)
             last = steps % cfg.grad_accum == 0
-            sync = contextlib.nullcontext() if last or not hasattr(module, "no_sync") else module.no_sync()
+            # (one worker trains the bare model: no DistributedDataParallel, nothing to sync)
+            sync = module.no_sync() if not last and isinstance(module, DistributedDataParallel) else contextlib.nullcontext()
             with sync:
                 with torch.autocast("cuda", enabled=job.use_gpu):  # through module(...) so DDP syncs gradients
                     logits, _, aux = module(b.history, b.items.clamp(min=0), b.dense, b.hist_stage, return_all=True)
@@ -501,7 +514,8 @@ def export_ranker(job: RankerJob, ex: RankerInputs | None, saved: dict, start: f
             tables["tuned_table"] = ranker.tuned.embed_all()
         if ranker.tuned_image is not None:
             tables["tuned_image_table"] = ranker.tuned_image.embed_all()
-        exported = Ranker(job.model, ex.features, **tables)
+        exported = Ranker(job.model, ex.features, tuned_table=tables.get("tuned_table"),
+                          tuned_image_table=tables.get("tuned_image_table"))
         exported.load_state_dict({k: v for k, v in saved["best_model"].items()
                                   if not k.startswith(("tuned.", "tuned_image."))}, strict=False)
         for key, table in tables.items():

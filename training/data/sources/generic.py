@@ -114,7 +114,7 @@ def prepare(input: str, items: str | None = None, string_ids: bool = False,
     user_index = pd.Series(np.arange(len(all_users)), index=all_users)
 
     cols = {"item_id": np.arange(len(all_items), dtype=np.int64), "external_id": all_items.tolist()}
-    if meta is not None:
+    if items and meta is not None:  # meta comes from the items table
         meta = meta.reindex(all_items)
         for field in ITEM_FIELDS:
             if field in meta:

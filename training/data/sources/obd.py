@@ -43,16 +43,16 @@ def prepare(input: str, campaign: str = "all") -> Prepared:
     root = Path(input)
     if not root.is_dir():
         raise DataError(f"{input}: no such directory (expected the Open Bandit Dataset folder)")
-    logs, contexts = [], None
+    logs, item_contexts = [], []
     for policy, camp, d in _dirs(root, campaign):
         df = read_tabular(str(d / f"{camp}.csv"), what="OBD log").to_pandas()
         require_columns(pa.Table.from_pandas(df.head(0)),
                         ["timestamp", "item_id", "position", "click", "propensity_score"], str(d / f"{camp}.csv"))
         df["policy"], df["campaign"] = policy, camp
         logs.append(df)
-        ctx = read_tabular(str(d / "item_context.csv"), what="OBD item context").to_pandas()
-        contexts = ctx if contexts is None else contexts
+        item_contexts.append(read_tabular(str(d / "item_context.csv"), what="OBD item context").to_pandas())
     log = pd.concat(logs, ignore_index=True)
+    contexts = item_contexts[0]  # every folder has one; the first is used
     user_cols = sorted(c for c in log.columns if c.startswith("user_feature_"))
     aff_cols = sorted((c for c in log.columns if c.startswith("user-item_affinity_")),
                       key=lambda c: int(c.rsplit("_", 1)[1]))

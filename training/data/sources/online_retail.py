@@ -63,7 +63,7 @@ def prepare(input: str) -> Prepared:
     price = df.groupby("StockCode")["UnitPrice"].median()
     n_multi = int((variants.str.len() > 1).sum())
 
-    def describe(code: str) -> str:
+    def describe(code: str) -> str | None:
         names = variants.get(code, [])
         return "; ".join(names[1:]) if len(names) > 1 else None
 

@@ -89,7 +89,7 @@ class SyntheticConfig:
 
 
 def _brand_names(n: int, rng: np.random.Generator) -> list[str]:
-    names = set()
+    names: set[str] = set()
     while len(names) < n:
         names.add("".join(rng.choice(SYLLABLES, size=rng.integers(2, 4))).capitalize())
     return sorted(names)

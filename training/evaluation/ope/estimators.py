@@ -135,8 +135,9 @@ def estimate(logged: LoggedFeedback, action_dist: np.ndarray, q_hat: np.ndarray 
         if name in ("dm", "dr", "switch-dr") and q_hat is None:
             continue
         values, w = round_values(name, logged, action_dist, q_hat, tau)
-        res = {"value": float(values.mean()), "effective_sample_size": effective_sample_size(w),
-               "max_weight": float(w.max()), "rounds": int(logged.n)}
+        res: dict[str, float | list[float]] = {
+            "value": float(values.mean()), "effective_sample_size": effective_sample_size(w),
+            "max_weight": float(w.max()), "rounds": int(logged.n)}
         if boot is not None:  # SNIPS: the ratio resampled as a whole
             res["ci95"] = ci95(ratio_samples(w * logged.reward, w, boot) if name == "snips" else values[boot].mean(1))
         if name == "switch-dr":

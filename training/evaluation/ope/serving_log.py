@@ -70,8 +70,9 @@ def off_policy_value(impressions: pa.Table, events: pa.Table, bootstrap: int = 1
                                   return_inverse=True)
     n = len(requests)
     logged = np.bincount(req_idx, weights=reward, minlength=n)
-    out = {"requests": int(n), "impressions": int(impressions.num_rows), "events": int(events.num_rows),
-           "logged": {"value": float(logged.mean()) if n else float("nan")}}
+    logged_value: dict[str, float | list[float]] = {"value": float(logged.mean()) if n else float("nan")}
+    out: dict[str, object] = {"requests": int(n), "impressions": int(impressions.num_rows),
+                              "events": int(events.num_rows), "logged": logged_value}
     if not keep.any():
         out["greedy"] = None  # logs written before the greedy flag existed
         return out
@@ -88,13 +89,14 @@ def off_policy_value(impressions: pa.Table, events: pa.Table, bootstrap: int = 1
     # independent items: per slot
     w_item = np.where(keep & greedy, 1.0 / np.clip(prop, 1e-12, None), 0.0)
     iips_r = np.bincount(req_idx, weights=w_item * reward, minlength=n)[used]
-    g = {"requests": int(used.sum()),
-         "ips": float(slate_r.mean()), "snips": float(slate_r.sum() / max(w_slate.sum(), 1e-300)),
-         "effective_sample_size": effective_sample_size(w_slate),
-         "max_weight": float(w_slate.max()),
-         "iips": float(iips_r.mean()),
-         "iips_effective_sample_size": effective_sample_size(w_item),
-         "iips_max_weight": float(w_item.max())}
+    g: dict[str, float | list[float]] = {
+        "requests": int(used.sum()),
+        "ips": float(slate_r.mean()), "snips": float(slate_r.sum() / max(w_slate.sum(), 1e-300)),
+        "effective_sample_size": effective_sample_size(w_slate),
+        "max_weight": float(w_slate.max()),
+        "iips": float(iips_r.mean()),
+        "iips_effective_sample_size": effective_sample_size(w_item),
+        "iips_max_weight": float(w_item.max())}
     out["greedy"] = g
     if bootstrap:
         rng = np.random.default_rng(seed)
@@ -104,5 +106,5 @@ def off_policy_value(impressions: pa.Table, events: pa.Table, bootstrap: int = 1
         g["ips_95ci"] = ci95(slate_r[idx].mean(1))
         g["snips_95ci"] = ci95(ratio_samples(slate_r, w_slate, idx))
         g["iips_95ci"] = ci95(iips_r[idx].mean(1))
-        out["logged"]["value_95ci"] = ci95(logged[lg].mean(1))
+        logged_value["value_95ci"] = ci95(logged[lg].mean(1))
     return out

@@ -124,16 +124,18 @@ def target_slate_value(impressions: pa.Table, events: pa.Table, rank: Ranker, ep
     logged = LoggedSlates.of(impressions, events)
     w, value = logged.weights(rank, epsilon), logged.value
     wr = w * value
+    ips: dict[str, float | list[float]] = {"value": float(wr.mean())}
+    snips: dict[str, float | list[float]] = {"value": float(wr.sum() / w.sum()) if w.sum() > 0 else float("nan")}
     out = {"requests": len(w), "epsilon": epsilon,
            "logged": {"value": float(value.mean())},
-           "ips": {"value": float(wr.mean())},
-           "snips": {"value": float(wr.sum() / w.sum()) if w.sum() > 0 else float("nan")},
+           "ips": ips,
+           "snips": snips,
            "effective_sample_size": effective_sample_size(w),
            "max_weight": float(w.max()), "supported_requests": int((w > 0).sum())}
     if bootstrap:
         idx = np.random.default_rng(seed).integers(0, len(w), size=(bootstrap, len(w)))
-        out["ips"]["ci95"] = ci95(wr[idx].mean(1))
-        out["snips"]["ci95"] = ci95(ratio_samples(wr, w, idx))
+        ips["ci95"] = ci95(wr[idx].mean(1))
+        snips["ci95"] = ci95(ratio_samples(wr, w, idx))
     return out
 
 
@@ -144,10 +146,11 @@ def compare_targets(impressions: pa.Table, events: pa.Table, old: Ranker, new: R
     logged = LoggedSlates.of(impressions, events)
     w_old, w_new, value = logged.weights(old, epsilon), logged.weights(new, epsilon), logged.value
     d = (w_new - w_old) * value
-    out = {"requests": len(value), "epsilon": epsilon, "old_ips": float((w_old * value).mean()),
-           "new_ips": float((w_new * value).mean()), "difference": float(d.mean()),
-           "old_effective_sample_size": effective_sample_size(w_old),
-           "new_effective_sample_size": effective_sample_size(w_new)}
+    out: dict[str, float | list[float]] = {
+        "requests": len(value), "epsilon": epsilon, "old_ips": float((w_old * value).mean()),
+        "new_ips": float((w_new * value).mean()), "difference": float(d.mean()),
+        "old_effective_sample_size": effective_sample_size(w_old),
+        "new_effective_sample_size": effective_sample_size(w_new)}
     if bootstrap:
         idx = np.random.default_rng(seed).integers(0, len(d), size=(bootstrap, len(d)))
         out["difference_ci95"] = ci95(d[idx].mean(1))
