@@ -215,7 +215,8 @@ import asyncio, json, sys, time
 import numpy as np
 from serving.core.catalog import Catalog
 from serving.core.schemas import AppArgs, RecommendRequest
-from serving.core.service import LocalStages, LocalState, RecommendService, user_state_config
+from serving.core.local import LocalStages, LocalState
+from serving.core.service import RecommendService, user_state_config
 from serving.state.user_state import MemoryUserState
 from training.models.retriever import ItemTower
 variant, model, data, work = sys.argv[1:5]

@@ -6,7 +6,7 @@ applied; :class:`Retrieval` turns a :class:`~serving.core.messages.CandidateQuer
 features, the policy's per-item columns); :class:`Ranking` ranks a batch of
 :class:`~serving.core.messages.RankQuery`. The policy that orders the final slate is
 :mod:`serving.core.policy`. :class:`~serving.core.service.RecommendService` calls them in one process
-(:class:`~serving.core.service.LocalStages`), and the Serve deployments (:mod:`serving.deploy.deployments`,
+(:class:`~serving.core.local.LocalStages`), and the Serve deployments (:mod:`serving.deploy.deployments`,
 :mod:`serving.deploy.policy`) are thin adapters that place them in replicas.
 """
 

@@ -6,9 +6,10 @@ ranking, filters, the policy's choice and the feedback-log records -- for ``/rec
 (:mod:`serving.core.messages`). What it talks to comes in through small interfaces (ports):
 
 * :class:`Stages` -- retrieval + ranking, the policy, the registry of runtime items. In one process
-  :class:`LocalStages` calls :mod:`serving.core.retrieve_rank` directly; in the Serve app
-  (:mod:`serving.deploy.app`) the same calls go through ``DeploymentHandle``s to the replicas holding them.
-* the user state (``view/issue/check/record/ping``): :class:`LocalState` over
+  :class:`~serving.core.local.LocalStages` calls :mod:`serving.core.retrieve_rank` directly; in the
+  Serve app (:mod:`serving.deploy.app`) the same calls go through ``DeploymentHandle``s to the
+  replicas holding them.
+* the user state (``view/issue/check/record/ping``): :class:`~serving.core.local.LocalState` over
   :class:`~serving.state.user_state.MemoryUserState` here, :class:`serving.deploy.state_store.StateAccess`
   (the embedded-store deployment or Redis) in the Serve app;
 * ``append(table, records)``: the durable feedback log (:mod:`serving.feedback.log`);
@@ -44,7 +45,6 @@ from serving.core.messages import (
     CandidateSet,
     PolicyQuery,
     RankedList,
-    RankQuery,
     Slate,
 )
 from serving.core.metrics import NO_METRICS, Metrics
@@ -58,7 +58,6 @@ from serving.core.schemas import (
 )
 from serving.state.user_state import (
     HISTORY_EVENTS,
-    MemoryUserState,
     Outcome,
     Recorded,
     StateUnavailable,
@@ -431,112 +430,9 @@ class RecommendService:
         return version, state_ok
 
 
-# -- in one process ------------------------------------------------------------------------------
-
-
 def user_state_config(args: AppArgs) -> UserStateConfig:
     return UserStateConfig(max_events=args.state_max_events, exclude_shown=args.exclude_shown,
                            shown_window=args.shown_window, session_ttl_s=args.session_ttl_s,
                            user_ttl_s=args.state_user_ttl_s, max_ephemeral_keys=args.state_max_ephemeral_keys,
                            max_answer_ids=args.state_max_answer_ids, max_shown_bytes=args.state_max_shown_bytes,
                            compact_every=args.state_compact_every)
-
-
-class LocalState:
-    """:class:`StatePort` over an in-process :class:`~serving.state.user_state.MemoryUserState`."""
-
-    def __init__(self, state: MemoryUserState):
-        self.state = state
-
-    async def view(self, key: str) -> UserView:
-        return self.state.view(key)
-
-    async def issue(self, request_id: str, key: str, items: list[str]) -> None:
-        self.state.issue(request_id, key, items)
-
-    async def check(self, request_id: str, item_id: str, event: str) -> Recorded:
-        return self.state.check(request_id, item_id, event)
-
-    async def record(self, request_id: str, item_id: str, event: str) -> Recorded:
-        return self.state.record(request_id, item_id, event)
-
-    async def ping(self) -> bool:
-        return self.state.ping()
-
-
-class LocalRegistry:
-    """:class:`~serving.core.runtime_items.ItemStore` behind the async calls of :class:`Stages`."""
-
-    def __init__(self, root: str):
-        from serving.core.runtime_items import ItemStore
-
-        self.store = ItemStore(root)
-
-    async def since(self, n: int) -> list[dict]:
-        return self.store.since(n)
-
-    async def add(self, record: dict) -> int:
-        return self.store.add(record)
-
-
-class LocalStages:
-    """:class:`Stages` in one process: retrieval, ranking and the policy as plain objects; the
-    model work runs in a worker thread (``offload``) so an event loop keeps serving meanwhile."""
-
-    def __init__(self, args: AppArgs, registry: LocalRegistry | None = None, offload: bool = True,
-                 served=None, metrics: Metrics = NO_METRICS):
-        """``served``: a :class:`~serving.core.runtime_items.ServedModel` already loaded (else
-        ``args.model_dir`` is loaded); ``metrics``: where the stages' latencies go."""
-        from serving.core.policy import PolicyCore
-        from serving.core.retrieve_rank import ModelHolder, Ranking, Retrieval
-        from serving.core.schemas import ModelSpec
-
-        self.registry = registry or LocalRegistry(args.items_root)
-        self.holder = ModelHolder(args, self.registry.since, with_index=True, metrics=metrics)
-        if served is None:
-            self.holder.load(ModelSpec(model_dir=args.model_dir, model_version=args.model_version))
-        else:
-            self.holder.served = served
-            if served.index is not None:
-                metrics.index_items(len(served.index))
-        self.retrieval, self.ranking = Retrieval(self.holder), Ranking(self.holder)
-        self.policy = PolicyCore(args, background=False, metrics=metrics)
-        self.offload = offload
-
-    async def _run(self, fn, *a):
-        return await asyncio.to_thread(fn, *a) if self.offload else fn(*a)
-
-    async def retrieve_and_rank(self, q: CandidateQuery, user: int | None,
-                                live_stages: dict[int, int]) -> tuple[CandidateSet, RankedList]:
-        from serving.core.retrieve_rank import retrieve_then_rank  # torch: loaded with the models
-
-        served = await self.holder.current(q.items_version)  # runtime items applied on the loop
-
-        async def candidates(cq: CandidateQuery) -> CandidateSet:
-            return await self._run(self.retrieval.compute, served, cq)
-
-        async def rank(rq: RankQuery) -> RankedList:
-            return (await self._run(self.ranking.compute, served, [rq]))[0]
-
-        return await retrieve_then_rank(candidates, rank, q, user, live_stages)
-
-    async def similar(self, item: int, k: int, items_version: int) -> list[int]:
-        return await self.retrieval.similar(item, k, items_version)
-
-    async def choose(self, q: PolicyQuery) -> Slate:
-        return self.policy.choose(q)
-
-    async def learn(self, request_id: str, item_id: str, event: str) -> bool:
-        return self.policy.feedback(request_id, item_id, event)
-
-    async def since(self, n: int) -> list[dict]:
-        return await self.registry.since(n)
-
-    async def add_item(self, record: dict) -> int:
-        return await self.registry.add(record)
-
-    async def check_content(self, record: dict) -> str | None:
-        return self.holder.check_content(record)
-
-    async def ready(self) -> str:
-        return self.holder.version()

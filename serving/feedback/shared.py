@@ -7,7 +7,7 @@ storage** (S3, or a filesystem every node mounts): ``<wal>/<writer>/<time>-<id>.
 per **group commit** -- a committer thread writes everything appended while the previous write was
 in flight as one object, so the cost is one PUT per group, not per request (measured in
 ``benchmarks/multinode.py``). Committed objects are published as Parquet parts under ``root``
-(:func:`serving.feedback.log.write_parts`, same tables) after ``flush_rows`` records or
+(:func:`serving.feedback.records.write_parts`, same tables) after ``flush_rows`` records or
 ``flush_seconds``, then deleted.
 
 **Liveness.** A thread of its own (not the publisher, which can be stuck in a long upload)
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
-from serving.feedback.log import encode, encode_acks, parse_lines, resolve_acks, rows_of, write_parts
+from serving.feedback.records import encode, encode_acks, parse_lines, resolve_acks, rows_of, write_parts
 from training.common import storage
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 Each logged request of a **known user** (``user_id`` of the dataset) that led to a click, cart or
 purchase of a catalogue item becomes one list: the slate as it was shown (slot order), labelled
 with the items the shopper engaged with; the others were seen and passed over -- explicit
-negatives the sampled candidate lists of :mod:`training.jobs.train_ranker` never have.
+negatives the sampled candidate lists of :mod:`training.jobs.ranker_data` never have.
 
 **Position debiasing.** A shopper examines lower slots less often, so a skip at slot 9 says less
 than a skip at slot 0, and a click at slot 9 means more. Under the position-based examination

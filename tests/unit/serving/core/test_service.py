@@ -13,8 +13,9 @@ from test_runtime_items import _served
 from unit_models import N_ITEMS, _train
 
 from serving.core.catalog import Catalog
+from serving.core.local import LocalStages, LocalState
 from serving.core.schemas import AppArgs, FeedbackRequest, NewItem, RecommendRequest
-from serving.core.service import LocalStages, LocalState, RecommendService, ServiceError
+from serving.core.service import RecommendService, ServiceError
 from serving.feedback.log import FeedbackLog, FeedbackLogConfig
 from serving.state.user_state import MemoryUserState, StateUnavailable, UserStateConfig
 from training.data.feedback import read_feedback

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from training.jobs.loop import driver_dataset
-from training.jobs.train_ranker import RankerExamples
+from training.jobs.ranker_data import RankerExamples
 
 
 def _examples(n: int = 5, c: int = 3, stages: bool = False) -> RankerExamples:
