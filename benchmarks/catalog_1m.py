@@ -215,7 +215,7 @@ import asyncio, json, sys, time
 import numpy as np
 from serving.core.catalog import Catalog
 from serving.core.schemas import AppArgs, RecommendRequest
-from serving.core.local import LocalStages, LocalState
+from serving.core.local import LocalBackend, LocalState
 from serving.core.service import RecommendService, user_state_config
 from serving.state.user_state import MemoryUserState
 from training.models.retriever import ItemTower
@@ -228,7 +228,7 @@ args = AppArgs(model_dir=model, data_dir=data, feedback_root=f"{work}/fb", wal_d
 catalog = Catalog.load(data)
 async def append(table, records):
     pass
-service = RecommendService(args, catalog, LocalStages(args, offload=False),
+service = RecommendService(args, catalog, LocalBackend(args, offload=False),
                            LocalState(MemoryUserState(user_state_config(args), args.state_dir)), append)
 users = list(catalog.user_index)[:31]
 async def run():

@@ -1,6 +1,6 @@
 """Baseline for the Serve benchmark: the **same** ``RecommendService`` and HTTP edge as the Serve
 app (:mod:`serving.core.service`, :mod:`serving.edge.http`) in ONE plain uvicorn process, no Ray: its stages
-are called in-process (:class:`~serving.core.local.LocalStages`), the user state is an in-process
+are called in-process (:class:`~serving.core.local.LocalBackend`), the user state is an in-process
 :class:`~serving.state.user_state.MemoryUserState` (journaled like the embedded store), the feedback log
 the same durable WAL. Only the process layout differs, so ``benchmarks/serve_load.py`` states
 Ray Serve's overhead as a ratio of like with like.
@@ -19,7 +19,7 @@ import uvicorn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from serving.core.catalog import Catalog
-from serving.core.local import LocalStages, LocalState
+from serving.core.local import LocalBackend, LocalState
 from serving.core.schemas import AppArgs
 from serving.core.service import RecommendService, user_state_config
 from serving.edge.http import EdgeLog, Runtime, configure, open_feedback_log
@@ -29,7 +29,7 @@ from serving.state.user_state import MemoryUserState
 def make_app(args: AppArgs):
     edge = EdgeLog(open_feedback_log(args, "plain"))
     state = LocalState(MemoryUserState(user_state_config(args), args.state_dir))
-    service = RecommendService(args, Catalog.load(args.data_dir), LocalStages(args), state, edge.append)
+    service = RecommendService(args, Catalog.load(args.data_dir), LocalBackend(args), state, edge.append)
     return configure(Runtime(service, edge), args)
 
 

@@ -258,7 +258,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from training.evaluation.run import write_json
 
     start = time.time()
-    stages: dict[str, float] = {}
+    seconds: dict[str, float] = {}  # per part of the demo
     if cfg.smoke:
         data = str(Path(cfg.workdir) / "data" / "smoke-shop")
         if not (Path(data) / "dataset.json").exists():
@@ -269,18 +269,18 @@ def run_demo(cfg: DemoConfig) -> dict:
             prepare("synthetic", None, data)  # the default size: 5,000 users, 2,000 items, 100k events
     else:
         data = prepare_cached(cfg.dataset, KnownData(workdir=cfg.workdir, shared=cfg.shared))
-    stages["prepare"] = time.time() - start
+    seconds["prepare"] = time.time() - start
     t = time.time()
     rows = []
     for model in ("pop", "itemknn"):
         rows.append({"dataset": "smoke-shop" if cfg.smoke else cfg.dataset, "scheme": "loo", "model": model,
                      **run_baseline(data, model, "loo", "test")})
     log.info(format_table(rows))
-    stages["baselines"] = time.time() - t
+    seconds["baselines"] = time.time() - t
     t = time.time()
     init_ray()
     ranker, metrics = train_models(cfg, data)
-    stages["train"] = time.time() - t
+    seconds["train"] = time.time() - t
     t = time.time()
     from serving.deploy.run import start_app, stop_app
     from training.common.ray_env import quiet_ray
@@ -303,14 +303,14 @@ def run_demo(cfg: DemoConfig) -> dict:
     try:
         start_app(args, cfg.host, cfg.port, http_timeout_s=30)
         ready = _wait_ready(url)
-        stages["serve start"] = time.time() - t
+        seconds["serve start"] = time.time() - t
         log.info(f"\n[demo] serving {ranker} on {url} ({ready['items']:,} items)")
         t = time.time()
         answered = ask(url, data)
         if cfg.dataset == SHOP and not cfg.smoke:
             warm_up(url, data)
         answered.append(loop_story(url, data))
-        stages["requests"] = time.time() - t
+        seconds["requests"] = time.time() - t
         if cfg.keep_serving:
             stop = threading.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -330,7 +330,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                "retriever": {k: metrics["retriever"][k] for k in ("NDCG@10", "HR@10")},
                "ranker (two-stage)": {k: metrics["ranker"][k] for k in ("NDCG@10", "HR@10")},
                "requests": answered, "feedback_log": {"impressions": impressions, "events": events},
-               "seconds": {k: round(v, 1) for k, v in stages.items()}, "total_seconds": round(time.time() - start, 1)}
+               "seconds": {k: round(v, 1) for k, v in seconds.items()}, "total_seconds": round(time.time() - start, 1)}
     out = Path(cfg.workdir) / ("demo-smoke.json" if cfg.smoke else "demo-summary.json")
     write_json(summary, str(out))
     log.info("\n[demo] summary")

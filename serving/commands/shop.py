@@ -58,7 +58,7 @@ class CatalogueOnly:
         self.metrics = NO_METRICS
 
     @property
-    def stages(self) -> CatalogueOnly:
+    def backend(self) -> CatalogueOnly:
         return self
 
     async def since(self, n: int) -> list[dict]:

@@ -4,7 +4,7 @@ as plain in-process objects, no Ray.
 * :class:`LocalState` -- the user-state port over an in-process
   :class:`~serving.state.user_state.MemoryUserState`;
 * :class:`LocalRegistry` -- the runtime-item registry over an :class:`~serving.core.runtime_items.ItemStore`;
-* :class:`LocalStages` -- retrieval, ranking and the policy (:mod:`serving.core.retrieve_rank`,
+* :class:`LocalBackend` -- retrieval, ranking and the policy (:mod:`serving.core.retrieve_rank`,
   :mod:`serving.core.policy`) called directly.
 
 Unit tests (``tests/unit/serving/core/test_service.py``) and the single-process benchmarks
@@ -47,7 +47,7 @@ class LocalState:
 
 class LocalRegistry:
     """:class:`~serving.core.runtime_items.ItemStore` behind the async calls of
-    :class:`~serving.core.service.Stages`."""
+    :class:`~serving.core.service.Backend`."""
 
     def __init__(self, root: str):
         from serving.core.runtime_items import ItemStore
@@ -61,15 +61,15 @@ class LocalRegistry:
         return self.store.add(record)
 
 
-class LocalStages:
-    """:class:`~serving.core.service.Stages` in one process: retrieval, ranking and the policy as
+class LocalBackend:
+    """:class:`~serving.core.service.Backend` in one process: retrieval, ranking and the policy as
     plain objects; the model work runs in a worker thread (``offload``) so an event loop keeps
     serving meanwhile."""
 
     def __init__(self, args: AppArgs, registry: LocalRegistry | None = None, offload: bool = True,
                  served=None, metrics: Metrics = NO_METRICS):
         """``served``: a :class:`~serving.core.runtime_items.ServedModel` already loaded (else
-        ``args.model_dir`` is loaded); ``metrics``: where the stages' latencies go."""
+        ``args.model_dir`` is loaded); ``metrics``: where the steps' latencies go."""
         from serving.core.policy import PolicyCore
         from serving.core.retrieve_rank import ModelHolder, Ranking, Retrieval
         from serving.core.schemas import ModelSpec

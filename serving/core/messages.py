@@ -72,7 +72,7 @@ class RankedList:
 
 class ModelVersionMismatch(RuntimeError):
     """A replica was asked to rank (or retrieve) with a model version it does not hold -- a
-    rollout is under way and the two stages of one request met different versions. ``held``:
+    rollout is under way and the two steps of one request met different versions. ``held``:
     the versions it holds, newest first, so the caller can retrieve again with one of them.
     (Its args are its constructor's, so it pickles across Ray and keeps its type there.)"""
 
@@ -84,7 +84,7 @@ class ModelVersionMismatch(RuntimeError):
         return f"model version {self.wanted!r} is not held here (held: {', '.join(self.held) or 'none'})"
 
 
-class StageUnavailable(RuntimeError):
+class DependencyUnavailable(RuntimeError):
     """A model replica could not get what a request needs in time (the item registry did not
     answer, say, while it restarts): the request may be retried (HTTP 503)."""
 

@@ -1,7 +1,7 @@
 """What the serving path measures, as typed calls -- and where those numbers go.
 
 :class:`Metrics` is the interface the Ray-free parts (:class:`~serving.core.service.RecommendService`,
-the stages in :mod:`serving.core.retrieve_rank`, the HTTP edge) call: ``metrics.request("/recommend", 200,
+the steps in :mod:`serving.core.retrieve_rank` and :mod:`serving.core.policy`, the HTTP edge) call: ``metrics.request("/recommend", 200,
 0.012)``. It hands each number to a :class:`Sink`; without one (``NO_METRICS``, the default
 everywhere) nothing is recorded, so the service, its unit tests and the one-process run need no
 metrics backend. The Serve app gives each replica a :class:`~serving.deploy.ray_metrics.RaySink`: Ray Serve's metrics
@@ -32,7 +32,7 @@ RAY_PREFIX = "ray_"  # what Ray's Prometheus exporter puts before every applicat
 
 # seconds; from sub-millisecond policy choices to requests held near the 10 s deadline
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-STAGES = ("retrieval", "ranking", "policy_choose")
+STEPS = ("retrieval", "ranking", "policy_choose")  # the timed steps of a request
 ENDPOINTS = ("/recommend", "/feedback", "/items", "/items/{item_id}/similar", "/healthz", "/readyz", "other")
 EVENTS = tuple(REWARDS)  # view, click, cart, purchase
 OUTCOMES = ("recorded", "duplicate")
@@ -55,9 +55,9 @@ SPECS: dict[str, MetricSpec] = {s.name: s for s in (
                ("endpoint", "status")),
     MetricSpec("raycart_request_errors_total", "counter",
                "HTTP requests answered with a 4xx or 5xx, by endpoint and status class.", ("endpoint", "status")),
-    MetricSpec("raycart_stage_latency_seconds", "histogram",
-               "Time spent in one stage of a recommendation (retrieval, ranking: per request, the time of the "
-               "batch it was ranked in, policy_choose).", ("stage",), LATENCY_BUCKETS),
+    MetricSpec("raycart_step_latency_seconds", "histogram",
+               "Time spent in one step of a recommendation (retrieval, ranking: per request, the time of the "
+               "batch it was ranked in, policy_choose).", ("step",), LATENCY_BUCKETS),
     MetricSpec("raycart_feedback_events_total", "counter",
                "Feedback events accepted, by event type and outcome (recorded, duplicate).", ("event", "outcome")),
     MetricSpec("raycart_impressions_total", "counter", "Items shown, by model and policy version.",
@@ -116,8 +116,8 @@ class Metrics:
     Example::
 
         metrics = Metrics(RaySink())            # in a Serve replica (serving.deploy.ray_metrics)
-        metrics.stage("ranking", 0.004)
-        NO_METRICS.stage("ranking", 0.004)      # records nothing
+        metrics.step("ranking", 0.004)
+        NO_METRICS.step("ranking", 0.004)      # records nothing
     """
 
     def __init__(self, sink: Sink | None = None):
@@ -134,10 +134,10 @@ class Metrics:
         if status >= 400:
             self._put("raycart_request_errors_total", 1, endpoint=endpoint, status=cls)
 
-    def stage(self, stage: str, seconds: float, count: int = 1) -> None:
-        """``count`` requests each spent ``seconds`` in ``stage`` (a batch of them, for ranking)."""
+    def step(self, step: str, seconds: float, count: int = 1) -> None:
+        """``count`` requests each spent ``seconds`` in ``step`` (a batch of them, for ranking)."""
         for _ in range(count):
-            self._put("raycart_stage_latency_seconds", seconds, stage=stage)
+            self._put("raycart_step_latency_seconds", seconds, step=step)
 
     def impressions(self, count: int, model_version: str, policy_version: str) -> None:
         if count > 0:

@@ -111,7 +111,7 @@ class PolicyCore:
         with self.lock:
             slate, shown = choose_slate(self.policy, q, self.version())
             self._remember(q.request_id, shown)
-        self.metrics.stage("policy_choose", time.perf_counter() - started)
+        self.metrics.step("policy_choose", time.perf_counter() - started)
         return slate
 
     def remember(self, request_id: str, shown: dict[str, np.ndarray]) -> None:
@@ -243,7 +243,7 @@ class PolicyCopy:
             raise RuntimeError("no policy parameters installed yet")
         started = time.perf_counter()
         chosen = choose_slate(self.policy, q, self.params.version)
-        self.metrics.stage("policy_choose", time.perf_counter() - started)
+        self.metrics.step("policy_choose", time.perf_counter() - started)
         return chosen
 
 

@@ -6,7 +6,7 @@ applied; :class:`Retrieval` turns a :class:`~serving.core.messages.CandidateQuer
 features, the policy's per-item columns); :class:`Ranking` ranks a batch of
 :class:`~serving.core.messages.RankQuery`. The policy that orders the final slate is
 :mod:`serving.core.policy`. :class:`~serving.core.service.RecommendService` calls them in one process
-(:class:`~serving.core.local.LocalStages`), and the Serve deployments (:mod:`serving.deploy.deployments`,
+(:class:`~serving.core.local.LocalBackend`), and the Serve deployments (:mod:`serving.deploy.deployments`,
 :mod:`serving.deploy.policy`) are thin adapters that place them in replicas.
 """
 
@@ -91,7 +91,7 @@ class ModelHolder:
     a rollout; runtime items are applied lazily (:meth:`current`), with this model's own towers.
     The replaced version stays held for ``grace_s`` (a request whose candidates it retrieved is
     ranked by it: one request, one model version). ``metrics`` (:mod:`serving.core.metrics`) gets the
-    index size and the stages' latencies."""
+    index size and the steps' latencies."""
 
     def __init__(self, args: AppArgs, since: Since, with_index: bool, metrics: Metrics = NO_METRICS,
                  grace_s: float = ROLLOUT_GRACE_S):
@@ -245,7 +245,7 @@ class Retrieval:
         policy = user_item_features(user[0], vecs[safe], vecs[live.recent] if live.recent else None, live.dim,
                                     vecs[live.shown] if live.shown else None, np.asarray(live.clicked, bool),
                                     bandwidth=live.bandwidth)
-        self.holder.metrics.stage("retrieval", time.perf_counter() - started)
+        self.holder.metrics.step("retrieval", time.perf_counter() - started)
         return CandidateSet(found, c.dense[0], policy, vecs[safe],
                             explore_from=len(retrieved) if live.explore else len(found), model_version=s.version)
 
@@ -323,7 +323,7 @@ class Ranking:
                 np.array([r["score"] for r in ranked], np.float64), [r["reason"] for r in ranked],
                 np.array([r["p_cart"] for r in ranked]) if has else None,
                 np.array([r["p_purchase"] for r in ranked]) if has else None))
-        self.holder.metrics.stage("ranking", time.perf_counter() - started, count=len(queries))
+        self.holder.metrics.step("ranking", time.perf_counter() - started, count=len(queries))
         return out
 
 

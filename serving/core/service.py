@@ -5,8 +5,8 @@ ranking, filters, the policy's choice and the feedback-log records -- for ``/rec
 ``/feedback``, ``POST /items`` and similar items -- with typed messages between the parts
 (:mod:`serving.core.messages`). What it talks to comes in through small interfaces (ports):
 
-* :class:`Stages` -- retrieval + ranking, the policy, the registry of runtime items. In one process
-  :class:`~serving.core.local.LocalStages` calls :mod:`serving.core.retrieve_rank` directly; in the
+* :class:`Backend` -- retrieval + ranking, the policy, the registry of runtime items. In one process
+  :class:`~serving.core.local.LocalBackend` calls :mod:`serving.core.retrieve_rank` directly; in the
   Serve app (:mod:`serving.deploy.app`) the same calls go through ``DeploymentHandle``s to the
   replicas holding them.
 * the user state (``view/issue/check/record/ping``): :class:`~serving.core.local.LocalState` over
@@ -116,7 +116,7 @@ class ServiceError(Exception):
         self.status, self.detail, self.headers = status, detail, headers
 
 
-class Stages(Protocol):
+class Backend(Protocol):
     async def retrieve_and_rank(self, q: CandidateQuery, user: int | None,
                                 live_stages: dict[int, int]) -> tuple[CandidateSet, RankedList]: ...
     async def similar(self, item: int, k: int, items_version: int) -> list[int]: ...
@@ -142,9 +142,9 @@ Append = Callable[[str, list[dict]], Awaitable[None]]
 
 
 class RecommendService:
-    def __init__(self, args: AppArgs, catalog: Catalog, stages: Stages, state: StatePort, append: Append,
+    def __init__(self, args: AppArgs, catalog: Catalog, backend: Backend, state: StatePort, append: Append,
                  metrics: Metrics = NO_METRICS):
-        self.args, self.catalog, self.stages, self.state, self.append = args, catalog, stages, state, append
+        self.args, self.catalog, self.backend, self.state, self.append = args, catalog, backend, state, append
         self.metrics = metrics
         self.versions: collections.OrderedDict[str, tuple[str, str]] = collections.OrderedDict()
         self.synced_at = 0.0  # when the runtime items were last pulled from the registry
@@ -177,7 +177,7 @@ class RecommendService:
                 return
             self.sync_began = time.monotonic()
             try:
-                records = await self.stages.since(self.catalog.added)
+                records = await self.backend.since(self.catalog.added)
             except ServiceError:  # the registry is restarting: a routine sync waits for the next one
                 if force:
                     raise
@@ -222,7 +222,7 @@ class RecommendService:
         live = await self._history(req, who, view)
         ranked = await self._ranked(req, who, view, live)
         query = self._policy_query(req, view, ranked)
-        slate = await self.stages.choose(query)
+        slate = await self.backend.choose(query)
         return await self._answer(req, who, state, ranked, query, slate, live)
 
     def _shopper(self, req: RecommendRequest) -> _Shopper:
@@ -265,7 +265,7 @@ class RecommendService:
                               bandwidth=args.policy_bandwidth)
         funnel = {known[x]: STAGES[e] for x, e in view.deepest().items() if x in known}
         # cat.added: every step answers with at least these runtime items applied
-        cands, ranked = await self.stages.retrieve_and_rank(
+        cands, ranked = await self.backend.retrieve_and_rank(
             CandidateQuery(who.history, who.times, cat.added, inputs), who.user, funnel)
         if cands.model_version and cands.model_version != ranked.model_version:  # never answer a mixed pair
             raise ServiceError(503, f"retrieved by model {cands.model_version!r} but ranked by "
@@ -382,7 +382,7 @@ class RecommendService:
         if rec.outcome is not Outcome.RECORDED:
             raise ServiceError(404, f"request_id: {req.request_id!r} has expired")
         self._count_feedback(req, "recorded")
-        learned = self.args.policy_learning and await self.stages.learn(req.request_id, req.item_id, req.event)
+        learned = self.args.policy_learning and await self.backend.learn(req.request_id, req.item_id, req.event)
         return {"status": "recorded", "learned": bool(learned), "history": req.event in HISTORY_EVENTS}
 
     async def _duplicate(self, req: FeedbackRequest) -> dict:
@@ -406,10 +406,10 @@ class RecommendService:
         record = item.model_dump()
         if not await self.unknown([item.item_id]):
             raise ServiceError(409, f"item_id: {item.item_id!r} is already in the catalogue")
-        problem = await self.stages.check_content(record)  # embedded there first
+        problem = await self.backend.check_content(record)  # embedded there first
         if problem:
             raise ServiceError(400, problem)
-        if await self.stages.add_item(record) < 0:
+        if await self.backend.add_item(record) < 0:
             raise ServiceError(409, f"item_id: {item.item_id!r} is already in the catalogue")
         await self.sync(force=True)
         return {"item_id": item.item_id, "status": "added", "items_added": self.catalog.added}
@@ -419,13 +419,13 @@ class RecommendService:
             raise ServiceError(422, "k must be between 1 and 100")
         if await self.unknown([item_id]):
             raise ServiceError(404, f"unknown item {item_id!r}")
-        items = await self.stages.similar(self.catalog.item_index[item_id], k, self.catalog.added)
+        items = await self.backend.similar(self.catalog.item_index[item_id], k, self.catalog.added)
         return {"item_id": item_id, "similar": [{"item_id": self.catalog.item_ids[i],
                                                  "title": self.catalog.titles[i]} for i in items]}
 
     async def readiness(self) -> tuple[str, bool]:
         """``(model version, whether the user state answers)``, with the runtime items synced."""
-        version, state_ok = await asyncio.gather(self.stages.ready(), self.state.ping())
+        version, state_ok = await asyncio.gather(self.backend.ready(), self.state.ping())
         await self.sync()
         return version, state_ok
 

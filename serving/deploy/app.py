@@ -3,7 +3,7 @@ Serve replicas.
 
 The HTTP edge (:mod:`serving.edge.http`) runs in the ``Ingress`` replicas, each with its own service
 object; the service reaches the stages (:mod:`serving.core.retrieve_rank`) through ``DeploymentHandle``s
-(:class:`HandleStages`): the retriever and the ranker (``@serve.batch``-ed) -- in one
+(:class:`HandleBackend`): the retriever and the ranker (``@serve.batch``-ed) -- in one
 ``RetrieveRank`` deployment (``topology: fused``, one hop) or in two (``separate``: independent
 scaling) --, the single ``Policy`` replica, the ``ItemRegistry`` of runtime items and the user
 state (:mod:`serving.deploy.state_store`). ``build_app(args)`` is the entry point for ``serve run
@@ -31,12 +31,12 @@ from serving.core.catalog import Catalog
 from serving.core.messages import (
     CandidateQuery,
     CandidateSet,
+    DependencyUnavailable,
     ModelVersionMismatch,
     PolicyQuery,
     RankedList,
     RankQuery,
     Slate,
-    StageUnavailable,
 )
 from serving.core.metrics import Metrics, route_access_log
 from serving.core.policy import CopyChooser, PolicyCopy, ranker_order
@@ -72,9 +72,9 @@ def _raised(exc: BaseException, kind: type[E]) -> E | None:
 
 
 def _unavailable(exc: BaseException) -> BaseException:
-    """A model replica's :class:`~serving.core.messages.StageUnavailable` (it could not reach the item
+    """A model replica's :class:`~serving.core.messages.DependencyUnavailable` (it could not reach the item
     registry in time) as a 503 to retry; any other error as it is."""
-    cause = _raised(exc, StageUnavailable)
+    cause = _raised(exc, DependencyUnavailable)
     return ServiceError(503, f"{cause}; retry") if cause is not None else exc
 
 
@@ -88,8 +88,8 @@ AUTOSCALING = {
 }
 
 
-class HandleStages:
-    """:class:`serving.core.service.Stages` over the deployments' handles."""
+class HandleBackend:
+    """:class:`serving.core.service.Backend` over the deployments' handles."""
 
     def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle | None, policy: DeploymentHandle,
                  registry: DeploymentHandle, copy: CopyChooser | None = None, wait_s: float = 5.0,
@@ -189,7 +189,7 @@ class Ingress:
                            args.singleton_wait_s) if args.policy_copy_s > 0 else None
         self.runtime = Runtime(RecommendService(args, Catalog.load(args.data_dir),
                                                 # a rollout's 503 comes before the Guard's 504
-                                                HandleStages(retriever, ranker, policy, registry, copy,
+                                                HandleBackend(retriever, ranker, policy, registry, copy,
                                                              args.singleton_wait_s, args.request_timeout_s / 2),
                                                 StateAccess(args, state), self.edge.append, metrics), self.edge)
 

@@ -18,10 +18,10 @@ from ray.serve.handle import DeploymentHandle
 from serving.core.messages import (
     CandidateQuery,
     CandidateSet,
+    DependencyUnavailable,
     ModelVersionMismatch,
     RankedList,
     RankQuery,
-    StageUnavailable,
 )
 from serving.core.metrics import Metrics
 from serving.core.retrieve_rank import ModelHolder, Ranking, Retrieval, retrieve_then_rank
@@ -59,7 +59,7 @@ class _ServesModel:
             try:  # the single registry replica may be restarting: bounded, then a 503 to retry
                 return await asyncio.wait_for(registry.since.remote(n), args.singleton_wait_s)
             except Exception as exc:  # noqa: BLE001 -- any failure to reach it: retry later
-                raise StageUnavailable(f"the item registry did not answer ({type(exc).__name__})") from None
+                raise DependencyUnavailable(f"the item registry did not answer ({type(exc).__name__})") from None
 
         self.holder = ModelHolder(args, since, with_index=self.with_index, metrics=Metrics(RaySink()))
 

@@ -97,7 +97,7 @@ class ShopSource(Protocol):
     @property
     def catalog(self) -> Catalog: ...
     @property
-    def stages(self) -> RuntimeRecords: ...
+    def backend(self) -> RuntimeRecords: ...
     @property
     def metrics(self) -> Metrics: ...
     async def unknown(self, ids: list[str]) -> list[str]: ...
@@ -252,7 +252,7 @@ class ShopPage:
     async def learn_runtime_images(self) -> None:
         cat = self.service.catalog
         if len(self.runtime_keys) < cat.added:
-            for record in await self.service.stages.since(0):
+            for record in await self.service.backend.since(0):
                 image = record.get("image")
                 self.runtime_keys[record["item_id"]] = image if isinstance(image, str) else None
 

@@ -1,6 +1,6 @@
 """The Serve app's Prometheus metrics, scraped from Ray's metrics export port on 127.0.0.1 after
 real HTTP requests: request counts and errors by endpoint, latency histograms per endpoint and
-stage, feedback by type, impressions / clicks / reward by model and policy version, the index
+step, feedback by type, impressions / clicks / reward by model and policy version, the index
 size -- and the ingress's JSON access line in its Serve replica log."""
 
 import glob
@@ -99,7 +99,7 @@ def test_the_app_exports_its_metrics_on_loopback(app, ray_metrics_url, ray_clust
         "clicks": lambda s: _total(s, "ray_raycart_feedback_events_total", event="click",
                                    outcome="recorded") >= SENT,
         "errors": lambda s: _total(s, "ray_raycart_request_errors_total", endpoint="/recommend", status="4xx") >= 1,
-        "stages": lambda s: all(_total(s, "ray_raycart_stage_latency_seconds_count", stage=x) >= SENT
+        "stages": lambda s: all(_total(s, "ray_raycart_step_latency_seconds_count", step=x) >= SENT
                                 for x in ("retrieval", "ranking", "policy_choose")),
         "index": lambda s: _total(s, "ray_raycart_index_items") > 0,
     }
@@ -124,8 +124,8 @@ def test_the_app_exports_its_metrics_on_loopback(app, ray_metrics_url, ray_clust
     assert _total(samples, "ray_raycart_impressions_total", **versions) == SENT * K
     assert _total(samples, "ray_raycart_clicks_total", **versions) == SENT
     assert _total(samples, "ray_raycart_reward_total", **versions) == SENT  # a click's reward is 1
-    # the stages are measured in the replicas that do the work, tagged by Serve with their deployment
-    ranking = [lab for lab, _ in samples["ray_raycart_stage_latency_seconds_count"] if lab["stage"] == "ranking"]
+    # the steps are measured in the replicas that do the work, tagged by Serve with their deployment
+    ranking = [lab for lab, _ in samples["ray_raycart_step_latency_seconds_count"] if lab["step"] == "ranking"]
     assert {lab["deployment"] for lab in ranking} == {"Ranker"}
     index = samples["ray_raycart_index_items"]
     assert {lab["deployment"] for lab, _ in index} == {"Retriever"}

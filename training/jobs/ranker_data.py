@@ -196,7 +196,7 @@ def _bottom_states(job: RankerJob, ds) -> dict:
     return out
 
 
-def candidate_stage(retriever: RetrieverScorer, knn: ItemKNNConfig, train, prices: np.ndarray, timestamps) -> CandidateGenerator:
+def candidate_generator(retriever: RetrieverScorer, knn: ItemKNNConfig, train, prices: np.ndarray, timestamps) -> CandidateGenerator:
     return CandidateGenerator.fit(retriever, ItemKNN(knn).fit(train), train, prices, timestamps)
 
 
@@ -217,15 +217,15 @@ def prepare_examples(job: RankerJob) -> RankerInputs:
     prices = np.array([np.nan if p is None else p for p in ds.items["price"].to_pylist()], dtype=np.float64)
     cfg = job.model
     t0 = time.time()
-    stage = candidate_stage(retriever, job.knn, valid.train, prices, ds.timestamps)
-    if stage.recent_days is None:
+    generator = candidate_generator(retriever, job.knn, valid.train, prices, ds.timestamps)
+    if generator.recent_days is None:
         log.info(f"[ranker] {job.data}: timestamps are sequence positions, not times: recent popularity off (0)")
     rng = np.random.default_rng(cfg.seed)
     n = len(valid.users)
     held_mask = np.zeros(n, bool)
     held_mask[rng.choice(n, max(1, int(round(job.valid_fraction * n))), replace=False)] = True
     train_rows, held_rows = np.flatnonzero(~held_mask), np.flatnonzero(held_mask)
-    generator_ref = ray.put(stage)
+    generator_ref = ray.put(generator)
     train_task, held_task = valid.take(train_rows), valid.take(held_rows)
     tr = generate_candidates(generator_ref, train_task.history, cfg.train_candidates, train_task.targets,
                              concurrency=job.candidate_actors)
@@ -255,13 +255,13 @@ def prepare_examples(job: RankerJob) -> RankerInputs:
                            cand_stage=lookup(stages, train_task.users, tr.items))
         held = replace(held, hist_stage=lookup(stages, held_task.users, held_history))
     if job.exposure:
-        examples = _with_exposure(examples, ExposureLists.load(job.exposure), valid.full, stage, stages, cfg.max_len)
+        examples = _with_exposure(examples, ExposureLists.load(job.exposure), valid.full, generator, stages, cfg.max_len)
     return RankerInputs(dataset=ds, test=test, retriever=retriever, retriever_state=r_state, retriever_card=doc,
                         prices=prices, features=feats, tuning=tuning, stages=stages, examples=examples, held=held)
 
 
 def _with_exposure(examples: RankerExamples, lists: ExposureLists, interactions: Interactions,
-                   stage: CandidateGenerator, stages: sp.csr_matrix | None, max_len: int) -> RankerExamples:
+                   generator: CandidateGenerator, stages: sp.csr_matrix | None, max_len: int) -> RankerExamples:
     """``examples`` plus the shown-slate lists (weighted; the sampled lists weigh 1), padded to one
     width; their histories from ``interactions`` (the split's sequences)."""
     if not len(lists):
@@ -271,7 +271,7 @@ def _with_exposure(examples: RankerExamples, lists: ExposureLists, interactions:
         raise DataError(f"exposure lists name users/items beyond the dataset's {interactions.num_users:,} users / "
                         f"{interactions.num_items:,} items: made for another dataset?")
     hist = lists.histories(interactions)
-    c = stage.given(hist, lists.items, lists.label)
+    c = generator.given(hist, lists.items, lists.label)
     history = left_pad([hist.row(i) for i in range(hist.num_users)], max_len)
     extra = RankerExamples(history=history, items=c.items, dense=c.dense, label=c.label)
     if examples.hist_stage is not None:

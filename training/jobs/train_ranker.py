@@ -48,7 +48,7 @@ from training.jobs.ranker_data import (
     RankerExamples,
     RankerInputs,
     RankerJob,
-    candidate_stage,
+    candidate_generator,
     check_job,
     has_event_types,
     prepare_examples,
@@ -263,9 +263,9 @@ def export_ranker(job: RankerJob, ex: RankerInputs | None, saved: dict, start: f
             getattr(exported, key).copy_(torch.from_numpy(table))
         ranker = exported
     test = ex.test
-    stage = candidate_stage(ex.retriever, job.knn, test.train, ex.prices, ex.dataset.timestamps)
+    generator = candidate_generator(ex.retriever, job.knn, test.train, ex.prices, ex.dataset.timestamps)
     vocab = attribute_vocabulary(ex.dataset.items)[2]
-    pipeline = Pipeline(stage, ranker, vocab, ex.stages)
+    pipeline = Pipeline(generator, ranker, vocab, ex.stages)
     t0 = time.time()
     two_stage = evaluate(pipeline.score, test)
     seconds_two_stage = time.time() - t0
@@ -278,9 +278,9 @@ def export_ranker(job: RankerJob, ex: RankerInputs | None, saved: dict, start: f
         "epoch_numbers": [h["epoch"] for h in history], "best_valid_NDCG@10": saved["best"],
         "ndcg10_gain_over_retriever": gain, "eval_seconds": round(seconds_two_stage, 1),
         "seconds": round(time.time() - start, 1), "resumes": saved.get("resumes", 0),
-        "recent_popularity_days": stage.recent_days,
+        "recent_popularity_days": generator.recent_days,
         "trainable_params": trainable}}
-    config = {"ranker": job.model.to_dict(), "retriever": ex.retriever_card.config, "knn": stage.knn.state()[0],
+    config = {"ranker": job.model.to_dict(), "retriever": ex.retriever_card.config, "knn": generator.knn.state()[0],
               "attribute_vocab": vocab}
 
     def extra(tmp: Path) -> None:
@@ -295,7 +295,7 @@ def export_ranker(job: RankerJob, ex: RankerInputs | None, saved: dict, start: f
                      reranks=Reranks(path=job.retriever, metrics=r_doc.metrics, trained_on=r_doc.trained_on),
                      trained_on=TrainedOn(data=job.data, source=ex.dataset.source, scheme=job.scheme,
                                           fingerprint=dataset_fingerprint(job.data)))
-    save_model_dir(job.out, card, Pipeline.state(stage, ranker, ex.retriever_state, ex.stages),
+    save_model_dir(job.out, card, Pipeline.state(generator, ranker, ex.retriever_state, ex.stages),
                    overwrite=job.overwrite, extra=extra)
     log.info(f"[ranker] done in {summary['run']['seconds']:.0f}s: test NDCG@10 {two_stage['NDCG@10']:.4f} "
           f"HR@10 {two_stage['HR@10']:.4f} (retriever alone {retrieval['NDCG@10']:.4f} / {retrieval['HR@10']:.4f}, "

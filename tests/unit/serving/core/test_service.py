@@ -13,7 +13,7 @@ from test_runtime_items import _served
 from unit_models import N_ITEMS, _train
 
 from serving.core.catalog import Catalog
-from serving.core.local import LocalStages, LocalState
+from serving.core.local import LocalBackend, LocalState
 from serving.core.schemas import AppArgs, FeedbackRequest, NewItem, RecommendRequest
 from serving.core.service import RecommendService, ServiceError
 from serving.feedback.log import FeedbackLog, FeedbackLogConfig
@@ -37,13 +37,13 @@ class App:
                             items_root=str(tmp_path / "items"), **extra)
         self.log = FeedbackLog(FeedbackLogConfig(root=str(tmp_path / "feedback"), wal_dir=str(tmp_path / "wal")),
                                "test")
-        self.stages = LocalStages(self.args, offload=False, served=_served())
+        self.backend = LocalBackend(self.args, offload=False, served=_served())
         self.root = tmp_path
 
         async def append_to_log(table, records):
             self.log.append_many(table, records)
 
-        self.service = RecommendService(self.args, _catalog(), self.stages,
+        self.service = RecommendService(self.args, _catalog(), self.backend,
                                         state or LocalState(MemoryUserState(UserStateConfig())),
                                         append or append_to_log)
 

@@ -20,7 +20,7 @@ from serving.core.metrics import (
     ACCESS_LOGGER,
     ENDPOINTS,
     SPECS,
-    STAGES,
+    STEPS,
     Metrics,
     MetricSpec,
     endpoint_of,
@@ -82,8 +82,8 @@ def test_requests_errors_and_feedback_by_bounded_labels():
     assert sink.get("raycart_reward_total", **v) == 6.0  # click 1 + purchase 5 + view 0
     assert sink.get("raycart_feedback_events_total", event="click", outcome="duplicate") == 1
     assert sink.get("raycart_feedback_events_total", event="view", outcome="recorded") == 1
-    m.stage("ranking", 0.003, count=4)  # a batch of 4 requests
-    assert sink.seen("raycart_stage_latency_seconds", stage="ranking") == [0.003] * 4
+    m.step("ranking", 0.003, count=4)  # a batch of 4 requests
+    assert sink.seen("raycart_step_latency_seconds", step="ranking") == [0.003] * 4
 
 
 def test_label_helpers():
@@ -112,19 +112,19 @@ def measured(tmp_path):
     app = App(tmp_path, policy_epsilon=0.0, policy_alpha=0.0, policy_diversity=0.0, explore_candidates=0,
               stale_alpha=0.0)
     app.service.metrics = Metrics(sink)  # the service's own counts
-    for part in (app.stages.holder, app.stages.policy):  # the stages' latencies
+    for part in (app.backend.holder, app.backend.policy):  # the steps' latencies
         part.metrics = app.service.metrics
     return app, sink
 
 
-def test_the_service_counts_impressions_feedback_and_stages_by_version(measured):
+def test_the_service_counts_impressions_feedback_and_steps_by_version(measured):
     app, sink = measured
     body = app.recommend(user_id="u1", k=4)
     v = {"model_version": body["model_version"], "policy_version": policy_family(body["policy_version"])}
     assert v == {"model_version": "t1", "policy_version": "linucb-eps0.0"}
     assert sink.get("raycart_impressions_total", **v) == 4
-    for stage in STAGES:
-        assert len(sink.seen("raycart_stage_latency_seconds", stage=stage)) == 1, stage
+    for step in STEPS:
+        assert len(sink.seen("raycart_step_latency_seconds", step=step)) == 1, step
     shown = [o["item_id"] for o in body["items"]]
     app.feedback(request_id=body["request_id"], item_id=shown[0], event="click")
     app.feedback(request_id=body["request_id"], item_id=shown[0], event="click")  # duplicate

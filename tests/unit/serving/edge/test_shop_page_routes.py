@@ -100,13 +100,13 @@ def pictured(tmp_path):
     window = ShopPage(app.service, ImageSource(str(data)), ImageSource(str(runtime)), keys,
                     np.array([k is not None for k in keys]), live=False)
     calls = []
-    since = app.stages.since
+    since = app.backend.since
 
     async def counted(n: int) -> list[dict]:  # the item registry, counted
         calls.append(n)
         return await since(n)
 
-    app.stages.since = counted
+    app.backend.since = counted
     return app, window, calls
 
 
@@ -146,7 +146,7 @@ def test_an_unknown_id_asked_again_costs_no_registry_call(pictured):
     assert _status(window, "other-id") == (404, NO_IMAGE) and len(calls) == 1  # a new id at once: no call either
     later()
     assert _status(window, "late") == (404, NO_IMAGE) and len(calls) == 2
-    app.stages.registry.store.add({"item_id": "late", "image": "p.png", "attributes": ["a0"]})
+    app.backend.registry.store.add({"item_id": "late", "image": "p.png", "attributes": ["a0"]})
     later()
     assert _status(window, "late") == (404, NO_IMAGE) and len(calls) == 2  # remembered (until its ttl)
     asyncio.run(app.service.sync(force=True))  # the catalogue grows: what was unknown is asked again
