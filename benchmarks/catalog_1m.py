@@ -217,7 +217,7 @@ from serving.core.catalog import Catalog
 from serving.core.schemas import AppArgs, RecommendRequest
 from serving.core.local import LocalBackend, LocalState
 from serving.core.service import RecommendService, user_state_config
-from serving.state.user_state import MemoryUserState
+from serving.state.memory import MemoryUserState
 from training.models.retriever import ItemTower
 variant, model, data, work = sys.argv[1:5]
 if variant == "whole table":  # the ranker before ItemTower.rows: every item's vector per forward pass

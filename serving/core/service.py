@@ -10,7 +10,7 @@ ranking, filters, the policy's choice and the feedback-log records -- for ``/rec
   Serve app (:mod:`serving.deploy.app`) the same calls go through ``DeploymentHandle``s to the
   replicas holding them.
 * the user state (``view/issue/check/record/ping``): :class:`~serving.core.local.LocalState` over
-  :class:`~serving.state.user_state.MemoryUserState` here, :class:`serving.deploy.state_store.StateAccess`
+  :class:`~serving.state.memory.MemoryUserState` here, :class:`serving.deploy.state_store.StateAccess`
   (the embedded-store deployment or Redis) in the Serve app;
 * ``append(table, records)``: the durable feedback log (:mod:`serving.feedback.log`);
 * ``metrics``: what it counts (impressions, feedback, clicks and reward by the versions that

@@ -2,7 +2,7 @@
 reaches it.
 
 * ``user_state="embedded"`` (default): the :class:`UserStateStore` deployment, one replica that
-  owns a :class:`~serving.state.user_state.MemoryUserState` journaled under ``state_dir``; Serve
+  owns a :class:`~serving.state.memory.MemoryUserState` journaled under ``state_dir``; Serve
   restarts it after a crash and it replays its snapshot and journal. One node's disk: for a
   multi-node cluster use Redis.
 * ``user_state="redis"``: every Ingress replica talks to Redis (``redis_url``) directly.
@@ -23,8 +23,9 @@ from ray.serve.handle import DeploymentHandle
 from serving.core.schemas import AppArgs
 from serving.core.service import user_state_config as state_config
 from serving.deploy.netbind import bind_replica_grpc_to_node_address
+from serving.state.memory import MemoryUserState
 from serving.state.redis_backend import RedisUserState
-from serving.state.user_state import MemoryUserState, Recorded, StateUnavailable, UserView
+from serving.state.user_state import Recorded, StateUnavailable, UserView
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=256)

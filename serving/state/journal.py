@@ -1,4 +1,4 @@
-"""The files of the embedded user state (:class:`serving.state.user_state.MemoryUserState`): a snapshot
+"""The files of the embedded user state (:class:`serving.state.memory.MemoryUserState`): a snapshot
 and the journal segments written since.
 
 * ``journal.<seq>.jsonl``: one JSON list per change, written with ``O_DSYNC`` (on disk when the

@@ -17,7 +17,8 @@ from serving.core.local import LocalBackend, LocalState
 from serving.core.schemas import AppArgs, FeedbackRequest, NewItem, RecommendRequest
 from serving.core.service import RecommendService, ServiceError
 from serving.feedback.log import FeedbackLog, FeedbackLogConfig
-from serving.state.user_state import MemoryUserState, StateUnavailable, UserStateConfig
+from serving.state.memory import MemoryUserState
+from serving.state.user_state import StateUnavailable, UserStateConfig
 from training.data.feedback import read_feedback
 
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from serving.state.journal import Journal
+from serving.state.memory import MemoryUserState
 from serving.state.redis_backend import RedisUserState
 from serving.state.redis_server import LocalRedis
-from serving.state.user_state import MemoryUserState, Outcome, UserStateConfig, UserView
+from serving.state.user_state import Outcome, UserStateConfig, UserView
 
 
 def _newest_segment(directory: Path) -> Path:
@@ -196,7 +197,8 @@ def test_embedded_state_survives_sigkill_of_its_process(tmp_path):
     code = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {os.getcwd()!r})
-        from serving.state.user_state import MemoryUserState, UserStateConfig
+        from serving.state.user_state import UserStateConfig
+        from serving.state.memory import MemoryUserState
         s = MemoryUserState(UserStateConfig(compact_every=5), {str(tmp_path / 'state')!r})
         s.issue("r1", "u:a", [f"i{{n}}" for n in range(12)])
         for n in range(12):
