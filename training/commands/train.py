@@ -9,12 +9,13 @@ import argparse
 import dataclasses
 
 from training.jobs.config_file import KindConfig
+from training.jobs.run_settings import run_defaults as common_run_defaults
+from training.jobs.run_settings import run_setting_flags
 from training.jobs.trainers import TRAINERS, Trainer
 
-# The run settings every kind takes (a config file's ``run`` section), with their defaults;
-# each kind adds its own (Trainer.run_settings).
-COMMON_RUN = {"scheme": "loo", "workers": 2, "gpu": False, "storage": "raycart-work/ray-results",
-              "max_failures": 2, "placement": "PACK", "text_encoder": None, "image_encoder": None, "no": []}
+# The run settings every kind takes (a config file's ``run`` section) with their defaults, from
+# RunSettings; each kind adds its own (Trainer.run_settings).
+COMMON_RUN = common_run_defaults()
 
 
 def run_defaults(t: Trainer) -> dict:
@@ -40,28 +41,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_flags(p: argparse.ArgumentParser, t: Trainer) -> None:
-    """What every Ray Train job takes: data, output, split and where and how it runs. Defaults are
-    None here: a flag not given falls back to the config file, then to :data:`COMMON_RUN`."""
+    """What every Ray Train job takes: data, output, and where and how it runs (the flags of
+    :class:`~training.jobs.run_settings.RunSettings`). Defaults are None here: a flag not given falls
+    back to the config file, then to :data:`COMMON_RUN`."""
     p.add_argument("--config", help="YAML configuration (training.jobs.config_file; e.g. configs/beauty.yaml); "
                                     "flags given here override it")
     p.add_argument("--data", required=True, help="dataset directory (local or s3://)")
     p.add_argument("--out", required=True, help="model directory to write (local or s3://)")
-    p.add_argument("--scheme", help="split: loo (default), basket, time, cold (validation drives early stopping)")
-    p.add_argument("--workers", type=int, help="Ray Train workers (default 2)")
-    p.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker (nccl + AMP)")
-    p.add_argument("--storage", help="checkpoint storage (local or s3://bucket/path; default raycart-work/ray-results)")
     p.add_argument("--name", help="Ray Train run name (default: derived from the job; a rerun resumes)")
-    p.add_argument("--max-failures", type=int, help="worker failures to recover from (default 2)")
-    p.add_argument("--placement", choices=["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"],
-                   help="where the workers go (default PACK): STRICT_SPREAD = one per node (a node loss costs "
-                        "one worker)")
-    p.add_argument("--text-encoder", help="text encoder: Hugging Face id or folder (e.g. "
-                                          "../shared/models/all-MiniLM-L6-v2); the ranker fine-tunes it with "
-                                          "--text-tune-layers N")
-    p.add_argument("--image-encoder", help="image encoder: torchvision weights enum or folder (e.g. "
-                                           "../shared/models/mobilenet_v2-imagenet)")
-    p.add_argument("--no", nargs="*", choices=["id", "attributes", "text", "image"],
-                   help="switch item-content inputs off (ablations)")
+    for flag, kwargs in run_setting_flags():  # scheme, workers, gpu, storage, ... (training.jobs.run_settings)
+        p.add_argument(flag, **kwargs)
     p.add_argument("--smoke", action="store_true", help="tiny model and few epochs (tests, CI)")
     for key, default in t.run_settings:
         p.add_argument(f"--{key.replace('_', '-')}", type=type(default), help=f"(default {default})")

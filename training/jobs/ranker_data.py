@@ -37,6 +37,7 @@ from training.data.splits import EvalTask, build_split, split_from_manifest
 from training.inference.candidates import CandidateGenerator, Candidates, generate_candidates
 from training.inference.features import item_text
 from training.inference.modeldir import ModelCard, read_card, read_state
+from training.jobs.run_settings import RUN
 from training.models.encoders import (
     ImageEncoder,
     ImageEncoderConfig,
@@ -57,13 +58,13 @@ class RankerJob:
     retriever: str  # retriever model directory (local or s3://)
     out: str
     model: RankerConfig = field(default_factory=RankerConfig)
-    scheme: str = "loo"
-    workers: int = 2
-    use_gpu: bool = False
-    storage: str = "raycart-work/ray-results"
+    scheme: str = RUN.scheme
+    workers: int = RUN.workers
+    use_gpu: bool = RUN.gpu
+    storage: str = RUN.storage
     name: str | None = None
-    max_failures: int = 2
-    placement: str = "PACK"  # Ray Train workers: PACK, SPREAD, STRICT_SPREAD (one per node) or STRICT_PACK
+    max_failures: int = RUN.max_failures
+    placement: str = RUN.placement  # Ray Train workers: PACK, SPREAD, STRICT_SPREAD (one per node) or STRICT_PACK
     valid_fraction: float = 0.1  # of the validation users, held out for early stopping
     knn: ItemKNNConfig = field(default_factory=ItemKNNConfig)
     candidate_actors: int = 1

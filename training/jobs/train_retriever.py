@@ -34,6 +34,7 @@ from training.evaluation.metrics import EvalConfig, evaluate
 from training.inference.features import build_item_features
 from training.inference.modeldir import ModelCard, TrainedOn, dataset_fingerprint, save_model_dir
 from training.jobs.loop import LoopSpec, driver_dataset, fit, plot_learning_curve, run_epochs
+from training.jobs.run_settings import RUN
 from training.models.encoders import ImageEncoderConfig, TextEncoderConfig
 from training.models.retriever import ItemFeatures, RetrieverConfig, RetrieverScorer, TwoTower, TwoTowerTrain, left_pad
 
@@ -48,13 +49,13 @@ class RetrieverJob:
     data: str
     out: str
     model: RetrieverConfig = field(default_factory=RetrieverConfig)
-    scheme: str = "loo"
-    workers: int = 2
-    use_gpu: bool = False
-    storage: str = "raycart-work/ray-results"
+    scheme: str = RUN.scheme
+    workers: int = RUN.workers
+    use_gpu: bool = RUN.gpu
+    storage: str = RUN.storage
     name: str | None = None  # default: "retriever-" + a hash of data, scheme and model config
-    max_failures: int = 2
-    placement: str = "PACK"  # Ray Train workers: PACK, SPREAD, STRICT_SPREAD (one per node) or STRICT_PACK
+    max_failures: int = RUN.max_failures
+    placement: str = RUN.placement  # Ray Train workers: PACK, SPREAD, STRICT_SPREAD (one per node) or STRICT_PACK
     text: TextEncoderConfig | None = None
     image: ImageEncoderConfig | None = None
     cache_dir: str = "raycart-work/cache"
