@@ -85,12 +85,12 @@ def retrain(job: RetrainJob) -> dict:
     from training.models.ranker_config import RankerConfig
 
     t0 = time.time()
-    doc = read_card(job.model)
-    if doc.kind != "ranker":
+    card = read_card(job.model)
+    if card.kind != "ranker":
         from training.common.errors import DataError
 
-        raise DataError(f"{job.model}: retrain needs the serving ranker directory; this one holds a {doc.kind!r}")
-    if doc.reranks is None:
+        raise DataError(f"{job.model}: retrain needs the serving ranker directory; this one holds a {card.kind!r}")
+    if card.reranks is None:
         from training.common.errors import DataError
 
         raise DataError(f"{job.model}: its model card names no retriever (reranks)")
@@ -121,11 +121,11 @@ def retrain(job: RetrainJob) -> dict:
         theta = lists.report["examination"].get("theta")
         log.info(f"[retrain] shown slates: {len(lists):,} lists of engaged vs shown-and-skipped items; examination by "
               f"slot {theta if theta else lists.report['examination'].get('note')}")
-    cfg = RankerConfig(**doc.config["ranker"])
+    cfg = RankerConfig(**card.config["ranker"])
     if job.epochs is not None:
         cfg = replace(cfg, epochs=job.epochs)
     candidate = storage.join(job.work, "candidates", version)
-    new_metrics = trainer("ranker").run_train(RankerJob(data=data, retriever=doc.reranks.path, out=candidate, model=cfg,
+    new_metrics = trainer("ranker").run_train(RankerJob(data=data, retriever=card.reranks.path, out=candidate, model=cfg,
                                          workers=job.workers, storage=storage.join(job.work, "runs"), name=version,
                                          init_from=job.model, exposure=exposure, overwrite=True))
     old_metrics = evaluate_model_dir(data, job.model)

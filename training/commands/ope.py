@@ -48,20 +48,20 @@ def _serving_log(a: argparse.Namespace) -> dict:
         return _model_target(a, impressions, read_feedback(a.feedback, "events"))
     result = off_policy_value(impressions, read_feedback(a.feedback, "events"), bootstrap=a.bootstrap)
     log.info(f"{result['requests']:,} requests, {result['impressions']:,} impressions, {result['events']:,} events")
-    lv = result["logged"]
-    log.info(f"logged policy: {lv['value']:.4f} reward per request"
-          + (f" (95% CI {lv['value_95ci'][0]:.4f}-{lv['value_95ci'][1]:.4f})" if "value_95ci" in lv else ""))
-    g = result["greedy"]
-    if g is None:
+    logged = result["logged"]
+    log.info(f"logged policy: {logged['value']:.4f} reward per request"
+          + (f" (95% CI {logged['value_95ci'][0]:.4f}-{logged['value_95ci'][1]:.4f})" if "value_95ci" in logged else ""))
+    greedy = result["greedy"]
+    if greedy is None:
         log.info("greedy policy: no estimate (these impressions carry no greedy flag)")
         return result
     def ci(k: str) -> str:
-        return f" (95% CI {g[k][0]:.4f}-{g[k][1]:.4f})" if k in g else ""
+        return f" (95% CI {greedy[k][0]:.4f}-{greedy[k][1]:.4f})" if k in greedy else ""
 
-    log.info(f"greedy policy (no exploration): slate IPS {g['ips']:.4f}{ci('ips_95ci')}, SNIPS {g['snips']:.4f}; "
-          f"effective sample size {g['effective_sample_size']:.0f} of {g['requests']:,} requests, max weight "
-          f"{g['max_weight']:.1f}")
-    log.info(f"  independent-item IPS {g['iips']:.4f}{ci('iips_95ci')} (assumes no interaction between slots: "
+    log.info(f"greedy policy (no exploration): slate IPS {greedy['ips']:.4f}{ci('ips_95ci')}, SNIPS {greedy['snips']:.4f}; "
+          f"effective sample size {greedy['effective_sample_size']:.0f} of {greedy['requests']:,} requests, max weight "
+          f"{greedy['max_weight']:.1f}")
+    log.info(f"  independent-item IPS {greedy['iips']:.4f}{ci('iips_95ci')} (assumes no interaction between slots: "
           "see training/evaluation/ope/serving_log.py)")
     return result
 

@@ -152,10 +152,10 @@ def has_event_types(data: str) -> bool:
 def check_job(job: RankerJob) -> ModelCard:
     """Fail fast, before any Ray work, on what the job's inputs cannot do; returns the retriever's
     card."""
-    doc = read_card(job.retriever)
-    if doc.kind != "retriever":
+    card = read_card(job.retriever)
+    if card.kind != "retriever":
         raise DataError(f"{job.retriever}: a ranker reranks a retriever; this directory holds a "
-                        f"{doc.kind!r} model")
+                        f"{card.kind!r} model")
     if job.model.text_tune_layers > 0 and job.text is None:
         raise DataError("--text-tune-layers needs the text encoder to fine-tune (--text-encoder)")
     if job.model.text_tune_layers > 0 and job.model.text_tune_mode == "lora":
@@ -165,7 +165,7 @@ def check_job(job: RankerJob) -> ModelCard:
             raise DataError(str(exc)) from exc
     if job.model.image_tune_layers > 0 and job.image is None:
         raise DataError("--image-tune-layers needs the image encoder to fine-tune (--image-encoder)")
-    return doc
+    return card
 
 
 def _bottom_states(job: RankerJob, ds) -> dict:
@@ -206,9 +206,9 @@ def prepare_examples(job: RankerJob) -> RankerInputs:
     import ray
 
     ds = load_dataset(job.data)
-    doc = check_job(job)
+    card = check_job(job)
     r_state = read_state(job.retriever)
-    retriever = RetrieverScorer.from_state(doc.config, r_state)
+    retriever = RetrieverScorer.from_state(card.config, r_state)
     if retriever.item_vecs.shape[0] != ds.num_items:
         raise DataError(f"{job.retriever}: retriever has {retriever.item_vecs.shape[0]:,} items, "
                         f"{job.data} has {ds.num_items:,}: trained on another dataset?")
@@ -257,7 +257,7 @@ def prepare_examples(job: RankerJob) -> RankerInputs:
         held = replace(held, hist_stage=lookup(stages, held_task.users, held_history))
     if job.exposure:
         examples = _with_exposure(examples, ExposureLists.load(job.exposure), valid.full, generator, stages, cfg.max_len)
-    return RankerInputs(dataset=ds, test=test, retriever=retriever, retriever_state=r_state, retriever_card=doc,
+    return RankerInputs(dataset=ds, test=test, retriever=retriever, retriever_state=r_state, retriever_card=card,
                         prices=prices, features=feats, tuning=tuning, stages=stages, examples=examples, held=held)
 
 

@@ -220,31 +220,31 @@ def train_ranker(job: RankerJob, callbacks: list | None = None) -> dict:
     if not job.model.use_stage and has_event_types(job.data):
         job = replace(job, model=replace(job.model, use_stage=True))
         log.info("[ranker] the events have several types: event-type feature and cart/purchase heads on")
-    ex = prepare_examples(job)
-    n = len(ex.examples)
+    prepared = prepare_examples(job)
+    n = len(prepared.examples)
     name = job.name or run_name(job)
     log.info(f"[ranker] Ray Train run '{name}': {n:,} training lists of {job.model.train_candidates} candidates, "
-          f"{len(ex.held.task.users):,} held-out users; rerunning the same job resumes it")
+          f"{len(prepared.held.task.users):,} held-out users; rerunning the same job resumes it")
     init = None
     if job.init_from:  # the ranker's weights only, not the whole pipeline
         init = component(read_state(job.init_from), "ranker_weights", job.init_from)
         log.info(f"[ranker] warm start from {job.init_from}")
-    worker = RankerWorkerInputs(job=job, examples=ray.put(ex.examples), held=ray.put(ex.held),
-                                features=ray.put(ex.features.arrays()), tuning=ray.put(ex.tuning),
+    worker = RankerWorkerInputs(job=job, examples=ray.put(prepared.examples), held=ray.put(prepared.held),
+                                features=ray.put(prepared.features.arrays()), tuning=ray.put(prepared.tuning),
                                 init=ray.put(init) if init is not None else None)
     saved = fit(train_loop, worker, name=name, storage_path=job.storage, workers=job.workers, use_gpu=job.use_gpu,
                 max_failures=job.max_failures, placement=job.placement,
                 datasets={"train": driver_dataset({"row": np.arange(n)})}, callbacks=callbacks)
-    return export_ranker(job, ex, saved, start)
+    return export_ranker(job, prepared, saved, start)
 
 
-def export_ranker(job: RankerJob, ex: RankerInputs | None, saved: dict, start: float | None = None) -> dict:
+def export_ranker(job: RankerJob, prepared: RankerInputs | None, saved: dict, start: float | None = None) -> dict:
     """Evaluate the best state of a run (``saved``: a checkpoint's ``state.pt``) as a two-stage
-    pipeline and write the model directory ``job.out``; ``ex`` from :func:`prepare_examples`
+    pipeline and write the model directory ``job.out``; ``prepared``: from :func:`prepare_examples`
     (recomputed when None)."""
     start = time.time() if start is None else start
-    ex = ex if ex is not None else prepare_examples(job)
-    ranker = Ranker(job.model, ex.features, **_tuned_modules(job, ex.tuning))
+    prepared = prepared if prepared is not None else prepare_examples(job)
+    ranker = Ranker(job.model, prepared.features, **_tuned_modules(job, prepared.tuning))
     ranker.load_state_dict(saved["best_model"])
     trainable = {"total": trainable_params(ranker), "text_encoder": trainable_params(ranker.tuned),
                  "image_encoder": trainable_params(ranker.tuned_image)}
@@ -255,21 +255,21 @@ def export_ranker(job: RankerJob, ex: RankerInputs | None, saved: dict, start: f
             tables["tuned_table"] = ranker.tuned.embed_all()
         if ranker.tuned_image is not None:
             tables["tuned_image_table"] = ranker.tuned_image.embed_all()
-        exported = Ranker(job.model, ex.features, tuned_table=tables.get("tuned_table"),
+        exported = Ranker(job.model, prepared.features, tuned_table=tables.get("tuned_table"),
                           tuned_image_table=tables.get("tuned_image_table"))
         exported.load_state_dict({k: v for k, v in saved["best_model"].items()
                                   if not k.startswith(("tuned.", "tuned_image."))}, strict=False)
         for key, table in tables.items():
             getattr(exported, key).copy_(torch.from_numpy(table))
         ranker = exported
-    test = ex.test
-    generator = candidate_generator(ex.retriever, job.knn, test.train, ex.prices, ex.dataset.timestamps)
-    vocab = attribute_vocabulary(ex.dataset.items)[2]
-    pipeline = Pipeline(generator, ranker, vocab, ex.stages)
+    test = prepared.test
+    generator = candidate_generator(prepared.retriever, job.knn, test.train, prepared.prices, prepared.dataset.timestamps)
+    vocab = attribute_vocabulary(prepared.dataset.items)[2]
+    pipeline = Pipeline(generator, ranker, vocab, prepared.stages)
     t0 = time.time()
     two_stage = evaluate(pipeline.score, test)
     seconds_two_stage = time.time() - t0
-    retrieval = evaluate(ex.retriever.score, test)
+    retrieval = evaluate(prepared.retriever.score, test)
     history = saved["history"]
     gain = two_stage["NDCG@10"] / max(retrieval["NDCG@10"], 1e-12) - 1
     summary = {**two_stage, "retriever_only": retrieval, "run": {
@@ -280,7 +280,7 @@ def export_ranker(job: RankerJob, ex: RankerInputs | None, saved: dict, start: f
         "seconds": round(time.time() - start, 1), "resumes": saved.get("resumes", 0),
         "recent_popularity_days": generator.recent_days,
         "trainable_params": trainable}}
-    config = {"ranker": job.model.to_dict(), "retriever": ex.retriever_card.config, "knn": generator.knn.state()[0],
+    config = {"ranker": job.model.to_dict(), "retriever": prepared.retriever_card.config, "knn": generator.knn.state()[0],
               "attribute_vocab": vocab}
 
     def extra(tmp: Path) -> None:
@@ -288,14 +288,14 @@ def export_ranker(job: RankerJob, ex: RankerInputs | None, saved: dict, start: f
         (tmp / "history.json").write_text(json.dumps(history, indent=2) + "\n")
         plot_learning_curve(history, tmp / "learning_curve.png", "Ranker learning curve")
 
-    r_doc = ex.retriever_card
-    card = ModelCard(kind="ranker", config=config, num_items=ex.dataset.num_items, metrics=two_stage,
+    r_doc = prepared.retriever_card
+    card = ModelCard(kind="ranker", config=config, num_items=prepared.dataset.num_items, metrics=two_stage,
                      retriever_only=retrieval, history=history, resumes=saved.get("resumes", 0),
                      encoders=r_doc.encoders,
                      reranks=Reranks(path=job.retriever, metrics=r_doc.metrics, trained_on=r_doc.trained_on),
-                     trained_on=TrainedOn(data=job.data, source=ex.dataset.source, scheme=job.scheme,
+                     trained_on=TrainedOn(data=job.data, source=prepared.dataset.source, scheme=job.scheme,
                                           fingerprint=dataset_fingerprint(job.data)))
-    save_model_dir(job.out, card, Pipeline.state(generator, ranker, ex.retriever_state, ex.stages),
+    save_model_dir(job.out, card, Pipeline.state(generator, ranker, prepared.retriever_state, prepared.stages),
                    overwrite=job.overwrite, extra=extra)
     log.info(f"[ranker] done in {summary['run']['seconds']:.0f}s: test NDCG@10 {two_stage['NDCG@10']:.4f} "
           f"HR@10 {two_stage['HR@10']:.4f} (retriever alone {retrieval['NDCG@10']:.4f} / {retrieval['HR@10']:.4f}, "
