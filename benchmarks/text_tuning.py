@@ -33,7 +33,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 from training.common.paths import shared_path
 from training.common.ray_env import init_ray
 from training.data.prepare import prepare
-from training.jobs.train_ranker import RankerJob, train_ranker
+from training.jobs.ranker_data import RankerJob
+from training.jobs.train_ranker import train_ranker
 from training.jobs.train_retriever import RetrieverJob, train_retriever
 from training.models.encoders import TextEncoderConfig
 from training.models.ranker_config import RankerConfig

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="hyperparameter sweep with Ray Tune (ASHA)",
                        description="Sweep the retriever or the ranker over a YAML search space; ASHA stops weak "
                                    "trials; the best trial's model directory is exported to --out.")
-    from training.jobs.trainers import TRAINERS
+    from training.models.kinds import TRAINERS
 
     p.add_argument("kind", choices=list(TRAINERS))
     p.add_argument("--data", required=True, help="prepared dataset directory")

@@ -28,7 +28,7 @@ import numpy as np
 from training.common import storage
 from training.common.errors import DataError
 from training.jobs.config_file import write_config
-from training.jobs.trainers import trainer
+from training.models.kinds import trainer
 from training.models.retriever_config import RetrieverConfig
 from tuning.search import check_search, first_points, make_search
 from tuning.space import grid_size, read_space, to_tune

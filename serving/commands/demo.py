@@ -101,7 +101,8 @@ def _key(*parts) -> str:
 def train_models(cfg: DemoConfig, data: str) -> tuple[str, dict]:
     """Train (or reuse, when the same configuration was trained before) retriever and ranker."""
     from training.inference.modeldir import read_card
-    from training.jobs.train_ranker import RankerJob, train_ranker
+    from training.jobs.ranker_data import RankerJob
+    from training.jobs.train_ranker import train_ranker
     from training.jobs.train_retriever import RetrieverJob, train_retriever
 
     r_cfg, k_cfg = _models(cfg)

@@ -80,8 +80,8 @@ def retrain(job: RetrainJob) -> dict:
     from training.evaluation.ope.slate_target import compare_targets, model_ranker
     from training.evaluation.run import evaluate_model_dir
     from training.inference.modeldir import read_card
-    from training.jobs.train_ranker import RankerJob
-    from training.jobs.trainers import trainer
+    from training.jobs.ranker_data import RankerJob
+    from training.models.kinds import trainer
     from training.models.ranker_config import RankerConfig
 
     t0 = time.time()

@@ -63,7 +63,8 @@ def tiny_shop(ray_cluster, tmp_path_factory):
     """A small synthetic shop and a tiny retriever + ranker trained on it with Ray Train (once
     per session; the Serve tests deploy it under their own settings)."""
     from training.data.prepare import prepare
-    from training.jobs.train_ranker import RankerJob, train_ranker
+    from training.jobs.ranker_data import RankerJob
+    from training.jobs.train_ranker import train_ranker
     from training.jobs.train_retriever import RetrieverJob, train_retriever
     from training.models.ranker_config import RankerConfig
     from training.models.retriever_config import RetrieverConfig

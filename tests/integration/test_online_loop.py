@@ -13,7 +13,8 @@ import requests
 
 from serving.commands.simulator import Shop, SimConfig, simulate
 from serving.state.redis_server import LocalRedis, free_port
-from training.jobs.train_ranker import RankerJob, train_ranker
+from training.jobs.ranker_data import RankerJob
+from training.jobs.train_ranker import train_ranker
 from training.jobs.train_retriever import RetrieverJob, train_retriever
 from training.models.ranker_config import RankerConfig
 from training.models.retriever_config import RetrieverConfig

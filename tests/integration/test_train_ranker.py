@@ -17,7 +17,8 @@ from netwatch import ListenerWatch
 from training.data.dataset import load_dataset
 from training.data.splits import build_split, split_from_manifest
 from training.inference.modeldir import load_model
-from training.jobs.train_ranker import RankerJob, train_ranker
+from training.jobs.ranker_data import RankerJob
+from training.jobs.train_ranker import train_ranker
 from training.models.ranker_config import RankerConfig
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""``raycart train KIND``: one thin CLI over every kind of :data:`training.jobs.trainers.TRAINERS`.
+"""``raycart train KIND``: one thin CLI over every kind of :data:`training.models.kinds.TRAINERS`.
 
 Settings come from, in order of precedence: the flags, the ``--config`` YAML file
 (:mod:`training.jobs.config_file`), the library defaults (``tiny()`` with ``--smoke``)."""
@@ -11,14 +11,14 @@ import dataclasses
 from training.jobs.config_file import KindConfig
 from training.jobs.run_settings import run_defaults as common_run_defaults
 from training.jobs.run_settings import run_setting_flags
-from training.jobs.trainers import TRAINERS, Trainer
+from training.models.kinds import TRAINERS, ModelKind
 
 # The run settings every kind takes (a config file's ``run`` section) with their defaults, from
-# RunSettings; each kind adds its own (Trainer.run_settings).
+# RunSettings; each kind adds its own (ModelKind.run_settings).
 COMMON_RUN = common_run_defaults()
 
 
-def run_defaults(t: Trainer) -> dict:
+def run_defaults(t: ModelKind) -> dict:
     return {**COMMON_RUN, **dict(t.run_settings)}
 
 
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=_cmd, trainer=t.kind)
 
 
-def _run_flags(p: argparse.ArgumentParser, t: Trainer) -> None:
+def _run_flags(p: argparse.ArgumentParser, t: ModelKind) -> None:
     """What every Ray Train job takes: data, output, and where and how it runs (the flags of
     :class:`~training.jobs.run_settings.RunSettings`). Defaults are None here: a flag not given falls
     back to the config file, then to :data:`COMMON_RUN`."""

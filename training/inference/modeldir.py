@@ -4,8 +4,8 @@ A model directory holds its card, ``model.json`` (:class:`ModelCard`: format ver
 kind's config, the data it was trained on with a fingerprint, its metrics and history), one
 ``state/<component>.npz`` per component of its state (:data:`training.models.state.ModelState`) and the kind's own
 files (an item-embedding table, plots). ``load_model(dir)`` returns an object with
-``score(users, history) -> (len(users), num_items) scores`` and needs no Ray. Kinds register their
-loader in :data:`LOADERS` as ``"module:function"``; a loader takes ``(config, state)``.
+``score(users, history) -> (len(users), num_items) scores`` and needs no Ray. Each kind's loader is
+registered in :data:`training.models.kinds.KINDS` (``"module:function"``, taking ``(config, state)``).
 
 Loading is strict: a card of another format version, with unknown or missing fields, or a state
 missing a component, is a :class:`~training.common.errors.DataError` that says what to do.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import io
 import json
 import time
@@ -26,17 +25,12 @@ import numpy as np
 
 from training.common import storage
 from training.common.errors import DataError
+from training.models.kinds import KINDS
 from training.models.state import ModelState
 
 FORMAT_VERSION = 2
 MODEL_JSON = "model.json"
 STATE_DIR = "state"
-LOADERS = {
-    "popularity": "training.baselines.popularity:Popularity.from_state",
-    "itemknn": "training.baselines.itemknn:ItemKNN.from_state",
-    "retriever": "training.models.retriever:RetrieverScorer.from_state",
-    "ranker": "training.inference.pipeline:Pipeline.from_state",
-}
 
 # A model's state: named components (the retriever's weights, its item features, the kNN table,
 # ...), each a set of arrays; saved as one ``state/<component>.npz`` each.
@@ -160,13 +154,9 @@ def load_model(uri: str, card: ModelCard | None = None):
     """Load the model in directory ``uri`` (local or S3) with its kind's loader; ``card``: its
     card when the caller has read it already."""
     card = card if card is not None else read_card(uri)
-    if card.kind not in LOADERS:
-        raise DataError(f"{uri}: unknown model kind {card.kind!r} (known: {', '.join(LOADERS)})")
-    module, _, attr = LOADERS[card.kind].partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj(card.config, read_state(uri))
+    if card.kind not in KINDS:
+        raise DataError(f"{uri}: unknown model kind {card.kind!r} (known: {', '.join(KINDS)})")
+    return KINDS[card.kind].loader()(card.config, read_state(uri))
 
 
 def read_state(uri: str) -> ModelState:

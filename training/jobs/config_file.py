@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from training.common.errors import DataError
-from training.jobs.trainers import TRAINERS, trainer
+from training.models.kinds import TRAINERS, trainer
 
 KINDS = tuple(TRAINERS)
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"

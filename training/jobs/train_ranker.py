@@ -49,7 +49,6 @@ from training.jobs.ranker_data import (
     RankerInputs,
     RankerJob,
     candidate_generator,
-    check_job,
     has_event_types,
     prepare_examples,
 )
@@ -61,11 +60,6 @@ from training.models.text_tuning import TunedImage, TunedText, trainable_params
 
 if TYPE_CHECKING:
     from ray import ObjectRef
-
-# RankerJob and check_job live with the data preparation (training.jobs.ranker_data), which must not
-# import this module; they are named here too, with the job's entry points (training.jobs.trainers)
-__all__ = ["RankerJob", "RankerWorkerInputs", "check_job", "export_ranker", "list_scorer", "run_name",
-           "train_loop", "train_ranker", "validation_ndcg", "warm_start"]
 
 log = logging.getLogger(__name__)
 
