@@ -17,12 +17,31 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypedDict, cast
 
 import numpy as np
 import torch
 
 from training.common import storage
 from training.jobs.progress import printing, say
+
+# One epoch's line of a run's history (what Ray Train reports, and what a model card keeps).
+EpochRecord = TypedDict("EpochRecord", {"epoch": int, "loss": float, "valid_NDCG@10": float, "seconds": float,
+                                        "train_seconds": float, "steps": int, "samples_per_s": float})
+
+
+class SavedState(TypedDict):
+    """A checkpoint's ``state.pt``: plain dicts, lists, numbers and tensors, so it loads with
+    ``torch.load(weights_only=True)`` (no pickled classes)."""
+
+    model: dict[str, torch.Tensor]  # the weights after the last epoch run (resume from here)
+    optim: dict[str, Any]  # the optimiser's state_dict
+    epoch: int  # the last epoch run, 0-based
+    best: float  # the best validation NDCG@10 so far
+    bad: int  # epochs since it last improved (early stopping)
+    best_model: dict[str, torch.Tensor]  # the weights of the best epoch (what is exported)
+    history: list[EpochRecord]
+    resumes: int  # how often the run continued from a checkpoint
 
 
 @dataclass(frozen=True)
@@ -43,7 +62,9 @@ def run_epochs(spec: LoopSpec, model: torch.nn.Module, opt: torch.optim.Optimize
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    start_epoch, best, bad, best_state, history, resumes = 0, -1.0, 0, None, [], 0
+    start_epoch, best, bad, resumes = 0, -1.0, 0, 0
+    best_state: dict[str, torch.Tensor] | None = None
+    history: list[EpochRecord] = []
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -73,18 +94,19 @@ def run_epochs(spec: LoopSpec, model: torch.nn.Module, opt: torch.optim.Optimize
         else:
             bad += 1
         seconds = time.time() - t0
-        history.append({"epoch": epoch + 1, "loss": loss, "valid_NDCG@10": ndcg, "seconds": seconds,
-                        "train_seconds": train_seconds, "steps": steps,
-                        "samples_per_s": samples * world / max(train_seconds, 1e-9)})
+        history.append(EpochRecord({"epoch": epoch + 1, "loss": loss, "valid_NDCG@10": ndcg, "seconds": seconds,
+                                    "train_seconds": train_seconds, "steps": steps,
+                                    "samples_per_s": samples * world / max(train_seconds, 1e-9)}))
         metrics = {**history[-1], "best_valid_NDCG@10": best}
         if rank == 0:
             eta = seconds * (spec.epochs - epoch - 1)
             say(f"[{spec.tag}] epoch {epoch + 1}/{spec.epochs} loss {loss:.4f} valid NDCG@10 {ndcg:.4f} "
                 f"(best {best:.4f}) {seconds:.1f}s/epoch, ETA <= {_eta(eta)}")
+            assert best_state is not None  # the first epoch always improves on -1
             with tempfile.TemporaryDirectory() as d:
-                torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "epoch": epoch, "best": best,
-                            "bad": bad, "best_model": best_state, "history": history, "resumes": resumes},
-                           Path(d) / "state.pt")
+                state = SavedState(model=model.state_dict(), optim=opt.state_dict(), epoch=epoch, best=best,
+                                   bad=bad, best_model=best_state, history=history, resumes=resumes)
+                torch.save(state, Path(d) / "state.pt")
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
@@ -125,7 +147,7 @@ def driver_dataset(columns: dict[str, np.ndarray], blocks: int = 4):
 
 def fit(train_loop: Callable[[dict], None], inputs: object, *, name: str, storage_path: str, workers: int,
         use_gpu: bool, max_failures: int, datasets: dict, callbacks: list | None = None,
-        placement: str = "PACK") -> dict:
+        placement: str = "PACK") -> SavedState:
     """Run ``train_loop`` under a ``TorchTrainer``; return the final checkpoint's saved state.
     ``inputs``: the kind's typed worker inputs, which each worker finds as ``loop_config["inputs"]``
     (Ray Train hands the loop a dict).
@@ -159,14 +181,14 @@ def fit(train_loop: Callable[[dict], None], inputs: object, *, name: str, storag
         return load_state(Path(d) / "state.pt")
 
 
-def load_state(source) -> dict:
+def load_state(source) -> SavedState:
     """A checkpoint's ``state.pt`` (a path or a file object) with ``weights_only=True``: tensors and
     plain data (numbers, strings, lists, dicts, tuples) only, so whoever can write the checkpoint
     prefix cannot make the loader run code (a full unpickle would)."""
-    return torch.load(source, map_location="cpu", weights_only=True)
+    return cast(SavedState, torch.load(source, map_location="cpu", weights_only=True))
 
 
-def load_checkpoint_state(uri: str) -> dict:
+def load_checkpoint_state(uri: str) -> SavedState:
     """The saved state (``state.pt``) of a checkpoint directory, local or ``s3://``."""
     import io
 

@@ -42,7 +42,7 @@ from training.inference.modeldir import (
     save_model_dir,
 )
 from training.inference.pipeline import Pipeline
-from training.jobs.loop import LoopSpec, driver_dataset, fit, plot_learning_curve, run_epochs
+from training.jobs.loop import LoopSpec, SavedState, driver_dataset, fit, plot_learning_curve, run_epochs
 from training.jobs.ranker_data import (
     HeldOut,
     RankerExamples,
@@ -232,7 +232,7 @@ def train_ranker(job: RankerJob, callbacks: list | None = None) -> dict:
     return export_ranker(job, prepared, saved, start)
 
 
-def export_ranker(job: RankerJob, prepared: RankerInputs | None, saved: dict, start: float | None = None) -> dict:
+def export_ranker(job: RankerJob, prepared: RankerInputs | None, saved: SavedState, start: float | None = None) -> dict:
     """Evaluate the best state of a run (``saved``: a checkpoint's ``state.pt``) as a two-stage
     pipeline and write the model directory ``job.out``; ``prepared``: from :func:`prepare_examples`
     (recomputed when None)."""
@@ -264,7 +264,7 @@ def export_ranker(job: RankerJob, prepared: RankerInputs | None, saved: dict, st
     two_stage = evaluate(pipeline.score, test)
     seconds_two_stage = time.time() - t0
     retrieval = evaluate(prepared.retriever.score, test)
-    history = saved["history"]
+    history = [dict(epoch) for epoch in saved["history"]]  # plain dicts for the card and the plot
     gain = two_stage["NDCG@10"] / max(retrieval["NDCG@10"], 1e-12) - 1
     summary = {**two_stage, "retriever_only": retrieval, "run": {
         "model": "ranker", "data": job.data, "retriever": job.retriever, "scheme": job.scheme, "part": "test",
@@ -282,11 +282,11 @@ def export_ranker(job: RankerJob, prepared: RankerInputs | None, saved: dict, st
         (tmp / "history.json").write_text(json.dumps(history, indent=2) + "\n")
         plot_learning_curve(history, tmp / "learning_curve.png", "Ranker learning curve")
 
-    r_doc = prepared.retriever_card
+    retriever_card = prepared.retriever_card
     card = ModelCard(kind="ranker", config=config, num_items=prepared.dataset.num_items, metrics=two_stage,
                      retriever_only=retrieval, history=history, resumes=saved.get("resumes", 0),
-                     encoders=r_doc.encoders,
-                     reranks=Reranks(path=job.retriever, metrics=r_doc.metrics, trained_on=r_doc.trained_on),
+                     encoders=retriever_card.encoders,
+                     reranks=Reranks(path=job.retriever, metrics=retriever_card.metrics, trained_on=retriever_card.trained_on),
                      trained_on=TrainedOn(data=job.data, source=prepared.dataset.source, scheme=job.scheme,
                                           fingerprint=dataset_fingerprint(job.data)))
     save_model_dir(job.out, card, Pipeline.state(generator, ranker, prepared.retriever_state, prepared.stages),

@@ -33,7 +33,7 @@ from training.data.splits import EvalTask, build_split, split_from_manifest
 from training.evaluation.metrics import EvalConfig, evaluate
 from training.inference.features import build_item_features
 from training.inference.modeldir import ModelCard, TrainedOn, dataset_fingerprint, save_model_dir
-from training.jobs.loop import LoopSpec, driver_dataset, fit, plot_learning_curve, run_epochs
+from training.jobs.loop import LoopSpec, SavedState, driver_dataset, fit, plot_learning_curve, run_epochs
 from training.jobs.run_settings import RUN
 from training.models.encoders import ImageEncoderConfig, TextEncoderConfig
 from training.models.retriever import ItemFeatures, RetrieverConfig, RetrieverScorer, TwoTower, TwoTowerTrain, left_pad
@@ -246,7 +246,7 @@ def train_retriever(job: RetrieverJob, callbacks: list | None = None) -> dict:
     return export_retriever(job, inputs, saved, start)
 
 
-def export_retriever(job: RetrieverJob, inputs: RetrieverInputs | None, saved: dict,
+def export_retriever(job: RetrieverJob, inputs: RetrieverInputs | None, saved: SavedState,
                      start: float | None = None) -> dict:
     """Evaluate the best state of a run (``saved``: a checkpoint's ``state.pt``) on the test split
     and write the model directory ``job.out``; ``inputs`` from :func:`prepare_inputs` (recomputed
@@ -261,7 +261,7 @@ def export_retriever(job: RetrieverJob, inputs: RetrieverInputs | None, saved: d
     model.items.known.copy_(torch.from_numpy(test_feats.known.astype(np.float32)))
     scorer = RetrieverScorer(model)
     test_metrics = evaluate(scorer.score, test)
-    history = saved["history"]
+    history = [dict(epoch) for epoch in saved["history"]]  # plain dicts for the card and the plot
     summary = {**test_metrics, "run": {
         "model": "retriever", "data": job.data, "source": ds.source, "scheme": job.scheme, "part": "test",
         "workers": job.workers, "gpu": job.use_gpu, "epochs": len(history),

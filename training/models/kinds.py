@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,7 +75,7 @@ class ModelKind:
     def run_train(self, job, callbacks: list | None = None) -> dict:
         return _load(self.train)(job, callbacks=callbacks)
 
-    def run_export(self, job, saved: dict) -> dict:
+    def run_export(self, job, saved: Mapping[str, Any]) -> dict:  # a checkpoint's SavedState (training.jobs.loop)
         return _load(self.export)(job, None, saved)
 
     def run_check(self, job) -> None:
