@@ -40,6 +40,7 @@ from serving.core.messages import (
 )
 from serving.core.metrics import Metrics, route_access_log
 from serving.core.policy import CopyChooser, PolicyCopy, ranker_order
+from serving.core.retrieve_rank import retrieve_then_rank
 from serving.core.schemas import AppArgs, ModelSpec
 from serving.core.service import RecommendService, ServiceError
 from serving.deploy.deployments import ItemRegistry, Ranker, Retriever, RetrieveRank
@@ -111,13 +112,18 @@ class HandleBackend:
                 return await self.retriever.retrieve_and_rank.remote(q, user, live_stages)
             except Exception as exc:  # noqa: BLE001 -- re-raised (a 503 where it says retry)
                 raise _unavailable(exc) from None
+        retriever, ranker = self.retriever, self.ranker
+
+        async def candidates(cq: CandidateQuery) -> CandidateSet:
+            return await retriever.candidates.remote(cq)
+
+        async def rank(rq: RankQuery) -> RankedList:
+            return await ranker.rank.remote(rq)
+
         deadline = time.monotonic() + self.agree_s
         for attempt in itertools.count():
             try:
-                cands = await self.retriever.candidates.remote(q)
-                return cands, await self.ranker.rank.remote(RankQuery(
-                    q.history, cands.items, cands.dense, user, q.items_version, live_stages,
-                    model_version=cands.model_version))
+                return await retrieve_then_rank(candidates, rank, q, user, live_stages)
             except Exception as exc:  # noqa: BLE001 -- re-raised unless a version mismatch
                 mismatch = _raised(exc, ModelVersionMismatch)
                 if mismatch is None:
