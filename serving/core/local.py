@@ -18,7 +18,9 @@ import asyncio
 
 from serving.core.messages import CandidateQuery, CandidateSet, PolicyQuery, RankedList, RankQuery, Slate
 from serving.core.metrics import NO_METRICS, Metrics
-from serving.core.schemas import AppArgs
+from serving.core.policy import PolicyCore
+from serving.core.retrieve_rank import ModelHolder, Ranking, Retrieval, retrieve_then_rank
+from serving.core.schemas import AppArgs, ModelSpec
 from serving.state.memory import MemoryUserState
 from serving.state.user_state import Recorded, UserView
 
@@ -71,10 +73,6 @@ class LocalBackend:
                  served=None, metrics: Metrics = NO_METRICS):
         """``served``: a :class:`~serving.core.runtime_items.ServedModel` already loaded (else
         ``args.model_dir`` is loaded); ``metrics``: where the steps' latencies go."""
-        from serving.core.policy import PolicyCore
-        from serving.core.retrieve_rank import ModelHolder, Ranking, Retrieval
-        from serving.core.schemas import ModelSpec
-
         self.registry = registry or LocalRegistry(args.items_root)
         self.holder = ModelHolder(args, self.registry.since, with_index=True, metrics=metrics)
         if served is None:
@@ -92,8 +90,6 @@ class LocalBackend:
 
     async def retrieve_and_rank(self, q: CandidateQuery, user: int | None,
                                 live_stages: dict[int, int]) -> tuple[CandidateSet, RankedList]:
-        from serving.core.retrieve_rank import retrieve_then_rank  # torch: loaded with the models
-
         served = await self.holder.current(q.items_version)  # runtime items applied on the loop
 
         async def candidates(cq: CandidateQuery) -> CandidateSet:

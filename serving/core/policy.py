@@ -286,7 +286,7 @@ class CopyChooser:
         response = self.remember(q.request_id, shown)
         if len(self.background) >= self.max_pending:
             try:  # the learner is behind: this request waits instead of queueing more (not for ever)
-                await asyncio.wait_for(_awaited(response), self.wait_s)
+                await asyncio.wait_for(response, self.wait_s)
             except Exception as exc:  # noqa: BLE001 -- the impression is in the feedback log all the same
                 log.warning("policy did not take an impression (%s)", str(exc)[:200] or type(exc).__name__)
         else:
@@ -296,7 +296,7 @@ class CopyChooser:
     async def _refresh(self) -> None:
         try:
             started = time.monotonic()
-            params = await asyncio.wait_for(_awaited(self.fetch()), timeout=self.fetch_timeout_s)
+            params = await asyncio.wait_for(self.fetch(), timeout=self.fetch_timeout_s)
             self.copy.install(params, started)
         except Exception as exc:
             log.warning("policy parameters not refreshed (%s); the copy stays at %s", str(exc)[:200] or
@@ -315,8 +315,3 @@ class CopyChooser:
         task = asyncio.create_task(wait())
         self.background.add(task)
         task.add_done_callback(self.background.discard)
-
-
-async def _awaited(response: Awaitable[object]):
-    """``response`` as a coroutine (``asyncio.wait_for`` takes any awaitable only from 3.12 on)."""
-    return await response

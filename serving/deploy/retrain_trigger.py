@@ -35,7 +35,7 @@ from ray import serve
 
 from serving.core.schemas import AppArgs
 from serving.deploy.netbind import bind_replica_grpc_to_node_address
-from serving.deploy.run import resolve
+from training.common.importpath import resolve
 
 log = logging.getLogger(__name__)
 

@@ -12,31 +12,13 @@ importing the app graph itself::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from ray import serve
 
 from serving.core.schemas import AppArgs
+from training.common.importpath import resolve
 
 APP_NAME = "raycart"
 APP_BUILDER = "serving.deploy.app:build_app"  # cluster/serve.yaml's import_path
-
-
-def resolve(import_path: str) -> Any:
-    """The object an import path ``"package.module:attribute"`` names (``attribute`` may be
-    dotted), imported with importlib; a clear ValueError for a malformed path.
-
-    >>> resolve("serving.deploy.run:APP_NAME")
-    'raycart'
-    """
-    module, sep, attribute = import_path.partition(":")
-    if not sep or not module or not attribute:
-        raise ValueError(f"{import_path!r}: an import path is 'package.module:attribute'")
-    obj: Any = importlib.import_module(module)
-    for part in attribute.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def run_app(import_path: str, args: dict | AppArgs, name: str = APP_NAME) -> None:

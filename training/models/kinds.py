@@ -14,18 +14,11 @@ model code, torch or Ray (the CLI starts fast, and this base layer depends on no
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-
-def _load(ref: str) -> Any:
-    module, _, attr = ref.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
+from training.common.importpath import resolve
 
 
 @dataclass(frozen=True)
@@ -61,26 +54,26 @@ class ModelKind:
         return bool(self.train)
 
     def loader(self) -> Any:
-        return _load(self.load)
+        return resolve(self.load)
 
     def config_cls(self) -> type:
-        return _load(self.config)
+        return resolve(self.config)
 
     def job_cls(self) -> type:
-        return _load(self.job)
+        return resolve(self.job)
 
     def job_fields(self) -> set[str]:
         return {f.name for f in dataclasses.fields(self.job_cls())}
 
     def run_train(self, job, callbacks: list | None = None) -> dict:
-        return _load(self.train)(job, callbacks=callbacks)
+        return resolve(self.train)(job, callbacks=callbacks)
 
     def run_export(self, job, saved: Mapping[str, Any]) -> dict:  # a checkpoint's SavedState (training.jobs.loop)
-        return _load(self.export)(job, None, saved)
+        return resolve(self.export)(job, None, saved)
 
     def run_check(self, job) -> None:
         if self.check:
-            _load(self.check)(job)
+            resolve(self.check)(job)
 
 
 KINDS: dict[str, ModelKind] = {k.kind: k for k in (

@@ -1,10 +1,11 @@
-"""Import paths the app is deployed and retrained by (serving.deploy.run.resolve; no Ray cluster)."""
+"""Import paths the app is deployed and retrained by (training.common.importpath.resolve; no Ray cluster)."""
 
 import pytest
 from pydantic import ValidationError
 
 from serving.core.schemas import AppArgs
-from serving.deploy.run import APP_BUILDER, resolve
+from serving.deploy.run import APP_BUILDER
+from training.common.importpath import resolve
 
 
 def test_the_default_hooks_name_the_app_builder_and_the_retrainer():
