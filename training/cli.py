@@ -8,8 +8,10 @@ them. Each plugin's ``register(subparsers)`` adds a parser whose ``func(args)`` 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib.metadata import entry_points
+from typing import NoReturn
 
 from training import __version__
 from training.common.errors import RaycartError
@@ -41,10 +43,22 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except RaycartError as exc:
         print(f"raycart: error: {exc}", file=sys.stderr)
-        return 2
+        _exit_now(2)
     except KeyboardInterrupt:
         print("raycart: interrupted", file=sys.stderr)
         return 130
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit with ``code`` now that the error is printed, without the interpreter's teardown: a
+    native thread pool (Arrow's; apache/arrow#34314) torn down at exit can abort the process
+    (SIGABRT, "terminate called without an active exception") after the right message, turning a
+    clean exit 2 into a crash. Ray, if this command started it, is shut down first."""
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
