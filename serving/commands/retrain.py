@@ -12,15 +12,25 @@ def _cmd(a: argparse.Namespace) -> int:
 
     init_ray()
     retrain(RetrainJob(feedback=a.feedback, data=a.data, model=a.model, work=a.work, epochs=a.epochs,
-                       workers=a.workers, ndcg_margin=a.ndcg_margin, epsilon=a.epsilon, app_args=a.app_args,
+                       workers=a.workers, ndcg_tolerance=a.ndcg_tolerance, epsilon=a.epsilon, app_args=a.app_args,
                        exposure=a.exposure))
     return 0
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("retrain", help="retrain the ranker from the feedback log behind a gate",
                        description="Merge the feedback log into the dataset, retrain the serving ranker "
-                                   "(warm start, Ray Train), gate it on holdout NDCG@10 and off-policy "
+                                   "(warm start, Ray Train), gate it on a paired test of holdout NDCG@10 and off-policy "
                                    "evaluation of the logged traffic, and promote it or keep the old one.")
     p.add_argument("--feedback", required=True, help="feedback log root (local or s3://)")
     p.add_argument("--data", required=True, help="the dataset the serving model was trained on")
@@ -28,7 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work", default="raycart-work/retrain", help="merged data, runs, candidates, decisions")
     p.add_argument("--epochs", type=int, help="epochs of the retrain (default: the serving model's)")
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--ndcg-margin", type=float, default=0.01)
+    p.add_argument("--ndcg-tolerance", type=_tolerance, default=0.002,
+                   help="the gate: the paired bootstrap 95%% interval of holdout NDCG@10 (candidate - serving) "
+                        "must have its lower bound >= -this (default 0.002)")
     p.add_argument("--epsilon", type=float, default=0.05, help="the serving policy's exploration")
     p.add_argument("--app-args", help="promote into the running app with these AppArgs (YAML/JSON)")
     p.add_argument("--no-exposure", dest="exposure", action="store_false",

@@ -89,7 +89,7 @@ class RetrainTrigger:
         self.job = {"feedback": args.feedback_root, "data": args.base_data,
                     "model": args.model_dir, "work": args.retrain_work, "epochs": args.retrain_epochs,
                     "workers": args.retrain_workers, "epsilon": args.policy_epsilon,
-                    "ndcg_margin": args.retrain_ndcg_margin,
+                    "ndcg_tolerance": args.retrain_ndcg_tolerance,
                     "app_args": self._write_app_args()}
         self.stop = threading.Event()
         threading.Thread(target=self._loop, name="retrain-schedule", daemon=True).start()

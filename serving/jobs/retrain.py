@@ -9,9 +9,12 @@
    midway resumes from its checkpoint when run again, and nothing of the serving model or the log
    is touched before the decision.
 3. **Gate** (:func:`gate`), both must pass:
-   - *holdout*: the candidate's NDCG@10 on the merged data's ``loo`` test split (each user's newest
-     event -- for users with feedback, what they did after the serving model was trained) must not
-     fall more than ``ndcg_margin`` below the serving model's on the same split;
+   - *holdout*: a paired test over the users of the merged data's ``loo`` test split (each user's
+     newest event -- for users with feedback, what they did after the serving model was trained):
+     the bootstrap 95 % interval of the per-user NDCG@10 difference, candidate - serving
+     (:func:`training.evaluation.compare.paired_bootstrap`), must exclude a loss larger than
+     ``ndcg_tolerance`` (its lower bound >= -0.002 by default). A fixed margin on the means let
+     slightly worse candidates through; the interval refuses them once the users show it;
    - *off-policy*: on the logged traffic, the slate IPS of epsilon-greedy over each model's ranking
      (:func:`training.evaluation.ope.slate_target.compare_targets`); the candidate is refused when it is
      worse with 95 % confidence (the paired bootstrap interval of new - old lies below 0). Where the
@@ -47,7 +50,8 @@ class RetrainJob:
     work: str  # where the merged data, the run, the candidate and the decisions go
     epochs: int | None = None  # None: the serving model's configuration
     workers: int = 1
-    ndcg_margin: float = 0.01  # the candidate's NDCG@10 may be at most this much lower (absolute)
+    # the gate: the lower bound of the paired bootstrap 95 % interval of NDCG@10 (candidate - serving)
+    ndcg_tolerance: float = 0.002
     epsilon: float = 0.05  # the serving policy's exploration (the OPE targets explore like it)
     min_ess: float = 10.0
     exposure: bool = True  # the shown slates as position-debiased ranker lists
@@ -56,27 +60,34 @@ class RetrainJob:
     bootstrap: int = 1000
 
 
-def gate(old: dict, new: dict, ope: dict, ndcg_margin: float, min_ess: float) -> dict:
-    """The decision from the two models' holdout metrics and the OPE comparison (rules in the module doc)."""
-    holdout_ok = new["NDCG@10"] >= old["NDCG@10"] - ndcg_margin
+def gate(old: dict, new: dict, paired: dict, ope: dict, ndcg_tolerance: float, min_ess: float) -> dict:
+    """The decision from the two models' holdout metrics, their paired comparison
+    (:func:`~training.evaluation.compare.paired_bootstrap` of per-user NDCG@10) and the OPE
+    comparison (rules in the module doc)."""
+    if ndcg_tolerance < 0:
+        raise ValueError(f"ndcg_tolerance must be >= 0, got {ndcg_tolerance}")
+    low, high = paired["ci95"]
+    holdout_ok = low >= -ndcg_tolerance
     ess = min(ope["old_effective_sample_size"], ope["new_effective_sample_size"])
     if ess < min_ess or "difference_ci95" not in ope:
         ope_verdict = "inconclusive"
     else:
         ope_verdict = "worse" if ope["difference_ci95"][1] < 0 else "not worse"
     promote = holdout_ok and ope_verdict != "worse"
-    reasons = [f"holdout NDCG@10 {new['NDCG@10']:.4f} vs serving {old['NDCG@10']:.4f} (margin {ndcg_margin}): "
-               + ("ok" if holdout_ok else "refused"),
+    reasons = [f"holdout NDCG@10 {new['NDCG@10']:.4f} vs serving {old['NDCG@10']:.4f}: paired difference "
+               f"{paired['difference']:+.4f}, 95% CI {low:+.4f}..{high:+.4f} over {paired['users']:,} users "
+               f"(lower bound must be >= {-ndcg_tolerance:+.4f}): " + ("ok" if holdout_ok else "refused"),
                f"off-policy (slate IPS, new - old): {ope.get('difference', float('nan')):+.4f}"
                + (f", 95% CI {ope['difference_ci95'][0]:+.4f}..{ope['difference_ci95'][1]:+.4f}"
                   if "difference_ci95" in ope else "") + f", ESS {ess:.1f}: {ope_verdict}"]
-    return {"promote": promote, "holdout_ok": holdout_ok, "ope": ope_verdict, "reasons": reasons}
+    return {"promote": promote, "holdout_ok": holdout_ok, "holdout": paired, "ope": ope_verdict, "reasons": reasons}
 
 
 def retrain(job: RetrainJob) -> dict:
     from training.data.dataset import load_dataset, save_dataset
     from training.data.feedback import read_feedback
     from training.data.from_feedback import merge_feedback
+    from training.evaluation.compare import paired_bootstrap
     from training.evaluation.ope.slate_target import compare_targets, model_ranker
     from training.evaluation.run import evaluate_model_dir
     from training.inference.modeldir import read_card
@@ -128,18 +139,25 @@ def retrain(job: RetrainJob) -> dict:
     new_metrics = trainer("ranker").run_train(RankerJob(data=data, retriever=card.reranks.path, out=candidate, model=cfg,
                                          workers=job.workers, storage=storage.join(job.work, "runs"), name=version,
                                          init_from=job.model, exposure=exposure, overwrite=True))
-    old_metrics = evaluate_model_dir(data, job.model)
-    log.info(f"[retrain] holdout NDCG@10: candidate {new_metrics['NDCG@10']:.4f}, serving {old_metrics['NDCG@10']:.4f}")
+    old_users: dict = {}
+    new_users: dict = {}
+    old_metrics = evaluate_model_dir(data, job.model, per_user=old_users)
+    new_holdout = evaluate_model_dir(data, candidate, per_user=new_users)  # the same users, in order
+    paired = paired_bootstrap(old_users["NDCG@10"], new_users["NDCG@10"], resamples=job.bootstrap)
+    log.info(f"[retrain] holdout NDCG@10: candidate {new_holdout['NDCG@10']:.4f}, serving {old_metrics['NDCG@10']:.4f} "
+             f"(paired difference {paired['difference']:+.4f}, 95% CI {paired['ci95'][0]:+.4f}..{paired['ci95'][1]:+.4f})")
     # the logged requests are replayed with the histories of *their* time: the base data (the merged
     # data holds the very clicks being evaluated, and a model never shows what a history holds)
     ope = compare_targets(impressions, events, model_ranker(job.model, base), model_ranker(candidate, base),
                           job.epsilon, bootstrap=job.bootstrap)
-    decision = gate(old_metrics, new_metrics, ope, job.ndcg_margin, job.min_ess)
+    decision = gate(old_metrics, new_holdout, paired, ope, job.ndcg_tolerance, job.min_ess)
     run = new_metrics["run"]
     report["training"] = {"run": version, "epochs": run["epoch_numbers"],
                           "resumes": run["resumes"], "seconds": run["seconds"]}
-    report.update({"candidate": candidate, "data": data, "metrics": {"serving": _brief(old_metrics), "candidate": _brief(new_metrics)},
-                   "ope": ope, "rules": {"ndcg_margin": job.ndcg_margin, "min_ess": job.min_ess,
+    report.update({"candidate": candidate, "data": data, "metrics": {"serving": _brief(old_metrics), "candidate": _brief(new_holdout)},
+                   "ope": ope, "rules": {"ndcg_tolerance": job.ndcg_tolerance, "min_ess": job.min_ess,
+                                         "holdout": "refuse unless the paired 95% interval of NDCG@10 "
+                                                    "(new - old) has its lower bound >= -ndcg_tolerance",
                                          "ope": "refuse when the paired 95% interval of new - old is below 0"},
                    "decision": decision})
     if decision["promote"] and job.app_args:

@@ -117,9 +117,10 @@ def test_retrain_killed_midway_then_resumed_merges_trains_warm_gates_and_reports
     assert not (work / "models").exists()  # no app given: nothing promoted
 
 
-def test_a_deliberately_worse_model_is_refused(tiny_shop, logged):
+def test_a_deliberately_worse_model_is_refused_and_a_better_one_promoted(tiny_shop, logged):
     from serving.jobs.retrain import gate
     from training.data.feedback import read_feedback
+    from training.evaluation.compare import paired_bootstrap
     from training.evaluation.ope.slate_target import compare_targets, model_ranker
     from training.evaluation.run import evaluate_model_dir
 
@@ -132,12 +133,22 @@ def test_a_deliberately_worse_model_is_refused(tiny_shop, logged):
             state[key] = rng.permutation(value.ravel()).reshape(value.shape)
     np.savez(worse / "state" / "ranker_weights.npz", **state)
     data = tiny_shop["data"]
-    old, new = evaluate_model_dir(data, tiny_shop["ranker"]), evaluate_model_dir(data, str(worse))
-    assert new["NDCG@10"] < old["NDCG@10"] - 0.01, (new["NDCG@10"], old["NDCG@10"])
-    ope = compare_targets(read_feedback(logged["feedback"], "impressions"), read_feedback(logged["feedback"], "events"),
-                          model_ranker(tiny_shop["ranker"], data), model_ranker(str(worse), data), 0.05, bootstrap=200)
-    decision = gate(old, new, ope, ndcg_margin=0.01, min_ess=10)
+    good_users, worse_users = {}, {}
+    good = evaluate_model_dir(data, tiny_shop["ranker"], per_user=good_users)
+    bad = evaluate_model_dir(data, str(worse), per_user=worse_users)
+    assert bad["NDCG@10"] < good["NDCG@10"] - 0.01, (bad["NDCG@10"], good["NDCG@10"])
+    imp, ev = read_feedback(logged["feedback"], "impressions"), read_feedback(logged["feedback"], "events")
+    ope = compare_targets(imp, ev, model_ranker(tiny_shop["ranker"], data), model_ranker(str(worse), data), 0.05,
+                          bootstrap=200)
+    paired = paired_bootstrap(good_users["NDCG@10"], worse_users["NDCG@10"])
+    decision = gate(good, bad, paired, ope, ndcg_tolerance=0.002, min_ess=10)
     assert not decision["promote"] and not decision["holdout_ok"], decision
+    # ... and the other way round, the better model replacing the scrambled one is promoted
+    ope = compare_targets(imp, ev, model_ranker(str(worse), data), model_ranker(tiny_shop["ranker"], data), 0.05,
+                          bootstrap=200)
+    paired = paired_bootstrap(worse_users["NDCG@10"], good_users["NDCG@10"])
+    decision = gate(bad, good, paired, ope, ndcg_tolerance=0.002, min_ess=10)
+    assert decision["promote"] and decision["holdout_ok"] and paired["ci95"][0] > 0, decision
 
 
 def test_the_app_retrains_on_schedule_and_promotes_under_load(tiny_shop, logged, ray_cluster):
@@ -162,7 +173,7 @@ def test_the_app_retrains_on_schedule_and_promotes_under_load(tiny_shop, logged,
             "state_dir": str(root / "state"), "request_timeout_s": 60.0, "trust_loopback": True,  # no keys: local
             "replica_cpus": 0.1,  # leave a CPU of the 2 for the retrain's Ray Train worker
             "retrain_every_events": 5, "retrain_poll_s": 1.0, "retrain_work": str(root / "work"),
-            "retrain_epochs": 1, "retrain_ndcg_margin": 0.2}
+            "retrain_epochs": 1, "retrain_ndcg_tolerance": 0.5}
     try:
         serve.run(build_app(args), name="raycart", route_prefix="/")
         users = tiny_shop_users(tiny_shop)[:8]

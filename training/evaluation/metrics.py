@@ -151,7 +151,8 @@ def top_k(s: torch.Tensor, k: int, margin: int = 64) -> torch.Tensor:
     return torch.where(torch.isfinite(vals), ids, torch.full_like(ids, -1))
 
 
-def evaluate(score_fn: ScoreFn, task: EvalTask, config: EvalConfig = EvalConfig()) -> dict:
+def evaluate(score_fn: ScoreFn, task: EvalTask, config: EvalConfig = EvalConfig(),
+             per_user: dict[str, np.ndarray] | None = None) -> dict:
     """Rank every target of ``task`` with ``score_fn`` and average the metrics over users.
 
     Args:
@@ -162,7 +163,8 @@ def evaluate(score_fn: ScoreFn, task: EvalTask, config: EvalConfig = EvalConfig(
 
     Returns:
         ``{"HR@10": ..., "NDCG@10": ..., "Recall@10": ..., "Coverage@10": ..., "MRR": ...,
-        "users": n}`` for every K in ``config.ks``.
+        "users": n}`` for every K in ``config.ks``. A ``per_user`` dict receives each user's
+        ``NDCG@K`` (arrays in ``task.users`` order), for paired comparisons of two models.
     """
     n_users, n_items = len(task.users), task.num_items
     ks = sorted(config.ks)
@@ -172,6 +174,7 @@ def evaluate(score_fn: ScoreFn, task: EvalTask, config: EvalConfig = EvalConfig(
     discounts = 1.0 / torch.log2(torch.arange(2, max(ks) + 2, dtype=torch.float64))
     ideal = torch.cumsum(discounts, 0)
     start = time.time()
+    rows_ndcg: dict[int, list[np.ndarray]] = {k: [] for k in ks}
     for lo in range(0, n_users, config.batch_size):
         hi = min(lo + config.batch_size, n_users)
         rows = np.arange(lo, hi)
@@ -194,13 +197,18 @@ def evaluate(score_fn: ScoreFn, task: EvalTask, config: EvalConfig = EvalConfig(
             sums[f"Recall@{k}"] += (hit.sum(1).double() / n_t).sum().item()
             gain = torch.where(hit, discounts[r.clamp(max=k - 1)], torch.zeros((), dtype=torch.float64))
             idcg = ideal[(n_t.long().clamp(max=k)) - 1]
-            sums[f"NDCG@{k}"] += (gain.sum(1) / idcg).sum().item()
+            user_ndcg = gain.sum(1) / idcg
+            sums[f"NDCG@{k}"] += user_ndcg.sum().item()
+            rows_ndcg[k].append(user_ndcg.numpy())
             ids = best[:, :k]
             covered[k][ids[ids >= 0]] = True
         if config.progress:
             rate = hi / max(time.time() - start, 1e-9)
             log.info(f"  evaluated {hi}/{n_users} users ({rate:,.0f}/s, ETA {(n_users - hi) / rate:.0f}s)")
     out = {key: value / max(n_users, 1) for key, value in sums.items()}
+    if per_user is not None:
+        for k in ks:
+            per_user[f"NDCG@{k}"] = np.concatenate(rows_ndcg[k]) if rows_ndcg[k] else np.zeros(0)
     n_cand = int(task.candidates.sum()) if task.candidates is not None else n_items
     for k in ks:
         out[f"Coverage@{k}"] = covered[k].sum().item() / max(n_cand, 1)

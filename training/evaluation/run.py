@@ -29,8 +29,10 @@ def split_task(data: str, scheme: str, part: str):
 
 
 def evaluate_model_dir(data: str, model_dir: str, scheme: str = "loo", part: str = "test",
-                       out: str | None = None, eval_config: EvalConfig = EvalConfig()) -> dict:
-    """Evaluate the model in ``model_dir`` on a split of ``data``."""
+                       out: str | None = None, eval_config: EvalConfig = EvalConfig(),
+                       per_user: dict | None = None) -> dict:
+    """Evaluate the model in ``model_dir`` on a split of ``data`` (``per_user``: see
+    :func:`~training.evaluation.metrics.evaluate`)."""
     card = read_card(model_dir)
     ds, task = split_task(data, scheme, part)
     if card.num_items != ds.num_items:
@@ -38,7 +40,7 @@ def evaluate_model_dir(data: str, model_dir: str, scheme: str = "loo", part: str
                         f"{ds.num_items}; was it trained on another dataset?")
     model = load_model(model_dir, card)
     start = time.time()
-    metrics = evaluate(model.score, task, eval_config)
+    metrics = evaluate(model.score, task, eval_config, per_user=per_user)
     result = {**metrics, "run": {"model": card.kind, "model_dir": str(model_dir), "data": str(data),
                                  "source": ds.source, "scheme": scheme, "part": part, "split": task.info,
                                  "seconds": round(time.time() - start, 3)}}
