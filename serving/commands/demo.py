@@ -196,14 +196,37 @@ def ask(url: str, data: str) -> list[dict]:
 
 
 def warm_up(url: str, data: str) -> dict:
-    """A few rounds of simulated shoppers (the closed-loop simulator) so that the policy has seen
-    what real traffic gives it -- clicks as well as impressions -- before the loop is shown."""
+    """Simulated shoppers (the closed-loop simulator) so that the policy has seen what real
+    traffic gives it -- clicks as well as impressions -- before the loop is shown: 3 rounds with
+    the shop's planted tastes, then every shopper moves to a new category and the app has 5
+    rounds to follow; the recovery curve is printed (README "The loop")."""
     from serving.commands.simulator import Shop, SimConfig, simulate
 
-    log.info("\n[demo] warming the policy up: 3 rounds of 60 simulated shoppers with the shop's planted tastes")
-    result = simulate(url, Shop.load(data), SimConfig(rounds=3, drift_after=3, shoppers=60, k=10, seed=7),
+    log.info("\n[demo] simulated shoppers: 3 rounds of 60 with the shop's planted tastes, then each moves to a "
+             "category that was not theirs (5 rounds)")
+    result = simulate(url, Shop.load(data), SimConfig(rounds=8, drift_after=3, shoppers=60, k=10, seed=7),
                       progress=lambda line: log.info("[demo]   " + line.removeprefix("[simulate] ").split("  /")[0]))
+    log.info("[demo] " + "\n[demo] ".join(recovery_curve(result["rounds"])))
     return result["summary"]
+
+
+def recovery_curve(rounds: list[dict]) -> list[str]:
+    """Lines of text: each drift round's share of shown items in the new taste, as a bar and as a
+    share of the stationary level.
+
+    >>> rows = [{"phase": "stationary", "taste_share": 0.8}, {"phase": "drift", "taste_share": 0.4}]
+    >>> recovery_curve(rows)[1]
+    'after 1 round(s)  0.400  ##########            50 % of before'
+    """
+    stat = [r["taste_share"] for r in rounds if r["phase"] == "stationary"]
+    base = sum(stat) / len(stat) if stat else 0.0
+    lines = [f"recovery after the move (share of shown items in the new taste; before it: {base:.3f})"]
+    for i, r in enumerate([r for r in rounds if r["phase"] == "drift"], 1):
+        share = r["taste_share"]
+        bar = "#" * int(round(20 * share / base)) if base else ""
+        lines.append(f"after {i} round(s)  {share:.3f}  {bar:<20} {100 * share / base:3.0f} % of before"
+                     if base else f"after {i} round(s)  {share:.3f}")
+    return lines
 
 
 def loop_story(url: str, data: str) -> dict:

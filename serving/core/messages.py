@@ -92,8 +92,9 @@ class DependencyUnavailable(RuntimeError):
 @dataclass(frozen=True, kw_only=True)
 class PolicyQuery:
     """The policy's input: the kept candidates (``scores``, ``retriever_rank`` of each), their
-    per-item columns and vectors, the request context and the slate size; ``epsilon`` and
-    ``explore_pool`` raise exploration for one request (a shopper who stopped engaging)."""
+    per-item columns and vectors, the request context and the slate size; ``epsilon``,
+    ``explore_pool`` and ``diversity`` (the MMR weight; None: the policy's own) set exploration
+    for one request (harder for a shopper who stopped engaging)."""
 
     request_id: str
     item_ids: list[str]
@@ -107,6 +108,7 @@ class PolicyQuery:
     p_purchase: np.ndarray | None = None
     epsilon: float | None = None
     explore_pool: np.ndarray | None = None
+    diversity: float | None = None
 
     def items(self) -> list[dict]:
         """The bandit's per-item view (:meth:`training.models.bandit.LinUCBPolicy.features`)."""

@@ -208,7 +208,7 @@ def choose_slate(policy: LinUCBPolicy, q: PolicyQuery, version: str) -> tuple[Sl
     """``policy``'s slate for ``q`` (see :meth:`~training.models.bandit.LinUCBPolicy.choose`),
     labelled ``version``, and the feature rows of what it shows, by item id (what learning from
     the request's feedback needs)."""
-    shown = policy.choose(q.items(), q.context, q.k, q.features, q.vectors, q.epsilon, q.explore_pool)
+    shown = policy.choose(q.items(), q.context, q.k, q.features, q.vectors, q.epsilon, q.explore_pool, q.diversity)
     return (Slate(version, [SlotChoice(s.index, s.position, s.propensity, s.greedy) for s in shown]),
             {q.item_ids[s.index]: s.features for s in shown})
 

@@ -208,8 +208,9 @@ class Retrieval:
         return self.compute(await self.holder.current(q.items_version, q.model_version), q)
 
     def compute(self, s: ServedModel, q: CandidateQuery) -> CandidateSet:
-        """The top ``pipeline.k`` unseen items, plus ``q.live.explore`` exploration candidates (a random
-        sample of the rest of the catalogue thinned by :func:`spread`), with the ranker's dense
+        """The top ``pipeline.k`` unseen items, plus the ``q.live.near`` items nearest the newest
+        engaged one and ``q.live.explore`` exploration candidates (a random sample of the rest of
+        the catalogue thinned by :func:`spread`), with the ranker's dense
         features, the item vectors and the policy's per-item columns
         (:func:`~training.models.bandit.user_item_features`).
 
@@ -229,6 +230,12 @@ class Retrieval:
         user, never, items, scores = self._search(s, hist, pipeline.k)
         vecs = pipeline.generator.retriever.item_vecs.numpy()
         retrieved = items[0][items[0] >= 0]
+        if live.near and live.recent:  # follow the newest click: its neighbours (the user tower over it alone)
+            one = history_row(np.asarray(live.recent[-1:], np.int64), None, pipeline.num_items,
+                              pipeline.generator.end_us)
+            query = pipeline.generator.retriever.user_vectors(one).numpy()
+            near = _index_of(s).search(query, live.near, [np.r_[hist.row(0), never, retrieved].astype(np.int64)])[0][0]
+            retrieved = np.r_[retrieved, near[near >= 0]].astype(np.int64)
         if live.explore:
             taken = np.zeros(len(vecs), dtype=bool)
             taken[never] = True
@@ -237,7 +244,11 @@ class Retrieval:
             pool = np.flatnonzero(~taken)
             pool = self.rng.choice(pool, min(10 * live.explore, len(pool)), replace=False) if len(pool) else pool
             extra = spread(vecs, pool, np.r_[hist.row(0)[-20:], live.shown].astype(np.int64), live.explore)
-            items = np.r_[retrieved, extra][None, :].astype(np.int64)
+            retrieved_then_explored = np.r_[retrieved, extra]
+        else:
+            retrieved_then_explored = retrieved
+        if len(retrieved_then_explored) != items.shape[1] or not np.array_equal(retrieved_then_explored, items[0]):
+            items = retrieved_then_explored[None, :].astype(np.int64)
             scores = (vecs[items[0]] @ user[0])[None, :]
         c = pipeline.generator.from_search(hist, items, scores)
         found = c.items[0]

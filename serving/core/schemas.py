@@ -82,6 +82,7 @@ class PolicyInputs:
     shown: list[int] = field(default_factory=list)  # items of the remembered answers
     clicked: list[bool] = field(default_factory=list)  # ... engaged with or not
     explore: int = 0  # random catalogue items to add to the candidates
+    near: int = 0  # items nearest the newest engaged one (recent[-1]) to add to the candidates
     dim: int = 0  # user x item product coordinates
     bandwidth: float = 0.25  # of the recent-click-rate kernel, in cosine units
 
@@ -151,18 +152,24 @@ class AppArgs(BaseModel):
     redis_url: str = "redis://127.0.0.1:6379/0"  # with user_state="redis"
     state_dir: str = "raycart-work/user-state"  # journal + snapshot of the embedded backend (local disk)
     state_max_events: int = Field(50, ge=1)  # per user / session
-    exclude_shown: int = Field(3, ge=0)  # items ignored in this many last answers are not shown again
+    # a shopper who stopped engaging (see stale_alpha) is not shown the items they ignored in this
+    # many last answers (a steady shopper's ignored items stay: the policy weighs them)
+    exclude_shown: int = Field(3, ge=0)
     shown_window: int = Field(5, ge=0)  # answers remembered for the policy's recent click rate near an item
     # items drawn at random from the catalogue and added to the retriever's candidates, so the
     # policy can reach beyond the user vector's neighbourhood when the shopper's taste moves
     explore_candidates: int = Field(20, ge=0)
+    # items nearest the shopper's newest click (or cart, purchase) added to the candidates, so the
+    # slate can follow a click into a part of the catalogue the history does not lead to at once
+    # (the first click in a new taste)
+    recent_candidates: int = Field(20, ge=0, le=1000)
     # a shopper who has stopped engaging (UserView.stale: the newest run of ignored items is
     # unlikely, below `stale_alpha`, at their own recent engagement rate) is explored harder:
     # exploration floor `stale_epsilon`, drawn among the exploration candidates -- a change of taste
     # shows as engagement stopping (cf. M-UCB, Cao et al., AISTATS 2019, which re-explores once a
     # change is detected). stale_alpha 0 switches it off.
-    stale_alpha: float = Field(0.1, ge=0, lt=1)
-    stale_epsilon: float = Field(0.8, ge=0, le=1)
+    stale_alpha: float = Field(0.3, ge=0, lt=1)
+    stale_epsilon: float = Field(1.0, ge=0, le=1)
     session_ttl_s: float = Field(1800.0, gt=0)  # anonymous sessions expire after this long unused
     state_timeout_s: float = Field(2.0, gt=0)  # past this the answer falls back to the stored history
     # the two halves of learning from feedback; both off = the "no-learning" arm of the closed loop
@@ -183,7 +190,9 @@ class AppArgs(BaseModel):
     policy_prior_score: float = 0.3
     policy_prior_item: list[float] = Field(default_factory=lambda: [0.3, 2.0, 0.1], max_length=4)
     policy_ridge: float = Field(10.0, gt=0)
-    policy_diversity: float = Field(0.3, ge=0)  # MMR weight: slate items unlike each other (0 = off)
+    # MMR weight (slate items unlike each other; 0 = off) on the requests explored harder: spreads
+    # the search for a new taste; a steady shopper's slate is not spread away from their taste
+    policy_diversity: float = Field(0.3, ge=0)
     policy_pending: int = Field(20_000, ge=1)  # requests whose shown features the policy keeps for feedback
     # -- the HTTP edge (serving.edge.security; README "Security and durability") --
     # ``<role> <key>`` lines (roles shopper, admin); a file without keys is refused. Without a file,
@@ -203,7 +212,9 @@ class AppArgs(BaseModel):
     retrain_work: str = "raycart-work/retrain"  # merged data, runs, candidates and decision reports
     retrain_epochs: int | None = Field(None, ge=1)  # None: the serving model's configuration
     retrain_workers: int = Field(1, ge=1)
-    retrain_ndcg_margin: float = Field(0.01, ge=0)  # the gate: how far holdout NDCG@10 may fall
+    # the gate: the paired bootstrap 95 % interval of holdout NDCG@10 (candidate - serving) must have
+    # its lower bound >= -retrain_ndcg_tolerance (serving.jobs.retrain)
+    retrain_ndcg_tolerance: float = Field(0.002, ge=0, lt=1)
     # the declarative hook to the job runner: the import path ("module:function") of a function that
     # returns the handle of the detached actor running the retrain jobs (resolved with importlib by
     # the schedule, which does not import serving.jobs)

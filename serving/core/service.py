@@ -106,6 +106,7 @@ class _Ranked:
     keep: np.ndarray
     rows: np.ndarray
     items: np.ndarray
+    stale: bool  # the shopper has stopped engaging (UserView.stale): explore harder
 
 
 class ServiceError(Exception):
@@ -258,10 +259,16 @@ class RecommendService:
             raise ServiceError(400, f"filters.exclude: unknown item id(s) {bad[:5]}")
         known = cat.item_index
         exclude = {known[x] for x in req.filters.exclude}
-        exclude |= {known[x] for x in view.ignored(args.exclude_shown) if x in known}
+        # a shopper who stopped engaging is shown nothing of what they just ignored; a steady
+        # one's ignored items stay (the policy's novelty and nearby-click-rate columns weigh them):
+        # excluding them too pushed a steady shopper down the ranking (benchmarks/closed_loop.py)
+        stale = view.stale(args.stale_alpha)
+        if stale:
+            exclude |= {known[x] for x in view.ignored(args.exclude_shown) if x in known}
         seen = [(known[x], c) for x, c in view.impressions() if x in known]
         inputs = PolicyInputs(recent=live[-5:], shown=[i for i, _ in seen], clicked=[c for _, c in seen],
-                              explore=args.explore_candidates, dim=args.policy_item_dim,
+                              explore=args.explore_candidates, near=args.recent_candidates,
+                              dim=args.policy_item_dim,
                               bandwidth=args.policy_bandwidth)
         funnel = {known[x]: STAGES[e] for x, e in view.deepest().items() if x in known}
         # cat.added: every step answers with at least these runtime items applied
@@ -274,10 +281,10 @@ class RecommendService:
         items = cands.items[ranked.order]
         keep = np.array([int(i) not in exclude and cat.allowed(int(i), f.category, f.price_min, f.price_max)
                          for i in items], dtype=bool)
-        return _Ranked(cands, ranked, keep, rows=ranked.order[keep], items=items[keep])
+        return _Ranked(cands, ranked, keep, rows=ranked.order[keep], items=items[keep], stale=stale)
 
     def _policy_query(self, req: RecommendRequest, view: UserView, r: _Ranked) -> PolicyQuery:
-        rows, stale = r.rows, view.stale(self.args.stale_alpha)
+        rows, stale = r.rows, r.stale
         some = len(rows) > 0
         return PolicyQuery(
             request_id=uuid.uuid4().hex, item_ids=[self.catalog.item_ids[int(i)] for i in r.items],
@@ -286,7 +293,8 @@ class RecommendService:
             p_cart=r.ranked.p_cart[r.keep] if r.ranked.p_cart is not None else None,
             p_purchase=r.ranked.p_purchase[r.keep] if r.ranked.p_purchase is not None else None,
             epsilon=self.args.stale_epsilon if stale else None,
-            explore_pool=(rows >= r.cands.explore_from) if stale else None)
+            explore_pool=(rows >= r.cands.explore_from) if stale else None,
+            diversity=self.args.policy_diversity if stale else 0.0)
 
     async def _answer(self, req: RecommendRequest, who: _Shopper, state: str, r: _Ranked, query: PolicyQuery,
                       slate: Slate, live: list[int]) -> dict:

@@ -23,7 +23,8 @@ What goes into a history, and what is excluded from the next answers (see README
   ``view`` is logged and rewards nothing, but does not enter the history (otherwise whatever was
   shown would feed itself back);
 * history items are never recommended again (the retriever excludes them, as in training);
-* items shown in the last ``exclude_shown`` answers and not engaged with are excluded as well.
+* for a shopper who has stopped engaging (:meth:`UserView.stale`), the items shown in the last
+  ``exclude_shown`` answers and not engaged with are excluded as well.
 
 Keys: ``u:<user id>`` for users the catalogue knows; ``a:<user id>`` for user ids it does not
 know and ``s:<session id>`` for anonymous sessions -- anyone can make those up, so they expire
@@ -140,16 +141,28 @@ class UserView:
 
     def stale(self, alpha: float) -> bool:
         """Has this shopper stopped engaging? Over the remembered answers the shopper engaged with a
-        share ``p`` of the items shown; the newest ``n`` items in a row got nothing. Stale when a run
-        that long would have had probability ``(1 - p) ** n < alpha`` at their own rate -- so a
+        share ``p`` of the items shown; the newest answers, ``n`` items in all, got nothing. Stale
+        when that would have had probability ``(1 - p) ** n < alpha`` at their own rate -- so a
         shopper who never engaged is not stale, and at a shop's usual 2-3 % click rate it takes far
-        more ignored items than at 25 %."""
+        more ignored items than at 25 %. A shopper who engaged before the remembered answers and
+        with none of them is stale too (their rate over the window is 0: it cannot say how unlikely
+        the run is, but they have stopped). Whole answers count, not the items after the last click:
+        a steady shopper who clicked the second item of an answer and ignored the eight below it
+        has not stopped engaging (counting those eight judged such shoppers stale and explored them
+        hard, which cost the steady ones; benchmarks/closed_loop.py)."""
         seen = self.impressions()
         engaged = sum(c for _, c in seen)
-        if not engaged or alpha <= 0:
+        liked = {e.item_id for e in self.events if e.event in HISTORY_EVENTS}
+        if alpha <= 0 or not seen:
             return False
-        run = next((i for i, (_, c) in enumerate(reversed(seen)) if c), len(seen))
-        return (1 - engaged / len(seen)) ** run < alpha
+        if not engaged:  # nothing in the remembered answers: stale if they engaged before them
+            return bool(liked)
+        run = 0
+        for answer in reversed(self.shown):
+            if any(i in liked for i in answer):
+                break
+            run += len(answer)
+        return run > 0 and (1 - engaged / len(seen)) ** run < alpha
 
     def impressions(self) -> list[tuple[str, bool]]:
         """``(item, clicked or deeper)`` for every item of the remembered answers, oldest first."""

@@ -147,14 +147,22 @@ class LinUCBPolicy:
 
     def choose(self, items: list[dict], context: dict | None, k: int,
                item_features: np.ndarray | None = None, item_vectors: np.ndarray | None = None,
-               epsilon: float | None = None, explore_pool: np.ndarray | None = None) -> list[Shown]:
+               epsilon: float | None = None, explore_pool: np.ndarray | None = None,
+               diversity: float | None = None) -> list[Shown]:
         """Fill ``min(k, len(items))`` slots; see the module docstring for the propensities.
         ``item_vectors`` (``(len(items), d)``) enable the ``diversity`` term. ``epsilon``
         overrides the configured floor for this request, and an exploration draw then picks
         uniformly among the remaining items of ``explore_pool`` (a boolean mask; all remaining
         items when none of the pool is left). Either way each logged propensity is the exact
-        probability ``(1 - eps) [greedy] + eps [in the draw's set] / |that set|``."""
+        probability ``(1 - eps) [greedy] + eps [in the draw's set] / |that set|``. ``diversity``
+        overrides the configured MMR weight for this request; with it (and ``item_vectors``) an
+        exploration draw after the first slot is among the half of its set least like the slate so
+        far (a deterministic set given the slots before, so the propensities stay exact), which
+        spreads a search over more parts of the catalogue."""
         eps = self.config.epsilon if epsilon is None else float(epsilon)
+        mmr = self.config.diversity if diversity is None else float(diversity)
+        if mmr < 0:
+            raise ValueError(f"diversity must be >= 0, got {mmr}")
         if not 0 <= eps <= 1:
             raise ValueError(f"epsilon must be in [0, 1], got {eps}")
         pool = np.zeros(len(items), dtype=bool) if explore_pool is None else np.asarray(explore_pool, dtype=bool)
@@ -162,15 +170,18 @@ class LinUCBPolicy:
         u = self.ucb(x) if len(items) else np.zeros(0)
         remaining = list(range(len(items)))
         out = []
-        diverse = self.config.diversity > 0 and item_vectors is not None and len(items) > 0
+        diverse = mmr > 0 and item_vectors is not None and len(items) > 0
         if diverse:
             v = np.asarray(item_vectors, dtype=np.float64)
             v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
             closest = np.full(len(items), -np.inf)  # largest cosine to the slate so far
         for pos in range(min(k, len(items))):
-            score = u - self.config.diversity * np.maximum(closest, 0.0) if diverse and pos else u
+            score = u - mmr * np.maximum(closest, 0.0) if diverse and pos else u
             greedy = max(remaining, key=lambda i: (score[i], -i))  # ties: earlier (better-ranked) item
             draw_from = [i for i in remaining if pool[i]] or remaining
+            if diverse and pos and len(draw_from) > 1:  # explore away from the slate so far: the less similar half
+                near = closest[draw_from]
+                draw_from = [i for i, c in zip(draw_from, near) if c <= np.median(near)]
             explore = self.rng.random() < eps
             pick = draw_from[int(self.rng.integers(len(draw_from)))] if explore else greedy
             prop = (1 - eps) * (pick == greedy) + (eps / len(draw_from) if pick in draw_from else 0.0)

@@ -48,3 +48,72 @@ def test_a_url_without_a_host_is_refused():
     with pytest.raises(ValueError, match="host"):
         _Client("127.0.0.1:8000", timeout=1.0)  # no scheme: urlparse finds no hostname
     assert _Client("http://127.0.0.1:8000", timeout=1.0).host == "127.0.0.1"
+
+
+def _shop():
+    from serving.commands.simulator import Shop
+
+    cats = [f"c{j}" for j in range(6)]
+    items = {f"i{j}": cats[j % 6] for j in range(60)}
+    return Shop(items, {f"u{u}": {cats[u % 6]} for u in range(30)}, cats)
+
+
+def test_gradual_drift_moves_the_weight_over_the_span():
+    from serving.commands.simulator import _weights
+
+    cfg = SimConfig(rounds=8, drift_after=2, drift_span=3)
+    old, new = {"a": 1.0}, {"b": 1.0}
+    assert _weights(old, new, 1, cfg) == old
+    w = _weights(old, new, 2, cfg)  # first drift round: a third of the way
+    assert w["a"] == pytest.approx(2 / 3) and w["b"] == pytest.approx(1 / 3)
+    assert _weights(old, new, 4, cfg) == {"b": 1.0}
+    assert _weights(old, new, 2, SimConfig(rounds=8, drift_after=2)) == {"b": 1.0}  # abrupt by default
+
+
+def test_hard_simulator_validates_and_second_tastes_and_nonclickers_are_drawn():
+    import numpy as np
+
+    from serving.commands.simulator import _tastes
+
+    with pytest.raises(ValueError, match="satiation"):
+        SimConfig.hard(satiation=2.0)
+    with pytest.raises(ValueError, match="drift_span"):
+        SimConfig(drift_span=0)
+    shop, cfg = _shop(), SimConfig.hard(shoppers=30)
+    chosen = sorted(shop.tastes)
+    before, after, quiet = _tastes(shop, chosen, cfg, np.random.default_rng(0))
+    assert len(quiet) == 3  # 10 % of 30
+    for u in chosen:
+        assert sorted(before[u].values()) == [0.5, 1.0]  # the planted taste and a second one at 0.5
+        (new,) = after[u]
+        assert new not in before[u]  # the drift goes somewhere new
+
+
+def test_the_oracle_searches_untried_categories_then_exploits():
+    from serving.commands.simulator import Oracle
+
+    shop = _shop()
+    oracle = Oracle(shop, share=1.0, seed=0)
+    assert {shop.item_category[x] for x in oracle.slate("u0", {"c0": 1.0}, k=5)} == {"c0"}  # exploits
+    oracle.moved("u0", new={"c3"}, old={"c0"})
+    first = [shop.item_category[x] for x in oracle.slate("u0", {"c3": 1.0}, k=3)]
+    assert len(set(first)) == 3 and "c0" not in first  # one item of each untried category
+    second = [shop.item_category[x] for x in oracle.slate("u0", {"c3": 1.0}, k=3)]
+    assert set(first) | set(second[:2]) == {"c1", "c2", "c3", "c4", "c5"}  # the rest, then a new cycle
+    assert second[2] != "c0"  # the old taste is never searched, and the known new one is not used
+    oracle.clicked("u0", "c3")
+    assert {shop.item_category[x] for x in oracle.slate("u0", {"c3": 1.0}, k=5)} == {"c3"}
+    with pytest.raises(ValueError, match="share"):
+        Oracle(shop, share=0.0)
+
+
+def test_the_oracle_bounds_recovery_in_a_whole_simulation():
+    """Against the oracle the shoppers find their new taste in the first drift rounds."""
+    from serving.commands.simulator import Oracle, simulate
+
+    shop = _shop()
+    cfg = SimConfig(rounds=6, drift_after=2, shoppers=30, k=5, concurrency=1, p_click_taste=0.5)
+    res = simulate(Oracle(shop, share=0.9, seed=1), shop, cfg, progress=lambda _: None)
+    shares = [r["taste_share"] for r in res["rounds"]]
+    assert min(shares[:2]) > 0.8  # stationary: exploits at 0.9
+    assert shares[-1] > 0.7 and shares[-1] > shares[2]  # recovered after the switch

@@ -345,3 +345,52 @@ def test_a_duplicate_is_logged_again_so_its_200_acknowledges_a_copy(tmp_path):
     assert app.feedback(**click)["status"] == "recorded"
     assert app.feedback(**click)["status"] == "duplicate"
     assert [x for x in logged if x[0] == "events"] == [("events", *click.values())] * 2
+
+
+def test_the_candidates_follow_the_newest_click(app):
+    """``recent_candidates``: the items nearest the newest engaged one join the candidates (ahead
+    of the exploration candidates), so the slate can follow a click the history does not lead to."""
+    from serving.core.messages import CandidateQuery
+    from serving.core.schemas import PolicyInputs
+
+    served = app.backend.holder.served
+    served.pipeline.k = 4  # retrieve 4 of the tiny catalogue, so the rest can be followed into
+    history = np.asarray(_train().row(1), np.int64)
+    far = [j for j in range(N_ITEMS) if j not in set(history.tolist())]
+    plain = app.backend.retrieval.compute(served, CandidateQuery(history, None, 0, PolicyInputs()))
+    clicked = next(j for j in far if j not in set(plain.items.tolist()))  # outside the retrieved ones
+    near = app.run(app.backend.similar(clicked, 4, 0))
+    live = PolicyInputs(recent=[clicked], near=4, explore=2)
+    cands = app.backend.retrieval.compute(served, CandidateQuery(np.r_[history, clicked], None, 0, live))
+    added = cands.items[:cands.explore_from].tolist()
+    fresh = [j for j in near if j not in set(plain.items.tolist()) | set(history.tolist())]
+    assert fresh and set(fresh) <= set(added), (near, added)  # the click's neighbours are candidates
+    assert len(cands.items) - cands.explore_from == 2  # the exploration candidates come after them
+    assert clicked not in cands.items.tolist()  # the history is never a candidate
+
+
+def test_only_a_shopper_who_stopped_engaging_loses_the_items_they_ignored(tmp_path):
+    """Shown-and-ignored items leave the candidates of a stale shopper only: a steady shopper who
+    clicked one item of an answer keeps the rest (excluding them pushed steady shoppers down the
+    ranking, benchmarks/closed_loop.py)."""
+    app = App(tmp_path, policy_epsilon=0.0, policy_alpha=0.0, explore_candidates=0, recent_candidates=0,
+              stale_alpha=0.7, exclude_shown=3)  # then 4 ignored at p = 1/8: 0.875^4 = 0.59 < 0.7
+
+    def candidates(user: str) -> tuple[set[str], bool]:
+        req = RecommendRequest(user_id=user, k=4)
+        who = app.service._shopper(req)
+        view, _ = app.run(app.service.view(who.key))
+        live = app.run(app.service._history(req, who, view))
+        ranked = app.run(app.service._ranked(req, who, view, live))
+        return {_catalog().item_ids[int(i)] for i in ranked.items}, ranked.stale
+
+    first = app.recommend(user_id="u1", k=4)
+    shown = [o["item_id"] for o in first["items"]]
+    app.feedback(request_id=first["request_id"], item_id=shown[0], event="click")
+    kept, stale = candidates("u1")
+    assert not stale and set(shown[1:]) <= kept  # steady: the ignored items stay candidates
+    ignored = [o["item_id"] for o in app.recommend(user_id="u1", k=4)["items"]]  # a whole answer ignored
+    kept, stale = candidates("u1")
+    assert stale and not set(ignored) & kept  # stopped engaging: what they just ignored is left out
+    body = app.recommend(user_id="u1", k=4)
+    assert body["explore_harder"] and not set(ignored) & {o["item_id"] for o in body["items"]}

@@ -319,4 +319,21 @@ def test_a_shopper_who_stops_engaging_is_stale_at_their_own_rate():
     t.issue("q0", "u:b", [f"x{n}" for n in range(40)])
     t.record("q0", "x0", "click")
     t.issue("q1", "u:b", [f"y{n}" for n in range(10)])
-    assert not t.view("u:b").stale(0.1)  # p = 1/50, 49 ignored: 0.98^49 = 0.37
+    assert not t.view("u:b").stale(0.1)  # p = 1/50, an answer of 10 ignored: 0.98^10 = 0.82
+
+
+def test_a_steady_shopper_who_clicked_early_in_the_last_answer_is_not_stale():
+    """Whole answers count: a click at slot 2 and eight ignored items below it are engagement."""
+    s = MemoryUserState(UserStateConfig(shown_window=5))
+    s.issue("r0", "u:a", [f"a{n}" for n in range(10)])
+    for n in (0, 3, 6):
+        s.record("r0", f"a{n}", "click")
+    s.issue("r1", "u:a", [f"b{n}" for n in range(10)])
+    s.record("r1", "b1", "click")  # p = 4/20; the 8 below it ignored: 0.8^8 = 0.17 (was judged stale)
+    assert not s.view("u:a").stale(0.3)
+    s.issue("r2", "u:a", [f"c{n}" for n in range(10)])  # then a whole answer ignored: p = 4/30, 0.87^10 = 0.24
+    assert s.view("u:a").stale(0.3)
+    for n in range(3, 8):  # five more ignored answers: the window (5) holds no engagement at all
+        s.issue(f"r{n}", "u:a", [f"d{n}-{j}" for j in range(10)])
+    assert s.view("u:a").stale(0.3)  # ... but they engaged before: still stale, not "never engaged"
+    assert not s.view("u:a").stale(0.0)  # alpha 0: the rule is off
