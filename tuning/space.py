@@ -24,14 +24,14 @@ DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint", "quniform")
 
 def read_space(path: str, config_cls) -> tuple[dict, dict]:
     """``(space spec, defaults)`` from a YAML file, validated against ``config_cls``'s fields."""
-    doc = read_yaml_mapping(path, "--space", "of config fields")
-    defaults = doc.pop("defaults", {}) or {}
+    space = read_yaml_mapping(path, "--space", "of config fields")
+    defaults = space.pop("defaults", {}) or {}
     fields = {f.name for f in dataclasses.fields(config_cls)}
-    for key in [*doc, *defaults]:
+    for key in [*space, *defaults]:
         if key not in fields:
             raise DataError(f"--space: {path}: '{key}' is not a {config_cls.__name__} field "
                             f"(known: {', '.join(sorted(fields))})")
-    for key, spec in doc.items():
+    for key, spec in space.items():
         if isinstance(spec, dict):
             if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
                 raise DataError(f"--space: {path}: '{key}' must be a value or one of "
@@ -41,7 +41,7 @@ def read_space(path: str, config_cls) -> tuple[dict, dict]:
                 raise DataError(f"--space: {path}: '{key}': {kind} takes [low, high]")
             if kind == "choice" and (not isinstance(args, list) or not args):
                 raise DataError(f"--space: {path}: '{key}': choice takes a non-empty list")
-    return doc, defaults
+    return space, defaults
 
 
 def to_tune(spec: dict) -> dict:

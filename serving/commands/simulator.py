@@ -351,11 +351,11 @@ def _cmd(a: argparse.Namespace) -> int:
     cfg = SimConfig(rounds=a.rounds, drift_after=a.drift_after, shoppers=a.shoppers, k=a.k, seed=a.seed,
                     concurrency=a.concurrency)
     result = simulate(a.url.rstrip("/"), Shop.load(a.data), cfg)
-    s = result["summary"]
-    log.info(f"[simulate] stationary taste share {s['stationary_share']:.3f} (chance {s['stationary_chance']:.3f}); "
-          f"after the drift: {s['drift_share_last']:.3f} in the last round (chance {s['drift_chance']:.3f}), "
+    summary = result["summary"]
+    log.info(f"[simulate] stationary taste share {summary['stationary_share']:.3f} (chance {summary['stationary_chance']:.3f}); "
+          f"after the drift: {summary['drift_share_last']:.3f} in the last round (chance {summary['drift_chance']:.3f}), "
           f"back to 80 % of the stationary share after "
-          f"{s['rounds_to_recover'] if s['rounds_to_recover'] else 'no'} round(s); CTR {s['ctr']:.3f}")
+          f"{summary['rounds_to_recover'] if summary['rounds_to_recover'] else 'no'} round(s); CTR {summary['ctr']:.3f}")
     if a.out:
         with open(a.out, "w") as fh:
             json.dump(result, fh, indent=1)

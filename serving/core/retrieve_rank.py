@@ -272,9 +272,9 @@ class Retrieval:
     async def similar(self, item: int, k: int, items_version: int) -> list[int]:
         """The ``k`` items nearest to ``item`` (the user tower over a one-item history; the
         index alone, no candidate features)."""
-        s = await self.holder.current(items_version)
-        hist = history_row(np.array([item], np.int64), None, s.pipeline.num_items, s.pipeline.generator.end_us)
-        items = self._search(s, hist, k)[2][0]
+        served = await self.holder.current(items_version)
+        hist = history_row(np.array([item], np.int64), None, served.pipeline.num_items, served.pipeline.generator.end_us)
+        items = self._search(served, hist, k)[2][0]
         return [int(i) for i in items if i >= 0]
 
 

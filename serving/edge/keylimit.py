@@ -29,16 +29,16 @@ class KeyLimit:
         self.app, self.settings = app, settings
 
     async def __call__(self, scope, receive, send):
-        s = self.settings
-        if scope["type"] != "http" or s.buckets is None or not s.guard.keys.configured \
+        settings = self.settings
+        if scope["type"] != "http" or settings.buckets is None or not settings.guard.keys.configured \
                 or required_role(scope.get("method", "GET"), route_path(scope)) is None:
             return await self.app(scope, receive, send)
         key = presented_key(dict(scope.get("headers") or []))
-        wait = s.buckets.take(hashlib.sha256(key.encode()).hexdigest())
+        wait = settings.buckets.take(hashlib.sha256(key.encode()).hexdigest())
         if wait == 0.0:
             return await self.app(scope, receive, send)
-        s.metrics.rate_limited("key")
-        body = json.dumps({"detail": f"rate limit of this API key ({s.buckets.describe()}) reached; "
+        settings.metrics.rate_limited("key")
+        body = json.dumps({"detail": f"rate limit of this API key ({settings.buckets.describe()}) reached; "
                                      f"retry after {retry_after(wait)} s"}).encode()
         await send({"type": "http.response.start", "status": 429,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

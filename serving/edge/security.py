@@ -235,7 +235,7 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        s = self.settings
+        settings = self.settings
         headers = dict(scope.get("headers") or [])
         role = required_role(scope.get("method", "GET"), route_path(scope))
         if role is not None:
@@ -250,8 +250,8 @@ class Guard:
                 size = int(declared)
             except ValueError:
                 return await _reply(send, 400, "Content-Length is not a number")
-            if size > s.max_body_bytes:
-                return await _reply(send, 413, f"request body of {size} bytes is over the {s.max_body_bytes}-byte limit")
+            if size > settings.max_body_bytes:
+                return await _reply(send, 413, f"request body of {size} bytes is over the {settings.max_body_bytes}-byte limit")
         seen = 0
         started = refused = False
 
@@ -260,13 +260,13 @@ class Guard:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > s.max_body_bytes and not refused:
+                if seen > settings.max_body_bytes and not refused:
                     # answered here (the app would turn an exception into a 400), and the app
                     # sees the client gone: whatever it answers next is dropped
                     refused = True
                     if not started:
                         started = True
-                        await _reply(send, 413, f"request body is over the {s.max_body_bytes}-byte limit")
+                        await _reply(send, 413, f"request body is over the {settings.max_body_bytes}-byte limit")
                     return {"type": "http.disconnect"}
             return message
 
@@ -279,10 +279,10 @@ class Guard:
             await send(message)
 
         try:
-            await asyncio.wait_for(self.app(scope, counted_receive, tracked_send), s.timeout_s)
+            await asyncio.wait_for(self.app(scope, counted_receive, tracked_send), settings.timeout_s)
         except TimeoutError:
             if not started:
-                await _reply(send, 504, f"not answered within {s.timeout_s:g} s; retry later")
+                await _reply(send, 504, f"not answered within {settings.timeout_s:g} s; retry later")
         except Exception:
             if not refused:  # after a 413 the app's complaint about the cut body is moot
                 raise

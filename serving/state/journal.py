@@ -61,8 +61,8 @@ class Journal:
             return int(header["next_seq"]), _records(fh)
         legacy = self.dir / LEGACY_SNAPSHOT
         if legacy.exists():
-            doc = json.loads(legacy.read_text(encoding="utf-8"))
-            return -1, iter([["k", *k] for k in doc["keys"]] + [["q", *r] for r in doc["requests"]])
+            snapshot = json.loads(legacy.read_text(encoding="utf-8"))
+            return -1, iter([["k", *k] for k in snapshot["keys"]] + [["q", *r] for r in snapshot["requests"]])
         return -1, iter(())
 
     def replay(self, start: int, stop: int | None = None) -> Iterator[list]:

@@ -144,10 +144,10 @@ def read_card(uri: str) -> ModelCard:
     if not storage.exists(path):
         raise DataError(f"{uri}: not a Raycart model directory (no {MODEL_JSON})")
     try:
-        doc = json.loads(storage.read_bytes(path))
+        fields = json.loads(storage.read_bytes(path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from exc
-    return ModelCard.from_dict(doc, str(path))
+    return ModelCard.from_dict(fields, str(path))
 
 
 def load_model(uri: str, card: ModelCard | None = None):

@@ -172,6 +172,6 @@ class Pipeline:
         ranker.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
         stages = None
         if "funnel_stages" in state:
-            s = state["funnel_stages"]
-            stages = sp.csr_matrix((s["data"], s["indices"], s["indptr"]), shape=tuple(s["shape"]))
+            csr = state["funnel_stages"]
+            stages = sp.csr_matrix((csr["data"], csr["indices"], csr["indptr"]), shape=tuple(csr["shape"]))
         return cls(generator, ranker, config.get("attribute_vocab"), stages)

@@ -56,23 +56,23 @@ def read_yaml_mapping(path: str | Path, flag: str, expected: str) -> dict:
     if not p.is_file():
         raise DataError(f"{flag} {path}: no such file")
     try:
-        doc = yaml.safe_load(p.read_text()) or {}
+        loaded = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise DataError(f"{flag} {path}: not valid YAML ({exc})") from None
-    if not isinstance(doc, dict):
+    if not isinstance(loaded, dict):
         raise DataError(f"{flag} {path}: expected a mapping {expected}")
-    return doc
+    return loaded
 
 
 def read_config(path: str | Path, kind: str, run_fields: set[str] | None = None) -> KindConfig:
     """The ``kind`` section of YAML file ``path``, its fields checked against the model config and,
     when given, the run settings the command accepts."""
-    doc = read_yaml_mapping(path, "--config", f"with sections {', '.join(KINDS)}")
-    unknown = sorted(set(doc) - set(KINDS) - {"notes"})
+    sections = read_yaml_mapping(path, "--config", f"with sections {', '.join(KINDS)}")
+    unknown = sorted(set(sections) - set(KINDS) - {"notes"})
     if unknown:
         raise DataError(f"--config {path}: unknown section(s) {', '.join(map(str, unknown))} "
                         f"(sections: {', '.join(KINDS)}, notes)")
-    section = doc.get(kind) or {}
+    section = sections.get(kind) or {}
     if not isinstance(section, dict) or set(section) - {"model", "run"}:
         raise DataError(f"--config {path}: section {kind!r} takes 'model' and 'run' mappings")
     model, run = section.get("model") or {}, section.get("run") or {}
