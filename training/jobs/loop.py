@@ -29,6 +29,16 @@ from training.jobs.progress import printing, say
 EpochRecord = TypedDict("EpochRecord", {"epoch": int, "loss": float, "valid_NDCG@10": float, "seconds": float,
                                         "train_seconds": float, "steps": int, "samples_per_s": float})
 
+# The "run" part of what a training run returns (beside its test metrics) and its model card
+# keeps: common keys, then the ranker's own (total=False: each kind fills what it has).
+RunSummary = TypedDict("RunSummary", {
+    "model": str, "data": str, "scheme": str, "part": str, "workers": int, "gpu": bool, "epochs": int,
+    "best_valid_NDCG@10": float, "seconds": float, "resumes": int,
+    "source": str,  # the retriever's
+    "retriever": str, "epoch_numbers": list[int], "ndcg10_gain_over_retriever": float,  # the ranker's ...
+    "eval_seconds": float, "recent_popularity_days": int | None, "trainable_params": dict[str, int],
+}, total=False)
+
 
 class SavedState(TypedDict):
     """A checkpoint's ``state.pt``: plain dicts, lists, numbers and tensors, so it loads with

@@ -42,7 +42,7 @@ from training.inference.modeldir import (
     save_model_dir,
 )
 from training.inference.pipeline import Pipeline
-from training.jobs.loop import LoopSpec, SavedState, driver_dataset, fit, plot_learning_curve, run_epochs
+from training.jobs.loop import LoopSpec, RunSummary, SavedState, driver_dataset, fit, plot_learning_curve, run_epochs
 from training.jobs.ranker_data import (
     HeldOut,
     RankerExamples,
@@ -266,14 +266,15 @@ def export_ranker(job: RankerJob, prepared: RankerInputs | None, saved: SavedSta
     retrieval = evaluate(prepared.retriever.score, test)
     history = [dict(epoch) for epoch in saved["history"]]  # plain dicts for the card and the plot
     gain = two_stage["NDCG@10"] / max(retrieval["NDCG@10"], 1e-12) - 1
-    summary = {**two_stage, "retriever_only": retrieval, "run": {
+    run: RunSummary = {
         "model": "ranker", "data": job.data, "retriever": job.retriever, "scheme": job.scheme, "part": "test",
         "workers": job.workers, "gpu": job.use_gpu, "epochs": len(history),
-        "epoch_numbers": [h["epoch"] for h in history], "best_valid_NDCG@10": saved["best"],
+        "epoch_numbers": [e["epoch"] for e in saved["history"]], "best_valid_NDCG@10": saved["best"],
         "ndcg10_gain_over_retriever": gain, "eval_seconds": round(seconds_two_stage, 1),
         "seconds": round(time.time() - start, 1), "resumes": saved.get("resumes", 0),
         "recent_popularity_days": generator.recent_days,
-        "trainable_params": trainable}}
+        "trainable_params": trainable}
+    summary = {**two_stage, "retriever_only": retrieval, "run": run}
     config = {"ranker": job.model.to_dict(), "retriever": prepared.retriever_card.config, "knn": generator.knn.state()[0],
               "attribute_vocab": vocab}
 

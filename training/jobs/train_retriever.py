@@ -33,7 +33,7 @@ from training.data.splits import EvalTask, build_split, split_from_manifest
 from training.evaluation.metrics import EvalConfig, evaluate
 from training.inference.features import build_item_features
 from training.inference.modeldir import ModelCard, TrainedOn, dataset_fingerprint, save_model_dir
-from training.jobs.loop import LoopSpec, SavedState, driver_dataset, fit, plot_learning_curve, run_epochs
+from training.jobs.loop import LoopSpec, RunSummary, SavedState, driver_dataset, fit, plot_learning_curve, run_epochs
 from training.jobs.run_settings import RUN
 from training.models.encoders import ImageEncoderConfig, TextEncoderConfig
 from training.models.retriever import ItemFeatures, RetrieverConfig, RetrieverScorer, TwoTower, TwoTowerTrain, left_pad
@@ -262,11 +262,12 @@ def export_retriever(job: RetrieverJob, inputs: RetrieverInputs | None, saved: S
     scorer = RetrieverScorer(model)
     test_metrics = evaluate(scorer.score, test)
     history = [dict(epoch) for epoch in saved["history"]]  # plain dicts for the card and the plot
-    summary = {**test_metrics, "run": {
+    run: RunSummary = {
         "model": "retriever", "data": job.data, "source": ds.source, "scheme": job.scheme, "part": "test",
         "workers": job.workers, "gpu": job.use_gpu, "epochs": len(history),
         "best_valid_NDCG@10": saved["best"], "seconds": round(time.time() - start, 1),
-        "resumes": saved.get("resumes", 0)}}
+        "resumes": saved.get("resumes", 0)}
+    summary = {**test_metrics, "run": run}
 
     def extra(tmp: Path) -> None:
         import pyarrow as pa
