@@ -42,6 +42,13 @@ from pathlib import Path
 
 import numpy as np
 
+from serving.commands.simulator import Oracle, Shop, SimConfig, simulate
+from serving.core.catalog import Catalog
+from serving.core.local import LocalBackend, LocalState
+from serving.core.schemas import AppArgs, FeedbackRequest, RecommendRequest
+from serving.core.service import RecommendService, ServiceError, user_state_config
+from serving.state.memory import MemoryUserState
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -67,12 +74,6 @@ class InProcess:
     simulator's ``post`` as the HTTP edge would (status, body, seconds). No Ray, no HTTP."""
 
     def __init__(self, args: dict, served=None, seed: int = 0):
-        from serving.core.catalog import Catalog
-        from serving.core.local import LocalBackend, LocalState
-        from serving.core.schemas import AppArgs
-        from serving.core.service import RecommendService, user_state_config
-        from serving.state.memory import MemoryUserState
-
         self.args = AppArgs(**args)
         self.loop = asyncio.new_event_loop()
         self.backend = LocalBackend(self.args, offload=False, served=served)
@@ -86,9 +87,6 @@ class InProcess:
         self.lock = threading.Lock()
 
     def post(self, path: str, body: dict) -> tuple[int, dict, float]:
-        from serving.core.schemas import FeedbackRequest, RecommendRequest
-        from serving.core.service import ServiceError
-
         started = time.perf_counter()
         with self.lock:
             try:
@@ -108,8 +106,6 @@ class InProcess:
 
 
 def _sim_config(name: str, a: argparse.Namespace, seed: int):
-    from serving.commands.simulator import SimConfig
-
     base = {"rounds": a.rounds, "drift_after": a.drift_after, "shoppers": a.shoppers, "seed": seed}
     if a.mode == "inprocess":
         base["concurrency"] = 1  # one event loop: shoppers one after the other
@@ -163,7 +159,6 @@ def main() -> None:
     from shop_app import app_args as shop_app_args
     from shop_app import shop_models
 
-    from serving.commands.simulator import Oracle, Shop, simulate
     from serving.state.redis_server import LocalRedis
 
     data, ranker, metrics = shop_models(a.workdir)
@@ -180,8 +175,6 @@ def main() -> None:
         root = Path(tempfile.mkdtemp(prefix=name.replace(" ", "-") + "-", dir=work))  # fresh state per arm
         more = {"redis_url": redis.url} if redis else {}
         args = shop_app_args(root, ranker, data, **{**more, **overrides, **extra})
-        from serving.core.schemas import AppArgs
-
         try:
             AppArgs(**args)
         except Exception as exc:  # noqa: BLE001 -- a bad --app-arg names its field
@@ -246,8 +239,6 @@ def latency(results: dict, a: argparse.Namespace, url: str, redis, app_args, dat
     from ray import serve
     from serve_load import run_level
     from shop_app import deploy
-
-    from serving.core.catalog import Catalog
 
     redis_client.Redis.from_url(redis.url).flushdb()  # the arms' state is not the latency runs'
     users = list(Catalog.load(str(data)).user_index)

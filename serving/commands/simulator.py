@@ -155,13 +155,13 @@ class Oracle:
             self.by_category.setdefault(category, []).append(item)
         self.categories, self.share = sorted(self.by_category), share
         self.rng = np.random.default_rng(seed)
-        self.searching: dict[str, tuple[set[str], list[str]]] = {}  # user -> (new tastes, categories to try)
-        self.old: dict[str, set[str]] = {}
+        # user -> (new tastes, old tastes, the categories still to try in this cycle)
+        self.searching: dict[str, tuple[set[str], set[str], list[str]]] = {}
         self.lock = threading.Lock()
 
     def moved(self, user: str, new: set[str], old: set[str]) -> None:
         with self.lock:
-            self.searching[user], self.old[user] = (set(new), []), set(old)
+            self.searching[user] = (set(new), set(old), [])
 
     def clicked(self, user: str, category: str) -> None:
         with self.lock:
@@ -172,8 +172,8 @@ class Oracle:
         with self.lock:
             rng, out = self.rng, list[str]()
             if user in self.searching:
-                queue = self.searching[user][1]
-                others = [c for c in self.categories if c not in self.old[user]] or self.categories
+                _, old, queue = self.searching[user]
+                others = [c for c in self.categories if c not in old] or self.categories
                 while len(out) < k:
                     if not queue:
                         queue.extend(others[i] for i in rng.permutation(len(others)))
@@ -267,8 +267,8 @@ def simulate(target: Any, shop: Shop, cfg: SimConfig, progress=print) -> dict:
             return out
         for slot, item in enumerate(body["items"]):
             item_id = item["item_id"]
-            category = shop.item_category.get(item_id)
-            weight = taste.get(category, 0.0) if category is not None else 0.0
+            category = shop.item_category.get(item_id, "")  # "": an item the simulator does not know
+            weight = taste.get(category, 0.0)
             out["shown"] += 1
             out["in_taste"] += weight
             p = (cfg.p_click_other + (cfg.p_click_taste - cfg.p_click_other) * weight) \
@@ -288,7 +288,7 @@ def simulate(target: Any, shop: Shop, cfg: SimConfig, progress=print) -> dict:
                     out["fb_latency"].append(lat)
                     out["fb_failed"] += st != 200
                 out["reward"] += REWARD[ev]
-            if oracle is not None and category is not None:
+            if oracle is not None and category:
                 oracle.clicked(user, category)
             out["clicks"] += 1
         return out

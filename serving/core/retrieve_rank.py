@@ -230,12 +230,14 @@ class Retrieval:
         user, never, items, scores = self._search(s, hist, pipeline.k)
         vecs = pipeline.generator.retriever.item_vecs.numpy()
         retrieved = items[0][items[0] >= 0]
+        widened = False  # candidates beyond the index's top k: scored here
         if live.near and live.recent:  # follow the newest click: its neighbours (the user tower over it alone)
             one = history_row(np.asarray(live.recent[-1:], np.int64), None, pipeline.num_items,
                               pipeline.generator.end_us)
-            query = pipeline.generator.retriever.user_vectors(one).numpy()
-            near = _index_of(s).search(query, live.near, [np.r_[hist.row(0), never, retrieved].astype(np.int64)])[0][0]
+            near = self._search(s, one, live.near, also=np.r_[hist.row(0), retrieved])[2][0]
             retrieved = np.r_[retrieved, near[near >= 0]].astype(np.int64)
+            widened = True
+        explore_from = len(retrieved)
         if live.explore:
             taken = np.zeros(len(vecs), dtype=bool)
             taken[never] = True
@@ -244,11 +246,10 @@ class Retrieval:
             pool = np.flatnonzero(~taken)
             pool = self.rng.choice(pool, min(10 * live.explore, len(pool)), replace=False) if len(pool) else pool
             extra = spread(vecs, pool, np.r_[hist.row(0)[-20:], live.shown].astype(np.int64), live.explore)
-            retrieved_then_explored = np.r_[retrieved, extra]
-        else:
-            retrieved_then_explored = retrieved
-        if len(retrieved_then_explored) != items.shape[1] or not np.array_equal(retrieved_then_explored, items[0]):
-            items = retrieved_then_explored[None, :].astype(np.int64)
+            retrieved = np.r_[retrieved, extra]
+            widened = True
+        if widened:
+            items = retrieved[None, :].astype(np.int64)
             scores = (vecs[items[0]] @ user[0])[None, :]
         c = pipeline.generator.from_search(hist, items, scores)
         found = c.items[0]
@@ -258,15 +259,16 @@ class Retrieval:
                                     bandwidth=live.bandwidth)
         self.holder.metrics.step("retrieval", time.perf_counter() - started)
         return CandidateSet(found, c.dense[0], policy, vecs[safe],
-                            explore_from=len(retrieved) if live.explore else len(found), model_version=s.version)
+                            explore_from=explore_from if live.explore else len(found), model_version=s.version)
 
     @staticmethod
-    def _search(s: ServedModel, hist: Interactions, k: int):
+    def _search(s: ServedModel, hist: Interactions, k: int, also: np.ndarray | None = None):
         """The user vector of ``hist``, the quarantined items, and the index's top ``k`` for it,
-        neither the history nor the quarantined items among them."""
+        neither the history, the quarantined items nor ``also`` among them."""
         user = s.pipeline.generator.retriever.user_vectors(hist).numpy()
         never = np.fromiter(s.quarantined, np.int64, len(s.quarantined))
-        items, scores = _index_of(s).search(user, k, [np.r_[hist.row(0), never]])
+        skip = np.r_[hist.row(0), never] if also is None else np.r_[hist.row(0), never, also]
+        items, scores = _index_of(s).search(user, k, [skip.astype(np.int64)])
         return user, never, items, scores
 
     async def similar(self, item: int, k: int, items_version: int) -> list[int]:

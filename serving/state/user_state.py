@@ -150,11 +150,11 @@ class UserView:
         a steady shopper who clicked the second item of an answer and ignored the eight below it
         has not stopped engaging (counting those eight judged such shoppers stale and explored them
         hard, which cost the steady ones; benchmarks/closed_loop.py)."""
-        seen = self.impressions()
-        engaged = sum(c for _, c in seen)
-        liked = {e.item_id for e in self.events if e.event in HISTORY_EVENTS}
-        if alpha <= 0 or not seen:
+        shown = sum(len(answer) for answer in self.shown)
+        if alpha <= 0 or not shown:
             return False
+        liked = {e.item_id for e in self.events if e.event in HISTORY_EVENTS}
+        engaged = sum(i in liked for answer in self.shown for i in answer)
         if not engaged:  # nothing in the remembered answers: stale if they engaged before them
             return bool(liked)
         run = 0
@@ -162,7 +162,7 @@ class UserView:
             if any(i in liked for i in answer):
                 break
             run += len(answer)
-        return run > 0 and (1 - engaged / len(seen)) ** run < alpha
+        return run > 0 and (1 - engaged / shown) ** run < alpha
 
     def impressions(self) -> list[tuple[str, bool]]:
         """``(item, clicked or deeper)`` for every item of the remembered answers, oldest first."""

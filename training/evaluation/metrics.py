@@ -199,7 +199,8 @@ def evaluate(score_fn: ScoreFn, task: EvalTask, config: EvalConfig = EvalConfig(
             idcg = ideal[(n_t.long().clamp(max=k)) - 1]
             user_ndcg = gain.sum(1) / idcg
             sums[f"NDCG@{k}"] += user_ndcg.sum().item()
-            rows_ndcg[k].append(user_ndcg.numpy())
+            if per_user is not None:
+                rows_ndcg[k].append(user_ndcg.numpy())
             ids = best[:, :k]
             covered[k][ids[ids >= 0]] = True
         if config.progress:

@@ -181,7 +181,8 @@ class LinUCBPolicy:
             draw_from = [i for i in remaining if pool[i]] or remaining
             if diverse and pos and len(draw_from) > 1:  # explore away from the slate so far: the less similar half
                 near = closest[draw_from]
-                draw_from = [i for i, c in zip(draw_from, near) if c <= np.median(near)]
+                middle = np.median(near)
+                draw_from = [i for i, c in zip(draw_from, near) if c <= middle]
             explore = self.rng.random() < eps
             pick = draw_from[int(self.rng.integers(len(draw_from)))] if explore else greedy
             prop = (1 - eps) * (pick == greedy) + (eps / len(draw_from) if pick in draw_from else 0.0)
