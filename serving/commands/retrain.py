@@ -13,7 +13,8 @@ def _cmd(a: argparse.Namespace) -> int:
     init_ray()
     retrain(RetrainJob(feedback=a.feedback, data=a.data, model=a.model, work=a.work, epochs=a.epochs,
                        workers=a.workers, ndcg_tolerance=a.ndcg_tolerance, epsilon=a.epsilon, app_args=a.app_args,
-                       exposure=a.exposure))
+                       exposure=a.exposure, recent_weight=a.recent_weight, replay=a.replay,
+                       warmup_steps=a.warmup_steps, lr_scale=a.lr_scale))
     return 0
 
 
@@ -24,6 +25,37 @@ def _tolerance(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _positive(text: str) -> float:
+    value = _number(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -45,4 +77,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--app-args", help="promote into the running app with these AppArgs (YAML/JSON)")
     p.add_argument("--no-exposure", dest="exposure", action="store_false",
                    help="do not train on the shown slates (engaged vs shown-and-skipped, position-weighted)")
+    p.add_argument("--recent-weight", type=_positive, default=1.0,
+                   help="weight of the training lists whose target is in the log, and of the shown slates "
+                        "(recency weighting; default 1: as the older lists)")
+    p.add_argument("--replay", type=_fraction, default=1.0,
+                   help="fraction of the older training lists kept beside the new ones (replay against "
+                        "forgetting; default 1: all)")
+    p.add_argument("--warmup-steps", type=_count, default=0,
+                   help="the learning rate ramps up over this many optimiser steps (default 0: none)")
+    p.add_argument("--lr-scale", type=_positive, default=1.0,
+                   help="the retrain's learning rate as a multiple of the serving model's (default 1)")
     p.set_defaults(func=_cmd)

@@ -5,9 +5,11 @@
    each list weighted by the inverse examination probability of its engaged slot, estimated from
    the log's exploration draws (:mod:`training.data.exposure`).
 2. **Train**: the serving ranker's configuration, warm-started from its weights
-   (``RankerJob.init_from``), with Ray Train; the run is named after the inputs, so a retrain killed
-   midway resumes from its checkpoint when run again, and nothing of the serving model or the log
-   is touched before the decision.
+   (``RankerJob.init_from``), with Ray Train; the run is named after the inputs and the training
+   settings, so a retrain killed midway resumes from its checkpoint when run again, and nothing of
+   the serving model or the log is touched before the decision. The warm start is validated before
+   the first epoch and returned unless an epoch beats it. Levers for fine-tuning on what is new
+   (``recent_weight``, ``replay``, ``warmup_steps``, ``lr_scale``; see :class:`RetrainJob`).
 3. **Gate** (:func:`gate`), both must pass:
    - *holdout*: a paired test over the users of the merged data's ``loo`` test split (each user's
      newest event -- for users with feedback, what they did after the serving model was trained):
@@ -56,6 +58,14 @@ class RetrainJob:
     min_ess: float = 10.0
     exposure: bool = True  # the shown slates as position-debiased ranker lists
     max_weight: float = 10.0  # cap of a list's position weight
+    # fine-tuning levers (training.jobs.ranker_data.RankerJob): the lists whose target is in the log,
+    # and the shown slates, weigh recent_weight; a `replay` fraction of the older lists is kept; the
+    # learning rate warms up over warmup_steps optimiser steps and is the serving model's x lr_scale.
+    # The defaults change nothing.
+    recent_weight: float = 1.0
+    replay: float = 1.0
+    warmup_steps: int = 0
+    lr_scale: float = 1.0
     app_args: str | None = None  # promote into the running app described by these AppArgs
     bootstrap: int = 1000
 
@@ -84,6 +94,9 @@ def gate(old: dict, new: dict, paired: dict, ope: dict, ndcg_tolerance: float, m
 
 
 def retrain(job: RetrainJob) -> dict:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from training.data.dataset import load_dataset, save_dataset
     from training.data.feedback import read_feedback
     from training.data.from_feedback import merge_feedback
@@ -91,10 +104,15 @@ def retrain(job: RetrainJob) -> dict:
     from training.evaluation.ope.slate_target import compare_targets, model_ranker
     from training.evaluation.run import evaluate_model_dir
     from training.inference.modeldir import read_card
-    from training.jobs.ranker_data import RankerJob
+    from training.jobs.ranker_data import RankerJob, check_recency
     from training.models.kinds import trainer
     from training.models.ranker_config import RankerConfig
 
+    check_recency(job.recent_weight, job.replay, job.warmup_steps)
+    if not job.lr_scale > 0:
+        from training.common.errors import DataError
+
+        raise DataError(f"lr_scale must be > 0, got {job.lr_scale}")
     t0 = time.time()
     card = read_card(job.model)
     if card.kind != "ranker":
@@ -106,7 +124,9 @@ def retrain(job: RetrainJob) -> dict:
 
         raise DataError(f"{job.model}: its model card names no retriever (reranks)")
     impressions, events = read_feedback(job.feedback, "impressions"), read_feedback(job.feedback, "events")
-    digest = hashlib.sha256(f"{storage.absolute(job.model)}|{impressions.num_rows}|{events.num_rows}".encode())
+    # the inputs and the training settings name the run: the same ones resume a killed run, others start afresh
+    digest = hashlib.sha256(f"{storage.absolute(job.model)}|{impressions.num_rows}|{events.num_rows}|{job.epochs}|"
+                            f"{job.exposure}|{job.recent_weight}|{job.replay}|{job.warmup_steps}|{job.lr_scale}".encode())
     version = f"retrain-{time.strftime('%Y%m%d')}-{digest.hexdigest()[:8]}"
     log.info(f"[retrain] {version}: {impressions.num_rows:,} impressions, {events.num_rows:,} events from {job.feedback}")
     base = load_dataset(job.data)  # read once: merged into, and the histories the OPE replays
@@ -132,13 +152,19 @@ def retrain(job: RetrainJob) -> dict:
         theta = lists.report["examination"].get("theta")
         log.info(f"[retrain] shown slates: {len(lists):,} lists of engaged vs shown-and-skipped items; examination by "
               f"slot {theta if theta else lists.report['examination'].get('note')}")
+    recent_since = None
+    if job.recent_weight != 1.0 or job.replay < 1.0:  # "new": at or after the log's first kept event
+        recent_since = int(pc.min(merged.events.slice(base.events.num_rows)["timestamp"].cast(pa.int64())).as_py())
     cfg = RankerConfig(**card.config["ranker"])
     if job.epochs is not None:
         cfg = replace(cfg, epochs=job.epochs)
+    cfg = replace(cfg, lr=cfg.lr * job.lr_scale)
     candidate = storage.join(job.work, "candidates", version)
     new_metrics = trainer("ranker").run_train(RankerJob(data=data, retriever=card.reranks.path, out=candidate, model=cfg,
                                          workers=job.workers, storage=storage.join(job.work, "runs"), name=version,
-                                         init_from=job.model, exposure=exposure, overwrite=True))
+                                         init_from=job.model, exposure=exposure, overwrite=True,
+                                         recent_since_us=recent_since, recent_weight=job.recent_weight,
+                                         replay=job.replay, warmup_steps=job.warmup_steps))
     old_users: dict = {}
     new_users: dict = {}
     old_metrics = evaluate_model_dir(data, job.model, per_user=old_users)
@@ -152,7 +178,9 @@ def retrain(job: RetrainJob) -> dict:
                           job.epsilon, bootstrap=job.bootstrap)
     decision = gate(old_metrics, new_holdout, paired, ope, job.ndcg_tolerance, job.min_ess)
     run = new_metrics["run"]
-    report["training"] = {"run": version, "epochs": run["epoch_numbers"],
+    report["training"] = {"run": version, "epochs": run["epoch_numbers"], "recent_weight": job.recent_weight,
+                          "replay": job.replay, "warmup_steps": job.warmup_steps, "lr": cfg.lr,
+                          "best_valid_NDCG@10": run.get("best_valid_NDCG@10"),
                           "resumes": run["resumes"], "seconds": run["seconds"]}
     report.update({"candidate": candidate, "data": data, "metrics": {"serving": _brief(old_metrics), "candidate": _brief(new_holdout)},
                    "ope": ope, "rules": {"ndcg_tolerance": job.ndcg_tolerance, "min_ess": job.min_ess,

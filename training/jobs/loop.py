@@ -59,6 +59,9 @@ class LoopSpec:
     tag: str  # progress-line prefix, e.g. "retriever"
     epochs: int
     patience: int
+    # a warm start: validate the starting weights first, so that the run returns them unless an epoch
+    # beats them (fine-tuning a model already at its best epoch must not export a worse one)
+    validate_start: bool = False
 
 
 def run_epochs(spec: LoopSpec, model: torch.nn.Module, opt: torch.optim.Optimizer,
@@ -85,11 +88,7 @@ def run_epochs(spec: LoopSpec, model: torch.nn.Module, opt: torch.optim.Optimize
         best_state, history, resumes = saved["best_model"], saved["history"], saved.get("resumes", 0) + 1
         if rank == 0:
             say(f"[{spec.tag}] resumed from checkpoint after epoch {saved['epoch'] + 1}")
-    for epoch in range(start_epoch, spec.epochs):
-        t0 = time.time()
-        model.train()
-        loss, steps, samples = train_epoch(epoch)
-        train_seconds = time.time() - t0
+    def validated() -> float:
         metric = torch.zeros(1, device=device)
         if rank == 0:
             model.eval()
@@ -97,7 +96,19 @@ def run_epochs(spec: LoopSpec, model: torch.nn.Module, opt: torch.optim.Optimize
                 metric[0] = validate()
         if world > 1:
             torch.distributed.broadcast(metric, src=0)
-        ndcg = float(metric.item())
+        return float(metric.item())
+
+    if ckpt is None and spec.validate_start:
+        best = validated()
+        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if rank == 0:
+            say(f"[{spec.tag}] warm start: valid NDCG@10 {best:.4f} (kept unless an epoch beats it)")
+    for epoch in range(start_epoch, spec.epochs):
+        t0 = time.time()
+        model.train()
+        loss, steps, samples = train_epoch(epoch)
+        train_seconds = time.time() - t0
+        ndcg = validated()
         if ndcg > best:
             best, bad = ndcg, 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -112,7 +123,7 @@ def run_epochs(spec: LoopSpec, model: torch.nn.Module, opt: torch.optim.Optimize
             eta = seconds * (spec.epochs - epoch - 1)
             say(f"[{spec.tag}] epoch {epoch + 1}/{spec.epochs} loss {loss:.4f} valid NDCG@10 {ndcg:.4f} "
                 f"(best {best:.4f}) {seconds:.1f}s/epoch, ETA <= {_eta(eta)}")
-            assert best_state is not None  # the first epoch always improves on -1
+            assert best_state is not None  # the first epoch always improves on -1 (or the start was kept)
             with tempfile.TemporaryDirectory() as d:
                 state = SavedState(model=model.state_dict(), optim=opt.state_dict(), epoch=epoch, best=best,
                                    bad=bad, best_model=best_state, history=history, resumes=resumes)

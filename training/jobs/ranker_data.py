@@ -73,6 +73,13 @@ class RankerJob:
     overwrite: bool = True
     init_from: str | None = None  # warm start: a ranker directory whose weights (where shapes match) start the run
     exposure: str | None = None  # extra weighted lists of shown slates (training.data.exposure), e.g. from retrain
+    # fine-tuning on what is new (raycart retrain): the training lists whose target happened at or after
+    # recent_since_us (microseconds) -- and the shown-slate lists -- weigh recent_weight, and of the
+    # older lists a seeded `replay` fraction is kept (replay of older data against forgetting)
+    recent_since_us: int | None = None
+    recent_weight: float = 1.0
+    replay: float = 1.0
+    warmup_steps: int = 0  # the learning rate ramps up linearly over this many optimiser steps
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,7 @@ class HeldOut:
     task: EvalTask
     history: np.ndarray  # (users, max_len)
     hist_stage: np.ndarray | None = None
+    weight: np.ndarray | None = None  # (users,) each user's weight in the validation mean (None: equal)
 
 
 @dataclass(frozen=True)
@@ -165,7 +173,18 @@ def check_job(job: RankerJob) -> ModelCard:
             raise DataError(str(exc)) from exc
     if job.model.image_tune_layers > 0 and job.image is None:
         raise DataError("--image-tune-layers needs the image encoder to fine-tune (--image-encoder)")
+    check_recency(job.recent_weight, job.replay, job.warmup_steps)
     return card
+
+
+def check_recency(recent_weight: float, replay: float, warmup_steps: int) -> None:
+    """The fine-tuning levers' ranges (also checked by ``raycart retrain`` before any work)."""
+    if not recent_weight > 0:
+        raise DataError(f"recent_weight must be > 0, got {recent_weight}")
+    if not 0 < replay <= 1:
+        raise DataError(f"replay must be in (0, 1], got {replay}")
+    if warmup_steps < 0:
+        raise DataError(f"warmup_steps must be >= 0, got {warmup_steps}")
 
 
 def _bottom_states(job: RankerJob, ds) -> dict:
@@ -232,15 +251,17 @@ def prepare_examples(job: RankerJob) -> RankerInputs:
                              concurrency=job.candidate_actors)
     he = generate_candidates(generator_ref, held_task.history, cfg.eval_candidates, None,
                              concurrency=job.candidate_actors)
-    has_pos = tr.label.any(1)  # lists without their target teach nothing (see CandidateGenerator.generate)
+    has_pos: np.ndarray = np.asarray(tr.label.any(1))  # lists without their target teach nothing (see CandidateGenerator.generate)
     log.info(f"[ranker] candidates for {len(train_rows):,} training + {len(held_rows):,} held-out users by Ray Data "
           f"in {time.time() - t0:.0f}s; target in the retriever's top {cfg.train_candidates}: {has_pos.mean():.1%} "
           f"-> {int(has_pos.sum()):,} training lists")
     if not has_pos.any():
         raise DataError(f"no training list holds its target in the retriever's top {cfg.train_candidates}: "
                         "raise --train-candidates or check the retriever")
-    train_task = train_task.take(np.flatnonzero(has_pos))
-    tr = Candidates(tr.users[has_pos], tr.items[has_pos], tr.dense[has_pos], tr.label[has_pos])
+    keep, weight = _recent_lists(job, train_task, has_pos, rng)
+    held_weight = _recent_weights(job, held_task)
+    train_task = train_task.take(np.flatnonzero(keep))
+    tr = Candidates(tr.users[keep], tr.items[keep], tr.dense[keep], tr.label[keep])
 
     def pad(task):
         return left_pad([task.history.row(i) for i in range(task.history.num_users)], cfg.max_len)
@@ -249,16 +270,52 @@ def prepare_examples(job: RankerJob) -> RankerInputs:
     tuning = _bottom_states(job, ds)
     stages = dataset_stage_map(ds) if cfg.use_stage else None
     history, held_history = pad(train_task), pad(held_task)
-    examples = RankerExamples(history=history, items=tr.items, dense=tr.dense, label=tr.label)
-    held = HeldOut(cands=he, task=held_task, history=held_history)
+    examples = RankerExamples(history=history, items=tr.items, dense=tr.dense, label=tr.label, weight=weight)
+    held = HeldOut(cands=he, task=held_task, history=held_history, weight=held_weight)
     if stages is not None:
         examples = replace(examples, hist_stage=lookup(stages, train_task.users, history),
                            cand_stage=lookup(stages, train_task.users, tr.items))
         held = replace(held, hist_stage=lookup(stages, held_task.users, held_history))
     if job.exposure:
-        examples = _with_exposure(examples, ExposureLists.load(job.exposure), valid.full, generator, stages, cfg.max_len)
+        lists = ExposureLists.load(job.exposure)
+        if job.recent_since_us is not None:  # every shown slate is new
+            lists = replace(lists, weight=lists.weight * job.recent_weight)
+        examples = _with_exposure(examples, lists, valid.full, generator, stages, cfg.max_len)
     return RankerInputs(dataset=ds, test=test, retriever=retriever, retriever_state=r_state, retriever_card=card,
                         prices=prices, features=feats, tuning=tuning, stages=stages, examples=examples, held=held)
+
+
+def _new_targets(task: EvalTask, since_us: int) -> np.ndarray:
+    """Per user of ``task``: is its (first) target at or after ``since_us``?"""
+    t = task.targets
+    first = np.minimum(t.indptr[:-1], max(t.nnz - 1, 0))
+    return (t.lengths() > 0) & (t.times[first] >= since_us)
+
+
+def _recent_lists(job: RankerJob, task: EvalTask, has_pos: np.ndarray, rng: np.random.Generator
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Which training lists to keep (those holding their target; of the older ones, a ``replay``
+    fraction) and their weights (``recent_weight`` where the target is at or after
+    ``recent_since_us``; None: all 1)."""
+    if job.recent_since_us is None:
+        return has_pos, None
+    recent = _new_targets(task, job.recent_since_us)
+    keep = has_pos & (recent | (rng.random(len(recent)) < job.replay))
+    log.info(f"[ranker] fine-tuning on what is new: {int((keep & recent).sum()):,} lists with a target since "
+             f"the serving model (weight {job.recent_weight:g}) + {int((keep & ~recent).sum()):,} older ones "
+             f"(replay {job.replay:g} of {int((has_pos & ~recent).sum()):,})")
+    return keep, np.where(recent[keep], job.recent_weight, 1.0).astype(np.float32)
+
+
+def _recent_weights(job: RankerJob, task: EvalTask) -> np.ndarray | None:
+    """The held-out users' weights in the early-stopping NDCG: ``recent_weight`` where the target
+    is new, as in training -- the epoch kept is the one best at what the lists were weighted for."""
+    if job.recent_since_us is None:
+        return None
+    recent = _new_targets(task, job.recent_since_us)
+    log.info(f"[ranker] early stopping on {len(recent):,} held-out users, {int(recent.sum()):,} with a new target "
+             f"(weight {job.recent_weight:g})")
+    return np.where(recent, job.recent_weight, 1.0)
 
 
 def _with_exposure(examples: RankerExamples, lists: ExposureLists, interactions: Interactions,
@@ -289,7 +346,8 @@ def _with_exposure(examples: RankerExamples, lists: ExposureLists, interactions:
 
     merged = {f.name: np.concatenate([widen(getattr(examples, f.name), f.name), widen(getattr(extra, f.name), f.name)])
               for f in fields(RankerExamples) if f.name != "weight" and getattr(examples, f.name) is not None}
-    out = RankerExamples(**merged, weight=np.r_[np.ones(len(examples), np.float32), lists.weight.astype(np.float32)])
+    own = examples.weight if examples.weight is not None else np.ones(len(examples), np.float32)
+    out = RankerExamples(**merged, weight=np.r_[own, lists.weight.astype(np.float32)])
     log.info(f"[ranker] + {len(lists):,} shown-slate lists from the feedback log (engaged vs shown-and-skipped), "
           f"position weights mean {lists.weight.mean():.2f} max {lists.weight.max():.2f}")
     return out

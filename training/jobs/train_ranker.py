@@ -151,6 +151,10 @@ def train_loop(loop_config: dict) -> None:
     # them every step
     module = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
     opt = torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # warm starts: a fresh Adam at the full rate first moves a trained model by its noisiest steps;
+    # the rate ramps up over job.warmup_steps optimiser steps (restarted on a resume)
+    warmup = (torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / job.warmup_steps))
+              if job.warmup_steps > 0 else None)
     shard = ray.train.get_dataset_shard("train")
 
     scaler = torch.amp.GradScaler("cuda", enabled=job.use_gpu)  # AMP on GPU; a no-op on CPU
@@ -176,6 +180,8 @@ def train_loop(loop_config: dict) -> None:
             if last:
                 scaler.step(opt)
                 scaler.update()
+                if warmup is not None:
+                    warmup.step()
                 opt.zero_grad()
             total += loss.item()
             samples += len(b.items)
@@ -184,7 +190,8 @@ def train_loop(loop_config: dict) -> None:
     def validate() -> float:
         return validation_ndcg(model, held)
 
-    run_epochs(LoopSpec("ranker", cfg.epochs, cfg.patience), model, opt, train_epoch, validate)
+    run_epochs(LoopSpec("ranker", cfg.epochs, cfg.patience, validate_start=inputs.init is not None), model, opt,
+               train_epoch, validate)
 
 
 @torch.no_grad()
@@ -199,7 +206,13 @@ def validation_ndcg(model: Ranker, held: HeldOut) -> float:
                      stage[rows] if stage is not None else None)
 
     score = list_scorer(cands, task.users, rank_fn, task.num_items)
-    return evaluate(score, task, EvalConfig(ks=(10,), batch_size=512))["NDCG@10"]
+    if held.weight is None:
+        return evaluate(score, task, EvalConfig(ks=(10,), batch_size=512))["NDCG@10"]
+    users: dict[str, np.ndarray] = {}
+    evaluate(score, task, EvalConfig(ks=(10,), batch_size=512), per_user=users)
+    if len(users["NDCG@10"]) != len(held.weight):
+        raise RuntimeError(f"validation: {len(users['NDCG@10'])} users scored, {len(held.weight)} weights")
+    return float(np.average(users["NDCG@10"], weights=held.weight))
 
 
 def train_ranker(job: RankerJob, callbacks: list | None = None) -> dict:
