@@ -254,7 +254,8 @@ def latency(results: dict, a: argparse.Namespace, url: str, redis, app_args, dat
         serve.delete("raycart")
 
 
-def _mean_se(values: list[float]) -> dict:
+def mean_se(values: list[float]) -> dict:
+    """Mean, standard error and count of the values that are not None."""
     v = np.array([x for x in values if x is not None], dtype=float)
     if not len(v):
         return {"mean": None, "se": None, "n": 0}
@@ -289,11 +290,11 @@ def summarize(results: dict) -> None:
         table = {}
         for arm, by_seed in by_arm.items():
             per_seed = {seed: arm_metrics(r, oracle.get(seed)) for seed, r in by_seed.items()}
-            table[arm] = {key: _mean_se([m[key] for m in per_seed.values()]) for key in next(iter(per_seed.values()))}
+            table[arm] = {key: mean_se([m[key] for m in per_seed.values()]) for key in next(iter(per_seed.values()))}
             table[arm]["per_seed"] = per_seed
-            table[arm]["rounds"] = [_mean_se([r["rounds"][i]["taste_share"] for r in by_seed.values()])["mean"]
+            table[arm]["rounds"] = [mean_se([r["rounds"][i]["taste_share"] for r in by_seed.values()])["mean"]
                                     for i in range(len(next(iter(by_seed.values()))["rounds"]))]
-            table[arm]["rounds_ctr"] = [_mean_se([r["rounds"][i]["ctr"] for r in by_seed.values()])["mean"]
+            table[arm]["rounds_ctr"] = [mean_se([r["rounds"][i]["ctr"] for r in by_seed.values()])["mean"]
                                         for i in range(len(next(iter(by_seed.values()))["rounds"]))]
         results["summary"][sim] = table
         n = max(x["ctr"]["n"] for x in table.values())
@@ -329,8 +330,8 @@ def summarize(results: dict) -> None:
                 print(f"target {k}: {'met' if v else 'MISSED'}")
     arms = results["runs"].get("default", {})
     if "learning" in arms and "learning without exploration" in arms:
-        a = _mean_se([r["summary"]["ctr"] for r in arms["learning"].values()])["mean"]
-        b = _mean_se([r["summary"]["ctr"] for r in arms["learning without exploration"].values()])["mean"]
+        a = mean_se([r["summary"]["ctr"] for r in arms["learning"].values()])["mean"]
+        b = mean_se([r["summary"]["ctr"] for r in arms["learning without exploration"].values()])["mean"]
         results["exploration_cost_ctr"] = {"with_floor": a, "without": b, "relative": (a - b) / b if b else None}
         print(f"\nexploration floor: CTR {a:.4f} with vs {b:.4f} without ({(a - b) / b:+.1%})")
     lat = {(r["setup"], r["concurrency"]): r["p50_ms"] for r in results["latency"]}

@@ -138,22 +138,25 @@ def one_loop(a: argparse.Namespace, seed: int, scenario: str, promote: bool, url
 
     work = Path(tempfile.mkdtemp(prefix="raycart-retrain-loop-"))
 
-    def deploy(name: str, model: str, data_dir: Path | str = data, carry: Path | None = None,
-               serve_it: bool = True) -> dict:
+    def app(name: str, model: str, data_dir: Path | str = data, carry: Path | None = None) -> dict:
+        """The app's arguments under ``work/name``; ``carry``: going on from that app's real-time
+        user state and learned policy (day 2 from day 1)."""
         root = work / name
-        if carry is not None:  # day 2 goes on from day 1: its real-time user state and learned policy
+        if carry is not None:
             shutil.copytree(carry / "state", root / "state")
             shutil.copy(carry / "policy.npz", root / "policy.npz")
-        args = app_args(root, model, data_dir)
-        if serve_it:
-            shop_deploy(url, args)
+        return app_args(root, model, data_dir)
+
+    def deploy(name: str, model: str, data_dir: Path | str = data, carry: Path | None = None) -> dict:
+        args = app(name, model, data_dir, carry)
+        shop_deploy(url, args)
         return args
 
     def day2_arm(name: str, model: str, data_dir: Path | str) -> dict:
         """One day-2 arm from day 1's state and policy: on Serve, or the same request path in process."""
-        args = deploy(f"day2-{name.replace(' ', '-')}", model, data_dir, carry=work / "day1",
-                      serve_it=a.day2_mode == "serve")
+        args = app(f"day2-{name.replace(' ', '-')}", model, data_dir, carry=work / "day1")
         if a.day2_mode == "serve":
+            shop_deploy(url, args)
             try:
                 return simulate(url, shop, day2)
             finally:
@@ -276,11 +279,10 @@ def summarize(runs: list[dict], variants: list[str]) -> dict:
     to off's mean CTR), the difference *as gated* (0 where the gate kept the serving model: what the
     shop would have seen), how many the gate promoted, and the retrain's seconds."""
     import numpy as np
+    from closed_loop import mean_se
 
     def stat(values: list[float]) -> dict:
-        v = np.array(values, dtype=float)
-        return {"mean": float(v.mean()), "se": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None,
-                "values": [float(x) for x in v]}
+        return {**mean_se(values), "values": [float(x) for x in values]}
 
     out: dict = {}
     for variant in variants:

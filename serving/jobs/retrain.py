@@ -108,11 +108,7 @@ def retrain(job: RetrainJob) -> dict:
     from training.models.kinds import trainer
     from training.models.ranker_config import RankerConfig
 
-    check_recency(job.recent_weight, job.replay, job.warmup_steps)
-    if not job.lr_scale > 0:
-        from training.common.errors import DataError
-
-        raise DataError(f"lr_scale must be > 0, got {job.lr_scale}")
+    check_recency(job.recent_weight, job.replay, job.warmup_steps, job.lr_scale)
     t0 = time.time()
     card = read_card(job.model)
     if card.kind != "ranker":

@@ -177,8 +177,11 @@ def check_job(job: RankerJob) -> ModelCard:
     return card
 
 
-def check_recency(recent_weight: float, replay: float, warmup_steps: int) -> None:
-    """The fine-tuning levers' ranges (also checked by ``raycart retrain`` before any work)."""
+def check_recency(recent_weight: float, replay: float, warmup_steps: int, lr_scale: float = 1.0) -> None:
+    """The fine-tuning levers' ranges (also checked by ``raycart retrain`` before any work, with its
+    ``lr_scale``)."""
+    if not lr_scale > 0:
+        raise DataError(f"lr_scale must be > 0, got {lr_scale}")
     if not recent_weight > 0:
         raise DataError(f"recent_weight must be > 0, got {recent_weight}")
     if not 0 < replay <= 1:
