@@ -163,12 +163,16 @@ class AppArgs(BaseModel):
     # slate can follow a click into a part of the catalogue the history does not lead to at once
     # (the first click in a new taste)
     recent_candidates: int = Field(20, ge=0, le=1000)
-    # a shopper who has stopped engaging (UserView.stale: the newest run of ignored items is
-    # unlikely, below `stale_alpha`, at their own recent engagement rate) is explored harder:
-    # exploration floor `stale_epsilon`, drawn among the exploration candidates -- a change of taste
-    # shows as engagement stopping (cf. M-UCB, Cao et al., AISTATS 2019, which re-explores once a
-    # change is detected). stale_alpha 0 switches it off.
+    # a shopper who has stopped engaging (UserView.stale: the newest run of ignored answers is
+    # unlikely, below `stale_alpha`, at their engagement rate before it) is explored harder:
+    # exploration floor up to `stale_epsilon`, drawn among the exploration candidates -- a change of
+    # taste shows as engagement stopping (cf. M-UCB, Cao et al., AISTATS 2019, which re-explores
+    # once a change is detected). stale_alpha 0 switches it off. How hard grows with the evidence
+    # (service.stale_strength): the full floor, the spread and the ignored items' exclusion once the
+    # run's probability is below `stale_full_alpha`, a share of the floor and spread before that
+    # (stale_full_alpha >= stale_alpha: full at once).
     stale_alpha: float = Field(0.3, ge=0, lt=1)
+    stale_full_alpha: float = Field(0.1, gt=0, lt=1)
     stale_epsilon: float = Field(1.0, ge=0, le=1)
     session_ttl_s: float = Field(1800.0, gt=0)  # anonymous sessions expire after this long unused
     state_timeout_s: float = Field(2.0, gt=0)  # past this the answer falls back to the stored history

@@ -31,6 +31,7 @@ import asyncio
 import collections
 import hashlib
 import json
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -106,7 +107,28 @@ class _Ranked:
     keep: np.ndarray
     rows: np.ndarray
     items: np.ndarray
-    stale: bool  # the shopper has stopped engaging (UserView.stale): explore harder
+    # the shopper has stopped engaging (stale_strength > 0): explore harder, by how sure that is
+    strength: float = 0.0
+
+    @property
+    def stale(self) -> bool:
+        return self.strength > 0
+
+
+def stale_strength(surprise: float, alpha: float, full_alpha: float) -> float:
+    """How hard to explore a shopper whose newest ignored answers have this
+    :meth:`~serving.state.user_state.UserView.surprise`: 0 while their probability is at least
+    ``alpha`` (not stale); above that, the surprise as a share of ``-ln(full_alpha)``, capped at 1
+    (full: the whole exploration floor, the spread, and the ignored items excluded). A steady
+    shopper's one ignored answer is as likely as 0.2 under position bias, and treating it as a
+    sure change of taste explored steady shoppers away from what they like (benchmarks/closed_loop.py,
+    the hard simulator); a second ignored answer, or one at a high rate, reaches the full strength.
+    ``full_alpha >= alpha``: full as soon as stale."""
+    if alpha <= 0 or surprise <= -math.log(alpha):
+        return 0.0
+    if full_alpha >= alpha:
+        return 1.0
+    return min(1.0, surprise / -math.log(full_alpha))
 
 
 class ServiceError(Exception):
@@ -262,8 +284,8 @@ class RecommendService:
         # a shopper who stopped engaging is shown nothing of what they just ignored; a steady
         # one's ignored items stay (the policy's novelty and nearby-click-rate columns weigh them):
         # excluding them too pushed a steady shopper down the ranking (benchmarks/closed_loop.py)
-        stale = view.stale(args.stale_alpha)
-        if stale:
+        strength = stale_strength(view.surprise(), args.stale_alpha, args.stale_full_alpha)
+        if strength >= 1:  # sure enough: nothing of what they just ignored
             exclude |= {known[x] for x in view.ignored(args.exclude_shown) if x in known}
         seen = [(known[x], c) for x, c in view.impressions() if x in known]
         inputs = PolicyInputs(recent=live[-5:], shown=[i for i, _ in seen], clicked=[c for _, c in seen],
@@ -281,7 +303,7 @@ class RecommendService:
         items = cands.items[ranked.order]
         keep = np.array([int(i) not in exclude and cat.allowed(int(i), f.category, f.price_min, f.price_max)
                          for i in items], dtype=bool)
-        return _Ranked(cands, ranked, keep, rows=ranked.order[keep], items=items[keep], stale=stale)
+        return _Ranked(cands, ranked, keep, rows=ranked.order[keep], items=items[keep], strength=strength)
 
     def _policy_query(self, req: RecommendRequest, view: UserView, r: _Ranked) -> PolicyQuery:
         rows, stale = r.rows, r.stale
@@ -292,9 +314,9 @@ class RecommendService:
             features=r.cands.policy[rows] if some else None, vectors=r.cands.vectors[rows] if some else None,
             p_cart=r.ranked.p_cart[r.keep] if r.ranked.p_cart is not None else None,
             p_purchase=r.ranked.p_purchase[r.keep] if r.ranked.p_purchase is not None else None,
-            epsilon=self.args.stale_epsilon if stale else None,
+            epsilon=max(self.args.policy_epsilon, self.args.stale_epsilon * r.strength) if stale else None,
             explore_pool=(rows >= r.cands.explore_from) if stale else None,
-            diversity=self.args.policy_diversity if stale else 0.0)
+            diversity=self.args.policy_diversity * r.strength if stale else 0.0)
 
     async def _answer(self, req: RecommendRequest, who: _Shopper, state: str, r: _Ranked, query: PolicyQuery,
                       slate: Slate, live: list[int]) -> dict:

@@ -38,6 +38,7 @@ Python, no Ray.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -140,29 +141,37 @@ class UserView:
         return {i for answer in recent for i in answer if i not in touched}
 
     def stale(self, alpha: float) -> bool:
-        """Has this shopper stopped engaging? Over the remembered answers the shopper engaged with a
-        share ``p`` of the items shown; the newest answers, ``n`` items in all, got nothing. Stale
-        when that would have had probability ``(1 - p) ** n < alpha`` at their own rate -- so a
-        shopper who never engaged is not stale, and at a shop's usual 2-3 % click rate it takes far
-        more ignored items than at 25 %. A shopper who engaged before the remembered answers and
-        with none of them is stale too (their rate over the window is 0: it cannot say how unlikely
-        the run is, but they have stopped). Whole answers count, not the items after the last click:
-        a steady shopper who clicked the second item of an answer and ignored the eight below it
-        has not stopped engaging (counting those eight judged such shoppers stale and explored them
-        hard, which cost the steady ones; benchmarks/closed_loop.py)."""
+        """Has this shopper stopped engaging? True when :meth:`surprise` exceeds ``-ln(alpha)``:
+        the newest ignored answers would have had probability below ``alpha`` at the shopper's
+        own engagement rate (alpha 0 switches the rule off)."""
+        return alpha > 0 and self.surprise() > -math.log(alpha)
+
+    def surprise(self) -> float:
+        """How unlikely the newest run of ignored answers is for this shopper, as ``-ln`` of its
+        probability: ``n * -ln(1 - p)``, where ``n`` is the number of items in the newest answers
+        that got nothing and ``p`` the share of items the shopper engaged with in the remembered
+        answers *before* that run (the run itself would drag its own reference down: after a drift,
+        two ignored answers out of five made the window's rate so low that the run no longer
+        looked unlikely). 0 -- no evidence -- for a shopper with nothing remembered, who never
+        engaged, or who engaged with the newest answer; infinite for one who engaged before the
+        remembered answers and with none of them (no rate to judge by, but they have stopped).
+        Whole answers count, not the items after the last click: a steady shopper who clicked the
+        second item of an answer and ignored the eight below it has not stopped engaging
+        (benchmarks/closed_loop.py)."""
         shown = sum(len(answer) for answer in self.shown)
-        if alpha <= 0 or not shown:
-            return False
+        if not shown:
+            return 0.0
         liked = {e.item_id for e in self.events if e.event in HISTORY_EVENTS}
         engaged = sum(i in liked for answer in self.shown for i in answer)
         if not engaged:  # nothing in the remembered answers: stale if they engaged before them
-            return bool(liked)
+            return math.inf if liked else 0.0
         run = 0
         for answer in reversed(self.shown):
             if any(i in liked for i in answer):
                 break
             run += len(answer)
-        return run > 0 and (1 - engaged / shown) ** run < alpha
+        rate = engaged / (shown - run)  # engaged > 0, so some answer before the run engaged
+        return run * -math.log1p(-rate) if rate < 1 else math.inf if run else 0.0
 
     def impressions(self) -> list[tuple[str, bool]]:
         """``(item, clicked or deeper)`` for every item of the remembered answers, oldest first."""

@@ -3,6 +3,7 @@ the real user state, the real feedback log and the real policy."""
 
 import asyncio
 import contextlib
+import math
 import threading
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from unit_models import N_ITEMS, _train
 from serving.core.catalog import Catalog
 from serving.core.local import LocalBackend, LocalState
 from serving.core.schemas import AppArgs, FeedbackRequest, NewItem, RecommendRequest
-from serving.core.service import RecommendService, ServiceError
+from serving.core.service import RecommendService, ServiceError, stale_strength
 from serving.feedback.log import FeedbackLog, FeedbackLogConfig
 from serving.state.memory import MemoryUserState
 from serving.state.user_state import StateUnavailable, UserStateConfig
@@ -374,7 +375,7 @@ def test_only_a_shopper_who_stopped_engaging_loses_the_items_they_ignored(tmp_pa
     clicked one item of an answer keeps the rest (excluding them pushed steady shoppers down the
     ranking, benchmarks/closed_loop.py)."""
     app = App(tmp_path, policy_epsilon=0.0, policy_alpha=0.0, explore_candidates=0, recent_candidates=0,
-              stale_alpha=0.7, exclude_shown=3)  # then 4 ignored at p = 1/8: 0.875^4 = 0.59 < 0.7
+              stale_alpha=0.7, stale_full_alpha=0.7, exclude_shown=3)  # then 4 ignored at p = 1/4: 0.32 < 0.7
 
     def candidates(user: str) -> tuple[set[str], bool]:
         req = RecommendRequest(user_id=user, k=4)
@@ -394,3 +395,40 @@ def test_only_a_shopper_who_stopped_engaging_loses_the_items_they_ignored(tmp_pa
     assert stale and not set(ignored) & kept  # stopped engaging: what they just ignored is left out
     body = app.recommend(user_id="u1", k=4)
     assert body["explore_harder"] and not set(ignored) & {o["item_id"] for o in body["items"]}
+
+
+def test_how_hard_a_stale_shopper_is_explored_grows_with_the_evidence():
+    assert stale_strength(0.5, 0.3, 0.1) == 0  # the run had probability 0.61: not stale
+    assert stale_strength(-math.log(0.2), 0.3, 0.1) == pytest.approx(math.log(0.2) / math.log(0.1))
+    assert stale_strength(-math.log(0.05), 0.3, 0.1) == 1  # below stale_full_alpha: full
+    assert stale_strength(math.inf, 0.3, 0.1) == 1  # engaged before the remembered answers, none since
+    assert stale_strength(-math.log(0.2), 0.3, 0.3) == 1  # stale_full_alpha >= stale_alpha: full at once
+    assert stale_strength(math.inf, 0.0, 0.1) == 0  # stale_alpha 0: off
+
+
+def test_a_shopper_who_may_have_stopped_is_explored_part_way_and_keeps_what_they_ignored(tmp_path):
+    """One ignored answer at a modest rate is weak evidence (a steady shopper under position bias
+    ignores one answer in five): a share of the floor, the ignored items kept; the full treatment
+    once the run is unlikely enough (below stale_full_alpha)."""
+    app = App(tmp_path, policy_epsilon=0.0, policy_alpha=0.0, explore_candidates=0, recent_candidates=0,
+              stale_alpha=0.7, stale_full_alpha=0.05, exclude_shown=3)
+
+    def ranked(user: str):
+        req = RecommendRequest(user_id=user, k=4)
+        who = app.service._shopper(req)
+        view, _ = app.run(app.service.view(who.key))
+        live = app.run(app.service._history(req, who, view))
+        return app.run(app.service._ranked(req, who, view, live)), view
+
+    first = app.recommend(user_id="u1", k=4)
+    app.feedback(request_id=first["request_id"], item_id=first["items"][0]["item_id"], event="click")
+    ignored = [o["item_id"] for o in app.recommend(user_id="u1", k=4)["items"]]  # p = 1/4, 4 ignored: 0.32
+    r, view = ranked("u1")
+    assert r.stale and r.strength == pytest.approx(4 * math.log(0.75) / math.log(0.05))
+    assert set(ignored) <= {_catalog().item_ids[int(i)] for i in r.items}  # weak evidence: kept
+    query = app.service._policy_query(RecommendRequest(user_id="u1", k=4), view, r)
+    assert query.epsilon == pytest.approx(r.strength)  # a share of stale_epsilon (1.0)
+    for _ in range(2):  # 12 ignored at p = 1/4: 0.032 < 0.05
+        app.recommend(user_id="u1", k=4)
+    r, _ = ranked("u1")
+    assert r.strength == 1 and not set(ignored) & {_catalog().item_ids[int(i)] for i in r.items}

@@ -2,6 +2,7 @@
 (started on 127.0.0.1 from the redis-server binary), including a killed process."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -304,12 +305,17 @@ def test_a_shopper_who_stops_engaging_is_stale_at_their_own_rate():
     s = MemoryUserState(UserStateConfig(shown_window=5))
     s.issue("r0", "u:a", [f"a{n}" for n in range(10)])
     assert not s.view("u:a").stale(0.1)  # never engaged: no evidence of a change
-    for n in range(5, 10):
-        s.record("r0", f"a{n}", "click")  # the last 5 of 10 engaged
+    assert s.view("u:a").surprise() == 0
+    for n in range(7, 10):
+        s.record("r0", f"a{n}", "click")  # 3 of 10 engaged
+    assert s.view("u:a").surprise() == 0  # the newest answer engaged: no run
     s.issue("r1", "u:a", [f"b{n}" for n in range(5)])
-    assert not s.view("u:a").stale(0.1)  # p = 5/15, 5 ignored in a row: 0.67^5 = 0.13
+    assert not s.view("u:a").stale(0.1)  # p = 3/10 before the run, 5 ignored: 0.7^5 = 0.17
+    assert s.view("u:a").surprise() == pytest.approx(-5 * math.log(0.7))
     s.issue("r2", "u:a", [f"c{n}" for n in range(5)])
-    assert s.view("u:a").stale(0.1)  # p = 5/20, 10 ignored in a row: 0.75^10 = 0.056
+    # p = 3/10, 10 ignored: 0.7^10 = 0.028 -- judged at the window's rate (3/20) the run would have
+    # been 0.85^10 = 0.2, the run dragging its own reference down
+    assert s.view("u:a").stale(0.1)
     s.record("r2", "c4", "view")  # a view is not engagement
     assert s.view("u:a").stale(0.1)
     s.record("r2", "c4", "cart")
@@ -319,7 +325,17 @@ def test_a_shopper_who_stops_engaging_is_stale_at_their_own_rate():
     t.issue("q0", "u:b", [f"x{n}" for n in range(40)])
     t.record("q0", "x0", "click")
     t.issue("q1", "u:b", [f"y{n}" for n in range(10)])
-    assert not t.view("u:b").stale(0.1)  # p = 1/50, an answer of 10 ignored: 0.98^10 = 0.82
+    assert not t.view("u:b").stale(0.1)  # p = 1/40, an answer of 10 ignored: 0.975^10 = 0.78
+
+
+def test_a_shopper_who_engaged_with_every_item_before_is_surprised_by_any_ignored_one():
+    s = MemoryUserState(UserStateConfig(shown_window=5))
+    s.issue("r0", "u:a", ["a0", "a1"])
+    for item in ("a0", "a1"):
+        s.record("r0", item, "click")
+    assert s.view("u:a").surprise() == 0
+    s.issue("r1", "u:a", ["b0"])
+    assert s.view("u:a").surprise() == math.inf and s.view("u:a").stale(0.3)
 
 
 def test_a_steady_shopper_who_clicked_early_in_the_last_answer_is_not_stale():
@@ -331,7 +347,7 @@ def test_a_steady_shopper_who_clicked_early_in_the_last_answer_is_not_stale():
     s.issue("r1", "u:a", [f"b{n}" for n in range(10)])
     s.record("r1", "b1", "click")  # p = 4/20; the 8 below it ignored: 0.8^8 = 0.17 (was judged stale)
     assert not s.view("u:a").stale(0.3)
-    s.issue("r2", "u:a", [f"c{n}" for n in range(10)])  # then a whole answer ignored: p = 4/30, 0.87^10 = 0.24
+    s.issue("r2", "u:a", [f"c{n}" for n in range(10)])  # then a whole answer ignored: p = 4/20, 0.8^10 = 0.11
     assert s.view("u:a").stale(0.3)
     for n in range(3, 8):  # five more ignored answers: the window (5) holds no engagement at all
         s.issue(f"r{n}", "u:a", [f"d{n}-{j}" for j in range(10)])
