@@ -172,7 +172,7 @@ class AppArgs(BaseModel):
     # run's probability is below `stale_full_alpha`, a share of the floor and spread before that
     # (stale_full_alpha >= stale_alpha: full at once).
     stale_alpha: float = Field(0.3, ge=0, lt=1)
-    stale_full_alpha: float = Field(0.1, gt=0, lt=1)
+    stale_full_alpha: float = Field(0.05, gt=0, lt=1)
     stale_epsilon: float = Field(1.0, ge=0, le=1)
     session_ttl_s: float = Field(1800.0, gt=0)  # anonymous sessions expire after this long unused
     state_timeout_s: float = Field(2.0, gt=0)  # past this the answer falls back to the stored history
