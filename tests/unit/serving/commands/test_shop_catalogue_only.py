@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from route_guard import OPEN, check_route_table
 from starlette.testclient import TestClient
 
 from serving.commands.serve import listen_keys
@@ -195,8 +196,6 @@ def test_info_lists_the_largest_categories_and_says_how_many_more(shop, monkeypa
 
 
 def test_every_route_of_the_browse_app_but_the_open_ones_needs_a_key(shop, tmp_path):
-    from test_security import OPEN, check_route_table
-
     keys_file = tmp_path / "keys"
     keys_file.write_text(f"shopper {SHOP}\n")
     app = catalogue_app(shop, ApiKeys.load(str(keys_file)), trust_loopback=True)  # keys win over the trust
