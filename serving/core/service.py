@@ -31,7 +31,6 @@ import asyncio
 import collections
 import hashlib
 import json
-import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -64,6 +63,7 @@ from serving.state.user_state import (
     StateUnavailable,
     UserStateConfig,
     UserView,
+    stale_strength,
 )
 from training.data.funnel import STAGES
 
@@ -113,22 +113,6 @@ class _Ranked:
     @property
     def stale(self) -> bool:
         return self.strength > 0
-
-
-def stale_strength(surprise: float, alpha: float, full_alpha: float) -> float:
-    """How hard to explore a shopper whose newest ignored answers have this
-    :meth:`~serving.state.user_state.UserView.surprise`: 0 while their probability is at least
-    ``alpha`` (not stale); above that, the surprise as a share of ``-ln(full_alpha)``, capped at 1
-    (full: the whole exploration floor, the spread, and the ignored items excluded). A steady
-    shopper's one ignored answer is as likely as 0.2 under position bias, and treating it as a
-    sure change of taste explored steady shoppers away from what they like (benchmarks/closed_loop.py,
-    the hard simulator); a second ignored answer, or one at a high rate, reaches the full strength.
-    ``full_alpha >= alpha``: full as soon as stale."""
-    if alpha <= 0 or surprise <= -math.log(alpha):
-        return 0.0
-    if full_alpha >= alpha:
-        return 1.0
-    return min(1.0, surprise / -math.log(full_alpha))
 
 
 class ServiceError(Exception):

@@ -109,6 +109,22 @@ class StateEvent:
         return [self.item_id, self.event, self.ts]
 
 
+def stale_strength(surprise: float, alpha: float, full_alpha: float) -> float:
+    """How hard to explore a shopper whose newest ignored answers have this
+    :meth:`UserView.surprise`: 0 while their probability is at least
+    ``alpha`` (not stale); above that, the surprise as a share of ``-ln(full_alpha)``, capped at 1
+    (full: the whole exploration floor, the spread, and the ignored items excluded). A steady
+    shopper's one ignored answer is as likely as 0.2 under position bias, and treating it as a
+    sure change of taste explored steady shoppers away from what they like (benchmarks/closed_loop.py,
+    the hard simulator); a second ignored answer, or one at a high rate, reaches the full strength.
+    ``full_alpha >= alpha``: full as soon as stale."""
+    if alpha <= 0 or surprise <= -math.log(alpha):
+        return 0.0
+    if full_alpha >= alpha:
+        return 1.0
+    return min(1.0, surprise / -math.log(full_alpha))
+
+
 @dataclass(frozen=True)
 class UserView:
     """What one ``/recommend`` reads: the key's recent events (oldest first) and the item ids of
@@ -144,7 +160,7 @@ class UserView:
         """Has this shopper stopped engaging? True when :meth:`surprise` exceeds ``-ln(alpha)``:
         the newest ignored answers would have had probability below ``alpha`` at the shopper's
         own engagement rate (alpha 0 switches the rule off)."""
-        return alpha > 0 and self.surprise() > -math.log(alpha)
+        return stale_strength(self.surprise(), alpha, alpha) > 0
 
     def surprise(self) -> float:
         """How unlikely the newest run of ignored answers is for this shopper, as ``-ln`` of its
@@ -170,8 +186,10 @@ class UserView:
             if any(i in liked for i in answer):
                 break
             run += len(answer)
+        if not run:
+            return 0.0
         rate = engaged / (shown - run)  # engaged > 0, so some answer before the run engaged
-        return run * -math.log1p(-rate) if rate < 1 else math.inf if run else 0.0
+        return run * -math.log1p(-rate) if rate < 1 else math.inf
 
     def impressions(self) -> list[tuple[str, bool]]:
         """``(item, clicked or deeper)`` for every item of the remembered answers, oldest first."""

@@ -16,10 +16,10 @@ from unit_models import N_ITEMS, _train
 from serving.core.catalog import Catalog
 from serving.core.local import LocalBackend, LocalState
 from serving.core.schemas import AppArgs, FeedbackRequest, NewItem, RecommendRequest
-from serving.core.service import RecommendService, ServiceError, stale_strength
+from serving.core.service import RecommendService, ServiceError
 from serving.feedback.log import FeedbackLog, FeedbackLogConfig
 from serving.state.memory import MemoryUserState
-from serving.state.user_state import StateUnavailable, UserStateConfig
+from serving.state.user_state import StateUnavailable, UserStateConfig, stale_strength
 from training.data.feedback import read_feedback
 
 
@@ -370,6 +370,15 @@ def test_the_candidates_follow_the_newest_click(app):
     assert clicked not in cands.items.tolist()  # the history is never a candidate
 
 
+def _ranked(app: App, user: str, k: int = 4):
+    """The request path up to the ranked, filtered candidates for ``user`` (and the state it read)."""
+    req = RecommendRequest(user_id=user, k=k)
+    who = app.service._shopper(req)
+    view, _ = app.run(app.service.view(who.key))
+    live = app.run(app.service._history(req, who, view))
+    return app.run(app.service._ranked(req, who, view, live)), view
+
+
 def test_only_a_shopper_who_stopped_engaging_loses_the_items_they_ignored(tmp_path):
     """Shown-and-ignored items leave the candidates of a stale shopper only: a steady shopper who
     clicked one item of an answer keeps the rest (excluding them pushed steady shoppers down the
@@ -378,11 +387,7 @@ def test_only_a_shopper_who_stopped_engaging_loses_the_items_they_ignored(tmp_pa
               stale_alpha=0.7, stale_full_alpha=0.7, exclude_shown=3)  # then 4 ignored at p = 1/4: 0.32 < 0.7
 
     def candidates(user: str) -> tuple[set[str], bool]:
-        req = RecommendRequest(user_id=user, k=4)
-        who = app.service._shopper(req)
-        view, _ = app.run(app.service.view(who.key))
-        live = app.run(app.service._history(req, who, view))
-        ranked = app.run(app.service._ranked(req, who, view, live))
+        ranked, _ = _ranked(app, user)
         return {_catalog().item_ids[int(i)] for i in ranked.items}, ranked.stale
 
     first = app.recommend(user_id="u1", k=4)
@@ -413,22 +418,15 @@ def test_a_shopper_who_may_have_stopped_is_explored_part_way_and_keeps_what_they
     app = App(tmp_path, policy_epsilon=0.0, policy_alpha=0.0, explore_candidates=0, recent_candidates=0,
               stale_alpha=0.7, stale_full_alpha=0.05, exclude_shown=3)
 
-    def ranked(user: str):
-        req = RecommendRequest(user_id=user, k=4)
-        who = app.service._shopper(req)
-        view, _ = app.run(app.service.view(who.key))
-        live = app.run(app.service._history(req, who, view))
-        return app.run(app.service._ranked(req, who, view, live)), view
-
     first = app.recommend(user_id="u1", k=4)
     app.feedback(request_id=first["request_id"], item_id=first["items"][0]["item_id"], event="click")
     ignored = [o["item_id"] for o in app.recommend(user_id="u1", k=4)["items"]]  # p = 1/4, 4 ignored: 0.32
-    r, view = ranked("u1")
+    r, view = _ranked(app, "u1")
     assert r.stale and r.strength == pytest.approx(4 * math.log(0.75) / math.log(0.05))
     assert set(ignored) <= {_catalog().item_ids[int(i)] for i in r.items}  # weak evidence: kept
     query = app.service._policy_query(RecommendRequest(user_id="u1", k=4), view, r)
     assert query.epsilon == pytest.approx(r.strength)  # a share of stale_epsilon (1.0)
     for _ in range(2):  # 12 ignored at p = 1/4: 0.032 < 0.05
         app.recommend(user_id="u1", k=4)
-    r, _ = ranked("u1")
+    r, _ = _ranked(app, "u1")
     assert r.strength == 1 and not set(ignored) & {_catalog().item_ids[int(i)] for i in r.items}
