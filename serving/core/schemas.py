@@ -168,7 +168,7 @@ class AppArgs(BaseModel):
     # exploration floor up to `stale_epsilon`, drawn among the exploration candidates -- a change of
     # taste shows as engagement stopping (cf. M-UCB, Cao et al., AISTATS 2019, which re-explores
     # once a change is detected). stale_alpha 0 switches it off. How hard grows with the evidence
-    # (service.stale_strength): the full floor, the spread and the ignored items' exclusion once the
+    # (user_state.stale_strength): the full floor, the spread and the ignored items' exclusion once the
     # run's probability is below `stale_full_alpha`, a share of the floor and spread before that
     # (stale_full_alpha >= stale_alpha: full at once).
     stale_alpha: float = Field(0.3, ge=0, lt=1)
